@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kwok) and helm from Go modules into a cache outside the repository.
+# Idempotent: a binary that is already in the cache and answers --version is kept.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=hack/versions.sh
+. "$here/versions.sh"
+
+mkdir -p "$KUSTOS_BIN"
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+work="$KUSTOS_CACHE/build"
+mkdir -p "$work"
+
+log() { printf '[build-tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+have() { [ -x "$KUSTOS_BIN/$1" ] && "$KUSTOS_BIN/$1" "${2:---version}" >/dev/null 2>&1; }
+
+# wrapper DIR MODULE VERSION [REPLACES...]: a throwaway module that requires MODULE@VERSION
+# and imports the main packages we build, so `go build` resolves one consistent graph.
+wrapper() {
+  local dir=$1 mod=$2 ver=$3; shift 3
+  mkdir -p "$dir"
+  {
+    echo "module kustos.dev/hack/$(basename "$dir")"
+    echo
+    echo "go $(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')"
+    echo
+    echo "require $mod $ver"
+    for r in "$@"; do echo "replace $r"; done
+  } >"$dir/go.mod"
+}
+
+# tools DIR PKG...: a tools.go that keeps the main packages in the module graph for `go mod tidy`.
+tools() {
+  local dir=$1; shift
+  {
+    echo '//go:build tools'
+    echo
+    echo 'package tools'
+    echo
+    echo 'import ('
+    for p in "$@"; do echo "	_ \"$p\""; done
+    echo ')'
+  } >"$dir/tools.go"
+}
+
+build_kubernetes() {
+  local need=()
+  for b in kube-apiserver kube-controller-manager kube-scheduler; do have "$b" || need+=("$b"); done
+  [ ${#need[@]} -eq 0 ] && { log "kubernetes $K8S_VERSION binaries cached"; return; }
+  log "building ${need[*]} from k8s.io/kubernetes@$K8S_VERSION (first time: 15-30 min on 2 cores)"
+  local dir="$work/kubernetes-$K8S_VERSION"
+  go mod download k8s.io/kubernetes@"$K8S_VERSION"
+  local gomod
+  gomod=$(go mod download -json k8s.io/kubernetes@"$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  # k8s.io/kubernetes replaces every staging module with ./staging/...; the published
+  # equivalents are tagged v0.<minor>.<patch>.
+  local staging_ver="v0.${K8S_VERSION#v1.}"
+  local replaces=()
+  while read -r m; do replaces+=("$m => $m $staging_ver"); done < <(
+    sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$gomod" | sort -u)
+  wrapper "$dir" k8s.io/kubernetes "$K8S_VERSION" "${replaces[@]}"
+  local pkgs=()
+  for b in "${need[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  tools "$dir" "${pkgs[@]}"
+  (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod tidy)
+  local major=${K8S_VERSION#v}; major=${major%%.*}
+  local minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
+  local ld=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  for b in "${need[@]}"; do
+    log "go build $b"
+    (cd "$dir" && go build -trimpath -ldflags "-s -w $ld" -o "$KUSTOS_BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b")
+    mv "$KUSTOS_BIN/$b.tmp" "$KUSTOS_BIN/$b"
+  done
+}
+
+build_etcd() {
+  have etcd && { log "etcd cached"; return; }
+  log "building etcd $ETCD_VERSION"
+  local dir="$work/etcd-$ETCD_VERSION"
+  local ev=$ETCD_VERSION
+  # server/v3's own go.mod replaces its siblings with ../paths; point them at the tags.
+  wrapper "$dir" go.etcd.io/etcd/server/v3 "$ev" \
+    "go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 $ev" \
+    "go.etcd.io/etcd/client/pkg/v3 => go.etcd.io/etcd/client/pkg/v3 $ev" \
+    "go.etcd.io/etcd/client/v3 => go.etcd.io/etcd/client/v3 $ev" \
+    "go.etcd.io/etcd/pkg/v3 => go.etcd.io/etcd/pkg/v3 $ev"
+  tools "$dir" go.etcd.io/etcd/server/v3
+  (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod tidy)
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$KUSTOS_BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
+  mv "$KUSTOS_BIN/etcd.tmp" "$KUSTOS_BIN/etcd"
+}
+
+build_kwok() {
+  have kwok && { log "kwok cached"; return; }
+  log "building kwok $KWOK_VERSION"
+  local dir="$work/kwok-$KWOK_VERSION"
+  wrapper "$dir" sigs.k8s.io/kwok "$KWOK_VERSION"
+  tools "$dir" sigs.k8s.io/kwok/cmd/kwok
+  (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod tidy)
+  (cd "$dir" && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+     -o "$KUSTOS_BIN/kwok.tmp" sigs.k8s.io/kwok/cmd/kwok)
+  mv "$KUSTOS_BIN/kwok.tmp" "$KUSTOS_BIN/kwok"
+}
+
+build_helm() {
+  have helm version && { log "helm cached"; return; }
+  log "building helm $HELM_VERSION"
+  local dir="$work/helm-$HELM_VERSION"
+  wrapper "$dir" helm.sh/helm/v3 "$HELM_VERSION"
+  tools "$dir" helm.sh/helm/v3/cmd/helm
+  (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod tidy)
+  (cd "$dir" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+     -o "$KUSTOS_BIN/helm.tmp" helm.sh/helm/v3/cmd/helm)
+  mv "$KUSTOS_BIN/helm.tmp" "$KUSTOS_BIN/helm"
+}
+
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok kubernetes helm)
+for t in "${targets[@]}"; do "build_$t"; done
+log "binaries in $KUSTOS_BIN"
