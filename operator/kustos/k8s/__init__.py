@@ -1,1 +1,1 @@
-"""k8s."""
+"""Kubernetes API access: every read and write Kustos makes goes through here."""

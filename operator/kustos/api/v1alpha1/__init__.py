@@ -1,1 +1,12 @@
-"""api/v1alpha1."""
+"""kustos.dev/v1alpha1: the API types, the single source of truth for the CRDs."""
+
+from .common import API_VERSION, GROUP, VERSION, Condition
+from .driftmonitor import DriftMonitor, DriftMonitorSpec, DriftMonitorStatus
+from .explainerspec import ExplainerSpec, ExplainerSpecSpec, ExplainerSpecStatus
+from .modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
+
+__all__ = [
+    "API_VERSION", "GROUP", "VERSION", "Condition", "DriftMonitor", "DriftMonitorSpec",
+    "DriftMonitorStatus", "ExplainerSpec", "ExplainerSpecSpec", "ExplainerSpecStatus",
+    "ModelDeployment", "ModelDeploymentSpec", "ModelDeploymentStatus",
+]

@@ -1,0 +1,275 @@
+"""Generate the CustomResourceDefinitions from the pydantic models.
+
+The pydantic models in ``kustos.api.v1alpha1`` are the source of truth; this module
+turns their JSON schema into structural OpenAPI v3 schemas as the API server wants
+them: definitions inlined (no ``$ref``), no ``anyOf`` for optionals, defaults, enums,
+bounds, CEL rules. ``kustos crds`` prints them; ``kustos crds --write crds/`` writes
+one file per kind (what ``make crds`` runs and a test checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from kustos.api.v1alpha1 import GROUP, VERSION, DriftMonitor, ExplainerSpec, ModelDeployment
+
+# Keys of JSON schema that a structural CRD schema does not take.
+_DROP = {"title", "const", "$defs", "examples"}
+
+
+@dataclass(frozen=True)
+class Kind:
+    model: type[BaseModel]
+    plural: str
+    short_names: list[str]
+    columns: list[dict[str, Any]]
+    scale: bool = False
+    scope: str = "Namespaced"
+    extra_columns: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _condition_column(name: str, cond: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "string",
+        "jsonPath": f'.status.conditions[?(@.type=="{cond}")].status',
+        "description": description,
+    }
+
+
+AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+KINDS: list[Kind] = [
+    Kind(
+        ModelDeployment,
+        "modeldeployments",
+        ["md"],
+        [
+            _condition_column("Ready", "Ready", "Whether the model is serving"),
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
+             "description": "Ready serving pods"},
+            {"name": "Version", "type": "string", "jsonPath": ".spec.model.version",
+             "description": "Model version"},
+            {"name": "URL", "type": "string", "jsonPath": ".status.url",
+             "description": "In-cluster URL"},
+            {"name": "Risk", "type": "string", "jsonPath": ".spec.governance.riskTier",
+             "description": "Risk tier", "priority": 1},
+            {"name": "Owner", "type": "string", "jsonPath": ".spec.governance.owner",
+             "description": "Owner", "priority": 1},
+            AGE,
+        ],
+        scale=True,
+    ),
+    Kind(
+        ExplainerSpec,
+        "explainerspecs",
+        ["xs"],
+        [
+            _condition_column("Ready", "Ready", "Whether the explainer is serving"),
+            {"name": "Target", "type": "string", "jsonPath": ".spec.targetRef.name",
+             "description": "The ModelDeployment explained"},
+            {"name": "Method", "type": "string", "jsonPath": ".spec.method",
+             "description": "Explanation method"},
+            {"name": "URL", "type": "string", "jsonPath": ".status.endpoint",
+             "description": "Explain endpoint"},
+            AGE,
+        ],
+    ),
+    Kind(
+        DriftMonitor,
+        "driftmonitors",
+        ["dm"],
+        [
+            _condition_column("Ready", "Ready", "Whether the drift sidecar is running"),
+            _condition_column("Drift", "DriftDetected", "Whether drift is detected"),
+            {"name": "Target", "type": "string", "jsonPath": ".spec.targetRef.name",
+             "description": "The ModelDeployment monitored"},
+            {"name": "Detector", "type": "string", "jsonPath": ".spec.detector",
+             "description": "Detector"},
+            {"name": "Windows", "type": "integer", "jsonPath": ".status.windowsEvaluated",
+             "description": "Windows tested", "priority": 1},
+            AGE,
+        ],
+    ),
+]
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """Replace every $ref by a copy of its definition."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return _inline({**target, **rest}, defs)
+        return {k: _inline(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def _structural(node: dict[str, Any]) -> dict[str, Any]:
+    """One schema node, made structural."""
+    node = dict(node)
+    any_of = node.pop("anyOf", None)
+    if any_of is not None:
+        branches = [b for b in any_of if b.get("type") != "null"]
+        types = {b.get("type") for b in branches}
+        if types == {"integer", "string"}:
+            node["x-kubernetes-int-or-string"] = True
+        elif len(branches) == 1:
+            node = {**branches[0], **node}
+        else:  # pragma: no cover - a model change that needs a human decision
+            raise ValueError(f"cannot make {any_of} structural")
+    if "default" in node and node["default"] is None:
+        del node["default"]
+    if "exclusiveMinimum" in node and not isinstance(node["exclusiveMinimum"], bool):
+        node["minimum"], node["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if "exclusiveMaximum" in node and not isinstance(node["exclusiveMaximum"], bool):
+        node["maximum"], node["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    for key in _DROP:
+        node.pop(key, None)
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        node["type"] = "object"
+    if "properties" in node:
+        node["properties"] = {k: _structural(v) for k, v in node["properties"].items()}
+        node["type"] = "object"
+    if "items" in node:
+        node["items"] = _structural(node["items"])
+    ap = node.pop("additionalProperties", None)
+    if isinstance(ap, dict) and "properties" not in node:  # dict[str, X]: a map
+        node["additionalProperties"] = _structural(ap)
+        node["type"] = "object"
+    return node
+
+
+def _unwrap_optional(raw: Any) -> Any:
+    if isinstance(raw, dict) and "anyOf" in raw:
+        branches = [b for b in raw["anyOf"] if b.get("type") != "null"]
+        if len(branches) == 1:
+            return {**branches[0], **{k: v for k, v in raw.items() if k != "anyOf"}}
+    if isinstance(raw, dict):
+        return {k: _unwrap_optional(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_unwrap_optional(v) for v in raw]
+    return raw
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural openAPIV3Schema of one kind."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    inlined = _unwrap_optional(_inline({k: v for k, v in raw.items() if k != "$defs"},
+                                       raw.get("$defs", {})))
+    schema = _structural(inlined)
+    props = schema["properties"]
+    props["apiVersion"] = {"type": "string"}
+    props["kind"] = {"type": "string"}
+    props["metadata"] = {"type": "object"}
+    _default_factories(model, schema)
+    schema["required"] = ["spec"]
+    schema.pop("default", None)
+    return schema
+
+
+def _default_factories(model: type[BaseModel], schema: dict[str, Any]) -> None:
+    """Nested models built by default_factory get `default: {}` in the schema."""
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        sub = schema.get("properties", {}).get(key)
+        if sub is None:
+            continue
+        annotation = info.annotation
+        nested = _model_of(annotation)
+        if nested is not None:
+            if info.default_factory is not None and "default" not in sub:
+                sub["default"] = {}
+            _default_factories(nested, sub)
+        elif "items" in sub:
+            item_model = _model_of(getattr(annotation, "__args__", (None,))[0])
+            if item_model is not None:
+                _default_factories(item_model, sub["items"])
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def crd(kind: Kind) -> dict[str, Any]:
+    """The CustomResourceDefinition of one kind."""
+    name = kind.model.__name__
+    subresources: dict[str, Any] = {"status": {}}
+    if kind.scale:
+        subresources["scale"] = {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{kind.plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "kustos", "app.kubernetes.io/part-of": "kustos"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": name,
+                "listKind": f"{name}List",
+                "plural": kind.plural,
+                "singular": name.lower(),
+                "shortNames": kind.short_names,
+                "categories": ["kustos"],
+            },
+            "scope": kind.scope,
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema(kind.model)},
+                    "subresources": subresources,
+                    "additionalPrinterColumns": kind.columns,
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `kustos crds --write crds/` from kustos.api.v1alpha1. Do not edit.\n"
+
+
+def render_all() -> dict[str, str]:
+    """File name -> YAML text for every CRD."""
+    return {
+        f"{GROUP}_{k.plural}.yaml": HEADER + yaml.safe_dump(crd(k), sort_keys=False, width=100)
+        for k in KINDS
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kustos crds", description=__doc__)
+    parser.add_argument("--write", metavar="DIR", type=Path,
+                        help="write one file per CRD into DIR instead of printing")
+    args = parser.parse_args(argv)
+    files = render_all()
+    if args.write:
+        args.write.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (args.write / name).write_text(text)
+        return 0
+    sys.stdout.write("---\n".join(files.values()))
+    return 0

@@ -1,0 +1,309 @@
+"""ModelDeployment: which model to serve, how, and under which governance."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .common import (
+    Condition,
+    Digest,
+    Duration,
+    KModel,
+    LocalObjectReference,
+    Uri,
+    validations,
+)
+
+RuntimeKind = Literal["kustos", "seldon", "mlserver", "tfserving", "torchserve", "custom"]
+RiskTier = Literal["low", "medium", "high"]
+
+
+class ModelSource(KModel):
+    """Which model file to serve and how to check it."""
+
+    model_config = validations(
+        ("self.format != 'onnx' || self.uri.endsWith('.onnx')",
+         "format onnx needs a .onnx file", ".uri"),
+        ("self.format != 'sklearn' || self.uri.endsWith('.skops') || self.uri.endsWith('.joblib')"
+         " || self.uri.endsWith('.pkl')",
+         "format sklearn needs a .skops, .joblib or .pkl file", ".uri"),
+        ("!(self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')) || has(self.digest)",
+         "unpickling runs code: a .joblib/.pkl model needs a pinned digest", ".digest"),
+    )
+
+
+    name: str | None = Field(default=None, min_length=1, max_length=63,
+                             pattern=r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")
+    """Model name in the inference protocols; defaults to metadata.name."""
+    version: str = Field(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*)?$")
+    """Model version, e.g. "7"; reported by the server and recorded in status.history."""
+    uri: Uri
+    """Where the model file lives: file:///, https://, s3://BUCKET/KEY or pvc://CLAIM/PATH."""
+    format: Literal["sklearn", "onnx"] = "sklearn"
+    """sklearn (.skops, or .joblib/.pkl with a pinned digest) or onnx."""
+    digest: Digest | None = None
+    """sha256 of the model file (sha256:<64 hex>), verified before it is deserialized."""
+    credentials_secret_ref: LocalObjectReference | None = None
+    """A Secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...)
+    the fetch init container gets as environment, for s3:// and private https:// sources."""
+
+
+class ResourceRequirements(KModel):
+    """Compute resources of the serving container, as in a Pod spec."""
+
+    requests: dict[str, int | str] | None = None
+    """Minimum resources, e.g. {cpu: 500m, memory: 512Mi}."""
+    limits: dict[str, int | str] | None = None
+    """Maximum resources, e.g. {memory: 1Gi}."""
+
+
+class EnvVar(KModel):
+    """An environment variable for the serving container (a literal value)."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    """Variable name."""
+    value: str = Field(default="", max_length=32768)
+    """Variable value. Use spec.secrets for anything secret."""
+
+
+class RuntimeSpec(KModel):
+    """Which server runs the model."""
+
+    model_config = validations(
+        ("self.kind != 'custom' || (has(self.image) && has(self.port))",
+         "runtime kind custom needs image and port", ".kind"),
+        ("self.kind == 'custom' || !(has(self.command) || has(self.args) || has(self.port))",
+         "command, args and port are only for runtime kind custom", ".kind"),
+    )
+
+
+    kind: RuntimeKind = "kustos"
+    """kustos (default: fast, serves all protocols), seldon, mlserver, tfserving, torchserve
+    or custom."""
+    image: str | None = Field(default=None, max_length=512)
+    """Container image; defaults to the operator's configured image for the kind."""
+    protocol: Literal["v2", "v1", "seldon"] = "v2"
+    """Protocol clients use (kustos serves all three at once); used for the URL in status."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server worker processes per pod (kustos runtime)."""
+    resources: ResourceRequirements | None = None
+    """Resources of the serving container; operator defaults apply when unset."""
+    env: list[EnvVar] | None = Field(default=None, max_length=64)
+    """Extra environment variables for the serving container."""
+    command: list[str] | None = Field(default=None, max_length=64)
+    """custom runtime only: the container command."""
+    args: list[str] | None = Field(default=None, max_length=256)
+    """custom runtime only: the container arguments."""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """custom runtime only: the HTTP port the container serves on."""
+
+
+class AutoscalingSpec(KModel):
+    """Horizontal autoscaling; when set, an HPA owns the replica count."""
+
+    model_config = validations(
+        ("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas",
+         ".minReplicas"),
+    )
+
+
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    """Lower bound on replicas."""
+    max_replicas: int = Field(ge=1, le=1000)
+    """Upper bound on replicas."""
+    target_cpu_utilization: int | None = Field(default=None, ge=1, le=100,
+                                               alias="targetCPUUtilization")
+    """Target average CPU utilisation in percent of requests (default 80 when no target is set)."""
+    target_requests_per_second: int | None = Field(default=None, ge=1, le=1000000)
+    """Target requests/s per pod (metric kustos_requests_per_second; needs a metrics adapter)."""
+
+
+class VaultItem(KModel):
+    """One secret value from Vault KV v2."""
+
+    path: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    """KV v2 path, e.g. secret/data/ml/credit-risk (mount/data/path)."""
+    key: str | None = Field(default=None, min_length=1, max_length=256)
+    """Key inside the secret; all keys (as JSON) when unset."""
+    file: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """File name under the secrets mount (/var/run/secrets/kustos)."""
+    env: str | None = Field(default=None, max_length=256, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    """Also expose it as this environment variable (files are preferred)."""
+    template: str | None = Field(default=None, max_length=8192)
+    """injector mode: a Vault Agent template for this file."""
+
+
+class VaultSpec(KModel):
+    """Secrets from Vault (or OpenBao)."""
+
+    model_config = validations(
+        ("self.items.all(i, self.items.exists_one(j, j.file == i.file))",
+         "each item needs its own file name", ".items"),
+        ("self.mode == 'injector' || self.items.all(i, !has(i.template))",
+         "templates are for injector mode only", ".items"),
+    )
+
+
+    mode: Literal["sync", "injector"] = "sync"
+    """sync: the operator reads Vault and owns a Secret; injector: Vault Agent annotations."""
+    role: str = Field(min_length=1, max_length=256)
+    """Vault Kubernetes auth role bound to the model's ServiceAccount."""
+    auth_path: str = Field(default="kubernetes", min_length=1, max_length=256)
+    """Mount path of the Kubernetes auth method."""
+    namespace: str | None = Field(default=None, max_length=256)
+    """Vault Enterprise / OpenBao namespace."""
+    refresh_interval: Duration = "5m"
+    """sync mode: how often secrets are re-read; a new version rolls the pods."""
+    pre_populate_only: bool = False
+    """injector mode: only the init container, no sidecar agent."""
+    items: list[VaultItem] = Field(min_length=1, max_length=64)
+    """The secret values to provide."""
+
+
+class SecretsSpec(KModel):
+    """Where the model's secrets come from."""
+
+    vault: VaultSpec | None = None
+    """Secrets from Vault."""
+
+
+class Approval(KModel):
+    """Who approved this model version for production."""
+
+    approved_by: str = Field(min_length=1, max_length=256)
+    """Approver's identity."""
+    ticket: str = Field(min_length=1, max_length=256)
+    """Change or risk ticket, e.g. RISK-1234."""
+    approved_at: datetime | None = None
+    """When it was approved (RFC 3339)."""
+
+
+class ModelCard(KModel):
+    """Model card fields, shown by kubectl describe and kept with the deployment."""
+
+    intended_use: str | None = Field(default=None, max_length=4096)
+    """What the model is for."""
+    limitations: str | None = Field(default=None, max_length=4096)
+    """Known limitations and out-of-scope uses."""
+    training_data: str | None = Field(default=None, max_length=4096)
+    """What it was trained on."""
+    metrics: dict[str, str] | None = None
+    """Evaluation metrics, e.g. {auc: "0.91"}."""
+
+
+class GovernanceSpec(KModel):
+    """Ownership, risk and approval."""
+
+    owner: str | None = Field(default=None, max_length=256)
+    """Team or person accountable for the model."""
+    risk_tier: RiskTier = "low"
+    """low | medium | high; policies key off this."""
+    approval: Approval | None = None
+    """Approval of this version."""
+    model_card: ModelCard | None = None
+    """Model card."""
+
+
+class CanaryModel(KModel):
+    """The canary's model; unset fields are taken from spec.model."""
+
+    version: str = Field(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*)?$")
+    """Canary model version."""
+    uri: Uri
+    """Where the canary model file lives."""
+    format: Literal["sklearn", "onnx"] | None = None
+    """Format; defaults to spec.model.format."""
+    digest: Digest | None = None
+    """sha256 of the canary model file."""
+
+
+class CanarySpec(KModel):
+    """A second model version behind the same Service."""
+
+    model: CanaryModel
+    """The canary model."""
+    traffic_percent: int = Field(ge=1, le=99)
+    """Share of traffic for the canary, 1..99 (split by replica ratio of the two Deployments)."""
+
+
+class ModelDeploymentSpec(KModel):
+    """Desired state of a ModelDeployment."""
+
+    model_config = validations(
+        ("!has(self.governance) || self.governance.riskTier != 'high' || has(self.model.digest)",
+         "riskTier high needs a pinned model digest", ".model.digest"),
+        ("!has(self.canary) || self.replicas >= 2 || has(self.autoscaling)",
+         "a canary needs at least 2 replicas", ".replicas"),
+    )
+
+
+    model: ModelSource
+    """The model to serve."""
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    """The serving runtime."""
+    replicas: int = Field(default=1, ge=0, le=1000)
+    """Replicas when autoscaling is not set (the scale subresource)."""
+    autoscaling: AutoscalingSpec | None = None
+    """When set, an HPA owns the replica count."""
+    secrets: SecretsSpec | None = None
+    """Secrets for the model server."""
+    governance: GovernanceSpec | None = None
+    """Ownership, risk tier, approval and model card."""
+    canary: CanarySpec | None = None
+    """Optional canary."""
+
+
+class DeployedModel(KModel):
+    """A model version as deployed."""
+
+    version: str | None = None
+    """Model version."""
+    digest: str | None = None
+    """Model digest."""
+    deployed_at: datetime | None = None
+    """When this version was first rolled out."""
+
+
+class SecretsStatus(KModel):
+    """Secret sync state: versions and times only, never values."""
+
+    version: str | None = None
+    """Combined version of the synced Vault secrets."""
+    last_sync: datetime | None = None
+    """Last successful sync."""
+
+
+class ModelDeploymentStatus(KModel):
+    """Observed state of a ModelDeployment."""
+
+    observed_generation: int | None = None
+    """The generation last reconciled."""
+    conditions: list[Condition] | None = None
+    """Ready, Progressing, Degraded, ModelVerified, SecretsReady, PolicyCompliant."""
+    replicas: int | None = None
+    """Pods of the serving Deployment."""
+    ready_replicas: int | None = None
+    """Ready pods."""
+    selector: str | None = None
+    """Label selector of the serving pods (scale subresource)."""
+    url: str | None = None
+    """In-cluster URL of the model endpoint."""
+    model: DeployedModel | None = None
+    """The version being served."""
+    secrets: SecretsStatus | None = None
+    """Secret sync state."""
+    history: list[DeployedModel] | None = None
+    """The last deployed versions, newest first."""
+
+
+class ModelDeployment(KModel):
+    """Serve one model with its runtime, scaling, secrets and governance."""
+
+    api_version: Literal["kustos.dev/v1alpha1"] = "kustos.dev/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None

@@ -1,0 +1,134 @@
+"""ModelDeployment handlers: render, apply what differs, report status from the cluster."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kustos import metrics
+from kustos.api.v1alpha1 import GROUP, VERSION
+from kustos.k8s import client, events
+from kustos.k8s.client import ApiError
+from kustos.k8s.resources import MODEL_CHILD_KINDS
+from kustos.render import modeldeployment as render_md
+from kustos.render.meta import MANAGED, MANAGED_BY, base_labels
+from kustos.status import modeldeployment as status_md
+from kustos.status.modeldeployment import Failure
+
+from .children import NameConflict, sync
+from .context import backoff, config
+
+log = logging.getLogger(__name__)
+KIND = "ModelDeployment"
+
+
+def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
+                 failure: Failure | None = None) -> None:
+    """Compute the status from what the cluster reports; write it only if it changed."""
+    new, notices = status_md.compute(body, deployments, config(), datetime.now(UTC), failure)
+    meta = body["metadata"]
+    if status_md.changed(body.get("status"), new):
+        client.patch_status(KIND, meta["name"], meta["namespace"], new)
+    for notice in notices:
+        events.post(body, notice.reason, notice.message, warning=notice.warning)
+
+
+def _deployments(children: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, Any]:
+    return {name: obj for (kind, name), obj in children.items() if kind == "Deployment"}
+
+
+@kopf.on.resume(GROUP, VERSION, "modeldeployments")
+@kopf.on.create(GROUP, VERSION, "modeldeployments")
+@kopf.on.update(GROUP, VERSION, "modeldeployments")
+def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
+    started = time.perf_counter()
+    result = "ok"
+    try:
+        _reconcile(body, retry)
+    except kopf.PermanentError:
+        result = "invalid"
+        raise
+    except kopf.TemporaryError:
+        result = "retry"
+        raise
+    finally:
+        metrics.RECONCILES.labels(kind=KIND, result=result).inc()
+        metrics.RECONCILE_SECONDS.labels(kind=KIND).observe(time.perf_counter() - started)
+
+
+def _reconcile(body: Mapping[str, Any], retry: int) -> None:
+    body = dict(body)
+    try:
+        desired = render_md.render(body, config())
+    except ValidationError as err:
+        # The schema should have refused this; an older CRD or a manual status edit can
+        # still get here. Say so, don't retry until the spec changes.
+        _fail(body, "InvalidSpec", _validation_message(err), permanent=True)
+        return
+    try:
+        children = sync(body, desired, MODEL_CHILD_KINDS)
+    except NameConflict as err:
+        _fail(body, "NameConflict", str(err), permanent=True)
+        return
+    except ApiError as err:
+        if err.status in (400, 422):
+            _fail(body, "InvalidChild", err.message, permanent=True)
+        _fail(body, "ApiError" if err.status != 403 else "Forbidden", err.message,
+              permanent=False, retry=retry)
+        return
+    write_status(body, _deployments(children))
+
+
+def _fail(body: Mapping[str, Any], reason: str, message: str, *, permanent: bool,
+          retry: int = 0) -> None:
+    metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=reason).inc()
+    try:
+        deployments = {d["metadata"]["name"]: d for d in client.list_objects(
+            "Deployment", body["metadata"]["namespace"], base_labels(body["metadata"]["name"]))}
+        write_status(body, deployments, Failure(reason, message))
+    except ApiError as err:
+        log.warning("could not record %s on %s: %s", reason, body["metadata"]["name"], err)
+    if permanent:
+        raise kopf.PermanentError(f"{reason}: {message}")
+    raise kopf.TemporaryError(f"{reason}: {message}", delay=backoff(retry))
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"spec.{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={MANAGED: MANAGED_BY})
+def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A serving Deployment changed (rollout progress, availability): refresh the owner's
+    status. Events handlers store nothing on the object."""
+    owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
+                  if ref.get("kind") == KIND and ref.get("controller")), None)
+    if owner is None:
+        return
+    namespace = body["metadata"]["namespace"]
+    try:
+        md = client.get(KIND, owner["name"], namespace)
+        if md is None or md["metadata"]["uid"] != owner["uid"]:
+            return
+        if (md.get("status") or {}).get("observedGeneration") != md["metadata"].get("generation"):
+            return  # the MD's own reconcile is due and will write the status
+        deployments = {d["metadata"]["name"]: d for d in client.list_objects(
+            "Deployment", namespace, base_labels(owner["name"]))}
+        degraded = next((c for c in (md.get("status") or {}).get("conditions") or []
+                         if c.get("type") == "Degraded" and c.get("status") == "True"
+                         and c.get("reason") in ("InvalidSpec", "NameConflict", "InvalidChild")),
+                        None)
+        failure = Failure(degraded["reason"], degraded["message"]) if degraded else None
+        write_status(md, deployments, failure)
+    except (ApiError, ValidationError) as err:
+        log.warning("status refresh of %s/%s failed: %s", namespace, owner["name"], err)

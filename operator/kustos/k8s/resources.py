@@ -1,0 +1,54 @@
+"""Where each kind lives in the API: the few kinds Kustos reads and writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Resource:
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def collection(self, namespace: str | None = None) -> str:
+        """URL path of the collection (in ``namespace`` for namespaced kinds)."""
+        group = f"/api/{self.api_version}" if "/" not in self.api_version \
+            else f"/apis/{self.api_version}"
+        if self.namespaced and namespace:
+            return f"{group}/namespaces/{namespace}/{self.plural}"
+        return f"{group}/{self.plural}"
+
+    def path(self, name: str, namespace: str | None = None) -> str:
+        return f"{self.collection(namespace)}/{name}"
+
+
+_ALL = [
+    Resource("v1", "ServiceAccount", "serviceaccounts"),
+    Resource("v1", "Service", "services"),
+    Resource("v1", "Secret", "secrets"),
+    Resource("v1", "ConfigMap", "configmaps"),
+    Resource("v1", "Event", "events"),
+    Resource("v1", "Namespace", "namespaces", namespaced=False),
+    Resource("apps/v1", "Deployment", "deployments"),
+    Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    Resource("batch/v1", "Job", "jobs"),
+    Resource("kustos.dev/v1alpha1", "ModelDeployment", "modeldeployments"),
+    Resource("kustos.dev/v1alpha1", "ExplainerSpec", "explainerspecs"),
+    Resource("kustos.dev/v1alpha1", "DriftMonitor", "driftmonitors"),
+]
+BY_KIND: dict[str, Resource] = {r.kind: r for r in _ALL}
+
+# The kinds a ModelDeployment's children can have, in the order they are applied.
+MODEL_CHILD_KINDS = ["ServiceAccount", "Deployment", "Service", "HorizontalPodAutoscaler",
+                     "PodDisruptionBudget"]
+
+
+def resource(kind: str) -> Resource:
+    try:
+        return BY_KIND[kind]
+    except KeyError:
+        raise ValueError(f"kustos does not manage kind {kind!r}") from None

@@ -1,0 +1,17 @@
+"""The operator's own Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+RECONCILES = Counter("kustos_operator_reconciles_total", "Reconciles by kind and result",
+                     ["kind", "result"])
+RECONCILE_SECONDS = Histogram(
+    "kustos_operator_reconcile_duration_seconds", "Reconcile duration by kind", ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RECONCILE_ERRORS = Counter("kustos_operator_reconcile_errors_total",
+                           "Failed reconciles by kind and reason", ["kind", "reason"])
+API_WRITES = Counter("kustos_operator_api_writes_total",
+                     "Write requests to the Kubernetes API by verb", ["verb"])
+CHILDREN_APPLIED = Counter("kustos_operator_children_applied_total",
+                           "Child objects applied because they differed, by kind", ["kind"])

@@ -1,0 +1,298 @@
+"""ModelDeployment -> ServiceAccount, Deployment(s), Service, HPA, PDB. Pure: no I/O."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from kustos.api.v1alpha1 import ModelDeploymentSpec
+from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
+from kustos.config import OperatorConfig
+
+from .meta import COMPONENT, INSTANCE, MANAGED, NAME, TRACK, child_meta, with_hash
+from .runtimes import MODEL_DIR, ServingSpec, runtime_container
+
+PVC_MOUNT = "/mnt/pvc"
+NONROOT_UID = 65532
+SERVICE_PORT = 80
+
+
+@dataclass(frozen=True)
+class Track:
+    """One Deployment of the model: the stable track, or the canary."""
+
+    name: str  # Deployment name
+    track: str  # stable | canary
+    model: ModelSource
+    replicas: int
+
+
+def selector(instance: str, track: str = "stable") -> dict[str, str]:
+    """matchLabels of one track's pods (immutable once a Deployment exists)."""
+    return {INSTANCE: instance, COMPONENT: "predictor", TRACK: track}
+
+
+def selector_string(instance: str, track: str = "stable") -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(instance, track).items())
+
+
+def service_url(name: str, namespace: str, config: OperatorConfig) -> str:
+    return f"http://{name}.{namespace}.svc.{config.cluster_domain}"
+
+
+def model_file_name(uri: str) -> str:
+    """The file name the model gets in the pod; its extension tells the server the format."""
+    return posixpath.basename(urlparse(uri).path) or "model"
+
+
+def fetch_source(uri: str) -> str:
+    """What the fetch init container reads: pvc://CLAIM/PATH becomes the mounted path."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "pvc":
+        return f"{PVC_MOUNT}/{parsed.netloc}{parsed.path}"
+    return uri
+
+
+def effective_replicas(spec: ModelDeploymentSpec) -> int:
+    """The replica count the pods start from (the HPA's minimum when autoscaling)."""
+    return spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
+
+
+def split_tracks(name: str, spec: ModelDeploymentSpec) -> list[Track]:
+    """The stable track, plus a canary sized to its traffic share of the replicas.
+
+    The Service balances over all pods of both tracks, so the share of requests follows
+    the share of pods; the split is as exact as the replica count allows.
+    """
+    total = effective_replicas(spec)
+    if spec.canary is None:
+        return [Track(name, "stable", spec.model, total)]
+    canary_n = max(1, round(total * spec.canary.traffic_percent / 100)) if total else 0
+    stable_n = max(total - canary_n, 1 if total else 0)
+    return [
+        Track(name, "stable", spec.model, stable_n),
+        Track(f"{name}-canary", "canary", _canary_model(spec.model, spec.canary), canary_n),
+    ]
+
+
+def _canary_model(stable: ModelSource, canary: CanarySpec) -> ModelSource:
+    return stable.model_copy(update={
+        "version": canary.model.version,
+        "uri": canary.model.uri,
+        "format": canary.model.format or stable.format,
+        "digest": canary.model.digest,
+    })
+
+
+def _security_context() -> dict[str, Any]:
+    """Pod Security Standards `restricted`, plus a read-only root file system."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(spec: ModelDeploymentSpec, config: OperatorConfig) -> dict[str, Any]:
+    res = spec.runtime.resources
+    if res is None:
+        return dict(config.default_resources)
+    return {k: v for k, v in (("requests", res.requests), ("limits", res.limits)) if v}
+
+
+def serving_spec(name: str, spec: ModelDeploymentSpec, model: ModelSource,
+                 config: OperatorConfig) -> ServingSpec:
+    """What the runtime container needs, from the resource and the operator config."""
+    kind = spec.runtime.kind
+    return ServingSpec(
+        kind=kind,
+        image=spec.runtime.image or str(getattr(config.images, kind, config.images.kustos)),
+        model_name=model.name or name,
+        model_version=model.version,
+        model_file=model_file_name(model.uri),
+        model_format=model.format,
+        digest=model.digest,
+        protocol=spec.runtime.protocol,
+        workers=spec.runtime.workers,
+        env=tuple(e.wire() for e in spec.runtime.env or ()),
+        resources=_resources(spec, config),
+        command=tuple(spec.runtime.command or ()),
+        args=tuple(spec.runtime.args or ()),
+        port=spec.runtime.port,
+    )
+
+
+def _fetch_container(model: ModelSource, config: OperatorConfig) -> dict[str, Any]:
+    args = ["fetch", fetch_source(model.uri), f"{MODEL_DIR}/{model_file_name(model.uri)}"]
+    if model.digest:
+        args += ["--digest", model.digest]
+    container: dict[str, Any] = {
+        "name": "fetch-model",
+        "image": config.images.fetch,
+        "args": args,
+        "resources": dict(config.fetch_resources),
+        "securityContext": _security_context(),
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if urlparse(model.uri).scheme == "pvc":
+        claim = urlparse(model.uri).netloc
+        container["volumeMounts"].append(
+            {"name": "source", "mountPath": f"{PVC_MOUNT}/{claim}", "readOnly": True})
+    if model.credentials_secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
+    return container
+
+
+def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track: Track,
+                      config: OperatorConfig, autoscaled: bool) -> dict[str, Any]:
+    """The Deployment of one track."""
+    name = body["metadata"]["name"]
+    sel = selector(name, track.track)
+    sspec = serving_spec(name, spec, track.model, config)
+    server = runtime_container(sspec)
+    server["securityContext"] = _security_context()
+    server["volumeMounts"] = [
+        *server.get("volumeMounts", []),
+        {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "model", "emptyDir": {"sizeLimit": config.model_volume_size}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+    if urlparse(track.model.uri).scheme == "pvc":
+        claim = urlparse(track.model.uri).netloc
+        volumes.append({"name": "source",
+                        "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    pod_labels = {**sel, MANAGED: "kustos", NAME: "kustos-model"}
+    pod_annotations = {
+        "kubectl.kubernetes.io/default-container": "server",
+        "kustos.dev/model-version": track.model.version,
+    }
+    if track.model.digest:
+        pod_annotations["kustos.dev/model-digest"] = track.model.digest
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": sel},
+        "revisionHistoryLimit": 5,
+        "progressDeadlineSeconds": 600,
+        # Never fewer serving pods than asked for during a rollout.
+        "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+            "spec": {
+                "serviceAccountName": name,
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "terminationGracePeriodSeconds": 30,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": NONROOT_UID,
+                    "runAsGroup": NONROOT_UID,
+                    "fsGroup": NONROOT_UID,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "initContainers": [_fetch_container(track.model, config)],
+                "containers": [server],
+                "volumes": volumes,
+            },
+        },
+    }
+    # With autoscaling the HPA owns .spec.replicas of the stable track; leave it out.
+    if not (autoscaled and track.track == "stable"):
+        deployment_spec["replicas"] = track.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_meta(body, track.name, {COMPONENT: "predictor", TRACK: track.track}),
+        "spec": deployment_spec,
+    }
+
+
+def render_service(body: Mapping[str, Any]) -> dict[str, Any]:
+    """One Service over both tracks, on port 80 -> the runtime's http port."""
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_meta(body, name, {COMPONENT: "predictor"}),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {INSTANCE: name, COMPONENT: "predictor"},
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http",
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def render_service_account(body: Mapping[str, Any]) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": child_meta(body, name),
+        "automountServiceAccountToken": False,
+    }
+
+
+def render_hpa(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any] | None:
+    auto = spec.autoscaling
+    if auto is None:
+        return None
+    name = body["metadata"]["name"]
+    metrics: list[dict[str, Any]] = []
+    cpu = auto.target_cpu_utilization
+    if cpu is None and auto.target_requests_per_second is None:
+        cpu = 80
+    if cpu is not None:
+        metrics.append({"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}}})
+    if auto.target_requests_per_second is not None:
+        metrics.append({"type": "Pods", "pods": {
+            "metric": {"name": "kustos_requests_per_second"},
+            "target": {"type": "AverageValue",
+                       "averageValue": str(auto.target_requests_per_second)}}})
+    stable = split_tracks(name, spec)[0]
+    canary_n = effective_replicas(spec) - stable.replicas
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": child_meta(body, name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": max(1, auto.min_replicas - canary_n),
+            "maxReplicas": max(1, auto.max_replicas - canary_n),
+            "metrics": metrics,
+        },
+    }
+
+
+def render_pdb(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any] | None:
+    """Keep all but one pod through voluntary disruptions, when there is more than one."""
+    name = body["metadata"]["name"]
+    if split_tracks(name, spec)[0].replicas <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": child_meta(body, name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name, "stable")}},
+    }
+
+
+def render(body: Mapping[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
+    """Every child of a ModelDeployment, each with its spec-hash annotation."""
+    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    name = body["metadata"]["name"]
+    children: list[dict[str, Any] | None] = [render_service_account(body)]
+    autoscaled = spec.autoscaling is not None
+    children += [render_deployment(body, spec, t, config, autoscaled)
+                 for t in split_tracks(name, spec)]
+    children += [render_service(body), render_hpa(body, spec), render_pdb(body, spec)]
+    return [with_hash(c) for c in children if c is not None]

@@ -1,0 +1,1 @@
+"""Pure status computation: (resource, what the cluster reports) -> status. No I/O."""

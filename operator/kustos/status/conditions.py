@@ -1,0 +1,48 @@
+"""Conditions by the Kubernetes API conventions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+
+def timestamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: Iterable[Mapping[str, Any]], type_: str, status: bool | str,
+                  reason: str, message: str, generation: int | None,
+                  now: datetime) -> list[dict[str, Any]]:
+    """``conditions`` with ``type_`` set; lastTransitionTime moves only when status does."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    out: list[dict[str, Any]] = []
+    found = False
+    for cond in conditions:
+        if cond.get("type") != type_:
+            out.append(dict(cond))
+            continue
+        found = True
+        changed = cond.get("status") != value
+        out.append({
+            "type": type_, "status": value, "reason": reason, "message": message,
+            "lastTransitionTime": timestamp(now) if changed
+            else cond.get("lastTransitionTime", timestamp(now)),
+            "observedGeneration": generation,
+        })
+    if not found:
+        out.append({"type": type_, "status": value, "reason": reason, "message": message,
+                    "lastTransitionTime": timestamp(now), "observedGeneration": generation})
+    return out
+
+
+def get_condition(obj: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def is_true(obj: Mapping[str, Any], type_: str) -> bool:
+    cond = get_condition(obj, type_)
+    return bool(cond and cond.get("status") == "True")

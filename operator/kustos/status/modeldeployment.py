@@ -1,0 +1,179 @@
+"""ModelDeployment status from the Deployments the cluster reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kustos.api.v1alpha1 import ModelDeploymentSpec
+from kustos.config import OperatorConfig
+from kustos.render.modeldeployment import selector_string, service_url, split_tracks
+
+from .conditions import get_condition, set_condition, timestamp
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An Event the controller should post (the pure code only says which)."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A problem the reconcile ran into: becomes Degraded with this reason."""
+
+    reason: str
+    message: str
+
+
+@dataclass
+class Rollout:
+    """One Deployment's rollout state, as `kubectl rollout status` judges it."""
+
+    wanted: int
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    available: int = 0
+    exists: bool = False
+    observed: bool = False
+    available_cond: bool = False
+    deadline_exceeded: str | None = None
+    replica_failure: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return (self.exists and self.observed and self.updated >= self.wanted
+                and self.replicas == self.updated and self.available >= self.updated)
+
+
+def rollout(deployment: Mapping[str, Any] | None, wanted: int | None) -> Rollout:
+    if deployment is None:
+        return Rollout(wanted=wanted or 0)
+    spec_replicas = int(deployment.get("spec", {}).get("replicas", 1))
+    st = deployment.get("status") or {}
+    r = Rollout(
+        wanted=spec_replicas if wanted is None else wanted,
+        replicas=int(st.get("replicas", 0)),
+        ready=int(st.get("readyReplicas", 0)),
+        updated=int(st.get("updatedReplicas", 0)),
+        available=int(st.get("availableReplicas", 0)),
+        exists=True,
+        observed=int(st.get("observedGeneration", 0))
+        >= int(deployment["metadata"].get("generation", 0)),
+    )
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == "Available":
+            r.available_cond = cond.get("status") == "True"
+        elif (cond.get("type") == "Progressing" and cond.get("status") == "False"
+              and cond.get("reason") == "ProgressDeadlineExceeded"):
+            r.deadline_exceeded = cond.get("message") or "progress deadline exceeded"
+        elif cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            r.replica_failure = cond.get("message") or cond.get("reason") or "replica failure"
+    return r
+
+
+def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
+            config: OperatorConfig, now: datetime,
+            failure: Failure | None = None) -> tuple[dict[str, Any], list[Notice]]:
+    """The new status and the Events to post, from the live Deployments by name."""
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    generation = meta.get("generation")
+    old: Mapping[str, Any] = body.get("status") or {}
+    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    tracks = split_tracks(name, spec)
+    rollouts = []
+    for t in tracks:
+        # Under autoscaling the HPA decides the stable track's size: judge against it.
+        wanted = None if (spec.autoscaling and t.track == "stable") else t.replicas
+        rollouts.append(rollout(deployments.get(t.name), wanted))
+    stable = rollouts[0]
+    notices: list[Notice] = []
+    conds: list[dict[str, Any]] = list(old.get("conditions") or [])
+
+    def cond(type_: str, status: bool, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = set_condition(conds, type_, status, reason, message, generation, now)
+
+    done = all(r.done for r in rollouts)
+    total_wanted = sum(r.wanted for r in rollouts)
+    total_ready = sum(r.ready for r in rollouts)
+    if not stable.exists:
+        cond("Progressing", True, "Creating", "creating the serving Deployment")
+    elif not done:
+        cond("Progressing", True, "RollingOut",
+             f"{sum(r.updated for r in rollouts)}/{total_wanted} replicas updated, "
+             f"{sum(r.available for r in rollouts)} available")
+    else:
+        cond("Progressing", False, "RolloutComplete",
+             f"{total_wanted} replica(s) serving version {spec.model.version}")
+
+    if total_wanted == 0 and stable.exists:
+        cond("Ready", False, "ScaledToZero", "replicas is 0")
+    elif stable.exists and all(r.available_cond for r in rollouts if r.exists) and total_ready:
+        cond("Ready", True, "Available", f"{total_ready}/{total_wanted} replicas ready")
+    elif not stable.exists:
+        cond("Ready", False, "Creating", "the serving Deployment does not exist yet")
+    else:
+        cond("Ready", False, "Unavailable", f"{total_ready}/{total_wanted} replicas ready")
+
+    problems = [(r.deadline_exceeded, "ProgressDeadlineExceeded") for r in rollouts] + \
+        [(r.replica_failure, "ReplicaFailure") for r in rollouts]
+    problem = next(((msg, reason) for msg, reason in problems if msg), None)
+    was_degraded = (get_condition(old, "Degraded") or {}).get("status") == "True"
+    if failure is not None:
+        cond("Degraded", True, failure.reason, failure.message)
+        if (get_condition(old, "Degraded") or {}).get("reason") != failure.reason:
+            notices.append(Notice(failure.reason, failure.message, warning=True))
+    elif problem is not None:
+        cond("Degraded", True, problem[1], problem[0])
+        if not was_degraded:
+            notices.append(Notice(problem[1], problem[0], warning=True))
+    else:
+        cond("Degraded", False, "AsExpected", "")
+        if was_degraded:
+            notices.append(Notice("Recovered", "the ModelDeployment is no longer degraded"))
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": conds,
+        "replicas": sum(r.replicas for r in rollouts),
+        "readyReplicas": total_ready,
+        "selector": selector_string(name),
+        "url": service_url(name, namespace, config),
+    }
+    served = dict(old.get("model") or {})
+    history = [dict(h) for h in old.get("history") or []]
+    current = {"version": spec.model.version, "digest": spec.model.digest}
+    # The served version changes when the stable rollout of a new version completes.
+    if stable.done and (served.get("version"), served.get("digest")) != \
+            (current["version"], current["digest"]):
+        if served.get("version"):
+            history.insert(0, served)
+            notices.append(Notice(
+                "ModelVersionChanged",
+                f"serving version {current['version']} (was {served.get('version')})"))
+        else:
+            notices.append(Notice("ModelDeployed", f"serving version {current['version']}"))
+        served = {k: v for k, v in current.items() if v} | {"deployedAt": timestamp(now)}
+    if served:
+        status["model"] = served
+    if history:
+        status["history"] = history[: config.history_limit]
+    for key in ("secrets",):  # owned by other reconcilers; carried over untouched
+        if key in old:
+            status[key] = old[key]
+    return status, notices
+
+
+def changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` would change anything the status already says."""
+    old = old or {}
+    return any(old.get(k) != v for k, v in new.items())
