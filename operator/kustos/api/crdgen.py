@@ -179,7 +179,8 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _default_factories(model: type[BaseModel], schema: dict[str, Any]) -> None:
-    """Nested models built by default_factory get `default: {}` in the schema."""
+    """Nested models built by default_factory get their defaults in the schema, so the
+    API server fills them in when the field is left out."""
     for name, info in model.model_fields.items():
         key = info.alias or name
         sub = schema.get("properties", {}).get(key)
@@ -189,7 +190,9 @@ def _default_factories(model: type[BaseModel], schema: dict[str, Any]) -> None:
         nested = _model_of(annotation)
         if nested is not None:
             if info.default_factory is not None and "default" not in sub:
-                sub["default"] = {}
+                # The full default (not {}): the API server checks CEL rules on it as is.
+                sub["default"] = nested().model_dump(by_alias=True, exclude_none=True,
+                                                     mode="json")
             _default_factories(nested, sub)
         elif "items" in sub:
             item_model = _model_of(getattr(annotation, "__args__", (None,))[0])

@@ -73,16 +73,24 @@ def _reconcile(body: Mapping[str, Any], retry: int) -> None:
         return
     try:
         children = sync(body, desired, MODEL_CHILD_KINDS)
+        write_status(body, _deployments(children))
     except NameConflict as err:
         _fail(body, "NameConflict", str(err), permanent=True)
-        return
     except ApiError as err:
+        if err.status == 404 and err.reason == "NotFound" and _gone(body):
+            return  # deleted while we worked; garbage collection does the rest
         if err.status in (400, 422):
             _fail(body, "InvalidChild", err.message, permanent=True)
-        _fail(body, "ApiError" if err.status != 403 else "Forbidden", err.message,
+        _fail(body, "Forbidden" if err.status == 403 else "ApiError", err.message,
               permanent=False, retry=retry)
-        return
-    write_status(body, _deployments(children))
+
+
+def _gone(body: Mapping[str, Any]) -> bool:
+    meta = body["metadata"]
+    try:
+        return client.get(KIND, meta["name"], meta["namespace"]) is None
+    except ApiError:
+        return False
 
 
 def _fail(body: Mapping[str, Any], reason: str, message: str, *, permanent: bool,

@@ -50,8 +50,8 @@ def _call(method: str, path: str, *, body: Any = None, query: list[tuple[str, An
     if method != "GET":
         metrics.API_WRITES.labels(verb=method).inc()
     client = api()
-    # JSON is YAML too: apply patches go out as a JSON text.
-    payload = json.dumps(body) if body is not None and not isinstance(body, str) else body
+    # JSON is YAML too: apply patches go out as JSON text; the client encodes JSON types.
+    payload = json.dumps(body) if "yaml" in content_type and not isinstance(body, str) else body
     _, url, headers, _, _ = client.param_serialize(
         method, path, query_params=query or [],
         header_params={"Accept": "application/json", "Content-Type": content_type},
@@ -82,7 +82,7 @@ def apply(manifest: Mapping[str, Any]) -> dict[str, Any]:
     meta = manifest["metadata"]
     path = res.path(meta["name"], meta.get("namespace"))
     result: dict[str, Any] = _call(
-        "PATCH", path, body=json.dumps(manifest),
+        "PATCH", path, body=dict(manifest),
         query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
         content_type="application/apply-patch+yaml")
     return result

@@ -127,10 +127,11 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     problems = [(r.deadline_exceeded, "ProgressDeadlineExceeded") for r in rollouts] + \
         [(r.replica_failure, "ReplicaFailure") for r in rollouts]
     problem = next(((msg, reason) for msg, reason in problems if msg), None)
-    was_degraded = (get_condition(old, "Degraded") or {}).get("status") == "True"
+    old_degraded = get_condition({"status": old}, "Degraded") or {}
+    was_degraded = old_degraded.get("status") == "True"
     if failure is not None:
         cond("Degraded", True, failure.reason, failure.message)
-        if (get_condition(old, "Degraded") or {}).get("reason") != failure.reason:
+        if not was_degraded or old_degraded.get("reason") != failure.reason:
             notices.append(Notice(failure.reason, failure.message, warning=True))
     elif problem is not None:
         cond("Degraded", True, problem[1], problem[0])

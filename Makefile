@@ -1,0 +1,92 @@
+# Kustos: the two commands are `make dev` and `make test`. Both set up what they need
+# (virtual environment, control-plane binaries in ~/.cache/kustos) and are safe to rerun.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KUBECONFIG_LOCAL := $(CURDIR)/.cluster/kubeconfig
+OPERATOR_LOG := $(CURDIR)/.cluster/logs/operator.log
+OPERATOR_PID := $(CURDIR)/.cluster/run/operator.pid
+PYTEST_ARGS ?=
+
+ifeq ($(USE_EXISTING_CLUSTER),1)
+KUBECONFIG_USE := $(or $(KUBECONFIG),$(HOME)/.kube/config)
+else
+KUBECONFIG_USE := $(KUBECONFIG_LOCAL)
+endif
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): pyproject.toml
+	@echo "==> Python environment in $(VENV)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --progress-bar off -e '.[serve,dev]'
+	@touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create the virtual environment with every extra
+
+.PHONY: tools
+tools: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm
+	@bash hack/build-tools.sh
+
+.PHONY: crds
+crds: venv ## regenerate crds/ from the pydantic models
+	@$(BIN)/kustos crds --write crds
+
+.PHONY: lint
+lint: venv ## ruff and mypy
+	@echo "==> ruff"
+	@$(BIN)/ruff check operator tests
+	@echo "==> mypy"
+	@$(BIN)/mypy
+
+.PHONY: cluster
+cluster: tools venv ## start the local control plane (no-op when it runs)
+ifeq ($(USE_EXISTING_CLUSTER),1)
+	@echo "==> USE_EXISTING_CLUSTER=1: using $(KUBECONFIG_USE)"
+else
+	@bash hack/cluster.sh up
+endif
+
+.PHONY: down
+down: ## stop the operator and the local control plane
+	@bash hack/dev-operator.sh stop || true
+	@bash hack/cluster.sh down
+
+.PHONY: dev
+dev: cluster ## control plane + CRDs + operator + samples; the sample reaches Ready
+	@echo "==> CRDs"
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply --server-side --field-manager=kustos -f crds/ >/dev/null
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=kustos --timeout=60s >/dev/null
+	@KUBECONFIG=$(KUBECONFIG_USE) bash hack/dev-operator.sh start
+	@echo "==> samples"
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply -f manifests/samples/
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl wait --for=condition=Ready md --all --timeout=120s
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl get kustos
+	@echo
+	@echo "Kustos is running. Watch it with:"
+	@echo "  export KUBECONFIG=$(KUBECONFIG_USE) PATH=$(CURDIR)/$(BIN):\$$PATH"
+	@echo "  kubectl get md -w                 # ModelDeployments"
+	@echo "  kubectl describe md iris          # conditions, events"
+	@echo "  tail -f $(OPERATOR_LOG)"
+	@echo "Stop everything with: make down"
+
+.PHONY: unit
+unit: venv ## unit tests (no cluster)
+	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+.PHONY: test
+test: venv tools lint ## lint, unit, runtime and integration tests against the real control plane
+	@echo "==> tests"
+	@$(BIN)/pytest tests/unit tests/runtimes tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: venv ## serving benchmark: kustos serve vs MLServer vs a bare baseline
+	@bash hack/bench-serving.sh
