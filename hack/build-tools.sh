@@ -14,7 +14,14 @@ mkdir -p "$work"
 
 log() { printf '[build-tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-have() { [ -x "$KUSTOS_BIN/$1" ] && "$KUSTOS_BIN/$1" "${2:---version}" >/dev/null 2>&1; }
+# have NAME WANT [ARG]: NAME is cached and `NAME ARG` (default --version) mentions WANT, so a
+# version bump in versions.sh rebuilds it (the cache directory is keyed by K8S_VERSION only).
+have() {
+  local out
+  [ -x "$KUSTOS_BIN/$1" ] || return 1
+  out=$("$KUSTOS_BIN/$1" "${3:---version}" 2>&1) || return 1
+  [[ $out == *"$2"* ]]
+}
 
 # wrapper DIR MODULE VERSION [REPLACES...]: a throwaway module that requires MODULE@VERSION
 # and imports the main packages we build, so `go build` resolves one consistent graph.
@@ -47,9 +54,9 @@ tools() {
 
 build_kubernetes() {
   local need=()
-  for b in kube-apiserver kube-controller-manager kube-scheduler; do have "$b" || need+=("$b"); done
+  for b in kube-apiserver kube-controller-manager kube-scheduler; do have "$b" "Kubernetes $K8S_VERSION" || need+=("$b"); done
   [ ${#need[@]} -eq 0 ] && { log "kubernetes $K8S_VERSION binaries cached"; return; }
-  log "building ${need[*]} from k8s.io/kubernetes@$K8S_VERSION (first time: 15-30 min on 2 cores)"
+  log "building ${need[*]} from k8s.io/kubernetes@$K8S_VERSION (first time: about 10 min on 2 cores with the modules downloaded, longer without)"
   local dir="$work/kubernetes-$K8S_VERSION"
   go mod download k8s.io/kubernetes@"$K8S_VERSION"
   local gomod
@@ -80,7 +87,7 @@ build_kubernetes() {
 }
 
 build_etcd() {
-  have etcd && { log "etcd cached"; return; }
+  have etcd "etcd Version: ${ETCD_VERSION#v}" && { log "etcd cached"; return; }
   log "building etcd $ETCD_VERSION"
   local dir="$work/etcd-$ETCD_VERSION"
   local ev=$ETCD_VERSION
@@ -97,7 +104,7 @@ build_etcd() {
 }
 
 build_kwok() {
-  have kwok && { log "kwok cached"; return; }
+  have kwok "kwok version $KWOK_VERSION " && { log "kwok cached"; return; }
   log "building kwok $KWOK_VERSION"
   local dir="$work/kwok-$KWOK_VERSION"
   wrapper "$dir" sigs.k8s.io/kwok "$KWOK_VERSION"
@@ -109,7 +116,7 @@ build_kwok() {
 }
 
 build_helm() {
-  have helm version && { log "helm cached"; return; }
+  have helm "Version:\"$HELM_VERSION\"" version && { log "helm cached"; return; }
   log "building helm $HELM_VERSION"
   local dir="$work/helm-$HELM_VERSION"
   wrapper "$dir" helm.sh/helm/v3 "$HELM_VERSION"
