@@ -1,0 +1,1 @@
+"""The model server behind `kustos serve`."""

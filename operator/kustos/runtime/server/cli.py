@@ -1,0 +1,241 @@
+"""`kustos serve`: serve one model over KServe V2, KServe V1 and the Seldon protocol.
+
+The flags are the ones ``kustos.render.runtimes.kustos_serve_args`` renders; keep them in
+step. Heavy imports (numpy, sklearn, prometheus_client) happen inside the worker, after
+the multiprocess metrics directory is chosen: prometheus_client reads it at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
+
+log = logging.getLogger("kustos.serve")
+DEFAULT_MAX_BODY = 16 << 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kustos serve",
+        description="Serve one model over the Open Inference Protocol (KServe V2), "
+                    "KServe V1 and the Seldon protocol.")
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="model file (.skops, .joblib/.pkl with --digest, .onnx) or a "
+                        "directory holding exactly one")
+    p.add_argument("--name", required=True, help="model name in URLs and metadata")
+    p.add_argument("--model-version", default="1", help="model version (default 1)")
+    p.add_argument("--format", choices=("sklearn", "onnx"),
+                   help="model format (default: from the file extension)")
+    p.add_argument("--digest", help="sha256:<hex> the model file must match (required for "
+                                     "pickled models)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks a free one)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the port with SO_REUSEPORT (1)")
+    p.add_argument("--drift-url", default=os.environ.get("KUSTOS_DRIFT_URL") or None,
+                   help="drift sidecar URL to copy inputs to (env KUSTOS_DRIFT_URL)")
+    p.add_argument("--explainer-url", default=os.environ.get("KUSTOS_EXPLAINER_URL") or None,
+                   help="explainer sidecar base URL for :explain (env KUSTOS_EXPLAINER_URL)")
+    p.add_argument("--explainer-timeout", type=float, default=30.0,
+                   help="seconds to wait for the explainer (30)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
+                   help=f"largest request body accepted ({DEFAULT_MAX_BODY})")
+    p.add_argument("--max-batch-rows", type=int, default=256,
+                   help="largest micro-batch, in rows (256)")
+    p.add_argument("--no-batching", action="store_true",
+                   help="never merge concurrent requests into one model call")
+    p.add_argument("--drain-timeout", type=float, default=20.0,
+                   help="seconds to finish in-flight requests on SIGTERM (20)")
+    p.add_argument("--keepalive-timeout", type=float, default=75.0,
+                   help="seconds an idle keep-alive connection is kept (75)")
+    p.add_argument("--trust-type", action="append", default=[], metavar="TYPE",
+                   help="extra type a .skops file may contain (repeatable; env "
+                        "KUSTOS_TRUSTED_TYPES, comma-separated)")
+    p.add_argument("--onnx-threads", type=int, default=1,
+                   help="onnxruntime intra-op threads per worker (1)")
+    p.add_argument("--log-level", default=os.environ.get("KUSTOS_LOG_LEVEL", "info"),
+                   choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    if not 0 <= args.port <= 65535:
+        return "--port must be 0..65535"
+    if args.workers < 1:
+        return "--workers must be >= 1"
+    if args.workers > 1 and args.port == 0:
+        return "--workers > 1 needs an explicit --port (the workers share it)"
+    if args.max_body_bytes < 1024:
+        return "--max-body-bytes must be at least 1024"
+    if args.max_batch_rows < 1:
+        return "--max-batch-rows must be >= 1"
+    if args.drain_timeout < 0 or args.explainer_timeout <= 0:
+        return "timeouts must be positive"
+    for url in (args.drift_url, args.explainer_url):
+        if url and not url.startswith(("http://", "https://")):
+            return f"expected an http(s) URL, got {url!r}"
+    return None
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(args: argparse.Namespace, reuse_port: bool = False,
+                on_listening: Any = None, stop: asyncio.Event | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code."""
+    import gc
+    import warnings
+
+    from kustos import __version__
+    from kustos.runtime.server.app import AppOptions, ServingApp
+    from kustos.runtime.server.http import HttpServer
+    from kustos.runtime.server.models import ModelLoadError, load_model
+
+    trusted = list(args.trust_type) + [
+        t for t in os.environ.get("KUSTOS_TRUSTED_TYPES", "").split(",") if t.strip()]
+    app = ServingApp(AppOptions(
+        name=args.name, version=args.model_version, drift_url=args.drift_url,
+        explainer_url=args.explainer_url, explainer_timeout=args.explainer_timeout,
+        batching=not args.no_batching, max_batch_rows=args.max_batch_rows), __version__)
+    server = HttpServer(app, max_body=args.max_body_bytes,
+                        keepalive_timeout=args.keepalive_timeout)
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        port = await server.start(args.host, args.port, reuse_port=reuse_port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        app.close()
+        return 1
+    log.info("listening on %s:%d (pid %d)", args.host, port, os.getpid())
+    if on_listening is not None:
+        on_listening(port, app)
+    # Load in a thread so liveness answers while a large model loads.
+    loading = loop.run_in_executor(None, lambda: load_model(
+        args.model, args.name, args.model_version, args.format, args.digest, trusted,
+        args.onnx_threads))
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if not stop.is_set():
+        try:
+            model = loading.result()
+        except ModelLoadError as exc:
+            log.error("cannot load model: %s", exc)
+            code = 1
+        else:
+            import sklearn
+
+            # Inputs are checked for NaN/inf before every predict (per the model's tags),
+            # so sklearn's own finiteness scan is skipped. Thread-local: set on this thread,
+            # the one that predicts.
+            sklearn.set_config(assume_finite=True)
+            warnings.filterwarnings("ignore", category=UserWarning)
+            app.set_model(model)
+            gc.collect()
+            gc.freeze()  # the model's objects never die: keep them out of GC scans
+            log.info("model %s version %s ready (%s, loaded and warmed up in %.3fs)",
+                     model.name, model.version, model.platform, model.load_seconds)
+            await stopping
+    log.info("shutting down: draining in-flight requests")
+    app.begin_shutdown()
+    await server.shutdown(args.drain_timeout)
+    app.close()
+    stopping.cancel()
+    return code
+
+
+def _run_worker(args: argparse.Namespace, reuse_port: bool) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    _install_uvloop()
+    return asyncio.run(serve(args, reuse_port=reuse_port))
+
+
+def _worker_entry(args: argparse.Namespace) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
+    sys.exit(_run_worker(args, reuse_port=True))
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """N forked workers on one port; SIGTERM is passed on and waited for."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    own_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="kustos-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    ctx = mp.get_context("fork")  # nothing heavy is imported yet, and no threads run
+    procs = [ctx.Process(target=_worker_entry, args=(args,), name=f"kustos-worker-{i}")
+             for i in range(args.workers)]
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for proc in procs:
+        proc.start()
+    log.info("started %d workers on port %d", len(procs), args.port)
+    code = 0
+    try:
+        while not stopping:
+            done = wait([p.sentinel for p in procs], timeout=0.2)
+            if done:
+                dead = [p for p in procs if not p.is_alive()]
+                log.error("worker(s) %s exited (%s); stopping all",
+                          [p.pid for p in dead], [p.exitcode for p in dead])
+                code = 1
+                break
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + args.drain_timeout + 5
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+                code = 1
+            elif proc.exitcode not in (0, None) and not code:
+                code = 1 if not stopping else proc.exitcode or 0
+    finally:
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    problem = _check(args)
+    if problem:
+        print(f"kustos serve: {problem}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _supervise(args)
+    return _run_worker(args, reuse_port=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

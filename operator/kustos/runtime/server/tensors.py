@@ -1,0 +1,157 @@
+"""Open Inference Protocol tensors <-> numpy: datatypes, decoding with checks, encoding.
+
+Decoding is strict on purpose: JSON strings are never parsed as numbers, integers must fit
+their datatype, ragged nesting is refused, and ``shape`` must account for every element.
+Each failure raises :class:`ProtocolError` with the HTTP status the protocols answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+
+# V2 datatype -> numpy dtype (BYTES are Python str/bytes objects).
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_BY_DTYPE: dict[np.dtype[Any], str] = {v: k for k, v in DATATYPES.items() if k != "BYTES"}
+# A safety valve against absurd shapes that would still multiply to a small size.
+MAX_RANK = 32
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; ``status`` is the HTTP status code to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """numpy dtype -> V2 datatype (strings and objects are BYTES)."""
+    if dtype.kind in "OUS":
+        return "BYTES"
+    return _BY_DTYPE.get(dtype, "FP64" if dtype.kind == "f" else "INT64")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """What a model takes or returns: reported by metadata, enforced on infer."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 for a variable dimension (the batch)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def check_shape(shape: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise ProtocolError(f"{where}: 'shape' must be a list of at most {MAX_RANK} integers")
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise ProtocolError(f"{where}: 'shape' must hold non-negative integers, got {shape}")
+    return tuple(shape)
+
+
+def _flatten_bytes(data: Any, where: str) -> list[Any]:
+    out: list[Any] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str | bytes):
+            out.append(item)
+        else:
+            raise ProtocolError(f"{where}: BYTES data must be strings, got {type(item).__name__}")
+    return out
+
+
+def decode(data: Any, shape: tuple[int, ...], datatype: str, where: str) -> Array:
+    """JSON ``data`` (flat or nested, row-major) -> numpy array of ``shape``/``datatype``."""
+    dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise ProtocolError(f"{where}: unknown datatype {datatype!r}")
+    if not isinstance(data, list):
+        data = [data]  # a scalar is allowed for shape [] or [1]
+    expected = math.prod(shape)
+    if datatype == "BYTES":
+        flat = _flatten_bytes(data, where)
+        if len(flat) != expected:
+            raise ProtocolError(
+                f"{where}: shape {list(shape)} needs {expected} elements, data has {len(flat)}"
+            )
+        arr = np.empty(expected, dtype=object)
+        arr[:] = flat
+        return arr.reshape(shape)
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError):
+        raise ProtocolError(f"{where}: ragged or malformed 'data'") from None
+    kind = raw.dtype.kind
+    if raw.size == 0 and expected == 0:
+        return np.zeros(shape, dtype=dtype)
+    if kind not in "biuf":
+        raise ProtocolError(f"{where}: {datatype} data must be numbers, got non-numeric values")
+    if raw.size != expected:
+        raise ProtocolError(
+            f"{where}: shape {list(shape)} needs {expected} elements, data has {raw.size}"
+        )
+    if dtype.kind in "iu":
+        if kind == "f":
+            raise ProtocolError(f"{where}: {datatype} data must be integers")
+        if kind in "iu" and raw.size:
+            info = np.iinfo(dtype)
+            lo, hi = int(raw.min()), int(raw.max())
+            if lo < info.min or hi > info.max:
+                raise ProtocolError(f"{where}: value out of range for {datatype}")
+    elif dtype.kind == "b" and kind not in "b":
+        if kind == "f" or (raw.size and (raw.min() < 0 or raw.max() > 1)):
+            raise ProtocolError(f"{where}: BOOL data must be true/false (or 0/1)")
+    try:
+        arr = raw.astype(dtype, copy=False)
+    except (ValueError, OverflowError):
+        raise ProtocolError(f"{where}: data does not fit {datatype}") from None
+    return arr.reshape(shape)
+
+
+def encode(name: str, arr: Array) -> dict[str, Any]:
+    """numpy -> V2 output tensor; numeric data stays a numpy array for orjson."""
+    flat = arr.reshape(-1)
+    data: Any
+    if flat.dtype.kind in "OUS":
+        data = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+                for x in flat.tolist()]
+    elif flat.dtype.kind in "biuf":
+        data = np.ascontiguousarray(flat)
+    else:
+        data = flat.tolist()
+    return {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape), "data": data}
+
+
+def to_jsonable(arr: Array) -> Any:
+    """numpy -> nested lists (V1 predictions, Seldon ndarray)."""
+    if arr.dtype.kind == "S":
+        return np.char.decode(arr, "utf-8", "replace").tolist()
+    return arr.tolist()

@@ -1,0 +1,56 @@
+"""KServe V1 (TensorFlow-Serving style) REST: ``instances`` in, ``predictions`` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from kustos.runtime.server.models import Model
+from kustos.runtime.server.tensors import Array, ProtocolError, to_jsonable
+from kustos.runtime.server.v2 import loads_object
+
+
+def _numeric(values: Any, where: str) -> Array:
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError):
+        raise ProtocolError(f"{where}: ragged or malformed instances") from None
+    if arr.dtype.kind not in "biuf":
+        if arr.dtype.kind in "US" or (arr.dtype.kind == "O" and all(
+                isinstance(v, str) for v in arr.reshape(-1).tolist())):
+            out = np.empty(arr.shape, dtype=object)
+            out[...] = arr
+            return out
+        raise ProtocolError(f"{where}: instances must be numbers or strings")
+    return arr
+
+
+def parse_predict(body: bytes, model: Model) -> dict[str, Array]:
+    """``{"instances": [...]}`` (or ``{"inputs": ...}``) -> model tensors, one row each."""
+    doc = loads_object(body)
+    instances = doc.get("instances", doc.get("inputs"))
+    if not isinstance(instances, list) or not instances:
+        raise ProtocolError("'instances' must be a non-empty list")
+    if all(isinstance(row, dict) for row in instances):
+        # Named inputs: [{"a": ..., "b": ...}, ...] -> one tensor per name.
+        names = set(instances[0])
+        if any(set(row) != names for row in instances):
+            raise ProtocolError("every instance must have the same keys")
+        return {n: _numeric([row[n] for row in instances], f"instances[*].{n}") for n in names}
+    if any(isinstance(row, dict) for row in instances):
+        raise ProtocolError("instances must be all objects or all arrays")
+    return {model.inputs[0].name: _numeric(instances, "instances")}
+
+
+def predictions(outputs: dict[str, Array], names: tuple[str, ...]) -> bytes:
+    if len(names) == 1:
+        return orjson.dumps({"predictions": to_jsonable(outputs[names[0]])})
+    cols = {n: to_jsonable(outputs[n]) for n in names}
+    rows = len(next(iter(cols.values())))
+    return orjson.dumps({"predictions": [{n: cols[n][i] for n in names} for i in range(rows)]})
+
+
+def model_status(name: str, ready: bool) -> bytes:
+    return orjson.dumps({"name": name, "ready": ready})
