@@ -16,6 +16,6 @@ def set_config(cfg: OperatorConfig) -> None:
     _config = cfg
 
 
-def backoff(retry: int, base: float = 5.0, cap: float = 600.0) -> float:
-    """Exponential backoff for retried reconciles: 5 s, 10 s, 20 s ... capped at 10 min."""
+def backoff(retry: int, base: float = 2.0, cap: float = 600.0) -> float:
+    """Exponential backoff for retried reconciles: 2 s, 4 s, 8 s ... capped at 10 min."""
     return float(min(cap, base * 2 ** min(retry, 16)))

@@ -72,6 +72,9 @@ def _reconcile(body: Mapping[str, Any], retry: int) -> None:
         _fail(body, "InvalidSpec", _validation_message(err), permanent=True)
         return
     try:
+        missing = _missing_references(body)
+        if missing:
+            _fail(body, "CredentialsNotFound", missing, permanent=False, retry=retry)
         children = sync(body, desired, MODEL_CHILD_KINDS)
         write_status(body, _deployments(children))
     except NameConflict as err:
@@ -83,6 +86,16 @@ def _reconcile(body: Mapping[str, Any], retry: int) -> None:
             _fail(body, "InvalidChild", err.message, permanent=True)
         _fail(body, "Forbidden" if err.status == 403 else "ApiError", err.message,
               permanent=False, retry=retry)
+
+
+def _missing_references(body: Mapping[str, Any]) -> str | None:
+    """Objects the pods need that must exist before they can start (checked here because
+    a pod would otherwise sit in CreateContainerConfigError with nobody told)."""
+    ref = ((body["spec"].get("model") or {}).get("credentialsSecretRef") or {}).get("name")
+    if ref and client.get("Secret", ref, body["metadata"]["namespace"]) is None:
+        return (f"Secret {ref} named by spec.model.credentialsSecretRef does not exist; "
+                "create it and the deployment continues by itself")
+    return None
 
 
 def _gone(body: Mapping[str, Any]) -> bool:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 from .common import (
     Condition,
@@ -51,12 +52,31 @@ class ModelSource(KModel):
     the fetch init container gets as environment, for s3:// and private https:// sources."""
 
 
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+                    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
+def _quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a quantity (e.g. 500m, 1Gi)")
+    return value
+
+
+# A resource quantity as the API server parses it (int, or a string like 500m or 1Gi).
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_quantity),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}],
+                    "pattern": QUANTITY_PATTERN}),
+]
+
+
 class ResourceRequirements(KModel):
     """Compute resources of the serving container, as in a Pod spec."""
 
-    requests: dict[str, int | str] | None = None
+    requests: dict[str, Quantity] | None = None
     """Minimum resources, e.g. {cpu: 500m, memory: 512Mi}."""
-    limits: dict[str, int | str] | None = None
+    limits: dict[str, Quantity] | None = None
     """Maximum resources, e.g. {memory: 1Gi}."""
 
 

@@ -1,0 +1,190 @@
+"""Shared fixtures for integration tests: the real control plane, CRDs, the operator."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import REPO, ensure_cluster, kubectl
+
+OPERATOR_LOGS = REPO / ".cluster" / "logs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60,
+             interval: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except AssertionError as err:  # a kubectl call that failed: keep polling
+            last = err
+        if last and not isinstance(last, AssertionError):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class Kube:
+    """kubectl against the local cluster, returning parsed JSON where it helps."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+
+    def run(self, *args: str, input: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        return kubectl(*args, kubeconfig=self.kubeconfig, input=input, check=check)
+
+    def apply(self, manifest: dict[str, Any] | str, check: bool = True,
+              ) -> subprocess.CompletedProcess[str]:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        return self.run("apply", "-f", "-", input=text, check=check)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        proc = self.run("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr:
+                return None
+            raise AssertionError(proc.stderr)
+        result: dict[str, Any] = json.loads(proc.stdout)
+        return result
+
+    def list(self, kind: str, namespace: str, selector: str | None = None,
+             managed_fields: bool = False) -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"]
+        if managed_fields:
+            args.append("--show-managed-fields")
+        if selector:
+            args += ["-l", selector]
+        items: list[dict[str, Any]] = json.loads(self.run(*args).stdout)["items"]
+        return items
+
+    def condition(self, kind: str, name: str, namespace: str, type_: str) -> dict[str, Any] | None:
+        obj = self.get(kind, name, namespace)
+        for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+            if cond["type"] == type_:
+                return dict(cond)
+        return None
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        items = self.list("events", namespace)
+        return [e for e in items if e["involvedObject"].get("name") == name]
+
+
+class Operator:
+    """The real operator process (`kustos run`), restartable."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        OPERATOR_LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = OPERATOR_LOGS / "operator-test.log"
+        self.starts = 0
+
+    def start(self, namespaces: list[str] | None = None) -> None:
+        """Start watching all namespaces, or only ``namespaces`` (kopf's --namespace)."""
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        scope = [a for ns in namespaces for a in ("--namespace", ns)] if namespaces \
+            else ["--all-namespaces"]
+        self.starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n===== start {self.starts} =====\n".encode())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kustos.cli", "run", *scope,
+             "--metrics-bind", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+             "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for("operator liveness", self._live, timeout=60)
+
+    def _live(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {self.proc.returncode}; "
+                               f"see {self.log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz",
+                                        timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, namespaces: list[str] | None = None) -> None:
+        self.stop()
+        self.start(namespaces)
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's Prometheus samples: 'name{labels}' -> value."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            m = re.match(r"^(kustos_\S+)\s+(\S+)$", line)
+            if m:
+                out[m.group(1)] = float(m.group(2))
+        return out
+
+    def metric(self, prefix: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> Path:
+    path = ensure_cluster()
+    kubectl("apply", "--server-side", "--field-manager=kustos-tests", "--force-conflicts",
+            "-f", str(REPO / "crds"), kubeconfig=path)
+    kubectl("wait", "--for=condition=Established", "crd", "-l",
+            "app.kubernetes.io/part-of=kustos", "--timeout=60s", kubeconfig=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kube(kubeconfig: Path) -> Kube:
+    return Kube(kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def operator(kubeconfig: Path) -> Iterator[Operator]:
+    op = Operator(kubeconfig)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.run("create", "namespace", name)
+    yield name
+    kube.run("delete", "namespace", name, "--wait=false", check=False)
