@@ -130,7 +130,8 @@ def decode(data: Any, shape: tuple[int, ...], datatype: str, where: str) -> Arra
         if kind == "f" or (raw.size and (raw.min() < 0 or raw.max() > 1)):
             raise ProtocolError(f"{where}: BOOL data must be true/false (or 0/1)")
     try:
-        arr = raw.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # FP16/FP32 overflow becomes inf: refused later
+            arr = raw.astype(dtype, copy=False)
     except (ValueError, OverflowError):
         raise ProtocolError(f"{where}: data does not fit {datatype}") from None
     return arr.reshape(shape)
