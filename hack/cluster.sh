@@ -388,7 +388,7 @@ build_missing() {
   for c in "${COMPONENTS[@]}"; do [ -x "$KUSTOS_BIN/$c" ] || missing+=("$c"); done
   [ ${#missing[@]} -eq 0 ] && return
   [ "${KUSTOS_NO_BUILD:-0}" = 1 ] && die "missing binaries in $KUSTOS_BIN: ${missing[*]} (KUSTOS_NO_BUILD=1; run hack/build-tools.sh)"
-  log "missing ${missing[*]}; building with hack/build-tools.sh (first time takes 20-40 min)"
+  log "missing ${missing[*]}; building with hack/build-tools.sh (first time: about 10 min on 2 cores)"
   "$here/build-tools.sh" etcd kwok kubernetes
   for c in "${COMPONENTS[@]}"; do [ -x "$KUSTOS_BIN/$c" ] || die "build-tools.sh did not produce $KUSTOS_BIN/$c"; done
 }
@@ -555,5 +555,5 @@ case ${1:-} in
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
   env) shift; cmd_env "$@" ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
