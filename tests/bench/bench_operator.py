@@ -1,0 +1,152 @@
+"""Operator benchmark on the local control plane: how fast, how many writes, how much memory.
+
+    .venv/bin/python tests/bench/bench_operator.py [--count 100] [--output docs/operator-performance.md]
+
+Measures, with the real operator process against the real API server (kwok simulates pods):
+- time from `kubectl apply` of N ModelDeployments to every child Deployment created, and to
+  every ModelDeployment Ready;
+- API writes per ModelDeployment (the operator's own counter) for create, and for a resync;
+- the operator's resident memory before and after, per managed object;
+- time for a restarted operator to resume (resync) all N, and the writes that took (0).
+Not part of `make test`: it prints figures, it does not assert on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from cluster import ensure_cluster, kubectl  # noqa: E402
+from conftest import Kube, Operator  # noqa: E402
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def manifests(n: int, ns: str) -> str:
+    docs = []
+    for i in range(n):
+        docs.append({"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
+                     "metadata": {"name": f"m{i:04d}", "namespace": ns},
+                     "spec": {"model": {"version": "1", "uri": f"s3://models/m{i}/model.skops",
+                                        "digest": "sha256:" + "c" * 64},
+                              "replicas": 1}})
+    return yaml.safe_dump_all(docs)
+
+
+def count_ready(kube: Kube, ns: str) -> tuple[int, int]:
+    items: list[dict[str, Any]] = json.loads(kube.run("get", "md", "-n", ns, "-o", "json")
+                                             .stdout)["items"]
+    ready = 0
+    for md in items:
+        for c in (md.get("status") or {}).get("conditions") or []:
+            if c["type"] == "Ready" and c["status"] == "True":
+                ready += 1
+    deployments = len(json.loads(kube.run("get", "deployments", "-n", ns, "-o", "json")
+                                 .stdout)["items"])
+    return deployments, ready
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=100)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--output", type=Path)
+    args = ap.parse_args()
+    n = args.count
+    kubeconfig = ensure_cluster()
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"),
+            kubeconfig=kubeconfig)
+    kube = Kube(kubeconfig)
+    ns = f"bench-{int(time.time())}"
+    kube.run("create", "namespace", ns)
+    op = Operator(kubeconfig)
+    op.start(namespaces=[ns])
+    try:
+        assert op.proc is not None
+        time.sleep(2)
+        rss_idle = rss_mib(op.proc.pid)
+        t0 = time.monotonic()
+        kube.run("apply", "-f", "-", input=manifests(n, ns))
+        t_applied = time.monotonic() - t0
+        t_children = t_ready = None
+        deadline = t0 + args.timeout
+        while time.monotonic() < deadline:
+            deps, ready = count_ready(kube, ns)
+            now = time.monotonic() - t0
+            if t_children is None and deps >= n:
+                t_children = now
+            if ready >= n:
+                t_ready = now
+                break
+            time.sleep(0.5)
+        if t_ready is None:
+            print(f"not all Ready within {args.timeout}s", file=sys.stderr)
+            return 1
+        time.sleep(3)  # let trailing status updates land
+        writes_create = op.metric("kustos_operator_api_writes_total")
+        rss_loaded = rss_mib(op.proc.pid)
+        op.restart(namespaces=[ns])
+        t1 = time.monotonic()
+        while op.metric("kustos_operator_reconciles_total") < n:
+            if time.monotonic() - t1 > args.timeout:
+                print("resync did not finish", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        t_resync = time.monotonic() - t1
+        writes_resync = op.metric("kustos_operator_api_writes_total")
+        assert op.proc is not None
+        rss_after_restart = rss_mib(op.proc.pid)
+    finally:
+        op.stop()
+        kube.run("delete", "namespace", ns, "--wait=false", check=False)
+
+    rows = [
+        ("ModelDeployments", f"{n}"),
+        ("kubectl apply of all N (s)", f"{t_applied:.1f}"),
+        ("apply -> all N Deployments created (s)", f"{t_children:.1f}"),
+        ("apply -> all N Ready (s)", f"{t_ready:.1f}"),
+        ("API writes per ModelDeployment, create to Ready", f"{writes_create / n:.1f}"),
+        ("restart -> all N resumed (resync) (s)", f"{t_resync:.1f}"),
+        ("API writes during the resync", f"{writes_resync:.0f}"),
+        ("operator RSS idle (MiB)", f"{rss_idle:.0f}"),
+        (f"operator RSS with {n} objects (MiB)", f"{rss_loaded:.0f}"),
+        ("RSS per managed object (KiB)", f"{(rss_loaded - rss_idle) * 1024 / n:.0f}"),
+        ("operator RSS after restart and resync (MiB)", f"{rss_after_restart:.0f}"),
+    ]
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    import os
+    table = "\n".join(["| measure | value |", "|---|---|"] +
+                      [f"| {k} | {v} |" for k, v in rows])
+    text = (f"Machine: {os.cpu_count()} cores, {cpu}. Local control plane from hack/cluster.sh "
+            f"(kwok simulates pods).\n\n{table}\n")
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(
+            "# Operator performance\n\nMeasured with "
+            f"`.venv/bin/python tests/bench/bench_operator.py --count {n}`.\n\n{text}\n"
+            "Writes are counted by the operator itself (`kustos_operator_api_writes_total`): "
+            "one apply per child, one status patch per state change, one Event per "
+            "deployed version. A resync of unchanged objects writes nothing.\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
