@@ -1,6 +1,7 @@
 """Operator benchmark on the local control plane: how fast, how many writes, how much memory.
 
-    .venv/bin/python tests/bench/bench_operator.py [--count 100] [--output docs/operator-performance.md]
+    .venv/bin/python tests/bench/bench_operator.py [--count 100] \
+        [--output docs/operator-performance.md]
 
 Measures, with the real operator process against the real API server (kwok simulates pods):
 - time from `kubectl apply` of N ModelDeployments to every child Deployment created, and to

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import REPO, ensure_cluster, kubectl
+from cluster import REPO, ensure_cluster, kubectl, started_here, stop_cluster
 
 OPERATOR_LOGS = REPO / ".cluster" / "logs"
 
@@ -160,13 +160,16 @@ class Operator:
 
 
 @pytest.fixture(scope="session")
-def kubeconfig() -> Path:
+def kubeconfig() -> Iterator[Path]:
     path = ensure_cluster()
     kubectl("apply", "--server-side", "--field-manager=kustos-tests", "--force-conflicts",
             "-f", str(REPO / "crds"), kubeconfig=path)
     kubectl("wait", "--for=condition=Established", "crd", "-l",
             "app.kubernetes.io/part-of=kustos", "--timeout=60s", kubeconfig=path)
-    return path
+    yield path
+    # A cluster this test session started is stopped again; one a developer runs stays.
+    if started_here():
+        stop_cluster()
 
 
 @pytest.fixture(scope="session")

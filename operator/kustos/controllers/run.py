@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 import kopf
@@ -52,14 +53,22 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    for noisy in ("kubernetes", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:
+        # kopf logs every handler success per object; ours say what changed.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     set_config(config_mod.load(args.config))
     # Handlers register themselves on import.
     from . import modeldeployment  # noqa: F401
 
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.metrics_bind)
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_bind)
+        except OSError as err:
+            print(f"kustos run: cannot serve metrics on {args.metrics_bind}:{args.metrics_port}:"
+                  f" {err.strerror}", file=sys.stderr)
+            return 1
     namespaces = args.namespace
     kopf.run(
         clusterwide=not namespaces,
