@@ -56,6 +56,15 @@ class Condition(KModel):
     """The metadata.generation the condition was computed from."""
 
 
+class ResourceStatus(KModel):
+    """What the status of every Kustos resource starts with."""
+
+    observed_generation: int | None = None
+    """The metadata.generation last reconciled."""
+    conditions: list[Condition] | None = None
+    """Conditions by the Kubernetes API conventions (types listed per kind in the docs)."""
+
+
 class LocalObjectReference(KModel):
     """A reference to an object in the same namespace."""
 

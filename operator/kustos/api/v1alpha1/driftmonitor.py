@@ -7,7 +7,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .common import Condition, DataSource, Duration, KModel, LocalObjectReference, validations
+from .common import (
+    DataSource,
+    Duration,
+    KModel,
+    LocalObjectReference,
+    ResourceStatus,
+    validations,
+)
 
 Detector = Literal["ks", "chisquare", "tabular", "mmd", "cvm-online"]
 
@@ -88,13 +95,9 @@ class LastDrift(KModel):
     """The retraining Job created for it."""
 
 
-class DriftMonitorStatus(KModel):
-    """Observed state of a DriftMonitor."""
+class DriftMonitorStatus(ResourceStatus):
+    """Observed state of a DriftMonitor. Conditions: Ready, DriftDetected, Degraded."""
 
-    observed_generation: int | None = None
-    """The generation last reconciled."""
-    conditions: list[Condition] | None = None
-    """Ready, DriftDetected, Degraded."""
     last_check: datetime | None = None
     """When the latest window was tested."""
     windows_evaluated: int | None = None

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .common import Condition, DataSource, Duration, KModel, LocalObjectReference
+from .common import DataSource, Duration, KModel, LocalObjectReference, ResourceStatus
 
 ExplainMethod = Literal["shap-tree", "shap-linear", "shap-kernel", "shap-permutation"]
 
@@ -45,13 +45,9 @@ class FeatureImportance(KModel):
     """Mean |SHAP| value."""
 
 
-class ExplainerSpecStatus(KModel):
-    """Observed state of an ExplainerSpec."""
+class ExplainerSpecStatus(ResourceStatus):
+    """Observed state of an ExplainerSpec. Conditions: Ready, Degraded."""
 
-    observed_generation: int | None = None
-    """The generation last reconciled."""
-    conditions: list[Condition] | None = None
-    """Ready, Degraded."""
     endpoint: str | None = None
     """Where explanations are served."""
     global_importance: list[FeatureImportance] | None = None

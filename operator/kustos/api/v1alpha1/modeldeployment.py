@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
 from .common import (
-    Condition,
     Digest,
     Duration,
     KModel,
     LocalObjectReference,
+    ResourceStatus,
     Uri,
     validations,
 )
@@ -296,13 +296,13 @@ class SecretsStatus(KModel):
     """Last successful sync."""
 
 
-class ModelDeploymentStatus(KModel):
-    """Observed state of a ModelDeployment."""
+class ModelDeploymentStatus(ResourceStatus):
+    """Observed state of a ModelDeployment.
 
-    observed_generation: int | None = None
-    """The generation last reconciled."""
-    conditions: list[Condition] | None = None
-    """Ready, Progressing, Degraded, ModelVerified, SecretsReady, PolicyCompliant."""
+    Conditions: Ready, Progressing, Degraded (later: ModelVerified, SecretsReady,
+    PolicyCompliant).
+    """
+
     replicas: int | None = None
     """Pods of the serving Deployment."""
     ready_replicas: int | None = None
