@@ -63,7 +63,7 @@ down: ## stop the operator and the local control plane
 .PHONY: dev
 dev: cluster ## control plane + CRDs + operator + samples; the sample reaches Ready
 	@echo "==> CRDs"
-	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply --server-side --field-manager=kustos -f crds/ >/dev/null
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply --server-side --field-manager=kustos-crds --force-conflicts -f crds/ >/dev/null
 	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=kustos --timeout=60s >/dev/null
 	@KUBECONFIG=$(KUBECONFIG_USE) bash hack/dev-operator.sh start
 	@echo "==> samples"

@@ -162,7 +162,7 @@ class Operator:
 @pytest.fixture(scope="session")
 def kubeconfig() -> Iterator[Path]:
     path = ensure_cluster()
-    kubectl("apply", "--server-side", "--field-manager=kustos-tests", "--force-conflicts",
+    kubectl("apply", "--server-side", "--field-manager=kustos-crds", "--force-conflicts",
             "-f", str(REPO / "crds"), kubeconfig=path)
     kubectl("wait", "--for=condition=Established", "crd", "-l",
             "app.kubernetes.io/part-of=kustos", "--timeout=60s", kubeconfig=path)
