@@ -52,8 +52,10 @@ def start(venv: Path, tmp_path: Path) -> Iterator[Any]:
     def _start(container: dict[str, Any], model_dir: Path) -> NetnsServer:
         scratch = tmp_path / "scratch"
         scratch.mkdir(exist_ok=True)
+        workdir = tmp_path / "workdir"
+        workdir.mkdir(exist_ok=True)
         argv, env = local_command(container, venv, model_dir, scratch)
-        server = NetnsServer(argv, env, cwd=scratch, log=tmp_path / f"server{len(servers)}.log")
+        server = NetnsServer(argv, env, cwd=workdir, log=tmp_path / f"server{len(servers)}.log")
         servers.append(server)
         return server
 
@@ -115,6 +117,9 @@ def test_rendered_seldon_container_serves_predictions(
                if line.startswith("kustos_seldon_predict_rows_total{"))
     assert rows == len(expected["rows"]) + 1
     assert "kustos_seldon_predict_seconds_bucket{" in metrics
+
+    # Read-only root filesystem: nothing written to the working directory.
+    assert list((tmp_path / "workdir").iterdir()) == []
 
 
 def test_seldon_container_refuses_a_model_that_does_not_match_its_digest(

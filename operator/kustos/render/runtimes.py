@@ -246,8 +246,10 @@ def _mlserver(spec: ServingSpec) -> dict[str, Any]:
         "MLSERVER_GRPC_PORT": str(MLSERVER_GRPC_PORT),
         "MLSERVER_METRICS_PORT": str(MLSERVER_METRICS_PORT),
         "MLSERVER_METRICS_ENDPOINT": ports.metrics_path,
-        # MLServer 1.7 with parallel_workers >= 1 dies at start-up ("There is no current
-        # event loop"); 0 serves in the main process. Scale with replicas instead.
+        # MLServer 1.7's inference workers call asyncio.get_event_loop() with no loop set,
+        # which uvloop >= 0.22 turns into "There is no current event loop": with
+        # parallel_workers >= 1 the model never loads. 0 serves from the main process
+        # whatever uvloop the image has; scale with replicas instead.
         "MLSERVER_PARALLEL_WORKERS": "0",
         # Both default to directories under the working directory; the root filesystem
         # is read-only.
