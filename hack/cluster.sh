@@ -308,6 +308,13 @@ start_apiserver() {
     --v "${KUSTOS_LOG_V:-1}"
 }
 
+# Kubernetes 1.36+ makes the pod-owning controllers wait until their informers have seen
+# their own writes (KEP-5647). On a loaded 2-core machine the informers lag by a second or
+# two, each miss requeues with the workqueue's exponential backoff, and a ReplicaSet can
+# sit without pods for minutes. Off by default here; KUSTOS_KCM_FEATURE_GATES='' keeps the
+# upstream defaults.
+KCM_FEATURE_GATES=${KUSTOS_KCM_FEATURE_GATES-StaleControllerConsistencyReplicaSet=false,StaleControllerConsistencyJob=false,StaleControllerConsistencyDaemonSet=false,StaleControllerConsistencyStatefulSet=false}
+
 start_kcm() {
   local k=$KCONF/kube-controller-manager.conf
   start kube-controller-manager \
@@ -321,6 +328,7 @@ start_kcm() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --cluster-name kustos \
     --controllers '*' \
+    --feature-gates "$KCM_FEATURE_GATES" \
     --profiling=false \
     --v "${KUSTOS_LOG_V:-1}"
 }
