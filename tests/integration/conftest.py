@@ -179,6 +179,8 @@ def kube(kubeconfig: Path) -> Kube:
 
 @pytest.fixture(scope="session")
 def operator(kubeconfig: Path) -> Iterator[Operator]:
+    # One operator per cluster: a `make dev` operator would act on the tests' objects too.
+    subprocess.run(["bash", str(REPO / "hack" / "dev-operator.sh"), "stop"], check=False)
     op = Operator(kubeconfig)
     op.start()
     yield op
