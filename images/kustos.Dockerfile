@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+#
+# The Kustos image: the operator (`kustos run`), the fetch init container (`kustos fetch`)
+# and the model server (`kustos serve`), from one wheel with the [serve] extra.
+#
+#   python -m build --wheel            # -> dist/kustos-<version>-py3-none-any.whl
+#   docker build -f images/kustos.Dockerfile -t ghcr.io/kustos-dev/kustos-runtime:0.1.0 .
+#
+# Runs as a numeric non-root user and with a read-only root filesystem: nothing is
+# written outside /tmp (an emptyDir in the pod) and the model directory /mnt/models.
+# Release builds pin BASE by digest: --build-arg BASE=python:3.11-slim-bookworm@sha256:...
+ARG BASE=python:3.11-slim-bookworm
+
+FROM ${BASE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/kustos
+COPY dist/ /tmp/dist/
+# Exactly one wheel is expected in dist/: fail rather than pick one at random.
+RUN set -eu; \
+    set -- /tmp/dist/kustos-*.whl; \
+    [ "$#" -eq 1 ] && [ -f "$1" ] || { echo "need exactly one kustos wheel in dist/" >&2; exit 1; }; \
+    /opt/kustos/bin/pip install "$1[serve]"; \
+    # Byte-compile now: at run time the root filesystem is read-only.
+    /opt/kustos/bin/python -m compileall -q /opt/kustos/lib
+
+FROM ${BASE}
+LABEL org.opencontainers.image.title="kustos" \
+      org.opencontainers.image.description="Kustos operator, model fetcher and model server" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/kustos /opt/kustos
+ENV PATH=/opt/kustos/bin:/usr/local/bin:/usr/bin:/bin \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MODEL_DIR=/mnt/models
+# 65532: the conventional "nonroot" uid/gid; the Deployment renderer uses the same.
+USER 65532:65532
+WORKDIR /tmp
+EXPOSE 8080
+# Render passes `kustos` as command for the server; the fetch init container and the
+# operator pass args only, so the entrypoint must be kustos.
+ENTRYPOINT ["kustos"]
+CMD ["--help"]
