@@ -150,7 +150,8 @@ def _http_open(
         resp = conn.getresponse()
     except (OSError, http.client.HTTPException) as exc:
         conn.close()
-        raise FetchError(f"network error fetching {display}: {_describe(exc)}", transient=True) from None
+        raise FetchError(f"network error fetching {display}: {_describe(exc)}",
+                         transient=True) from None
     if resp.status != 200:
         body = resp.read(2048)
         conn.close()
@@ -323,7 +324,9 @@ def _redact(uri: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _progress(size: int | None, out: Callable[[str], None] | None, name: str) -> Callable[[int], None]:
+def _progress(
+    size: int | None, out: Callable[[str], None] | None, name: str
+) -> Callable[[int], None]:
     if out is None or not size or size < 10 * CHUNK:
         return lambda done: None
     state = {"next": 10}
@@ -351,7 +354,8 @@ def _fetch_once(
     tmp_name: str | None = None
     try:
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part",
+                                            dir=dest.parent)
         except PermissionError:
             raise FetchError(f"permission denied writing to {dest.parent}") from None
         except FileNotFoundError:

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -214,7 +216,18 @@ def client(iris_server: RunningServer) -> Iterator[Client]:
 def spawn_cli(*args: str, **kw: Any) -> subprocess.Popen[bytes]:
     """The real `kustos` console entry point in a child process."""
     return subprocess.Popen([sys.executable, "-m", "kustos.cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, **kw)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Kill the process and anything it forked (its own session), then collect output."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers left behind by a parent that exited
+    return proc.communicate(timeout=10)
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:

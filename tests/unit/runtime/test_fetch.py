@@ -102,7 +102,7 @@ def web() -> Iterator[tuple[str, Script]]:
     script = Script()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             script.hits += 1
             script.headers.append(dict(self.headers))
             status, body = script.answers[min(script.hits - 1, len(script.answers) - 1)]
@@ -123,7 +123,7 @@ def web() -> Iterator[tuple[str, Script]]:
 
 
 def test_http_download_with_digest(web: tuple[str, Script], tmp_path: Path) -> None:
-    base, script = web
+    base, _ = web
     res = f.fetch(f"{base}/m.skops?sig=secret", tmp_path, f"sha256:{SHA}")
     assert res.path == tmp_path / "m.skops" and res.path.read_bytes() == PAYLOAD
     assert res.attempts == 1

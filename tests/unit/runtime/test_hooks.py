@@ -37,7 +37,7 @@ def sidecar() -> Iterator[Sidecar]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             time.sleep(state.delay)
             state.posts.append((self.path, orjson.loads(body)))

@@ -61,7 +61,7 @@ def test_format_and_file_errors(models: Models, tmp_path: Path) -> None:
         load_model(tmp_path / "m.bin", "m")
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "absent.skops", "m")
-    with pytest.raises(ModelLoadError, match="not a valid .skops"):
+    with pytest.raises(ModelLoadError, match=r"not a valid \.skops"):
         (tmp_path / "junk.skops").write_bytes(b"not a zip")
         load_model(tmp_path / "junk.skops", "m")
     with pytest.raises(ModelLoadError, match="not a loadable ONNX"):

@@ -239,7 +239,7 @@ class ServingApp:
 
     def _v2_infer(self, request: Request, reply: Reply) -> None:
         model = self.model
-        if model is None or self.stopping and model is None:
+        if model is None or (self.stopping and model is None):
             self._not_ready(request, reply)
             return
         try:
@@ -273,8 +273,9 @@ class ServingApp:
 
     def _seldon_body(self, request: Request) -> bytes:
         ctype = request.headers.get(b"content-type", b"")
-        if ctype.startswith(b"application/x-www-form-urlencoded") and not (
-                request.body[:1] in (b"{", b"[")):  # curl -d sends JSON as "form" too
+        # curl -d labels JSON as a form too: only a body that is not JSON is a form.
+        if (ctype.startswith(b"application/x-www-form-urlencoded")
+                and request.body[:1] not in (b"{", b"[")):
             # Old Seldon clients post form data with the message in the "json" field.
             fields = urllib.parse.parse_qs(request.body.decode("utf-8", "replace"))
             if "json" not in fields:

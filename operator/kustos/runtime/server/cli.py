@@ -117,20 +117,27 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    try:
-        port = await server.start(args.host, args.port, reuse_port=reuse_port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+    async def listen() -> bool:
+        try:
+            port = await server.start(args.host, args.port, reuse_port=reuse_port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+            return False
+        log.info("listening on %s:%d (pid %d)", args.host, port, os.getpid())
+        if on_listening is not None:
+            on_listening(port, app)
+        return True
+
+    # One process: listen first so liveness answers while a large model loads. Workers
+    # sharing a port listen only once loaded: the kernel would otherwise hand requests to
+    # a worker that still loads, and they would get 503 from a pod that reports ready.
+    if not reuse_port and not await listen():
         app.close()
         return 1
-    log.info("listening on %s:%d (pid %d)", args.host, port, os.getpid())
-    if on_listening is not None:
-        on_listening(port, app)
-    # Load in a thread so liveness answers while a large model loads.
     loading = loop.run_in_executor(None, lambda: load_model(
         args.model, args.name, args.model_version, args.format, args.digest, trusted,
         args.onnx_threads))
-    stopping = loop.create_task(stop.wait())
+    stopping: asyncio.Future[Any] = loop.create_task(stop.wait())
     await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if not stop.is_set():
@@ -152,7 +159,10 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
             gc.freeze()  # the model's objects never die: keep them out of GC scans
             log.info("model %s version %s ready (%s, loaded and warmed up in %.3fs)",
                      model.name, model.version, model.platform, model.load_seconds)
-            await stopping
+            if reuse_port and not await listen():
+                code = 1
+            else:
+                await stopping
     log.info("shutting down: draining in-flight requests")
     app.begin_shutdown()
     await server.shutdown(args.drain_timeout)
@@ -168,8 +178,20 @@ def _run_worker(args: argparse.Namespace, reuse_port: bool) -> int:
     return asyncio.run(serve(args, reuse_port=reuse_port))
 
 
-def _worker_entry(args: argparse.Namespace) -> None:
+def _die_with_parent() -> None:
+    """A worker must not outlive its supervisor (e.g. after SIGKILL of the parent)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _worker_entry(args: argparse.Namespace, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(1)
     sys.exit(_run_worker(args, reuse_port=True))
 
 
@@ -185,7 +207,8 @@ def _supervise(args: argparse.Namespace) -> int:
         own_dir = tempfile.mkdtemp(prefix="kustos-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
     ctx = mp.get_context("fork")  # nothing heavy is imported yet, and no threads run
-    procs = [ctx.Process(target=_worker_entry, args=(args,), name=f"kustos-worker-{i}")
+    procs = [ctx.Process(target=_worker_entry, args=(args, os.getpid()),
+                         name=f"kustos-worker-{i}")
              for i in range(args.workers)]
     stopping = False
 

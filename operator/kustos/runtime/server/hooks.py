@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import logging
 import queue
-import socket
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -68,10 +68,8 @@ class DriftSender:
             self._full.inc()
 
     def close(self, timeout: float = 2.0) -> None:
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
         self._thread.join(timeout)
 
     def _run(self) -> None:
@@ -136,7 +134,7 @@ def _groups(batch: list[dict[str, Array]]) -> list[list[dict[str, Array]]]:
     """Requests whose inputs can be concatenated row-wise go in one POST."""
     groups: dict[tuple[Any, ...], list[dict[str, Array]]] = {}
     for item in batch:
-        key = tuple((k, v.shape[1:], v.dtype.str) for k, v in item.items())
+        key: tuple[Any, ...] = tuple((k, v.shape[1:], v.dtype.str) for k, v in item.items())
         if any(v.ndim == 0 for v in item.values()):
             key = (id(item),)
         groups.setdefault(key, []).append(item)
@@ -174,9 +172,10 @@ class ExplainForwarder:
             data = resp.read()
             ctype = (resp.getheader("content-type") or "application/json").encode("latin-1")
             return Forwarded(resp.status, data, ctype)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return Forwarded(504, orjson.dumps(
-                {"error": f"explainer did not answer within {self.timeout:g}s"}), b"application/json")
+                {"error": f"explainer did not answer within {self.timeout:g}s"}),
+                b"application/json")
         except (OSError, http.client.HTTPException) as exc:
             return Forwarded(502, orjson.dumps(
                 {"error": f"explainer unavailable: {getattr(exc, 'strerror', None) or exc}"}),

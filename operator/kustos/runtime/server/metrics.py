@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-disable_created_metrics()  # *_created series double the scrape size and nobody charts them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the scrape size and nobody charts them
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 # Label values of kustos_predictions_total are bounded: beyond this many classes the
@@ -113,6 +113,6 @@ def render() -> tuple[bytes, str]:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

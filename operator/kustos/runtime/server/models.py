@@ -141,7 +141,8 @@ class SklearnModel(Model):
     def prepare(self, tensors: dict[str, Array]) -> dict[str, Array]:
         x = _single_input(self, tensors)
         if x.dtype.kind not in "biuf":
-            raise ProtocolError(f"model {self.name!r} takes numbers, got {datatype_of(x.dtype)}", 422)
+            raise ProtocolError(
+                f"model {self.name!r} takes numbers, got {datatype_of(x.dtype)}", 422)
         if x.ndim != 2 or (self.n_features is not None and x.shape[1] != self.n_features):
             want = f"[-1, {self.n_features}]" if self.n_features is not None else "[rows, features]"
             raise ProtocolError(f"input shape must be {want}, got {list(x.shape)}", 422)
@@ -170,7 +171,8 @@ class SklearnModel(Model):
             return outputs["predict"]
         proba = outputs.get("predict_proba")
         if proba is not None and self.classes is not None and proba.ndim == 2:
-            return np.asarray(self.estimator.classes_).take(np.argmax(proba, axis=1))
+            labels: Array = np.asarray(self.estimator.classes_).take(np.argmax(proba, axis=1))
+            return labels
         return None
 
     def warmup_inputs(self) -> dict[str, Array] | None:
@@ -208,7 +210,8 @@ def load_skops(path: Path, extra_trusted: Iterable[str] = ()) -> Any:
     except Exception as exc:
         raise ModelLoadError(f"{path} is not a valid .skops file: {exc}") from None
     allowed = set(extra_trusted)
-    refused = [t for t in untrusted if t not in allowed and not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    refused = [t for t in untrusted
+               if t not in allowed and not t.startswith(TRUSTED_MODULE_PREFIXES)]
     if refused:
         raise ModelLoadError(
             f"{path} contains types outside the allow-list: {', '.join(sorted(refused))} "
@@ -266,7 +269,8 @@ class OnnxModel(Model):
             dt = _ONNX_TYPES.get(i.type)
             if dt is None:
                 raise ModelLoadError(f"ONNX input {i.name!r} has unsupported type {i.type}")
-            ins.append(TensorSpec(i.name, dt, tuple(d if isinstance(d, int) else -1 for d in i.shape)))
+            shape = tuple(d if isinstance(d, int) else -1 for d in i.shape)
+            ins.append(TensorSpec(i.name, dt, shape))
         super().__init__(name=name, version=version,
                          platform=f"onnxruntime-{ort.__version__}", inputs=ins)
         self._dtypes = {t.name: DATATYPES[t.datatype] for t in ins}
@@ -314,7 +318,8 @@ class OnnxModel(Model):
             elif x.dtype != want:
                 if x.dtype.kind == "O" or (x.dtype.kind == "f" and want.kind in "iub"):
                     raise ProtocolError(
-                        f"input {spec.name!r} takes {spec.datatype}, got {datatype_of(x.dtype)}", 422)
+                        f"input {spec.name!r} takes {spec.datatype}, "
+                        f"got {datatype_of(x.dtype)}", 422)
                 with np.errstate(over="ignore"):
                     x = x.astype(want)
             _check_finite(x, False, spec.name)

@@ -113,7 +113,10 @@ def _schemas() -> dict[str, Any]:
 
 def document(model: Model, server_meta: bytes) -> dict[str, Any]:
     n, v = model.name, model.version
-    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
     ready = {"type": "object", "properties": {"name": {"type": "string"},
                                               "ready": {"type": "boolean"}}}
     any_object = {"type": "object"}

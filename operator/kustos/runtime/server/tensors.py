@@ -120,21 +120,33 @@ def decode(data: Any, shape: tuple[int, ...], datatype: str, where: str) -> Arra
         )
     if dtype.kind in "iu":
         if kind == "f":
-            raise ProtocolError(f"{where}: {datatype} data must be integers")
+            # numpy turns ints beyond int64 (large UINT64) into floats: check the originals.
+            return _big_ints(data, shape, dtype, datatype, where)
         if kind in "iu" and raw.size:
             info = np.iinfo(dtype)
             lo, hi = int(raw.min()), int(raw.max())
             if lo < info.min or hi > info.max:
                 raise ProtocolError(f"{where}: value out of range for {datatype}")
-    elif dtype.kind == "b" and kind not in "b":
-        if kind == "f" or (raw.size and (raw.min() < 0 or raw.max() > 1)):
-            raise ProtocolError(f"{where}: BOOL data must be true/false (or 0/1)")
+    elif dtype.kind == "b" and kind != "b" and (
+            kind == "f" or (raw.size and (raw.min() < 0 or raw.max() > 1))):
+        raise ProtocolError(f"{where}: BOOL data must be true/false (or 0/1)")
     try:
         with np.errstate(over="ignore"):  # FP16/FP32 overflow becomes inf: refused later
             arr = raw.astype(dtype, copy=False)
     except (ValueError, OverflowError):
         raise ProtocolError(f"{where}: data does not fit {datatype}") from None
     return arr.reshape(shape)
+
+
+def _big_ints(data: Any, shape: tuple[int, ...], dtype: np.dtype[Any], datatype: str,
+              where: str) -> Array:
+    flat = np.array(data, dtype=object).reshape(-1).tolist()
+    if not all(type(v) is int for v in flat):
+        raise ProtocolError(f"{where}: {datatype} data must be integers")
+    info = np.iinfo(dtype)
+    if flat and (min(flat) < info.min or max(flat) > info.max):
+        raise ProtocolError(f"{where}: value out of range for {datatype}")
+    return np.array(flat, dtype=dtype).reshape(shape)
 
 
 def encode(name: str, arr: Array) -> dict[str, Any]:
@@ -148,7 +160,8 @@ def encode(name: str, arr: Array) -> dict[str, Any]:
         data = np.ascontiguousarray(flat)
     else:
         data = flat.tolist()
-    return {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape), "data": data}
+    return {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape),
+            "data": data}
 
 
 def to_jsonable(arr: Array) -> Any:
