@@ -297,7 +297,7 @@ def run_wrk(url: str, script: Path, concurrency: int, seconds: float,
             cpu: str | None) -> str:
     threads = 1 if cpu is not None else min(concurrency, 2)
     argv = pinned(cpu, ["wrk", "-t", str(threads), "-c", str(concurrency),
-                        "-d", f"{seconds:g}s", "--timeout", "5s", "--latency",
+                        "-d", f"{seconds:g}s", "--timeout", "30s", "--latency",
                         "-s", str(script), url])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
@@ -306,6 +306,13 @@ def run_wrk(url: str, script: Path, concurrency: int, seconds: float,
 
 
 # --- report -----------------------------------------------------------------------------
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def machine() -> dict[str, str]:
@@ -406,6 +413,7 @@ side on one machine, never against numbers measured elsewhere.
 | memory | {mach['memory']} |
 | kernel | {mach['kernel']} |
 | Python | {mach['python']} |
+| load average (1, 5, 15 min) at start / end | {info['load_start']} / {info['load_end']} |
 
 Versions: {', '.join(f'{k} {v}' for k, v in vers.items())}.
 
@@ -425,7 +433,9 @@ Versions: {', '.join(f'{k} {v}' for k, v in vers.items())}.
 - Each server's answer is checked against the model's own prediction first. Then per
   concurrency: {args.warmup:g} s warm-up, then {args.duration:g} s measured, the same
   single-row KServe V2 request (`POST /v2/models/NAME/infer`, shape [1, n], FP64).
-  Any non-2xx answer or socket error fails the run.
+  Any non-2xx answer or socket error fails the run; wrk's timeout is 30 s, so a
+  request that waits longer than that counts as an error too, and slow ones count in
+  the percentiles.
 - {info['mlserver_pw']}
 
 ## Results
@@ -445,6 +455,20 @@ Versions: {', '.join(f'{k} {v}' for k, v in vers.items())}.
 | server | model | seconds to ready | RSS MiB after the run |
 |---|---|---:|---:|
 {start}
+
+## Reading these figures
+
+- At c=8 and c=64 kustos serve merges concurrent single-row requests into one `predict`
+  call (micro-batching, on by default); MLServer's adaptive batching is off by default
+  and the baseline has none. `kustos-nobatch` shows kustos serve without it, one
+  `predict` per request like the others: compare it with the baseline to see the
+  server's own overhead, and with MLServer for a like-for-like server comparison.
+- The baseline and MLServer (parallel_workers 0) run `predict` on their event loop, so
+  under load their p99 is set by how unevenly they serve connections, not by the model.
+- MLServer writes a uvicorn access-log line per request by default; it is left on, as
+  rendered.
+- The machine may be shared with other work (see the load average): differences of a
+  few percent between runs are noise.
 """
 
 
@@ -515,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(shlex.quote(a) for a in
                             ["tests/bench/bench_serving.py", *(argv or sys.argv[1:])]),
         "machine": machine(), "versions": versions(mlserver_venv), "startup": {},
+        "load_start": loadavg(),
     }
     results: list[Result] = []
     try:
@@ -545,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                             raise BenchError(f"{kind} {model} c={c}: {exc}\n{server.tail()}"
                                              ) from exc
                         results.append(Result(kind, model, c, rps, p50, p99, n))
-                        print(f"{model:7s} c={c:<3d} {kind:9s} {rps:10,.0f} req/s  "
+                        print(f"{model:7s} c={c:<3d} {kind:14s} {rps:10,.0f} req/s  "
                               f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms", flush=True)
                     info["startup"][(kind, model)] = (ready, server.rss_mib())
                     if server.proc.poll() is not None:
@@ -554,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nBENCHMARK FAILED: {exc}\n(logs in {work})", file=sys.stderr)
         return 1  # the work directory stays, with the servers' logs
 
+    info["load_end"] = loadavg()
     figures, ratios, verdicts = tables(results, concurrencies)
     print(f"\n{figures}\n\n{ratios}\n")
     print("\n".join(verdicts))

@@ -56,8 +56,10 @@ def probe_url(container: dict[str, Any], probe: str) -> str:
 
 def train_in(venv: Path, kind: str, outdir: Path, fmt: str) -> dict[str, Any]:
     """Train with the venv's own scikit-learn; return expected.json."""
-    subprocess.run([str(venv / "bin" / "python"), str(HERE / "train_model.py"), kind,
-                    str(outdir), "--format", fmt], check=True, capture_output=True, timeout=300)
+    out = subprocess.run([str(venv / "bin" / "python"), str(HERE / "train_model.py"), kind,
+                          str(outdir), "--format", fmt], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, f"training {kind} in {venv} failed:\n{out.stderr[-3000:]}"
     expected: dict[str, Any] = json.loads((outdir / "expected.json").read_text())
     return expected
 
