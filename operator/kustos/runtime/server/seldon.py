@@ -46,7 +46,7 @@ def _numbers(values: Any, where: str) -> Array:
 
 
 def parse_message(doc: dict[str, Any], model: Model, where: str = "data") -> SeldonRequest:
-    meta = doc.get("meta") or {}
+    meta = doc.get("meta", {})
     if not isinstance(meta, dict):
         raise ProtocolError("'meta' must be an object")
     data = doc.get("data")
@@ -55,10 +55,14 @@ def parse_message(doc: dict[str, Any], model: Model, where: str = "data") -> Sel
             raise ProtocolError("only data.ndarray and data.tensor are supported", 422)
         raise ProtocolError("'data' must be an object with 'ndarray' or 'tensor'")
     names = data.get("names")
-    if names is not None and (not isinstance(names, list)
+    if "names" in data and (not isinstance(names, list)
                               or not all(isinstance(n, str) for n in names)):
         raise ProtocolError(f"{where}.names must be a list of strings")
+    if "ndarray" in data and "tensor" in data:
+        raise ProtocolError(f"{where} must hold one of 'ndarray' or 'tensor', not both")
     if "ndarray" in data:
+        if not isinstance(data["ndarray"], list):
+            raise ProtocolError(f"{where}.ndarray must be a list")
         arr = _numbers(data["ndarray"], f"{where}.ndarray")
         kind = "ndarray"
     elif "tensor" in data:
@@ -117,13 +121,15 @@ def parse_feedback(body: bytes, model: Model) -> float | None:
     doc = loads_object(body)
     for part in ("request", "response", "truth"):
         value = doc.get(part)
-        if value is not None:
+        if part in doc:
             if not isinstance(value, dict):
                 raise ProtocolError(f"feedback '{part}' must be a SeldonMessage object")
+            if not isinstance(value.get("meta", {}), dict):
+                raise ProtocolError(f"feedback '{part}.meta' must be an object")
             if "data" in value:
                 parse_message(value, model, f"{part}.data")
     reward = doc.get("reward")
-    if reward is not None and (isinstance(reward, bool) or not isinstance(reward, int | float)):
+    if "reward" in doc and (isinstance(reward, bool) or not isinstance(reward, int | float)):
         raise ProtocolError("feedback 'reward' must be a number")
     return float(reward) if reward is not None else None
 
@@ -132,8 +138,8 @@ def metadata(model: Model) -> bytes:
     """Seldon's model metadata: V2-like, with tensor schemas as Seldon reports them."""
     def schema(t: Any) -> dict[str, Any]:
         return {"messagetype": "tensor", "schema": {"names": [], "shape": list(t.shape[1:])}}
-    _, out_names = output_for(model)
-    outputs = [schema(model.outputs[0])] if model.outputs else []
+    out_name, out_names = output_for(model)
+    outputs = [schema(o) for o in model.outputs if o.name == out_name]
     if out_names and outputs:
         outputs[0]["schema"]["names"] = out_names
     return orjson.dumps({"name": model.name, "versions": [model.version],

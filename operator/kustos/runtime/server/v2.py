@@ -39,10 +39,10 @@ def loads_object(body: bytes) -> dict[str, Any]:
 def parse_infer(body: bytes) -> InferRequest:
     doc = loads_object(body)
     rid = doc.get("id")
-    if rid is not None and not isinstance(rid, str):
+    if "id" in doc and not isinstance(rid, str):
         raise ProtocolError("'id' must be a string")
     params = doc.get("parameters")
-    if params is not None and not isinstance(params, dict):
+    if "parameters" in doc and not isinstance(params, dict):
         raise ProtocolError("'parameters' must be an object")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -57,8 +57,7 @@ def parse_infer(body: bytes) -> InferRequest:
         if name in tensors:
             raise ProtocolError(f"input {name!r} given twice")
         where = f"input {name!r}"
-        tparams = tensor.get("parameters")
-        if tparams is not None and not isinstance(tparams, dict):
+        if "parameters" in tensor and not isinstance(tensor["parameters"], dict):
             raise ProtocolError(f"{where}: 'parameters' must be an object")
         if "data" not in tensor:
             raise ProtocolError(f"{where}: 'data' is required (binary tensors are not supported)")
@@ -69,14 +68,14 @@ def parse_infer(body: bytes) -> InferRequest:
         tensors[name] = decode(tensor["data"], shape, datatype, where)
     outputs: tuple[str, ...] | None = None
     requested = doc.get("outputs")
-    if requested is not None:
+    if "outputs" in doc:
         if not isinstance(requested, list):
             raise ProtocolError("'outputs' must be a list")
         names = []
         for i, out in enumerate(requested):
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise ProtocolError(f"outputs[{i}] must be an object with a string 'name'")
-            if out.get("parameters") is not None and not isinstance(out["parameters"], dict):
+            if "parameters" in out and not isinstance(out["parameters"], dict):
                 raise ProtocolError(f"outputs[{i}]: 'parameters' must be an object")
             if out["name"] not in names:
                 names.append(out["name"])
