@@ -22,4 +22,4 @@ if [ ! -x "$PY" ]; then
   echo "bench-serving: $PY not found; run 'make dev' first (or set PYTHON)" >&2
   exit 2
 fi
-exec "$PY" tests/bench/bench_serving.py "$@"
+KUSTOS_BENCH_LAUNCHER=hack/bench-serving.sh exec "$PY" tests/bench/bench_serving.py "$@"
