@@ -96,8 +96,15 @@ class RequestMetrics:
                 child = self._classes[""] = PREDICTIONS.labels(self.model, "")
             child.inc(rows)
             return
-        values, counts = np.unique(np.asarray(labels).reshape(-1), return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+        flat = np.asarray(labels).reshape(-1)
+        tally: dict[Any, int] = {}
+        if flat.size <= 64:  # np.unique costs ~10 us even for one row; a dict is cheaper
+            for value in flat.tolist():
+                tally[value] = tally.get(value, 0) + 1
+        else:
+            values, counts = np.unique(flat, return_counts=True)
+            tally = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        for value, count in tally.items():
             key = str(value)
             child = self._classes.get(key)
             if child is None:
