@@ -213,3 +213,40 @@ def test_bad_request_in_a_batch_does_not_fail_its_neighbours(models: Models) -> 
     assert [o["predict"].tolist() for o in (outcomes[0], outcomes[2])] == [  # type: ignore[index]
         model.predict({"input-0": np.array([[1.0, 2, 3, 4]])}, ("predict",))["predict"].tolist(),
         [2]]
+
+
+def test_single_connection_runs_at_once_and_many_wait_to_share(models: Models) -> None:
+    """With one client connection nobody can join a batch: no loop turn is spent waiting.
+    With several, requests that arrive together share one model call."""
+    import asyncio
+
+    from kustos.runtime.server import metrics as m
+    from kustos.runtime.server.batching import Batcher
+    from kustos.runtime.server.models import load_model
+
+    model = load_model(models.iris_lr, "iris")
+    row = {"input-0": np.array([[5.1, 3.5, 1.4, 0.2]])}
+
+    real = model.predict
+    calls: list[int] = []
+
+    def counting(inputs: dict[str, np.ndarray],
+                 outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        calls.append(len(next(iter(inputs.values()))))
+        return real(inputs, outputs)
+
+    model.predict = counting  # type: ignore[method-assign]
+
+    async def go(peers: int) -> tuple[int, int]:
+        calls.clear()
+        batcher = Batcher(model, m.RequestMetrics("iris"), peers=lambda: peers)
+        done: list[object] = []
+        for _ in range(3):
+            batcher.submit(row, ("predict",), 1, done.append)
+        answered_before_yield = len(done)
+        await asyncio.sleep(0.01)
+        assert len(done) == 3
+        return answered_before_yield, len(calls)
+
+    assert asyncio.run(go(peers=1)) == (3, 3)  # answered synchronously, one call each
+    assert asyncio.run(go(peers=8)) == (0, 1)  # deferred one turn, one shared call

@@ -63,6 +63,9 @@ class ServingApp:
         self.explainer = (ExplainForwarder(opts.explainer_url, opts.explainer_timeout)
                           if opts.explainer_url else None)
         self.stopping = False
+        # How many client connections are open (set by the server); decides whether a
+        # request may wait one loop turn to share a model call.
+        self.peers: Callable[[], int] = lambda: 2
         self._tasks: set[asyncio.Task[None]] = set()
         self._openapi = b""
         self._ready_gauge = m.MODEL_READY.labels(opts.name, opts.version)
@@ -71,7 +74,8 @@ class ServingApp:
 
     # -- lifecycle
     def set_model(self, model: Model) -> None:
-        self.batcher = Batcher(model, self.stats, self.opts.max_batch_rows, self.opts.batching)
+        self.batcher = Batcher(model, self.stats, self.opts.max_batch_rows, self.opts.batching,
+                               peers=self.peers)
         self._openapi = orjson.dumps(openapi.document(model, self.responses.server))
         m.LOAD_SECONDS.labels(self.name, self.version).set(model.load_seconds)
         self.model = model

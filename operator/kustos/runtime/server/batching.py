@@ -1,6 +1,7 @@
 """Adaptive micro-batching: merge the rows of requests that are waiting at the same time.
 
-A request never waits for company. ``submit`` queues it and schedules one flush with
+A request never waits for company. With a single client connection it runs at once;
+otherwise ``submit`` queues it and schedules one flush with
 ``call_soon``; the flush runs on the next turn of the event loop, after every request
 that arrived in the same read burst has been parsed. At concurrency 1 a flush holds one
 request (no added latency). Under load, while one model call runs, new requests pile up
@@ -47,7 +48,10 @@ class _Item:
 
 class Batcher:
     def __init__(self, model: Model, stats: m.RequestMetrics, max_batch_rows: int = 256,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, peers: Callable[[], int] = lambda: 2) -> None:
+        # ``peers`` says how many client connections are open. With one, nobody can join a
+        # batch, so the request runs at once instead of waiting a loop turn for company.
+        self.peers = peers
         self.model = model
         self.stats = stats
         self.max_batch_rows = max_batch_rows
@@ -59,7 +63,7 @@ class Batcher:
     def submit(self, inputs: dict[str, Array], outputs: tuple[str, ...], rows: int,
                done: Done) -> None:
         item = _Item(inputs, outputs, rows, done)
-        if not self.enabled:
+        if not self.enabled or (not self._scheduled and self.peers() <= 1):
             self._run([item])
             return
         self._pending.append(item)

@@ -112,6 +112,7 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         batching=not args.no_batching, max_batch_rows=args.max_batch_rows), __version__)
     server = HttpServer(app, max_body=args.max_body_bytes,
                         keepalive_timeout=args.keepalive_timeout)
+    app.peers = lambda: len(server.connections)
     loop = asyncio.get_running_loop()
     if stop is None:
         stop = asyncio.Event()
