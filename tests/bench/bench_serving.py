@@ -334,6 +334,14 @@ def versions(mlserver_venv: Path) -> dict[str, str]:
     import importlib.metadata as md
 
     out = {p: md.version(p) for p in ("kustos", "scikit-learn", "numpy", "skops")}
+    # Which kustos serve was measured: the commit, and whether the server's code differed.
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    if head:
+        dirty = subprocess.run([*git, "status", "--porcelain", "operator/kustos"],
+                               capture_output=True, text=True).stdout.strip()
+        out["kustos commit"] = head + (" (with uncommitted changes)" if dirty else "")
     script = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p "
               "in ('mlserver', 'mlserver-sklearn', 'scikit-learn', 'uvloop', 'uvicorn')}))")
     theirs = json.loads(subprocess.run([str(mlserver_venv / "bin" / "python"), "-c", script],
