@@ -29,14 +29,48 @@ KIND = "ModelDeployment"
 
 
 def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
-                 failure: Failure | None = None) -> None:
-    """Compute the status from what the cluster reports; write it only if it changed."""
+                 failure: Failure | None = None, *, guarded: bool = True,
+                 strict: bool = False) -> None:
+    """Compute the status from what the cluster reports; write it only if it changed.
+
+    ``guarded`` writes only if the object is unchanged since ``body`` was read, so a
+    status computed from a stale read never lands; a conflict is then ignored (the newer
+    version's own event brings a fresh refresh) unless ``strict``."""
     new, notices = status_md.compute(body, deployments, config(), datetime.now(UTC), failure)
     meta = body["metadata"]
     if status_md.changed(body.get("status"), new):
-        client.patch_status(KIND, meta["name"], meta["namespace"], new)
+        try:
+            client.patch_status(KIND, meta["name"], meta["namespace"], new,
+                                meta.get("resourceVersion") if guarded else None)
+        except ApiError as err:
+            if guarded and err.status == 409 and not strict:
+                return
+            raise
     for notice in notices:
         events.post(body, notice.reason, notice.message, warning=notice.warning)
+
+
+def write_fresh_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
+                       failure: Failure | None = None) -> None:
+    """write_status on a fresh read of the object, retried on a conflict: the reconcile's
+    body may be older than a status another handler has written since (history and
+    Events must not be recorded twice)."""
+    meta = body["metadata"]
+    for _ in range(5):
+        fresh = client.get(KIND, meta["name"], meta["namespace"])
+        if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
+            return
+        # Judge against the spec (and generation) this reconcile applied; a newer spec
+        # gets its own reconcile.
+        fresh["spec"] = body["spec"]
+        fresh["metadata"] = {**fresh["metadata"], "generation": meta.get("generation")}
+        try:
+            write_status(fresh, deployments, failure, guarded=True, strict=True)
+            return
+        except ApiError as err:
+            if err.status != 409:
+                raise
+    raise kopf.TemporaryError("status kept changing under the reconcile", delay=1)
 
 
 def _deployments(children: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, Any]:
@@ -76,7 +110,7 @@ def _reconcile(body: Mapping[str, Any], retry: int) -> None:
         if missing:
             _fail(body, "CredentialsNotFound", missing, permanent=False, retry=retry)
         children = sync(body, desired, MODEL_CHILD_KINDS)
-        write_status(body, _deployments(children))
+        write_fresh_status(body, _deployments(children))
     except NameConflict as err:
         _fail(body, "NameConflict", str(err), permanent=True)
     except ApiError as err:
@@ -112,7 +146,7 @@ def _fail(body: Mapping[str, Any], reason: str, message: str, *, permanent: bool
     try:
         deployments = {d["metadata"]["name"]: d for d in client.list_objects(
             "Deployment", body["metadata"]["namespace"], base_labels(body["metadata"]["name"]))}
-        write_status(body, deployments, Failure(reason, message))
+        write_fresh_status(body, deployments, Failure(reason, message))
     except ApiError as err:
         log.warning("could not record %s on %s: %s", reason, body["metadata"]["name"], err)
     if permanent:
@@ -128,10 +162,45 @@ def _validation_message(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# Failures only the reconcile can clear (they need a spec change or a retry).
+_STICKY = ("InvalidSpec", "NameConflict", "InvalidChild", "CredentialsNotFound", "Forbidden",
+           "ApiError")
+
+
+def refresh_status(md: Mapping[str, Any]) -> None:
+    """Recompute a ModelDeployment's status from its live Deployments, once its reconcile
+    has caught up with the spec; writes only when something changed."""
+    meta = md["metadata"]
+    status = md.get("status") or {}
+    if status.get("observedGeneration") != meta.get("generation"):
+        return  # the reconcile is due; it writes the status itself
+    deployments = {d["metadata"]["name"]: d for d in client.list_objects(
+        "Deployment", meta["namespace"], base_labels(meta["name"]))}
+    degraded = next((c for c in status.get("conditions") or []
+                     if c.get("type") == "Degraded" and c.get("status") == "True"
+                     and c.get("reason") in _STICKY), None)
+    failure = Failure(degraded["reason"], degraded.get("message", "")) if degraded else None
+    write_status(md, deployments, failure)
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+def model_deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Every change of a ModelDeployment, its status included. A Deployment that became
+    Available between the reconcile's apply and its status write is seen here, so no
+    status is left behind by that race."""
+    if type == "DELETED":
+        return
+    try:
+        refresh_status(dict(body))
+    except (ApiError, ValidationError) as err:
+        log.warning("status refresh of %s/%s failed: %s", body["metadata"]["namespace"],
+                    body["metadata"]["name"], err)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED: MANAGED_BY})
-def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+def deployment_changed(body: kopf.Body, **_: Any) -> None:
     """A serving Deployment changed (rollout progress, availability): refresh the owner's
-    status. Events handlers store nothing on the object."""
+    status. Event handlers store nothing on the object."""
     owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
                   if ref.get("kind") == KIND and ref.get("controller")), None)
     if owner is None:
@@ -139,17 +208,7 @@ def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     namespace = body["metadata"]["namespace"]
     try:
         md = client.get(KIND, owner["name"], namespace)
-        if md is None or md["metadata"]["uid"] != owner["uid"]:
-            return
-        if (md.get("status") or {}).get("observedGeneration") != md["metadata"].get("generation"):
-            return  # the MD's own reconcile is due and will write the status
-        deployments = {d["metadata"]["name"]: d for d in client.list_objects(
-            "Deployment", namespace, base_labels(owner["name"]))}
-        degraded = next((c for c in (md.get("status") or {}).get("conditions") or []
-                         if c.get("type") == "Degraded" and c.get("status") == "True"
-                         and c.get("reason") in ("InvalidSpec", "NameConflict", "InvalidChild")),
-                        None)
-        failure = Failure(degraded["reason"], degraded["message"]) if degraded else None
-        write_status(md, deployments, failure)
+        if md is not None and md["metadata"]["uid"] == owner["uid"]:
+            refresh_status(md)
     except (ApiError, ValidationError) as err:
         log.warning("status refresh of %s/%s failed: %s", namespace, owner["name"], err)

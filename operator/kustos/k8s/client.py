@@ -120,11 +120,16 @@ def delete(kind: str, name: str, namespace: str | None, uid: str) -> None:
             raise
 
 
-def patch_status(kind: str, name: str, namespace: str | None,
-                 status: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge-patch the status subresource."""
+def patch_status(kind: str, name: str, namespace: str | None, status: Mapping[str, Any],
+                 resource_version: str | None = None) -> dict[str, Any]:
+    """Merge-patch the status subresource; with ``resource_version`` only if the object is
+    still at that version (else ApiError 409), so a status computed from a stale read never
+    overwrites a newer one."""
     path = resource(kind).path(name, namespace) + "/status"
-    result: dict[str, Any] = _call("PATCH", path, body={"status": status},
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    result: dict[str, Any] = _call("PATCH", path, body=body,
                                    content_type="application/merge-patch+json")
     return result
 
