@@ -14,7 +14,13 @@ import numpy as np
 import orjson
 
 from kustos.runtime.server.models import Model
-from kustos.runtime.server.tensors import Array, ProtocolError, check_shape, to_jsonable
+from kustos.runtime.server.tensors import (
+    Array,
+    ProtocolError,
+    check_shape,
+    nested_array,
+    to_jsonable,
+)
 from kustos.runtime.server.v2 import loads_object
 
 _REASONS = {400: "MICROSERVICE_BAD_DATA", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
@@ -35,16 +41,6 @@ class SeldonRequest:
     meta: dict[str, Any]
 
 
-def _numbers(values: Any, where: str) -> Array:
-    try:
-        arr = np.asarray(values)
-    except (ValueError, TypeError):
-        raise ProtocolError(f"{where}: ragged or malformed data") from None
-    if arr.dtype.kind not in "biuf":
-        raise ProtocolError(f"{where}: expected numbers")
-    return arr
-
-
 def parse_message(doc: dict[str, Any], model: Model, where: str = "data") -> SeldonRequest:
     meta = doc.get("meta", {})
     if not isinstance(meta, dict):
@@ -63,7 +59,7 @@ def parse_message(doc: dict[str, Any], model: Model, where: str = "data") -> Sel
     if "ndarray" in data:
         if not isinstance(data["ndarray"], list):
             raise ProtocolError(f"{where}.ndarray must be a list")
-        arr = _numbers(data["ndarray"], f"{where}.ndarray")
+        arr = nested_array(data["ndarray"], f"{where}.ndarray")
         kind = "ndarray"
     elif "tensor" in data:
         tensor = data["tensor"]
@@ -73,7 +69,7 @@ def parse_message(doc: dict[str, Any], model: Model, where: str = "data") -> Sel
         values = tensor.get("values")
         if not isinstance(values, list):
             raise ProtocolError(f"{where}.tensor.values must be a list of numbers")
-        arr = _numbers(values, f"{where}.tensor.values")
+        arr = nested_array(values, f"{where}.tensor.values")
         if arr.ndim != 1 or arr.size != int(np.prod(shape)):
             raise ProtocolError(f"{where}.tensor: shape {list(shape)} does not match "
                                 f"{arr.size} values")

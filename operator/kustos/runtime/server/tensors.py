@@ -46,6 +46,23 @@ class ProtocolError(Exception):
         self.status = status
 
 
+def nested_array(values: Any, where: str, strings: bool = False) -> Array:
+    """JSON nested lists -> an array of numbers (or, with ``strings``, of str objects);
+    ragged or mixed data is a ProtocolError naming ``where``."""
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError):
+        raise ProtocolError(f"{where}: ragged or malformed data") from None
+    if arr.dtype.kind in "biuf":
+        return arr
+    if strings and (arr.dtype.kind in "US" or (arr.dtype.kind == "O" and all(
+            isinstance(v, str) for v in arr.reshape(-1).tolist()))):
+        out = np.empty(arr.shape, dtype=object)
+        out[...] = arr
+        return out
+    raise ProtocolError(f"{where}: expected numbers" + (" or strings" if strings else ""))
+
+
 def datatype_of(dtype: np.dtype[Any]) -> str:
     """numpy dtype -> V2 datatype (strings and objects are BYTES)."""
     if dtype.kind in "OUS":

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import orjson
 
 from kustos.runtime.server.models import Model
-from kustos.runtime.server.tensors import Array, ProtocolError, to_jsonable
+from kustos.runtime.server.tensors import Array, ProtocolError, nested_array, to_jsonable
 from kustos.runtime.server.v2 import loads_object
-
-
-def _numeric(values: Any, where: str) -> Array:
-    try:
-        arr = np.asarray(values)
-    except (ValueError, TypeError):
-        raise ProtocolError(f"{where}: ragged or malformed instances") from None
-    if arr.dtype.kind not in "biuf":
-        if arr.dtype.kind in "US" or (arr.dtype.kind == "O" and all(
-                isinstance(v, str) for v in arr.reshape(-1).tolist())):
-            out = np.empty(arr.shape, dtype=object)
-            out[...] = arr
-            return out
-        raise ProtocolError(f"{where}: instances must be numbers or strings")
-    return arr
 
 
 def parse_predict(body: bytes, model: Model) -> dict[str, Array]:
@@ -38,10 +20,11 @@ def parse_predict(body: bytes, model: Model) -> dict[str, Array]:
         names = set(instances[0])
         if any(set(row) != names for row in instances):
             raise ProtocolError("every instance must have the same keys")
-        return {n: _numeric([row[n] for row in instances], f"instances[*].{n}") for n in names}
+        return {n: nested_array([row[n] for row in instances], f"instances[*].{n}", strings=True)
+                for n in names}
     if any(isinstance(row, dict) for row in instances):
         raise ProtocolError("instances must be all objects or all arrays")
-    return {model.inputs[0].name: _numeric(instances, "instances")}
+    return {model.inputs[0].name: nested_array(instances, "instances", strings=True)}
 
 
 def predictions(outputs: dict[str, Array], names: tuple[str, ...]) -> bytes:
