@@ -204,20 +204,11 @@ def test_service_account_token_passes_token_review(
 def test_rbac_applies_to_service_accounts(kubeconfig_smoke: Path, restricted_ns: str) -> None:
     kubectl("-n", restricted_ns, "create", "serviceaccount", "nobody", kubeconfig=kubeconfig_smoke)
     who = f"system:serviceaccount:{restricted_ns}:nobody"
-    assert (
-        kubectl(
-            "auth",
-            "can-i",
-            "list",
-            "pods",
-            "-n",
-            restricted_ns,
-            f"--as={who}",
-            kubeconfig=kubeconfig_smoke,
-            check=False,
-        ).stdout.strip()
-        == "no"
-    )
+    def can_list_pods() -> str:
+        return kubectl("auth", "can-i", "list", "pods", "-n", restricted_ns, f"--as={who}",
+                       kubeconfig=kubeconfig_smoke, check=False).stdout.strip()
+
+    assert can_list_pods() == "no"
     kubectl(
         "-n",
         restricted_ns,
@@ -238,20 +229,7 @@ def test_rbac_applies_to_service_accounts(kubeconfig_smoke: Path, restricted_ns:
         f"--serviceaccount={restricted_ns}:nobody",
         kubeconfig=kubeconfig_smoke,
     )
-    assert (
-        kubectl(
-            "auth",
-            "can-i",
-            "list",
-            "pods",
-            "-n",
-            restricted_ns,
-            f"--as={who}",
-            kubeconfig=kubeconfig_smoke,
-            check=False,
-        ).stdout.strip()
-        == "yes"
-    )
+    assert can_list_pods() == "yes"
 
 
 def test_pod_security_restricted_is_enforced(kubeconfig_smoke: Path, restricted_ns: str) -> None:
