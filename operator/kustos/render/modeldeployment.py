@@ -13,7 +13,7 @@ from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
 from kustos.config import OperatorConfig
 
 from .meta import COMPONENT, INSTANCE, MANAGED, NAME, TRACK, child_meta, with_hash
-from .runtimes import MODEL_DIR, ServingSpec, runtime_container
+from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
 
 PVC_MOUNT = "/mnt/pvc"
 NONROOT_UID = 65532
@@ -177,6 +177,12 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     }
     if track.model.digest:
         pod_annotations["kustos.dev/model-digest"] = track.model.digest
+    ports = runtime_ports(sspec)
+    if ports.metrics is not None:
+        # The conventional scrape annotations, for Prometheus set-ups without a PodMonitor.
+        pod_annotations.update({"prometheus.io/scrape": "true",
+                                "prometheus.io/port": str(ports.metrics),
+                                "prometheus.io/path": ports.metrics_path})
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": sel},
         "revisionHistoryLimit": 5,

@@ -61,6 +61,10 @@ def test_deployment_pod_is_restricted_and_fetches_with_digest() -> None:
     assert args[args.index("--model") + 1] == "/mnt/models/model.skops"
     assert args[args.index("--digest") + 1] == DIGEST
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
 
 
