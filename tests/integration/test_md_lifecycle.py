@@ -110,6 +110,14 @@ def test_autoscaling_added_and_removed(kube: Kube, operator: Operator, namespace
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 4)
     assert hpa["scaleTargetRef"]["name"] == "auto"
     assert "PodDisruptionBudget/auto" in kids
+    # The HPA (the real controller-manager) owns the replica count now: it raises the
+    # Deployment to its minimum, and the operator's apply no longer claims the field.
+    wait_for("HPA scaling to its minimum", lambda: (
+        d := kube.get("deployment", "auto", namespace)) and d["spec"]["replicas"] == 2)
+    dep = kube.list("deployments", namespace, "app.kubernetes.io/instance=auto",
+                    managed_fields=True)[0]
+    ours = next(m for m in dep["metadata"]["managedFields"] if m["manager"] == "kustos")
+    assert "f:replicas" not in ours["fieldsV1"]["f:spec"]
     kube.run("patch", "md/auto", "-n", namespace, "--type=json", "-p",
              '[{"op":"remove","path":"/spec/autoscaling"}]')
     ready(kube, "auto", namespace, generation=3)
