@@ -11,6 +11,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from kustos import config as config_mod
+from kustos.render.meta import MANAGED, MANAGED_BY
 
 from .context import set_config
 
@@ -40,6 +41,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kustos.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kustos.dev", key="last-handled-configuration")
+    # Watch only our own Deployments: the API server filters, so other workloads' churn
+    # never reaches the operator.
+    settings.watching.label_selectors["apps", "v1", "deployments"] = f"{MANAGED}={MANAGED_BY}"
     # Events are posted deliberately (kustos.k8s.events), not one per log line.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
