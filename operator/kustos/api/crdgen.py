@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,20 @@ class Kind:
     columns: list[dict[str, Any]]
     scale: bool = False
     scope: str = "Namespaced"
-    extra_columns: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _column(name: str, type_: str, path: str, description: str,
+            priority: int | None = None) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path,
+                              "description": description}
+    if priority is not None:
+        column["priority"] = priority
+    return column
 
 
 def _condition_column(name: str, cond: str, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "string",
-        "jsonPath": f'.status.conditions[?(@.type=="{cond}")].status',
-        "description": description,
-    }
+    return _column(name, "string", f'.status.conditions[?(@.type=="{cond}")].status',
+                   description)
 
 
 AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
@@ -54,16 +58,11 @@ KINDS: list[Kind] = [
         ["md"],
         [
             _condition_column("Ready", "Ready", "Whether the model is serving"),
-            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
-             "description": "Ready serving pods"},
-            {"name": "Version", "type": "string", "jsonPath": ".spec.model.version",
-             "description": "Model version"},
-            {"name": "URL", "type": "string", "jsonPath": ".status.url",
-             "description": "In-cluster URL"},
-            {"name": "Risk", "type": "string", "jsonPath": ".spec.governance.riskTier",
-             "description": "Risk tier", "priority": 1},
-            {"name": "Owner", "type": "string", "jsonPath": ".spec.governance.owner",
-             "description": "Owner", "priority": 1},
+            _column("Replicas", "integer", ".status.readyReplicas", "Ready serving pods"),
+            _column("Version", "string", ".spec.model.version", "Model version"),
+            _column("URL", "string", ".status.url", "In-cluster URL"),
+            _column("Risk", "string", ".spec.governance.riskTier", "Risk tier", priority=1),
+            _column("Owner", "string", ".spec.governance.owner", "Owner", priority=1),
             AGE,
         ],
         scale=True,
@@ -74,12 +73,9 @@ KINDS: list[Kind] = [
         ["xs"],
         [
             _condition_column("Ready", "Ready", "Whether the explainer is serving"),
-            {"name": "Target", "type": "string", "jsonPath": ".spec.targetRef.name",
-             "description": "The ModelDeployment explained"},
-            {"name": "Method", "type": "string", "jsonPath": ".spec.method",
-             "description": "Explanation method"},
-            {"name": "URL", "type": "string", "jsonPath": ".status.endpoint",
-             "description": "Explain endpoint"},
+            _column("Target", "string", ".spec.targetRef.name", "The ModelDeployment explained"),
+            _column("Method", "string", ".spec.method", "Explanation method"),
+            _column("URL", "string", ".status.endpoint", "Explain endpoint"),
             AGE,
         ],
     ),
@@ -90,12 +86,9 @@ KINDS: list[Kind] = [
         [
             _condition_column("Ready", "Ready", "Whether the drift sidecar is running"),
             _condition_column("Drift", "DriftDetected", "Whether drift is detected"),
-            {"name": "Target", "type": "string", "jsonPath": ".spec.targetRef.name",
-             "description": "The ModelDeployment monitored"},
-            {"name": "Detector", "type": "string", "jsonPath": ".spec.detector",
-             "description": "Detector"},
-            {"name": "Windows", "type": "integer", "jsonPath": ".status.windowsEvaluated",
-             "description": "Windows tested", "priority": 1},
+            _column("Target", "string", ".spec.targetRef.name", "The ModelDeployment monitored"),
+            _column("Detector", "string", ".spec.detector", "Detector"),
+            _column("Windows", "integer", ".status.windowsEvaluated", "Windows tested", priority=1),
             AGE,
         ],
     ),
@@ -150,23 +143,10 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def _unwrap_optional(raw: Any) -> Any:
-    if isinstance(raw, dict) and "anyOf" in raw:
-        branches = [b for b in raw["anyOf"] if b.get("type") != "null"]
-        if len(branches) == 1:
-            return {**branches[0], **{k: v for k, v in raw.items() if k != "anyOf"}}
-    if isinstance(raw, dict):
-        return {k: _unwrap_optional(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_unwrap_optional(v) for v in raw]
-    return raw
-
-
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The structural openAPIV3Schema of one kind."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    inlined = _unwrap_optional(_inline({k: v for k, v in raw.items() if k != "$defs"},
-                                       raw.get("$defs", {})))
+    inlined = _inline({k: v for k, v in raw.items() if k != "$defs"}, raw.get("$defs", {}))
     schema = _structural(inlined)
     props = schema["properties"]
     props["apiVersion"] = {"type": "string"}
