@@ -29,25 +29,24 @@ KIND = "ModelDeployment"
 
 
 def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
-                 failure: Failure | None = None, *, guarded: bool = True,
-                 strict: bool = False) -> None:
-    """Compute the status from what the cluster reports; write it only if it changed.
-
-    ``guarded`` writes only if the object is unchanged since ``body`` was read, so a
-    status computed from a stale read never lands; a conflict is then ignored (the newer
-    version's own event brings a fresh refresh) unless ``strict``."""
+                 failure: Failure | None = None) -> bool:
+    """Compute the status from what the cluster reports and write it if it changed, only
+    while the object is still at ``body``'s resourceVersion, so a status computed from a
+    stale read never lands. False when it was not (the caller re-reads or lets the newer
+    version's own event refresh it)."""
     new, notices = status_md.compute(body, deployments, config(), datetime.now(UTC), failure)
     meta = body["metadata"]
     if status_md.changed(body.get("status"), new):
         try:
             client.patch_status(KIND, meta["name"], meta["namespace"], new,
-                                meta.get("resourceVersion") if guarded else None)
+                                meta.get("resourceVersion"))
         except ApiError as err:
-            if guarded and err.status == 409 and not strict:
-                return
+            if err.status == 409:
+                return False
             raise
     for notice in notices:
         events.post(body, notice.reason, notice.message, warning=notice.warning)
+    return True
 
 
 def write_fresh_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
@@ -64,13 +63,15 @@ def write_fresh_status(body: Mapping[str, Any], deployments: Mapping[str, Mappin
         # gets its own reconcile.
         fresh["spec"] = body["spec"]
         fresh["metadata"] = {**fresh["metadata"], "generation": meta.get("generation")}
-        try:
-            write_status(fresh, deployments, failure, guarded=True, strict=True)
+        if write_status(fresh, deployments, failure):
             return
-        except ApiError as err:
-            if err.status != 409:
-                raise
     raise kopf.TemporaryError("status kept changing under the reconcile", delay=1)
+
+
+def live_deployments(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The serving Deployments of a ModelDeployment, by name."""
+    return {d["metadata"]["name"]: d for d in client.list_objects(
+        "Deployment", meta["namespace"], base_labels(meta["name"]))}
 
 
 def _deployments(children: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, Any]:
@@ -144,9 +145,7 @@ def _fail(body: Mapping[str, Any], reason: str, message: str, *, permanent: bool
           retry: int = 0) -> None:
     metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=reason).inc()
     try:
-        deployments = {d["metadata"]["name"]: d for d in client.list_objects(
-            "Deployment", body["metadata"]["namespace"], base_labels(body["metadata"]["name"]))}
-        write_fresh_status(body, deployments, Failure(reason, message))
+        write_fresh_status(body, live_deployments(body["metadata"]), Failure(reason, message))
     except ApiError as err:
         log.warning("could not record %s on %s: %s", reason, body["metadata"]["name"], err)
     if permanent:
@@ -174,13 +173,11 @@ def refresh_status(md: Mapping[str, Any]) -> None:
     status = md.get("status") or {}
     if status.get("observedGeneration") != meta.get("generation"):
         return  # the reconcile is due; it writes the status itself
-    deployments = {d["metadata"]["name"]: d for d in client.list_objects(
-        "Deployment", meta["namespace"], base_labels(meta["name"]))}
     degraded = next((c for c in status.get("conditions") or []
                      if c.get("type") == "Degraded" and c.get("status") == "True"
                      and c.get("reason") in _STICKY), None)
     failure = Failure(degraded["reason"], degraded.get("message", "")) if degraded else None
-    write_status(md, deployments, failure)
+    write_status(md, live_deployments(meta), failure)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
