@@ -41,8 +41,3 @@ def get_condition(obj: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
         if cond.get("type") == type_:
             return dict(cond)
     return None
-
-
-def is_true(obj: Mapping[str, Any], type_: str) -> bool:
-    cond = get_condition(obj, type_)
-    return bool(cond and cond.get("status") == "True")

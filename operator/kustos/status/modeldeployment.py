@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +45,6 @@ class Rollout:
     available_cond: bool = False
     deadline_exceeded: str | None = None
     replica_failure: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> bool:

@@ -16,7 +16,6 @@ DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
 # file://, https://, s3://BUCKET/KEY, pvc://CLAIM/PATH (http:// only for loopback dev).
 URI_PATTERN = r"^(file:///|https://|s3://|pvc://|http://(127\.0\.0\.1|localhost)[:/])\S+$"
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 Digest = Annotated[str, Field(pattern=DIGEST_PATTERN, max_length=71)]
 Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048)]
@@ -82,8 +81,6 @@ class DataSource(KModel):
     max_samples: int = Field(default=100, ge=1, le=100000)
     """At most this many rows are used (summarised or sampled when the file has more)."""
 
-
-Status = Literal["True", "False", "Unknown"]
 
 
 def validations(*rules: tuple[str, str, str | None]) -> ConfigDict:
