@@ -91,6 +91,10 @@ def test_failure_is_degraded_once_with_event() -> None:
     _, notices = compute(md(status=status), {}, OperatorConfig(), NOW,
                          Failure("InvalidChild", "bad"))
     assert notices == []
+    healed, notices = compute(md(status=status), {"iris": deployment(2, 2)}, OperatorConfig(),
+                              NOW)
+    assert cond(healed, "Degraded")["status"] == "False"
+    assert [n.reason for n in notices] == ["Recovered", "ModelDeployed"]
 
 
 def test_progress_deadline_is_degraded() -> None:
