@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@echo "==> Python environment in $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --progress-bar off -e '.[serve,dev]'
+	@$(BIN)/python -m pip install --progress-bar off -e '.[serve,explain,dev]'
 	@touch $@
 
 .PHONY: venv

@@ -17,7 +17,7 @@
 #   KUSTOS_CLUSTER_DIR [<repo>/.cluster]  KUBECTL [$VIRTUAL_ENV/bin/kubectl or <repo>/.venv/bin/kubectl]
 #   KUSTOS_APISERVER_PORT [16443]  KUSTOS_ETCD_PORT [16379]  KUSTOS_ETCD_PEER_PORT [16380]
 #   KUSTOS_KCM_PORT [16257]  KUSTOS_SCHEDULER_PORT [16259]  KUSTOS_KWOK_PORT [16247]
-#   KUSTOS_SERVICE_CIDR [10.96.0.0/16]  KUSTOS_POD_CIDR [10.244.0.0/16]
+#   KUSTOS_SERVICE_CIDR [10.96.0.0/16]  KUSTOS_POD_CIDR [127.244.0.0/16]
 #   KUSTOS_NODE_NAME [kwok-node-0]  KUSTOS_NODE_CPU [64]  KUSTOS_NODE_MEMORY [256Gi]  KUSTOS_NODE_PODS [250]
 #   KUSTOS_NO_BUILD=1  fail instead of building missing binaries
 #   KUSTOS_ETCD_FSYNC=1  make etcd fsync (off by default: a throwaway dev/test cluster)
@@ -53,7 +53,10 @@ load_ports() {
   SCHEDULER_PORT=${KUSTOS_SCHEDULER_PORT:-16259}
   KWOK_PORT=${KUSTOS_KWOK_PORT:-16247}
   SERVICE_CIDR=${KUSTOS_SERVICE_CIDR:-10.96.0.0/16}
-  POD_CIDR=${KUSTOS_POD_CIDR:-10.244.0.0/16}
+  # Pod IPs are loopback addresses (all of 127/8 reaches this host): a test can run a pod's
+  # real sidecar process on the pod's own IP, and the operator reaches it as it would in a
+  # cluster. EndpointSlices refuse loopback addresses, so Services have no endpoints here.
+  POD_CIDR=${KUSTOS_POD_CIDR:-127.244.0.0/16}
   NODE_NAME=${KUSTOS_NODE_NAME:-kwok-node-0}
   if [ -f "$RUN/ports.env" ] && any_running; then
     # shellcheck disable=SC1091

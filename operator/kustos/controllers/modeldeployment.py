@@ -21,6 +21,7 @@ from kustos.render.meta import MANAGED, MANAGED_BY, base_labels
 from kustos.status import modeldeployment as status_md
 from kustos.status.modeldeployment import Failure
 
+from .attachments import AttachmentProblem, gather
 from .children import NameConflict, sync
 from .context import backoff, config
 
@@ -100,7 +101,12 @@ def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
 def _reconcile(body: Mapping[str, Any], retry: int) -> None:
     body = dict(body)
     try:
-        desired = render_md.render(body, config())
+        attachments = gather(body)
+    except AttachmentProblem as err:
+        _fail(body, err.reason, err.message, permanent=False, retry=retry)
+        return
+    try:
+        desired = render_md.render(body, config(), attachments)
     except ValidationError as err:
         # The schema should have refused this; an older CRD or a manual status edit can
         # still get here. Say so, don't retry until the spec changes.
@@ -161,9 +167,9 @@ def _validation_message(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-# Failures only the reconcile can clear (they need a spec change or a retry).
-_STICKY = ("InvalidSpec", "NameConflict", "InvalidChild", "CredentialsNotFound", "Forbidden",
-           "ApiError")
+# Degraded reasons the status refresh derives from the Deployments itself; every other
+# reason is a failure only the reconcile can clear (a spec change or a retry).
+_FROM_ROLLOUT = ("ProgressDeadlineExceeded", "ReplicaFailure")
 
 
 def refresh_status(md: Mapping[str, Any]) -> None:
@@ -175,7 +181,7 @@ def refresh_status(md: Mapping[str, Any]) -> None:
         return  # the reconcile is due; it writes the status itself
     degraded = next((c for c in status.get("conditions") or []
                      if c.get("type") == "Degraded" and c.get("status") == "True"
-                     and c.get("reason") in _STICKY), None)
+                     and c.get("reason") not in _FROM_ROLLOUT), None)
     failure = Failure(degraded["reason"], degraded.get("message", "")) if degraded else None
     write_status(md, live_deployments(meta), failure)
 

@@ -12,6 +12,7 @@ from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
 from kustos.config import OperatorConfig
 
+from .attachments import NONE, Attachments
 from .meta import COMPONENT, INSTANCE, MANAGED, NAME, TRACK, child_meta, with_hash
 from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
 
@@ -106,7 +107,7 @@ def _resources(spec: ModelDeploymentSpec, config: OperatorConfig) -> dict[str, A
 
 
 def serving_spec(name: str, spec: ModelDeploymentSpec, model: ModelSource,
-                 config: OperatorConfig) -> ServingSpec:
+                 config: OperatorConfig, attachments: Attachments = NONE) -> ServingSpec:
     """What the runtime container needs, from the resource and the operator config."""
     kind = spec.runtime.kind
     return ServingSpec(
@@ -124,6 +125,8 @@ def serving_spec(name: str, spec: ModelDeploymentSpec, model: ModelSource,
         command=tuple(spec.runtime.command or ()),
         args=tuple(spec.runtime.args or ()),
         port=spec.runtime.port,
+        drift_url=attachments.drift_url,
+        explainer_url=attachments.explainer_url,
     )
 
 
@@ -150,21 +153,26 @@ def _fetch_container(model: ModelSource, config: OperatorConfig) -> dict[str, An
 
 
 def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track: Track,
-                      config: OperatorConfig, autoscaled: bool) -> dict[str, Any]:
+                      config: OperatorConfig, autoscaled: bool,
+                      attachments: Attachments = NONE) -> dict[str, Any]:
     """The Deployment of one track."""
     name = body["metadata"]["name"]
     sel = selector(name, track.track)
-    sspec = serving_spec(name, spec, track.model, config)
+    sspec = serving_spec(name, spec, track.model, config, attachments)
     server = runtime_container(sspec)
     server["securityContext"] = _security_context()
     server["volumeMounts"] = [
         *server.get("volumeMounts", []),
         {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        *attachments.server_volume_mounts,
     ]
+    if attachments.server_env:
+        server["env"] = [*server.get("env", []), *attachments.server_env]
     volumes: list[dict[str, Any]] = [
         {"name": "model", "emptyDir": {"sizeLimit": config.model_volume_size}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        *attachments.volumes,
     ]
     if urlparse(track.model.uri).scheme == "pvc":
         claim = urlparse(track.model.uri).netloc
@@ -177,6 +185,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     }
     if track.model.digest:
         pod_annotations["kustos.dev/model-digest"] = track.model.digest
+    pod_annotations.update(attachments.pod_annotations)
     ports = runtime_ports(sspec)
     if ports.metrics is not None:
         # The conventional scrape annotations, for Prometheus set-ups without a PodMonitor.
@@ -204,8 +213,9 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
                     "fsGroup": NONROOT_UID,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
-                "initContainers": [_fetch_container(track.model, config)],
-                "containers": [server],
+                "initContainers": [_fetch_container(track.model, config),
+                                   *attachments.init_containers],
+                "containers": [server, *attachments.sidecars],
                 "volumes": volumes,
             },
         },
@@ -292,13 +302,15 @@ def render_pdb(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, 
     }
 
 
-def render(body: Mapping[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
+def render(body: Mapping[str, Any], config: OperatorConfig,
+           attachments: Attachments = NONE) -> list[dict[str, Any]]:
     """Every child of a ModelDeployment, each with its spec-hash annotation."""
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     name = body["metadata"]["name"]
     children: list[dict[str, Any] | None] = [render_service_account(body)]
     autoscaled = spec.autoscaling is not None
-    children += [render_deployment(body, spec, t, config, autoscaled)
+    children += [render_deployment(body, spec, t, config, autoscaled, attachments)
                  for t in split_tracks(name, spec)]
     children += [render_service(body), render_hpa(body, spec), render_pdb(body, spec)]
+    children += [dict(c) for c in attachments.children]
     return [with_hash(c) for c in children if c is not None]

@@ -1,0 +1,41 @@
+"""Gather what other resources contribute to a ModelDeployment's pods (I/O side).
+
+Each contributor reads what it needs from the API (the ExplainerSpecs and DriftMonitors
+that target the model, the Vault settings) and returns pure ``Attachments``; the
+ModelDeployment render applies their sum. Contributors raise ``AttachmentProblem`` for a
+problem the ModelDeployment should report as Degraded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kustos.render.attachments import NONE, Attachments
+
+Contributor = Callable[[Mapping[str, Any]], Attachments]
+
+# Registered by the controller modules of the contributing resources at import time.
+CONTRIBUTORS: list[Contributor] = []
+
+
+class AttachmentProblem(Exception):
+    """A contribution cannot be rendered; the ModelDeployment goes Degraded with reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def contributor(fn: Contributor) -> Contributor:
+    """Decorator: register ``fn`` as a contributor to every ModelDeployment's render."""
+    CONTRIBUTORS.append(fn)
+    return fn
+
+
+def gather(body: Mapping[str, Any]) -> Attachments:
+    total = NONE
+    for fn in CONTRIBUTORS:
+        total = total + fn(body)
+    return total
