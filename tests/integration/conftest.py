@@ -22,6 +22,11 @@ from cluster import REPO, ensure_cluster, kubectl, started_here, stop_cluster
 OPERATOR_LOGS = REPO / ".cluster" / "logs"
 
 
+# Every namespace of this test session starts with NS_PREFIX and the test operator watches
+# only those, so two test sessions on one cluster never act on each other's objects.
+NS_PREFIX = f"t{uuid.uuid4().hex[:4]}-"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,10 +108,9 @@ class Operator:
         self.starts = 0
 
     def start(self, namespaces: list[str] | None = None) -> None:
-        """Start watching all namespaces, or only ``namespaces`` (kopf's --namespace)."""
+        """Start watching this test session's namespaces, or only ``namespaces``."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        scope = [a for ns in namespaces for a in ("--namespace", ns)] if namespaces \
-            else ["--all-namespaces"]
+        scope = [a for ns in namespaces or [f"{NS_PREFIX}*"] for a in ("--namespace", ns)]
         self.starts += 1
         log = self.log_path.open("ab")
         log.write(f"\n===== start {self.starts} =====\n".encode())
@@ -189,7 +193,7 @@ def operator(kubeconfig: Path) -> Iterator[Operator]:
 
 @pytest.fixture
 def namespace(kube: Kube) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = f"{NS_PREFIX}{uuid.uuid4().hex[:6]}"
     kube.run("create", "namespace", name)
     yield name
     kube.run("delete", "namespace", name, "--wait=false", check=False)
