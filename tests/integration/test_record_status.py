@@ -1,0 +1,170 @@
+"""Real ModelDeployment statuses for the Argo CD health checks' testdata.
+
+Each case drives a real object on the local control plane into one state (Ready, rolling
+out, Degraded, scaled to zero, a generation the operator has not seen) with the real
+operator. With RECORD=1 the objects are written to
+manifests/argocd/resource_customizations/kustos.dev/ModelDeployment/testdata/; otherwise
+the test checks that the recorded files still have the shape the operator writes now
+(condition types, statuses and reasons, status keys) and that health.lua judges the live
+object as health_test.yaml says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lupa.lua51 as lua
+import pytest
+import yaml
+from cluster import REPO
+from conftest import Kube, Operator, wait_for
+
+pytestmark = pytest.mark.integration
+
+KIND_DIR = REPO / "manifests" / "argocd" / "resource_customizations" / "kustos.dev"
+MD_DIR = KIND_DIR / "ModelDeployment"
+RECORD = os.environ.get("RECORD") == "1"
+DIGEST = "sha256:" + "5d41402abc4b2a76" * 4
+# Recorded objects get this namespace instead of the test's random one, so re-recording
+# only changes what really changed.
+RECORDED_NAMESPACE = "ml"
+
+
+def health(kind: str, obj: dict[str, Any]) -> dict[str, str]:
+    """health.lua of ``kind`` on ``obj`` in Lua 5.1 (Argo CD runs gopher-lua, a 5.1)."""
+    rt = lua.LuaRuntime(unpack_returned_tuples=True)
+    script = (KIND_DIR / kind / "health.lua").read_text()
+    env = rt.eval("function(obj) return {obj = obj, ipairs = ipairs, pairs = pairs} end")(
+        rt.table_from(obj, recursive=True))
+    chunk = rt.eval("function(src, env) local f = assert(loadstring(src)); "
+                    "setfenv(f, env); return f() end")
+    result = chunk(script, env)
+    return {"status": result["status"], "message": result["message"]}
+
+
+def model_deployment(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": {"version": "1", "uri": "s3://models/iris/1/model.skops",
+                                      "digest": DIGEST}, "replicas": 2,
+                            "governance": {"owner": "data-science", "riskTier": "medium"}}
+    body.update(spec)
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def wait_status(kube: Kube, name: str, ns: str, what: str,
+                check: Callable[[dict[str, Any], dict[str, dict[str, Any]]], bool],
+                timeout: float = 90) -> dict[str, Any]:
+    def poll() -> dict[str, Any] | None:
+        md = kube.get("md", name, ns)
+        if md is None or not md.get("status"):
+            return None
+        return md if check(md, conditions(md)) else None
+    result: dict[str, Any] = wait_for(f"md/{name}: {what}", poll, timeout=timeout)
+    return result
+
+
+def current(md: dict[str, Any]) -> bool:
+    return bool(md["status"].get("observedGeneration") == md["metadata"]["generation"])
+
+
+def is_(conds: dict[str, dict[str, Any]], type_: str, status: str,
+        reason: str | None = None) -> bool:
+    c = conds.get(type_)
+    return c is not None and c["status"] == status and (reason is None or c["reason"] == reason)
+
+
+def sanitized(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The object as Argo CD sees it, less the server's bookkeeping."""
+    obj = json.loads(json.dumps(obj).replace(namespace, RECORDED_NAMESPACE))
+    meta = obj["metadata"]
+    for key in ("managedFields", "resourceVersion", "uid", "annotations"):
+        meta.pop(key, None)
+    return obj
+
+
+def shape(obj: dict[str, Any]) -> dict[str, Any]:
+    """What must match between a recorded object and a live one."""
+    st = obj.get("status") or {}
+    return {
+        "status_keys": sorted(st),
+        "conditions": {c["type"]: (c["status"], c["reason"]) for c in st.get("conditions") or []},
+        "stale": st.get("observedGeneration") != obj["metadata"].get("generation"),
+    }
+
+
+def expected_health(kind_dir: Path, case: str) -> dict[str, str]:
+    tests = yaml.safe_load((kind_dir / "health_test.yaml").read_text())["tests"]
+    for t in tests:
+        if t["inputPath"] == f"testdata/{case}.yaml":
+            return dict(t["healthStatus"])
+    raise AssertionError(f"{case} is not in health_test.yaml")
+
+
+def record_or_check(case: str, obj: dict[str, Any], namespace: str) -> None:
+    obj = sanitized(obj, namespace)
+    path = MD_DIR / "testdata" / f"{case}.yaml"
+    if RECORD:
+        header = ("# Recorded from the real operator by tests/integration/test_record_status.py"
+                  " (RECORD=1).\n")
+        path.write_text(header + yaml.safe_dump(obj, sort_keys=False, width=100))
+        return
+    recorded = yaml.safe_load(path.read_text())
+    assert shape(obj) == shape(recorded), f"{path} is stale: rerun with RECORD=1"
+    want = expected_health(MD_DIR, case)
+    got = health("ModelDeployment", obj)
+    assert got["status"] == want["status"]
+    assert got["message"].split(":")[0] == want["message"].split(":")[0]
+
+
+def test_ready_rolling_out_and_stale(kube: Kube, operator: Operator, namespace: str) -> None:
+    kube.apply(model_deployment("iris", namespace))
+    md = wait_status(kube, "iris", namespace, "Ready", lambda md, c: current(md) and is_(
+        c, "Ready", "True") and is_(c, "Progressing", "False"))
+    record_or_check("ready", md, namespace)
+
+    # A new version whose pods cannot be scheduled (more CPU than the node has): the old
+    # pods keep serving, the rollout stays in progress.
+    kube.run("patch", "md/iris", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {
+        "model": {"version": "2", "uri": "s3://models/iris/2/model.skops"},
+        "runtime": {"resources": {"requests": {"cpu": "1000"}}}}}))
+    md = wait_status(kube, "iris", namespace, "rolling out", lambda md, c: current(md) and is_(
+        c, "Progressing", "True", "RollingOut") and is_(c, "Ready", "True"))
+    record_or_check("rolling-out", md, namespace)
+
+    # The operator is down while the spec changes: the status is a generation behind.
+    operator.stop()
+    try:
+        kube.run("patch", "md/iris", "-n", namespace, "--type=json", "-p", json.dumps([
+            {"op": "remove", "path": "/spec/runtime/resources"}]))
+        md = kube.get("md", "iris", namespace)
+        assert md is not None and not current(md)
+        record_or_check("stale-generation", md, namespace)
+    finally:
+        operator.start()
+    wait_status(kube, "iris", namespace, "Ready again", lambda md, c: current(md) and is_(
+        c, "Ready", "True") and is_(c, "Progressing", "False"))
+
+
+def test_degraded_and_scaled_to_zero(kube: Kube, operator: Operator, namespace: str) -> None:
+    kube.apply(model_deployment("creds", namespace, model={
+        "version": "1", "uri": "s3://models/iris/1/model.skops", "digest": DIGEST,
+        "credentialsSecretRef": {"name": "s3-creds"}}))
+    md = wait_status(kube, "creds", namespace, "Degraded", lambda md, c: current(md) and is_(
+        c, "Degraded", "True", "CredentialsNotFound"))
+    record_or_check("degraded-credentials", md, namespace)
+
+    kube.apply(model_deployment("idle", namespace))
+    wait_status(kube, "idle", namespace, "Ready", lambda md, c: current(md) and is_(
+        c, "Ready", "True") and is_(c, "Progressing", "False"))
+    kube.run("scale", "md/idle", "-n", namespace, "--replicas=0")
+    md = wait_status(kube, "idle", namespace, "scaled to zero", lambda md, c: current(md) and is_(
+        c, "Ready", "False", "ScaledToZero") and is_(c, "Progressing", "False"))
+    record_or_check("scaled-to-zero", md, namespace)
