@@ -1,0 +1,298 @@
+"""The operator's RBAC rules: the one place they live.
+
+The Helm chart reads them from ``charts/kustos/files/rbac-rules.yaml``, which this module
+writes (``python -m kustos.rbac --write charts/kustos/files/rbac-rules.yaml``; a unit test
+fails when the file is stale). ``python -m kustos.rbac --manifests ...`` prints complete
+ClusterRole/Role/binding objects for installs without Helm, and the integration tests
+bind exactly those to a ServiceAccount and run the real operator as it.
+
+Two modes, as ``kustos run`` has them:
+
+- cluster-wide (``--all-namespaces``): a ClusterRole bound by a ClusterRoleBinding, for
+  everything but Secrets. Secret access is a second ClusterRole, bound by a RoleBinding in
+  each namespace that hosts models (or cluster-wide, if the installer says so), so that
+  the operator cannot read kube-system's Secrets by default.
+- namespaced (``--namespace NS``...): a Role + RoleBinding in each watched namespace, plus
+  a small ClusterRole for what is cluster-scoped (CRDs, namespaces for kopf's globs,
+  GovernancePolicies, the webhook configuration).
+
+Every rule says why it exists. Rules marked ``pending`` were put in for parts that other
+work adds (Vault sync, ExplainerSpec/DriftMonitor, governance); drop or narrow them if
+the code ends up not using them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GROUP = "kustos.dev"
+RBAC_API = "rbac.authorization.k8s.io/v1"
+# The children a ModelDeployment's reconcile server-side applies: listed by label, read
+# by name for the name-conflict check, applied (an apply that creates needs create too),
+# deleted with a uid precondition when no longer rendered.
+CHILD_VERBS = ("get", "list", "create", "patch", "delete")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One PolicyRule with the reason it exists."""
+
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+    # Which part of Kustos needs it; "pending: ..." for parts still being written.
+    needed_by: str = "operator"
+    resource_names: tuple[str, ...] = ()
+
+    def manifest(self) -> dict[str, Any]:
+        rule: dict[str, Any] = {"apiGroups": list(self.api_groups),
+                                "resources": list(self.resources), "verbs": list(self.verbs)}
+        if self.resource_names:
+            rule["resourceNames"] = list(self.resource_names)
+        return rule
+
+
+# --- In the namespaces where ModelDeployments live (every namespace when cluster-wide) ---
+WORKLOAD_RULES: tuple[Rule, ...] = (
+    Rule((GROUP,), ("modeldeployments",), ("get", "list", "watch", "patch"),
+         "kopf watches ModelDeployments and keeps its bookkeeping in their annotations; "
+         "the status write re-reads the object"),
+    Rule((GROUP,), ("modeldeployments/status",), ("patch",),
+         "status is a merge patch of the status subresource"),
+    Rule(("apps",), ("deployments",), ("watch", *CHILD_VERBS),
+         "the serving Deployments (stable and canary); kopf watches them for status"),
+    Rule(("",), ("serviceaccounts", "services"), CHILD_VERBS,
+         "a ServiceAccount (no token mounted) and a Service per ModelDeployment"),
+    Rule(("autoscaling",), ("horizontalpodautoscalers",), CHILD_VERBS,
+         "the HPA when spec.autoscaling is set"),
+    Rule(("policy",), ("poddisruptionbudgets",), CHILD_VERBS,
+         "the PodDisruptionBudget when there is more than one replica"),
+    Rule(("networking.k8s.io",), ("networkpolicies",), CHILD_VERBS,
+         "the NetworkPolicy of each ModelDeployment's pods"),
+    Rule(("",), ("events",), ("create",),
+         "Events on real changes (kustos.k8s.events; kopf's own posting is off)"),
+    Rule((GROUP,), ("explainerspecs", "driftmonitors"), ("get", "list", "watch", "patch"),
+         "kopf watches ExplainerSpecs and DriftMonitors (annotations)",
+         "pending: ExplainerSpec/DriftMonitor controllers"),
+    Rule((GROUP,), ("explainerspecs/status", "driftmonitors/status"), ("patch",),
+         "their status", "pending: ExplainerSpec/DriftMonitor controllers"),
+    Rule(("batch",), ("jobs",), ("list", "create"),
+         "a DriftMonitor's retraining Job", "pending: DriftMonitor"),
+    Rule(("",), ("pods",), ("list",),
+         "pod IPs, to read the sidecars' status endpoints", "pending: ExplainerSpec/DriftMonitor"),
+)
+
+# --- Secrets: their own ClusterRole/Role, bound only where models live ---
+SECRET_RULES: tuple[Rule, ...] = (
+    Rule(("",), ("secrets",), ("get",),
+         "spec.model.credentialsSecretRef must exist before the pods can start (a get by "
+         "name: no list or watch, so Secrets are never read in bulk)"),
+    Rule(("",), ("secrets",), ("create", "patch", "delete"),
+         "Vault sync applies and deletes the Secrets it owns", "pending: Vault sync"),
+    Rule(("",), ("serviceaccounts/token",), ("create",),
+         "a token of the model's ServiceAccount to log in to Vault", "pending: Vault sync"),
+)
+
+# --- Cluster-scoped, in both modes ---
+CLUSTER_RULES: tuple[Rule, ...] = (
+    Rule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("list", "watch"),
+         "kopf notices CRDs added or removed (read-only; without it kopf only warns)"),
+    Rule((GROUP,), ("governancepolicies",), ("get", "list"),
+         "the webhook reads the (cluster-scoped) GovernancePolicies", "pending: governance"),
+    Rule(("",), ("namespaces",), ("get",),
+         "the webhook matches policies against the namespace's labels", "pending: governance"),
+    Rule(("admissionregistration.k8s.io",), ("validatingwebhookconfigurations",),
+         ("create", "patch"),
+         "`kustos run --webhook-configuration` applies its webhook configuration (caBundle); "
+         "an apply that creates cannot be narrowed by resourceNames", "pending: governance"),
+)
+
+# --- Cluster-scoped, namespaced mode only ---
+NAMESPACED_MODE_CLUSTER_RULES: tuple[Rule, ...] = (
+    Rule(("",), ("namespaces",), ("list", "watch"),
+         "kopf resolves --namespace globs and notices namespaces that appear"),
+)
+
+PEERING_CLUSTER = Rule(("kopf.dev",), ("clusterkopfpeerings",), ("get", "list", "watch", "patch"),
+                       "kopf peering (only with `kustos run --peering`), cluster-wide")
+PEERING_NAMESPACED = Rule(("kopf.dev",), ("kopfpeerings",), ("get", "list", "watch", "patch"),
+                          "kopf peering (only with `kustos run --peering`), per namespace")
+
+
+def rule_sets() -> dict[str, dict[str, tuple[Rule, ...]]]:
+    """Every rule set by mode; the file the chart reads has exactly this shape."""
+    return {
+        "clusterWide": {
+            # ClusterRole + ClusterRoleBinding.
+            "clusterRole": CLUSTER_RULES + WORKLOAD_RULES,
+            # ClusterRole "<name>-secrets": a RoleBinding per namespace that hosts models
+            # (or a ClusterRoleBinding when the installer opts in).
+            "secrets": SECRET_RULES,
+            # Appended to clusterRole when peering is on.
+            "peering": (PEERING_CLUSTER,),
+        },
+        "namespaced": {
+            # ClusterRole + ClusterRoleBinding: the cluster-scoped minimum.
+            "clusterRole": CLUSTER_RULES + NAMESPACED_MODE_CLUSTER_RULES,
+            # Role + RoleBinding in each watched namespace.
+            "role": WORKLOAD_RULES + SECRET_RULES,
+            # Appended to role when peering is on.
+            "peering": (PEERING_NAMESPACED,),
+        },
+    }
+
+
+def _flow(values: Iterable[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) if v in ("", "*") else v for v in values) + "]"
+
+
+def _rule_yaml(rule: Rule, indent: str) -> list[str]:
+    tag = "" if rule.needed_by == "operator" else f" [{rule.needed_by}]"
+    lines = [f"{indent}# {rule.why}{tag}",
+             f"{indent}- apiGroups: {_flow(rule.api_groups)}",
+             f"{indent}  resources: {_flow(rule.resources)}",
+             f"{indent}  verbs: {_flow(rule.verbs)}"]
+    if rule.resource_names:
+        lines.append(f"{indent}  resourceNames: {_flow(rule.resource_names)}")
+    return lines
+
+
+def rules_yaml() -> str:
+    """The rule sets as commented YAML (the chart's files/rbac-rules.yaml)."""
+    lines = ["# Generated by `python -m kustos.rbac --write charts/kustos/files/rbac-rules.yaml`"
+             " from operator/kustos/rbac.py. Do not edit by hand.",
+             "# Rules tagged [pending: ...] are for parts still being built.",
+             "#",
+             "# clusterWide.clusterRole  ClusterRole + ClusterRoleBinding",
+             "# clusterWide.secrets      ClusterRole <name>-secrets, bound by a RoleBinding in"
+             " each namespace that hosts models",
+             "#                          (or by a ClusterRoleBinding if the installer opts in)",
+             "# namespaced.clusterRole   ClusterRole + ClusterRoleBinding (cluster-scoped"
+             " minimum)",
+             "# namespaced.role          Role + RoleBinding in each watched namespace",
+             "# */peering                appended to clusterRole / role with `kustos run"
+             " --peering`"]
+    for mode, sets in rule_sets().items():
+        lines.append(f"{mode}:")
+        for key, rules in sets.items():
+            lines.append(f"  {key}:")
+            for rule in rules:
+                lines += _rule_yaml(rule, "    ")
+    return "\n".join(lines) + "\n"
+
+
+def _rules(rules: Iterable[Rule]) -> list[dict[str, Any]]:
+    return [r.manifest() for r in rules]
+
+
+def _subject(sa_namespace: str, sa_name: str) -> dict[str, str]:
+    return {"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}
+
+
+def _binding(kind: str, name: str, role_kind: str, role: str, subject: dict[str, str],
+             namespace: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "kustos"}}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": RBAC_API, "kind": kind, "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind,
+                        "name": role},
+            "subjects": [subject]}
+
+
+def _role(kind: str, name: str, rules: Iterable[Rule],
+          namespace: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "kustos"}}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": RBAC_API, "kind": kind, "metadata": meta, "rules": _rules(rules)}
+
+
+def manifests(*, name: str, sa_namespace: str, sa_name: str,
+              namespaces: Sequence[str] = (), secret_namespaces: Sequence[str] = (),
+              secrets_all_namespaces: bool = False,
+              peering: bool = False) -> list[dict[str, Any]]:
+    """Complete RBAC objects for the operator's ServiceAccount.
+
+    Without ``namespaces``: cluster-wide mode; the Secret rules are bound in
+    ``secret_namespaces`` only (or everywhere with ``secrets_all_namespaces``). With
+    ``namespaces``: namespaced mode, a Role + RoleBinding in each.
+    """
+    sets = rule_sets()
+    subject = _subject(sa_namespace, sa_name)
+    out: list[dict[str, Any]] = []
+    if not namespaces:
+        cw = sets["clusterWide"]
+        rules = cw["clusterRole"] + (cw["peering"] if peering else ())
+        out += [_role("ClusterRole", name, rules),
+                _binding("ClusterRoleBinding", name, "ClusterRole", name, subject),
+                _role("ClusterRole", f"{name}-secrets", cw["secrets"])]
+        if secrets_all_namespaces:
+            out.append(_binding("ClusterRoleBinding", f"{name}-secrets", "ClusterRole",
+                                f"{name}-secrets", subject))
+        else:
+            out += [_binding("RoleBinding", f"{name}-secrets", "ClusterRole", f"{name}-secrets",
+                             subject, ns) for ns in secret_namespaces]
+        return out
+    nm = sets["namespaced"]
+    out += [_role("ClusterRole", name, nm["clusterRole"]),
+            _binding("ClusterRoleBinding", name, "ClusterRole", name, subject)]
+    role_rules = nm["role"] + (nm["peering"] if peering else ())
+    for ns in namespaces:
+        out += [_role("Role", name, role_rules, ns),
+                _binding("RoleBinding", name, "Role", name, subject, ns)]
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m kustos.rbac",
+        description="Print or write the Kustos operator's RBAC rules.")
+    p.add_argument("--write", metavar="PATH",
+                   help="write the rule sets YAML (the chart's files/rbac-rules.yaml) to PATH")
+    p.add_argument("--manifests", action="store_true",
+                   help="print ClusterRole/Role and binding objects instead of the rule sets")
+    p.add_argument("--name", default="kustos", help="name of the roles and bindings")
+    p.add_argument("--service-account", default="kustos", help="the operator's ServiceAccount")
+    p.add_argument("--service-account-namespace", default="kustos-system")
+    p.add_argument("-n", "--namespace", action="append", default=[],
+                   help="namespaced mode: a Role in this namespace (repeatable)")
+    p.add_argument("--secret-namespace", action="append", default=[],
+                   help="cluster-wide mode: bind the Secret rules in this namespace (repeatable)")
+    p.add_argument("--secrets-all-namespaces", action="store_true",
+                   help="cluster-wide mode: bind the Secret rules in every namespace")
+    p.add_argument("--peering", action="store_true", help="add kopf peering rules")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.manifests:
+        import yaml
+
+        objs = manifests(name=args.name, sa_namespace=args.service_account_namespace,
+                         sa_name=args.service_account, namespaces=args.namespace,
+                         secret_namespaces=args.secret_namespace,
+                         secrets_all_namespaces=args.secrets_all_namespaces,
+                         peering=args.peering)
+        sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
+        return 0
+    text = rules_yaml()
+    if args.write:
+        path = Path(args.write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

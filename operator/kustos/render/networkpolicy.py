@@ -1,0 +1,74 @@
+"""The NetworkPolicy of a ModelDeployment's pods: ingress only where it is meant. Pure.
+
+Selected: every serving pod of the model (stable and canary). Allowed in:
+
+- the serving port (the Service's target): from every source by default, or from the
+  namespaces of ``network_policy.serving_namespace_selector`` plus the model's own;
+- the metrics port and the sidecars' ports (their /metrics): from the monitoring
+  namespaces (``network_policy.monitoring_namespace_selector``);
+- the sidecars' ports (explainer 8090, drift 8091): from the operator's namespace, which
+  reads their status endpoints.
+
+Nothing else: a runtime's gRPC or management port (TorchServe can register models on
+it) and the sidecars are closed to everyone else; inside the pod, the model server
+reaches its sidecars over loopback, which no NetworkPolicy filters. Egress is not
+restricted (the model fetch goes to S3 or https sources that are not known in advance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kustos.config import OperatorConfig
+
+from .meta import COMPONENT, INSTANCE, child_meta
+from .runtimes import RuntimePorts
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _ports(numbers: Iterable[int]) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": n} for n in sorted(set(numbers))]
+
+
+def sidecar_ports(sidecars: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The TCP ports the sidecar containers declare."""
+    return sorted({int(p["containerPort"]) for c in sidecars for p in c.get("ports") or []
+                   if p.get("protocol", "TCP") == "TCP"})
+
+
+def render_network_policy(body: Mapping[str, Any], config: OperatorConfig, ports: RuntimePorts,
+                          sidecars: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
+    """The ModelDeployment's NetworkPolicy, or None when the config turns it off."""
+    settings = config.network_policy
+    if not settings.enabled:
+        return None
+    name = body["metadata"]["name"]
+    ingress: list[dict[str, Any]] = []
+    serving: dict[str, Any] = {"ports": _ports([ports.http])}
+    if settings.serving_namespace_selector is not None:
+        # Same-namespace pods, and pods in the selected namespaces.
+        serving["from"] = [{"podSelector": {}},
+                           {"namespaceSelector": dict(settings.serving_namespace_selector)}]
+    ingress.append(serving)
+    side = sidecar_ports(sidecars)
+    scraped = ([ports.metrics] if ports.metrics is not None else []) + side
+    if settings.monitoring_namespace_selector is not None and scraped:
+        ingress.append({"from": [{"namespaceSelector":
+                                  dict(settings.monitoring_namespace_selector)}],
+                        "ports": _ports(scraped)})
+    if side:
+        ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
+                            NAMESPACE_NAME_LABEL: settings.operator_namespace}}}],
+                        "ports": _ports(side)})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_meta(body, name, {COMPONENT: "predictor"}),
+        "spec": {
+            "podSelector": {"matchLabels": {INSTANCE: name, COMPONENT: "predictor"}},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
