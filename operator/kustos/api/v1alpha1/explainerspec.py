@@ -54,6 +54,8 @@ class ExplainerSpecStatus(ResourceStatus):
     """Top-k features by mean |SHAP|."""
     last_computed: datetime | None = None
     """When global importance was last computed."""
+    report_config_map: str | None = None
+    """The ConfigMap (same namespace) holding the full global report (report.json)."""
 
 
 class ExplainerSpec(KModel):

@@ -1,0 +1,83 @@
+"""What the explainer and drift sidecars share: pure helpers, no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from .modeldeployment import PVC_MOUNT, _security_context
+
+EXPLAIN_PORT = 8090
+DRIFT_PORT = 8091
+SCRATCH = "/tmp"
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """A Duration ("1h30m", "10m", "500ms") in seconds."""
+    total = 0.0
+    for number, unit in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text):
+        total += float(number) * _UNITS[unit]
+    return total
+
+
+def target_name(resource: Mapping[str, Any]) -> str:
+    return str(((resource.get("spec") or {}).get("targetRef") or {}).get("name", ""))
+
+
+def active_for(target: str, candidates: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The one resource of a kind that is wired into ``target``: the oldest (by creation,
+    then name) of those that target it and are not being deleted. The others conflict."""
+    live = [c for c in candidates
+            if target_name(c) == target and not c["metadata"].get("deletionTimestamp")]
+    if not live:
+        return None
+    return min(live, key=lambda c: (c["metadata"].get("creationTimestamp") or "",
+                                    c["metadata"]["name"]))
+
+
+def data_source(uri: str, volume: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(URI the sidecar fetches, volumes, volume mounts): a pvc://CLAIM/PATH source is
+    mounted read-only and read as a file; other schemes are fetched by the sidecar."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "pvc":
+        return uri, [], []
+    claim = parsed.netloc
+    mount = f"{PVC_MOUNT}/{claim}"
+    return (f"file://{mount}{parsed.path}",
+            [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+            [{"name": volume, "mountPath": mount, "readOnly": True}])
+
+
+def sidecar_container(name: str, image: str, args: list[str], port: int, port_name: str,
+                      resources: Mapping[str, Any],
+                      mounts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A sidecar with the server's restricted securityContext. Readiness is the liveness
+    endpoint: a broken background or reference is reported in the sidecar's status and
+    must never take the pod out of the Service."""
+    probe = {"httpGet": {"path": "/v2/health/live", "port": port_name},
+             "periodSeconds": 10, "timeoutSeconds": 2}
+    return {
+        "name": name,
+        "image": image,
+        "command": ["kustos"],
+        "args": args,
+        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
+        "resources": dict(resources),
+        "securityContext": _security_context(),
+        "readinessProbe": {**probe, "failureThreshold": 3},
+        "livenessProbe": {**probe, "failureThreshold": 6},
+        "volumeMounts": [dict(m) for m in mounts],
+    }
+
+
+def scratch_volume(name: str, size: str) -> dict[str, Any]:
+    return {"name": name, "emptyDir": {"sizeLimit": size}}
+
+
+def number(value: float) -> str:
+    """A float as a short argument: 0.05, 600 (not 600.0)."""
+    return f"{value:g}"

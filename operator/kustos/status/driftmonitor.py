@@ -1,0 +1,157 @@
+"""DriftMonitor status from its target and the drift sidecars' reports. Pure.
+
+Drift is judged over all Ready pods of the target: drift when any pod reports it;
+windows evaluated are summed; a feature's p-value is its minimum over the pods. A drift
+episode starts when DriftDetected turns True and ends when it turns False; Events and the
+retraining Job follow those transitions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kustos.api.v1alpha1 import DriftMonitorSpec
+from kustos.render.drift import job_name
+from kustos.render.sidecars import duration_seconds
+
+from .conditions import timestamp
+from .modeldeployment import Failure, Notice
+from .sidecars import Conditions, PodReport, Wiring, readiness, sidecar_failure
+
+KIND = "DriftMonitor"
+
+
+@dataclass
+class Aggregate:
+    """The pods' reports combined."""
+
+    answered: int = 0
+    drift: bool | None = None  # None: no pod has tested a window yet
+    features: list[str] = field(default_factory=list)
+    windows: int = 0
+    p_values: dict[str, float] = field(default_factory=dict)
+    last_check: str | None = None
+
+
+def aggregate(reports: list[PodReport]) -> Aggregate:
+    agg = Aggregate()
+    for r in reports:
+        rep = r.report
+        if rep is None:
+            continue
+        agg.answered += 1
+        agg.windows += int(rep.get("windowsEvaluated") or 0)
+        check = rep.get("lastCheck")
+        if check and (agg.last_check is None or str(check) > agg.last_check):
+            agg.last_check = str(check)
+        if not rep.get("windowsEvaluated") and not check:
+            continue  # nothing tested on this pod yet: it says nothing about drift
+        agg.drift = bool(agg.drift) or bool(rep.get("drift"))
+        if rep.get("drift"):
+            agg.features += [str(f) for f in rep.get("driftingFeatures") or []
+                             if str(f) not in agg.features]
+        for feature, p in (rep.get("featurePValues") or {}).items():
+            if isinstance(p, (int, float)):
+                agg.p_values[str(feature)] = min(float(p), agg.p_values.get(str(feature), 1.0))
+    return agg
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    """The Job the previous episodes created last: name and creation time."""
+
+    name: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class Result:
+    status: dict[str, Any]
+    notices: list[Notice]
+    # Create a retraining Job of this name (from spec.onDrift.retrainJob.template).
+    create_job: str | None = None
+
+
+def _parse(ts: str | None) -> datetime | None:
+    if not ts:
+        return None
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def compute(body: Mapping[str, Any], wiring: Wiring, reports: list[PodReport], now: datetime,
+            last_job: RetrainJob | None = None, failure: Failure | None = None) -> Result:
+    meta = body["metadata"]
+    name = meta["name"]
+    spec = DriftMonitorSpec.model_validate(body["spec"])
+    old: Mapping[str, Any] = body.get("status") or {}
+    c = Conditions(old, meta.get("generation"), now)
+    status: dict[str, Any] = {"observedGeneration": meta.get("generation")}
+    create_job: str | None = None
+    problem = wiring.problem(KIND, name, "drift")
+    if problem is not None:
+        reason, message, degraded = problem
+        c.set("Ready", False, reason, message)
+        c.degraded(failure or (Failure(reason, message) if degraded else None),
+                   "the DriftMonitor is no longer degraded")
+        if not c.old_condition("DriftDetected"):
+            c.set("DriftDetected", "Unknown", reason, "no window tested yet")
+        status["conditions"] = c.conds
+        return Result(status, c.notices)
+
+    ready, reason, message = readiness(reports, "drift", "Monitoring", "inputs monitored")
+    c.set("Ready", ready, reason, message)
+    c.degraded(failure or sidecar_failure(reports), "the DriftMonitor is no longer degraded")
+    agg = aggregate(reports)
+    old_drift = c.old_condition("DriftDetected")
+    was = old_drift.get("status") == "True"
+    if agg.drift is None:
+        if not old_drift:
+            c.set("DriftDetected", "Unknown", "NoWindowYet", "no window tested yet")
+    else:
+        status["windowsEvaluated"] = agg.windows
+        status["lastCheck"] = agg.last_check
+        status["featurePValues"] = [{"feature": f, "pValue": p}
+                                    for f, p in sorted(agg.p_values.items())]
+    if agg.drift:
+        text = (f"drift in {', '.join(agg.features) or 'the input distribution'} "
+                f"(p < {spec.p_value:g})")
+        if not was:
+            at = timestamp(now)
+            last: dict[str, Any] = {"at": at, "features": agg.features}
+            retrain = spec.on_drift.retrain_job
+            if retrain is not None:
+                since = _parse(old_drift.get("lastTransitionTime")) if old_drift else None
+                cooldown = timedelta(seconds=duration_seconds(retrain.cooldown))
+                if last_job is not None and since is not None and last_job.created >= since:
+                    # Created for this episode by an attempt whose status write was lost.
+                    last["job"] = last_job.name
+                elif last_job is not None and now - last_job.created < cooldown:
+                    until = timestamp(last_job.created + cooldown)
+                    text += (f"; no retraining Job: the last one ({last_job.name}) is within "
+                             f"the cooldown until {until}")
+                else:
+                    create_job = job_name(name, meta.get("uid", ""), at)
+                    last["job"] = create_job
+            status["lastDrift"] = last
+            if spec.on_drift.event:
+                c.notices.append(Notice("DriftDetected", text, warning=True))
+        else:
+            text = (old_drift.get("message") or text) if _same_features(old, agg) else text
+        c.set("DriftDetected", True, "DriftDetected", text)
+    elif agg.drift is False:
+        c.set("DriftDetected", False, "NoDrift",
+              f"no drift in the latest windows ({agg.windows} evaluated)")
+        if was and spec.on_drift.event:
+            c.notices.append(Notice("DriftResolved", "the inputs no longer drift"))
+    status["conditions"] = c.conds
+    return Result(status, c.notices, create_job)
+
+
+def _same_features(old: Mapping[str, Any], agg: Aggregate) -> bool:
+    """Whether the episode still drifts in the features it started with (then the
+    condition's message, with its cooldown note, is kept)."""
+    last = old.get("lastDrift") or {}
+    return bool(last.get("features") == agg.features)
