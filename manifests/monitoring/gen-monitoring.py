@@ -1,0 +1,237 @@
+"""Write grafana-dashboard.json and the chart's copy of the alert rules:
+
+    .venv/bin/python manifests/monitoring/gen-monitoring.py
+
+The dashboard is built here rather than edited in Grafana so every query stays reviewable;
+tests/unit/test_monitoring.py fails when the files are stale or use a metric the code
+does not export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CHART_RULES = REPO / "charts" / "kustos" / "files" / "prometheus-rules.yaml"
+
+PREDICT = 'endpoint=~"v2_infer|v1_predict|seldon_predictions"'
+EXPLAIN = 'endpoint=~"v1_explain|v2_explain"'
+SEL = 'namespace=~"$namespace", model=~"$model"'
+RATE = "$__rate_interval"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+
+class Layout:
+    """Panels left to right, 24 grid columns wide, rows stacked."""
+
+    def __init__(self) -> None:
+        self.panels: list[dict[str, Any]] = []
+        self.y = 0
+        self.x = 0
+        self.next_id = 1
+
+    def row(self, title: str) -> None:
+        if self.x:
+            self.y += 8
+            self.x = 0
+        self.panels.append({"type": "row", "title": title, "id": self._id(), "collapsed": False,
+                            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "panels": []})
+        self.y += 1
+
+    def panel(self, title: str, targets: list[tuple[str, str]], *, unit: str = "short",
+              kind: str = "timeseries", width: int = 8, description: str = "",
+              extra: dict[str, Any] | None = None) -> None:
+        if self.x + width > 24:
+            self.y += 8
+            self.x = 0
+        panel: dict[str, Any] = {
+            "type": kind, "title": title, "id": self._id(), "datasource": DS,
+            "description": description,
+            "gridPos": {"h": 8, "w": width, "x": self.x, "y": self.y},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom"},
+                        "tooltip": {"mode": "multi"}},
+            "targets": [{"refId": chr(ord("A") + i), "datasource": DS, "expr": expr,
+                         "legendFormat": legend} for i, (expr, legend) in enumerate(targets)],
+        }
+        if extra:
+            panel.update(extra)
+        self.panels.append(panel)
+        self.x += width
+
+    def _id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
+def quantiles(metric: str, selector: str, by: str) -> list[tuple[str, str]]:
+    return [(f"histogram_quantile({q}, sum by ({by}, le) "
+             f"(rate({metric}_bucket{{{selector}}}[{RATE}])))", f"p{int(q * 100)} {{{{{by}}}}}")
+            for q in (0.5, 0.9, 0.99)]
+
+
+def dashboard() -> dict[str, Any]:
+    lay = Layout()
+    lay.row("Serving")
+    lay.panel("Prediction requests/s by model", [(
+        f"sum by (namespace, model) (rate(kustos_requests_total{{{PREDICT}, {SEL}}}[{RATE}]))",
+        "{{namespace}}/{{model}}")], unit="reqps",
+        description="V2 infer, V1 predict and Seldon predictions answered, any status.")
+    lay.panel("Prediction latency (p50, p90, p99)", quantiles(
+        "kustos_request_duration_seconds", f"{PREDICT}, {SEL}", "model"), unit="s",
+        description="From request parsed to response written, in kustos serve.")
+    lay.panel("Error rate by model (5xx share)", [
+        (f"sum by (namespace, model) (rate(kustos_requests_total{{{PREDICT}, {SEL}, "
+         f'code=~"5.."}}[{RATE}])) / sum by (namespace, model) '
+         f"(rate(kustos_requests_total{{{PREDICT}, {SEL}}}[{RATE}]))", "5xx {{model}}"),
+        (f"sum by (namespace, model) (rate(kustos_requests_total{{{PREDICT}, {SEL}, "
+         f'code=~"4.."}}[{RATE}])) / sum by (namespace, model) '
+         f"(rate(kustos_requests_total{{{PREDICT}, {SEL}}}[{RATE}]))", "4xx {{model}}")],
+        unit="percentunit",
+        description="4xx are malformed requests (the client's fault); 5xx are the server's.")
+    lay.panel("Requests in flight", [(
+        f"sum by (namespace, model) (kustos_inflight_requests{{{SEL}}})", "{{model}}")])
+    lay.panel("Model ready (per version)", [(
+        f"min by (namespace, model, version) (kustos_model_ready{{{SEL}}})",
+        "{{model}} v{{version}}")], extra={"fieldConfig": {
+            "defaults": {"unit": "short", "min": 0, "max": 1}, "overrides": []}},
+        description="1 when every serving process has its model loaded and warmed up.")
+    lay.panel("Model load time", [(
+        f"max by (namespace, model, version) (kustos_model_load_seconds{{{SEL}}})",
+        "{{model}} v{{version}}")], unit="s",
+        description="Seconds to load, verify and warm up the model, per version.")
+    lay.panel("Predictions/s by class", [(
+        f"sum by (model, class) (rate(kustos_predictions_total{{{SEL}}}[{RATE}]))",
+        "{{model}} {{class}}")], unit="short",
+        description="Rows predicted by predicted class: a shift here is output drift.")
+    lay.panel("Rows per model call (micro-batching)", quantiles(
+        "kustos_batch_rows", SEL, "model"), unit="short")
+    lay.panel("Requests/s by endpoint and code", [(
+        f"sum by (endpoint, code) (rate(kustos_requests_total{{{SEL}}}[{RATE}]))",
+        "{{endpoint}} {{code}}")], unit="reqps")
+
+    lay.row("Drift")
+    lay.panel("Drift detected", [(
+        'max by (namespace, pod) (kustos_drift_detected{namespace=~"$namespace"})',
+        "{{namespace}}/{{pod}}")], kind="state-timeline", width=12,
+        description="1 while the latest window differs from the reference data: each band "
+                    "is a drift episode.")
+    lay.panel("Drift p-value by feature", [(
+        'min by (namespace, feature) (kustos_drift_p_value{namespace=~"$namespace"})',
+        "{{feature}}")], width=12, extra={"fieldConfig": {
+            "defaults": {"unit": "short", "min": 0, "max": 1}, "overrides": []}},
+        description="Per-feature p-value of the latest window; below the DriftMonitor's "
+                    "pValue threshold counts as drift.")
+    lay.panel("Drift distance", [(
+        'max by (namespace, pod) (kustos_drift_distance{namespace=~"$namespace"})',
+        "{{namespace}}/{{pod}}")], description="Test statistic of the latest window.")
+    lay.panel("Drift windows tested/min", [(
+        f'sum by (namespace, pod) (rate(kustos_drift_windows_total{{namespace=~"$namespace"}}'
+        f"[{RATE}])) * 60", "{{namespace}}/{{pod}}")], unit="short")
+    lay.panel("Inputs dropped before the drift test/s", [(
+        f'sum by (namespace, reason) (rate(kustos_drift_inputs_dropped_total'
+        f'{{namespace=~"$namespace"}}[{RATE}]))', "{{namespace}} {{reason}}"),
+        (f"sum by (namespace) (rate(kustos_drift_inputs_sent_total{{{SEL}}}[{RATE}]))",
+         "{{namespace}} sent")], unit="reqps",
+        description="Requests whose inputs never reached the drift test (queue full, sidecar "
+                    "unreachable) against those sent.")
+
+    lay.row("Explanations")
+    lay.panel("Explain latency (p50, p90, p99)", quantiles(
+        "kustos_explain_duration_seconds", SEL, "model"), unit="s", width=12,
+        description="Time kustos serve spends forwarding an explain request to the explainer "
+                    "sidecar, SHAP included.")
+    lay.panel("Explain requests/s by code", [(
+        f"sum by (model, code) (rate(kustos_requests_total{{{EXPLAIN}, {SEL}}}[{RATE}]))",
+        "{{model}} {{code}}")], unit="reqps", width=12)
+
+    lay.row("Operator")
+    lay.panel("Reconciles/s by kind and result", [(
+        f"sum by (kind, result) (rate(kustos_operator_reconciles_total[{RATE}]))",
+        "{{kind}} {{result}}")], unit="ops")
+    lay.panel("Reconcile duration (p50, p90, p99)", quantiles(
+        "kustos_operator_reconcile_duration_seconds", "", "kind"), unit="s")
+    lay.panel("Reconcile errors/s by reason", [(
+        f"sum by (kind, reason) (rate(kustos_operator_reconcile_errors_total[{RATE}]))",
+        "{{kind}} {{reason}}")], unit="ops",
+        description="Each reason is also the object's Degraded condition reason.")
+    lay.panel("Kubernetes API writes/s by verb", [(
+        f"sum by (verb) (rate(kustos_operator_api_writes_total[{RATE}]))", "{{verb}}")],
+        unit="ops", description="Zero when nothing changes: a resync writes nothing.")
+    lay.panel("Children applied/s by kind", [(
+        f"sum by (kind) (rate(kustos_operator_children_applied_total[{RATE}]))", "{{kind}}")],
+        unit="ops", description="Child objects applied because they differed from the render.")
+
+    templating = [
+        {"name": "datasource", "label": "Data source", "type": "datasource",
+         "query": "prometheus", "current": {}, "hide": 0},
+        {"name": "namespace", "label": "Namespace", "type": "query", "datasource": DS,
+         "query": {"query": "label_values(kustos_model_ready, namespace)",
+                   "refId": "namespace"},
+         "definition": "label_values(kustos_model_ready, namespace)",
+         "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2,
+         "current": {"text": "All", "value": "$__all"}},
+        {"name": "model", "label": "Model", "type": "query", "datasource": DS,
+         "query": {"query": 'label_values(kustos_model_ready{namespace=~"$namespace"}, model)',
+                   "refId": "model"},
+         "definition": 'label_values(kustos_model_ready{namespace=~"$namespace"}, model)',
+         "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2,
+         "current": {"text": "All", "value": "$__all"}},
+    ]
+    annotations = [{
+        "name": "Drift episodes", "datasource": DS, "enable": True, "iconColor": "orange",
+        "expr": 'max by (namespace, pod) (kustos_drift_detected{namespace=~"$namespace"}) == 1',
+        "step": "60s", "titleFormat": "drift", "textFormat": "{{namespace}}/{{pod}}"}]
+    return {
+        "title": "Kustos", "uid": "kustos-overview", "description":
+        "Kustos model serving, drift, explanations and the operator. Generated by "
+        "manifests/monitoring/gen-monitoring.py.",
+        "tags": ["kustos", "ml"], "timezone": "browser", "schemaVersion": 39, "version": 1,
+        "editable": True, "graphTooltip": 1, "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": templating}, "annotations": {"list": annotations},
+        "panels": lay.panels,
+    }
+
+
+CHART_HEADER = """\
+# The rule groups of manifests/monitoring/prometheus-rules.yaml, copied by
+# manifests/monitoring/gen-monitoring.py; the chart wraps them in a PrometheusRule when
+# metrics.prometheusRule.enabled is set. Do not edit here.
+"""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (PromQL) as literal blocks, as they are written by hand."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def chart_rules() -> str:
+    rule = yaml.safe_load((HERE / "prometheus-rules.yaml").read_text())
+    return CHART_HEADER + yaml.dump({"groups": rule["spec"]["groups"]}, Dumper=_Dumper,
+                                    sort_keys=False, width=1000)
+
+
+def dashboard_json() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+def main() -> None:
+    (HERE / "grafana-dashboard.json").write_text(dashboard_json())
+    CHART_RULES.write_text(chart_rules())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The Grafana dashboard and the Prometheus rules use only metrics the code exports.
+
+Exported names come from the prometheus_client registry after importing the metric
+modules of the operator, of `kustos serve` and of the explainer sidecar. The drift
+sidecar's modules import alibi-detect, which lives in an environment of its own (it pins
+numpy < 2), so its metric definitions are read from its source instead. Every query is
+parsed as PromQL (promql-parser, when installed), and every label a selector matches on
+must be one the metric has or one Prometheus' Kubernetes service discovery adds.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import prometheus_client
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MONITORING = REPO / "manifests" / "monitoring"
+CHART_RULES = REPO / "charts" / "kustos" / "files" / "prometheus-rules.yaml"
+PACKAGE = REPO / "operator" / "kustos"
+# Importable in the main environment: the operator, kustos serve, the explainer sidecar.
+METRIC_MODULES = ("kustos.metrics", "kustos.runtime.server.metrics")
+IMPORTABLE_DIRS = ("runtime/explain", "vault")
+SOURCE_ONLY_DIRS = ("runtime/drift",)
+# Labels the scrape adds (kubernetes_sd relabelling, PodMonitor/ServiceMonitor), plus le.
+SCRAPE_LABELS = {"namespace", "pod", "container", "job", "instance", "service", "le"}
+DRIFT_NAMES = {"kustos_drift_detected", "kustos_drift_p_value", "kustos_drift_distance",
+               "kustos_drift_windows_total", "kustos_drift_inputs_dropped_total"}
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+            "summary": ("", "_sum", "_count"), "gauge": ("",), "info": ("_info",),
+            "enum": ("",)}
+KIND_OF_CLASS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram",
+                 "Summary": "summary", "Info": "info", "Enum": "enum"}
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_monitoring",
+                                                  MONITORING / "gen-monitoring.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _add(out: dict[str, set[str]], base: str, kind: str, labels: set[str]) -> None:
+    if kind == "counter" and base.endswith("_total"):
+        base = base[: -len("_total")]
+    for suffix in SUFFIXES[kind]:
+        out.setdefault(base + suffix, set()).update(labels)
+
+
+def _modules_under(rel: str) -> list[str]:
+    root = PACKAGE / rel
+    return sorted("kustos." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+                  for p in root.rglob("*.py") if "metrics" in p.read_text())
+
+
+def _from_registry() -> dict[str, set[str]]:
+    names = list(METRIC_MODULES)
+    for rel in IMPORTABLE_DIRS:
+        if (PACKAGE / rel).is_dir():
+            names += _modules_under(rel)
+    for name in names:
+        importlib.import_module(name)
+    out: dict[str, set[str]] = {}
+    registry = prometheus_client.REGISTRY
+    for collector in list(registry._collector_to_names):  # no public way to list them
+        labels = set(getattr(collector, "_labelnames", ()))
+        describe = getattr(collector, "describe", None)
+        for family in (describe() if describe else None) or collector.collect():
+            _add(out, family.name, family.type, labels)
+    return out
+
+
+def _from_source(rel: str) -> dict[str, set[str]]:
+    """Counter/Gauge/Histogram/... definitions in the source: name and label names."""
+    out: dict[str, set[str]] = {}
+    root = PACKAGE / rel
+    for path in root.rglob("*.py") if root.is_dir() else ():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            cls = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if cls not in KIND_OF_CLASS or not node.args:
+                continue
+            first = node.args[0]
+            if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+                continue
+            label_node = node.args[2] if len(node.args) > 2 else next(
+                (k.value for k in node.keywords if k.arg == "labelnames"), None)
+            labels: set[str] = set()
+            if isinstance(label_node, ast.List | ast.Tuple):
+                labels = {e.value for e in label_node.elts
+                          if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+            _add(out, first.value, KIND_OF_CLASS[cls], labels)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported() -> dict[str, set[str]]:
+    out = _from_registry()
+    for rel in SOURCE_ONLY_DIRS:
+        for name, labels in _from_source(rel).items():
+            out.setdefault(name, set()).update(labels)
+    return out
+
+
+def rule_exprs(path: Path) -> list[tuple[str, str]]:
+    doc = yaml.safe_load(path.read_text())
+    groups = doc["spec"]["groups"] if "spec" in doc else doc["groups"]
+    return [(r.get("alert") or r.get("record"), r["expr"]) for g in groups for r in g["rules"]]
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    out = [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
+    out += [(a["name"], a["expr"]) for a in dash["annotations"]["list"]]
+    for var in dash["templating"]["list"]:
+        m = re.fullmatch(r"label_values\((.+), \w+\)", var.get("definition", ""))
+        if m:
+            out.append((var["name"], m.group(1)))
+    return out
+
+
+def grafana_free(expr: str) -> str:
+    """A Grafana query with its variables replaced, as Grafana sends it."""
+    return (expr.replace("$__rate_interval", "5m").replace("$__range", "1h")
+            .replace("$namespace", ".*").replace("$model", ".*"))
+
+
+def selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric name, labels it matches on) for every vector selector in ``expr``."""
+    parser = pytest.importorskip("promql_parser")
+    found: list[tuple[str, set[str]]] = []
+
+    def walk(node: Any) -> None:
+        if type(node).__name__ == "VectorSelector":
+            labels = {m.name for m in node.matchers.matchers if m.name != "__name__"}
+            found.append((node.name, labels))
+            return
+        for attr in ("lhs", "rhs", "expr", "param", "vector_selector"):
+            child = getattr(node, attr, None)
+            if child is not None:
+                walk(child)
+        for child in getattr(node, "args", None) or ():
+            walk(child)
+
+    walk(parser.parse(expr))
+    return found
+
+
+def all_exprs() -> list[tuple[str, str]]:
+    return ([("rules:" + n, e) for n, e in rule_exprs(MONITORING / "prometheus-rules.yaml")]
+            + [("dashboard:" + n, grafana_free(e)) for n, e in dashboard_exprs()])
+
+
+@pytest.mark.parametrize(("where", "expr"), all_exprs(), ids=lambda v: str(v)[:60])
+def test_every_metric_and_label_is_exported(where: str, expr: str,
+                                            exported: dict[str, set[str]]) -> None:
+    found = selectors(expr)
+    assert found, f"{where}: no metric in {expr}"
+    for name, labels in found:
+        assert name in exported, f"{where}: {name} is not exported by any Kustos metrics module"
+        unknown = labels - exported[name] - SCRAPE_LABELS
+        assert not unknown, f"{where}: {name} has no label(s) {sorted(unknown)}"
+
+
+def test_regex_agrees_with_the_parser() -> None:
+    """Every kustos_* name in the files is covered by the parametrised test above."""
+    by_parser = {n for _, e in all_exprs() for n, _ in selectors(e)}
+    by_regex = {n for _, e in all_exprs() for n in re.findall(r"\bkustos_[a-z0-9_]+", e)}
+    assert by_regex == by_parser
+
+
+def test_drift_sidecar_exports_the_agreed_names(exported: dict[str, set[str]]) -> None:
+    missing = DRIFT_NAMES - set(exported)
+    assert not missing, f"the drift sidecar does not define {sorted(missing)}"
+
+
+def test_dashboard_covers_what_operations_need() -> None:
+    exprs = " ".join(e for _, e in dashboard_exprs())
+    for name in ("kustos_requests_total", "kustos_request_duration_seconds_bucket",
+                 "kustos_drift_p_value", "kustos_drift_detected",
+                 "kustos_explain_duration_seconds_bucket", "kustos_operator_reconciles_total",
+                 "kustos_operator_reconcile_errors_total"):
+        assert name in exprs, name
+
+
+def test_dashboard_is_a_grafana_dashboard() -> None:
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dash["panels"]:
+        pos = p["gridPos"]
+        assert pos["x"] + pos["w"] <= 24
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
+    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "namespace",
+                                                               "model"}
+
+
+def test_rules_are_a_prometheus_rule_with_the_agreed_alerts() -> None:
+    rule = yaml.safe_load((MONITORING / "prometheus-rules.yaml").read_text())
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    alerts = {}
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            assert r["labels"]["severity"] in {"critical", "warning", "info"}
+            assert r["annotations"]["summary"] and r["annotations"]["description"]
+            assert re.fullmatch(r"\d+[smh]", r["for"])
+            alerts[r["alert"]] = r
+    assert {"KustosModelNotReady", "KustosDriftDetected", "KustosModelErrorRateHigh",
+            "KustosSecretSyncFailing", "KustosOperatorReconcileErrors"} <= set(alerts)
+
+
+def test_generated_files_are_current() -> None:
+    gen = _load_generator()
+    assert (MONITORING / "grafana-dashboard.json").read_text() == gen.dashboard_json(), \
+        "run .venv/bin/python manifests/monitoring/gen-monitoring.py"
+    assert CHART_RULES.read_text() == gen.chart_rules(), \
+        "run .venv/bin/python manifests/monitoring/gen-monitoring.py"
+    chart = yaml.safe_load(CHART_RULES.read_text())
+    rule = yaml.safe_load((MONITORING / "prometheus-rules.yaml").read_text())
+    assert chart["groups"] == rule["spec"]["groups"]
