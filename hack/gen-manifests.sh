@@ -5,6 +5,7 @@
 #                                       clusters without cert-manager
 # A committed install must not carry a private key, so the chart's self-generated certificate
 # (Helm only) is not used here. tests/unit/test_chart.py fails when these are stale.
+# Usage: hack/gen-manifests.sh [OUTDIR]   (default manifests/install)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -53,6 +54,7 @@ resources = "".join(f"- {n}\n" for n in files)
 PY
 )
 
-render "$repo/manifests/install" --set webhook.certManager.enabled=true
-render "$repo/manifests/install/without-webhook" --set webhook.enabled=false
-echo "gen-manifests: manifests/install and manifests/install/without-webhook written"
+out=${1:-$repo/manifests/install}
+render "$out" --set webhook.certManager.enabled=true
+render "$out/without-webhook" --set webhook.enabled=false
+echo "gen-manifests: $out and $out/without-webhook written"
