@@ -1,0 +1,1 @@
+"""The explainer sidecar (`kustos explain`): SHAP attributions next to `kustos serve`."""

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the explainer sidecar, on a registry of its own.
+
+The model server's metrics live on prometheus_client's default registry and already
+define ``kustos_explain_duration_seconds{model}`` (the forwarding time). A registry of
+our own lets both modules be imported in one process (tests, tools) without a clash,
+and keeps the sidecar's /metrics to exactly its own series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # as the model server: no *_created series
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "kustos_explain_requests", "Explain requests answered, by model, method and status code",
+    ["model", "method", "code"], registry=REGISTRY)
+DURATION = Histogram(
+    "kustos_explain_duration_seconds", "Time to answer an explain request",
+    ["model", "method"], registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+ROWS = Counter("kustos_explain_rows", "Rows explained", ["model"], registry=REGISTRY)
+GLOBAL_DURATION = Gauge(
+    "kustos_explain_global_duration_seconds",
+    "Seconds the last global report (mean |SHAP|, permutation importance, partial "
+    "dependence) took", ["model"], registry=REGISTRY)
+ERRORS = Counter(
+    "kustos_explain_errors",
+    "Failures: setup problems (by their status reason), ExplainFailed, GlobalFailed",
+    ["model", "reason"], registry=REGISTRY)
+READY = Gauge("kustos_explain_ready", "1 when the explainer answers explain requests",
+              ["model"], registry=REGISTRY)
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
