@@ -1,0 +1,249 @@
+"""Governance handlers: PolicyCompliant on ModelDeployments, the approval audit trail, and
+the GovernancePolicies' own status.
+
+Kopf indexes keep the policies, namespace labels and the ExplainerSpecs / DriftMonitors
+by target in memory, so a ModelDeployment event (they are frequent: every status write)
+is judged without an API read. Compliance is re-judged when any of those change. Writes
+go through the resourceVersion-guarded status patch and happen only on a real change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kustos.api.v1alpha1 import GROUP, VERSION
+from kustos.governance import compliance
+from kustos.governance.policy import Policy, applicable, policies_from, selector_matches
+from kustos.k8s import client, events
+from kustos.k8s.client import ApiError
+from kustos.status.conditions import get_condition, set_condition
+
+log = logging.getLogger(__name__)
+KIND = "ModelDeployment"
+NAME_LABEL = "kubernetes.io/metadata.name"
+
+Indices = Mapping[str, Any]
+
+
+@kopf.index(GROUP, VERSION, "governancepolicies")
+def kustos_gov_policies(name: str, spec: kopf.Spec, meta: kopf.Meta,
+                        **_: Any) -> dict[str, Any] | None:
+    if meta.get("deletionTimestamp"):
+        return None
+    return {name: dict(spec)}
+
+
+@kopf.index("", "v1", "namespaces")
+def kustos_gov_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, Any]:
+    return {name: dict(labels)}
+
+
+@kopf.index(GROUP, VERSION, "explainerspecs")
+def kustos_gov_explainers(namespace: str | None, spec: kopf.Spec,
+                          **_: Any) -> dict[Any, bool] | None:
+    target = (spec.get("targetRef") or {}).get("name")
+    return {(namespace, target): True} if target else None
+
+
+@kopf.index(GROUP, VERSION, "driftmonitors")
+def kustos_gov_drift_monitors(namespace: str | None, spec: kopf.Spec,
+                              **_: Any) -> dict[Any, bool] | None:
+    target = (spec.get("targetRef") or {}).get("name")
+    return {(namespace, target): True} if target else None
+
+
+@kopf.index(GROUP, VERSION, "modeldeployments")
+def kustos_gov_models(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
+    return {namespace or "": name}
+
+
+def _policies(idx: Indices) -> list[Policy]:
+    store = idx["kustos_gov_policies"]
+    return policies_from({"metadata": {"name": name}, "spec": spec}
+                         for name in list(store) for spec in store.get(name, []))
+
+
+def _namespace_labels(idx: Indices, namespace: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for found in idx["kustos_gov_namespaces"].get(namespace, []):
+        labels.update(found)
+    return {NAME_LABEL: namespace, **labels}
+
+
+def _approval(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The approval as the audit trail records it (who and which ticket, nothing else)."""
+    approval = (spec.get("governance") or {}).get("approval")
+    if not approval:
+        return None
+    out = {k: approval[k] for k in ("approvedBy", "ticket", "approvedAt") if approval.get(k)}
+    return out or None
+
+
+def judge(md: Mapping[str, Any], idx: Indices) -> None:
+    """Recompute PolicyCompliant and the recorded approval of one ModelDeployment; write
+    them (guarded by resourceVersion, retried on a fresh read) only if they changed."""
+    for attempt in range(4):
+        if attempt:
+            fresh = client.get(KIND, md["metadata"]["name"], md["metadata"]["namespace"])
+            if fresh is None or fresh["metadata"]["uid"] != md["metadata"]["uid"]:
+                return
+            md = fresh
+        try:
+            _judge_once(md, idx)
+            return
+        except ApiError as err:
+            if err.status != 409:
+                raise
+    log.info("PolicyCompliant of %s/%s: status kept changing; the next event retries",
+             md["metadata"]["namespace"], md["metadata"]["name"])
+
+
+def _judge_once(md: Mapping[str, Any], idx: Indices) -> None:
+    meta = md["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    name, namespace = meta["name"], meta["namespace"]
+    spec = md.get("spec") or {}
+    status: Mapping[str, Any] = md.get("status") or {}
+    policies = applicable(_policies(idx), _namespace_labels(idx, namespace))
+    key = (namespace, name)
+    v = compliance.verdict(spec, policies,
+                           has_explainer=key in idx["kustos_gov_explainers"],
+                           has_drift_monitor=key in idx["kustos_gov_drift_monitors"])
+    previous = get_condition(md, compliance.CONDITION)
+    now = datetime.now(UTC)
+    conds = compliance.conditions_with(status, v, meta.get("generation"), now)
+    approval, recorded = _approval(spec), status.get("approval")
+    approval_changed = _who(approval) != _who(recorded)
+    if conds is None and not approval_changed:
+        return
+    patch: dict[str, Any] = {}
+    if conds is not None:
+        patch["conditions"] = conds
+    if approval_changed:
+        patch["approval"] = approval  # None removes it (merge patch)
+    client.patch_status(KIND, name, namespace, patch, meta.get("resourceVersion"))
+    if conds is not None:
+        note = compliance.notice(previous, v)
+        if note:
+            events.post(md, note[0], note[1], warning=note[2])
+    if approval_changed:
+        events.post(md, "ApprovalChanged", _approval_message(approval, recorded))
+
+
+def _who(approval: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    return ((approval or {}).get("approvedBy"), (approval or {}).get("ticket"))
+
+
+def _approval_message(new: Mapping[str, Any] | None, old: Mapping[str, Any] | None) -> str:
+    was = f" (was {old.get('approvedBy')}, ticket {old.get('ticket')})" if old else ""
+    if new is None:
+        return f"approval removed{was}"
+    return f"approved by {new.get('approvedBy')}, ticket {new.get('ticket')}{was}"
+
+
+def _safely(what: str, fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except ApiError as err:
+        log.warning("governance: %s failed: %s", what, err.message)
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+def model_deployment_governance(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+    if type == "DELETED":
+        return
+    _safely(f"judging {body['metadata'].get('name')}", judge, dict(body), kwargs)
+
+
+def _rejudge_target(namespace: str | None, target: str | None, idx: Indices) -> None:
+    if not target or not namespace:
+        return
+    md = client.get(KIND, target, namespace)
+    if md is not None:
+        judge(md, idx)
+
+
+@kopf.on.event(GROUP, VERSION, "explainerspecs")
+def explainer_changed(namespace: str | None, spec: kopf.Spec, **kwargs: Any) -> None:
+    """An ExplainerSpec appeared, changed or went: its target's compliance may change."""
+    target = (spec.get("targetRef") or {}).get("name")
+    _safely(f"judging {namespace}/{target}", _rejudge_target, namespace, target, kwargs)
+
+
+@kopf.on.event(GROUP, VERSION, "driftmonitors")
+def drift_monitor_changed(namespace: str | None, spec: kopf.Spec, **kwargs: Any) -> None:
+    target = (spec.get("targetRef") or {}).get("name")
+    _safely(f"judging {namespace}/{target}", _rejudge_target, namespace, target, kwargs)
+
+
+def _rejudge_namespace(namespace: str, idx: Indices) -> None:
+    for name in list(idx["kustos_gov_models"].get(namespace, [])):
+        _safely(f"judging {namespace}/{name}", _rejudge_target, namespace, name, idx)
+
+
+# Labels each namespace was last judged with: a namespace event without a label change
+# (they come for every namespace at start-up and on every status change) costs nothing.
+_judged_labels: dict[str, dict[str, str]] = {}
+
+
+@kopf.on.event("", "v1", "namespaces")
+def namespace_changed(name: str, labels: kopf.Labels, type: str | None,
+                      **kwargs: Any) -> None:
+    if type == "DELETED":
+        _judged_labels.pop(name, None)
+        return
+    current = dict(labels)
+    if _judged_labels.get(name) == current:
+        return
+    first = name not in _judged_labels
+    _judged_labels[name] = current
+    if not first:  # at start-up the ModelDeployments' own events judge them
+        _rejudge_namespace(name, kwargs)
+
+
+# The spec each policy was last judged with: its own status writes re-judge nothing.
+_judged_policies: dict[str, dict[str, Any]] = {}
+
+
+@kopf.on.event(GROUP, VERSION, "governancepolicies")
+def policy_changed(body: kopf.Body, name: str, type: str | None, **kwargs: Any) -> None:
+    """A policy appeared, changed or went: mark it Ready, re-judge the watched
+    ModelDeployments in the namespaces it selected before or selects now."""
+    gone = type == "DELETED" or bool(body["metadata"].get("deletionTimestamp"))
+    if not gone:
+        _safely(f"status of GovernancePolicy {name}", _policy_status, body)
+    new = None if gone else dict(body.get("spec") or {})
+    old = _judged_policies.pop(name, None)
+    if new is not None:
+        _judged_policies[name] = new
+    if old == new:
+        return
+    selectors = [s.get("namespaceSelector") for s in (old, new) if s is not None]
+    for namespace in list(kwargs["kustos_gov_models"]):
+        labels = _namespace_labels(kwargs, namespace)
+        if any(selector_matches(sel, labels) for sel in selectors):
+            _rejudge_namespace(namespace, kwargs)
+
+
+def _policy_status(body: Mapping[str, Any]) -> None:
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    generation = meta.get("generation")
+    if status.get("observedGeneration") == generation:
+        return
+    conds = set_condition(status.get("conditions") or [], "Ready", True, "Accepted",
+                          "enforced at admission; compliance reported as PolicyCompliant",
+                          generation, datetime.now(UTC))
+    try:
+        client.patch_status("GovernancePolicy", meta["name"], None,
+                            {"observedGeneration": generation, "conditions": conds},
+                            meta.get("resourceVersion"))
+    except ApiError as err:
+        if err.status != 409:  # another operator replica wrote it first
+            raise

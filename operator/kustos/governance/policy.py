@@ -1,0 +1,177 @@
+"""Pure evaluation of a ModelDeployment against the GovernancePolicies (no I/O).
+
+Each broken rule is a ``Violation`` that names the policy, the rule (the policy's spec
+field that asks for it) and the ModelDeployment field to fix, so that a rejection reads
+``GovernancePolicy strict-high, rule approvalRequiredFor: spec.governance.approval.ticket
+is required for riskTier high``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Rules the admission webhook can judge from the object alone.
+STATIC_RULES = ("requireOwner", "approvalRequiredFor", "digestRequiredFor", "allowedRegistries")
+# Rules about other objects; only the PolicyCompliant condition reports them.
+EXISTENCE_RULES = ("explainerRequiredFor", "driftMonitorRequiredFor")
+
+# Condition reason for each rule (the first violation's reason becomes the condition's).
+REASONS = {
+    "requireOwner": "MissingOwner",
+    "approvalRequiredFor": "MissingApproval",
+    "digestRequiredFor": "DigestNotPinned",
+    "allowedRegistries": "RegistryNotAllowed",
+    "explainerRequiredFor": "MissingExplainer",
+    "driftMonitorRequiredFor": "MissingDriftMonitor",
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule of one policy."""
+
+    policy: str
+    rule: str
+    field: str
+    message: str
+
+    @property
+    def reason(self) -> str:
+        return REASONS[self.rule]
+
+    def __str__(self) -> str:
+        return f"GovernancePolicy {self.policy}, rule {self.rule}: {self.field} {self.message}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A GovernancePolicy as evaluated: its name and spec (wire form, camelCase)."""
+
+    name: str
+    spec: Mapping[str, Any]
+
+    @property
+    def enforcement(self) -> str:
+        return str(self.spec.get("enforcement") or "Deny")
+
+
+def policies_from(objects: Iterable[Mapping[str, Any]]) -> list[Policy]:
+    """GovernancePolicy objects as listed from the API, skipping ones being deleted."""
+    return sorted((Policy(o["metadata"]["name"], o.get("spec") or {}) for o in objects
+                   if not o["metadata"].get("deletionTimestamp")), key=lambda p: p.name)
+
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy a Kubernetes label selector (unset/empty: everything)."""
+    if not selector:
+        return True
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for req in selector.get("matchExpressions") or []:
+        key, op, values = req.get("key"), req.get("operator"), req.get("values") or []
+        present = key in labels
+        if op == "In" and not (present and labels[key] in values):
+            return False
+        if op == "NotIn" and present and labels[key] in values:
+            return False
+        if op == "Exists" and not present:
+            return False
+        if op == "DoesNotExist" and present:
+            return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False  # an unknown operator selects nothing rather than everything
+    return True
+
+
+def applicable(policies: Iterable[Policy], namespace_labels: Mapping[str, str]) -> list[Policy]:
+    """The policies whose namespaceSelector selects a namespace with these labels."""
+    return [p for p in policies if selector_matches(p.spec.get("namespaceSelector"),
+                                                    namespace_labels)]
+
+
+def risk_tier(spec: Mapping[str, Any]) -> str:
+    return str((spec.get("governance") or {}).get("riskTier") or "low")
+
+
+def image_reference(image: str) -> str:
+    """``image`` with its registry and path spelled out: nginx -> docker.io/library/nginx,
+    so a policy can name docker.io. Tag and digest are dropped."""
+    name = image.split("@", 1)[0]
+    first, _, rest = name.partition("/")
+    if not rest:
+        return f"docker.io/library/{_untagged(name)}"
+    if "." in first or ":" in first or first == "localhost":
+        return f"{first}/{_untagged(rest)}"
+    return f"docker.io/{_untagged(name)}"
+
+
+def _untagged(path: str) -> str:
+    # A tag follows the last colon after the last slash.
+    head, _, last = path.rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}" if head else last
+
+
+def registry_allowed(image: str, allowed: Iterable[str]) -> bool:
+    ref = image_reference(image)
+    return any(ref == a.rstrip("/") or ref.startswith(a.rstrip("/") + "/") for a in allowed)
+
+
+def evaluate(spec: Mapping[str, Any], policies: Iterable[Policy], *,
+             has_explainer: bool | None = None,
+             has_drift_monitor: bool | None = None) -> list[Violation]:
+    """Every rule of ``policies`` that the ModelDeployment ``spec`` breaks.
+
+    ``has_explainer`` / ``has_drift_monitor`` say whether an ExplainerSpec / DriftMonitor
+    targets the model; None (the webhook's case) skips those rules.
+    """
+    out: list[Violation] = []
+    tier = risk_tier(spec)
+    governance = spec.get("governance") or {}
+    model = spec.get("model") or {}
+    for policy in policies:
+        rules = policy.spec
+
+        def broken(rule: str, field: str, message: str, policy: Policy = policy) -> None:
+            out.append(Violation(policy.name, rule, field, message))
+
+        if rules.get("requireOwner") and not str(governance.get("owner") or "").strip():
+            broken("requireOwner", "spec.governance.owner", "is required")
+        if tier in (rules.get("approvalRequiredFor") or []):
+            approval = governance.get("approval") or {}
+            for key in ("approvedBy", "ticket"):
+                if not str(approval.get(key) or "").strip():
+                    broken("approvalRequiredFor", f"spec.governance.approval.{key}",
+                           f"is required for riskTier {tier}")
+        if tier in (rules.get("digestRequiredFor") or []):
+            if not model.get("digest"):
+                broken("digestRequiredFor", "spec.model.digest",
+                       f"must pin the model's sha256 for riskTier {tier}")
+            canary = (spec.get("canary") or {}).get("model")
+            if canary and not canary.get("digest"):
+                broken("digestRequiredFor", "spec.canary.model.digest",
+                       f"must pin the canary model's sha256 for riskTier {tier}")
+        allowed = rules.get("allowedRegistries")
+        image = (spec.get("runtime") or {}).get("image")
+        if allowed is not None and image and not registry_allowed(image, allowed):
+            broken("allowedRegistries", "spec.runtime.image",
+                   f"{image!r} is not from an allowed registry ({', '.join(allowed) or 'none'})")
+        if has_explainer is False and tier in (rules.get("explainerRequiredFor") or []):
+            broken("explainerRequiredFor", "ExplainerSpec",
+                   f"targeting this model is required for riskTier {tier}")
+        if has_drift_monitor is False and tier in (rules.get("driftMonitorRequiredFor") or []):
+            broken("driftMonitorRequiredFor", "DriftMonitor",
+                   f"targeting this model is required for riskTier {tier}")
+    return out
+
+
+def summary(violations: Iterable[Violation], limit: int = 10) -> str:
+    """One message for several violations (the API server shows it to the user)."""
+    items = list(violations)
+    text = "; ".join(str(v) for v in items[:limit])
+    if len(items) > limit:
+        text += f"; and {len(items) - limit} more"
+    return text
