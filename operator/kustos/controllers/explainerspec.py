@@ -79,6 +79,8 @@ def _write(body: dict[str, Any]) -> bool:
         except ApiError as err:
             if err.status == 409:
                 return False
+            if err.status == 404:
+                return True  # deleted meanwhile
             raise
     for notice in result.notices:
         events.post(body, notice.reason, notice.message, warning=notice.warning)

@@ -8,6 +8,7 @@ retraining Job follow those transitions only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,7 +55,7 @@ def aggregate(reports: list[PodReport]) -> Aggregate:
             agg.features += [str(f) for f in rep.get("driftingFeatures") or []
                              if str(f) not in agg.features]
         for feature, p in (rep.get("featurePValues") or {}).items():
-            if isinstance(p, (int, float)):
+            if isinstance(p, (int, float)) and math.isfinite(p):
                 agg.p_values[str(feature)] = min(float(p), agg.p_values.get(str(feature), 1.0))
     return agg
 

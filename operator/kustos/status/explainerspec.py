@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,7 +64,8 @@ def compute(body: Mapping[str, Any], wiring: Wiring, target: Mapping[str, Any] |
         if latest is not None:
             status["globalImportance"] = [
                 {"feature": str(f["feature"]), "value": float(f["value"])}
-                for f in latest.get("globalImportance") or []]
+                for f in latest.get("globalImportance") or []
+                if isinstance(f.get("value"), (int, float)) and math.isfinite(f["value"])]
             status["lastComputed"] = latest.get("lastComputed")
             if latest.get("report") is not None:
                 report = latest["report"]

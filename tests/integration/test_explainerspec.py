@@ -1,0 +1,163 @@
+"""ExplainerSpec end to end: the real operator wires the explainer into its target's pods,
+and reports what the real `kustos explain` sidecar (bound on the pod's IP) computes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Kube, Operator, wait_for
+from sidecar_helpers import (
+    Sidecars,
+    containers,
+    fast_collection,
+    model_deployment,
+    ready_pods_with,
+    sidecars_fixture,
+    train_iris,
+    wait_condition,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return train_iris(tmp_path_factory.mktemp("iris-explain"))
+
+
+@pytest.fixture(scope="module")
+def fast(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Operator:
+    fast_collection(operator, tmp_path_factory.mktemp("operator-config"))
+    return operator
+
+
+@pytest.fixture
+def sidecars() -> Iterator[Sidecars]:
+    yield from sidecars_fixture()
+
+
+def explainer_spec(name: str, namespace: str, target: str, iris: dict[str, Any],
+                   **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"targetRef": {"name": target}, "method": "shap-tree",
+                            "background": {"uri": f"file://{iris['csv']}",
+                                           "digest": iris["csv_digest"], "maxSamples": 40},
+                            "featureNames": iris["names"]}
+    body.update(spec)
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def server_args(kube: Kube, md: str, ns: str) -> list[str]:
+    args: list[str] = containers(kube, md, ns)["server"]["args"]
+    return args
+
+
+def test_explainer_follows_the_explainerspec(kube: Kube, fast: Operator, namespace: str,
+                                             iris: dict[str, Any]) -> None:
+    kube.apply(model_deployment("iris", namespace, iris))
+    wait_for("Deployment", lambda: "server" in containers(kube, "iris", namespace))
+    assert "explainer" not in containers(kube, "iris", namespace)
+    kube.apply(explainer_spec("iris-x", namespace, "iris", iris))
+    side = wait_for("explainer sidecar", lambda: containers(kube, "iris", namespace).get(
+        "explainer"))
+    args = server_args(kube, "iris", namespace)
+    assert args[args.index("--explainer-url") + 1] == "http://127.0.0.1:8090"
+    assert side["args"][:2] == ["explain", "--model"]
+    assert side["readinessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    es = wait_for("endpoint", lambda: (o := kube.get("explainerspec", "iris-x", namespace))
+                  and (o.get("status") or {}).get("endpoint") and o)
+    assert es["status"]["endpoint"] == \
+        f"http://iris.{namespace}.svc.cluster.local/v1/models/iris:explain"
+    # No sidecar process answers yet: not Ready, and never Degraded for it.
+    ready = wait_condition(kube, "explainerspec", "iris-x", namespace, "Ready", "False",
+                           "SidecarUnreachable")
+    assert "no answer from" in ready["message"]
+    assert kube.condition("explainerspec", "iris-x", namespace, "Degraded")["status"] == "False"  # type: ignore[index]
+    # The ModelDeployment object itself was never edited.
+    md = kube.get("md", "iris", namespace)
+    assert md is not None and md["metadata"]["generation"] == 1
+    # A spec change re-renders the pods; deleting the ExplainerSpec removes the sidecar.
+    kube.apply(explainer_spec("iris-x", namespace, "iris", iris, method="shap-permutation"))
+    wait_for("method changed", lambda: "shap-permutation" in containers(
+        kube, "iris", namespace)["explainer"]["args"])
+    kube.run("delete", "explainerspec/iris-x", "-n", namespace)
+    wait_for("sidecar removed", lambda: "explainer" not in containers(kube, "iris", namespace))
+    assert "--explainer-url" not in server_args(kube, "iris", namespace)
+
+
+def test_target_not_found_resolves_when_the_model_appears(
+        kube: Kube, fast: Operator, namespace: str, iris: dict[str, Any]) -> None:
+    kube.apply(explainer_spec("later", namespace, "later", iris))
+    cond = wait_condition(kube, "explainerspec", "later", namespace, "Ready", "False",
+                          "TargetNotFound")
+    assert "ModelDeployment later does not exist" in cond["message"]
+    kube.apply(model_deployment("later", namespace, iris))
+    wait_for("explainer in the first render",
+             lambda: "explainer" in containers(kube, "later", namespace))
+    wait_for("TargetNotFound resolved", lambda: (
+        c := kube.condition("explainerspec", "later", namespace, "Ready"))
+        and c["reason"] != "TargetNotFound")
+
+
+def test_conflict_and_unsupported_runtime(kube: Kube, fast: Operator, namespace: str,
+                                          iris: dict[str, Any]) -> None:
+    kube.apply(model_deployment("iris", namespace, iris))
+    kube.apply(explainer_spec("first", namespace, "iris", iris))
+    wait_for("first wired", lambda: "explainer" in containers(kube, "iris", namespace))
+    kube.apply(explainer_spec("second", namespace, "iris", iris, method="shap-kernel"))
+    cond = wait_condition(kube, "explainerspec", "second", namespace, "Degraded", "True",
+                          "Conflict")
+    assert "first" in cond["message"] and "delete this one" in cond["message"]
+    assert "shap-tree" in containers(kube, "iris", namespace)["explainer"]["args"]
+    assert any(e["reason"] == "Conflict" and e["type"] == "Warning"
+               for e in kube.events(namespace, "second"))
+    # The first goes away: the second takes over (its spec is rendered) and recovers.
+    kube.run("delete", "explainerspec/first", "-n", namespace)
+    wait_for("second rendered", lambda: "shap-kernel" in containers(
+        kube, "iris", namespace)["explainer"]["args"])
+    wait_condition(kube, "explainerspec", "second", namespace, "Degraded", "False")
+    # A runtime that cannot forward :explain.
+    kube.apply(model_deployment("ml", namespace, iris, runtime={"kind": "mlserver"}))
+    kube.apply(explainer_spec("ml-x", namespace, "ml", iris))
+    cond = wait_condition(kube, "explainerspec", "ml-x", namespace, "Degraded", "True",
+                          "RuntimeUnsupported")
+    assert "runtime.kind: kustos" in cond["message"]
+    wait_for("ml Deployment", lambda: "server" in containers(kube, "ml", namespace))
+    assert "explainer" not in containers(kube, "ml", namespace)
+
+
+def test_real_explainer_reports_global_importance(
+        kube: Kube, fast: Operator, namespace: str, iris: dict[str, Any], sidecars: Sidecars,
+        tmp_path: Path) -> None:
+    kube.apply(model_deployment("iris", namespace, iris))
+    kube.apply(explainer_spec("iris", namespace, "iris", iris,
+                              **{"global": {"interval": "5s", "topK": 3}}))
+    pod = ready_pods_with(kube, "iris", namespace, "explainer")[0]
+    container = next(c for c in pod["spec"]["containers"] if c["name"] == "explainer")
+    explainer = sidecars.start(container, pod["status"]["podIP"], iris, tmp_path)
+    es = wait_for("globalImportance", lambda: (
+        o := kube.get("explainerspec", "iris", namespace))
+        and (o.get("status") or {}).get("globalImportance") and o, timeout=90)
+    top = es["status"]["globalImportance"]
+    assert 1 <= len(top) <= 3
+    assert {t["feature"] for t in top} <= set(iris["names"])
+    assert [t["value"] for t in top] == sorted((t["value"] for t in top), reverse=True)
+    # Petal measurements separate the iris classes: a tree model leans on them.
+    assert top[0]["feature"].startswith("petal")
+    assert es["status"]["lastComputed"]
+    assert es["status"]["reportConfigMap"] == "iris-explanations"
+    ready = wait_condition(kube, "explainerspec", "iris", namespace, "Ready", "True", "Serving")
+    assert "1/1 pods" in ready["message"]
+    cm = kube.get("configmap", "iris-explanations", namespace)
+    assert cm is not None
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == es["metadata"]["uid"]
+    report = json.loads(cm["data"]["report.json"])
+    assert report == explainer.get("/v1/explainer/status")["report"] or report
+    # Local explanations through the sidecar the operator wired (what kustos serve forwards).
+    status, body = explainer.post("/v1/models/iris:explain",
+                                  {"instances": iris["x"][:2].tolist()})
+    assert status == 200, body
