@@ -186,6 +186,7 @@ def test_sync_first_sync_then_rotation_rolls_pods(kube: Kube, operator: Operator
     wait_for("a new pod template", lambda: pod_annotations(kube, name, namespace)
              .get(CHECKSUM) not in (None, st["version"]), timeout=30, interval=0.25)
     elapsed = time.monotonic() - rotated_at
+    print(f"rotation reached the pod template in {elapsed:.1f}s")
     assert elapsed < 5 + 4, f"rotation took {elapsed:.1f}s with a 5s refresh interval"
     md = kube.get("md", name, namespace)
     assert md is not None
@@ -351,3 +352,28 @@ def test_invalid_vault_spec_refused(kube: Kube, namespace: str, vault: dict[str,
     proc = kube.apply(model_deployment("bad", namespace, {"role": "r", **vault}), check=False)
     assert proc.returncode != 0
     assert field in proc.stderr and says in proc.stderr, proc.stderr
+
+
+def test_leaving_sync_mode_removes_secret_and_status(kube: Kube, operator: Operator,
+                                                     bao: OpenBao, namespace: str) -> None:
+    name = "switch"
+    kv = f"ml/{namespace}/{name}"
+    bao.put(kv, {"key": secret_value()})
+    role = grant(bao, name, namespace, f"secret/data/{kv}")
+    items = [{"path": f"secret/data/{kv}", "key": "key", "file": "key"}]
+    vault = {"address": bao.address, "role": role, "refreshInterval": "5s", "items": items}
+    kube.apply(model_deployment(name, namespace, vault))
+    secrets_ready(kube, name, namespace)
+    assert kube.get("secret", f"{name}-vault", namespace) is not None
+
+    kube.apply(model_deployment(name, namespace, {**vault, "mode": "injector"}))
+    wait_for("the synced Secret deleted",
+             lambda: kube.get("secret", f"{name}-vault", namespace) is None)
+    md = wait_for("status.secrets and SecretsReady gone", lambda: (lambda m: m if m and
+                  "secrets" not in m["status"] and not condition(m, "SecretsReady")
+                  else None)(kube.get("md", name, namespace)))
+    assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+    ann = wait_for("injector annotations", lambda: pod_annotations(kube, name, namespace)
+                   .get(f"{INJECT}agent-inject") == "true")
+    assert ann
+    assert CHECKSUM not in pod_annotations(kube, name, namespace)

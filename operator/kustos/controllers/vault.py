@@ -231,17 +231,35 @@ def record_failure(meta: Mapping[str, Any], err: VaultError) -> None:
         events.post(written[0], err.reason, f"Vault sync failed: {err.message}", warning=True)
 
 
-def sync(body: Mapping[str, Any]) -> dict[str, Any] | None:
+def due_in(vault: VaultSpec, secrets: Mapping[str, Any] | None) -> float:
+    """Seconds until the next sync is due (0: now; always now when the items changed)."""
+    last = (secrets or {}).get("lastSync")
+    if not last or not render_vault.in_sync(vault, secrets):
+        return 0.0
+    age = (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds()
+    return max(0.0, refresh_seconds(vault) - age - 0.5)
+
+
+def sync(body: Mapping[str, Any], *, only_when_due: bool = False) -> dict[str, Any] | None:
     """One sync of a sync-mode ModelDeployment; returns the new status.secrets. Raises
-    VaultError after recording it as SecretsReady=False."""
-    meta = body["metadata"]
-    vault = _vault(body)
-    if vault is None or vault.mode != "sync":
-        return None
-    with _lock(meta["uid"]):
+    VaultError after recording it as SecretsReady=False. One sync per object at a time;
+    when another one has just synced the current items (the reconcile and the daemon both
+    start with a new object), its result is used instead of reading Vault again."""
+    with _lock(body["metadata"]["uid"]):
+        meta = body["metadata"]
+        fresh = client.get(KIND, meta["name"], meta["namespace"])
+        if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
+            return None
+        vault = _vault(fresh)
+        if vault is None or vault.mode != "sync":
+            return None
+        current = (fresh.get("status") or {}).get("secrets")
+        if render_vault.in_sync(vault, current) and \
+                (not only_when_due or due_in(vault, current) > 0):
+            return dict(current or {})
         try:
             login = _login(vault)
-            jwt = _token(body, vault)
+            jwt = _token(fresh, vault)
             read = vault_client.read(login, jwt, render_vault.paths(vault))
             del jwt
             try:
@@ -250,7 +268,7 @@ def sync(body: Mapping[str, Any]) -> dict[str, Any] | None:
                 raise VaultError("KeyNotFound", str(err)) from None
             versions = {p: s.version for p, s in read.items()}
             version = render_vault.checksum(vault, versions)
-            _apply_secret(body, data, version)
+            _apply_secret(fresh, data, version)
         except VaultError as err:
             log.warning("Vault sync of %s/%s failed: %s", meta["namespace"], meta["name"], err)
             record_failure(meta, err)
@@ -345,13 +363,10 @@ def tick(meta: Mapping[str, Any]) -> float:
     if vault is None or vault.mode != "sync":
         return 3600.0
     refresh = refresh_seconds(vault)
-    secrets = (md.get("status") or {}).get("secrets") or {}
-    last = secrets.get("lastSync")
-    if render_vault.in_sync(vault, secrets) and last:
-        age = (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds()
-        if age < refresh - 0.5:
-            return refresh - age
-    sync(md)
+    wait = due_in(vault, (md.get("status") or {}).get("secrets"))
+    if wait > 0:
+        return wait
+    sync(md, only_when_due=True)
     md = client.get(KIND, meta["name"], meta["namespace"])
     if md is not None and md["metadata"]["uid"] == meta["uid"] and not _pods_current(md):
         _rerender(md)
