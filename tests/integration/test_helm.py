@@ -1,0 +1,327 @@
+"""The Helm chart installed into the real control plane, and the operator run as its identity.
+
+kwok fakes pods, so the operator Deployment the chart creates never runs a container. The
+test runs the same operator (`python -m kustos.cli run` with the Deployment's own args and
+the chart's ConfigMap) on this machine, logged in with a token of the chart's
+ServiceAccount: whatever the chart's RBAC does not grant fails here as it would in a pod.
+
+The Kustos CRDs are shared with every other test session: they are installed only when
+missing (`--skip-crds` otherwise) and never deleted. The chart's webhook configuration is
+scoped to a namespace label no other test uses, and goes away with `helm uninstall`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import REPO, bin_dir, in_ci
+from conftest import OPERATOR_LOGS, Kube, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+CHART = REPO / "charts" / "kustos"
+SAMPLE = REPO / "manifests" / "samples" / "modeldeployment.yaml"
+# Not the session prefix: the `operator` fixture of a concurrent test module must not act in
+# the namespace this test's own operator watches.
+UID = uuid.uuid4().hex[:6]
+RELEASE = f"kustos-h{UID}"
+RELEASE_NS = f"kh-{UID}-system"
+WATCH_NS = f"kh-{UID}-models"
+WEBHOOK_LABEL = f"kustos-helm-test-{UID}"
+
+
+def helm_bin() -> Path:
+    path = bin_dir() / "helm"
+    if not path.is_file():
+        msg = f"helm missing at {path} (hack/build-tools.sh helm)"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+class Helm:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.exe = helm_bin()
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "HELM_CACHE_HOME": str(REPO / ".cluster" / "helm" / "cache"),
+               "HELM_CONFIG_HOME": str(REPO / ".cluster" / "helm" / "config"),
+               "HELM_DATA_HOME": str(REPO / ".cluster" / "helm" / "data")}
+        proc = subprocess.run([str(self.exe), "--kubeconfig", str(self.kubeconfig), *args],
+                              capture_output=True, text=True, timeout=300, env=env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}{proc.stdout}")
+        return proc
+
+
+def chart_crds() -> list[str]:
+    names = []
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        names += [d["metadata"]["name"] for d in yaml.safe_load_all(path.read_text()) if d]
+    return names
+
+
+def values() -> list[str]:
+    return [
+        "--set", f"watchNamespaces={{{WATCH_NS}}}",
+        "--set", "peering.enabled=true",
+        # The webhook points at a ClusterIP nothing routes to here: only namespaces with this
+        # label (one throwaway namespace below) are sent to it.
+        "--set", f"webhook.namespaceSelector.matchLabels.{WEBHOOK_LABEL}=on",
+        "--set", "webhook.timeoutSeconds=3",
+    ]
+
+
+@pytest.fixture(scope="module")
+def helm(kubeconfig: Path) -> Helm:
+    return Helm(kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def release(helm: Helm, kube: Kube) -> Iterator[str]:
+    """The chart installed as RELEASE in RELEASE_NS, watching WATCH_NS."""
+    kube.run("create", "namespace", WATCH_NS)
+    missing = [n for n in chart_crds()
+               if kube.run("get", "crd", n, check=False).returncode != 0]
+    args = ["install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
+            "--wait", "--timeout", "180s", *values()]
+    if not missing:
+        args.append("--skip-crds")
+    helm.run(*args)
+    try:
+        yield RELEASE
+    finally:
+        helm.run("uninstall", RELEASE, "--namespace", RELEASE_NS, "--wait", check=False)
+        for ns in (WATCH_NS, RELEASE_NS):
+            kube.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def service_account_kubeconfig(kube: Kube, admin: Path, ns: str, sa: str, out: Path) -> Path:
+    """A kubeconfig that logs in as ServiceAccount ns/sa with a TokenRequest token."""
+    token = kube.run("create", "token", sa, "-n", ns, "--duration", "1h").stdout.strip()
+    cfg = yaml.safe_load(admin.read_text())
+    cluster = cfg["clusters"][0]
+    out.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": cluster["name"], "user": sa}}],
+        "current-context": sa,
+    }))
+    out.chmod(0o600)
+    return out
+
+
+def local_args(deployment: dict[str, Any], config: Path, metrics: int, health: int) -> list[str]:
+    """The Deployment's operator args, with what only makes sense in a pod replaced."""
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    out = []
+    for arg in args:
+        if arg.startswith("--config="):
+            arg = f"--config={config}"
+        elif arg.startswith("--metrics-port="):
+            out.append("--metrics-bind=127.0.0.1")
+            arg = f"--metrics-port={metrics}"
+        elif arg.startswith("--liveness="):
+            arg = f"--liveness=http://127.0.0.1:{health}/healthz"
+        elif arg.startswith("--webhook"):
+            # The API server could not reach it (no kube-proxy here): not served.
+            continue
+        out.append(arg)
+    return out
+
+
+def test_helm_install_then_the_operator_as_its_service_account_serves_a_sample(
+        helm: Helm, kube: Kube, kubeconfig: Path, release: str) -> None:
+    status = json.loads(helm.run("status", release, "-n", RELEASE_NS, "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+    dep = kube.get("deployment", release, RELEASE_NS)
+    assert dep is not None
+    # kwok runs no container, but the Deployment's pod was scheduled and counts as ready.
+    assert dep["status"].get("availableReplicas") == 1
+    sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
+    assert kube.get("rolebinding", release, WATCH_NS) is not None
+    assert kube.get("kopfpeering", "kustos", WATCH_NS) is not None
+
+    who = f"system:serviceaccount:{RELEASE_NS}:{sa}"
+
+    def can(*what: str) -> bool:
+        proc = kube.run("auth", "can-i", *what, f"--as={who}", check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can("patch", "modeldeployments.kustos.dev/status", "-n", WATCH_NS)
+    assert can("create", "deployments.apps", "-n", WATCH_NS)
+    assert not can("create", "deployments.apps", "-n", "default")
+    assert not can("get", "secrets", "-n", "kube-system")
+
+    cm = kube.get("configmap", f"{release}-config", RELEASE_NS)
+    assert cm is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(cm["data"]["config.yaml"])
+        sa_kubeconfig = service_account_kubeconfig(kube, kubeconfig, RELEASE_NS, sa,
+                                                   Path(tmp) / "kubeconfig")
+        metrics, health = free_port(), free_port()
+        args = local_args(dep, config, metrics, health)
+        assert f"--namespace={WATCH_NS}" in args and "--peering=kustos" in args
+        OPERATOR_LOGS.mkdir(parents=True, exist_ok=True)
+        log_path = OPERATOR_LOGS / f"operator-helm-{UID}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kustos.cli", *args],
+                env={**os.environ, "KUBECONFIG": str(sa_kubeconfig)},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            _serve_sample(kube, proc, health, log_path)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    text = log_path.read_text()
+    assert "Forbidden" not in text and " 403" not in text, \
+        f"the chart's RBAC refused the operator something; see {log_path}"
+
+
+def _serve_sample(kube: Kube, proc: subprocess.Popen[bytes], health: int,
+                  log_path: Path) -> None:
+    import urllib.request
+
+    def live() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    wait_for("operator liveness", live, timeout=60)
+    sample = yaml.safe_load(SAMPLE.read_text())
+    sample["metadata"]["namespace"] = WATCH_NS
+    kube.apply(sample)
+
+    def ready() -> dict[str, Any] | None:
+        assert proc.poll() is None, f"operator exited; see {log_path}"
+        md = kube.get("md", "iris", WATCH_NS)
+        conds = {c["type"]: c["status"] for c in ((md or {}).get("status") or {})
+                 .get("conditions") or []}
+        return md if conds.get("Ready") == "True" else None
+
+    md = wait_for("sample iris Ready under the chart's RBAC", ready, timeout=180)
+    assert md["status"]["readyReplicas"] == 2
+    dep = json.loads(kube.run("get", "deployment", "iris", "-n", WATCH_NS, "-o", "json",
+                              "--show-managed-fields").stdout)
+    managers = {m["manager"] for m in dep["metadata"]["managedFields"]}
+    assert "kustos" in managers
+    # Peering: this operator announced itself in the chart's KopfPeering.
+    peering = kube.get("kopfpeering", "kustos", WATCH_NS)
+    assert peering is not None and peering.get("status"), "no peer in the KopfPeering"
+
+
+def test_the_chart_webhook_is_registered_and_scoped(kube: Kube, release: str) -> None:
+    vwc = kube.run("get", "validatingwebhookconfiguration", f"{release}-webhook", "-o",
+                   "json")
+    hook = json.loads(vwc.stdout)["webhooks"][0]
+    assert hook["namespaceSelector"]["matchLabels"] == {WEBHOOK_LABEL: "on"}
+    assert hook["clientConfig"]["service"]["path"] == "/validate-modeldeployment"
+    secret = kube.get("secret", f"{release}-webhook-tls", RELEASE_NS)
+    assert secret is not None
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    # In a labelled namespace the API server really consults it (and, unreachable here,
+    # refuses: failurePolicy Fail). Other namespaces are not affected.
+    ns = f"kh-{UID}-hooked"
+    kube.run("create", "namespace", ns)
+    try:
+        kube.run("label", "namespace", ns, f"{WEBHOOK_LABEL}=on")
+        sample = yaml.safe_load(SAMPLE.read_text())
+        sample["metadata"]["namespace"] = ns
+
+        def refused() -> str | None:
+            proc = kube.apply(sample, check=False)
+            assert proc.returncode != 0, "the webhook was not called"
+            return proc.stderr if "modeldeployments.validate.kustos.dev" in proc.stderr \
+                else None
+
+        message = wait_for("a call to the chart's webhook", refused, timeout=30)
+        assert "failed calling webhook" in message
+    finally:
+        kube.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_upgrade_keeps_the_webhook_certificate_and_rolls_on_config(
+        helm: Helm, kube: Kube, release: str) -> None:
+    def secret() -> dict[str, str]:
+        s = kube.get("secret", f"{release}-webhook-tls", RELEASE_NS)
+        assert s is not None
+        data: dict[str, str] = s["data"]
+        return data
+
+    def checksum() -> str:
+        d = kube.get("deployment", release, RELEASE_NS)
+        assert d is not None
+        value: str = d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    before, sum_before = secret(), checksum()
+    helm.run("upgrade", release, str(CHART), "--namespace", RELEASE_NS, "--skip-crds",
+             *values(), "--set", "config.history_limit=4", "--wait", "--timeout", "180s")
+    assert secret() == before, "helm upgrade generated a new webhook certificate"
+    assert checksum() != sum_before
+    cm = kube.get("configmap", f"{release}-config", RELEASE_NS)
+    assert cm is not None and yaml.safe_load(cm["data"]["config.yaml"])["history_limit"] == 4
+    assert base64.b64decode(before["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_uninstall_removes_the_release_but_keeps_the_crds(
+        helm: Helm, kube: Kube, release: str) -> None:
+    helm.run("uninstall", release, "--namespace", RELEASE_NS, "--wait")
+    assert kube.get("deployment", release, RELEASE_NS) is None
+    for kind, name in (("clusterrole", release), ("clusterrolebinding", release),
+                       ("validatingwebhookconfiguration", f"{release}-webhook")):
+        proc = kube.run("get", kind, name, check=False)
+        assert proc.returncode != 0 and "NotFound" in proc.stderr, f"{kind}/{name} left behind"
+    for crd in chart_crds():
+        assert kube.run("get", "crd", crd, check=False).returncode == 0, f"CRD {crd} deleted"
+    # The ModelDeployment the operator served is still there: uninstalling stops the operator,
+    # it does not delete users' models.
+    assert kube.get("md", "iris", WATCH_NS) is not None
+
+
+def test_the_kustomize_install_passes_server_side_dry_run(kube: Kube) -> None:
+    """manifests/install (without the cert-manager kinds) in a throwaway namespace."""
+    ns = f"kh-{UID}-kustomize"
+    kube.run("create", "namespace", ns)
+    try:
+        for sub, skip in (("manifests/install", {"Certificate", "Issuer"}),
+                          ("manifests/install/without-webhook", set())):
+            built = kube.run("kustomize", str(REPO / sub)).stdout
+            docs = []
+            for d in yaml.safe_load_all(built):
+                if not d or d["kind"] in skip | {"Namespace"}:
+                    continue
+                if d["metadata"].get("namespace") == "kustos-system":
+                    d["metadata"]["namespace"] = ns
+                docs.append(d)
+            proc = kube.run("apply", "--dry-run=server", "--server-side", "--force-conflicts",
+                            "--field-manager=kustos-install-test", "-f", "-",
+                            input=yaml.safe_dump_all(docs), check=False)
+            assert proc.returncode == 0, f"{sub}: {proc.stderr}"
+            assert proc.stdout.count("(server dry run)") == len(docs)
+    finally:
+        kube.run("delete", "namespace", ns, "--wait=false", check=False)
