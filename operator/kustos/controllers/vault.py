@@ -89,7 +89,7 @@ def _login(vault: VaultSpec) -> Login:
     if vault.address and settings.allowed_addresses is not None and not any(
             vault.address.startswith(a) for a in settings.allowed_addresses):
         raise VaultError("AddressNotAllowed", f"spec.secrets.vault.address {vault.address} is "
-                         "not in the operator config's vault.allowedAddresses")
+                         "not in the operator config's vault.allowed_addresses")
     return Login(address=address, role=vault.role, auth_path=vault.auth_path,
                  namespace=vault.namespace, ca_cert=settings.ca_cert, timeout=settings.timeout)
 
