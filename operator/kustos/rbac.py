@@ -104,10 +104,14 @@ SECRET_RULES: tuple[Rule, ...] = (
 CLUSTER_RULES: tuple[Rule, ...] = (
     Rule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("list", "watch"),
          "kopf notices CRDs added or removed (read-only; without it kopf only warns)"),
-    Rule((GROUP,), ("governancepolicies",), ("get", "list"),
-         "the webhook reads the (cluster-scoped) GovernancePolicies", "pending: governance"),
-    Rule(("",), ("namespaces",), ("get",),
-         "the webhook matches policies against the namespace's labels", "pending: governance"),
+    Rule((GROUP,), ("governancepolicies",), ("get", "list", "watch"),
+         "kopf indexes the (cluster-scoped) GovernancePolicies; the webhook reads them",
+         "pending: governance"),
+    Rule((GROUP,), ("governancepolicies/status",), ("patch",),
+         "a GovernancePolicy's status", "pending: governance"),
+    Rule(("",), ("namespaces",), ("get", "list", "watch"),
+         "policies select namespaces by label: kopf indexes namespaces, the webhook reads one",
+         "pending: governance"),
     Rule(("admissionregistration.k8s.io",), ("validatingwebhookconfigurations",),
          ("create", "patch"),
          "`kustos run --webhook-configuration` applies its webhook configuration (caBundle); "

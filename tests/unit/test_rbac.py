@@ -76,10 +76,15 @@ def test_secrets_are_never_read_in_bulk_nor_bound_cluster_wide() -> None:
     assert allows(cw["secrets"], "", "secrets", "get")
 
 
-def test_cluster_wide_mode_needs_no_namespace_listing() -> None:
-    # kopf lists namespaces only to resolve --namespace globs.
-    assert not allows(rbac.rule_sets()["clusterWide"]["clusterRole"], "", "namespaces", "list")
-    assert allows(rbac.rule_sets()["namespaced"]["clusterRole"], "", "namespaces", "list")
+def test_namespace_listing_only_for_globs_and_governance() -> None:
+    # kopf lists namespaces to resolve --namespace globs (namespaced mode only); the
+    # governance part indexes their labels. Nothing else reads namespaces.
+    for mode in ("clusterWide", "namespaced"):
+        for r in all_rules(mode):
+            if "namespaces" in r.resources:
+                assert set(r.verbs) <= {"get", "list", "watch"}, r
+                assert r.needed_by == "pending: governance" or mode == "namespaced", r
+    assert allows(rbac.NAMESPACED_MODE_CLUSTER_RULES, "", "namespaces", "list")
 
 
 def test_every_child_kind_is_covered() -> None:
