@@ -70,8 +70,9 @@ class Layout:
 
 
 def quantiles(metric: str, selector: str, by: str) -> list[tuple[str, str]]:
+    legend = " ".join("{{" + label.strip() + "}}" for label in by.split(","))
     return [(f"histogram_quantile({q}, sum by ({by}, le) "
-             f"(rate({metric}_bucket{{{selector}}}[{RATE}])))", f"p{int(q * 100)} {{{{{by}}}}}")
+             f"(rate({metric}_bucket{{{selector}}}[{RATE}])))", f"p{int(q * 100)} {legend}")
             for q in (0.5, 0.9, 0.99)]
 
 
@@ -117,38 +118,73 @@ def dashboard() -> dict[str, Any]:
 
     lay.row("Drift")
     lay.panel("Drift detected", [(
-        'max by (namespace, pod) (kustos_drift_detected{namespace=~"$namespace"})',
-        "{{namespace}}/{{pod}}")], kind="state-timeline", width=12,
+        f"max by (namespace, model) (kustos_drift_detected{{{SEL}}})",
+        "{{namespace}}/{{model}}")], kind="state-timeline", width=12,
         description="1 while the latest window differs from the reference data: each band "
                     "is a drift episode.")
     lay.panel("Drift p-value by feature", [(
-        'min by (namespace, feature) (kustos_drift_p_value{namespace=~"$namespace"})',
-        "{{feature}}")], width=12, extra={"fieldConfig": {
+        f"min by (namespace, model, feature) (kustos_drift_p_value{{{SEL}}})",
+        "{{model}} {{feature}}")], width=12, extra={"fieldConfig": {
             "defaults": {"unit": "short", "min": 0, "max": 1}, "overrides": []}},
-        description="Per-feature p-value of the latest window; below the DriftMonitor's "
-                    "pValue threshold counts as drift.")
+        description="Per-feature p-value of the latest window (feature \"*\": mmd's "
+                    "whole-window test); below the DriftMonitor's pValue counts as drift.")
+    lay.panel("Drift episodes started", [(
+        f"sum by (namespace, model) (increase(kustos_drift_episodes_total{{{SEL}}}[$__range]))",
+        "{{namespace}}/{{model}}")], kind="stat",
+        description="Drift episodes that started in the selected time range.")
     lay.panel("Drift distance", [(
-        'max by (namespace, pod) (kustos_drift_distance{namespace=~"$namespace"})',
-        "{{namespace}}/{{pod}}")], description="Test statistic of the latest window.")
+        f"max by (namespace, model) (kustos_drift_distance{{{SEL}}})", "{{model}}"),
+        (f"max by (namespace, model, feature) (kustos_drift_feature_distance{{{SEL}}})",
+         "{{model}} {{feature}}")],
+        description="Test statistic of the latest window: overall (mmd's MMD^2, else the "
+                    "largest per-feature statistic) and per feature.")
     lay.panel("Drift windows tested/min", [(
-        f'sum by (namespace, pod) (rate(kustos_drift_windows_total{{namespace=~"$namespace"}}'
-        f"[{RATE}])) * 60", "{{namespace}}/{{pod}}")], unit="short")
-    lay.panel("Inputs dropped before the drift test/s", [(
-        f'sum by (namespace, reason) (rate(kustos_drift_inputs_dropped_total'
-        f'{{namespace=~"$namespace"}}[{RATE}]))', "{{namespace}} {{reason}}"),
-        (f"sum by (namespace) (rate(kustos_drift_inputs_sent_total{{{SEL}}}[{RATE}]))",
-         "{{namespace}} sent")], unit="reqps",
-        description="Requests whose inputs never reached the drift test (queue full, sidecar "
-                    "unreachable) against those sent.")
+        f"sum by (namespace, model) (rate(kustos_drift_windows_total{{{SEL}}}[{RATE}])) * 60",
+        "{{namespace}}/{{model}}")], unit="short")
+    lay.panel("Window evaluation time (p50, p99)", [
+        q for q in quantiles("kustos_drift_evaluation_seconds", SEL, "model")
+        if not q[1].startswith("p90")], unit="s")
+    lay.panel("Inputs dropped before the drift test/s", [
+        (f"sum by (namespace, model, reason) (rate(kustos_drift_inputs_dropped_total"
+         f'{{reason!="", {SEL}}}[{RATE}]))', "{{model}} not sent: {{reason}}"),
+        (f"sum by (namespace, model) (rate(kustos_drift_inputs_dropped_total"
+         f'{{reason="", {SEL}}}[{RATE}]))', "{{model}} not tested (sidecar behind)"),
+        (f"sum by (namespace, model) (rate(kustos_drift_inputs_sent_total{{{SEL}}}[{RATE}]))",
+         "{{model}} sent")], unit="reqps", width=12,
+        description="kustos serve counts requests it could not hand to the sidecar (with a "
+                    "reason); the sidecar counts rows it dropped because evaluation fell "
+                    "behind (no reason label).")
+    lay.panel("Drift sidecar ready, rows in the open window", [
+        (f"min by (namespace, model) (kustos_drift_ready{{{SEL}}})", "{{model}} ready"),
+        (f"sum by (namespace, model) (kustos_drift_window_rows{{{SEL}}})", "{{model}} rows"),
+        (f"sum by (namespace, model) (rate(kustos_drift_inputs_total{{{SEL}}}[{RATE}]))",
+         "{{model}} rows/s accepted")], width=12)
 
     lay.row("Explanations")
-    lay.panel("Explain latency (p50, p90, p99)", quantiles(
-        "kustos_explain_duration_seconds", SEL, "model"), unit="s", width=12,
-        description="Time kustos serve spends forwarding an explain request to the explainer "
-                    "sidecar, SHAP included.")
+    lay.panel("Explain latency in the explainer sidecar (p50, p90, p99)", quantiles(
+        "kustos_explain_duration_seconds", f'method!="", {SEL}', "model, method"), unit="s",
+        description="Time the explainer sidecar (kustos explain) takes to answer, SHAP "
+                    "included. Its series carry a method label; kustos serve's do not.")
+    lay.panel("Explain latency seen by kustos serve (p50, p90, p99)", quantiles(
+        "kustos_explain_duration_seconds", f'method="", {SEL}', "model"), unit="s",
+        description="Time kustos serve spends forwarding an explain request to the sidecar "
+                    "(the client's view).")
     lay.panel("Explain requests/s by code", [(
-        f"sum by (model, code) (rate(kustos_requests_total{{{EXPLAIN}, {SEL}}}[{RATE}]))",
-        "{{model}} {{code}}")], unit="reqps", width=12)
+        f"sum by (model, method, code) (rate(kustos_explain_requests_total{{{SEL}}}[{RATE}]))",
+        "{{model}} {{method}} {{code}}")], unit="reqps")
+    lay.panel("Explainer errors/s by reason", [(
+        f"sum by (model, reason) (rate(kustos_explain_errors_total{{{SEL}}}[{RATE}]))",
+        "{{model}} {{reason}}")], unit="ops",
+        description="Setup problems (by their status reason), ExplainFailed, GlobalFailed.")
+    lay.panel("Explainer ready", [(
+        f"min by (namespace, model) (kustos_explain_ready{{{SEL}}})", "{{model}}")],
+        extra={"fieldConfig": {"defaults": {"unit": "short", "min": 0, "max": 1},
+                               "overrides": []}})
+    lay.panel("Global importance run time", [(
+        f"max by (namespace, model) (kustos_explain_global_duration_seconds{{{SEL}}})",
+        "{{model}}")], unit="s",
+        description="Seconds the last global report (mean |SHAP|, permutation importance, "
+                    "partial dependence) took.")
 
     lay.row("Operator")
     lay.panel("Reconciles/s by kind and result", [(
@@ -185,8 +221,8 @@ def dashboard() -> dict[str, Any]:
     ]
     annotations = [{
         "name": "Drift episodes", "datasource": DS, "enable": True, "iconColor": "orange",
-        "expr": 'max by (namespace, pod) (kustos_drift_detected{namespace=~"$namespace"}) == 1',
-        "step": "60s", "titleFormat": "drift", "textFormat": "{{namespace}}/{{pod}}"}]
+        "expr": f"max by (namespace, model) (kustos_drift_detected{{{SEL}}}) == 1",
+        "step": "60s", "titleFormat": "drift", "textFormat": "{{namespace}}/{{model}}"}]
     return {
         "title": "Kustos", "uid": "kustos-overview", "description":
         "Kustos model serving, drift, explanations and the operator. Generated by "

@@ -69,15 +69,20 @@ def _from_registry() -> dict[str, set[str]]:
     for rel in IMPORTABLE_DIRS:
         if (PACKAGE / rel).is_dir():
             names += _modules_under(rel)
+    # The default registry, and any registry of its own a module keeps (the explainer's).
+    registries = [prometheus_client.REGISTRY]
     for name in names:
-        importlib.import_module(name)
+        module = importlib.import_module(name)
+        registries += [v for v in vars(module).values()
+                       if isinstance(v, prometheus_client.CollectorRegistry)
+                       and v is not prometheus_client.REGISTRY]
     out: dict[str, set[str]] = {}
-    registry = prometheus_client.REGISTRY
-    for collector in list(registry._collector_to_names):  # no public way to list them
-        labels = set(getattr(collector, "_labelnames", ()))
-        describe = getattr(collector, "describe", None)
-        for family in (describe() if describe else None) or collector.collect():
-            _add(out, family.name, family.type, labels)
+    for registry in registries:
+        for collector in list(registry._collector_to_names):  # no public way to list them
+            labels = set(getattr(collector, "_labelnames", ()))
+            describe = getattr(collector, "describe", None)
+            for family in (describe() if describe else None) or collector.collect():
+                _add(out, family.name, family.type, labels)
     return out
 
 
@@ -232,3 +237,28 @@ def test_generated_files_are_current() -> None:
     chart = yaml.safe_load(CHART_RULES.read_text())
     rule = yaml.safe_load((MONITORING / "prometheus-rules.yaml").read_text())
     assert chart["groups"] == rule["spec"]["groups"]
+
+
+def test_operations_doc_lists_every_metric(exported: dict[str, set[str]]) -> None:
+    doc = (REPO / "docs" / "operations.md").read_text()
+    for name in exported:
+        if not name.startswith("kustos_"):
+            continue
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert f"`{name}`" in doc or f"`{base}`" in doc, f"docs/operations.md lacks {name}"
+
+
+def test_secret_sync_alert_matches_the_reasons_vault_code_raises() -> None:
+    """The operator counts a failed first Vault sync in reconcile_errors_total with the
+    VaultError's reason; the alert must name exactly the reasons the code has."""
+    rules = dict(rule_exprs(MONITORING / "prometheus-rules.yaml"))
+    m = re.search(r'reason=~"([^"]+)"', rules["KustosSecretSyncFailing"])
+    assert m is not None
+    alerted = set(m.group(1).split("|"))
+    client = (PACKAGE / "vault" / "client.py").read_text()
+    controller = (PACKAGE / "controllers" / "vault.py").read_text()
+    raised = set(re.findall(r'^[A-Z_]+ = "([A-Z][A-Za-z]+)"$', client, re.M))
+    raised |= set(re.findall(r'VaultError\("([A-Z][A-Za-z]+)"', controller))
+    # NameConflict is the ModelDeployment reconcile's reason too: not a Vault signal.
+    raised.discard("NameConflict")
+    assert alerted == raised, f"alert {sorted(alerted)} vs code {sorted(raised)}"
