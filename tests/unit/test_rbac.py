@@ -43,6 +43,14 @@ def test_generated_file_is_current() -> None:
         "`python -m kustos.rbac --write charts/kustos/files/rbac-rules.yaml`")
 
 
+def test_security_doc_tables_are_current() -> None:
+    doc = (REPO / "docs" / "security.md").read_text()
+    assert rbac.with_docs(doc) == doc, (
+        "the RBAC tables in docs/security.md are stale; regenerate them with "
+        "`python -m kustos.rbac --docs docs/security.md`")
+    assert "| core | secrets | get |" in doc
+
+
 def test_file_parses_to_the_rule_sets() -> None:
     parsed = yaml.safe_load(rbac.rules_yaml())
     expected = {mode: {key: [r.manifest() for r in rules] for key, rules in sets.items()}
