@@ -291,3 +291,35 @@ def _yaml(obj: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(obj)
+
+
+def test_unreachable_webhook_fails_closed_for_spec_changes_only(kube: Kube, gov_ns: str,
+                                                                 tmp_path: Path) -> None:
+    """failurePolicy Fail with nobody listening: a spec change is refused, while updates
+    that leave the spec alone (kopf's annotations, labels, deletion) skip the webhook
+    through its matchConditions, so the operator never depends on it for those."""
+    from kustos.governance.tls import self_signed
+    from kustos.render.webhook import parse_selector, render_configuration
+
+    kube.apply(md("held", gov_ns, tier="low", owner="team-a"))
+    kube.run("label", "namespace", gov_ns, f"kustos-gov-dead={SESSION}")
+    cert, _ = self_signed(["127.0.0.1"])
+    name = f"kustos-gov-dead-{SESSION}"
+    dead = render_configuration(name, ca_bundle=cert, url=f"https://127.0.0.1:{free_port()}",
+                                namespace_selector=parse_selector(f"kustos-gov-dead={SESSION}"),
+                                timeout_seconds=2)
+    try:
+        kube.apply(dead)
+        changed = md("held", gov_ns, tier="low", owner="team-b")
+
+        def refused() -> str | None:
+            proc = kube.apply(changed, check=False)
+            return proc.stderr if proc.returncode != 0 else None
+        stderr = wait_for("the dead webhook refusing", refused, timeout=20)
+        assert "failed calling webhook" in stderr
+        kube.run("label", "md", "held", "-n", gov_ns, "still=allowed")
+        kube.run("annotate", "md", "held", "-n", gov_ns, "kustos.dev/test=allowed")
+        kube.run("delete", "md", "held", "-n", gov_ns, "--wait=true", "--timeout=30s")
+    finally:
+        kube.run("delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
+                 check=False)

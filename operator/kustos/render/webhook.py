@@ -22,6 +22,7 @@ WEBHOOK_PORT = 9443
 WEBHOOK_NAME = "modeldeployments.validate.kustos.dev"
 # Namespaces whose objects must never wait for the operator (it could not start otherwise).
 EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+SPEC_CHANGED = "request.operation != 'UPDATE' || object.spec != oldObject.spec"
 
 
 def render_configuration(
@@ -73,6 +74,9 @@ def render_configuration(
                 "scope": "Namespaced",
             }],
             "namespaceSelector": selector,
+            # Updates that leave the spec alone (kopf's annotations and finalizers, labels,
+            # deletion) never reach the webhook, so they do not depend on it being up.
+            "matchConditions": [{"name": "spec-changed", "expression": SPEC_CHANGED}],
             "failurePolicy": failure_policy,
             "matchPolicy": "Equivalent",
             # A rejection posts an Event (not on dry runs): that is a side effect.

@@ -38,6 +38,9 @@ def test_configuration_by_url_and_by_service() -> None:
                               "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}]
     assert (hook["failurePolicy"], hook["sideEffects"], hook["timeoutSeconds"]) == (
         "Fail", "NoneOnDryRun", 10)
+    assert hook["matchConditions"] == [{
+        "name": "spec-changed",
+        "expression": "request.operation != 'UPDATE' || object.spec != oldObject.spec"}]
     svc = render_configuration("kustos", ca_bundle=b"PEM", service=("kustos-system", "kustos"))
     (hook,) = svc["webhooks"]
     assert hook["clientConfig"]["service"] == {"namespace": "kustos-system", "name": "kustos",
