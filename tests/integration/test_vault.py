@@ -141,6 +141,8 @@ def test_sync_first_sync_then_rotation_rolls_pods(kube: Kube, operator: Operator
     assert st["versions"] == [{"path": f"secret/data/{kv}", "version": 1}]
     assert st["lastSync"] and st["secretName"] == f"{name}-vault"
     assert len(st["version"]) == 32
+    # No kopf daemon/timer finalizer: deleting the model never waits for the operator.
+    assert not md["metadata"].get("finalizers")
     files = secret_files(kube, name, namespace)
     assert files == {"db_password": first, "api_key": api_key,
                      "all.json": json.dumps({"api_key": api_key, "db_password": first},

@@ -14,19 +14,21 @@ Sync mode, per ModelDeployment:
    checksum of the versions (render.vault), so the pods roll.
 
 The first sync runs inside the ModelDeployment's reconcile (the contributor below), so no
-pod is rendered before its Secret exists. A daemon per ModelDeployment re-reads Vault every
-refreshInterval. A failure sets SecretsReady=False with the reason and leaves the Secret
-untouched; the daemon retries with exponential backoff (never slower than the refresh
-interval) and the condition recovers by itself.
+pod is rendered before its Secret exists. A background loop re-reads Vault for each
+sync-mode ModelDeployment every refreshInterval. A failure sets SecretsReady=False with
+the reason and leaves the Secret untouched; the loop retries with exponential backoff
+(never slower than the refresh interval) and the condition recovers by itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -243,7 +245,7 @@ def due_in(vault: VaultSpec, secrets: Mapping[str, Any] | None) -> float:
 def sync(body: Mapping[str, Any], *, only_when_due: bool = False) -> dict[str, Any] | None:
     """One sync of a sync-mode ModelDeployment; returns the new status.secrets. Raises
     VaultError after recording it as SecretsReady=False. One sync per object at a time;
-    when another one has just synced the current items (the reconcile and the daemon both
+    when another one has just synced the current items (the reconcile and the refresh loop both
     start with a new object), its result is used instead of reading Vault again."""
     with _lock(body["metadata"]["uid"]):
         meta = body["metadata"]
@@ -381,25 +383,95 @@ def _refresh_of(body: Mapping[str, Any]) -> float:
     return refresh_seconds(vault) if vault else 300.0
 
 
-def _sync_mode(spec: Mapping[str, Any], **_: Any) -> bool:
+def _sync_mode(spec: Mapping[str, Any]) -> bool:
     vault = (spec.get("secrets") or {}).get("vault") or {}
     return bool(vault) and vault.get("mode", "sync") == "sync"
 
 
-@kopf.daemon(GROUP, VERSION, "modeldeployments", when=_sync_mode, cancellation_timeout=5.0)
-async def vault_sync(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Re-read Vault every refreshInterval (due-ness from status.secrets.lastSync, so a
-    restart does not re-read at once); after a failure retry with backoff 2 s, 4 s, ...
-    capped at the refresh interval."""
-    meta = {k: body["metadata"][k] for k in ("name", "namespace", "uid")}
-    failures = 0
-    while not stopped:
+# The refresh runs in one background thread (plus a few workers) over an in-memory list
+# of the sync-mode ModelDeployments, fed by their watch events, instead of a kopf daemon or
+# timer per object: those put a finalizer on every ModelDeployment, which would then block
+# its own (or its namespace's) deletion whenever the operator is not running.
+
+
+@dataclass
+class _Entry:
+    name: str
+    namespace: str
+    uid: str
+    next_at: float
+    refresh: float
+    failures: int = 0
+    running: bool = False
+
+
+_ENTRIES: dict[str, _Entry] = {}
+_ENTRIES_LOCK = threading.Lock()
+_STOP = threading.Event()
+WORKERS = 4
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+async def vault_watch(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Keep the list of sync-mode ModelDeployments (the initial listing included, so a
+    restarted operator picks up where status.secrets.lastSync says)."""
+    meta = body["metadata"]
+    uid = meta["uid"]
+    wanted = type != "DELETED" and not meta.get("deletionTimestamp") and \
+        _sync_mode(body.get("spec") or {})
+    with _ENTRIES_LOCK:
+        if not wanted:
+            _ENTRIES.pop(uid, None)
+            return
+        refresh = _refresh_of(body)
+        entry = _ENTRIES.get(uid)
+        if entry is not None:
+            entry.refresh = refresh
+            return
         try:
-            delay = await asyncio.to_thread(tick, meta)
-            failures = 0
-        except Exception as err:  # a daemon must survive anything; status says why
-            failures += 1
-            delay = min(_refresh_of(body), backoff(failures - 1))
-            log.info("Vault sync of %s/%s: retry in %.0fs (%s)", meta["namespace"],
-                     meta["name"], delay, getattr(err, "reason", type(err).__name__))
-        await stopped.wait(max(0.5, delay))
+            vault = _vault(body)
+            wait = due_in(vault, (body.get("status") or {}).get("secrets")) if vault else 0.0
+        except (ValidationError, ValueError):
+            wait = 0.0
+        _ENTRIES[uid] = _Entry(meta["name"], meta["namespace"], uid,
+                               time.monotonic() + wait, refresh)
+
+
+def _run(entry: _Entry) -> None:
+    meta = {"name": entry.name, "namespace": entry.namespace, "uid": entry.uid}
+    delay = 5.0
+    try:
+        delay = tick(meta)
+        entry.failures = 0
+    except Exception as err:  # one object's trouble never stops the others
+        entry.failures += 1
+        delay = min(entry.refresh, backoff(entry.failures - 1))
+        log.info("Vault sync of %s/%s: retry in %.0fs (%s)", entry.namespace, entry.name,
+                 delay, getattr(err, "reason", type(err).__name__))
+    finally:
+        entry.next_at = time.monotonic() + max(0.5, delay)
+        entry.running = False
+
+
+def _loop(pool: ThreadPoolExecutor) -> None:
+    while not _STOP.wait(0.5):
+        now = time.monotonic()
+        with _ENTRIES_LOCK:
+            due = [e for e in _ENTRIES.values() if not e.running and e.next_at <= now]
+            for entry in due:
+                entry.running = True
+        for entry in due:
+            pool.submit(_run, entry)
+
+
+@kopf.on.startup()
+def start_vault_refresh(**_: Any) -> None:
+    _STOP.clear()
+    pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="kustos-vault")
+    threading.Thread(target=_loop, args=(pool,), name="kustos-vault-refresh",
+                     daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_vault_refresh(**_: Any) -> None:
+    _STOP.set()
