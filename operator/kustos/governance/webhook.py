@@ -23,6 +23,17 @@ from .policy import Policy, Violation, applicable, evaluate, policies_from, summ
 log = logging.getLogger(__name__)
 
 
+class _QuietRejections(logging.Filter):
+    """kopf logs every refused request as a handler failure at ERROR; a refusal is the
+    webhook working (it is logged at INFO below and audited as an Event)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(f"Webhook {WEBHOOK_ID!r} failed permanently")
+
+
+logging.getLogger("kopf.objects").addFilter(_QuietRejections())
+
+
 def admission_check(operation: str, spec: Mapping[str, Any] | None,
                     old_spec: Mapping[str, Any] | None, deleting: bool,
                     policies: list[Policy]) -> tuple[list[Violation], list[Violation]]:
