@@ -290,6 +290,53 @@ def manifests(*, name: str, sa_namespace: str, sa_name: str,
     return out
 
 
+def guard_manifests(*, name: str, sa_namespace: str, sa_name: str,
+                    label: str) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy that refuses the operator's writes in namespaces without
+    ``label`` (KEY=VALUE), for cluster-wide mode: RBAC cannot say "every namespace but
+    kube-system", and a Deployment can use any ServiceAccount and Secret of its namespace.
+
+    Only requests by the operator's ServiceAccount are judged. Events and Kustos' own
+    resources stay writable everywhere, so that a ModelDeployment in an unlabelled
+    namespace is reported Degraded (with this policy's message) instead of ignored.
+    """
+    key, sep, value = label.partition("=")
+    if not key or not sep:
+        raise ValueError(f"guard label must be KEY=VALUE, not {label!r}")
+    user = f"system:serviceaccount:{sa_namespace}:{sa_name}"
+    policy = f"{name}-namespace-guard"
+    meta = {"labels": {"app.kubernetes.io/part-of": "kustos"}}
+    api = "admissionregistration.k8s.io/v1"
+    return [
+        {"apiVersion": api, "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": policy, **meta},
+         "spec": {
+             "failurePolicy": "Fail",
+             "matchConstraints": {"resourceRules": [{
+                 "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*/*"],
+                 "operations": ["CREATE", "UPDATE", "DELETE"], "scope": "Namespaced"}]},
+             "matchConditions": [
+                 {"name": "operator", "expression": f"request.userInfo.username == '{user}'"},
+                 {"name": "not-kustos-or-events", "expression":
+                     f"request.resource.group != '{GROUP}' && !(request.resource.group == ''"
+                     " && request.resource.resource == 'events')"},
+             ],
+             "validations": [{
+                 "expression": "false",
+                 # 403, not the default 422: the reconcile retries with backoff and
+                 # recovers by itself once the namespace is labelled.
+                 "reason": "Forbidden",
+                 "message": f"the Kustos operator writes only in namespaces labelled {label}",
+             }],
+         }},
+        {"apiVersion": api, "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": policy, **meta},
+         "spec": {"policyName": policy, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchExpressions": [
+                      {"key": key, "operator": "NotIn", "values": [value]}]}}}},
+    ]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kustos.rbac",
@@ -308,6 +355,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--secrets-all-namespaces", action="store_true",
                    help="cluster-wide mode: bind the Secret rules in every namespace")
     p.add_argument("--peering", action="store_true", help="add kopf peering rules")
+    p.add_argument("--guard-label", metavar="KEY=VALUE",
+                   help="cluster-wide mode: also print a ValidatingAdmissionPolicy that "
+                        "refuses the operator's writes in namespaces without this label")
     p.add_argument("--docs", metavar="PATH",
                    help="regenerate the rules tables in PATH (docs/security.md)")
     return p
@@ -323,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
                          secret_namespaces=args.secret_namespace,
                          secrets_all_namespaces=args.secrets_all_namespaces,
                          peering=args.peering)
+        if args.guard_label:
+            objs += guard_manifests(name=args.name, sa_namespace=args.service_account_namespace,
+                                    sa_name=args.service_account, label=args.guard_label)
         sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
         return 0
     if args.docs:

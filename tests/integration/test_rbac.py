@@ -113,7 +113,8 @@ def env(kube: Kube) -> Iterator[Env]:
     for ns in (e.operator_ns, e.models_ns, e.other_ns):
         kube.run("create", "namespace", ns)
     yield e
-    kube.run("delete", "clusterrole,clusterrolebinding", "-l", f"kustos-rbac-test={uid}",
+    kube.run("delete", "clusterrole,clusterrolebinding,validatingadmissionpolicybinding,"
+             "validatingadmissionpolicy", "-l", f"kustos-rbac-test={uid}",
              check=False)
     for ns in (e.operator_ns, e.models_ns, e.other_ns):
         kube.run("delete", "namespace", ns, "--wait=false", check=False)
@@ -286,3 +287,68 @@ def test_real_operator_runs_with_only_these_rules(env: Env, tmp_path: Path, mode
     assert not refused, "the operator was refused something:\n" + "\n".join(refused[:10])
     conds = md["status"]["conditions"]
     assert not any(c["type"] == "Degraded" and c["status"] == "True" for c in conds), conds
+
+
+def test_guard_keeps_the_operator_out_of_unlabelled_namespaces(env: Env,
+                                                               tmp_path: Path) -> None:
+    """Cluster-wide RBAC lets the operator create Deployments in kube-system too; the
+    ValidatingAdmissionPolicy from kustos.rbac.guard_manifests refuses its writes in every
+    namespace without the opt-in label."""
+    sa = "guarded"
+    bind(env, sa, secret_namespaces=[env.models_ns])
+    label = f"kustos-guard-{env.uid}"
+    guard = rbac.guard_manifests(name=f"kustos-test-{env.uid}", sa_namespace=env.operator_ns,
+                                 sa_name=sa, label=f"{label}=on")
+    for obj in guard:
+        obj["metadata"]["labels"]["kustos-rbac-test"] = env.uid
+    env.kube.apply({"apiVersion": "v1", "kind": "List", "items": guard})
+    env.kube.run("label", "namespace", env.models_ns, f"{label}=on")
+    kc = token_kubeconfig(env, sa, tmp_path / "kubeconfig")
+    message = f"writes only in namespaces labelled {label}=on"
+
+    def as_operator(*args: str) -> Any:
+        return env.kube.run("--kubeconfig", str(kc), *args, check=False)
+
+    # RBAC allows this Deployment in kube-system; the policy (once the API server has
+    # loaded it) refuses it. A server-side dry run: nothing is created either way.
+    def refused_in_kube_system() -> bool:
+        out = as_operator("create", "deployment", "probe", "--image=busybox", "-n",
+                          "kube-system", "--dry-run=server")
+        return out.returncode != 0 and message in out.stderr
+    wait_for("the guard policy in force", refused_in_kube_system, timeout=60)
+    out = as_operator("create", "serviceaccount", "probe", "-n", env.other_ns)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    out = as_operator("create", "serviceaccount", "probe", "-n", env.models_ns,
+                      "--dry-run=server")
+    assert out.returncode == 0, out.stderr
+
+    op = Operator(kc)
+    op.log_path = OPERATOR_LOGS / f"operator-rbac-{env.uid}-guard.log"
+    inside = model_deployment("guarded-in", env.models_ns)
+    del inside["spec"]["model"]["credentialsSecretRef"]
+    outside = model_deployment("guarded-out", env.other_ns)
+    del outside["spec"]["model"]["credentialsSecretRef"]
+    env.kube.apply(inside)
+    env.kube.apply(outside)
+    op.start(namespaces=[env.models_ns, env.other_ns])
+    try:
+        wait_ready(env.kube, "guarded-in", env.models_ns, 1)
+
+        def degraded() -> dict[str, Any] | None:
+            cond = env.kube.condition("md", "guarded-out", env.other_ns, "Degraded")
+            return cond if cond and cond["status"] == "True" else None
+        cond = wait_for("guarded-out Degraded", degraded, timeout=60)
+        assert cond["reason"] == "Forbidden" and message in cond["message"], cond
+        assert not env.kube.list("deployments,serviceaccounts", env.other_ns,
+                                 "app.kubernetes.io/instance=guarded-out")
+        # Opting the namespace in is enough: the retried reconcile gets through.
+        env.kube.run("label", "namespace", env.other_ns, f"{label}=on")
+        wait_ready(env.kube, "guarded-out", env.other_ns, 1)
+    finally:
+        op.stop()
+        env.kube.run("delete", "md", "guarded-in", "-n", env.models_ns, "--wait=false",
+                     check=False)
+        env.kube.run("delete", "md", "guarded-out", "-n", env.other_ns, "--wait=false",
+                     check=False)
+        env.kube.run("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                     "-l", f"kustos-rbac-test={env.uid}", check=False)

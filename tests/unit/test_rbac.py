@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from kustos import rbac
@@ -195,3 +196,26 @@ def test_cli_writes_and_prints(tmp_path: Path, capsys: Any) -> None:
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert {d["kind"] for d in docs} == {"ClusterRole", "ClusterRoleBinding", "Role",
                                           "RoleBinding"}
+
+
+def test_guard_judges_only_the_operator_and_spares_kustos_resources() -> None:
+    policy, binding = rbac.guard_manifests(name="k", sa_namespace="ops", sa_name="op",
+                                           label="kustos.dev/models=on")
+    conditions = {c["name"]: c["expression"] for c in policy["spec"]["matchConditions"]}
+    assert conditions["operator"] == \
+        "request.userInfo.username == 'system:serviceaccount:ops:op'"
+    assert "'kustos.dev'" in conditions["not-kustos-or-events"]
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["scope"] == "Namespaced", "cluster-scoped writes are RBAC's business"
+    assert policy["spec"]["validations"][0]["reason"] == "Forbidden"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {"matchExpressions": [
+        {"key": "kustos.dev/models", "operator": "NotIn", "values": ["on"]}]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        rbac.guard_manifests(name="k", sa_namespace="ops", sa_name="op", label="novalue")
+
+
+def test_cli_prints_the_guard(capsys: Any) -> None:
+    assert rbac.main(["--manifests", "--guard-label", "a=b"]) == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]
+    assert kinds[-2:] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
