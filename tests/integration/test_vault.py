@@ -265,7 +265,12 @@ def test_wrong_role_then_fixed(kube: Kube, operator: Operator, bao: OpenBao,
     # No pod may start without its Secret: nothing is rendered before the first sync.
     assert kube.get("deployment", name, namespace) is None
     assert kube.get("secret", f"{name}-vault", namespace) is None
-    assert condition(kube.get("md", name, namespace), "Ready").get("status") != "True"
+    md = kube.get("md", name, namespace)
+    assert condition(md, "Ready").get("status") == "False"
+    assert condition(md, "Progressing").get("status") == "True"
+    # One Warning for the failure, not one from the sync and one from Degraded.
+    warnings = [e for e in kube.events(namespace, name) if e["reason"] == "RoleNotFound"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
 
     # The role appears: the retries pick it up by themselves.
     grant(bao, name, namespace, f"secret/data/{kv}")

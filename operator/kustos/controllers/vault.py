@@ -213,9 +213,10 @@ def record_success(meta: Mapping[str, Any], vault: VaultSpec, versions: Mapping[
     return secrets
 
 
-def record_failure(meta: Mapping[str, Any], err: VaultError) -> None:
+def record_failure(meta: Mapping[str, Any], err: VaultError, post: bool = True) -> None:
     """SecretsReady=False with the reason; status.secrets and the Secret stay as they are.
-    A Warning Event when the condition turns False or its reason changes."""
+    A Warning Event when the condition turns False or its reason changes (unless ``post``
+    is False: the reconcile's Degraded Event already says it)."""
     now = datetime.now(UTC)
 
     def update(fresh: dict[str, Any]) -> dict[str, Any] | None:
@@ -229,7 +230,7 @@ def record_failure(meta: Mapping[str, Any], err: VaultError) -> None:
     if written is None:
         return
     was = get_condition(written[0], SECRETS_READY) or {}
-    if was.get("status") != "False" or was.get("reason") != err.reason:
+    if post and (was.get("status") != "False" or was.get("reason") != err.reason):
         events.post(written[0], err.reason, f"Vault sync failed: {err.message}", warning=True)
 
 
@@ -242,7 +243,8 @@ def due_in(vault: VaultSpec, secrets: Mapping[str, Any] | None) -> float:
     return max(0.0, refresh_seconds(vault) - age - 0.5)
 
 
-def sync(body: Mapping[str, Any], *, only_when_due: bool = False) -> dict[str, Any] | None:
+def sync(body: Mapping[str, Any], *, only_when_due: bool = False,
+         in_reconcile: bool = False) -> dict[str, Any] | None:
     """One sync of a sync-mode ModelDeployment; returns the new status.secrets. Raises
     VaultError after recording it as SecretsReady=False. One sync per object at a time;
     when another one has just synced the current items (the reconcile and the refresh loop both
@@ -273,7 +275,9 @@ def sync(body: Mapping[str, Any], *, only_when_due: bool = False) -> dict[str, A
             _apply_secret(fresh, data, version)
         except VaultError as err:
             log.warning("Vault sync of %s/%s failed: %s", meta["namespace"], meta["name"], err)
-            record_failure(meta, err)
+            # Before the first sync the ModelDeployment is Degraded with this reason and
+            # its reconcile posts the Event; one Warning per failure, not two.
+            record_failure(meta, err, post=bool(current) and not in_reconcile)
             raise
         return record_success(meta, vault, versions, version)
 
@@ -323,7 +327,7 @@ def vault_attachments(body: Mapping[str, Any]) -> Attachments:
     secrets = status.get("secrets")
     if not render_vault.in_sync(vault, secrets):
         try:
-            secrets = sync(body)
+            secrets = sync(body, in_reconcile=True)
         except VaultError as err:
             raise AttachmentProblem(err.reason, err.message) from None
         except ApiError as err:
