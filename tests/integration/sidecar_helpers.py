@@ -117,12 +117,17 @@ def wait_condition(kube: Kube, kind: str, name: str, ns: str, type_: str, status
     return result
 
 
+_DRIFT_PYTHON: list[str] = []
+
+
 def _drift_python() -> str:
-    """The drift sidecar's own environment (alibi-detect pins numpy<2)."""
-    for candidate in (REPO / ".venv-drift" / "bin" / "python",):
-        if candidate.exists():
-            return str(candidate)
-    return sys.executable
+    """The drift sidecar's own environment (alibi-detect pins numpy<2), built or found by
+    hack/drift-env.sh (cached; the first build takes minutes)."""
+    if not _DRIFT_PYTHON:
+        venv = subprocess.run(["bash", str(REPO / "hack" / "drift-env.sh"), str(REPO)],
+                              check=True, capture_output=True, text=True, timeout=1800)
+        _DRIFT_PYTHON.append(str(Path(venv.stdout.strip().splitlines()[-1]) / "bin" / "python"))
+    return _DRIFT_PYTHON[0]
 
 
 class Sidecar:

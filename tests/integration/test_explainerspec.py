@@ -156,7 +156,11 @@ def test_real_explainer_reports_global_importance(
     assert cm is not None
     assert cm["metadata"]["ownerReferences"][0]["uid"] == es["metadata"]["uid"]
     report = json.loads(cm["data"]["report.json"])
-    assert report == explainer.get("/v1/explainer/status")["report"] or report
+    # The full report (all features, not only the top-k) of the same computation.
+    assert set(report["meanAbsShap"]) == set(iris["names"])
+    assert report["model"] == "iris" and report["method"] == "shap-tree"
+    assert "permutationImportance" in report and "partialDependence" in report
+    assert explainer.get("/v1/explainer/status")["ready"] is True
     # Local explanations through the sidecar the operator wired (what kustos serve forwards).
     status, body = explainer.post("/v1/models/iris:explain",
                                   {"instances": iris["x"][:2].tolist()})

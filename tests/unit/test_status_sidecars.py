@@ -169,7 +169,7 @@ def test_drift_episode_events_job_and_cooldown() -> None:
     t3 = NOW + timedelta(minutes=3)
     second = sdm.compute(body, WIRED, [PodReport("p", drift_report(True, {"a": 0.01},
                                                                    features=["a"]))], t3, job)
-    assert second.create_job is None and "job" not in second.status["lastDrift"]
+    assert second.create_job is None and second.status["lastDrift"]["job"] is None
     assert "cooldown" in cond(second.status, "DriftDetected")["message"]
     # After the cooldown a new episode gets a new Job.
     t4 = t1 + timedelta(hours=1, minutes=1)

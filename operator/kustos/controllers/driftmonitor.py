@@ -90,7 +90,7 @@ def _write(body: dict[str, Any]) -> bool:
         failure = _create_job(body, result.create_job, spec, features)
         if failure is not None:
             result = status_dm.compute(body, wiring, reports, now, previous, failure)
-            result.status.get("lastDrift", {}).pop("job", None)
+            result.status.get("lastDrift", {})["job"] = None
     if changed(body.get("status"), result.status):
         try:
             client.patch_status(KIND, meta["name"], meta["namespace"], result.status,

@@ -20,6 +20,7 @@ from kustos.k8s import client, events
 from kustos.k8s.client import ApiError
 from kustos.render import explainer as render_es
 from kustos.render.attachments import NONE, Attachments
+from kustos.render.meta import with_hash
 from kustos.render.sidecars import EXPLAIN_PORT, target_name
 from kustos.status import explainerspec as status_es
 from kustos.status.sidecars import changed
@@ -71,7 +72,7 @@ def _write(body: dict[str, Any]) -> bool:
     result = status_es.compute(body, wiring, target, reports, config(), datetime.now(UTC))
     if result.report is not None:
         # children.sync writes only when the report's hash differs from the live one.
-        sync(body, [render_es.report_configmap(body, result.report)], ["ConfigMap"])
+        sync(body, [with_hash(render_es.report_configmap(body, result.report))], ["ConfigMap"])
     if changed(body.get("status"), result.status):
         try:
             client.patch_status(KIND, meta["name"], meta["namespace"], result.status,

@@ -144,8 +144,8 @@ def _run_once() -> None:
             _BACKOFF.pop((kind, ns, name), None)
         except Exception as err:  # one object's trouble never stops the others
             delay = backoff(failures)
-            log.warning("collecting %s %s/%s failed (retry in %.0fs): %s", kind, ns, name,
-                        delay, err)
+            log.warning("collecting %s %s/%s failed (retry in %.0fs): %s: %s", kind, ns, name,
+                        delay, type(err).__name__, err)
             _BACKOFF[(kind, ns, name)] = (failures + 1, now + delay)
 
 

@@ -121,7 +121,8 @@ def compute(body: Mapping[str, Any], wiring: Wiring, reports: list[PodReport], n
                 f"(p < {spec.p_value:g})")
         if not was:
             at = timestamp(now)
-            last: dict[str, Any] = {"at": at, "features": agg.features}
+            # job None: the merge patch of the status removes the previous episode's job.
+            last: dict[str, Any] = {"at": at, "features": agg.features, "job": None}
             retrain = spec.on_drift.retrain_job
             if retrain is not None:
                 since = _parse(old_drift.get("lastTransitionTime")) if old_drift else None
