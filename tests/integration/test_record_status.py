@@ -1,10 +1,12 @@
-"""Real ModelDeployment statuses for the Argo CD health checks' testdata.
+"""Real statuses for the Argo CD health checks' testdata.
 
-Each case drives a real object on the local control plane into one state (Ready, rolling
-out, Degraded, scaled to zero, a generation the operator has not seen) with the real
-operator. With RECORD=1 the objects are written to
-manifests/argocd/resource_customizations/kustos.dev/ModelDeployment/testdata/; otherwise
-the test checks that the recorded files still have the shape the operator writes now
+Each case drives a real object on the local control plane into one state with the real
+operator: a ModelDeployment Ready, rolling out, Degraded, scaled to zero, or a generation
+the operator has not seen; an ExplainerSpec and a DriftMonitor served by their real
+sidecar processes (bound on the pod's IP), waiting for a sidecar, without a target, in
+conflict, with drift, with a bad reference digest. With RECORD=1 the objects are written
+to manifests/argocd/resource_customizations/kustos.dev/<Kind>/testdata/; otherwise the
+test checks that the recorded files still have the shape the operator writes now
 (condition types, statuses and reasons, status keys) and that health.lua judges the live
 object as health_test.yaml says.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,20 @@ import pytest
 import yaml
 from cluster import REPO
 from conftest import Kube, Operator, wait_for
+from sidecar_helpers import (
+    Sidecars,
+    containers,
+    fast_collection,
+    ready_pods_with,
+    sidecars_fixture,
+    train_iris,
+    wait_condition,
+)
+from sidecar_helpers import model_deployment as iris_deployment
 
 pytestmark = pytest.mark.integration
 
 KIND_DIR = REPO / "manifests" / "argocd" / "resource_customizations" / "kustos.dev"
-MD_DIR = KIND_DIR / "ModelDeployment"
 RECORD = os.environ.get("RECORD") == "1"
 DIGEST = "sha256:" + "5d41402abc4b2a76" * 4
 # Recorded objects get this namespace instead of the test's random one, so re-recording
@@ -61,7 +72,7 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def wait_status(kube: Kube, name: str, ns: str, what: str,
                 check: Callable[[dict[str, Any], dict[str, dict[str, Any]]], bool],
-                timeout: float = 90) -> dict[str, Any]:
+                timeout: float = 180) -> dict[str, Any]:
     def poll() -> dict[str, Any] | None:
         md = kube.get("md", name, ns)
         if md is None or not md.get("status"):
@@ -81,9 +92,14 @@ def is_(conds: dict[str, dict[str, Any]], type_: str, status: str,
     return c is not None and c["status"] == status and (reason is None or c["reason"] == reason)
 
 
-def sanitized(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """The object as Argo CD sees it, less the server's bookkeeping."""
-    obj = json.loads(json.dumps(obj).replace(namespace, RECORDED_NAMESPACE))
+def sanitized(obj: dict[str, Any], namespace: str,
+              paths: dict[str, str] | None = None) -> dict[str, Any]:
+    """The object as Argo CD sees it, less the server's bookkeeping (and with the test's
+    random namespace and temporary paths replaced by fixed ones)."""
+    text = json.dumps(obj).replace(namespace, RECORDED_NAMESPACE)
+    for old, new in (paths or {}).items():
+        text = text.replace(old, new)
+    obj = json.loads(text)
     meta = obj["metadata"]
     for key in ("managedFields", "resourceVersion", "uid", "annotations"):
         meta.pop(key, None)
@@ -108,9 +124,11 @@ def expected_health(kind_dir: Path, case: str) -> dict[str, str]:
     raise AssertionError(f"{case} is not in health_test.yaml")
 
 
-def record_or_check(case: str, obj: dict[str, Any], namespace: str) -> None:
-    obj = sanitized(obj, namespace)
-    path = MD_DIR / "testdata" / f"{case}.yaml"
+def record_or_check(case: str, obj: dict[str, Any], namespace: str,
+                    paths: dict[str, str] | None = None) -> None:
+    kind = obj["kind"]
+    obj = sanitized(obj, namespace, paths)
+    path = KIND_DIR / kind / "testdata" / f"{case}.yaml"
     if RECORD:
         header = ("# Recorded from the real operator by tests/integration/test_record_status.py"
                   " (RECORD=1).\n")
@@ -118,8 +136,8 @@ def record_or_check(case: str, obj: dict[str, Any], namespace: str) -> None:
         return
     recorded = yaml.safe_load(path.read_text())
     assert shape(obj) == shape(recorded), f"{path} is stale: rerun with RECORD=1"
-    want = expected_health(MD_DIR, case)
-    got = health("ModelDeployment", obj)
+    want = expected_health(KIND_DIR / kind, case)
+    got = health(kind, obj)
     assert got["status"] == want["status"]
     assert got["message"].split(":")[0] == want["message"].split(":")[0]
 
@@ -168,3 +186,120 @@ def test_degraded_and_scaled_to_zero(kube: Kube, operator: Operator, namespace: 
     md = wait_status(kube, "idle", namespace, "scaled to zero", lambda md, c: current(md) and is_(
         c, "Ready", "False", "ScaledToZero") and is_(c, "Progressing", "False"))
     record_or_check("scaled-to-zero", md, namespace)
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return train_iris(tmp_path_factory.mktemp("iris-record"))
+
+
+@pytest.fixture(scope="module")
+def fast(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Operator:
+    fast_collection(operator, tmp_path_factory.mktemp("operator-config"))
+    return operator
+
+
+@pytest.fixture
+def sidecars() -> Iterator[Sidecars]:
+    yield from sidecars_fixture()
+
+
+def data_paths(iris: dict[str, Any]) -> dict[str, str]:
+    return {str(Path(iris["csv"]).parent): "/data/iris"}
+
+
+def explainer_spec(name: str, namespace: str, target: str,
+                   iris: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"targetRef": {"name": target}, "method": "shap-tree",
+                     "background": {"uri": f"file://{iris['csv']}",
+                                    "digest": iris["csv_digest"], "maxSamples": 40},
+                     "featureNames": iris["names"]}}
+
+
+def drift_monitor(name: str, namespace: str, target: str, iris: dict[str, Any],
+                  digest: str | None = None) -> dict[str, Any]:
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"targetRef": {"name": target}, "detector": "ks",
+                     "reference": {"uri": f"file://{iris['csv']}",
+                                   "digest": digest or iris["csv_digest"], "maxSamples": 150},
+                     "featureNames": iris["names"], "window": {"size": 30, "maxAge": "1h"},
+                     "pValue": 0.05}}
+
+
+def get(kube: Kube, kind: str, name: str, ns: str) -> dict[str, Any]:
+    obj = kube.get(kind, name, ns)
+    assert obj is not None
+    return obj
+
+
+def start_sidecar(kube: Kube, sidecars: Sidecars, md: str, ns: str, container: str,
+                  iris: dict[str, Any], tmp: Path) -> Any:
+    pod = ready_pods_with(kube, md, ns, container)[0]
+    spec = next(c for c in pod["spec"]["containers"] if c["name"] == container)
+    return sidecars.start(spec, pod["status"]["podIP"], iris, tmp)
+
+
+def test_explainerspec_states(kube: Kube, fast: Operator, namespace: str,
+                              iris: dict[str, Any], sidecars: Sidecars, tmp_path: Path) -> None:
+    paths = data_paths(iris)
+    kube.apply(explainer_spec("later", namespace, "later", iris))
+    wait_condition(kube, "explainerspec", "later", namespace, "Ready", "False", "TargetNotFound")
+    record_or_check("target-not-found", get(kube, "explainerspec", "later", namespace),
+                    namespace, paths)
+
+    kube.apply(iris_deployment("iris", namespace, iris))
+    kube.apply(explainer_spec("iris", namespace, "iris", iris))
+    wait_condition(kube, "explainerspec", "iris", namespace, "Ready", "False",
+                   "SidecarUnreachable")
+    record_or_check("sidecar-unreachable", get(kube, "explainerspec", "iris", namespace),
+                    namespace, paths)
+
+    kube.apply(explainer_spec("second", namespace, "iris", iris))
+    wait_condition(kube, "explainerspec", "second", namespace, "Degraded", "True", "Conflict")
+    record_or_check("degraded-conflict", get(kube, "explainerspec", "second", namespace),
+                    namespace, paths)
+
+    start_sidecar(kube, sidecars, "iris", namespace, "explainer", iris, tmp_path)
+    wait_condition(kube, "explainerspec", "iris", namespace, "Ready", "True", "Serving",
+                   timeout=180)
+    record_or_check("ready", get(kube, "explainerspec", "iris", namespace), namespace, paths)
+
+
+def test_driftmonitor_states(kube: Kube, fast: Operator, namespace: str, iris: dict[str, Any],
+                             sidecars: Sidecars, tmp_path: Path) -> None:
+    paths = data_paths(iris)
+    kube.apply(iris_deployment("iris", namespace, iris))
+    kube.apply(drift_monitor("iris", namespace, "iris", iris))
+    wait_for("drift sidecar rendered", lambda: "drift" in containers(kube, "iris", namespace))
+    wait_condition(kube, "driftmonitor", "iris", namespace, "Ready", "False",
+                   "SidecarUnreachable")
+    record_or_check("sidecar-unreachable", get(kube, "driftmonitor", "iris", namespace),
+                    namespace, paths)
+
+    drift = start_sidecar(kube, sidecars, "iris", namespace, "drift", iris, tmp_path)
+    wait_condition(kube, "driftmonitor", "iris", namespace, "Ready", "True", "Monitoring",
+                   timeout=180)
+    record_or_check("ready", get(kube, "driftmonitor", "iris", namespace), namespace, paths)
+
+    # A window with petal_length shifted by 3 cm: drift, and still a Healthy monitor.
+    rows = [[r[0], r[1], r[2] + 3.0, r[3]] for r in iris["x"][::5].tolist()]
+    status, body = drift.post("/v1/inputs", {
+        "model_name": "iris", "model_version": "1",
+        "inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64",
+                    "data": [v for row in rows for v in row]}],
+        "parameters": {"requests": 1}})
+    assert status == 202, body
+    wait_condition(kube, "driftmonitor", "iris", namespace, "DriftDetected", "True")
+    record_or_check("drift-detected", get(kube, "driftmonitor", "iris", namespace), namespace,
+                    paths)
+
+    kube.apply(iris_deployment("bad", namespace, iris))
+    kube.apply(drift_monitor("bad", namespace, "bad", iris, digest="sha256:" + "0" * 64))
+    start_sidecar(kube, sidecars, "bad", namespace, "drift", iris, tmp_path)
+    wait_condition(kube, "driftmonitor", "bad", namespace, "Degraded", "True",
+                   "DigestMismatch", timeout=180)
+    record_or_check("degraded-digest-mismatch", get(kube, "driftmonitor", "bad", namespace),
+                    namespace, paths)
