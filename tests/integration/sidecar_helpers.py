@@ -139,6 +139,11 @@ class Sidecar:
         # What the pod would see: the model the fetch init container wrote to /mnt/models.
         args = [str(iris["model"]) if a.startswith("/mnt/models/") else a for a in args]
         args[args.index("--host") + 1] = pod_ip
+        # The server reaches its sidecars on the pod's own address (127.0.0.1 in a pod).
+        for flag in ("--drift-url", "--explainer-url"):
+            if flag in args:
+                i = args.index(flag) + 1
+                args[i] = args[i].replace("http://127.0.0.1:", f"http://{pod_ip}:")
         self.port = int(args[args.index("--port") + 1])
         self.ip = pod_ip
         self.name = container["name"]

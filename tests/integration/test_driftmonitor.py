@@ -67,6 +67,7 @@ def drift_monitor(name: str, namespace: str, target: str, iris: dict[str, Any],
 
 
 def post_window(drift: Sidecar, rows: list[list[float]]) -> None:
+    """What kustos serve's DriftSender posts, sent directly."""
     flat = [v for row in rows for v in row]
     status, body = drift.post("/v1/inputs", {
         "model_name": "iris", "model_version": "1",
@@ -74,6 +75,12 @@ def post_window(drift: Sidecar, rows: list[list[float]]) -> None:
                     "datatype": "FP64", "data": flat}],
         "parameters": {"requests": 1}})
     assert status == 202, body
+
+
+def predict(server: Sidecar, rows: list[list[float]]) -> None:
+    """Served predictions: kustos serve copies their inputs to the drift sidecar."""
+    status, body = server.post("/v1/models/iris:predict", {"instances": rows})
+    assert status == 200, body
 
 
 def jobs(kube: Kube, ns: str) -> list[dict[str, Any]]:
@@ -121,13 +128,17 @@ def test_drift_episodes_events_and_retraining_job(
     pod = ready_pods_with(kube, "iris", namespace, "drift")[0]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "drift")
     drift = sidecars.start(container, pod["status"]["podIP"], iris, tmp_path)
+    # The model server as rendered (--drift-url), on the same pod IP.
+    server = sidecars.start(next(c for c in pod["spec"]["containers"] if c["name"] == "server"),
+                            pod["status"]["podIP"], iris, tmp_path)
     wait_condition(kube, "driftmonitor", "iris", namespace, "Ready", "True", "Monitoring")
     x = iris["x"]
     shifted = [[r[0], r[1], r[2] + 3.0, r[3]] for r in x[::5].tolist()]
     normal = x[::5].tolist()
 
-    # Episode 1: petal_length shifted -> DriftDetected, an Event, one Job.
-    post_window(drift, shifted)
+    # Episode 1, from served traffic: petal_length shifted -> DriftDetected, an Event,
+    # one Job.
+    predict(server, shifted)
     cond = wait_condition(kube, "driftmonitor", "iris", namespace, "DriftDetected", "True")
     assert "petal_length" in cond["message"]
     dm = kube.get("driftmonitor", "iris", namespace)

@@ -4,6 +4,7 @@ and reports what the real `kustos explain` sidecar (bound on the pod's IP) compu
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,12 @@ def test_explainer_follows_the_explainerspec(kube: Kube, fast: Operator, namespa
                            "SidecarUnreachable")
     assert "no answer from" in ready["message"]
     assert kube.condition("explainerspec", "iris-x", namespace, "Degraded")["status"] == "False"  # type: ignore[index]
+    # Polls that find nothing new write nothing (the collection runs every second here).
+    before = [kube.get(k, n, namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
+              for k, n in (("explainerspec", "iris-x"), ("deployment", "iris"))]
+    time.sleep(3.5)
+    assert before == [kube.get(k, n, namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
+                      for k, n in (("explainerspec", "iris-x"), ("deployment", "iris"))]
     # The ModelDeployment object itself was never edited.
     md = kube.get("md", "iris", namespace)
     assert md is not None and md["metadata"]["generation"] == 1
@@ -161,7 +168,11 @@ def test_real_explainer_reports_global_importance(
     assert report["model"] == "iris" and report["method"] == "shap-tree"
     assert "permutationImportance" in report and "partialDependence" in report
     assert explainer.get("/v1/explainer/status")["ready"] is True
-    # Local explanations through the sidecar the operator wired (what kustos serve forwards).
-    status, body = explainer.post("/v1/models/iris:explain",
-                                  {"instances": iris["x"][:2].tolist()})
+    # Local explanations through the model server as rendered: kustos serve forwards
+    # :explain to the explainer (--explainer-url), on the same pod IP.
+    server = sidecars.start(next(c for c in pod["spec"]["containers"] if c["name"] == "server"),
+                            pod["status"]["podIP"], iris, tmp_path)
+    status, body = server.post("/v1/models/iris:explain", {"instances": iris["x"][:2].tolist()})
     assert status == 200, body
+    assert body == explainer.post("/v1/models/iris:explain",
+                                  {"instances": iris["x"][:2].tolist()})[1]
