@@ -9,6 +9,8 @@ recorded from the real operator (tests/integration/test_record_status.py, RECORD
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +158,32 @@ def test_argocd_cm_carries_the_same_scripts() -> None:
         assert cm["data"][key] == (KIND_DIR / kind / "health.lua").read_text(), key
 
 
-def test_application_points_at_this_repository() -> None:
+def _helm() -> Path | None:
+    out = subprocess.run(["bash", "-c", '. "$1" && printf %s "$KUSTOS_BIN"', "-",
+                          str(REPO / "hack" / "versions.sh")],
+                         capture_output=True, text=True, check=False).stdout
+    path = Path(out) / "helm"
+    return path if out and path.is_file() else None
+
+
+def test_application_renders_the_chart_with_its_values(tmp_path: Path) -> None:
+    """The example Application's source is this repository's chart, and the chart renders
+    with the values the Application sets (as Argo CD does, with helm template)."""
     app = yaml.safe_load((ARGOCD / "application.yaml").read_text())
-    assert app["kind"] == "Application"
-    path = app["spec"]["source"]["path"]
-    assert (REPO / path).is_dir() or path in ("charts/kustos", "manifests/install")
+    assert app["apiVersion"] == "argoproj.io/v1alpha1" and app["kind"] == "Application"
+    source = app["spec"]["source"]
+    assert (REPO / source["path"] / "Chart.yaml").is_file()
+    helm = _helm()
+    if helm is None:
+        pytest.skip("helm is not built (hack/build-tools.sh helm)")
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(source["helm"]["valuesObject"]))
+    env = {**os.environ, **{f"HELM_{k}_HOME": str(tmp_path / k.lower())
+                            for k in ("CACHE", "CONFIG", "DATA")}}
+    proc = subprocess.run(
+        [str(helm), "template", source["helm"]["releaseName"], str(REPO / source["path"]),
+         "--namespace", app["spec"]["destination"]["namespace"], "-f", str(values)],
+        capture_output=True, text=True, env=env, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    kinds = {d["kind"] for d in yaml.safe_load_all(proc.stdout) if d}
+    assert {"Deployment", "Certificate"} <= kinds, kinds
