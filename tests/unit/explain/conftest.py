@@ -267,4 +267,6 @@ def tree_sidecar(zoo: Zoo, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         wait_status(port, lambda s: s["ready"] and s["report"] is not None, proc)
         yield port
     finally:
-        stop(proc)
+        _, err = stop(proc)
+    assert proc.returncode == 0, err.decode()[-2000:]  # SIGTERM: drained, clean exit
+    assert b"Traceback" not in err, err.decode()[-2000:]

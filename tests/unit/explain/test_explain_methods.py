@@ -3,6 +3,8 @@ a feature the model cannot use, and models a method does not suit."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,26 @@ def test_fresh_explainers_agree_and_are_independent(zoo: Zoo) -> None:
     rows = t.x[:4]
     np.testing.assert_allclose(other.explain(rows).values, explainer.explain(rows).values,
                                atol=1e-9)
+
+
+def test_onnx_models_get_the_model_agnostic_methods(zoo: Zoo, tmp_path: Path) -> None:
+    from skl2onnx import to_onnx
+
+    from kustos.runtime.server.models import load_model
+
+    t = zoo.iris_lr
+    onx = to_onnx(t.est, t.x[:1].astype(np.float32), options={"zipmap": False})
+    (tmp_path / "iris.onnx").write_bytes(onx.SerializeToString())
+    model = load_model(tmp_path / "iris.onnx", "iris-onnx")
+    explainer = build("shap-kernel", model, t.x[::4], t.names)
+    assert explainer.target.names == ["probabilities[0]", "probabilities[1]", "probabilities[2]"]
+    rows = t.x[[0, 60, 120]]
+    result = explainer.explain(rows)
+    np.testing.assert_allclose(result.outputs, t.est.predict_proba(rows), atol=1e-5)
+    # float32 model outputs: additive to float32 precision
+    np.testing.assert_allclose(result.base_values + result.values.sum(axis=1), result.outputs,
+                               atol=1e-6)
+    assert np.abs(result.values[:, t.constant, :]).max() < 1e-6
+    with pytest.raises(SetupProblem) as info:
+        build("shap-tree", model, t.x[::4], t.names)
+    assert info.value.reason == METHOD_UNSUPPORTED and "shap-kernel" in info.value.message

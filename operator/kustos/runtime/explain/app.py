@@ -216,7 +216,7 @@ class ExplainApp:
     def _matrix(self, tensors: dict[str, Array], model: Model, explainer: Explainer) -> Array:
         """Request tensors -> [rows, features] in model order, validated by the model."""
         names = explainer.feature_names
-        if len(tensors) > 1:
+        if len(tensors) > 1 or (len(names) > 1 and next(iter(tensors)) in names):
             tensors = {model.inputs[0].name: _by_feature(tensors, names)}
         x = model.prepare(tensors)[model.inputs[0].name]
         rows = x.shape[0] if x.ndim else 0

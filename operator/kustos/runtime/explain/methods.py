@@ -183,9 +183,9 @@ def _tree(model: Model, bg: Array) -> tuple[Target, Callable[[], Any], str]:
     est = _sklearn_estimator(model, "shap-tree")
     kind = type(est).__name__
     advice = (f"shap-tree needs a tree model (RandomForest, ExtraTrees, DecisionTree, "
-              f"GradientBoosting, HistGradientBoosting, XGBoost, LightGBM) as the model "
-              f"itself, not inside a Pipeline; {kind} is not one: use shap-linear for a "
-              "linear model, or shap-kernel / shap-permutation for any model")
+              f"GradientBoosting, HistGradientBoosting) as the model itself, not inside a "
+              f"Pipeline; {kind} is not one: use shap-linear for a linear model, or "
+              "shap-kernel / shap-permutation for any model")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
