@@ -43,6 +43,7 @@ CODE_NEEDS: list[tuple[str, str, str]] = [
     ("get", "secrets", ""),
     ("create", "serviceaccounts", "token"),
     ("list", "pods", ""),
+    *[(v, "configmaps", "") for v in rbac.CHILD_VERBS],
     *[(v, r, "") for r in ("explainerspecs.kustos.dev", "driftmonitors.kustos.dev")
       for v in ("get", "list", "watch", "patch")],
     ("patch", "explainerspecs.kustos.dev", "status"),

@@ -119,12 +119,17 @@ def _client_calls() -> set[tuple[str, str]]:
             kind = arg[1:] if arg.startswith('"') else consts.get(arg)
             if kind:
                 calls.add((fn, kind))
+        # children.sync(owner, desired, ["Kind", ...]): list, get, apply, delete.
+        for kinds in re.findall(r"\bsync\(.*\[((?:\"\w+\",?\s*)+)\]\)", text):
+            for kind in re.findall(r"\"(\w+)\"", kinds):
+                calls |= {(fn, kind) for fn in ("list_objects", "get", "apply", "delete")}
     return calls
 
 
 def test_every_literal_client_call_is_allowed() -> None:
     calls = _client_calls()
     assert ("patch_status", "ModelDeployment") in calls and ("get", "Secret") in calls
+    assert ("apply", "ConfigMap") in calls, "children.sync calls with literal kinds"
     for mode in ("clusterWide", "namespaced"):
         rules = all_rules(mode)
         for fn, kind in calls:
