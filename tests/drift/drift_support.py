@@ -1,0 +1,150 @@
+"""Helpers for the drift sidecar tests: start `kustos drift` from its own venv, talk HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_csv(path: Path, x: np.ndarray, names: list[str]) -> Path:
+    fmt = ["%d" if np.array_equal(c, np.round(c)) else "%.17g" for c in x.T]  # exact
+    np.savetxt(path, x, delimiter=",", header=",".join(names), comments="", fmt=fmt)
+    return path
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            timeout: float = 10.0) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body, {"content-type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    ctype = resp.getheader("content-type") or ""
+    return resp.status, orjson.loads(data) if "json" in ctype else data.decode()
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def payload(x: np.ndarray, model: str = "m") -> bytes:
+    """The exact body kustos serve's DriftSender posts for one request of rows ``x``."""
+    from kustos.runtime.server.hooks import DriftSender
+
+    sender = DriftSender(f"http://127.0.0.1:{free_port()}/v1/inputs", model, "1")
+    try:
+        return sender.payload([{"input-0": np.ascontiguousarray(x)}])
+    finally:
+        sender.close()
+
+
+class Sidecar:
+    """One `kustos drift` process on 127.0.0.1, from the drift venv."""
+
+    def __init__(self, venv: Path, workdir: Path, *args: str) -> None:
+        self.port = free_port()
+        self.log = workdir / f"drift-{self.port}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("PYTHONPATH", None)
+        self.proc = subprocess.Popen(
+            [str(venv / "bin" / "kustos"), "drift", "--host", "127.0.0.1",
+             "--port", str(self.port), "--work-dir", str(workdir / f"ref-{self.port}"), *args],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return request(self.port, "GET", path)
+
+    def post(self, body: bytes, path: str = "/v1/inputs") -> tuple[int, Any]:
+        return request(self.port, "POST", path, body)
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.get("/v1/drift/status")
+        assert code == 200, body
+        return dict(body)
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        def up() -> bool:
+            assert self.proc.poll() is None, self.logs()
+            with contextlib.suppress(OSError):
+                return self.get("/v2/health/live")[0] == 200
+            return False
+
+        assert wait_for(up, timeout), f"sidecar did not listen in {timeout}s:\n{self.logs()}"
+
+    def wait_loaded(self, timeout: float = 180) -> dict[str, Any]:
+        """Until the reference is loaded or failed; returns the status."""
+        self.wait_listening()
+        st = wait_for(lambda: (s := self.status()) and not s["loading"] and s, timeout)
+        assert st and not st["loading"], f"still loading after {timeout}s:\n{self.logs()}"
+        return dict(st)
+
+    def wait_windows(self, n: int, timeout: float = 60) -> dict[str, Any]:
+        st = wait_for(lambda: (s := self.status())["windowsEvaluated"] >= n and s, timeout)
+        assert st, f"fewer than {n} windows after {timeout}s: {self.status()}\n{self.logs()}"
+        return dict(st)
+
+    def metrics(self) -> dict[str, float]:
+        code, text = self.get("/metrics")
+        assert code == 200
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                out[key] = float(value)
+        return out
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def sidecar(venv: Path, workdir: Path, *args: str) -> Iterator[Sidecar]:
+    s = Sidecar(venv, workdir, *args)
+    try:
+        yield s
+    finally:
+        s.stop()
