@@ -22,15 +22,20 @@ COLLECT_INTERVAL = 1.0
 
 
 def fast_collection(operator: Operator, tmp: Path) -> None:
-    """Restart the test operator with a 1 s sidecar collection interval (once per session:
-    the config stays in the environment for later restarts)."""
-    if os.environ.get("KUSTOS_TEST_FAST_COLLECTION") == "1":
+    """Make sure the test operator polls the sidecars every second: add that to whatever
+    config file it runs with ($KUSTOS_CONFIG, kept for later restarts) and restart it
+    when the setting was not there yet."""
+    current = os.environ.get("KUSTOS_CONFIG")
+    data: dict[str, Any] = {}
+    if current and Path(current).exists():
+        data = yaml.safe_load(Path(current).read_text()) or {}
+    sidecars = data.setdefault("sidecars", {})
+    if sidecars.get("collect_interval") == COLLECT_INTERVAL and operator.proc is not None:
         return
+    sidecars.update({"collect_interval": COLLECT_INTERVAL, "collect_timeout": 1.0})
     cfg = tmp / "operator-config.yaml"
-    cfg.write_text(yaml.safe_dump({"sidecars": {"collect_interval": COLLECT_INTERVAL,
-                                                "collect_timeout": 1.0}}))
+    cfg.write_text(yaml.safe_dump(data))
     os.environ["KUSTOS_CONFIG"] = str(cfg)
-    os.environ["KUSTOS_TEST_FAST_COLLECTION"] = "1"
     operator.restart()
 
 

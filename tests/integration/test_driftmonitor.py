@@ -196,3 +196,20 @@ def test_reference_digest_mismatch_is_degraded(
         dm := kube.get("driftmonitor", "bad", namespace)) and dm, timeout=5)
     assert len(events(kube, namespace, "bad", "DigestMismatch")) == 1
     assert kube.condition("driftmonitor", "bad", namespace, "Ready")["status"] == "False"  # type: ignore[index]
+
+
+def test_schema_refuses_unknown_detector_and_method(kube: Kube, namespace: str,
+                                                    iris: dict[str, Any]) -> None:
+    proc = kube.apply(drift_monitor("odd", namespace, "iris", iris, detector="lsdd"),
+                      check=False)
+    assert proc.returncode != 0 and "spec.detector" in proc.stderr, proc.stderr
+    proc = kube.apply(drift_monitor("tab", namespace, "iris", iris, detector="tabular"),
+                      check=False)
+    assert proc.returncode != 0 and "categoricalFeatures" in proc.stderr, proc.stderr
+    proc = kube.apply({"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+                       "metadata": {"name": "odd", "namespace": namespace},
+                       "spec": {"targetRef": {"name": "iris"}, "method": "lime",
+                                "background": {"uri": f"file://{iris['csv']}",
+                                               "digest": "sha256:short"}}}, check=False)
+    assert proc.returncode != 0 and "spec.method" in proc.stderr, proc.stderr
+    assert "spec.background.digest" in proc.stderr, proc.stderr

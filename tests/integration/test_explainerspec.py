@@ -176,3 +176,25 @@ def test_real_explainer_reports_global_importance(
     assert status == 200, body
     assert body == explainer.post("/v1/models/iris:explain",
                                   {"instances": iris["x"][:2].tolist()})[1]
+
+
+def test_background_with_wrong_columns_is_degraded(
+        kube: Kube, fast: Operator, namespace: str, iris: dict[str, Any], sidecars: Sidecars,
+        tmp_path: Path) -> None:
+    narrow = tmp_path / "narrow.csv"
+    narrow.write_text("a,b,c\n" + "\n".join(
+        ",".join(f"{v:g}" for v in row[:3]) for row in iris["x"][:20]) + "\n")
+    kube.apply(model_deployment("narrow", namespace, iris))
+    kube.apply(explainer_spec("narrow", namespace, "narrow", iris, featureNames=None,
+                              background={"uri": f"file://{narrow}"}))
+    pod = ready_pods_with(kube, "narrow", namespace, "explainer")[0]
+    container = next(c for c in pod["spec"]["containers"] if c["name"] == "explainer")
+    sidecars.start(container, pod["status"]["podIP"], iris, tmp_path)
+    cond = wait_condition(kube, "explainerspec", "narrow", namespace, "Degraded", "True",
+                          "BackgroundInvalid")
+    assert "3" in cond["message"] and "4" in cond["message"], cond["message"]
+    assert pod["metadata"]["name"] in cond["message"]
+    assert kube.condition("explainerspec", "narrow", namespace, "Ready")["status"] == "False"  # type: ignore[index]
+    warnings = wait_for("Warning Event", lambda: [
+        e for e in kube.events(namespace, "narrow") if e["reason"] == "BackgroundInvalid"])
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
