@@ -2,7 +2,8 @@
 
 Each case drives a real object on the local control plane into one state with the real
 operator: a ModelDeployment Ready, rolling out, Degraded, scaled to zero, or a generation
-the operator has not seen; an ExplainerSpec and a DriftMonitor served by their real
+the operator has not seen, its Vault sync failing before and after a first sync (real OpenBao); an
+ExplainerSpec and a DriftMonitor served by their real
 sidecar processes (bound on the pod's IP), waiting for a sidecar, without a target, in
 conflict, with drift, with a bad reference digest. With RECORD=1 the objects are written
 to manifests/argocd/resource_customizations/kustos.dev/<Kind>/testdata/; otherwise the
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,8 @@ import lupa.lua51 as lua
 import pytest
 import yaml
 from cluster import REPO
-from conftest import Kube, Operator, wait_for
+from conftest import NS_PREFIX, OPERATOR_LOGS, Kube, Operator, free_port, wait_for
+from openbao import OpenBao
 from sidecar_helpers import (
     Sidecars,
     containers,
@@ -303,3 +307,59 @@ def test_driftmonitor_states(kube: Kube, fast: Operator, namespace: str, iris: d
                    "DigestMismatch", timeout=180)
     record_or_check("degraded-digest-mismatch", get(kube, "driftmonitor", "bad", namespace),
                     namespace, paths)
+
+
+@pytest.fixture(scope="module")
+def bao(kube: Kube) -> Iterator[OpenBao]:
+    """OpenBao with KV v2 and the Kubernetes auth method against the local API server (a
+    token reviewer bound to system:auth-delegator, removed afterwards)."""
+    server = OpenBao(free_port(), free_port(), OPERATOR_LOGS / "openbao-record.log")
+    reviewer_ns = f"{NS_PREFIX}rec-vault-{uuid.uuid4().hex[:4]}"
+    binding = f"kustos-record-{reviewer_ns}-reviewer"
+    kube.run("create", "namespace", reviewer_ns)
+    try:
+        kube.run("create", "serviceaccount", "vault-reviewer", "-n", reviewer_ns)
+        kube.run("create", "clusterrolebinding", binding, "--clusterrole=system:auth-delegator",
+                 f"--serviceaccount={reviewer_ns}:vault-reviewer")
+        jwt = kube.run("create", "token", "vault-reviewer", "-n", reviewer_ns,
+                       "--duration=1h").stdout.strip()
+        server.start()
+        server.enable_kv()
+        server.enable_kubernetes_auth(jwt)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+        kube.run("delete", "clusterrolebinding", binding, "--ignore-not-found", check=False)
+        kube.run("delete", "namespace", reviewer_ns, "--wait=false", check=False)
+
+
+def test_vault_sync_failing(kube: Kube, operator: Operator, bao: OpenBao,
+                            namespace: str) -> None:
+    paths = {bao.address: "http://openbao.vault.svc:8200"}
+    kv = f"ml/{namespace}/fraud"
+    bao.put(kv, {"token": f"pw-{uuid.uuid4().hex}"})
+    role = f"{namespace}-fraud"
+    bao.read_policy(role, f"secret/data/{kv}")
+    bao.role(role, "fraud", namespace, role)
+    vault = {"address": bao.address, "role": role, "refreshInterval": "5s",
+             "items": [{"path": f"secret/data/{kv}", "key": "token", "file": "token"}]}
+    kube.apply(model_deployment("fraud", namespace, secrets={"vault": vault}))
+    wait_status(kube, "fraud", namespace, "Ready with secrets", lambda md, c: current(md) and is_(
+        c, "Ready", "True") and is_(c, "SecretsReady", "True") and is_(c, "Progressing", "False"))
+
+    # Vault goes away after the first sync: the pods keep serving the last good Secret,
+    # SecretsReady turns False, nothing else changes.
+    bao.stop()
+    try:
+        md = wait_status(kube, "fraud", namespace, "refresh failing", lambda md, c: current(
+            md) and is_(c, "SecretsReady", "False", "VaultUnreachable") and is_(c, "Ready", "True"))
+        record_or_check("secrets-refresh-failing", md, namespace, paths)
+        # A new ModelDeployment whose first sync cannot reach Vault: no pods, Degraded.
+        kube.apply(model_deployment("fresh", namespace, secrets={"vault": {
+            **vault, "role": f"{namespace}-fresh"}}))
+        md = wait_status(kube, "fresh", namespace, "Degraded", lambda md, c: current(md) and is_(
+            c, "Degraded", "True", "VaultUnreachable"))
+        record_or_check("degraded-vault-unreachable", md, namespace, paths)
+    finally:
+        bao.start()

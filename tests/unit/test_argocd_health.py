@@ -128,6 +128,8 @@ def test_current_and_ready_is_healthy(kind: str, path: str, obj: dict[str, Any])
         good = with_condition(good, "Progressing", "False", "RolloutComplete")
     if cond(good, "DriftDetected") is not None:
         good = with_condition(good, "DriftDetected", "False", "NoDrift")
+    if cond(good, "SecretsReady") is not None:
+        good = with_condition(good, "SecretsReady", "True", "Synced")
     assert health(kind, good) == {"status": "Healthy",
                                   "message": "Available: 2/2 replicas ready"}
 
