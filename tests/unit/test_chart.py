@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import filecmp
+import json
 import os
 import re
 import subprocess
@@ -132,7 +133,10 @@ def test_kopf_peering_crds_ship_with_the_chart() -> None:
     ("metrics.port=70000", "/metrics/port"),
     ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
     ("config.history_limit=0", "/config/history_limit"),
-    ("config.default_resources.requests.cpu=lots", "/config/default_resources/requests/cpu"),
+    ("config.sidecars.collect_interval=0", "/config/sidecars/collect_interval"),
+    ("config.images.kustos-gpu=x", "/config/images"),
+    ("config.vault.timeout=500", "/config/vault/timeout"),
+    ("config.resync=1", "/config"),  # the operator would refuse an unknown key at start
     ("image.digest=md5:abc", "/image/digest"),
     ("peering.enabled=sometimes", "/peering/enabled"),
     ("webhook.certManager.issuerRef.kind=Vault", "/webhook/certManager/issuerRef/kind"),
@@ -143,6 +147,37 @@ def test_schema_refuses_bad_values(value: str, field: str) -> None:
     assert proc.returncode != 0, f"--set {value} was accepted"
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert field in proc.stderr, proc.stderr
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "title"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def test_config_schema_is_the_operators() -> None:
+    from kustos.config import OperatorConfig
+
+    raw = OperatorConfig.model_json_schema()
+    expected = _inline(raw, raw.pop("$defs", {}))
+    ours = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
+    expected["description"] = ours["description"]  # the chart's own words
+    assert ours == expected, "values.schema.json's config is stale: run `make chart`"
+
+
+def test_config_values_are_the_operators_defaults() -> None:
+    """values.yaml shows the operator's defaults where it spells them out."""
+    from kustos.config import OperatorConfig
+
+    defaults = OperatorConfig().model_dump()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+    for key, value in values.items():
+        if value not in ({}, None):
+            assert value == defaults[key], key
 
 
 # --- what the templates say ------------------------------------------------------------------
