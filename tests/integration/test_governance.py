@@ -259,6 +259,13 @@ def test_policy_compliant_follows_explainer_and_drift_monitor(
         c if (c := compliant(kube, "scorer", gov_ns)) and c["reason"] == "MissingDriftMonitor"
         else None), timeout=30)
 
+    # Retargeting the ExplainerSpec elsewhere leaves this model without one.
+    kube.run("patch", "explainerspec", "scorer", "-n", gov_ns, "--type=merge",
+             "-p", '{"spec": {"targetRef": {"name": "another-model"}}}')
+    wait_for("PolicyCompliant MissingExplainer after retargeting", lambda: (
+        c if (c := compliant(kube, "scorer", gov_ns)) and c["reason"] == "MissingExplainer"
+        else None), timeout=30)
+
     # Approval changes are audited (approver and ticket), and the model card is part of
     # what `kubectl describe` shows.
     changed = md("scorer", gov_ns, owner="risk",

@@ -169,17 +169,35 @@ def _rejudge_target(namespace: str | None, target: str | None, idx: Indices) -> 
         judge(md, idx)
 
 
+# The target each ExplainerSpec / DriftMonitor had when last seen: a retargeted or deleted
+# one re-judges its former target too.
+_targets: dict[tuple[str, str | None, str], str | None] = {}
+
+
+def _attachment_changed(kind: str, namespace: str | None, name: str, spec: kopf.Spec,
+                        type_: str | None, idx: Indices) -> None:
+    key = (kind, namespace, name)
+    target = None if type_ == "DELETED" else (spec.get("targetRef") or {}).get("name")
+    before = _targets.pop(key, None)
+    if target:
+        _targets[key] = target
+    if before == target:
+        return  # a status or other change: which model it targets is what matters here
+    for md_name in {before, target} - {None}:
+        _safely(f"judging {namespace}/{md_name}", _rejudge_target, namespace, md_name, idx)
+
+
 @kopf.on.event(GROUP, VERSION, "explainerspecs")
-def explainer_changed(namespace: str | None, spec: kopf.Spec, **kwargs: Any) -> None:
+def explainer_changed(namespace: str | None, name: str, spec: kopf.Spec, type: str | None,
+                      **kwargs: Any) -> None:
     """An ExplainerSpec appeared, changed or went: its target's compliance may change."""
-    target = (spec.get("targetRef") or {}).get("name")
-    _safely(f"judging {namespace}/{target}", _rejudge_target, namespace, target, kwargs)
+    _attachment_changed("ExplainerSpec", namespace, name, spec, type, kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, "driftmonitors")
-def drift_monitor_changed(namespace: str | None, spec: kopf.Spec, **kwargs: Any) -> None:
-    target = (spec.get("targetRef") or {}).get("name")
-    _safely(f"judging {namespace}/{target}", _rejudge_target, namespace, target, kwargs)
+def drift_monitor_changed(namespace: str | None, name: str, spec: kopf.Spec, type: str | None,
+                          **kwargs: Any) -> None:
+    _attachment_changed("DriftMonitor", namespace, name, spec, type, kwargs)
 
 
 def _rejudge_namespace(namespace: str, idx: Indices) -> None:
