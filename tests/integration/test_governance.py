@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from conftest import NS_PREFIX, Kube, Operator, free_port, wait_for
 
+from kustos.governance.tls import self_signed
+
 pytestmark = pytest.mark.integration
 
 SESSION = uuid.uuid4().hex[:6]
@@ -34,10 +36,16 @@ DIGEST = "sha256:" + "0123456789abcdef" * 4
 class GovernanceOperator(Operator):
     """The real operator process with the admission webhook on a free port."""
 
-    def __init__(self, kubeconfig: Path) -> None:
+    def __init__(self, kubeconfig: Path, tls_dir: Path) -> None:
         super().__init__(kubeconfig)
         self.webhook_port = free_port()
         self.log_path = self.log_path.with_name("operator-governance-test.log")
+        # As an installation does: a certificate and key in files (--webhook-cert/-key).
+        cert, key = self_signed(["127.0.0.1"])
+        self.cert, self.key = tls_dir / "tls.crt", tls_dir / "tls.key"
+        self.cert.write_bytes(cert)
+        self.key.write_bytes(key)
+        self.key.chmod(0o600)
 
     def start(self, namespaces: list[str] | None = None) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -50,6 +58,7 @@ class GovernanceOperator(Operator):
              "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
              "--webhook", "--webhook-bind", "127.0.0.1", "--webhook-host", "127.0.0.1",
              "--webhook-port", str(self.webhook_port),
+             "--webhook-cert", str(self.cert), "--webhook-key", str(self.key),
              "--webhook-configuration", WEBHOOK_CONFIG,
              "--webhook-namespace-selector", f"{NS_LABEL}={SESSION}"],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -57,8 +66,9 @@ class GovernanceOperator(Operator):
 
 
 @pytest.fixture(scope="module")
-def gov_operator(kube: Kube) -> Iterator[GovernanceOperator]:
-    op = GovernanceOperator(kube.kubeconfig)
+def gov_operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> Iterator[GovernanceOperator]:
+    op = GovernanceOperator(kube.kubeconfig, tmp_path_factory.mktemp("webhook-tls"))
     try:
         op.start()
         yield op
@@ -123,7 +133,8 @@ def test_webhook_rejects_with_rule_and_field_and_admits_what_complies(
     (hook,) = cfg["webhooks"]
     assert hook["clientConfig"]["url"] == (
         f"https://127.0.0.1:{gov_operator.webhook_port}/validate-modeldeployment")
-    assert b"BEGIN CERTIFICATE" in base64.b64decode(hook["clientConfig"]["caBundle"])
+    # The caBundle is the certificate the operator was given.
+    assert base64.b64decode(hook["clientConfig"]["caBundle"]) == gov_operator.cert.read_bytes()
     assert (hook["failurePolicy"], hook["namespaceSelector"]) == (
         "Fail", {"matchLabels": {NS_LABEL: SESSION}})
 
@@ -305,7 +316,6 @@ def test_unreachable_webhook_fails_closed_for_spec_changes_only(kube: Kube, gov_
     """failurePolicy Fail with nobody listening: a spec change is refused, while updates
     that leave the spec alone (kopf's annotations, labels, deletion) skip the webhook
     through its matchConditions, so the operator never depends on it for those."""
-    from kustos.governance.tls import self_signed
     from kustos.render.webhook import parse_selector, render_configuration
 
     kube.apply(md("held", gov_ns, tier="low", owner="team-a"))

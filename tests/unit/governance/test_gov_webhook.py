@@ -95,3 +95,11 @@ def test_admission_decision() -> None:
     assert admission_check("UPDATE", changed, SPEC, False, [DENY])[0]
     assert admission_check("UPDATE", changed, SPEC, True, [DENY]) == ([], [])
     assert admission_check("CREATE", SPEC, None, False, []) == ([], [])
+
+
+def test_run_refuses_a_certificate_without_its_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from kustos.controllers import run
+
+    assert run.main(["--webhook", "--webhook-cert", "/nonexistent.crt",
+                     "--metrics-port", "0"]) == 1
+    assert "--webhook-cert and --webhook-key go together" in capsys.readouterr().err
