@@ -288,6 +288,9 @@ def test_peering_objects_follow_replicas_and_scope() -> None:
     objs = template("--set", "replicaCount=2", "--set", "watchNamespaces={a,b}")
     assert {o["metadata"]["namespace"] for o in find(objs, "KopfPeering")} == {"a", "b"}
     assert not find(objs, "ClusterKopfPeering")
+    proc = helm("template", "kustos", str(CHART), "--set", "replicaCount=2",
+                "--set", "peering.enabled=false", check=False)
+    assert proc.returncode != 0 and "replicaCount > 1 needs peering" in proc.stderr
     # One replica without peering: a rollout never runs two operators at once.
     objs = template("--set", "peering.enabled=false")
     assert the(objs, "Deployment")["spec"]["strategy"]["type"] == "Recreate"
