@@ -79,7 +79,13 @@ def wiring(kind: str, body: Mapping[str, Any]) -> tuple[Wiring, dict[str, Any] |
 def for_target(kind: str, md: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The resource of ``kind`` wired into this ModelDeployment (the contributors' view)."""
     meta = md["metadata"]
-    return active_for(meta["name"], client.list_objects(kind, meta["namespace"]))
+    try:
+        candidates = client.list_objects(kind, meta["namespace"])
+    except ApiError as err:
+        if err.status == 404:
+            return None  # that CRD is not installed: nothing can target the model
+        raise
+    return active_for(meta["name"], candidates)
 
 
 def rerender_target(name: str, namespace: str) -> None:
