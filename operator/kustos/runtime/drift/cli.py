@@ -94,8 +94,8 @@ def validate(args: argparse.Namespace) -> str | None:
         return "--window-max-age must be >= 0"
     if not 0 < args.p_value < 1:
         return "--p-value must be between 0 and 1"
-    if args.max_samples is not None and args.max_samples < 10:
-        return "--max-samples must be >= 10"
+    if args.max_samples is not None and args.max_samples < 1:
+        return "--max-samples must be >= 1"
     if args.max_pending_windows < 1 or args.permutations < 1 or args.ert <= 1:
         return "--max-pending-windows and --permutations must be >= 1, --ert > 1"
     if args.n_bootstraps is not None and args.n_bootstraps < 1:

@@ -169,6 +169,10 @@ def load(path: Path, digest: str, feature_names: list[str] | None, categorical: 
                 "ReferenceInvalid",
                 f"categorical feature {names[idx]!r} (index {idx}) has non-integer values; "
                 "encode categories as integers")
+    if max_samples is not None and max_samples < MIN_ROWS:
+        raise ReferenceProblem(
+            "ReferenceInvalid",
+            f"maxSamples is {max_samples}; at least {MIN_ROWS} reference rows are needed")
     if max_samples is not None and n_rows > max_samples:
         rng = np.random.default_rng(seed)
         data = data[np.sort(rng.choice(n_rows, max_samples, replace=False))]
