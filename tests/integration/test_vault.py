@@ -384,3 +384,30 @@ def test_leaving_sync_mode_removes_secret_and_status(kube: Kube, operator: Opera
                    .get(f"{INJECT}agent-inject") == "true")
     assert ann
     assert CHECKSUM not in pod_annotations(kube, name, namespace)
+
+
+def test_restart_does_not_resync_before_due(kube: Kube, operator: Operator, bao: OpenBao,
+                                            namespace: str) -> None:
+    name = "steady"
+    kv = f"ml/{namespace}/{name}"
+    bao.put(kv, {"key": secret_value()})
+    role = grant(bao, name, namespace, f"secret/data/{kv}")
+    vault = {"address": bao.address, "role": role, "refreshInterval": "1h",
+             "items": [{"path": f"secret/data/{kv}", "key": "key", "file": "key"}]}
+    kube.apply(model_deployment(name, namespace, vault))
+    secrets_ready(kube, name, namespace)
+    wait_for("pods with the checksum", lambda: kube.get("deployment", name, namespace) and
+             pod_annotations(kube, name, namespace).get(CHECKSUM))
+    wait_for("Ready", lambda: condition(kube.get("md", name, namespace), "Ready")
+             .get("status") == "True", timeout=90)
+    time.sleep(2)  # let the status refreshes settle
+    before = {kind: (kube.get(kind, obj, namespace) or {})["metadata"]["resourceVersion"]
+              for kind, obj in (("md", name), ("secret", f"{name}-vault"),
+                                ("deployment", name))}
+    operator.restart()
+    time.sleep(8)
+    after = {kind: (kube.get(kind, obj, namespace) or {})["metadata"]["resourceVersion"]
+             for kind, obj in (("md", name), ("secret", f"{name}-vault"),
+                               ("deployment", name))}
+    # Not due for an hour: no Vault read, no status, Secret or Deployment write.
+    assert after == before

@@ -247,8 +247,8 @@ def sync(body: Mapping[str, Any], *, only_when_due: bool = False,
          in_reconcile: bool = False) -> dict[str, Any] | None:
     """One sync of a sync-mode ModelDeployment; returns the new status.secrets. Raises
     VaultError after recording it as SecretsReady=False. One sync per object at a time;
-    when another one has just synced the current items (the reconcile and the refresh loop both
-    start with a new object), its result is used instead of reading Vault again."""
+    when another one has just synced the current items (the reconcile and the refresh loop
+    both start with a new object), its result is used instead of reading Vault again."""
     with _lock(body["metadata"]["uid"]):
         meta = body["metadata"]
         fresh = client.get(KIND, meta["name"], meta["namespace"])
@@ -426,6 +426,9 @@ async def vault_watch(body: kopf.Body, type: str | None, **_: Any) -> None:
     with _ENTRIES_LOCK:
         if not wanted:
             _ENTRIES.pop(uid, None)
+            if type == "DELETED":
+                with _locks_guard:
+                    _locks.pop(uid, None)
             return
         refresh = _refresh_of(body)
         entry = _ENTRIES.get(uid)
