@@ -88,8 +88,9 @@ def _login(vault: VaultSpec) -> Login:
     if not address:
         raise VaultError("NoVaultAddress", "no Vault address: set spec.secrets.vault.address "
                          "or the operator config's vault.address")
-    if vault.address and settings.allowed_addresses is not None and not any(
-            vault.address.startswith(a) for a in settings.allowed_addresses):
+    allowed = {a.rstrip("/") for a in settings.allowed_addresses or ()}
+    if vault.address and settings.allowed_addresses is not None and \
+            vault.address.rstrip("/") not in allowed:
         raise VaultError("AddressNotAllowed", f"spec.secrets.vault.address {vault.address} is "
                          "not in the operator config's vault.allowed_addresses")
     return Login(address=address, role=vault.role, auth_path=vault.auth_path,

@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 from kustos.api.v1alpha1.modeldeployment import VaultSpec
-from kustos.config import OperatorConfig
-from kustos.controllers.vault import refresh_seconds, seconds
+from kustos.config import OperatorConfig, VaultSettings
+from kustos.controllers import context
+from kustos.controllers.vault import _login, refresh_seconds, seconds
 from kustos.render import vault as rv
 from kustos.render.meta import SPEC_HASH
 from kustos.render.modeldeployment import render
 from kustos.status.modeldeployment import compute
+from kustos.vault.client import VaultError
 
 DIGEST = "sha256:" + "ab" * 32
 PATH = "secret/data/ml/credit"
@@ -181,3 +183,23 @@ def test_durations(text: str, value: float) -> None:
 def test_refresh_has_a_floor() -> None:
     assert refresh_seconds(vault(refresh_interval="100ms")) == 5.0
     assert refresh_seconds(vault(refresh_interval="10m")) == 600.0
+
+
+def test_vault_address_from_spec_or_config_and_allow_list() -> None:
+    saved = context.config()
+    try:
+        context.set_config(OperatorConfig())
+        with pytest.raises(VaultError) as err:
+            _login(vault())
+        assert err.value.reason == "NoVaultAddress"
+        context.set_config(OperatorConfig(vault=VaultSettings(address="https://v.ns:8200")))
+        assert _login(vault()).address == "https://v.ns:8200"
+        assert _login(vault(address="https://other:8200")).address == "https://other:8200"
+        context.set_config(OperatorConfig(vault=VaultSettings(
+            address="https://v.ns:8200", allowed_addresses=["https://v.ns:8200/"])))
+        assert _login(vault(address="https://v.ns:8200")).role == "credit"
+        with pytest.raises(VaultError) as err:
+            _login(vault(address="https://v.ns:8200.evil.example"))
+        assert err.value.reason == "AddressNotAllowed"
+    finally:
+        context.set_config(saved)
