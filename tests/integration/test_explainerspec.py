@@ -168,6 +168,15 @@ def test_real_explainer_reports_global_importance(
     assert report["model"] == "iris" and report["method"] == "shap-tree"
     assert "permutationImportance" in report and "partialDependence" in report
     assert explainer.get("/v1/explainer/status")["ready"] is True
+    # The next scheduled run finds the same importances: status.lastComputed moves, the
+    # ConfigMap is not rewritten.
+    first = es["status"]["lastComputed"]
+    wait_for("a later global run", lambda: (
+        o := kube.get("explainerspec", "iris", namespace))
+        and o["status"].get("lastComputed") != first, timeout=30)
+    again = kube.get("configmap", "iris-explanations", namespace)
+    assert again is not None
+    assert again["metadata"]["resourceVersion"] == cm["metadata"]["resourceVersion"]
     # Local explanations through the model server as rendered: kustos serve forwards
     # :explain to the explainer (--explainer-url), on the same pod IP.
     server = sidecars.start(next(c for c in pod["spec"]["containers"] if c["name"] == "server"),

@@ -20,14 +20,14 @@ from kustos.k8s import client, events
 from kustos.k8s.client import ApiError
 from kustos.render import explainer as render_es
 from kustos.render.attachments import NONE, Attachments
-from kustos.render.meta import with_hash
 from kustos.render.sidecars import EXPLAIN_PORT, target_name
 from kustos.status import explainerspec as status_es
+from kustos.status.modeldeployment import Failure
 from kustos.status.sidecars import changed
 
 from . import sidecars
 from .attachments import contributor
-from .children import sync
+from .children import NameConflict, sync
 from .context import backoff, config
 from .sidecars import rerender_target
 
@@ -72,7 +72,11 @@ def _write(body: dict[str, Any]) -> bool:
     result = status_es.compute(body, wiring, target, reports, config(), datetime.now(UTC))
     if result.report is not None:
         # children.sync writes only when the report's hash differs from the live one.
-        sync(body, [with_hash(render_es.report_configmap(body, result.report))], ["ConfigMap"])
+        try:
+            sync(body, [render_es.report_configmap(body, result.report)], ["ConfigMap"])
+        except NameConflict as err:
+            result = status_es.compute(body, wiring, target, reports, config(),
+                                       datetime.now(UTC), Failure("NameConflict", str(err)))
     if changed(body.get("status"), result.status):
         try:
             client.patch_status(KIND, meta["name"], meta["namespace"], result.status,

@@ -14,7 +14,7 @@ from kustos.api.v1alpha1 import ExplainerSpecSpec, ModelDeploymentSpec
 from kustos.config import OperatorConfig
 
 from .attachments import Attachments
-from .meta import COMPONENT, child_meta
+from .meta import COMPONENT, SPEC_HASH, child_meta, spec_hash
 from .modeldeployment import model_file_name, service_url
 from .runtimes import MODEL_DIR
 from .sidecars import (
@@ -97,12 +97,23 @@ def report_name(es_name: str) -> str:
     return f"{es_name}-explanations"
 
 
+# Report fields that change on every run even when the results do not.
+VOLATILE = ("computedAt", "durationSeconds")
+
+
 def report_configmap(es: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
-    """The full global report, owned by the ExplainerSpec (status keeps only the top-k)."""
-    return {
+    """The full global report, owned by the ExplainerSpec (status keeps only the top-k).
+
+    Its spec-hash covers the results only, not when or how fast they were computed, so a
+    recomputation that finds the same importances writes nothing."""
+    manifest: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_meta(es, report_name(es["metadata"]["name"]),
                                {COMPONENT: "explanations"}),
         "data": {REPORT_KEY: json.dumps(report, sort_keys=True, indent=1)},
     }
+    results = {k: v for k, v in report.items() if k not in VOLATILE}
+    essence = {**manifest, "data": {REPORT_KEY: json.dumps(results, sort_keys=True)}}
+    manifest["metadata"]["annotations"] = {SPEC_HASH: spec_hash(essence)}
+    return manifest

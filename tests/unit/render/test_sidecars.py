@@ -8,7 +8,7 @@ from typing import Any
 from kustos.config import OperatorConfig
 from kustos.render import drift, explainer
 from kustos.render import modeldeployment as render_md
-from kustos.render.meta import spec_hash
+from kustos.render.meta import SPEC_HASH, spec_hash
 from kustos.render.sidecars import active_for, duration_seconds
 
 DIGEST = "sha256:" + "ab" * 32
@@ -160,10 +160,20 @@ def test_active_for_picks_the_oldest_and_skips_deleting() -> None:
 
 
 def test_report_configmap_is_owned_by_the_explainerspec() -> None:
-    cm = explainer.report_configmap(es(), {"meanAbsShap": {"a": 0.5}})
+    report = {"meanAbsShap": {"a": 0.5}, "computedAt": "2026-11-23T10:00:00Z",
+              "durationSeconds": 0.2}
+    cm = explainer.report_configmap(es(), report)
     assert cm["metadata"]["name"] == "iris-x-explanations"
     assert cm["metadata"]["ownerReferences"][0]["uid"] == "iris-x-uid"
-    assert json.loads(cm["data"]["report.json"]) == {"meanAbsShap": {"a": 0.5}}
+    assert json.loads(cm["data"]["report.json"]) == report
+    # The same results computed again later hash the same (nothing to write); new
+    # results do not.
+    again = explainer.report_configmap(es(), {**report, "computedAt": "2026-11-23T11:00:00Z",
+                                              "durationSeconds": 0.3})
+    other = explainer.report_configmap(es(), {**report, "meanAbsShap": {"a": 0.6}})
+    h = cm["metadata"]["annotations"][SPEC_HASH]
+    assert again["metadata"]["annotations"][SPEC_HASH] == h
+    assert other["metadata"]["annotations"][SPEC_HASH] != h
 
 
 def test_retrain_job_from_template() -> None:
