@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -135,12 +136,36 @@ def _drift_python() -> str:
     return _DRIFT_PYTHON[0]
 
 
+def _env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
+    """The container's env as the kubelet resolves it (values and pod annotations)."""
+    out: dict[str, str] = {}
+    annotations = pod["metadata"].get("annotations") or {}
+    for e in container.get("env") or []:
+        if "value" in e:
+            out[e["name"]] = e["value"]
+        path = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath", "")
+        m = re.fullmatch(r"metadata\.annotations\['(.+)'\]", path)
+        if m:
+            out[e["name"]] = annotations.get(m.group(1), "")
+    return out
+
+
+def _expand(arg: str, env: dict[str, str]) -> str:
+    """$(VAR) in args, as the kubelet expands it."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)),
+                  arg)
+
+
 class Sidecar:
     """A real `kustos explain` / `kustos drift` process bound to a pod's IP."""
 
-    def __init__(self, container: dict[str, Any], pod_ip: str, iris: dict[str, Any],
-                 tmp: Path) -> None:
-        args = list(container["args"])
+    def __init__(self, container: dict[str, Any], pod: dict[str, Any] | str,
+                 iris: dict[str, Any], tmp: Path) -> None:
+        if isinstance(pod, str):  # only the pod IP: the model's digest is iris'
+            pod = {"metadata": {"annotations": {"kustos.dev/model-digest": iris["digest"]}},
+                   "status": {"podIP": pod}}
+        pod_ip = pod["status"]["podIP"]
+        args = [_expand(a, _env(container, pod)) for a in container["args"]]
         # What the pod would see: the model the fetch init container wrote to /mnt/models.
         args = [str(iris["model"]) if a.startswith("/mnt/models/") else a for a in args]
         args[args.index("--host") + 1] = pod_ip
@@ -206,9 +231,9 @@ class Sidecars:
     def __init__(self) -> None:
         self.started: list[Sidecar] = []
 
-    def start(self, container: dict[str, Any], pod_ip: str, iris: dict[str, Any],
-              tmp: Path) -> Sidecar:
-        s = Sidecar(container, pod_ip, iris, tmp)
+    def start(self, container: dict[str, Any], pod: dict[str, Any] | str,
+              iris: dict[str, Any], tmp: Path) -> Sidecar:
+        s = Sidecar(container, pod, iris, tmp)
         self.started.append(s)
         return s
 

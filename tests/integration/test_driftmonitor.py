@@ -127,10 +127,10 @@ def test_drift_episodes_events_and_retraining_job(
     kube.apply(drift_monitor("iris", namespace, "iris", iris))
     pod = ready_pods_with(kube, "iris", namespace, "drift")[0]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "drift")
-    drift = sidecars.start(container, pod["status"]["podIP"], iris, tmp_path)
+    drift = sidecars.start(container, pod, iris, tmp_path)
     # The model server as rendered (--drift-url), on the same pod IP.
     server = sidecars.start(next(c for c in pod["spec"]["containers"] if c["name"] == "server"),
-                            pod["status"]["podIP"], iris, tmp_path)
+                            pod, iris, tmp_path)
     wait_condition(kube, "driftmonitor", "iris", namespace, "Ready", "True", "Monitoring")
     x = iris["x"]
     shifted = [[r[0], r[1], r[2] + 3.0, r[3]] for r in x[::5].tolist()]
@@ -184,7 +184,7 @@ def test_reference_digest_mismatch_is_degraded(
         "uri": f"file://{iris['csv']}", "digest": "sha256:" + "0" * 64}))
     pod = ready_pods_with(kube, "bad", namespace, "drift")[0]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "drift")
-    sidecars.start(container, pod["status"]["podIP"], iris, tmp_path)
+    sidecars.start(container, pod, iris, tmp_path)
     cond = wait_condition(kube, "driftmonitor", "bad", namespace, "Degraded", "True",
                           "DigestMismatch")
     assert pod["metadata"]["name"] in cond["message"]

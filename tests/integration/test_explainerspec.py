@@ -145,7 +145,7 @@ def test_real_explainer_reports_global_importance(
                               **{"global": {"interval": "5s", "topK": 3}}))
     pod = ready_pods_with(kube, "iris", namespace, "explainer")[0]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "explainer")
-    explainer = sidecars.start(container, pod["status"]["podIP"], iris, tmp_path)
+    explainer = sidecars.start(container, pod, iris, tmp_path)
     es = wait_for("globalImportance", lambda: (
         o := kube.get("explainerspec", "iris", namespace))
         and (o.get("status") or {}).get("globalImportance") and o, timeout=90)
@@ -180,7 +180,7 @@ def test_real_explainer_reports_global_importance(
     # Local explanations through the model server as rendered: kustos serve forwards
     # :explain to the explainer (--explainer-url), on the same pod IP.
     server = sidecars.start(next(c for c in pod["spec"]["containers"] if c["name"] == "server"),
-                            pod["status"]["podIP"], iris, tmp_path)
+                            pod, iris, tmp_path)
     status, body = server.post("/v1/models/iris:explain", {"instances": iris["x"][:2].tolist()})
     assert status == 200, body
     assert body == explainer.post("/v1/models/iris:explain",
@@ -198,7 +198,7 @@ def test_background_with_wrong_columns_is_degraded(
                               background={"uri": f"file://{narrow}"}))
     pod = ready_pods_with(kube, "narrow", namespace, "explainer")[0]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "explainer")
-    sidecars.start(container, pod["status"]["podIP"], iris, tmp_path)
+    sidecars.start(container, pod, iris, tmp_path)
     cond = wait_condition(kube, "explainerspec", "narrow", namespace, "Degraded", "True",
                           "BackgroundInvalid")
     assert "3" in cond["message"] and "4" in cond["message"], cond["message"]

@@ -33,6 +33,8 @@ DATA_VOLUME = "explainer-data"
 SERVER_URL = f"http://127.0.0.1:{EXPLAIN_PORT}"
 REPORT_KEY = "report.json"
 ANNOTATION = "kustos.dev/explainer"
+DIGEST_ENV = "KUSTOS_MODEL_DIGEST"
+DIGEST_ANNOTATION = "kustos.dev/model-digest"
 
 
 def model_name(md_name: str, md: ModelDeploymentSpec) -> str:
@@ -57,7 +59,9 @@ def explain_args(spec: ExplainerSpecSpec, md_name: str, md: ModelDeploymentSpec,
         "--name", model_name(md_name, md),
     ]
     if md.model.digest:
-        args += ["--digest", md.model.digest]
+        # Each track's own digest (the pod annotation the render sets per track): the
+        # canary's pods hold the canary's model.
+        args += ["--digest", f"$({DIGEST_ENV})"]
     args += ["--method", spec.method, "--background-uri", background_uri]
     if spec.background.digest:
         args += ["--background-digest", spec.background.digest]
@@ -82,6 +86,8 @@ def attachments(es: Mapping[str, Any], md_body: Mapping[str, Any],
         EXPLAIN_PORT, PORT_NAME, config.sidecars.explain_resources,
         [{"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
          {"name": TMP_VOLUME, "mountPath": SCRATCH}, *mounts])
+    container["env"] = [{"name": DIGEST_ENV, "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.annotations['{DIGEST_ANNOTATION}']"}}}]
     if md.model.credentials_secret_ref and uri.startswith("s3://"):
         # Background data next to the model: the same credentials reach it.
         container["envFrom"] = [{"secretRef": {"name": md.model.credentials_secret_ref.name}}]

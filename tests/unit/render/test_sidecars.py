@@ -75,7 +75,14 @@ def test_explainer_sidecar_and_server_flag() -> None:
     pairs = dict(zip(args[1::2], args[2::2], strict=False))
     assert pairs["--model"] == "/mnt/models/model.joblib"
     assert pairs["--format"] == "sklearn" and pairs["--name"] == "iris-clf"
-    assert pairs["--digest"] == DIGEST and pairs["--background-digest"] == DIGEST
+    # The digest of the pod's own track, through the downward API.
+    assert pairs["--digest"] == "$(KUSTOS_MODEL_DIGEST)"
+    assert side["env"] == [{"name": "KUSTOS_MODEL_DIGEST", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.annotations['kustos.dev/model-digest']"}}}]
+    dep = next(c for c in children if c["kind"] == "Deployment")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["kustos.dev/model-digest"] == \
+        DIGEST
+    assert pairs["--background-digest"] == DIGEST
     assert pairs["--method"] == "shap-kernel"
     assert pairs["--background-uri"] == "https://data.example/bg.csv"
     assert pairs["--max-samples"] == "50" and pairs["--feature-names"] == "a,b,c,d"
