@@ -450,3 +450,22 @@ def test_the_kustomize_install_passes_server_side_dry_run(kube: Kube) -> None:
             assert proc.stdout.count("(server dry run)") == len(docs)
     finally:
         kube.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.mark.parametrize("case", ["chart-default", "chart-minimal"])
+def test_golden_values_pass_server_side_dry_run(helm: Helm, kube: Kube, case: str) -> None:
+    """What the chart renders for the golden values is what the API server accepts."""
+    ns = f"kh-{UID}-{case.removeprefix('chart-')}"
+    values_file = REPO / "tests" / "unit" / "golden" / f"{case}.values.yaml"
+    rendered = helm.run("template", "kustos", str(CHART), "--namespace", ns,
+                        "--values", str(values_file)).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kube.run("create", "namespace", ns)
+    try:
+        proc = kube.run("apply", "--dry-run=server", "--server-side", "--force-conflicts",
+                        "--field-manager=kustos-chart-test", "-f", "-",
+                        input=yaml.safe_dump_all(docs), check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.count("(server dry run)") == len(docs)
+    finally:
+        kube.run("delete", "namespace", ns, "--wait=false", check=False)

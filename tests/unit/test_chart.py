@@ -281,8 +281,10 @@ def test_rbac_is_exactly_what_kustos_rbac_says(values: list[str], kwargs: dict[s
 def test_peering_objects_follow_replicas_and_scope() -> None:
     assert not find(template(), "ClusterKopfPeering")
     assert "--peering=kustos" not in operator_args(template())
+    assert not find(template(), "PodDisruptionBudget")
     objs = template("--set", "replicaCount=2")
     assert the(objs, "ClusterKopfPeering", "kustos")
+    assert the(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     assert "--peering=kustos" in operator_args(objs)
     assert the(objs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
     objs = template("--set", "replicaCount=2", "--set", "watchNamespaces={a,b}")
