@@ -213,3 +213,49 @@ def test_reference_error_is_degraded() -> None:
     assert cond(r.status, "DriftDetected")["status"] == "Unknown"
     missing = sdm.compute(dm(), Wiring("iris", "ml", exists=False), [], NOW)
     assert cond(missing.status, "Ready")["reason"] == "TargetNotFound"
+
+
+# --- Polling the sidecars (real local HTTP servers) -----------------------------------------
+
+
+def test_collect_notes_every_kind_of_failure_and_never_raises() -> None:
+    import http.server
+    import socket
+    import threading
+
+    from kustos.controllers.sidecars import collect
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body, code = {
+                "/ok": (b'{"ready": true, "drift": false}', 200),
+                "/broken": (b"not json", 200),
+                "/list": (b"[1, 2]", 200),
+            }.get(self.path, (b'{"error": "boom"}', 500))
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    try:
+        for path, check in (("/ok", lambda r: r.report == {"ready": True, "drift": False}),
+                            ("/broken", lambda r: r.report is None and r.error),
+                            ("/list", lambda r: r.error == "status is not a JSON object"),
+                            ("/fail", lambda r: r.error == "HTTP 500")):
+            [report] = collect([("pod-a", "127.0.0.1")], port, path)
+            assert report.pod == "pod-a" and check(report), (path, report)
+        [refused] = collect([("pod-b", "127.0.0.1")], closed, "/ok")
+        assert refused.report is None and "refused" in str(refused.error).lower()
+        assert collect([], port, "/ok") == []
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -99,14 +99,15 @@ def reconcile(body: kopf.Body, old: Any, retry: int, **_: Any) -> None:
     """Re-render the target (and a former target) so its pods match this spec."""
     meta = body["metadata"]
     namespace = meta["namespace"]
-    metrics.RECONCILES.labels(kind=KIND, result="ok").inc()
     previous = target_name(old) if isinstance(old, Mapping) else ""
     try:
         for target in dict.fromkeys(t for t in (previous, target_name(body)) if t):
             rerender_target(target, namespace)
         refresh(namespace, meta["name"])
     except ApiError as err:
+        metrics.RECONCILES.labels(kind=KIND, result="retry").inc()
         raise kopf.TemporaryError(f"{err.reason}: {err.message}", delay=backoff(retry)) from err
+    metrics.RECONCILES.labels(kind=KIND, result="ok").inc()
 
 
 @kopf.on.event(GROUP, VERSION, "explainerspecs")

@@ -106,7 +106,8 @@ def readiness(reports: list[PodReport], sidecar: str, ready_reason: str,
     ready = [r for r in answered if r.report and r.report.get("ready")
              and not r.report.get("error")]
     unreachable = [f"{r.pod} ({r.error})" for r in reports if r.report is None]
-    note = f"; no answer from {', '.join(unreachable)}" if unreachable else ""
+    more = f" and {len(unreachable) - 5} more" if len(unreachable) > 5 else ""
+    note = f"; no answer from {', '.join(unreachable[:5])}{more}" if unreachable else ""
     if ready:
         return True, ready_reason, f"{ready_text} by {len(ready)}/{len(reports)} pods{note}"
     if not reports:
