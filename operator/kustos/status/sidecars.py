@@ -3,6 +3,7 @@ Ready/Degraded conditions. Pure: the controller collects, this judges."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,6 +11,8 @@ from typing import Any
 
 from .conditions import get_condition, set_condition
 from .modeldeployment import Failure, Notice
+
+_REASON = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def sidecar_failure(reports: list[PodReport]) -> Failure | None:
         err = (r.report or {}).get("error")
         if isinstance(err, Mapping) and err.get("reason"):
             reason = str(err["reason"])
-            if not reason.isidentifier():
+            if not _REASON.fullmatch(reason):  # a condition reason must be CamelCase
                 reason = "SidecarError"
             return Failure(reason, f"{err.get('message') or reason} (reported by pod {r.pod})")
     return None
