@@ -84,6 +84,12 @@ def test_explainer_follows_the_explainerspec(kube: Kube, fast: Operator, namespa
     time.sleep(3.5)
     assert before == [kube.get(k, n, namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
                       for k, n in (("explainerspec", "iris-x"), ("deployment", "iris"))]
+    # An operator restart resumes both objects and re-renders nothing.
+    generation = kube.get("deployment", "iris", namespace)["metadata"]["generation"]  # type: ignore[index]
+    fast.restart()
+    time.sleep(3)
+    assert kube.get("deployment", "iris", namespace)["metadata"]["generation"] == generation  # type: ignore[index]
+    assert "explainer" in containers(kube, "iris", namespace)
     # The ModelDeployment object itself was never edited.
     md = kube.get("md", "iris", namespace)
     assert md is not None and md["metadata"]["generation"] == 1
