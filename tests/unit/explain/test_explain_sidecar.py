@@ -224,3 +224,44 @@ def test_model_that_cannot_load(zoo: Zoo, in_thread: Start, tmp_path: Path) -> N
     joblib.dump(t.est, pickled)
     car = in_thread(pickled, "m", t.background.as_uri(), "--method", "shap-kernel")
     assert_reported(car, MODEL_LOAD_FAILED, "refusing to unpickle")
+
+
+def test_label_column_feeds_permutation_importance(zoo: Zoo, in_thread: Start,
+                                                  tmp_path: Path) -> None:
+    from sklearn.datasets import load_diabetes
+
+    t = zoo.diabetes_lin
+    y = load_diabetes().target
+    table = np.hstack([t.x[:80], y[:80, None]])
+    bg = write_csv(tmp_path / "labelled.csv", [*t.names, "target"], table)
+    car = in_thread(t.skops, "m", bg.as_uri(), "--method", "shap-linear",
+                    "--label-column", "target", "--top-k", "3")
+    s = wait_status(car.port, lambda s: s["report"] is not None, timeout=60)
+    perm = s["report"]["permutationImportance"]
+    assert perm["target"] == "labels" and perm["scoring"] == "r2"
+    assert perm["baseline"] == pytest.approx(t.est.score(t.x[:80], y[:80]), abs=1e-5)
+    assert len(s["globalImportance"]) == 3
+    assert s["report"]["meanAbsShap"]["constant"] == 0.0
+
+
+def test_npy_background_and_feature_names_flag(zoo: Zoo, in_thread: Start,
+                                               tmp_path: Path) -> None:
+    t = zoo.iris_lr
+    np.save(tmp_path / "bg.npy", t.x[::3])
+    names = ["sl", "sw", "pl", "pw", "const"]
+    car = in_thread(t.skops, "m", (tmp_path / "bg.npy").as_uri(), "--method",
+                    "shap-permutation", "--feature-names", ",".join(names),
+                    "--global-interval", "0")
+    wait_status(car.port, lambda s: s["ready"], timeout=60)
+    code, body = request(car.port, "POST", "/v1/models/m:explain",
+                         {"instances": [dict(zip(names, map(float, t.x[70]), strict=True))]})
+    assert code == 200, body
+    assert body["feature_names"] == names and body["output_kind"] == "probability"
+    row = body["explanations"][0]["outputs"]
+    proba = t.est.predict_proba(t.x[70:71])[0]
+    for k, o in enumerate(row):
+        assert o["output_value"] == pytest.approx(proba[k], abs=1e-12)
+        assert o["base_value"] + sum(o["attributions"].values()) == pytest.approx(
+            o["output_value"], abs=1e-9)
+        assert o["attributions"]["const"] == pytest.approx(0.0, abs=1e-12)
+    assert status(car.port)["report"] is None  # --global-interval 0: no global report
