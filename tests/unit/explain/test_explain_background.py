@@ -128,3 +128,26 @@ def test_fetch_verifies_the_digest(tmp_path: Path) -> None:
     p = problem(fetch_background, (tmp_path / "missing.csv").as_uri(), None, tmp_path / "w3",
                 retries=0)
     assert p.reason == BACKGROUND_FETCH_FAILED and "not found" in p.message
+
+
+def test_fetch_over_http(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    src = write_csv(served / "bg.csv", ["a", "b", "c"], ROWS)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/bg.csv"
+        path = fetch_background(url, sha256(src), tmp_path / "work")
+        np.testing.assert_array_equal(read_background(path, 100).data, ROWS)
+        p = problem(fetch_background, url.replace("bg.csv", "gone.csv"), None,
+                    tmp_path / "work", retries=0)
+        assert p.reason == BACKGROUND_FETCH_FAILED and "404" in p.message
+    finally:
+        server.shutdown()
+        server.server_close()
