@@ -111,9 +111,10 @@ def test_restricted_namespace_admits_pods_with_both_sidecars(
     assert server["args"][server["args"].index("--drift-url") + 1] == \
         "http://127.0.0.1:8091/v1/inputs"
     # Both pods are polled; neither answers (no process runs in kwok's pods): noted.
-    cond = wait_condition(kube, "driftmonitor", "strict", namespace, "Ready", "False",
-                          "SidecarUnreachable")
-    assert all(p["metadata"]["name"] in cond["message"] for p in pods)
+    wait_for("both pods named unreachable", lambda: (
+        c := kube.condition("driftmonitor", "strict", namespace, "Ready"))
+        and c["reason"] == "SidecarUnreachable"
+        and all(p["metadata"]["name"] in c["message"] for p in pods))
     kube.run("delete", "driftmonitor/strict", "-n", namespace)
     wait_for("drift sidecar removed", lambda: "drift" not in containers(
         kube, "strict", namespace))
