@@ -6,10 +6,11 @@ Not a test (not part of `make test`). Run from the repository, with wrk installe
 
     .venv/bin/python tests/bench/bench_drift.py [--duration 10] [--rounds 2]
 
-(a) LogisticRegression on iris (the cheapest model, so the hand-off's cost shows most), one
-`kustos serve` worker pinned to CPU 0; wrk (1 thread, single-row V2 requests) and the
-sidecar (ks, window 500) pinned to CPU 1, as a sidecar container has its own CPU budget.
-"without" and "with" alternate, `--rounds` times per concurrency. Target: with the sidecar,
+(a) LogisticRegression on iris (the cheapest model, so the hand-off's cost shows most; or
+`--model forest`, a 100-tree forest on breast_cancer), one `kustos serve` worker pinned to
+CPU 0; wrk (1 thread, single-row V2 requests) and the sidecar (ks, window 500) pinned to
+CPU 1, as a sidecar container has its own CPU budget. "without" and "with" alternate,
+`--rounds` times per concurrency. Target: with the sidecar,
 requests/s within 5% of without. (b) runs in the drift venv (alibi-detect) on
 breast_cancer's first 20 features (569 reference rows; the window is 500 rows drawn from
 them), timing the detector's build and its evaluation of one window.
@@ -91,19 +92,18 @@ def serving(args: argparse.Namespace, venv: Path, work: Path) -> list[dict[str, 
     sys.path.insert(0, str(HERE))
     import numpy as np
     from bench_serving import LUA, Server, free_port, parse_wrk, pinned, run_wrk
-    from sklearn.datasets import load_iris
     from train_model import save, train
 
-    model, X = train("logreg")
+    model, X = train(args.model)
     save(model, str(work / "model.skops"))
-    names = list(load_iris().feature_names)
-    ref = work / "iris.csv"
+    names = [f"f{i}" for i in range(X.shape[1])]
+    ref = work / "reference.csv"
     np.savetxt(ref, X, delimiter=",", header=",".join(n.replace(",", " ") for n in names),
                comments="", fmt="%.17g")
     row = X[len(X) // 2].tolist()
     script = work / "request.lua"
-    body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
-                                   "data": row}]})
+    body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, len(row)],
+                                   "datatype": "FP64", "data": row}]})
     script.write_text(LUA.format(body=json.dumps(body)))
     kustos = str(REPO / ".venv" / "bin" / "kustos")
 
@@ -111,8 +111,9 @@ def serving(args: argparse.Namespace, venv: Path, work: Path) -> list[dict[str, 
     sidecar = Server("drift", pinned("1", [
         str(venv / "bin" / "kustos"), "drift", "--detector", "ks", "--reference-uri", str(ref),
         "--window-size", "500", "--host", "127.0.0.1", "--port", str(drift_port),
-        "--work-dir", str(work / "drift"), "--name", "iris"]), {}, drift_port,
+        "--work-dir", str(work / "drift"), "--name", args.model]), {}, drift_port,
         "/v2/health/ready", work / "drift.log", work)
+    model_name = args.model
     results: list[dict[str, Any]] = []
     try:
         sidecar.wait_ready(300)
@@ -121,22 +122,25 @@ def serving(args: argparse.Namespace, venv: Path, work: Path) -> list[dict[str, 
                 for mode in ("without", "with"):
                     port = free_port()
                     argv = [kustos, "serve", "--model", str(work / "model.skops"), "--name",
-                            "iris", "--port", str(port), "--log-level", "warning"]
+                            model_name, "--port", str(port), "--log-level", "warning"]
                     if mode == "with":
                         argv += ["--drift-url", f"http://127.0.0.1:{drift_port}/v1/inputs"]
                     server = Server(f"serve-{mode}", pinned("0", argv), {}, port,
                                     "/v2/health/ready", work / f"serve-{mode}.log", work)
                     try:
                         server.wait_ready()
-                        before = status(drift_port)["inputsAccepted"]
-                        url = f"http://127.0.0.1:{port}/v2/models/iris/infer"
+                        url = f"http://127.0.0.1:{port}/v2/models/{model_name}/infer"
                         run_wrk(url, script, c, args.warmup, "1")
+                        time.sleep(0.5)
+                        before = status(drift_port)
                         rps, p50, p99, n = parse_wrk(run_wrk(url, script, c, args.duration, "1"))
                         time.sleep(1.0)  # let the hand-off drain before counting
+                        after = status(drift_port)
                         results.append({
                             "concurrency": c, "round": rnd + 1, "mode": mode, "rps": rps,
                             "p50_ms": p50, "p99_ms": p99, "requests": n,
-                            "sidecar_rows": status(drift_port)["inputsAccepted"] - before,
+                            "sidecar_rows": after["inputsAccepted"] - before["inputsAccepted"],
+                            "sidecar_posts": after["posts"] - before["posts"],
                             "serve_dropped": dropped_by_serve(port)})
                         print(json.dumps(results[-1]), file=sys.stderr)
                     finally:
@@ -152,19 +156,22 @@ def serving(args: argparse.Namespace, venv: Path, work: Path) -> list[dict[str, 
 def markdown(serve: list[dict[str, Any]], detect: list[dict[str, Any]], loadavg: str) -> str:
     lines = ["### Serving with and without the drift sidecar", "",
              "| concurrency | without (req/s) | with (req/s) | ratio | p99 without (ms) | "
-             "p99 with (ms) | rows the sidecar got | dropped by serve |",
-             "|---|---|---|---|---|---|---|---|"]
+             "p99 with (ms) | rows the sidecar got | requests per POST | dropped by serve |",
+             "|---|---|---|---|---|---|---|---|---|"]
     rows = [r for r in serve if "concurrency" in r]
     for c in sorted({r["concurrency"] for r in rows}):
         wo = [r for r in rows if r["concurrency"] == c and r["mode"] == "without"]
         wi = [r for r in rows if r["concurrency"] == c and r["mode"] == "with"]
         a = statistics.mean(r["rps"] for r in wo)
         b = statistics.mean(r["rps"] for r in wi)
+        per_post = (sum(r["sidecar_rows"] for r in wi)
+                    / max(1, sum(r["sidecar_posts"] for r in wi)))
         lines.append(
             f"| {c} | {a:,.0f} | {b:,.0f} | {b / a:.3f} | "
             f"{statistics.mean(r['p99_ms'] for r in wo):.2f} | "
             f"{statistics.mean(r['p99_ms'] for r in wi):.2f} | "
             f"{sum(r['sidecar_rows'] for r in wi):,} of {sum(r['requests'] for r in wi):,} | "
+            f"{per_post:.1f} | "
             f"{sum(r['serve_dropped'] for r in wi):,.0f} |")
     lines += ["", f"Load average during the run: {loadavg}.", "",
               "### One 500-row x 20-feature window", "",
@@ -182,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="without/with pairs per level (2)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
     p.add_argument("--repeats", type=int, default=3, help="evaluations per detector (3)")
+    p.add_argument("--model", choices=("logreg", "forest"), default="logreg",
+                   help="logreg (iris, 4 features) or forest (100 trees, breast_cancer, 30)")
+    p.add_argument("--skip-detect", action="store_true", help="only part (a)")
     p.add_argument("--detect-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.detect_only:  # inside the drift venv
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     venv = Path(subprocess.run(["bash", str(REPO / "hack" / "drift-env.sh"), str(REPO)],
                                check=True, capture_output=True, text=True).stdout.split()[-1])
-    detect = json.loads(subprocess.run(
+    detect = [] if args.skip_detect else json.loads(subprocess.run(
         [str(venv / "bin" / "python"), __file__, "--detect-only", "--repeats",
          str(args.repeats)], check=True, capture_output=True, text=True,
         timeout=1200).stdout.splitlines()[-1])

@@ -155,9 +155,11 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
     from kustos.runtime.server.http import HttpServer
 
     metrics = DriftMetrics(args.name)
+    # cvm-online's threshold is a statistic, known once the detector has run
+    threshold = float("nan") if args.detector == "cvm-online" else args.p_value
     monitor = Monitor(args.detector, args.name,
                       Window(args.window_size, args.window_max_age, args.window_min_rows),
-                      metrics, args.p_value, args.max_pending_windows)
+                      metrics, threshold, args.max_pending_windows)
     server = HttpServer(DriftApp(monitor), max_body=args.max_body_bytes)
     loop = asyncio.get_running_loop()
     if stop is None:

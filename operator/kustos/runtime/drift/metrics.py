@@ -41,6 +41,8 @@ class DriftMetrics:
         self.dropped = Counter("kustos_drift_inputs_dropped",
                                "Input rows dropped because evaluation fell behind",
                                ["model"], registry=r).labels(model)
+        self.posts = Counter("kustos_drift_posts", "POST /v1/inputs requests accepted",
+                             ["model"], registry=r).labels(model)
         self.inputs = Counter("kustos_drift_inputs", "Input rows accepted", ["model"],
                               registry=r).labels(model)
         self.episodes = Counter("kustos_drift_episodes", "Drift episodes started",

@@ -48,6 +48,7 @@ class Monitor:
         self.episodes = 0
         self.dropped = 0
         self.accepted = 0
+        self.posts = 0
         self.evaluating = False
         self._worker = threading.Thread(target=self._run, name="kustos-drift-eval", daemon=True)
         self._worker.start()
@@ -75,6 +76,8 @@ class Monitor:
     # -- inputs (event-loop thread)
     def add(self, rows: Array) -> None:
         self.accepted += len(rows)
+        self.posts += 1
+        self.metrics.posts.inc()
         self.metrics.inputs.inc(len(rows))
         for closed in self.window.add(rows):
             self._submit(closed)
@@ -183,6 +186,7 @@ class Monitor:
                            "maxAgeSeconds": self.window.max_age,
                            "minRows": self.window.min_rows},
                 "inputsAccepted": self.accepted,
+                "posts": self.posts,
                 "inputsDropped": self.dropped,
                 "detectedAtRow": r.detected_at_row if r else None,
             }
