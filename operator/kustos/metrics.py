@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter("kustos_operator_reconciles_total", "Reconciles by kind and result",
                      ["kind", "result"])
@@ -15,3 +15,7 @@ API_WRITES = Counter("kustos_operator_api_writes_total",
                      "Write requests to the Kubernetes API by verb", ["verb"])
 CHILDREN_APPLIED = Counter("kustos_operator_children_applied_total",
                            "Child objects applied because they differed, by kind", ["kind"])
+SIDECAR_POLLS = Counter("kustos_operator_sidecar_polls_total",
+                        "Status requests to explainer / drift sidecars by result", ["result"])
+PEERING_ACTIVE = Gauge("kustos_operator_peering_active",
+                       "1 while this replica's background loops act (always when standalone)")

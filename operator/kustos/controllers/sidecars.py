@@ -21,6 +21,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from kustos import metrics
 from kustos.api.v1alpha1 import GROUP, VERSION, ModelDeploymentSpec
 from kustos.k8s import client
 from kustos.k8s.client import ApiError
@@ -28,6 +29,7 @@ from kustos.render.meta import COMPONENT, INSTANCE
 from kustos.render.sidecars import active_for, target_name
 from kustos.status.sidecars import PodReport, Wiring
 
+from . import peering
 from .context import backoff, config
 from .modeldeployment import rerender
 
@@ -112,6 +114,12 @@ def ready_pods(md_name: str, namespace: str, container: str) -> list[tuple[str, 
 
 
 def _get(pod: str, url: str, timeout: float) -> PodReport:
+    report = _fetch(pod, url, timeout)
+    metrics.SIDECAR_POLLS.labels(result="error" if report.error else "ok").inc()
+    return report
+
+
+def _fetch(pod: str, url: str, timeout: float) -> PodReport:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             data = json.loads(resp.read(4 << 20))
@@ -158,7 +166,9 @@ def _run_once() -> None:
 def _loop() -> None:
     interval = config().sidecars.collect_interval
     while not _STOP.wait(interval):
-        _run_once()
+        # A standby peer leaves polling, status, Events and Jobs to the active one.
+        if peering.is_active():
+            _run_once()
 
 
 @kopf.on.startup()

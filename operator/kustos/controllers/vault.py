@@ -47,6 +47,7 @@ from kustos.status.conditions import get_condition, set_condition, timestamp
 from kustos.vault import client as vault_client
 from kustos.vault.client import Login, VaultError
 
+from . import peering
 from .attachments import AttachmentProblem, contributor
 from .children import owned_by
 from .context import backoff, config
@@ -463,6 +464,9 @@ def _run(entry: _Entry) -> None:
 
 def _loop(pool: ThreadPoolExecutor) -> None:
     while not _STOP.wait(0.5):
+        # A standby peer leaves the syncs to the active one; what is due runs on take-over.
+        if not peering.is_active():
+            continue
         now = time.monotonic()
         with _ENTRIES_LOCK:
             due = [e for e in _ENTRIES.values() if not e.running and e.next_at <= now]
