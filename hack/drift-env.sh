@@ -7,10 +7,10 @@
 # The venv lives in ${KUSTOS_CACHE:-~/.cache/kustos}/venvs/drift-<key>/, where <key> hashes
 # images/drift-requirements.txt, this script, the Python version and the repository path
 # (kustos is installed editable from REPO, so the repo's code changes need no rebuild).
-# A changed key builds a new venv and removes the older drift-* ones. The venv is used
-# only after its marker file is written, so an interrupted build is redone; a lock keeps
-# two concurrent callers from building it twice. Environment: PYTHON (python3.11 or
-# python3), KUSTOS_CACHE.
+# A changed key builds a new venv and removes this repository's older drift-* ones (other
+# clones keep theirs). The venv is used only after its marker file is written, so an
+# interrupted build is redone; a lock keeps two concurrent callers from building it twice.
+# Environment: PYTHON (python3.11 or python3), KUSTOS_CACHE.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,8 +40,11 @@ fi
 
 echo "drift-env: building $VENV (log: $CACHE/drift.build.log)" >&2
 rm -rf "$VENV"
-for old in "$CACHE"/drift-*/; do  # superseded builds: ~2 GB each
-  [[ -d "$old" && "${old%/}" != "$VENV" ]] && rm -rf "$old"
+for old in "$CACHE"/drift-*/; do  # this repo's superseded or unfinished builds: ~2.4 GB each
+  [[ -d "$old" && "${old%/}" != "$VENV" ]] || continue
+  if [[ ! -f "$old/$MARKER" ]] || grep -qF "\"repo\": \"$REPO\"" "$old/$MARKER"; then
+    rm -rf "$old"
+  fi
 done
 started=$SECONDS
 {
@@ -60,7 +63,7 @@ started=$SECONDS
 }
 seconds=$((SECONDS - started))
 size="$(du -sm "$VENV" | cut -f1)"
-printf '{"key": "%s", "build_seconds": %d, "size_mb": %d}\n' "$key" "$seconds" "$size" \
-  >"$VENV/$MARKER"
+printf '{"key": "%s", "repo": "%s", "build_seconds": %d, "size_mb": %d}\n' \
+  "$key" "$REPO" "$seconds" "$size" >"$VENV/$MARKER"
 echo "drift-env: built in ${seconds}s, ${size} MB" >&2
 echo "$VENV"
