@@ -1,0 +1,138 @@
+"""Two real operator replicas in one kopf peering: the sidecar collection loop (a thread
+outside kopf's handlers) polls only on the active replica, stops on a replica that a
+higher-priority one displaces, and resumes there when the higher one stops."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import REPO
+from conftest import OPERATOR_LOGS, Kube, Operator, wait_for
+from sidecar_helpers import (
+    COLLECT_INTERVAL,
+    Sidecars,
+    containers,
+    model_deployment,
+    ready_pods_with,
+    sidecars_fixture,
+    train_iris,
+)
+
+pytestmark = pytest.mark.integration
+
+PEERING_CRDS = REPO / "charts" / "kustos" / "crds" / "kopf.dev_peerings.yaml"
+POLLS = "kustos_operator_sidecar_polls_total"
+ACTIVE = "kustos_operator_peering_active"
+
+
+class Peer(Operator):
+    """`kustos run --peering NAME --priority P` on one namespace, with its own log."""
+
+    def __init__(self, kubeconfig: Path, peering: str, priority: int, namespace: str,
+                 config: Path) -> None:
+        super().__init__(kubeconfig)
+        self.peering, self.priority, self.namespace, self.config = \
+            peering, priority, namespace, config
+        self.log_path = OPERATOR_LOGS / f"operator-peer-{peering}-{priority}.log"
+
+    def start(self, namespaces: list[str] | None = None) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+               "KUSTOS_CONFIG": str(self.config)}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kustos.cli", "run", "--namespace", self.namespace,
+             "--peering", self.peering, "--priority", str(self.priority),
+             "--metrics-bind", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+             "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for(f"operator priority {self.priority} liveness", self._live, timeout=60)
+
+    def polls(self) -> float:
+        return self.metric(POLLS)
+
+    def active(self) -> bool:
+        return self.metric(ACTIVE) == 1
+
+
+@pytest.fixture
+def sidecars() -> Iterator[Sidecars]:
+    yield from sidecars_fixture()
+
+
+def explainer_spec(name: str, namespace: str, target: str,
+                   iris: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"targetRef": {"name": target}, "method": "shap-tree",
+                     "background": {"uri": f"file://{iris['csv']}",
+                                    "digest": iris["csv_digest"], "maxSamples": 20},
+                     "featureNames": iris["names"]}}
+
+
+def ensure_peering_crds(kube: Kube) -> None:
+    """Kopf's peering CRDs are cluster-scoped and shared: applied when missing, kept."""
+    if kube.run("get", "crd", "kopfpeerings.kopf.dev", check=False).returncode != 0:
+        kube.run("apply", "--server-side", "--field-manager=kustos-crds", "-f",
+                 str(PEERING_CRDS))
+        kube.run("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev",
+                 "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+
+
+def test_only_the_active_peer_polls_and_the_standby_takes_over(
+        kube: Kube, kubeconfig: Path, namespace: str, tmp_path: Path,
+        sidecars: Sidecars) -> None:
+    ensure_peering_crds(kube)
+    name = f"kustos-{uuid.uuid4().hex[:6]}"
+    kube.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                "metadata": {"name": name, "namespace": namespace}})
+    config = tmp_path / "operator-config.yaml"
+    config.write_text(yaml.safe_dump({"sidecars": {"collect_interval": COLLECT_INTERVAL,
+                                                   "collect_timeout": 1.0}}))
+    iris = train_iris(tmp_path)
+    low = Peer(kubeconfig, name, 100, namespace, config)
+    high = Peer(kubeconfig, name, 200, namespace, config)
+    try:
+        # The low-priority replica alone: it acts, learns the ExplainerSpec and polls.
+        low.start()
+        wait_for("low replica active", low.active, timeout=30)
+        kube.apply(model_deployment("iris", namespace, iris))
+        kube.apply(explainer_spec("iris-x", namespace, "iris", iris))
+        side = wait_for("explainer sidecar rendered",
+                        lambda: containers(kube, "iris", namespace).get("explainer"))
+        pod = ready_pods_with(kube, "iris", namespace, "explainer")[0]
+        sidecars.start(side, pod, iris, tmp_path)
+        wait_for("low replica polls the sidecar",
+                 lambda: low.metric(f'{POLLS}{{result="ok"}}') >= 2, timeout=30)
+
+        # A higher-priority replica joins: the low one becomes standby; its collection
+        # thread still knows the ExplainerSpec but must stop polling.
+        high.start()
+        wait_for("high replica active, low standby",
+                 lambda: high.active() and not low.active(), timeout=30)
+        wait_for("high replica polls", lambda: high.polls() >= 1, timeout=30)
+        low_before, high_before = low.polls(), high.polls()
+        time.sleep(5)
+        assert low.polls() == low_before, "the standby replica kept polling"
+        assert high.polls() >= high_before + 3, "the active replica did not poll every second"
+        assert "is standby: background loops wait" in low.log_path.read_text()
+
+        # The active replica stops (it removes its keep-alive): the standby takes over.
+        high.stop()
+        wait_for("low replica polls again",
+                 lambda: low.polls() >= low_before + 2, timeout=30)
+        assert low.active()
+        peers = (kube.get("kopfpeering", name, namespace) or {}).get("status") or {}
+        assert [p["priority"] for p in peers.values()] == [100]
+    finally:
+        high.stop()
+        low.stop()
+        kube.run("delete", "kopfpeering", name, "-n", namespace, "--wait=false", check=False)
