@@ -42,7 +42,7 @@ class AppOptions:
     explainer_timeout: float = 30.0
     batching: bool = True
     max_batch_rows: int = 256
-    drift_queue: int = 1024
+    drift_queue: int = 8192
 
 
 def _seldon_path(path: str) -> bool:
