@@ -10,7 +10,8 @@ replica acts when no other live peer has a priority >= its own (kopf pauses tied
 too). Two deliberate differences, both on the safe side: a replica whose own keep-alive is
 not (yet) in the object does not act, so no one acts before the others can see it; and
 when the object cannot be read, or is missing in a watched namespace (kopf stays paused
-then as well), the replica does not act.
+then as well), the replica does not act. A reading is cached for CACHE_SECONDS, and a
+replica that wins acts only CACHE_SECONDS later, when the one it displaces has stepped down.
 """
 
 from __future__ import annotations
@@ -50,18 +51,19 @@ class Me:
 
 _ME: Me | None = None
 _LOCK = threading.Lock()
-_CACHED: tuple[float, bool] | None = None  # (monotonic time, active)
-_LAST: bool | None = None
+_CACHED: tuple[float, bool] | None = None  # (monotonic time, kopf's rule says act)
+_WON_AT = 0.0  # monotonic time the rule last turned to "act"
+_LAST: bool | None = None  # what is_active last answered
 
 
 def configure(name: str | None, priority: int, *, clusterwide: bool,
               namespaces: list[str]) -> Identity:
     """Remember who this process is in peering ``name`` (None: standalone, always active);
     the identity to give kopf.run, so both name this process the same way."""
-    global _ME, _CACHED, _LAST
+    global _ME, _CACHED, _WON_AT, _LAST
     identity = detect_own_id(manual=False)
     _ME = None if name is None else Me(name, identity, priority, clusterwide, tuple(namespaces))
-    _CACHED, _LAST = None, None
+    _CACHED, _WON_AT, _LAST = None, 0.0, None
     metrics.PEERING_ACTIVE.set(1 if name is None else 0)
     return identity
 
@@ -138,15 +140,20 @@ def _evaluate(me: Me) -> bool:
 
 def is_active() -> bool:
     """Should this process's background loops act now? Always when standalone."""
-    global _CACHED, _LAST
+    global _CACHED, _WON_AT, _LAST
     me = _ME
     if me is None:
         return True
     with _LOCK:
-        if _CACHED is not None and time.monotonic() - _CACHED[0] < CACHE_SECONDS:
-            return _CACHED[1]
-        active = _evaluate(me)
-        _CACHED = (time.monotonic(), active)
+        now = time.monotonic()
+        if _CACHED is None or now - _CACHED[0] >= CACHE_SECONDS:
+            won = _evaluate(me)
+            if won and not (_CACHED and _CACHED[1]):
+                _WON_AT = now
+            _CACHED = (now, won)
+        # Act only once the peer this one displaces has had a full reading to step down:
+        # its cached "active" is at most CACHE_SECONDS old.
+        active = _CACHED[1] and now - _WON_AT >= CACHE_SECONDS
         if active != _LAST:
             log.info("peering %s: this replica (priority %d) is %s", me.name, me.priority,
                      "active: background loops run" if active
