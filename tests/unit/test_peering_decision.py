@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 
+from kustos import rbac
 from kustos.controllers import peering
 from kustos.controllers.peering import decide
 
@@ -81,3 +82,13 @@ def test_standalone_is_always_active() -> None:
     identity = peering.configure(None, 0, clusterwide=True, namespaces=[])
     assert identity
     assert peering.is_active()
+
+
+def test_the_peering_rules_allow_what_is_active_reads() -> None:
+    sets = rbac.rule_sets()
+    for mode, res in (("clusterWide", "clusterkopfpeerings"), ("namespaced", "kopfpeerings")):
+        assert any("kopf.dev" in r.api_groups and res in r.resources and "get" in r.verbs
+                   for r in sets[mode]["peering"]), mode
+    # Namespaced mode resolves --namespace globs as kopf does.
+    assert any("namespaces" in r.resources and "list" in r.verbs
+               for rules in sets["namespaced"].values() for r in rules)

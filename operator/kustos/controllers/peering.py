@@ -120,11 +120,13 @@ def _namespaces(me: Me) -> list[str]:
 
 def _evaluate(me: Me) -> bool:
     bodies: list[tuple[str | None, dict[str, Any] | None]]
+    # One kind per mode, as the RBAC rules grant it: rbac.PEERING_CLUSTER / _NAMESPACED.
+    kind = "ClusterKopfPeering" if me.clusterwide else "KopfPeering"
     try:
         if me.clusterwide:
-            bodies = [(None, client.get("ClusterKopfPeering", me.name))]
+            bodies = [(None, client.get(kind, me.name))]
         else:
-            bodies = [(ns, client.get("KopfPeering", me.name, ns)) for ns in _namespaces(me)]
+            bodies = [(ns, client.get(kind, me.name, ns)) for ns in _namespaces(me)]
     except Exception as err:  # fail safe: unknown means standby, whatever the cause
         log.warning("peering %s unreadable, background loops wait: %s: %s", me.name,
                     type(err).__name__, err)
