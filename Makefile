@@ -40,6 +40,17 @@ tools: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, k
 crds: venv ## regenerate crds/ from the pydantic models
 	@$(BIN)/kustos crds --write crds
 
+.PHONY: docs
+docs: venv ## regenerate docs/reference/crds.md from the pydantic models
+	@$(BIN)/python -m kustos.api.refdoc --write docs/reference/crds.md
+
+.PHONY: chart
+chart: crds ## regenerate the chart's CRD copy and golden renders, and manifests/install/
+	@$(BIN)/python -m kustos.rbac --write charts/kustos/files/rbac-rules.yaml
+	@$(BIN)/python manifests/monitoring/gen-monitoring.py
+	@PYTHON=$(BIN)/python bash hack/gen-chart.sh
+	@PYTHON=$(BIN)/python bash hack/gen-manifests.sh
+
 .PHONY: lint
 lint: venv ## ruff and mypy
 	@echo "==> ruff"
@@ -83,9 +94,13 @@ unit: venv ## unit tests (no cluster)
 	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv tools lint ## lint, unit, runtime and integration tests against the real control plane
+test: venv tools lint drift-env ## lint, unit, runtime and integration tests against the real control plane
 	@echo "==> tests"
-	@$(BIN)/pytest tests/unit tests/runtimes tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
+	@$(BIN)/pytest tests/unit tests/runtimes tests/drift tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
+
+.PHONY: drift-env
+drift-env: ## the drift sidecar's own venv (alibi-detect needs numpy < 2), in ~/.cache/kustos
+	@bash hack/drift-env.sh >/dev/null
 
 .PHONY: bench
 bench: venv ## serving benchmark: kustos serve vs MLServer vs a bare baseline
