@@ -27,6 +27,69 @@ class Images(BaseModel):
     tfserving: str = "docker.io/tensorflow/serving:2.17.0"
     torchserve: str = "docker.io/pytorch/torchserve:0.12.0-cpu"
     fetch: str = DEFAULT_IMAGE
+    explain: str = DEFAULT_IMAGE
+    # alibi-detect pins numpy<2: the drift sidecar has an image (environment) of its own.
+    drift: str = "ghcr.io/kustos-dev/kustos-drift:0.1.0"
+
+
+class SidecarSettings(BaseModel):
+    """The explainer and drift sidecars, and how the operator collects their reports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # How often each ExplainerSpec / DriftMonitor polls its target's pods (seconds).
+    collect_interval: float = Field(default=30.0, gt=0, le=3600)
+    # Per-pod HTTP timeout of that poll (seconds); an unreachable pod is skipped.
+    collect_timeout: float = Field(default=2.0, gt=0, le=60)
+    explain_resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "1Gi"},
+        }
+    )
+    drift_resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "50m", "memory": "256Mi"},
+            "limits": {"memory": "1Gi"},
+        }
+    )
+    # Scratch space (/tmp) of each sidecar: fetched background / reference data.
+    scratch_size: str = "512Mi"
+
+
+class VaultSettings(BaseModel):
+    """How the operator reaches Vault for ModelDeployments in secrets sync mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Default address when spec.secrets.vault.address is unset.
+    address: str | None = None
+    # When set, spec.secrets.vault.address must be one of these (a ModelDeployment must not
+    # make the operator send ServiceAccount tokens to any server it names).
+    allowed_addresses: list[str] | None = None
+    # Audience of the ServiceAccount tokens the operator requests for the login.
+    audience: str = "vault"
+    # CA bundle (PEM file) to verify Vault's certificate; the system's when unset.
+    ca_cert: str | None = None
+    # Seconds per Vault request.
+    timeout: float = Field(default=10.0, gt=0, le=120)
+
+
+class NetworkPolicySettings(BaseModel):
+    """The NetworkPolicy rendered for each ModelDeployment's pods (ingress only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Namespaces (a LabelSelector) whose pods may call the serving port; None: every
+    # namespace of the cluster. The model's own namespace is always allowed.
+    serving_namespace_selector: dict[str, Any] | None = None
+    # Namespaces that may scrape the metrics port and the sidecars' /metrics; None: none
+    # beyond what may reach the serving port.
+    monitoring_namespace_selector: dict[str, Any] | None = Field(
+        default_factory=lambda: {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}})
+    # The operator's namespace: the only one that may reach the sidecars' status ports.
+    operator_namespace: str = "kustos-system"
 
 
 class OperatorConfig(BaseModel):
@@ -50,6 +113,9 @@ class OperatorConfig(BaseModel):
     )
     model_volume_size: str = "2Gi"
     history_limit: int = Field(default=10, ge=1, le=100)
+    sidecars: SidecarSettings = Field(default_factory=SidecarSettings)
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+    network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
 
 
 def load(path: str | Path | None = None) -> OperatorConfig:

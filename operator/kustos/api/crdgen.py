@@ -19,7 +19,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from kustos.api.v1alpha1 import GROUP, VERSION, DriftMonitor, ExplainerSpec, ModelDeployment
+from kustos.api.v1alpha1 import (
+    GROUP,
+    VERSION,
+    DriftMonitor,
+    ExplainerSpec,
+    GovernancePolicy,
+    ModelDeployment,
+)
 
 # Keys of JSON schema that a structural CRD schema does not take.
 _DROP = {"title", "const", "$defs", "examples"}
@@ -63,6 +70,9 @@ KINDS: list[Kind] = [
             _column("URL", "string", ".status.url", "In-cluster URL"),
             _column("Risk", "string", ".spec.governance.riskTier", "Risk tier", priority=1),
             _column("Owner", "string", ".spec.governance.owner", "Owner", priority=1),
+            _column("Compliant", "string",
+                    '.status.conditions[?(@.type=="PolicyCompliant")].status',
+                    "Whether the governance policies are met", priority=1),
             AGE,
         ],
         scale=True,
@@ -91,6 +101,17 @@ KINDS: list[Kind] = [
             _column("Windows", "integer", ".status.windowsEvaluated", "Windows tested", priority=1),
             AGE,
         ],
+    ),
+    Kind(
+        GovernancePolicy,
+        "governancepolicies",
+        ["gp"],
+        [
+            _condition_column("Ready", "Ready", "Whether the policy is in force"),
+            _column("Enforcement", "string", ".spec.enforcement", "Deny or Warn"),
+            AGE,
+        ],
+        scope="Cluster",
     ),
 ]
 

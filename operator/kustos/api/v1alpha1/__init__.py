@@ -3,10 +3,12 @@
 from .common import API_VERSION, GROUP, VERSION, Condition
 from .driftmonitor import DriftMonitor, DriftMonitorSpec, DriftMonitorStatus
 from .explainerspec import ExplainerSpec, ExplainerSpecSpec, ExplainerSpecStatus
+from .governancepolicy import GovernancePolicy, GovernancePolicySpec, GovernancePolicyStatus
 from .modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
 
 __all__ = [
     "API_VERSION", "GROUP", "VERSION", "Condition", "DriftMonitor", "DriftMonitorSpec",
     "DriftMonitorStatus", "ExplainerSpec", "ExplainerSpecSpec", "ExplainerSpecStatus",
+    "GovernancePolicy", "GovernancePolicySpec", "GovernancePolicyStatus",
     "ModelDeployment", "ModelDeploymentSpec", "ModelDeploymentStatus",
 ]

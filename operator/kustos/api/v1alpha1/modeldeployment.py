@@ -144,16 +144,18 @@ class AutoscalingSpec(KModel):
 class VaultItem(KModel):
     """One secret value from Vault KV v2."""
 
-    path: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")
-    """KV v2 path, e.g. secret/data/ml/credit-risk (mount/data/path)."""
-    key: str | None = Field(default=None, min_length=1, max_length=256)
+    path: str = Field(min_length=1, max_length=512, pattern=r"^[^\s\"]+$")
+    """KV v2 API path, e.g. secret/data/ml/credit-risk (mount/data/path)."""
+    key: str | None = Field(default=None, min_length=1, max_length=256,
+                            pattern=r"^[^\s\"{}]+$")
     """Key inside the secret; all keys (as JSON) when unset."""
     file: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
     """File name under the secrets mount (/var/run/secrets/kustos)."""
     env: str | None = Field(default=None, max_length=256, pattern=r"^[A-Z_][A-Z0-9_]*$")
-    """Also expose it as this environment variable (files are preferred)."""
+    """sync mode: also expose it as this environment variable (files are preferred)."""
     template: str | None = Field(default=None, max_length=8192)
-    """injector mode: a Vault Agent template for this file."""
+    """injector mode: a Vault Agent template for this file (default: the key's value, or
+    all keys as JSON)."""
 
 
 class VaultSpec(KModel):
@@ -164,19 +166,39 @@ class VaultSpec(KModel):
          "each item needs its own file name", ".items"),
         ("self.mode == 'injector' || self.items.all(i, !has(i.template))",
          "templates are for injector mode only", ".items"),
+        ("self.mode == 'sync' || self.items.all(i, !has(i.env))",
+         "env is for sync mode only (the Vault Agent writes files)", ".items"),
+        ("self.mode == 'injector' || self.items.all(i, i.path.contains('/data/'))",
+         "sync mode reads KV v2: each path must be MOUNT/data/PATH", ".items"),
+        ("self.items.all(i, i.file != '.' && i.file != '..' && !i.file.startsWith('..'))",
+         "a file name must not be '.', '..' or start with '..'", ".items"),
+        ("self.mode == 'sync' || self.items.all(i, size(i.file) <= 41 && "
+         "i.file.matches('^[a-zA-Z0-9]([-._a-zA-Z0-9]*[a-zA-Z0-9])?$'))",
+         "injector mode: a file name becomes part of an annotation key: at most 41 "
+         "characters, starting and ending with a letter or digit", ".items"),
     )
 
 
     mode: Literal["sync", "injector"] = "sync"
     """sync: the operator reads Vault and owns a Secret; injector: Vault Agent annotations."""
-    role: str = Field(min_length=1, max_length=256)
+    address: str | None = Field(default=None, max_length=512,
+                                pattern=r"^https?://[^\s/?#]+/?$")
+    """Vault's address (https://vault.example:8200). sync: defaults to the operator config's
+    vault.address; injector: the injector's own address when unset."""
+    role: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z0-9@]+$")
     """Vault Kubernetes auth role bound to the model's ServiceAccount."""
-    auth_path: str = Field(default="kubernetes", min_length=1, max_length=256)
-    """Mount path of the Kubernetes auth method."""
-    namespace: str | None = Field(default=None, max_length=256)
+    auth_path: str = Field(default="kubernetes", min_length=1, max_length=256,
+                           pattern=r"^[-_a-zA-Z0-9]+(/[-_a-zA-Z0-9]+)*$")
+    """Mount path of the Kubernetes auth method (without auth/)."""
+    namespace: str | None = Field(default=None, max_length=256,
+                                  pattern=r"^[-_a-zA-Z0-9]+(/[-_a-zA-Z0-9]+)*/?$")
     """Vault Enterprise / OpenBao namespace."""
+    audience: str | None = Field(default=None, min_length=1, max_length=256)
+    """Audience of the ServiceAccount token presented to Vault; the role's audience must
+    match. Defaults to the operator config's vault.audience ("vault")."""
     refresh_interval: Duration = "5m"
-    """sync mode: how often secrets are re-read; a new version rolls the pods."""
+    """sync mode: how often secrets are re-read (at least 5s); a new version rolls the
+    pods."""
     pre_populate_only: bool = False
     """injector mode: only the init container, no sidecar agent."""
     items: list[VaultItem] = Field(min_length=1, max_length=64)
@@ -230,6 +252,11 @@ class GovernanceSpec(KModel):
 class CanaryModel(KModel):
     """The canary's model; unset fields are taken from spec.model."""
 
+    model_config = validations(
+        ("!(self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')) || has(self.digest)",
+         "unpickling runs code: a .joblib/.pkl model needs a pinned digest", ".digest"),
+    )
+
     version: str = Field(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*)?$")
     """Canary model version."""
     uri: Uri
@@ -255,6 +282,9 @@ class ModelDeploymentSpec(KModel):
     model_config = validations(
         ("!has(self.governance) || self.governance.riskTier != 'high' || has(self.model.digest)",
          "riskTier high needs a pinned model digest", ".model.digest"),
+        ("!has(self.canary) || !has(self.governance) || self.governance.riskTier != 'high'"
+         " || has(self.canary.model.digest)",
+         "riskTier high needs a pinned canary model digest", ".canary.model.digest"),
         ("!has(self.canary) || self.replicas >= 2 || has(self.autoscaling)",
          "a canary needs at least 2 replicas", ".replicas"),
     )
@@ -283,15 +313,31 @@ class DeployedModel(KModel):
     """Model version."""
     digest: str | None = None
     """Model digest."""
+    uri: str | None = None
+    """Where the model file was fetched from (what `kustos rollback` restores)."""
     deployed_at: datetime | None = None
     """When this version was first rolled out."""
+
+
+class SecretVersion(KModel):
+    """The version of one synced Vault secret."""
+
+    path: str
+    """KV v2 path."""
+    version: int
+    """KV v2 version that was read."""
 
 
 class SecretsStatus(KModel):
     """Secret sync state: versions and times only, never values."""
 
     version: str | None = None
-    """Combined version of the synced Vault secrets."""
+    """Checksum over the item mapping and the versions read (never the values); the pod
+    template carries it, so a new version rolls the pods."""
+    versions: list[SecretVersion] | None = None
+    """The KV v2 version of each path, as last synced."""
+    secret_name: str | None = None
+    """The Secret the values were written to."""
     last_sync: datetime | None = None
     """Last successful sync."""
 
@@ -299,8 +345,8 @@ class SecretsStatus(KModel):
 class ModelDeploymentStatus(ResourceStatus):
     """Observed state of a ModelDeployment.
 
-    Conditions: Ready, Progressing, Degraded (later: ModelVerified, SecretsReady,
-    PolicyCompliant).
+    Conditions: Ready, Progressing, Degraded, SecretsReady (Vault sync mode),
+    PolicyCompliant (once a GovernancePolicy applies); later: ModelVerified.
     """
 
     replicas: int | None = None
@@ -317,6 +363,9 @@ class ModelDeploymentStatus(ResourceStatus):
     """Secret sync state."""
     history: list[DeployedModel] | None = None
     """The last deployed versions, newest first."""
+    approval: Approval | None = None
+    """The approval last recorded in the audit trail (an ApprovalChanged Event is posted
+    when spec.governance.approval differs from it)."""
 
 
 class ModelDeployment(KModel):
