@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -98,7 +99,24 @@ def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
         metrics.RECONCILE_SECONDS.labels(kind=KIND).observe(time.perf_counter() - started)
 
 
+# One render at a time per ModelDeployment: kopf serialises its own handler calls, but
+# rerender() runs from ExplainerSpec/DriftMonitor handlers; without this a render that
+# gathered its attachments earlier could apply after (and undo) a newer one.
+_RENDER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_RENDER_LOCKS_GUARD = threading.Lock()
+
+
+def _render_lock(meta: Mapping[str, Any]) -> threading.Lock:
+    with _RENDER_LOCKS_GUARD:
+        return _RENDER_LOCKS.setdefault((meta["namespace"], meta["name"]), threading.Lock())
+
+
 def _reconcile(body: Mapping[str, Any], retry: int) -> None:
+    with _render_lock(body["metadata"]):
+        _reconcile_locked(body, retry)
+
+
+def _reconcile_locked(body: Mapping[str, Any], retry: int) -> None:
     body = dict(body)
     try:
         attachments = gather(body)
@@ -127,6 +145,14 @@ def _reconcile(body: Mapping[str, Any], retry: int) -> None:
             _fail(body, "InvalidChild", err.message, permanent=True)
         _fail(body, "Forbidden" if err.status == 403 else "ApiError", err.message,
               permanent=False, retry=retry)
+
+
+def rerender(name: str, namespace: str) -> None:
+    """Reconcile a ModelDeployment again because something that attaches to its pods
+    changed (an ExplainerSpec or DriftMonitor targeting it); nothing if it is gone."""
+    md = client.get(KIND, name, namespace)
+    if md is not None and not md["metadata"].get("deletionTimestamp"):
+        _reconcile(md, 0)
 
 
 def _missing_references(body: Mapping[str, Any]) -> str | None:

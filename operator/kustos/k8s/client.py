@@ -134,8 +134,31 @@ def patch_status(kind: str, name: str, namespace: str | None, status: Mapping[st
     return result
 
 
+def patch(kind: str, name: str, namespace: str | None, body: Mapping[str, Any],
+          resource_version: str | None = None) -> dict[str, Any]:
+    """Merge-patch an object (a user's action such as `kustos rollback`, never a child);
+    with ``resource_version`` only if the object is still at that version (else 409)."""
+    payload: dict[str, Any] = dict(body)
+    if resource_version:
+        payload["metadata"] = {**payload.get("metadata", {}), "resourceVersion": resource_version}
+    result: dict[str, Any] = _call("PATCH", resource(kind).path(name, namespace), body=payload,
+                                   content_type="application/merge-patch+json")
+    return result
+
+
 def create(manifest: Mapping[str, Any]) -> dict[str, Any]:
     res = resource(manifest["kind"])
     result: dict[str, Any] = _call(
         "POST", res.collection(manifest["metadata"].get("namespace")), body=dict(manifest))
     return result
+
+
+def create_token(service_account: str, namespace: str, audience: str,
+                 seconds: int = 600) -> str:
+    """A short-lived token of a ServiceAccount for ``audience`` (TokenRequest API). The
+    caller must never log or store it."""
+    path = resource("ServiceAccount").path(service_account, namespace) + "/token"
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": seconds}}
+    result = _call("POST", path, body=body)
+    return str(result["status"]["token"])

@@ -30,6 +30,7 @@ _ALL = [
     Resource("v1", "Secret", "secrets"),
     Resource("v1", "ConfigMap", "configmaps"),
     Resource("v1", "Event", "events"),
+    Resource("v1", "Pod", "pods"),
     Resource("v1", "Namespace", "namespaces", namespaced=False),
     Resource("apps/v1", "Deployment", "deployments"),
     Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
@@ -39,12 +40,19 @@ _ALL = [
     Resource("kustos.dev/v1alpha1", "ModelDeployment", "modeldeployments"),
     Resource("kustos.dev/v1alpha1", "ExplainerSpec", "explainerspecs"),
     Resource("kustos.dev/v1alpha1", "DriftMonitor", "driftmonitors"),
+    Resource("kustos.dev/v1alpha1", "GovernancePolicy", "governancepolicies", namespaced=False),
+    Resource("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration",
+             "validatingwebhookconfigurations", namespaced=False),
+    Resource("authentication.k8s.io/v1", "SelfSubjectReview", "selfsubjectreviews",
+             namespaced=False),
+    Resource("kopf.dev/v1", "KopfPeering", "kopfpeerings"),
+    Resource("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False),
 ]
 BY_KIND: dict[str, Resource] = {r.kind: r for r in _ALL}
 
 # The kinds a ModelDeployment's children can have, in the order they are applied.
 MODEL_CHILD_KINDS = ["ServiceAccount", "Deployment", "Service", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget"]
+                     "PodDisruptionBudget", "NetworkPolicy"]
 
 
 def resource(kind: str) -> Resource:

@@ -14,6 +14,7 @@ from kustos.config import OperatorConfig
 
 from .attachments import NONE, Attachments
 from .meta import COMPONENT, INSTANCE, MANAGED, NAME, TRACK, child_meta, with_hash
+from .networkpolicy import render_network_policy
 from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
 
 PVC_MOUNT = "/mnt/pvc"
@@ -312,5 +313,7 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     children += [render_deployment(body, spec, t, config, autoscaled, attachments)
                  for t in split_tracks(name, spec)]
     children += [render_service(body), render_hpa(body, spec), render_pdb(body, spec)]
+    children.append(render_network_policy(body, config, runtime_ports(
+        serving_spec(name, spec, spec.model, config, attachments)), attachments.sidecars))
     children += [dict(c) for c in attachments.children]
     return [with_hash(c) for c in children if c is not None]

@@ -151,7 +151,8 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     }
     served = dict(old.get("model") or {})
     history = [dict(h) for h in old.get("history") or []]
-    current = {"version": spec.model.version, "digest": spec.model.digest}
+    # uri too: `kustos rollback` restores a history entry as it was deployed.
+    current = {"version": spec.model.version, "digest": spec.model.digest, "uri": spec.model.uri}
     # The served version changes when the stable rollout of a new version completes.
     if stable.done and (served.get("version"), served.get("digest")) != \
             (current["version"], current["digest"]):

@@ -30,7 +30,7 @@ def by_kind(objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def test_children_and_ownership() -> None:
     objs = render(body(replicas=1), OperatorConfig())
     kinds = by_kind(objs)
-    assert set(kinds) == {"ServiceAccount", "Deployment", "Service"}
+    assert set(kinds) == {"ServiceAccount", "Deployment", "Service", "NetworkPolicy"}
     for o in objs:
         meta = o["metadata"]
         assert meta["namespace"] == "ml"
