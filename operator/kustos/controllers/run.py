@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 from typing import Any
 
@@ -13,6 +14,7 @@ from prometheus_client import start_http_server
 from kustos import config as config_mod
 from kustos.render.meta import MANAGED, MANAGED_BY
 
+from . import peering
 from .context import set_config
 
 
@@ -31,8 +33,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peering", default=None,
                    help="kopf peering name, so that only one of several replicas acts "
                         "(needs the KopfPeering CRDs); standalone when unset")
+    p.add_argument("--priority", type=int, default=None,
+                   help="peering priority: the highest acts, the others wait (default: random,"
+                        " so replicas of one Deployment never tie; kopf pauses all tied peers)")
     p.add_argument("-v", "--verbose", action="store_true")
+    hook = p.add_argument_group("admission webhook (GovernancePolicy enforcement)")
+    hook.add_argument("--webhook", action="store_true",
+                      help="serve the validating admission webhook over HTTPS")
+    hook.add_argument("--webhook-port", type=int, default=9443, help="webhook port")
+    hook.add_argument("--webhook-bind", default="0.0.0.0", help="webhook listen address")
+    hook.add_argument("--webhook-host", action="append", default=[],
+                      help="name or IP the API server uses to reach the webhook (repeatable; "
+                           "the self-signed certificate's SANs; the first is the URL's host)")
+    hook.add_argument("--webhook-cert", help="serving certificate (PEM); self-signed if unset")
+    hook.add_argument("--webhook-key", help="private key of --webhook-cert (PEM)")
+    hook.add_argument("--webhook-configuration", metavar="NAME",
+                      help="register ValidatingWebhookConfiguration NAME pointing at "
+                           "https://HOST:PORT with this certificate (without it, the "
+                           "installation provides the configuration)")
+    hook.add_argument("--webhook-namespace-selector", metavar="K=V,...",
+                      help="namespaces the registered configuration covers (default: all "
+                           "but kube-system, kube-public, kube-node-lease)")
     return p
+
+
+_webhook_server: kopf.WebhookServer | None = None
 
 
 @kopf.on.startup()
@@ -50,6 +75,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 8
+    if _webhook_server is not None:
+        settings.admission.server = _webhook_server
 
 
 def main(argv: list[str]) -> int:
@@ -64,7 +91,19 @@ def main(argv: list[str]) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     set_config(config_mod.load(args.config))
     # Handlers register themselves on import.
-    from . import modeldeployment  # noqa: F401
+    from . import (  # noqa: F401
+        driftmonitor,
+        explainerspec,
+        governance,
+        modeldeployment,
+        vault,
+    )
+
+    if args.webhook:
+        problem = _setup_webhook(args)
+        if problem:
+            print(f"kustos run: {problem}", file=sys.stderr)
+            return 1
 
     if args.metrics_port:
         try:
@@ -74,11 +113,49 @@ def main(argv: list[str]) -> int:
                   f" {err.strerror}", file=sys.stderr)
             return 1
     namespaces = args.namespace
+    priority = args.priority if args.priority is not None else secrets.randbelow(2**31)
+    # The background loops outside kopf's handlers check the same peering (peering.py).
+    identity = peering.configure(args.peering, priority, clusterwide=not namespaces,
+                                 namespaces=namespaces)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=args.peering is None,
         peering_name=args.peering,
         liveness_endpoint=args.liveness or None,
+        priority=priority,
+        identity=identity,
     )
     return 0
+
+
+def _setup_webhook(args: argparse.Namespace) -> str | None:
+    """Configure the webhook server (and register its configuration if asked); an error
+    message for a bad combination of flags."""
+    global _webhook_server
+    from pathlib import Path
+
+    from kustos.governance import tls, webhook  # noqa: F401  (registers the handler)
+    from kustos.k8s import client
+    from kustos.render.webhook import parse_selector, render_configuration
+
+    if bool(args.webhook_cert) != bool(args.webhook_key):
+        return "--webhook-cert and --webhook-key go together"
+    hosts = args.webhook_host or ["localhost"]
+    if args.webhook_cert:
+        cert, key = Path(args.webhook_cert), Path(args.webhook_key)
+    else:
+        cert, key = tls.write_self_signed(hosts)
+    _webhook_server = kopf.WebhookServer(addr=args.webhook_bind, port=args.webhook_port,
+                                         host=hosts[0], certfile=str(cert), pkeyfile=str(key))
+    if args.webhook_configuration:
+        try:
+            selector = (parse_selector(args.webhook_namespace_selector)
+                        if args.webhook_namespace_selector else None)
+        except ValueError as err:
+            return f"--webhook-namespace-selector: {err}"
+        host = hosts[0] if ":" not in hosts[0] else f"[{hosts[0]}]"
+        client.apply(render_configuration(
+            args.webhook_configuration, ca_bundle=cert.read_bytes(),
+            url=f"https://{host}:{args.webhook_port}", namespace_selector=selector))
+    return None
