@@ -22,12 +22,22 @@ endif
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/constraints.txt
 	@echo "==> Python environment in $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --progress-bar off -e '.[serve,explain,dev]'
+	@$(BIN)/python -m pip install --progress-bar off -c requirements/constraints.txt \
+		-e '.[serve,explain,dev]'
 	@touch $@
+
+.PHONY: lock
+lock: ## re-resolve the main venv's packages and write requirements/constraints.txt
+	@rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock
+	@$(VENV).lock/bin/python -m pip install --quiet --upgrade pip
+	@$(VENV).lock/bin/python -m pip install --quiet -e '.[serve,explain,dev]'
+	@{ sed -n '1,3p' requirements/constraints.txt; \
+	   $(VENV).lock/bin/pip freeze --exclude-editable; } > requirements/constraints.txt.new
+	@mv requirements/constraints.txt.new requirements/constraints.txt && rm -rf $(VENV).lock
 
 .PHONY: venv
 venv: $(STAMP) ## create the virtual environment with every extra
