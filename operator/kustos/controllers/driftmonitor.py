@@ -9,25 +9,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
-from kustos import metrics
-from kustos.api.v1alpha1 import GROUP, VERSION, DriftMonitorSpec, ModelDeploymentSpec
+from kustos.api.v1alpha1 import GROUP, VERSION, DriftMonitorSpec
 from kustos.k8s import client, events
 from kustos.k8s.client import ApiError
 from kustos.render import drift as render_dm
-from kustos.render.attachments import NONE, Attachments
-from kustos.render.sidecars import DRIFT_PORT, target_name
+from kustos.render.attachments import Attachments
+from kustos.render.sidecars import DRIFT_PORT
 from kustos.status import driftmonitor as status_dm
 from kustos.status.driftmonitor import RetrainJob
 from kustos.status.modeldeployment import Failure
-from kustos.status.sidecars import PodReport, changed
 
 from . import sidecars
 from .attachments import contributor
 from .children import owned_by
-from .context import backoff, config
-from .sidecars import rerender_target
 
 log = logging.getLogger(__name__)
 KIND = "DriftMonitor"
@@ -37,16 +32,7 @@ STATUS_PATH = "/v1/drift/status"
 @contributor
 def drift_contribution(md: Mapping[str, Any]) -> Attachments:
     """The drift sidecar for a ModelDeployment that a DriftMonitor targets."""
-    dm = sidecars.for_target(KIND, md)
-    if dm is None:
-        return NONE
-    try:
-        if ModelDeploymentSpec.model_validate(md["spec"]).runtime.kind != "kustos":
-            return NONE  # the DriftMonitor reports RuntimeUnsupported
-        return render_dm.attachments(dm, md, config())
-    except ValidationError as err:
-        log.warning("DriftMonitor %s not rendered: %s", dm["metadata"]["name"], err)
-        return NONE
+    return sidecars.contribution(KIND, md, render_dm.attachments)
 
 
 def last_job(body: Mapping[str, Any]) -> RetrainJob | None:
@@ -66,21 +52,12 @@ def last_job(body: Mapping[str, Any]) -> RetrainJob | None:
 def refresh(namespace: str, name: str) -> None:
     """Collect the drift sidecars' results and act on them; retried on a write conflict
     with a fresh read."""
-    for _ in range(3):
-        body = client.get(KIND, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        if _write(body):
-            return
+    sidecars.refresh_with(KIND, namespace, name, _write)
 
 
 def _write(body: dict[str, Any]) -> bool:
-    meta = body["metadata"]
-    wiring, target = sidecars.wiring(KIND, body)
-    reports: list[PodReport] = []
-    if target is not None and wiring.active == meta["name"] and wiring.runtime == "kustos":
-        pods = sidecars.ready_pods(wiring.target, wiring.namespace, render_dm.CONTAINER)
-        reports = sidecars.collect(pods, DRIFT_PORT, STATUS_PATH)
+    wiring, _, reports = sidecars.poll(KIND, body, render_dm.CONTAINER, DRIFT_PORT,
+                                       STATUS_PATH)
     now = datetime.now(UTC)
     spec = DriftMonitorSpec.model_validate(body["spec"])
     previous = last_job(body) if spec.on_drift.retrain_job else None
@@ -91,19 +68,7 @@ def _write(body: dict[str, Any]) -> bool:
         if failure is not None:
             result = status_dm.compute(body, wiring, reports, now, previous, failure)
             result.status.get("lastDrift", {})["job"] = None
-    if changed(body.get("status"), result.status):
-        try:
-            client.patch_status(KIND, meta["name"], meta["namespace"], result.status,
-                                meta.get("resourceVersion"))
-        except ApiError as err:
-            if err.status == 409:
-                return False
-            if err.status == 404:
-                return True  # deleted meanwhile
-            raise
-    for notice in result.notices:
-        events.post(body, notice.reason, notice.message, warning=notice.warning)
-    return True
+    return sidecars.write_status(KIND, body, result.status, result.notices)
 
 
 def _create_job(body: Mapping[str, Any], name: str, spec: DriftMonitorSpec,
@@ -130,31 +95,14 @@ def _create_job(body: Mapping[str, Any], name: str, spec: DriftMonitorSpec,
 @kopf.on.update(GROUP, VERSION, "driftmonitors")
 def reconcile(body: kopf.Body, old: Any, retry: int, **_: Any) -> None:
     """Re-render the target (and a former target) so its pods match this spec."""
-    meta = body["metadata"]
-    namespace = meta["namespace"]
-    previous = target_name(old) if isinstance(old, Mapping) else ""
-    try:
-        for target in dict.fromkeys(t for t in (previous, target_name(body)) if t):
-            rerender_target(target, namespace)
-        refresh(namespace, meta["name"])
-    except ApiError as err:
-        metrics.RECONCILES.labels(kind=KIND, result="retry").inc()
-        raise kopf.TemporaryError(f"{err.reason}: {err.message}", delay=backoff(retry)) from err
-    metrics.RECONCILES.labels(kind=KIND, result="ok").inc()
+    sidecars.reconcile(KIND, body, old, retry)
 
 
 @kopf.on.event(GROUP, VERSION, "driftmonitors")
 def driftmonitor_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """Keep the collection list current; a deleted DriftMonitor leaves its target's pods."""
-    meta = body["metadata"]
-    sidecars.seen(KIND, meta["namespace"], meta["name"], deleted=type == "DELETED")
-    if type != "DELETED":
-        return
-    try:
-        rerender_target(target_name(body), meta["namespace"])
-        sidecars.refresh_targeting(target_name(body), meta["namespace"], skip=meta["name"])
-    except ApiError as err:
-        log.warning("re-render after deleting DriftMonitor %s failed: %s", meta["name"], err)
+    """Keep the collection list current; a deleted DriftMonitor leaves its target's pods
+    (re-rendered without the sidecar) and hands over to a conflicting one."""
+    sidecars.on_event(KIND, body, type)
 
 
 sidecars.register(KIND, refresh)

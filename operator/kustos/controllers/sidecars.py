@@ -1,5 +1,6 @@
 """What the ExplainerSpec and DriftMonitor controllers share (I/O side): finding the
-target, its pods, polling the sidecars, and the periodic collection.
+target, its pods, polling the sidecars, writing status, the handlers' bodies and the
+periodic collection.
 
 The collection runs in one background thread instead of kopf timers: a kopf timer puts a
 finalizer on every object, and an ExplainerSpec or DriftMonitor would then block its own
@@ -23,11 +24,14 @@ from pydantic import ValidationError
 
 from kustos import metrics
 from kustos.api.v1alpha1 import GROUP, VERSION, ModelDeploymentSpec
-from kustos.k8s import client
+from kustos.config import OperatorConfig
+from kustos.k8s import client, events
 from kustos.k8s.client import ApiError
+from kustos.render.attachments import NONE, Attachments
 from kustos.render.meta import COMPONENT, INSTANCE
 from kustos.render.sidecars import active_for, target_name
-from kustos.status.sidecars import PodReport, Wiring
+from kustos.status.modeldeployment import Notice
+from kustos.status.sidecars import PodReport, Wiring, changed
 
 from . import peering
 from .context import backoff, config
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 MD = "ModelDeployment"
 
 Refresh = Callable[[str, str], None]  # (namespace, name) -> collect and write status
+# (resource, its target ModelDeployment, config) -> the sidecar's contribution (pure render)
+Render = Callable[[Mapping[str, Any], Mapping[str, Any], OperatorConfig], Attachments]
 
 # kind -> the refresh of one object of that kind; registered by the controller modules.
 _REFRESH: dict[str, Refresh] = {}
@@ -88,6 +94,101 @@ def for_target(kind: str, md: Mapping[str, Any]) -> Mapping[str, Any] | None:
             return None  # that CRD is not installed: nothing can target the model
         raise
     return active_for(meta["name"], candidates)
+
+
+def contribution(kind: str, md: Mapping[str, Any], render: Render) -> Attachments:
+    """The body of a kind's @contributor: the sidecar of the resource of ``kind`` that
+    targets ``md``, for the kustos runtime only (others are reported RuntimeUnsupported by
+    the resource's status)."""
+    resource = for_target(kind, md)
+    if resource is None:
+        return NONE
+    try:
+        if ModelDeploymentSpec.model_validate(md["spec"]).runtime.kind != "kustos":
+            return NONE  # the resource reports RuntimeUnsupported
+        return render(resource, md, config())
+    except ValidationError as err:
+        log.warning("%s %s not rendered: %s", kind, resource["metadata"]["name"], err)
+        return NONE
+
+
+def refresh_with(kind: str, namespace: str, name: str,
+                 write: Callable[[dict[str, Any]], bool]) -> None:
+    """Read the object and ``write`` its status; retried (3 times) with a fresh read while
+    ``write`` says the status write met a conflict."""
+    for _ in range(3):
+        body = client.get(kind, name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        if write(body):
+            return
+
+
+def poll(kind: str, body: Mapping[str, Any], container: str, port: int,
+         path: str) -> tuple[Wiring, dict[str, Any] | None, list[PodReport]]:
+    """The wiring, the target, and the sidecar reports of the target's Ready pods (none
+    unless ``body`` is the one wired into a kustos-runtime target)."""
+    found, target = wiring(kind, body)
+    reports: list[PodReport] = []
+    if (target is not None and found.active == body["metadata"]["name"]
+            and found.runtime == "kustos"):
+        reports = collect(ready_pods(found.target, found.namespace, container), port, path)
+    return found, target, reports
+
+
+def write_status(kind: str, body: Mapping[str, Any], status: Mapping[str, Any],
+                 notices: list[Notice]) -> bool:
+    """Write ``status`` if it changed (guarded by the read's resourceVersion), then post the
+    Events. False: a write conflict (read again and recompute); True: done, also when the
+    object was deleted meanwhile."""
+    meta = body["metadata"]
+    if changed(body.get("status"), status):
+        try:
+            client.patch_status(kind, meta["name"], meta["namespace"], status,
+                                meta.get("resourceVersion"))
+        except ApiError as err:
+            if err.status == 409:
+                return False
+            if err.status == 404:
+                return True  # deleted meanwhile
+            raise
+    for notice in notices:
+        events.post(body, notice.reason, notice.message, warning=notice.warning)
+    return True
+
+
+def reconcile(kind: str, body: Mapping[str, Any], old: Any, retry: int) -> None:
+    """The create/update/resume handler of a kind: re-render the target (and a former
+    target) so its pods match the spec, then refresh the status."""
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    previous = target_name(old) if isinstance(old, Mapping) else ""
+    try:
+        for target in dict.fromkeys(t for t in (previous, target_name(body)) if t):
+            rerender_target(target, namespace)
+        _REFRESH[kind](namespace, meta["name"])
+    except ApiError as err:
+        metrics.RECONCILES.labels(kind=kind, result="retry").inc()
+        raise kopf.TemporaryError(f"{err.reason}: {err.message}", delay=backoff(retry)) from err
+    metrics.RECONCILES.labels(kind=kind, result="ok").inc()
+
+
+def on_event(kind: str, body: Mapping[str, Any], type: str | None) -> None:
+    """The event handler of a kind: keep the collection list current; a deleted resource
+    leaves its target's pods (re-rendered without the sidecar) and hands over to a
+    conflicting one."""
+    meta = body["metadata"]
+    seen(kind, meta["namespace"], meta["name"], deleted=type == "DELETED")
+    if type != "DELETED":
+        return
+    try:
+        rerender_target(target_name(body), meta["namespace"])
+    except ApiError as err:
+        log.warning("re-render after deleting %s %s failed: %s", kind, meta["name"], err)
+    try:
+        refresh_targeting(target_name(body), meta["namespace"], skip=meta["name"])
+    except ApiError as err:
+        log.warning("refresh after deleting %s %s failed: %s", kind, meta["name"], err)
 
 
 def rerender_target(name: str, namespace: str) -> None:

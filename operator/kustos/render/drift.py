@@ -22,6 +22,7 @@ from .sidecars import (
     duration_seconds,
     number,
     scratch_volume,
+    sidecar_attachments,
     sidecar_container,
 )
 
@@ -63,14 +64,10 @@ def attachments(dm: Mapping[str, Any], md_body: Mapping[str, Any],
         drift_args(spec, md.model.name or md_body["metadata"]["name"], uri),
         DRIFT_PORT, PORT_NAME, config.sidecars.drift_resources,
         [{"name": TMP_VOLUME, "mountPath": SCRATCH}, *mounts])
-    if md.model.credentials_secret_ref and uri.startswith("s3://"):
-        container["envFrom"] = [{"secretRef": {"name": md.model.credentials_secret_ref.name}}]
-    return Attachments(
-        sidecars=(container,),
-        volumes=(scratch_volume(TMP_VOLUME, config.sidecars.scratch_size), *volumes),
-        drift_url=INPUTS_URL,
-        pod_annotations={ANNOTATION: dm["metadata"]["name"]},
-    )
+    return sidecar_attachments(
+        container, md.model, uri,
+        (scratch_volume(TMP_VOLUME, config.sidecars.scratch_size), *volumes),
+        {ANNOTATION: dm["metadata"]["name"]}, drift_url=INPUTS_URL)
 
 
 def job_name(dm_name: str, uid: str, at: str) -> str:

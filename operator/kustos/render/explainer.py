@@ -23,6 +23,7 @@ from .sidecars import (
     data_source,
     duration_seconds,
     scratch_volume,
+    sidecar_attachments,
     sidecar_container,
 )
 
@@ -88,15 +89,10 @@ def attachments(es: Mapping[str, Any], md_body: Mapping[str, Any],
          {"name": TMP_VOLUME, "mountPath": SCRATCH}, *mounts])
     container["env"] = [{"name": DIGEST_ENV, "valueFrom": {"fieldRef": {
         "fieldPath": f"metadata.annotations['{DIGEST_ANNOTATION}']"}}}]
-    if md.model.credentials_secret_ref and uri.startswith("s3://"):
-        # Background data next to the model: the same credentials reach it.
-        container["envFrom"] = [{"secretRef": {"name": md.model.credentials_secret_ref.name}}]
-    return Attachments(
-        sidecars=(container,),
-        volumes=(scratch_volume(TMP_VOLUME, config.sidecars.scratch_size), *volumes),
-        explainer_url=SERVER_URL,
-        pod_annotations={ANNOTATION: es["metadata"]["name"]},
-    )
+    return sidecar_attachments(
+        container, md.model, uri,
+        (scratch_volume(TMP_VOLUME, config.sidecars.scratch_size), *volumes),
+        {ANNOTATION: es["metadata"]["name"]}, explainer_url=SERVER_URL)
 
 
 def report_name(es_name: str) -> str:

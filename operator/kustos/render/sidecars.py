@@ -7,6 +7,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from kustos.api.v1alpha1.modeldeployment import ModelSource
+
+from .attachments import Attachments
 from .modeldeployment import PVC_MOUNT, _security_context
 
 EXPLAIN_PORT = 8090
@@ -76,6 +79,20 @@ def sidecar_container(name: str, image: str, args: list[str], port: int, port_na
 
 def scratch_volume(name: str, size: str) -> dict[str, Any]:
     return {"name": name, "emptyDir": {"sizeLimit": size}}
+
+
+def sidecar_attachments(container: dict[str, Any], model: ModelSource, data_uri: str,
+                        volumes: Iterable[dict[str, Any]], annotations: Mapping[str, str],
+                        drift_url: str | None = None,
+                        explainer_url: str | None = None) -> Attachments:
+    """One sidecar's contribution to its target's pods: the container (with the model's
+    credentials when its data is on S3), the scratch and data volumes, the server flag and
+    the pod annotations."""
+    if model.credentials_secret_ref and data_uri.startswith("s3://"):
+        # Data next to the model: the same credentials reach it.
+        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
+    return Attachments(sidecars=(container,), volumes=tuple(volumes), drift_url=drift_url,
+                       explainer_url=explainer_url, pod_annotations=dict(annotations))
 
 
 def number(value: float) -> str:
