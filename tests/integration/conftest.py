@@ -21,6 +21,9 @@ from cluster import REPO, ensure_cluster, kubectl, started_here, stop_cluster
 
 OPERATOR_LOGS = REPO / ".cluster" / "logs"
 
+# Test modules load sidecar_helpers as a plugin (its fixtures): rewrite its asserts too.
+pytest.register_assert_rewrite("sidecar_helpers")
+
 
 # Every namespace of this test session starts with NS_PREFIX and the test operator watches
 # only those, so two test sessions on one cluster never act on each other's objects.
@@ -47,6 +50,50 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float,
+                 kill_timeout: float) -> None:
+    """Terminate ``proc`` if it still runs; kill it when it does not exit in ``timeout``."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=kill_timeout)
+
+
+# The digest of a model the (kwok) pods never really fetch.
+MODEL_DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def model_deployment(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A ModelDeployment of an S3 model (never fetched: no container runs), 2 replicas."""
+    body: dict[str, Any] = {"model": {"version": "1", "uri": "s3://models/iris/model.skops",
+                                      "digest": MODEL_DIGEST}, "replicas": 2}
+    body.update(spec)
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def wait_ready(kube: Kube, name: str, ns: str, generation: int | None = None,
+               timeout: float = 90) -> dict[str, Any]:
+    """The ModelDeployment once the operator has seen ``generation`` (default: its current
+    one) and reports it Ready and no longer Progressing."""
+    def check() -> dict[str, Any] | None:
+        md = kube.get("md", name, ns)
+        if md is None:
+            return None
+        st = md.get("status") or {}
+        conds = {c["type"]: c for c in st.get("conditions") or []}
+        gen = generation or md["metadata"]["generation"]
+        if (st.get("observedGeneration") == gen and conds.get("Ready", {}).get("status") == "True"
+                and conds.get("Progressing", {}).get("status") == "False"):
+            return md
+        return None
+    result: dict[str, Any] = wait_for(f"md/{name} Ready", check, timeout=timeout)
+    return result
 
 
 class Kube:
@@ -134,13 +181,7 @@ class Operator:
             return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout=30, kill_timeout=10)
         self.proc = None
 
     def restart(self, namespaces: list[str] | None = None) -> None:

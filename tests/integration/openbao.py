@@ -8,16 +8,20 @@ unsealed on every start, as a production Vault is.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hvac
 from cluster import REPO
+from conftest import NS_PREFIX, OPERATOR_LOGS, Kube, free_port, stop_process
 
 BAO = Path(sys.executable).parent / "bao"
 APISERVER = "https://127.0.0.1:16443"
@@ -81,13 +85,7 @@ class OpenBao:
             return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout=20, kill_timeout=10)
         self.proc = None
 
     def client(self) -> hvac.Client:
@@ -123,3 +121,28 @@ class OpenBao:
             path=path, secret=data, mount_point=mount)
         return int(result["data"]["version"])
 
+
+
+def reviewed_openbao(kube: Kube, tag: str) -> Iterator[OpenBao]:
+    """The body of a module's ``bao`` fixture: OpenBao (log openbao-``tag``.log) with KV v2
+    at secret/ and the Kubernetes auth method configured against the local API server,
+    with a token reviewer bound to system:auth-delegator; all removed afterwards."""
+    server = OpenBao(free_port(), free_port(), OPERATOR_LOGS / f"openbao-{tag}.log")
+    reviewer_ns = f"{NS_PREFIX}{tag}-vault-{uuid.uuid4().hex[:4]}"
+    binding = f"kustos-{reviewer_ns}-reviewer"
+    kube.run("create", "namespace", reviewer_ns)
+    try:
+        kube.run("create", "serviceaccount", "vault-reviewer", "-n", reviewer_ns)
+        kube.run("create", "clusterrolebinding", binding, "--clusterrole=system:auth-delegator",
+                 f"--serviceaccount={reviewer_ns}:vault-reviewer")
+        reviewer_jwt = kube.run("create", "token", "vault-reviewer", "-n", reviewer_ns,
+                                "--duration=2h").stdout.strip()
+        server.start()
+        server.enable_kv()
+        server.enable_kubernetes_auth(reviewer_jwt)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+        kube.run("delete", "clusterrolebinding", binding, "--ignore-not-found", check=False)
+        kube.run("delete", "namespace", reviewer_ns, "--wait=false", check=False)

@@ -1,6 +1,10 @@
 """Shared by the ExplainerSpec and DriftMonitor integration tests: a fast collection
-interval for the test operator, a model trained on iris, and the real sidecar processes
-started on a pod's (loopback) IP with exactly the arguments the operator rendered."""
+interval for the test operator, a model trained on iris, ExplainerSpec / DriftMonitor
+manifests on it, and the real sidecar processes started on a pod's (loopback) IP with
+exactly the arguments the operator rendered.
+
+A test module takes the fixtures ``iris``, ``fast`` and ``sidecars`` with
+``pytest_plugins = ["sidecar_helpers"]``."""
 
 from __future__ import annotations
 
@@ -15,11 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from cluster import REPO
-from conftest import OPERATOR_LOGS, Kube, Operator, wait_for
+from conftest import OPERATOR_LOGS, Kube, Operator, stop_process, wait_for
 
 COLLECT_INTERVAL = 1.0
+WINDOW = 30  # the DriftMonitors' window size
 
 
 def fast_collection(operator: Operator, tmp: Path) -> None:
@@ -63,6 +69,57 @@ def train_iris(tmp: Path) -> dict[str, Any]:
     csv.write_text("\n".join(rows) + "\n")
     return {"model": path, "digest": sha256(path), "csv": csv, "csv_digest": sha256(csv),
             "names": names, "x": np.asarray(data.data, dtype=float)}
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return train_iris(tmp_path_factory.mktemp("iris"))
+
+
+@pytest.fixture(scope="module")
+def fast(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Operator:
+    """The test operator, collecting every second."""
+    fast_collection(operator, tmp_path_factory.mktemp("operator-config"))
+    return operator
+
+
+@pytest.fixture
+def sidecars() -> Iterator[Sidecars]:
+    """Sidecar processes a test starts, all stopped at its end."""
+    s = Sidecars()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def explainer_spec(name: str, namespace: str, target: str, iris: dict[str, Any],
+                   max_samples: int = 40, **spec: Any) -> dict[str, Any]:
+    """A shap-tree ExplainerSpec with iris' training data as background."""
+    body: dict[str, Any] = {"targetRef": {"name": target}, "method": "shap-tree",
+                            "background": {"uri": f"file://{iris['csv']}",
+                                           "digest": iris["csv_digest"],
+                                           "maxSamples": max_samples},
+                            "featureNames": iris["names"]}
+    body.update(spec)
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def drift_monitor(name: str, namespace: str, target: str, iris: dict[str, Any],
+                  digest: str | None = None, **spec: Any) -> dict[str, Any]:
+    """A KS DriftMonitor with iris' training data as reference (``digest`` overrides its
+    digest)."""
+    body: dict[str, Any] = {
+        "targetRef": {"name": target}, "detector": "ks",
+        "reference": {"uri": f"file://{iris['csv']}", "digest": digest or iris["csv_digest"],
+                      "maxSamples": 150},
+        "featureNames": iris["names"], "window": {"size": WINDOW, "maxAge": "1h"},
+        "pValue": 0.05,
+    }
+    body.update(spec)
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
 
 
 def model_deployment(name: str, namespace: str, iris: dict[str, Any], replicas: int = 1,
@@ -216,13 +273,7 @@ class Sidecar:
             return err.code, json.loads(err.read() or b"{}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, timeout=10, kill_timeout=5)
 
 
 class Sidecars:
@@ -241,10 +292,3 @@ class Sidecars:
         for s in self.started:
             s.stop()
 
-
-def sidecars_fixture() -> Iterator[Sidecars]:
-    s = Sidecars()
-    try:
-        yield s
-    finally:
-        s.stop()

@@ -4,7 +4,6 @@ Events on drift transitions and creates one retraining Job per episode (with coo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,56 +13,30 @@ from sidecar_helpers import (
     Sidecar,
     Sidecars,
     containers,
-    fast_collection,
     model_deployment,
     ready_pods_with,
-    sidecars_fixture,
-    train_iris,
     wait_condition,
 )
+from sidecar_helpers import drift_monitor as base_drift_monitor
 
 pytestmark = pytest.mark.integration
+pytest_plugins = ["sidecar_helpers"]  # fixtures iris, fast, sidecars
 
-WINDOW = 30
 RESTRICTED = {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 65532,
               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-@pytest.fixture(scope="module")
-def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return train_iris(tmp_path_factory.mktemp("iris-drift"))
-
-
-@pytest.fixture(scope="module")
-def fast(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Operator:
-    fast_collection(operator, tmp_path_factory.mktemp("operator-config"))
-    return operator
-
-
-@pytest.fixture
-def sidecars() -> Iterator[Sidecars]:
-    yield from sidecars_fixture()
-
-
 def drift_monitor(name: str, namespace: str, target: str, iris: dict[str, Any],
                   **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "targetRef": {"name": target}, "detector": "ks",
-        "reference": {"uri": f"file://{iris['csv']}", "digest": iris["csv_digest"],
-                      "maxSamples": 150},
-        "featureNames": iris["names"], "window": {"size": WINDOW, "maxAge": "1h"},
-        "pValue": 0.05,
-        "onDrift": {"event": True, "retrainJob": {"cooldown": "1h", "template": {
-            "metadata": {"labels": {"team": "ml"}},
-            "spec": {"backoffLimit": 0, "template": {"spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "retrain", "image": "registry.local/retrain:1",
-                                "args": ["--model", target],
-                                "securityContext": RESTRICTED}]}}}}}},
-    }
-    body.update(spec)
-    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+    """The shared KS DriftMonitor, creating a retraining Job on drift."""
+    on_drift = {"event": True, "retrainJob": {"cooldown": "1h", "template": {
+        "metadata": {"labels": {"team": "ml"}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "retrain", "image": "registry.local/retrain:1",
+                            "args": ["--model", target],
+                            "securityContext": RESTRICTED}]}}}}}}
+    return base_drift_monitor(name, namespace, target, iris, **{"onDrift": on_drift, **spec})
 
 
 def post_window(drift: Sidecar, rows: list[list[float]]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,42 +13,14 @@ from conftest import Kube, Operator, wait_for
 from sidecar_helpers import (
     Sidecars,
     containers,
-    fast_collection,
+    explainer_spec,
     model_deployment,
     ready_pods_with,
-    sidecars_fixture,
-    train_iris,
     wait_condition,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return train_iris(tmp_path_factory.mktemp("iris-explain"))
-
-
-@pytest.fixture(scope="module")
-def fast(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Operator:
-    fast_collection(operator, tmp_path_factory.mktemp("operator-config"))
-    return operator
-
-
-@pytest.fixture
-def sidecars() -> Iterator[Sidecars]:
-    yield from sidecars_fixture()
-
-
-def explainer_spec(name: str, namespace: str, target: str, iris: dict[str, Any],
-                   **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"targetRef": {"name": target}, "method": "shap-tree",
-                            "background": {"uri": f"file://{iris['csv']}",
-                                           "digest": iris["csv_digest"], "maxSamples": 40},
-                            "featureNames": iris["names"]}
-    body.update(spec)
-    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+pytest_plugins = ["sidecar_helpers"]  # fixtures iris, fast, sidecars
 
 
 def server_args(kube: Kube, md: str, ns: str) -> list[str]:

@@ -6,36 +6,12 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Kube, Operator, wait_for
+from conftest import MODEL_DIGEST as DIGEST
+from conftest import Kube, Operator, model_deployment, wait_for, wait_ready
 
 pytestmark = pytest.mark.integration
 
-DIGEST = "sha256:" + "0123456789abcdef" * 4
 CHILD_KINDS = "serviceaccounts,deployments,services,horizontalpodautoscalers,poddisruptionbudgets"
-
-
-def model_deployment(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": {"version": "1", "uri": "s3://models/iris/model.skops",
-                                      "digest": DIGEST}, "replicas": 2}
-    body.update(spec)
-    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
-
-
-def ready(kube: Kube, name: str, ns: str, generation: int | None = None) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        md = kube.get("md", name, ns)
-        if md is None:
-            return None
-        st = md.get("status") or {}
-        conds = {c["type"]: c for c in st.get("conditions") or []}
-        gen = generation or md["metadata"]["generation"]
-        if (st.get("observedGeneration") == gen and conds.get("Ready", {}).get("status") == "True"
-                and conds.get("Progressing", {}).get("status") == "False"):
-            return md
-        return None
-    result: dict[str, Any] = wait_for(f"md/{name} Ready", check, timeout=90)
-    return result
 
 
 def children(kube: Kube, name: str, ns: str,
@@ -48,7 +24,7 @@ def children(kube: Kube, name: str, ns: str,
 def test_create_reaches_ready_with_owned_children(kube: Kube, operator: Operator,
                                                  namespace: str) -> None:
     kube.apply(model_deployment("iris", namespace))
-    md = ready(kube, "iris", namespace)
+    md = wait_ready(kube, "iris", namespace)
     st = md["status"]
     assert st["replicas"] == 2 and st["readyReplicas"] == 2
     assert st["url"] == f"http://iris.{namespace}.svc.cluster.local"
@@ -74,15 +50,15 @@ def test_create_reaches_ready_with_owned_children(kube: Kube, operator: Operator
 def test_scale_and_version_change_roll_in_place(kube: Kube, operator: Operator,
                                                 namespace: str) -> None:
     kube.apply(model_deployment("wine", namespace))
-    ready(kube, "wine", namespace)
+    wait_ready(kube, "wine", namespace)
     uid_before = kube.get("deployment", "wine", namespace)["metadata"]["uid"]  # type: ignore[index]
     kube.run("scale", "md/wine", "-n", namespace, "--replicas=3")
-    md = ready(kube, "wine", namespace, generation=2)
+    md = wait_ready(kube, "wine", namespace, generation=2)
     assert md["status"]["replicas"] == 3
     assert kube.get("deployment", "wine", namespace)["spec"]["replicas"] == 3  # type: ignore[index]
     kube.run("patch", "md/wine", "-n", namespace, "--type=merge", "-p",
              '{"spec":{"model":{"version":"2","uri":"s3://models/wine/2/model.skops"}}}')
-    md = ready(kube, "wine", namespace, generation=3)
+    md = wait_ready(kube, "wine", namespace, generation=3)
     dep = kube.get("deployment", "wine", namespace)
     assert dep is not None and dep["metadata"]["uid"] == uid_before, "updated in place"
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -99,11 +75,11 @@ def test_scale_and_version_change_roll_in_place(kube: Kube, operator: Operator,
 
 def test_autoscaling_added_and_removed(kube: Kube, operator: Operator, namespace: str) -> None:
     kube.apply(model_deployment("auto", namespace, replicas=1))
-    ready(kube, "auto", namespace)
+    wait_ready(kube, "auto", namespace)
     assert "PodDisruptionBudget/auto" not in children(kube, "auto", namespace)
     kube.run("patch", "md/auto", "-n", namespace, "--type=merge", "-p",
              '{"spec":{"autoscaling":{"minReplicas":2,"maxReplicas":4}}}')
-    ready(kube, "auto", namespace, generation=2)
+    wait_ready(kube, "auto", namespace, generation=2)
     kids = wait_for("HPA and PDB", lambda: (
         k := children(kube, "auto", namespace)) and "HorizontalPodAutoscaler/auto" in k and k)
     hpa = kids["HorizontalPodAutoscaler/auto"]["spec"]
@@ -120,7 +96,7 @@ def test_autoscaling_added_and_removed(kube: Kube, operator: Operator, namespace
     assert "f:replicas" not in ours["fieldsV1"]["f:spec"]
     kube.run("patch", "md/auto", "-n", namespace, "--type=json", "-p",
              '[{"op":"remove","path":"/spec/autoscaling"}]')
-    ready(kube, "auto", namespace, generation=3)
+    wait_ready(kube, "auto", namespace, generation=3)
     kids = wait_for("HPA and PDB gone", lambda: (
         k := children(kube, "auto", namespace)) and "HorizontalPodAutoscaler/auto" not in k and k)
     assert "PodDisruptionBudget/auto" not in kids
@@ -129,14 +105,14 @@ def test_autoscaling_added_and_removed(kube: Kube, operator: Operator, namespace
 
 def test_delete_garbage_collects_children(kube: Kube, operator: Operator, namespace: str) -> None:
     kube.apply(model_deployment("gone", namespace))
-    ready(kube, "gone", namespace)
+    wait_ready(kube, "gone", namespace)
     kube.run("delete", "md/gone", "-n", namespace)
     wait_for("children collected", lambda: not children(kube, "gone", namespace), timeout=60)
 
 
 def test_noop_resync_writes_nothing(kube: Kube, operator: Operator, namespace: str) -> None:
     kube.apply(model_deployment("calm", namespace))
-    ready(kube, "calm", namespace)
+    wait_ready(kube, "calm", namespace)
 
     def versions() -> dict[str, str]:
         objs = children(kube, "calm", namespace)
@@ -178,7 +154,7 @@ def test_restart_midway_converges_without_duplicates(kube: Kube, operator: Opera
     finally:
         operator.start()
     for i in range(3):
-        ready(kube, f"m{i}", namespace)
+        wait_ready(kube, f"m{i}", namespace)
     deployments = kube.list("deployments", namespace)
     assert sorted(d["metadata"]["name"] for d in deployments) == ["m0", "m1", "m2"]
     assert kube.get("deployment", "m0", namespace)["spec"]["replicas"] == 2  # type: ignore[index]
@@ -191,7 +167,7 @@ def test_restricted_namespace_admits_the_pods(kube: Kube, operator: Operator,
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
              "pod-security.kubernetes.io/enforce-version=latest")
     kube.apply(model_deployment("strict", namespace))
-    md = ready(kube, "strict", namespace)
+    md = wait_ready(kube, "strict", namespace)
     assert md["status"]["readyReplicas"] == 2
     pods = kube.list("pods", namespace, "app.kubernetes.io/instance=strict")
     assert len(pods) == 2
@@ -213,7 +189,7 @@ def test_never_touches_what_it_does_not_own(kube: Kube, operator: Operator,
     kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {
         "name": "taken", "namespace": namespace}, "spec": {"ports": [{"port": 81}]}})
     kube.apply(model_deployment("owned", namespace, replicas=1))
-    ready(kube, "owned", namespace)
+    wait_ready(kube, "owned", namespace)
     kube.apply(model_deployment("taken", namespace, replicas=1))
     degraded = wait_for("NameConflict", lambda: (
         c := kube.condition("md", "taken", namespace, "Degraded")) and
@@ -254,7 +230,7 @@ def test_runtime_problem_is_degraded_without_a_hot_loop(kube: Kube, operator: Op
     # The Secret appears: the deployment continues by itself, no spec change needed.
     kube.run("create", "secret", "generic", "s3-creds", "-n", namespace,
              "--from-literal=AWS_ACCESS_KEY_ID=x", "--from-literal=AWS_SECRET_ACCESS_KEY=y")
-    md = ready(kube, "creds", namespace)
+    md = wait_ready(kube, "creds", namespace)
     assert md["metadata"]["generation"] == 1
     assert kube.condition("md", "creds", namespace, "Degraded")["status"] == "False"  # type: ignore[index]
     pod = kube.get("deployment", "creds", namespace)["spec"]["template"]["spec"]  # type: ignore[index]

@@ -9,9 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -21,13 +19,14 @@ from sidecar_helpers import (
     COLLECT_INTERVAL,
     Sidecars,
     containers,
+    explainer_spec,
     model_deployment,
     ready_pods_with,
-    sidecars_fixture,
     train_iris,
 )
 
 pytestmark = pytest.mark.integration
+pytest_plugins = ["sidecar_helpers"]  # fixture sidecars
 
 PEERING_CRDS = REPO / "charts" / "kustos" / "crds" / "kopf.dev_peerings.yaml"
 POLLS = "kustos_operator_sidecar_polls_total"
@@ -72,21 +71,6 @@ def transition(peer: Peer, state: str) -> str:
     return times[-1]
 
 
-@pytest.fixture
-def sidecars() -> Iterator[Sidecars]:
-    yield from sidecars_fixture()
-
-
-def explainer_spec(name: str, namespace: str, target: str,
-                   iris: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"targetRef": {"name": target}, "method": "shap-tree",
-                     "background": {"uri": f"file://{iris['csv']}",
-                                    "digest": iris["csv_digest"], "maxSamples": 20},
-                     "featureNames": iris["names"]}}
-
-
 def ensure_peering_crds(kube: Kube) -> None:
     """Kopf's peering CRDs are cluster-scoped and shared: applied when missing, kept."""
     if kube.run("get", "crd", "kopfpeerings.kopf.dev", check=False).returncode != 0:
@@ -114,7 +98,7 @@ def test_only_the_active_peer_polls_and_the_standby_takes_over(
         low.start()
         wait_for("low replica active", low.active, timeout=30)
         kube.apply(model_deployment("iris", namespace, iris))
-        kube.apply(explainer_spec("iris-x", namespace, "iris", iris))
+        kube.apply(explainer_spec("iris-x", namespace, "iris", iris, max_samples=20))
         side = wait_for("explainer sidecar rendered",
                         lambda: containers(kube, "iris", namespace).get("explainer"))
         pod = ready_pods_with(kube, "iris", namespace, "explainer")[0]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,20 +25,20 @@ import lupa.lua51 as lua
 import pytest
 import yaml
 from cluster import REPO
-from conftest import NS_PREFIX, OPERATOR_LOGS, Kube, Operator, free_port, wait_for
-from openbao import OpenBao
+from conftest import Kube, Operator, wait_for
+from openbao import OpenBao, reviewed_openbao
 from sidecar_helpers import (
     Sidecars,
     containers,
-    fast_collection,
+    drift_monitor,
+    explainer_spec,
     ready_pods_with,
-    sidecars_fixture,
-    train_iris,
     wait_condition,
 )
 from sidecar_helpers import model_deployment as iris_deployment
 
 pytestmark = pytest.mark.integration
+pytest_plugins = ["sidecar_helpers"]  # fixtures iris, fast, sidecars
 
 KIND_DIR = REPO / "manifests" / "argocd" / "resource_customizations" / "kustos.dev"
 RECORD = os.environ.get("RECORD") == "1"
@@ -192,45 +191,8 @@ def test_degraded_and_scaled_to_zero(kube: Kube, operator: Operator, namespace: 
     record_or_check("scaled-to-zero", md, namespace)
 
 
-@pytest.fixture(scope="module")
-def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return train_iris(tmp_path_factory.mktemp("iris-record"))
-
-
-@pytest.fixture(scope="module")
-def fast(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Operator:
-    fast_collection(operator, tmp_path_factory.mktemp("operator-config"))
-    return operator
-
-
-@pytest.fixture
-def sidecars() -> Iterator[Sidecars]:
-    yield from sidecars_fixture()
-
-
 def data_paths(iris: dict[str, Any]) -> dict[str, str]:
     return {str(Path(iris["csv"]).parent): "/data/iris"}
-
-
-def explainer_spec(name: str, namespace: str, target: str,
-                   iris: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"targetRef": {"name": target}, "method": "shap-tree",
-                     "background": {"uri": f"file://{iris['csv']}",
-                                    "digest": iris["csv_digest"], "maxSamples": 40},
-                     "featureNames": iris["names"]}}
-
-
-def drift_monitor(name: str, namespace: str, target: str, iris: dict[str, Any],
-                  digest: str | None = None) -> dict[str, Any]:
-    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"targetRef": {"name": target}, "detector": "ks",
-                     "reference": {"uri": f"file://{iris['csv']}",
-                                   "digest": digest or iris["csv_digest"], "maxSamples": 150},
-                     "featureNames": iris["names"], "window": {"size": 30, "maxAge": "1h"},
-                     "pValue": 0.05}}
 
 
 def get(kube: Kube, kind: str, name: str, ns: str) -> dict[str, Any]:
@@ -311,27 +273,7 @@ def test_driftmonitor_states(kube: Kube, fast: Operator, namespace: str, iris: d
 
 @pytest.fixture(scope="module")
 def bao(kube: Kube) -> Iterator[OpenBao]:
-    """OpenBao with KV v2 and the Kubernetes auth method against the local API server (a
-    token reviewer bound to system:auth-delegator, removed afterwards)."""
-    server = OpenBao(free_port(), free_port(), OPERATOR_LOGS / "openbao-record.log")
-    reviewer_ns = f"{NS_PREFIX}rec-vault-{uuid.uuid4().hex[:4]}"
-    binding = f"kustos-record-{reviewer_ns}-reviewer"
-    kube.run("create", "namespace", reviewer_ns)
-    try:
-        kube.run("create", "serviceaccount", "vault-reviewer", "-n", reviewer_ns)
-        kube.run("create", "clusterrolebinding", binding, "--clusterrole=system:auth-delegator",
-                 f"--serviceaccount={reviewer_ns}:vault-reviewer")
-        jwt = kube.run("create", "token", "vault-reviewer", "-n", reviewer_ns,
-                       "--duration=1h").stdout.strip()
-        server.start()
-        server.enable_kv()
-        server.enable_kubernetes_auth(jwt)
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
-        kube.run("delete", "clusterrolebinding", binding, "--ignore-not-found", check=False)
-        kube.run("delete", "namespace", reviewer_ns, "--wait=false", check=False)
+    yield from reviewed_openbao(kube, "record")
 
 
 def test_vault_sync_failing(kube: Kube, operator: Operator, bao: OpenBao,

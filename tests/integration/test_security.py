@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Kube, Operator, wait_for
+from conftest import MODEL_DIGEST as DIGEST
+from conftest import Kube, Operator, model_deployment, wait_for, wait_ready
 
 from kustos.config import NetworkPolicySettings, OperatorConfig
 from kustos.render.attachments import Attachments
@@ -18,30 +19,7 @@ from kustos.render.modeldeployment import render
 
 pytestmark = pytest.mark.integration
 
-DIGEST = "sha256:" + "0123456789abcdef" * 4
 INSTANCE = "app.kubernetes.io/instance"
-
-
-def model_deployment(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": {"version": "1", "uri": "s3://models/iris/model.skops",
-                                      "digest": DIGEST}, "replicas": 2}
-    body.update(spec)
-    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
-
-
-def ready(kube: Kube, name: str, ns: str, timeout: float = 120) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        md = kube.get("md", name, ns)
-        st = (md or {}).get("status") or {}
-        conds = {c["type"]: c for c in st.get("conditions") or []}
-        if (md and st.get("observedGeneration") == md["metadata"]["generation"]
-                and conds.get("Ready", {}).get("status") == "True"
-                and conds.get("Progressing", {}).get("status") == "False"):
-            return md
-        return None
-    result: dict[str, Any] = wait_for(f"md/{name} Ready", check, timeout=timeout)
-    return result
 
 
 def restrict(kube: Kube, namespace: str) -> None:
@@ -77,7 +55,7 @@ def test_restricted_namespace_admits_canary_autoscaling_and_pvc_pods(
             autoscaling={"minReplicas": 3, "maxReplicas": 4},
             canary={"model": {"version": "2", "uri": "s3://models/iris/2/model.skops",
                               "digest": DIGEST}, "trafficPercent": 34}))
-        md = ready(kube, "strict", namespace)
+        md = wait_ready(kube, "strict", namespace, timeout=120)
         pods = kube.list("pods", namespace, f"{INSTANCE}=strict")
         tracks = sorted(p["metadata"]["labels"]["kustos.dev/track"] for p in pods)
         assert tracks == ["canary", "stable", "stable"], tracks
@@ -103,7 +81,7 @@ def test_restricted_namespace_admits_canary_autoscaling_and_pvc_pods(
 def test_network_policy_is_a_child_and_goes_with_the_model(
         kube: Kube, operator: Operator, namespace: str) -> None:
     kube.apply(model_deployment("fenced", namespace))
-    md = ready(kube, "fenced", namespace)
+    md = wait_ready(kube, "fenced", namespace, timeout=120)
     policy = wait_for("NetworkPolicy", lambda: kube.get("networkpolicy", "fenced", namespace))
     ref = policy["metadata"]["ownerReferences"][0]
     assert (ref["kind"], ref["uid"], ref["controller"]) == ("ModelDeployment",

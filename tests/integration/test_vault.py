@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import NS_PREFIX, OPERATOR_LOGS, Kube, Operator, free_port, wait_for
-from openbao import OpenBao
+from conftest import OPERATOR_LOGS, Kube, Operator, wait_for
+from openbao import OpenBao, reviewed_openbao
 
 pytestmark = pytest.mark.integration
 
@@ -27,27 +26,7 @@ INJECT = "vault.hashicorp.com/"
 
 @pytest.fixture(scope="module")
 def bao(kube: Kube) -> Iterator[OpenBao]:
-    """OpenBao with KV v2 at secret/ and the Kubernetes auth method configured against the
-    local API server, with a token reviewer bound to system:auth-delegator."""
-    server = OpenBao(free_port(), free_port(), OPERATOR_LOGS / "openbao-test.log")
-    reviewer_ns = f"{NS_PREFIX}vault-{uuid.uuid4().hex[:4]}"
-    binding = f"kustos-test-{reviewer_ns}-reviewer"
-    kube.run("create", "namespace", reviewer_ns)
-    try:
-        kube.run("create", "serviceaccount", "vault-reviewer", "-n", reviewer_ns)
-        kube.run("create", "clusterrolebinding", binding, "--clusterrole=system:auth-delegator",
-                 f"--serviceaccount={reviewer_ns}:vault-reviewer")
-        reviewer_jwt = kube.run("create", "token", "vault-reviewer", "-n", reviewer_ns,
-                                "--duration=2h").stdout.strip()
-        server.start()
-        server.enable_kv()
-        server.enable_kubernetes_auth(reviewer_jwt)
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
-        kube.run("delete", "clusterrolebinding", binding, "--ignore-not-found", check=False)
-        kube.run("delete", "namespace", reviewer_ns, "--wait=false", check=False)
+    yield from reviewed_openbao(kube, "test")
 
 
 def secret_value() -> str:
