@@ -11,11 +11,9 @@ import hashlib
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +22,9 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from unit_support import free_port, wait_for
 
 CONSTANT = 3.0  # the value of the extra column every model is trained with
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def with_constant(x: np.ndarray) -> np.ndarray:
@@ -126,15 +118,6 @@ def request(port: int, method: str, path: str, body: Any = None, raw: bytes | No
         return resp.status, payload
     finally:
         conn.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def status(port: int) -> dict[str, Any]:

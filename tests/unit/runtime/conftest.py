@@ -8,12 +8,10 @@ import contextlib
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +19,9 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from unit_support import free_port, wait_for  # noqa: F401  # free_port: the tests import it here
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -188,15 +180,6 @@ def start_server(model: Path, name: str = "iris", *extra: str,
         wait_for(lambda: server.app.ready or not thread.is_alive(), 30)
         assert server.app.ready, f"model did not become ready ({result})"
     return server
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 @pytest.fixture(scope="module")

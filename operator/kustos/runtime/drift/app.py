@@ -11,7 +11,7 @@ import orjson
 from kustos.runtime.drift.monitor import Monitor
 from kustos.runtime.drift.reference import Array
 from kustos.runtime.server.http import JSON, Reply, Request
-from kustos.runtime.server.tensors import ProtocolError, check_shape, decode
+from kustos.runtime.server.tensors import ProtocolError, check_shape, decode, loads_object
 
 log = logging.getLogger("kustos.drift")
 # A bound on one POST's tensors (the body size is bounded by the HTTP server).
@@ -29,13 +29,7 @@ def decode_rows(body: bytes, names: list[str]) -> Array:
     several tensors with the same N whose columns are concatenated; when the tensor names
     are exactly the feature names they are put in feature order.
     """
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise ProtocolError("body must be a JSON object with an 'inputs' list")
-    tensors = payload.get("inputs")
+    tensors = loads_object(body).get("inputs")
     if not isinstance(tensors, list) or not tensors:
         raise ProtocolError("'inputs' must be a non-empty list of V2 tensors")
     if len(tensors) > MAX_TENSORS:

@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from kustos.runtime import process
 
 if TYPE_CHECKING:
     from kustos.runtime.drift.monitor import Monitor
@@ -74,11 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "work for --ert and the feature count, at least 10000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--name", default="model", help="model name, the metrics' model label")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8091)
     p.add_argument("--work-dir", default=os.environ.get("KUSTOS_DRIFT_DIR", "/tmp/drift"),
                    help="where the reference is downloaded (/tmp/drift)")
-    p.add_argument("--max-body-bytes", type=int, default=16 << 20)
+    process.add_listen_args(p, "0.0.0.0", 8091)
+    # Not process.add_log_level: no choices and no KUSTOS_LOG_LEVEL here, as before.
     p.add_argument("--log-level", default="info")
     return p
 
@@ -161,18 +161,10 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
                       Window(args.window_size, args.window_max_age, args.window_min_rows),
                       metrics, threshold, args.max_pending_windows)
     server = HttpServer(DriftApp(monitor), max_body=args.max_body_bytes)
-    loop = asyncio.get_running_loop()
-    if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        port = await server.start(args.host, args.port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+    stop = process.stop_event(stop)
+    if await process.listen(server, log, args.host, args.port,
+                            detail=f", detector {args.detector}") is None:
         return 1
-    log.info("listening on %s:%d (pid %d), detector %s", args.host, port, os.getpid(),
-             args.detector)
     threading.Thread(target=load_detector, args=(args, monitor), name="kustos-drift-load",
                      daemon=True).start()
 
@@ -181,7 +173,7 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
             await asyncio.sleep(0.5)
             monitor.tick()
 
-    tick = loop.create_task(ticker())
+    tick = asyncio.get_running_loop().create_task(ticker())
     await stop.wait()
     log.info("shutting down")
     tick.cancel()
@@ -193,15 +185,7 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    problem = validate(args)
-    if problem:
-        print(f"kustos drift: {problem}")
+    args = process.parse(build_parser(), validate, argv)
+    if args is None:
         return 2
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(run(args))
+    return process.run(args.log_level, lambda: run(args))

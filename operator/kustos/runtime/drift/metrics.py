@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import Counter, Gauge, Histogram
 
-disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series: noise
+from kustos.runtime import metrics
 
 # One window's evaluation: KS on 500 rows is ~ms, MMD or cvm-online up to seconds.
 EVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -22,7 +14,7 @@ OVERALL = "*"  # feature label of the whole-window p-value (mmd)
 class DriftMetrics:
     def __init__(self, model: str) -> None:
         self.model = model
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = metrics.own_registry()
         r = self.registry
         self.detected = Gauge("kustos_drift_detected",
                               "1 while the latest evaluated window drifted, else 0",
@@ -63,4 +55,5 @@ class DriftMetrics:
             self.feature_distance.labels(self.model, name).set(value)
 
     def render(self) -> tuple[bytes, bytes]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
+        body, ctype = metrics.render(self.registry)
+        return body, ctype.encode()

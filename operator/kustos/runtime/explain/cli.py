@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from kustos.runtime import process
 
 log = logging.getLogger("kustos.explain")
 
@@ -72,12 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait between background retries, seconds (300)")
     p.add_argument("--trust-type", action="append", default=[], metavar="TYPE",
                    help="extra type a .skops model may contain (repeatable)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
-    p.add_argument("--port", type=int, default=8090, help="port (8090; 0 picks a free one)")
-    p.add_argument("--max-body-bytes", type=int, default=16 << 20,
-                   help="largest request body accepted (16 MiB)")
-    p.add_argument("--log-level", default=os.environ.get("KUSTOS_LOG_LEVEL", "info"),
-                   choices=("debug", "info", "warning", "error"))
+    process.add_listen_args(p, "0.0.0.0", 8090)
+    process.add_log_level(p)
     return p
 
 
@@ -258,18 +253,11 @@ async def serve(args: argparse.Namespace, on_listening: Any = None,
     runtime = Runtime(args)
     app = ExplainApp(runtime.state, max_rows=args.max_rows)
     server = HttpServer(app, max_body=args.max_body_bytes)
-    loop = asyncio.get_running_loop()
-    if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        port = await server.start(args.host, args.port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+    stop = process.stop_event(stop)
+    port = await process.listen(server, log, args.host, args.port)
+    if port is None:
         app.close()
         return 1
-    log.info("listening on %s:%d (pid %d)", args.host, port, os.getpid())
     runtime.start()
     if on_listening is not None:
         on_listening(port, app, runtime)
@@ -283,18 +271,10 @@ async def serve(args: argparse.Namespace, on_listening: Any = None,
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    problem = _check(args)
-    if problem:
-        print(f"kustos explain: {problem}", file=sys.stderr)
+    args = process.parse(build_parser(), _check, argv)
+    if args is None:
         return 2
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(serve(args))
+    return process.run(args.log_level, lambda: serve(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

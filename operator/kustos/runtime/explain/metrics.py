@@ -8,19 +8,11 @@ and keeps the sidecar's /metrics to exactly its own series.
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import Counter, Gauge, Histogram
 
-disable_created_metrics()  # type: ignore[no-untyped-call]  # as the model server: no *_created series
+from kustos.runtime import metrics
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+REGISTRY = metrics.own_registry()
 
 REQUESTS = Counter(
     "kustos_explain_requests", "Explain requests answered, by model, method and status code",
@@ -43,4 +35,4 @@ READY = Gauge("kustos_explain_ready", "1 when the explainer answers explain requ
 
 
 def render() -> tuple[bytes, str]:
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return metrics.render(REGISTRY)

@@ -19,8 +19,9 @@ import tempfile
 import time
 from typing import Any
 
+from kustos.runtime import process
+
 log = logging.getLogger("kustos.serve")
-DEFAULT_MAX_BODY = 16 << 20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model format (default: from the file extension)")
     p.add_argument("--digest", help="sha256:<hex> the model file must match (required for "
                                      "pickled models)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks a free one)")
+    process.add_listen_args(p, "127.0.0.1", 8080)
     p.add_argument("--workers", type=int, default=1,
                    help="processes sharing the port with SO_REUSEPORT (1)")
     p.add_argument("--drift-url", default=os.environ.get("KUSTOS_DRIFT_URL") or None,
@@ -47,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explainer sidecar base URL for :explain (env KUSTOS_EXPLAINER_URL)")
     p.add_argument("--explainer-timeout", type=float, default=30.0,
                    help="seconds to wait for the explainer (30)")
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
-                   help=f"largest request body accepted ({DEFAULT_MAX_BODY})")
     p.add_argument("--max-batch-rows", type=int, default=256,
                    help="largest micro-batch, in rows (256)")
     p.add_argument("--no-batching", action="store_true",
@@ -62,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "KUSTOS_TRUSTED_TYPES, comma-separated)")
     p.add_argument("--onnx-threads", type=int, default=1,
                    help="onnxruntime intra-op threads per worker (1)")
-    p.add_argument("--log-level", default=os.environ.get("KUSTOS_LOG_LEVEL", "info"),
-                   choices=("debug", "info", "warning", "error"))
+    process.add_log_level(p)
     return p
 
 
@@ -84,13 +81,6 @@ def _check(args: argparse.Namespace) -> str | None:
         if url and not url.startswith(("http://", "https://")):
             return f"expected an http(s) URL, got {url!r}"
     return None
-
-
-def _install_uvloop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def serve(args: argparse.Namespace, reuse_port: bool = False,
@@ -114,17 +104,12 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
                         keepalive_timeout=args.keepalive_timeout)
     app.peers = lambda: len(server.connections)
     loop = asyncio.get_running_loop()
-    if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    stop = process.stop_event(stop)
+
     async def listen() -> bool:
-        try:
-            port = await server.start(args.host, args.port, reuse_port=reuse_port)
-        except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        port = await process.listen(server, log, args.host, args.port, reuse_port=reuse_port)
+        if port is None:
             return False
-        log.info("listening on %s:%d (pid %d)", args.host, port, os.getpid())
         if on_listening is not None:
             on_listening(port, app)
         return True
@@ -173,10 +158,7 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
 
 
 def _run_worker(args: argparse.Namespace, reuse_port: bool) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    _install_uvloop()
-    return asyncio.run(serve(args, reuse_port=reuse_port))
+    return process.run(args.log_level, lambda: serve(args, reuse_port=reuse_port))
 
 
 def _die_with_parent() -> None:
@@ -201,8 +183,7 @@ def _supervise(args: argparse.Namespace) -> int:
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    process.setup_logging(args.log_level, force=False)
     own_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_dir = tempfile.mkdtemp(prefix="kustos-metrics-")
@@ -251,10 +232,8 @@ def _supervise(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    problem = _check(args)
-    if problem:
-        print(f"kustos serve: {problem}", file=sys.stderr)
+    args = process.parse(build_parser(), _check, argv)
+    if args is None:
         return 2
     if args.workers > 1:
         return _supervise(args)

@@ -18,10 +18,10 @@ from kustos.runtime.server.tensors import (
     Array,
     ProtocolError,
     check_shape,
+    loads_object,
     nested_array,
     to_jsonable,
 )
-from kustos.runtime.server.v2 import loads_object
 
 _REASONS = {400: "MICROSERVICE_BAD_DATA", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
             413: "MICROSERVICE_BAD_DATA", 422: "MICROSERVICE_BAD_DATA",

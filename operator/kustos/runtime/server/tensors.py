@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 Array = npt.NDArray[Any]
 
@@ -44,6 +45,19 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+def loads_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (every protocol's and the drift POST)."""
+    if not body:
+        raise ProtocolError("request body is empty; expected a JSON object")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("request body must be a JSON object")
+    return doc
 
 
 def nested_array(values: Any, where: str, strings: bool = False) -> Array:

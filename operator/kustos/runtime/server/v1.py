@@ -5,8 +5,13 @@ from __future__ import annotations
 import orjson
 
 from kustos.runtime.server.models import Model
-from kustos.runtime.server.tensors import Array, ProtocolError, nested_array, to_jsonable
-from kustos.runtime.server.v2 import loads_object
+from kustos.runtime.server.tensors import (
+    Array,
+    ProtocolError,
+    loads_object,
+    nested_array,
+    to_jsonable,
+)
 
 
 def parse_predict(body: bytes, model: Model) -> dict[str, Array]:

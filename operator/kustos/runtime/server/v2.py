@@ -11,7 +11,14 @@ from typing import Any
 import orjson
 
 from kustos.runtime.server.models import Model
-from kustos.runtime.server.tensors import Array, ProtocolError, check_shape, decode, encode
+from kustos.runtime.server.tensors import (
+    Array,
+    ProtocolError,
+    check_shape,
+    decode,
+    encode,
+    loads_object,
+)
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -22,18 +29,6 @@ class InferRequest:
     parameters: dict[str, Any] | None
     tensors: dict[str, Array]
     outputs: tuple[str, ...] | None
-
-
-def loads_object(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise ProtocolError("request body is empty; expected a JSON object")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError("request body must be a JSON object")
-    return doc
 
 
 def parse_infer(body: bytes) -> InferRequest:

@@ -1,0 +1,25 @@
+"""Helpers the runtime and explain conftests share. tests/unit is on sys.path (pytest puts
+the first directory above a test package there), so both import this as ``unit_support``."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
+    """True once ``cond()`` is, polling every ``step`` seconds; its last value at timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
