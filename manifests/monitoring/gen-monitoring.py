@@ -145,15 +145,16 @@ def dashboard() -> dict[str, Any]:
         q for q in quantiles("kustos_drift_evaluation_seconds", SEL, "model")
         if not q[1].startswith("p90")], unit="s")
     lay.panel("Inputs dropped before the drift test/s", [
-        (f"sum by (namespace, model, reason) (rate(kustos_drift_inputs_dropped_total"
-         f'{{reason!="", {SEL}}}[{RATE}]))', "{{model}} not sent: {{reason}}"),
+        (f"sum by (namespace, model, reason) (rate(kustos_drift_handoff_dropped_total"
+         f"{{{SEL}}}[{RATE}]))", "{{model}} not sent: {{reason}}"),
         (f"sum by (namespace, model) (rate(kustos_drift_inputs_dropped_total"
-         f'{{reason="", {SEL}}}[{RATE}]))', "{{model}} not tested (sidecar behind)"),
-        (f"sum by (namespace, model) (rate(kustos_drift_inputs_sent_total{{{SEL}}}[{RATE}]))",
+         f"{{{SEL}}}[{RATE}]))", "{{model}} not tested (sidecar behind)"),
+        (f"sum by (namespace, model) (rate(kustos_drift_handoff_sent_total{{{SEL}}}[{RATE}]))",
          "{{model}} sent")], unit="reqps", width=12,
-        description="kustos serve counts requests it could not hand to the sidecar (with a "
-                    "reason); the sidecar counts rows it dropped because evaluation fell "
-                    "behind (no reason label).")
+        description="kustos serve counts requests it could not hand to the sidecar, by "
+                    "reason (kustos_drift_handoff_dropped_total); the sidecar counts rows "
+                    "it dropped because evaluation fell behind "
+                    "(kustos_drift_inputs_dropped_total).")
     lay.panel("Drift sidecar ready, rows in the open window", [
         (f"min by (namespace, model) (kustos_drift_ready{{{SEL}}})", "{{model}} ready"),
         (f"sum by (namespace, model) (kustos_drift_window_rows{{{SEL}}})", "{{model}} rows"),
@@ -162,11 +163,11 @@ def dashboard() -> dict[str, Any]:
 
     lay.row("Explanations")
     lay.panel("Explain latency in the explainer sidecar (p50, p90, p99)", quantiles(
-        "kustos_explain_duration_seconds", f'method!="", {SEL}', "model, method"), unit="s",
+        "kustos_explain_duration_seconds", SEL, "model, method"), unit="s",
         description="Time the explainer sidecar (kustos explain) takes to answer, SHAP "
-                    "included. Its series carry a method label; kustos serve's do not.")
+                    "included.")
     lay.panel("Explain latency seen by kustos serve (p50, p90, p99)", quantiles(
-        "kustos_explain_duration_seconds", f'method="", {SEL}', "model"), unit="s",
+        "kustos_explain_forward_duration_seconds", SEL, "model"), unit="s",
         description="Time kustos serve spends forwarding an explain request to the sidecar "
                     "(the client's view).")
     lay.panel("Explain requests/s by code", [(

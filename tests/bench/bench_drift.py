@@ -85,7 +85,7 @@ def dropped_by_serve(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("kustos_drift_inputs_dropped_total"))
+               if line.startswith("kustos_drift_handoff_dropped_total"))
 
 
 def serving(args: argparse.Namespace, venv: Path, work: Path) -> list[dict[str, Any]]:

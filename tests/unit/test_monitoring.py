@@ -33,6 +33,8 @@ PACKAGE = REPO / "operator" / "kustos"
 METRIC_MODULES = ("kustos.metrics", "kustos.runtime.server.metrics")
 IMPORTABLE_DIRS = ("runtime/explain", "vault")
 SOURCE_ONLY_DIRS = ("runtime/drift",)
+# The processes of one model pod: kustos serve and its two sidecars.
+POD_PROCESS_DIRS = ("runtime/server", "runtime/explain", "runtime/drift")
 # Labels the scrape adds (kubernetes_sd relabelling, PodMonitor/ServiceMonitor), plus le.
 SCRAPE_LABELS = {"namespace", "pod", "container", "job", "instance", "service", "le"}
 DRIFT_NAMES = {"kustos_drift_detected", "kustos_drift_p_value", "kustos_drift_distance",
@@ -210,11 +212,28 @@ def test_drift_sidecar_exports_the_agreed_names(exported: dict[str, set[str]]) -
     assert not missing, f"the drift sidecar does not define {sorted(missing)}"
 
 
+def test_processes_of_a_pod_export_disjoint_names() -> None:
+    """kustos serve, the explainer sidecar and the drift sidecar are scraped from one pod:
+    a name two of them export (with different labels) would mix their series."""
+    by_process = {rel: set(_from_source(rel)) for rel in POD_PROCESS_DIRS}
+    assert "kustos_drift_handoff_dropped_total" in by_process["runtime/server"]
+    assert "kustos_explain_forward_duration_seconds_bucket" in by_process["runtime/server"]
+    assert "kustos_explain_duration_seconds_bucket" in by_process["runtime/explain"]
+    assert "kustos_drift_inputs_dropped_total" in by_process["runtime/drift"]
+    for i, a in enumerate(POD_PROCESS_DIRS):
+        for b in POD_PROCESS_DIRS[i + 1:]:
+            shared = by_process[a] & by_process[b]
+            assert not shared, f"{a} and {b} both export {sorted(shared)}"
+
+
 def test_dashboard_covers_what_operations_need() -> None:
     exprs = " ".join(e for _, e in dashboard_exprs())
     for name in ("kustos_requests_total", "kustos_request_duration_seconds_bucket",
                  "kustos_drift_p_value", "kustos_drift_detected",
-                 "kustos_explain_duration_seconds_bucket", "kustos_operator_reconciles_total",
+                 "kustos_explain_duration_seconds_bucket",
+                 "kustos_explain_forward_duration_seconds_bucket",
+                 "kustos_drift_handoff_dropped_total", "kustos_drift_inputs_dropped_total",
+                 "kustos_operator_reconciles_total",
                  "kustos_operator_reconcile_errors_total"):
         assert name in exprs, name
 

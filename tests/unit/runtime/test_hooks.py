@@ -94,7 +94,7 @@ def test_drift_receives_inputs_in_the_documented_payload(models: Models,
             rows += tensor["shape"][0]
         assert rows == 4
         assert wait_for(
-            lambda: metric(server, 'kustos_drift_inputs_sent_total{model="drifty"}') == 3)
+            lambda: metric(server, 'kustos_drift_handoff_sent_total{model="drifty"}') == 3)
     finally:
         server.shutdown()
 
@@ -110,8 +110,8 @@ def test_drift_sidecar_down_never_fails_predictions(models: Models) -> None:
                 {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": ROW}]})
             assert status == 200 and time.perf_counter() - started < 1.0
         c.close()
-        assert wait_for(lambda: metric(
-            server, 'kustos_drift_inputs_dropped_total{model="lonely",reason="send_failed"}') == 5)
+        dropped = 'kustos_drift_handoff_dropped_total{model="lonely",reason="send_failed"}'
+        assert wait_for(lambda: metric(server, dropped) == 5)
     finally:
         server.shutdown()
 
@@ -138,7 +138,9 @@ def test_drift_queue_overflow_drops_and_counts(models: Models, sidecar: Sidecar)
 
 def test_explain_is_forwarded_with_the_same_path(models: Models, sidecar: Sidecar) -> None:
     server = start_server(models.iris_lr, "iris", "--explainer-url", sidecar.url)
+    forwarded = 'kustos_explain_forward_duration_seconds_count{model="iris"}'
     try:
+        before = metric(server, forwarded)  # servers of other tests share the registry
         c = server.client()
         body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}
         status, out = c.post("/v2/models/iris/explain", body)
@@ -150,6 +152,13 @@ def test_explain_is_forwarded_with_the_same_path(models: Models, sidecar: Sideca
         status, out = c.post("/v1/models/iris:explain", {"instances": [ROW]})
         assert status == 422  # the explainer's own answer is relayed
         c.close()
+        assert metric(server, forwarded) - before == 3
+        # The sidecar's own name: kustos serve must not export it with other labels.
+        c = server.client()
+        _, text, _ = c.request("GET", "/metrics")
+        c.close()
+        assert b"kustos_explain_forward_duration_seconds_bucket{" in text
+        assert b"kustos_explain_duration_seconds" not in text
     finally:
         server.shutdown()
 

@@ -1,9 +1,10 @@
 """Prometheus metrics of the explainer sidecar, on a registry of its own.
 
-The model server's metrics live on prometheus_client's default registry and already
-define ``kustos_explain_duration_seconds{model}`` (the forwarding time). A registry of
-our own lets both modules be imported in one process (tests, tools) without a clash,
-and keeps the sidecar's /metrics to exactly its own series.
+The model server's metrics live on prometheus_client's default registry; its forwarding
+time is ``kustos_explain_forward_duration_seconds{model}``, a name of its own so that
+``kustos_explain_duration_seconds`` comes from this sidecar only. A registry of our own
+keeps the sidecar's /metrics to exactly its own series when both modules are imported in
+one process (tests, tools).
 """
 
 from __future__ import annotations

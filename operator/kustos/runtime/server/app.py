@@ -341,7 +341,7 @@ class ServingApp:
             reply(404, error_body(f"no explainer is configured for model {self.name!r}"),
                   JSON, b"")
             return
-        hist = m.EXPLAIN_DURATION.labels(self.name)
+        hist = m.EXPLAIN_FORWARD_DURATION.labels(self.name)
 
         async def forward() -> None:
             started = time.perf_counter()

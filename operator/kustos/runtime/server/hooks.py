@@ -3,7 +3,7 @@
 The drift hand-off must never slow or fail a prediction: ``DriftSender.offer`` is a
 non-blocking put on a bounded queue; a daemon thread drains it, merges the rows of the
 queued requests and POSTs them. A full queue or a failed POST drops the inputs and counts
-them in ``kustos_drift_inputs_dropped_total``.
+them in ``kustos_drift_handoff_dropped_total``.
 """
 
 from __future__ import annotations

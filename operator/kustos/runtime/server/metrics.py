@@ -43,16 +43,20 @@ PREDICTIONS = Counter(
 BATCH_ROWS = Histogram(
     "kustos_batch_rows", "Rows per model call (micro-batching merges concurrent requests)",
     ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+# drift_handoff_* and explain_forward_*: the sidecars export kustos_drift_inputs_dropped
+# and kustos_explain_duration_seconds themselves; one name per process avoids series of
+# one name with different label sets in one pod.
 DRIFT_SENT = Counter(
-    "kustos_drift_inputs_sent", "Requests whose inputs reached the drift sidecar", ["model"])
+    "kustos_drift_handoff_sent", "Requests whose inputs reached the drift sidecar", ["model"])
 DRIFT_DROPPED = Counter(
-    "kustos_drift_inputs_dropped",
+    "kustos_drift_handoff_dropped",
     "Requests whose inputs were not handed to the drift sidecar (queue full or send failed)",
     ["model", "reason"])
 FEEDBACK = Counter("kustos_feedback", "Seldon feedback messages received", ["model"])
 FEEDBACK_REWARD = Counter("kustos_feedback_reward", "Sum of Seldon feedback rewards", ["model"])
-EXPLAIN_DURATION = Histogram(
-    "kustos_explain_duration_seconds", "Time to forward an explain request", ["model"],
+EXPLAIN_FORWARD_DURATION = Histogram(
+    "kustos_explain_forward_duration_seconds", "Time to forward an explain request",
+    ["model"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
 
