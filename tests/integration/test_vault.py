@@ -355,10 +355,14 @@ def test_leaving_sync_mode_removes_secret_and_status(kube: Kube, operator: Opera
     kube.apply(model_deployment(name, namespace, {**vault, "mode": "injector"}))
     wait_for("the synced Secret deleted",
              lambda: kube.get("secret", f"{name}-vault", namespace) is None)
-    md = wait_for("status.secrets and SecretsReady gone", lambda: (lambda m: m if m and
-                  "secrets" not in m["status"] and not condition(m, "SecretsReady")
-                  else None)(kube.get("md", name, namespace)))
-    assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+    # The Vault clean-up runs inside the reconcile, before its own status write: wait for
+    # that write too (observedGeneration), and the Vault fields must still be gone.
+    md = wait_for("status.secrets and SecretsReady gone after the reconcile", lambda: (
+        lambda m: m if m and "secrets" not in m["status"]
+        and not condition(m, "SecretsReady")
+        and m["status"].get("observedGeneration") == m["metadata"]["generation"]
+        else None)(kube.get("md", name, namespace)))
+    assert md["status"]["observedGeneration"] == 2
     ann = wait_for("injector annotations", lambda: pod_annotations(kube, name, namespace)
                    .get(f"{INJECT}agent-inject") == "true")
     assert ann
