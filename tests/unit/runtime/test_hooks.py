@@ -189,3 +189,43 @@ def test_explainer_down_is_502_and_slow_is_504(models: Models, sidecar: Sidecar)
     finally:
         sidecar.delay = 0
         server.shutdown()
+
+
+def test_drift_sample_every_nth_request_above_the_row_rate(sidecar: Sidecar) -> None:
+    from kustos.runtime.server import metrics as m
+    from kustos.runtime.server.hooks import DriftSender, sample_every
+
+    assert sample_every(500, 2000) == 1
+    assert sample_every(2000, 2000) == 1
+    assert sample_every(20_000, 2000) == 10
+    assert sample_every(20_001, 2000) == 11
+    assert sample_every(50_000, 0) == 1
+
+    # A real stream over the cap: after the first second the sender thinned it out.
+    sender = DriftSender(sidecar.url, "sampled", "1", max_rows_per_second=200)
+    everything = DriftSender(sidecar.url, "unsampled", "1", max_rows_per_second=0)
+    try:
+        x = {"input-0": np.zeros((1, 4))}
+        started, i = time.monotonic(), 0
+        while time.monotonic() - started < 2.5:
+            sender.offer({"input-0": np.full((1, 4), i, dtype=np.float64)})
+            everything.offer(x)
+            i += 1
+            time.sleep(0.0005)  # ~1000-2000 requests/s, well over the cap of 200 rows/s
+        assert sender._every >= 3
+
+        def rows(model: str) -> list[float]:
+            return [v for _, body in sidecar.posts if body["model_name"] == model
+                    for inp in body["inputs"] for v in inp["data"][::4]]
+
+        sampled = m.DRIFT_SAMPLED_OUT.labels("sampled")
+        assert wait_for(lambda: len(rows("sampled")) + sampled._value.get() == i, timeout=10)
+        kept = rows("sampled")
+        assert len(kept) < i / 2 and sampled._value.get() > i / 2
+        # Every n-th request: the kept ones are spread over the whole stream.
+        assert max(kept) > 0.9 * i
+        assert wait_for(lambda: len(rows("unsampled")) == i, timeout=10)
+        assert m.DRIFT_SAMPLED_OUT.labels("unsampled")._value.get() == 0
+    finally:
+        sender.close()
+        everything.close()

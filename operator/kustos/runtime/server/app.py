@@ -43,6 +43,7 @@ class AppOptions:
     batching: bool = True
     max_batch_rows: int = 256
     drift_queue: int = 8192
+    drift_max_rows_per_second: float = 2000
 
 
 def _seldon_path(path: str) -> bool:
@@ -59,7 +60,9 @@ class ServingApp:
         self.stats = m.RequestMetrics(opts.name)
         self.responses = v2.Responses(opts.name, opts.version, server_version)
         self.drift = (DriftSender(opts.drift_url, opts.name, opts.version,
-                                  maxsize=opts.drift_queue) if opts.drift_url else None)
+                                  maxsize=opts.drift_queue,
+                                  max_rows_per_second=opts.drift_max_rows_per_second)
+                      if opts.drift_url else None)
         self.explainer = (ExplainForwarder(opts.explainer_url, opts.explainer_timeout)
                           if opts.explainer_url else None)
         self.stopping = False

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes sharing the port with SO_REUSEPORT (1)")
     p.add_argument("--drift-url", default=os.environ.get("KUSTOS_DRIFT_URL") or None,
                    help="drift sidecar URL to copy inputs to (env KUSTOS_DRIFT_URL)")
+    p.add_argument("--drift-max-rows-per-second", type=float, default=2000.0,
+                   help="above this input rate the drift sidecar gets a uniform random "
+                        "sample of requests (2000; 0: every request)")
     p.add_argument("--explainer-url", default=os.environ.get("KUSTOS_EXPLAINER_URL") or None,
                    help="explainer sidecar base URL for :explain (env KUSTOS_EXPLAINER_URL)")
     p.add_argument("--explainer-timeout", type=float, default=30.0,
@@ -77,6 +80,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--max-batch-rows must be >= 1"
     if args.drain_timeout < 0 or args.explainer_timeout <= 0:
         return "timeouts must be positive"
+    if args.drift_max_rows_per_second < 0:
+        return "--drift-max-rows-per-second must be >= 0"
     for url in (args.drift_url, args.explainer_url):
         if url and not url.startswith(("http://", "https://")):
             return f"expected an http(s) URL, got {url!r}"
@@ -99,7 +104,8 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
     app = ServingApp(AppOptions(
         name=args.name, version=args.model_version, drift_url=args.drift_url,
         explainer_url=args.explainer_url, explainer_timeout=args.explainer_timeout,
-        batching=not args.no_batching, max_batch_rows=args.max_batch_rows), __version__)
+        batching=not args.no_batching, max_batch_rows=args.max_batch_rows,
+        drift_max_rows_per_second=args.drift_max_rows_per_second), __version__)
     server = HttpServer(app, max_body=args.max_body_bytes,
                         keepalive_timeout=args.keepalive_timeout)
     app.peers = lambda: len(server.connections)

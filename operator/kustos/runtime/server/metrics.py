@@ -48,6 +48,10 @@ BATCH_ROWS = Histogram(
 # one name with different label sets in one pod.
 DRIFT_SENT = Counter(
     "kustos_drift_handoff_sent", "Requests whose inputs reached the drift sidecar", ["model"])
+DRIFT_SAMPLED_OUT = Counter(
+    "kustos_drift_handoff_sampled_out",
+    "Requests left out of the drift sample (over --drift-max-rows-per-second; not an error)",
+    ["model"])
 DRIFT_DROPPED = Counter(
     "kustos_drift_handoff_dropped",
     "Requests whose inputs were not handed to the drift sidecar (queue full or send failed)",
