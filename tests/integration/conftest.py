@@ -30,6 +30,21 @@ pytest.register_assert_rewrite("sidecar_helpers")
 NS_PREFIX = f"t{uuid.uuid4().hex[:4]}-"
 
 
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    """Quote every string a YAML reader could take for a number. PyYAML writes "6276e7"
+    (a random hex tag) plain, and kubectl's Go YAML then reads it as a float: quote it."""
+    try:
+        float(data)
+        style: str | None = "'"
+    except ValueError:
+        style = None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+# Every yaml.safe_dump in the integration tests feeds kubectl or a generated file.
+yaml.SafeDumper.add_representer(str, _represent_str)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
