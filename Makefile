@@ -58,6 +58,7 @@ docs: venv ## regenerate docs/reference/crds.md from the pydantic models
 chart: crds ## regenerate the chart's CRD copy and golden renders, and manifests/install/
 	@$(BIN)/python -m kustos.rbac --write charts/kustos/files/rbac-rules.yaml
 	@$(BIN)/python manifests/monitoring/gen-monitoring.py
+	@$(BIN)/python manifests/argocd/gen-argocd-cm.py
 	@PYTHON=$(BIN)/python bash hack/gen-chart.sh
 	@PYTHON=$(BIN)/python bash hack/gen-manifests.sh
 
