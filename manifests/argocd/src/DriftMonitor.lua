@@ -17,10 +17,4 @@ if ready ~= nil and ready.status == "True" then
 end
 
 -- Ready False or Unknown without Degraded: the sidecar is being added or is starting.
-hs.status = "Progressing"
-if ready ~= nil then
-  hs.message = say(ready)
-else
-  hs.message = "Waiting for the Ready condition"
-end
-return hs
+return starting(ready)

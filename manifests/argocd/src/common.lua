@@ -17,6 +17,17 @@ local function say(c)
   return reason
 end
 
+-- Ready False or Unknown without Degraded: the sidecar or rollout is still coming up.
+local function starting(ready)
+  hs.status = "Progressing"
+  if ready ~= nil then
+    hs.message = say(ready)
+  else
+    hs.message = "Waiting for the Ready condition"
+  end
+  return hs
+end
+
 local status = obj.status
 if status == nil or status.conditions == nil then
   hs.status = "Progressing"
