@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-url", default=os.environ.get("KUSTOS_DRIFT_URL") or None,
                    help="drift sidecar URL to copy inputs to (env KUSTOS_DRIFT_URL)")
     p.add_argument("--drift-max-rows-per-second", type=float, default=2000.0,
-                   help="above this input rate the drift sidecar gets a uniform random "
-                        "sample of requests (2000; 0: every request)")
+                   help="above this input rate the drift sidecar gets every n-th request "
+                        "(2000; 0: every request)")
     p.add_argument("--explainer-url", default=os.environ.get("KUSTOS_EXPLAINER_URL") or None,
                    help="explainer sidecar base URL for :explain (env KUSTOS_EXPLAINER_URL)")
     p.add_argument("--explainer-timeout", type=float, default=30.0,
