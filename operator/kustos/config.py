@@ -13,7 +13,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_IMAGE = "ghcr.io/kustos-dev/kustos-runtime:0.1.0"
+# One image runs the operator, the fetch init container and the model server
+# (images/kustos.Dockerfile); the explainer adds shap (images/explain.Dockerfile).
+DEFAULT_IMAGE = "ghcr.io/kustos-dev/kustos:0.1.0"
 
 
 class Images(BaseModel):
@@ -27,7 +29,7 @@ class Images(BaseModel):
     tfserving: str = "docker.io/tensorflow/serving:2.17.0"
     torchserve: str = "docker.io/pytorch/torchserve:0.12.0-cpu"
     fetch: str = DEFAULT_IMAGE
-    explain: str = DEFAULT_IMAGE
+    explain: str = "ghcr.io/kustos-dev/kustos-explain:0.1.0"
     # alibi-detect pins numpy<2: the drift sidecar has an image (environment) of its own.
     drift: str = "ghcr.io/kustos-dev/kustos-drift:0.1.0"
 

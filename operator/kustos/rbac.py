@@ -88,8 +88,9 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "pending: ExplainerSpec"),
     Rule(("batch",), ("jobs",), ("list", "create"),
          "a DriftMonitor's retraining Job", "pending: DriftMonitor"),
-    Rule(("",), ("pods",), ("list",),
-         "pod IPs, to read the sidecars' status endpoints", "pending: ExplainerSpec/DriftMonitor"),
+    Rule(("",), ("pods",), ("list", "watch"),
+         "pod IPs, to read the sidecars' status endpoints; the serving pods' container "
+         "states, to say why a rollout is stuck (watch filtered by label)"),
 )
 
 # --- Secrets: their own ClusterRole/Role, bound only where models live ---

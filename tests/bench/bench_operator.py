@@ -74,7 +74,7 @@ def main() -> int:
             kubeconfig=kubeconfig)
     kube = Kube(kubeconfig)
     ns = f"bench-{int(time.time())}"
-    kube.run("create", "namespace", ns)
+    kube.create_namespace(ns)
     op = Operator(kubeconfig)
     op.start(namespaces=[ns])
     try:

@@ -29,6 +29,27 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 _started_here = False
 
+# hack/cluster.sh taints the kwok node; pods of a namespace carrying these annotations get
+# its node selector and toleration (admission plugins PodNodeSelector and
+# PodTolerationRestriction). Tests that run their sidecars by hand on the fake pods' loopback
+# IPs use such namespaces; every other namespace's pods run on the real node.
+KWOK_NAMESPACE_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations":
+        '[{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]',
+}
+
+
+def namespace_manifest(name: str, *, kwok: bool = True,
+                       labels: dict[str, str] | None = None) -> dict[str, object]:
+    """A Namespace whose pods go to the kwok node (default) or to the real node."""
+    meta: dict[str, object] = {"name": name}
+    if kwok:
+        meta["annotations"] = dict(KWOK_NAMESPACE_ANNOTATIONS)
+    if labels:
+        meta["labels"] = dict(labels)
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
 
 class ClusterUnavailable(RuntimeError):
     """The local control plane could not be started."""

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import REPO, ensure_cluster, kubectl, started_here, stop_cluster
+from cluster import (
+    REPO,
+    ensure_cluster,
+    kubectl,
+    namespace_manifest,
+    started_here,
+    stop_cluster,
+)
 
 OPERATOR_LOGS = REPO / ".cluster" / "logs"
 
@@ -125,6 +132,12 @@ class Kube:
               ) -> subprocess.CompletedProcess[str]:
         text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
         return self.run("apply", "-f", "-", input=text, check=check)
+
+    def create_namespace(self, name: str, *, kwok: bool = True,
+                         labels: dict[str, str] | None = None) -> None:
+        """A new namespace; its pods go to the kwok node unless ``kwok`` is False."""
+        self.run("create", "-f", "-",
+                 input=yaml.safe_dump(namespace_manifest(name, kwok=kwok, labels=labels)))
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         proc = self.run("get", kind, name, "-n", namespace, "-o", "json", check=False)
@@ -239,8 +252,11 @@ def kube(kubeconfig: Path) -> Kube:
 
 @pytest.fixture(scope="session")
 def operator(kubeconfig: Path) -> Iterator[Operator]:
-    # One operator per cluster: a `make dev` operator would act on the tests' objects too.
+    # One operator per cluster: a `make dev` operator would act on the tests' objects too
+    # (the chart's pod in kustos-system, or the process of an older `make dev`).
     subprocess.run(["bash", str(REPO / "hack" / "dev-operator.sh"), "stop"], check=False)
+    kubectl("scale", "deployment", "-n", "kustos-system", "-l",
+            "app.kubernetes.io/name=kustos", "--replicas=0", kubeconfig=kubeconfig, check=False)
     op = Operator(kubeconfig)
     op.start()
     yield op
@@ -250,6 +266,6 @@ def operator(kubeconfig: Path) -> Iterator[Operator]:
 @pytest.fixture
 def namespace(kube: Kube) -> Iterator[str]:
     name = f"{NS_PREFIX}{uuid.uuid4().hex[:6]}"
-    kube.run("create", "namespace", name)
+    kube.create_namespace(name)
     yield name
     kube.run("delete", "namespace", name, "--wait=false", check=False)

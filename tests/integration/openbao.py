@@ -130,7 +130,7 @@ def reviewed_openbao(kube: Kube, tag: str) -> Iterator[OpenBao]:
     server = OpenBao(free_port(), free_port(), OPERATOR_LOGS / f"openbao-{tag}.log")
     reviewer_ns = f"{NS_PREFIX}{tag}-vault-{uuid.uuid4().hex[:4]}"
     binding = f"kustos-{reviewer_ns}-reviewer"
-    kube.run("create", "namespace", reviewer_ns)
+    kube.create_namespace(reviewer_ns)
     try:
         kube.run("create", "serviceaccount", "vault-reviewer", "-n", reviewer_ns)
         kube.run("create", "clusterrolebinding", binding, "--clusterrole=system:auth-delegator",

@@ -81,7 +81,7 @@ def gov_operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory,
 
 def _namespace(kube: Kube, governed: bool) -> str:
     name = f"{GOV_PREFIX}{uuid.uuid4().hex[:6]}"
-    kube.run("create", "namespace", name)
+    kube.create_namespace(name)
     if governed:
         kube.run("label", "namespace", name, f"{NS_LABEL}={SESSION}")
     return name

@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import REPO, bin_dir, in_ci
+from cluster import REPO
 from conftest import OPERATOR_LOGS, Kube, free_port, wait_for
+from helm_cli import CHART, Helm, chart_crds
 
 pytestmark = pytest.mark.integration
 
-CHART = REPO / "charts" / "kustos"
 SAMPLE = REPO / "manifests" / "samples" / "modeldeployment.yaml"
 # Not the session prefix: the `operator` fixture of a concurrent test module must not act in
 # the namespace this test's own operator watches.
@@ -43,39 +43,6 @@ RELEASE = f"kustos-h{UID}"
 RELEASE_NS = f"kh-{UID}-system"
 WATCH_NS = f"kh-{UID}-models"
 WEBHOOK_LABEL = f"kustos-helm-test-{UID}"
-
-
-def helm_bin() -> Path:
-    path = bin_dir() / "helm"
-    if not path.is_file():
-        msg = f"helm missing at {path} (hack/build-tools.sh helm)"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
-class Helm:
-    def __init__(self, kubeconfig: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.exe = helm_bin()
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "HELM_CACHE_HOME": str(REPO / ".cluster" / "helm" / "cache"),
-               "HELM_CONFIG_HOME": str(REPO / ".cluster" / "helm" / "config"),
-               "HELM_DATA_HOME": str(REPO / ".cluster" / "helm" / "data")}
-        proc = subprocess.run([str(self.exe), "--kubeconfig", str(self.kubeconfig), *args],
-                              capture_output=True, text=True, timeout=300, env=env)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}{proc.stdout}")
-        return proc
-
-
-def chart_crds() -> list[str]:
-    names = []
-    for path in sorted((CHART / "crds").glob("*.yaml")):
-        names += [d["metadata"]["name"] for d in yaml.safe_load_all(path.read_text()) if d]
-    return names
 
 
 def values() -> list[str]:
@@ -97,7 +64,9 @@ def helm(kubeconfig: Path) -> Helm:
 @pytest.fixture(scope="module")
 def release(helm: Helm, kube: Kube) -> Iterator[str]:
     """The chart installed as RELEASE in RELEASE_NS, watching WATCH_NS."""
-    kube.run("create", "namespace", WATCH_NS)
+    kube.create_namespace(WATCH_NS)
+    # The chart's operator pod stays on the kwok node: the test runs the operator process.
+    kube.create_namespace(RELEASE_NS)
     missing = [n for n in chart_crds()
                if kube.run("get", "crd", n, check=False).returncode != 0]
     args = ["install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
@@ -336,7 +305,7 @@ def test_the_chart_webhook_is_registered_and_scoped(kube: Kube, release: str) ->
     # In a labelled namespace the API server really consults it (and, unreachable here,
     # refuses: failurePolicy Fail). Other namespaces are not affected.
     ns = f"kh-{UID}-hooked"
-    kube.run("create", "namespace", ns)
+    kube.create_namespace(ns)
     try:
         kube.run("label", "namespace", ns, f"{WEBHOOK_LABEL}=on")
         sample = yaml.safe_load(SAMPLE.read_text())
@@ -431,7 +400,7 @@ def test_uninstall_removes_the_release_but_keeps_the_crds(
 def test_the_kustomize_install_passes_server_side_dry_run(kube: Kube) -> None:
     """manifests/install (without the cert-manager kinds) in a throwaway namespace."""
     ns = f"kh-{UID}-kustomize"
-    kube.run("create", "namespace", ns)
+    kube.create_namespace(ns)
     try:
         for sub, skip in (("manifests/install", {"Certificate", "Issuer"}),
                           ("manifests/install/without-webhook", set())):
@@ -460,7 +429,7 @@ def test_golden_values_pass_server_side_dry_run(helm: Helm, kube: Kube, case: st
     rendered = helm.run("template", "kustos", str(CHART), "--namespace", ns,
                         "--values", str(values_file)).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
-    kube.run("create", "namespace", ns)
+    kube.create_namespace(ns)
     try:
         proc = kube.run("apply", "--dry-run=server", "--server-side", "--force-conflicts",
                         "--field-manager=kustos-chart-test", "-f", "-",

@@ -112,7 +112,7 @@ def env(kube: Kube) -> Iterator[Env]:
     uid = uuid.uuid4().hex[:6]
     e = Env(kube, uid, f"rbac-{uid}-op", f"rbac-{uid}-a", f"rbac-{uid}-b")
     for ns in (e.operator_ns, e.models_ns, e.other_ns):
-        kube.run("create", "namespace", ns)
+        kube.create_namespace(ns)
     yield e
     kube.run("delete", "clusterrole,clusterrolebinding,validatingadmissionpolicybinding,"
              "validatingadmissionpolicy", "-l", f"kustos-rbac-test={uid}",

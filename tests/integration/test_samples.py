@@ -53,9 +53,12 @@ def test_samples_make_dev_applies_reach_ready(kube: Kube, operator: Operator,
     uid = uuid.uuid4().hex[:6]
     docs = [d for p in TOP for d in load(p, namespace, uid)]
     policies = [d["metadata"]["name"] for d in docs if d["kind"] == "GovernancePolicy"]
-    # Like `make dev`: the whole directory in one apply.
+    # Like `make dev`: the store's credentials, then the whole directory in one apply.
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "model-store", "namespace": namespace},
+              "stringData": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}}
     try:
-        kube.run("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        kube.run("apply", "-f", "-", input=yaml.safe_dump_all([secret, *docs]))
         names = [d["metadata"]["name"] for d in docs if d["kind"] == "ModelDeployment"]
         assert len(names) >= 5
 

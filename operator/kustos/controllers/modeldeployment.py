@@ -18,8 +18,9 @@ from kustos.k8s import client, events
 from kustos.k8s.client import ApiError
 from kustos.k8s.resources import MODEL_CHILD_KINDS
 from kustos.render import modeldeployment as render_md
-from kustos.render.meta import MANAGED, MANAGED_BY, base_labels
+from kustos.render.meta import COMPONENT, INSTANCE, MANAGED, MANAGED_BY, base_labels
 from kustos.status import modeldeployment as status_md
+from kustos.status import pods as status_pods
 from kustos.status.modeldeployment import Failure
 
 from .attachments import AttachmentProblem, gather
@@ -36,8 +37,14 @@ def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str,
     while the object is still at ``body``'s resourceVersion, so a status computed from a
     stale read never lands. False when it was not (the caller re-reads or lets the newer
     version's own event refresh it)."""
-    new, notices = status_md.compute(body, deployments, config(), datetime.now(UTC), failure)
     meta = body["metadata"]
+    pod_failure = None
+    if not status_md.settled(body, deployments):
+        # Only a rollout that is not done needs its pods read for the reason.
+        pod_failure = status_pods.problem(client.list_objects(
+            "Pod", meta["namespace"], {**base_labels(meta["name"]), COMPONENT: "predictor"}))
+    new, notices = status_md.compute(body, deployments, config(), datetime.now(UTC), failure,
+                                     pod_failure)
     if status_md.changed(body.get("status"), new):
         try:
             client.patch_status(KIND, meta["name"], meta["namespace"], new,
@@ -195,7 +202,7 @@ def _validation_message(err: ValidationError) -> str:
 
 # Degraded reasons the status refresh derives from the Deployments itself; every other
 # reason is a failure only the reconcile can clear (a spec change or a retry).
-_FROM_ROLLOUT = ("ProgressDeadlineExceeded", "ReplicaFailure")
+_FROM_ROLLOUT = ("ProgressDeadlineExceeded", "ReplicaFailure", *status_pods.REASONS)
 
 
 def refresh_status(md: Mapping[str, Any]) -> None:
@@ -241,3 +248,22 @@ def deployment_changed(body: kopf.Body, **_: Any) -> None:
             refresh_status(md)
     except (ApiError, ValidationError) as err:
         log.warning("status refresh of %s/%s failed: %s", namespace, owner["name"], err)
+
+
+@kopf.on.event("", "v1", "pods", labels={MANAGED: MANAGED_BY, COMPONENT: "predictor"})
+def pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A serving pod reports a problem (the fetch failed, an image cannot be pulled, the
+    server crashes): say why in the owner's status. Recovery shows in the Deployment,
+    whose own events refresh the status, so healthy pods cost nothing here."""
+    if type == "DELETED" or status_pods.problem([body]) is None:
+        return
+    namespace = body["metadata"]["namespace"]
+    name = (body["metadata"].get("labels") or {}).get(INSTANCE)
+    if not name:
+        return
+    try:
+        md = client.get(KIND, name, namespace)
+        if md is not None:
+            refresh_status(md)
+    except (ApiError, ValidationError) as err:
+        log.warning("status refresh of %s/%s failed: %s", namespace, name, err)

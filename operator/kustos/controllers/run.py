@@ -69,6 +69,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Watch only our own Deployments: the API server filters, so other workloads' churn
     # never reaches the operator.
     settings.watching.label_selectors["apps", "v1", "deployments"] = f"{MANAGED}={MANAGED_BY}"
+    settings.watching.label_selectors["", "v1", "pods"] = f"{MANAGED}={MANAGED_BY}"
     # Events are posted deliberately (kustos.k8s.events), not one per log line.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300

@@ -20,6 +20,7 @@ from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
 PVC_MOUNT = "/mnt/pvc"
 NONROOT_UID = 65532
 SERVICE_PORT = 80
+PRESTOP_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ def _fetch_container(model: ModelSource, config: OperatorConfig) -> dict[str, An
         "args": args,
         "resources": dict(config.fetch_resources),
         "securityContext": _security_context(),
+        # The fetcher's last line says what went wrong; the status shows it (status/pods).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR},
                          {"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -162,6 +165,10 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     sspec = serving_spec(name, spec, track.model, config, attachments)
     server = runtime_container(sspec)
     server["securityContext"] = _security_context()
+    server["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    # A terminating pod leaves the Service's endpoints while kube-proxy (or a mesh) still
+    # routes to it for a moment: keep serving that long before the server drains.
+    server.setdefault("lifecycle", {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}})
     server["volumeMounts"] = [
         *server.get("volumeMounts", []),
         {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},

@@ -131,10 +131,11 @@ def _http_open(
     timeout: float,
     headers: Mapping[str, str] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    allow_http: bool = False,
 ) -> _Stream:
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not (allow_http or _is_loopback(host)):
         raise FetchError(f"refusing plain http for {display}: use https")
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
@@ -309,7 +310,11 @@ def _open(uri: str, timeout: float, credentials_dir: str | None) -> _Stream:
             raise FetchError(f"s3 URI must be s3://bucket/key, got {uri!r}")
         creds = S3Credentials.load(credentials_dir=credentials_dir)
         url = _s3_url(bucket, key, creds)
-        return _http_open(url, uri, timeout, headers=sigv4_headers("GET", url, creds))
+        # An endpoint written out in the credentials (in-cluster MinIO, Ceph) is used as
+        # given, http included, like KServe's s3-usehttps=0; the digest still guards the
+        # bytes. Without one, AWS itself is reached over https only.
+        return _http_open(url, uri, timeout, headers=sigv4_headers("GET", url, creds),
+                          allow_http=bool(creds.endpoint))
     if scheme and len(scheme) > 1:  # "c:" style drive letters are not a concern on Linux
         raise FetchError(f"unsupported URI scheme {scheme!r} in {_redact(uri)}")
     return _local_open(uri, uri)

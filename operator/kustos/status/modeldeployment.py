@@ -78,21 +78,35 @@ def rollout(deployment: Mapping[str, Any] | None, wanted: int | None) -> Rollout
     return r
 
 
+def _rollouts(name: str, spec: ModelDeploymentSpec,
+              deployments: Mapping[str, Mapping[str, Any]]) -> list[Rollout]:
+    out = []
+    for t in split_tracks(name, spec):
+        # Under autoscaling the HPA decides the stable track's size: judge against it.
+        wanted = None if (spec.autoscaling and t.track == "stable") else t.replicas
+        out.append(rollout(deployments.get(t.name), wanted))
+    return out
+
+
+def settled(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether every track's rollout is complete (then the pods need no reading)."""
+    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    return all(r.done for r in _rollouts(body["metadata"]["name"], spec, deployments))
+
+
 def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
-            config: OperatorConfig, now: datetime,
-            failure: Failure | None = None) -> tuple[dict[str, Any], list[Notice]]:
-    """The new status and the Events to post, from the live Deployments by name."""
+            config: OperatorConfig, now: datetime, failure: Failure | None = None,
+            pod_failure: Failure | None = None) -> tuple[dict[str, Any], list[Notice]]:
+    """The new status and the Events to post, from the live Deployments by name.
+
+    ``failure`` is a problem the reconcile ran into; ``pod_failure`` one the pods report
+    (status/pods.py), which clears by itself when the pods recover."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
     old: Mapping[str, Any] = body.get("status") or {}
     spec = ModelDeploymentSpec.model_validate(body["spec"])
-    tracks = split_tracks(name, spec)
-    rollouts = []
-    for t in tracks:
-        # Under autoscaling the HPA decides the stable track's size: judge against it.
-        wanted = None if (spec.autoscaling and t.track == "stable") else t.replicas
-        rollouts.append(rollout(deployments.get(t.name), wanted))
+    rollouts = _rollouts(name, spec, deployments)
     stable = rollouts[0]
     notices: list[Notice] = []
     conds: list[dict[str, Any]] = list(old.get("conditions") or [])
@@ -125,6 +139,9 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
 
     problems = [(r.deadline_exceeded, "ProgressDeadlineExceeded") for r in rollouts] + \
         [(r.replica_failure, "ReplicaFailure") for r in rollouts]
+    if pod_failure is not None and not done:
+        # What the pods say is more precise than the Deployment's deadline.
+        problems.insert(0, (pod_failure.message, pod_failure.reason))
     problem = next(((msg, reason) for msg, reason in problems if msg), None)
     old_degraded = get_condition({"status": old}, "Degraded") or {}
     was_degraded = old_degraded.get("status") == "True"
@@ -134,7 +151,7 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
             notices.append(Notice(failure.reason, failure.message, warning=True))
     elif problem is not None:
         cond("Degraded", True, problem[1], problem[0])
-        if not was_degraded:
+        if not was_degraded or old_degraded.get("reason") != problem[1]:
             notices.append(Notice(problem[1], problem[0], warning=True))
     else:
         cond("Degraded", False, "AsExpected", "")

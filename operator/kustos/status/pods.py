@@ -1,0 +1,80 @@
+"""Why a ModelDeployment's pods do not start, read from the pods the kubelet reports.
+
+A Deployment only says "not available"; the reason (a wrong digest in the fetch init
+container, an image that cannot be pulled, a server that crashes) is in the pods'
+container statuses. Pure: the controller lists the pods and passes them in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .modeldeployment import Failure
+
+FETCH_CONTAINER = "fetch-model"
+# Kept short in status and Events; the pod's own status has the whole text.
+MAX_MESSAGE = 400
+
+# Waiting reasons the kubelet gives while it cannot get an image.
+_IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+# Waiting reasons for a container whose configuration cannot be built.
+_CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+# The Degraded reasons this module derives; they clear when the pods recover.
+REASONS = ("ModelFetchFailed", "ImagePullFailed", "ContainerConfigError", "ContainerCrashing")
+
+
+def _terminated(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The container's failed termination (now, or the last one before a restart)."""
+    for key in ("state", "lastState"):
+        term = (status.get(key) or {}).get("terminated")
+        if term and int(term.get("exitCode", 0)) != 0:
+            return term  # type: ignore[no-any-return]
+    return None
+
+
+def _clip(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    # The fetcher prints progress first and its one-line error last.
+    message = lines[-1] if lines else ""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+def _pod_problem(pod: Mapping[str, Any]) -> Failure | None:
+    name = pod.get("metadata", {}).get("name", "?")
+    status = pod.get("status") or {}
+    for cs in status.get("initContainerStatuses") or []:
+        term = _terminated(cs)
+        if cs.get("name") == FETCH_CONTAINER and term is not None:
+            detail = _clip(term.get("message") or "") or f"exit code {term.get('exitCode')}"
+            return Failure("ModelFetchFailed", f"pod {name}: fetching the model failed: {detail}")
+    statuses = [*(status.get("initContainerStatuses") or []),
+                *(status.get("containerStatuses") or [])]
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        container = cs.get("name", "?")
+        if reason in _IMAGE_REASONS:
+            return Failure("ImagePullFailed", f"pod {name}, container {container}: {reason}: "
+                           f"{_clip(waiting.get('message') or cs.get('image', ''))}")
+        if reason in _CONFIG_REASONS:
+            return Failure("ContainerConfigError", f"pod {name}, container {container}: "
+                           f"{reason}: {_clip(waiting.get('message') or '')}")
+        term = _terminated(cs)
+        if reason == "CrashLoopBackOff" and term is not None:
+            detail = _clip(term.get("message") or "") or f"exit code {term.get('exitCode')}"
+            return Failure("ContainerCrashing", f"pod {name}, container {container} keeps "
+                           f"exiting: {detail}")
+    return None
+
+
+def problem(pods: Iterable[Mapping[str, Any]]) -> Failure | None:
+    """The first problem among ``pods`` (by name, so the answer is stable), if any."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        found = _pod_problem(pod)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,175 @@
+"""Fixtures for the tests that run real pods on the local cluster's real node.
+
+The operator runs the way users run it: installed by the Helm chart as a pod from the
+image `make images` built, with the chart's RBAC, in a namespace enforcing the restricted
+Pod Security Standard, watching one models namespace (also restricted). Models come from
+the local S3 store (hack/model_store.py: moto on the node's bridge address), fetched by the
+real init container with credentials from a Secret. Requests reach the pods through the
+Service's ClusterIP, which kube-proxy routes on this host.
+
+Loaded as a pytest plugin by the test modules that use it (``pytest_plugins``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import REPO, in_ci
+from conftest import OPERATOR_LOGS, Kube, wait_for
+from helm_cli import CHART, Helm, chart_crds
+
+REAL_NODE = os.environ.get("KUSTOS_NODE_NAME_REAL", "kustos-node-0")
+MODEL_STORE = REPO / "hack" / "model_store.py"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+def require_real_node(kube: Kube) -> None:
+    """The real node is Ready; without it the test fails in CI and is skipped elsewhere
+    (KUSTOS_REAL_NODE=0 starts a kwok-only cluster)."""
+    node = json.loads(kube.run("get", "node", REAL_NODE, "-o", "json", check=False).stdout
+                      or "{}")
+    ready = {c["type"]: c["status"]
+             for c in node.get("status", {}).get("conditions", [])}.get("Ready")
+    if ready == "True":
+        return
+    msg = f"the real node {REAL_NODE} is not Ready (hack/cluster.sh up starts it)"
+    if in_ci() or os.environ.get("KUSTOS_REAL_NODE", "1") != "0":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def store(*args: str) -> str:
+    proc = subprocess.run([sys.executable, str(MODEL_STORE), *args], capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"model_store.py {' '.join(args)}: {proc.stderr}{proc.stdout}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def model_store() -> dict[str, str]:
+    """The local S3 store, up, with every sample model published: {uri: digest}."""
+    store("up")
+    digests: dict[str, str] = json.loads(store("publish"))
+    return digests
+
+
+@dataclass
+class ChartOperator:
+    release: str
+    system_ns: str
+    models_ns: str
+    kube: Kube
+    helm: Helm
+
+    def pod(self) -> dict[str, Any]:
+        pods = self.kube.list("pods", self.system_ns,
+                              selector=f"app.kubernetes.io/instance={self.release}")
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        assert len(live) == 1, [p["metadata"]["name"] for p in pods]
+        return live[0]
+
+    def logs(self) -> str:
+        return self.kube.run("logs", "-n", self.system_ns, "-l",
+                             f"app.kubernetes.io/instance={self.release}", "--tail=-1",
+                             check=False).stdout
+
+
+@pytest.fixture(scope="module")
+def chart_operator(kube: Kube, kubeconfig: Path, model_store: dict[str, str]
+                   ) -> Iterator[ChartOperator]:
+    """The chart installed with the locally built image, watching one models namespace."""
+    require_real_node(kube)
+    helm = Helm(kubeconfig)
+    uid = uuid.uuid4().hex[:6]
+    release, system_ns, models_ns = f"kustos-e{uid}", f"e{uid}-system", f"e{uid}-models"
+    label = f"kustos-e2e-{uid}"
+    kube.create_namespace(system_ns, kwok=False, labels=RESTRICTED)
+    kube.create_namespace(models_ns, kwok=False, labels={**RESTRICTED, label: "on"})
+    kube.apply(store("secret", "-n", models_ns))
+    args = ["install", release, str(CHART), "--namespace", system_ns, "--wait",
+            "--timeout", "300s",
+            "--set", f"watchNamespaces={{{models_ns}}}",
+            # The image is imported into the node, never pulled.
+            "--set", "image.pullPolicy=Never",
+            # Only this test's namespace goes through this operator's webhook.
+            "--set", f"webhook.namespaceSelector.matchLabels.{label}=on"]
+    if all(kube.run("get", "crd", n, check=False).returncode == 0 for n in chart_crds()):
+        args.append("--skip-crds")
+    op = ChartOperator(release, system_ns, models_ns, kube, helm)
+    try:
+        helm.run(*args)
+        yield op
+    finally:
+        (OPERATOR_LOGS / f"operator-{release}.log").write_text(op.logs())
+        helm.run("uninstall", release, "--namespace", system_ns, "--wait", check=False)
+        for ns in (models_ns, system_ns):
+            kube.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def real_model(name: str, namespace: str, uri: str, digest: str, version: str = "1",
+               replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    """A ModelDeployment of a model in the local store."""
+    body: dict[str, Any] = {
+        "model": {"version": version, "uri": uri, "digest": digest,
+                  "credentialsSecretRef": {"name": "model-store"}},
+        "replicas": replicas,
+        "governance": {"owner": "e2e", "riskTier": "medium"},
+    }
+    body.update(spec)
+    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def cluster_ip(kube: Kube, name: str, namespace: str) -> str:
+    svc = kube.get("service", name, namespace)
+    assert svc is not None, f"no Service {namespace}/{name}"
+    return str(svc["spec"]["clusterIP"])
+
+
+def post_json(host: str, path: str, body: Any, port: int = 80,
+              timeout: float = 10) -> tuple[int, Any]:
+    """One request on a fresh connection (as a new client would open it)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, json.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+def ready_endpoints(kube: Kube, name: str, namespace: str) -> list[str]:
+    """Addresses the Service routes to (ready endpoints of its EndpointSlices)."""
+    slices = kube.list("endpointslices", namespace,
+                       selector=f"kubernetes.io/service-name={name}")
+    return [a for s in slices for e in s.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready") for a in e["addresses"]]
+
+
+def wait_degraded(kube: Kube, name: str, namespace: str, reason: str,
+                  timeout: float = 300) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        cond = kube.condition("md", name, namespace, "Degraded")
+        return cond if cond and cond["status"] == "True" and cond["reason"] == reason else None
+    result: dict[str, Any] = wait_for(f"md/{name} Degraded {reason}", check, timeout=timeout,
+                                      interval=1)
+    return result
+
+
+def manifests(*docs: dict[str, Any]) -> str:
+    return yaml.safe_dump_all(list(docs))

@@ -1,0 +1,270 @@
+"""Real pods: the images built here run on the real node, and predictions go through the
+model's Service, with the operator itself a pod installed by the Helm chart."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from cluster import REPO, kubectl_path
+from conftest import Kube, wait_for, wait_ready
+from realpods import (
+    REAL_NODE,
+    ChartOperator,
+    cluster_ip,
+    post_json,
+    ready_endpoints,
+    real_model,
+    wait_degraded,
+)
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["realpods"]
+
+IRIS_V1, IRIS_V2 = "s3://models/iris/1/model.skops", "s3://models/iris/2/model.skops"
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.9, 3.0, 5.1, 1.8]]
+
+
+def _store_module() -> Any:
+    spec = importlib.util.spec_from_file_location("model_store", REPO / "hack" / "model_store.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def local_predictions(uri: str, rows: list[list[float]]) -> list[int]:
+    """What the published model itself predicts, loaded here from the store."""
+    import boto3
+    import skops.io
+
+    ms = _store_module()
+    s3 = boto3.client("s3", endpoint_url=ms.ENDPOINT, aws_access_key_id=ms.ACCESS_KEY,
+                      aws_secret_access_key=ms.SECRET_KEY, region_name=ms.REGION)
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    blob = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    model = skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
+    return [int(v) for v in model.predict(np.array(rows))]
+
+
+def v2_request(rows: list[list[float]]) -> dict[str, Any]:
+    return {"inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64",
+                        "data": [v for r in rows for v in r]}]}
+
+
+@pytest.fixture(scope="module")
+def iris(chart_operator: ChartOperator, model_store: dict[str, str]) -> Iterator[str]:
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    kube.apply(real_model("iris", ns, IRIS_V1, model_store[IRIS_V1]))
+    wait_ready(kube, "iris", ns, timeout=300)
+    yield "iris"
+
+
+def test_operator_runs_as_a_pod_of_the_chart_on_the_real_node(
+        chart_operator: ChartOperator) -> None:
+    pod = chart_operator.pod()
+    assert pod["spec"]["nodeName"] == REAL_NODE
+    assert pod["status"]["phase"] == "Running"
+    statuses = pod["status"]["containerStatuses"]
+    assert all(s["ready"] for s in statuses), statuses
+    assert all(s["restartCount"] == 0 for s in statuses), chart_operator.logs()[-3000:]
+    assert pod["spec"]["containers"][0]["image"].startswith("ghcr.io/kustos-dev/kustos:")
+
+
+def test_predictions_through_the_service(chart_operator: ChartOperator, iris: str) -> None:
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    pods = [p for p in kube.list("pods", ns, selector="app.kubernetes.io/instance=iris")
+            if not p["metadata"].get("deletionTimestamp")]
+    assert len(pods) == 2
+    for p in pods:
+        assert p["spec"]["nodeName"] == REAL_NODE
+        init = p["status"]["initContainerStatuses"][0]
+        assert init["name"] == "fetch-model" and init["state"]["terminated"]["exitCode"] == 0
+    assert len(ready_endpoints(kube, "iris", ns)) == 2
+    expected = local_predictions(IRIS_V1, ROWS)
+    assert len(set(expected)) > 1  # rows of different classes: a constant answer fails
+    ip = cluster_ip(kube, "iris", ns)
+
+    status, body = post_json(ip, "/v2/models/iris/infer", v2_request(ROWS))
+    assert status == 200, body
+    label = next(o for o in body["outputs"] if o["name"] == "predict")
+    assert [int(v) for v in label["data"]] == expected
+    assert body["model_version"] == "1"
+
+    status, body = post_json(ip, "/v1/models/iris:predict", {"instances": ROWS})
+    assert status == 200, body
+    assert [int(v) for v in body["predictions"]] == expected
+
+    status, body = post_json(ip, "/api/v1.0/predictions", {"data": {"ndarray": ROWS}})
+    assert status == 200, body
+    assert body["data"]["ndarray"] and len(body["data"]["ndarray"]) == len(ROWS)
+
+    # A malformed request is the protocol's 4xx, through the Service as well.
+    status, body = post_json(ip, "/v2/models/iris/infer", {"inputs": "nope"})
+    assert 400 <= status < 500 and "error" in body
+
+
+def test_tritonclient_http_through_the_service(chart_operator: ChartOperator,
+                                               iris: str) -> None:
+    import tritonclient.http as triton
+
+    ip = cluster_ip(chart_operator.kube, "iris", chart_operator.models_ns)
+    client = triton.InferenceServerClient(url=f"{ip}:80", connection_timeout=10,
+                                          network_timeout=10)
+    assert client.is_server_ready() and client.is_model_ready("iris")
+    data = np.array(ROWS, dtype=np.float64)
+    inp = triton.InferInput("input-0", list(data.shape), "FP64")
+    inp.set_data_from_numpy(data, binary_data=False)
+    out = triton.InferRequestedOutput("predict", binary_data=False)
+    result = client.infer("iris", [inp], outputs=[out])
+    assert [int(v) for v in result.as_numpy("predict")] == local_predictions(IRIS_V1, ROWS)
+
+
+def test_kubectl_port_forward_to_the_service(chart_operator: ChartOperator, iris: str) -> None:
+    """What a new user tries first (it failed with "no preferred addresses" under kwok)."""
+    exe = kubectl_path()
+    assert exe is not None
+    proc = subprocess.Popen(
+        [str(exe), "--kubeconfig", str(chart_operator.kube.kubeconfig), "port-forward",
+         "-n", chart_operator.models_ns, "svc/iris", ":80"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert match, f"{line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        status, body = post_json("127.0.0.1", "/v2/models/iris/infer", v2_request(ROWS[:1]),
+                                 port=int(match.group(1)))
+        assert status == 200 and body["outputs"], body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_wrong_digest_is_degraded_with_the_fetchers_reason_and_never_serves(
+        chart_operator: ChartOperator, model_store: dict[str, str]) -> None:
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    # v1's file with v2's digest: what a tampered or mixed-up artifact looks like.
+    kube.apply(real_model("tampered", ns, IRIS_V1, model_store[IRIS_V2], replicas=1))
+    try:
+        cond = wait_degraded(kube, "tampered", ns, "ModelFetchFailed")
+        assert "digest" in cond["message"].lower(), cond
+        assert model_store[IRIS_V2].removeprefix("sha256:")[:12] in cond["message"], cond
+        ready = kube.condition("md", "tampered", ns, "Ready")
+        assert ready is not None and ready["status"] == "False"
+        assert ready_endpoints(kube, "tampered", ns) == []
+        events = [e for e in kube.events(ns, "tampered") if e["reason"] == "ModelFetchFailed"]
+        assert events and events[0]["type"] == "Warning"
+        pods = kube.list("pods", ns, selector="app.kubernetes.io/instance=tampered")
+        assert pods and all(not c.get("ready") for p in pods
+                            for c in p["status"].get("containerStatuses") or [])
+    finally:
+        kube.run("delete", "md", "tampered", "-n", ns, "--wait=false", check=False)
+
+
+class Load:
+    """Constant-rate requests through the Service, each on a fresh connection, from a
+    thread, until stopped or ``limit`` seconds pass (it always stops by itself)."""
+
+    def __init__(self, host: str, rate: float, limit: float = 300) -> None:
+        self.host, self.interval, self.limit = host, 1.0 / rate, limit
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.versions: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        n = 0
+        while not self._stop.is_set() and time.monotonic() - start < self.limit:
+            t0 = time.monotonic()
+            try:
+                status, body = post_json(self.host, "/v2/models/iris/infer",
+                                         v2_request(ROWS[:1]), timeout=10)
+                if status != 200:
+                    self.failures.append(f"HTTP {status}: {body}")
+                else:
+                    v = str(body.get("model_version"))
+                    self.versions[v] = self.versions.get(v, 0) + 1
+            except OSError as err:
+                self.failures.append(f"{type(err).__name__}: {err}")
+            self.latencies.append(time.monotonic() - t0)
+            n += 1
+            # Keep the rate: sleep until this request's slot ends.
+            self._stop.wait(max(0.0, start + n * self.interval - time.monotonic()))
+
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies, 99) * 1000)
+
+
+def test_version_change_under_load_fails_no_request(
+        chart_operator: ChartOperator, model_store: dict[str, str]) -> None:
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    kube.apply(real_model("rolling", ns, IRIS_V1, model_store[IRIS_V1]))
+    try:
+        first = wait_ready(kube, "rolling", ns, timeout=300)
+        ip = cluster_ip(kube, "rolling", ns)
+        wait_for("the Service answers", lambda: post_json(
+            ip, "/v2/models/iris/infer", v2_request(ROWS[:1]))[0] == 200, timeout=60)
+        with Load(ip, rate=100) as load:
+            wait_for("load flowing", lambda: len(load.latencies) >= 100, timeout=60)
+            kube.apply(real_model("rolling", ns, IRIS_V2, model_store[IRIS_V2], version="2"))
+            md = wait_ready(kube, "rolling", ns, generation=first["metadata"]["generation"] + 1,
+                            timeout=300)
+            assert md["status"]["model"]["version"] == "2"
+            done = len(load.latencies)
+            # Keep going a little on the new pods only.
+            wait_for("load after the rollout", lambda: len(load.latencies) >= done + 100,
+                     timeout=60)
+        print(f"\nrollout under load: {len(load.latencies)} requests, "
+              f"{len(load.failures)} failed, p99 {load.p99_ms():.1f} ms, "
+              f"versions served {load.versions}")
+        assert load.failures == [], load.failures[:5]
+        assert load.versions.get("1", 0) > 0 and load.versions.get("2", 0) > 0
+    finally:
+        kube.run("delete", "md", "rolling", "-n", ns, "--wait=false", check=False)
+
+
+def test_restricted_namespace_admits_canary_and_autoscaled_pods(
+        chart_operator: ChartOperator, model_store: dict[str, str]) -> None:
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    canary = real_model("shapes-canary", ns, IRIS_V1, model_store[IRIS_V1], replicas=2,
+                        canary={"model": {"version": "2", "uri": IRIS_V2,
+                                          "digest": model_store[IRIS_V2]},
+                                "trafficPercent": 50})
+    scaled = real_model("shapes-hpa", ns, IRIS_V1, model_store[IRIS_V1],
+                        autoscaling={"minReplicas": 1, "maxReplicas": 2})
+    kube.apply(canary)
+    kube.apply(scaled)
+    try:
+        wait_ready(kube, "shapes-canary", ns, timeout=300)
+        wait_ready(kube, "shapes-hpa", ns, timeout=300)
+        ip = cluster_ip(kube, "shapes-canary", ns)
+        seen: set[str] = set()
+
+        def both_versions() -> bool:
+            status, body = post_json(ip, "/v2/models/iris/infer", v2_request(ROWS[:1]))
+            assert status == 200, body
+            seen.add(str(body["model_version"]))
+            return seen >= {"1", "2"}
+
+        wait_for("both canary tracks answering", both_versions, timeout=60, interval=0.05)
+    finally:
+        kube.run("delete", "md", "shapes-canary", "shapes-hpa", "-n", ns, "--wait=false",
+                 check=False)
