@@ -43,7 +43,7 @@ lock: ## re-resolve the main venv's packages and write requirements/constraints.
 venv: $(STAMP) ## create the virtual environment with every extra
 
 .PHONY: tools
-tools: ## build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm
+tools: ## build etcd, the Kubernetes binaries (kubelet, kube-proxy too), kwok, helm, coredns
 	@bash hack/build-tools.sh
 
 .PHONY: crds
@@ -53,6 +53,7 @@ crds: venv ## regenerate crds/ from the pydantic models
 .PHONY: docs
 docs: venv ## regenerate docs/reference/crds.md from the pydantic models
 	@$(BIN)/python -m kustos.api.refdoc --write docs/reference/crds.md
+	@$(BIN)/python -m kustos.rbac --docs docs/security.md
 
 .PHONY: chart
 chart: crds ## regenerate the chart's CRD copy and golden renders, and manifests/install/
@@ -78,36 +79,45 @@ else
 endif
 
 .PHONY: down
-down: ## stop the operator and the local control plane
+down: ## stop the operator, the model store, the real node and the control plane
 	@bash hack/dev-operator.sh stop || true
+	@test ! -x $(BIN)/python || $(BIN)/python hack/model_store.py down
 	@bash hack/cluster.sh down
 
 .PHONY: dev
-dev: cluster ## control plane + CRDs + operator + samples; the sample reaches Ready
+dev: cluster images ## real node + images + the chart's operator pod + samples; ends with a prediction
 	@echo "==> CRDs"
 	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply --server-side --field-manager=kustos-crds --force-conflicts -f crds/ >/dev/null
 	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=kustos --timeout=60s >/dev/null
-	@KUBECONFIG=$(KUBECONFIG_USE) bash hack/dev-operator.sh start
-	@echo "==> samples"
-	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply -f manifests/samples/
-	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl wait --for=condition=Ready md --all --timeout=120s
-	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl get kustos
+	@KUBECONFIG=$(KUBECONFIG_USE) bash hack/dev-install.sh
 	@echo
-	@echo "Kustos is running. Watch it with:"
+	@echo "Kustos runs as a pod of the Helm chart in kustos-system. Watch it with:"
 	@echo "  export KUBECONFIG=$(KUBECONFIG_USE) PATH=$(CURDIR)/$(BIN):\$$PATH"
 	@echo "  kubectl get md -w                 # ModelDeployments"
 	@echo "  kubectl describe md iris          # conditions, events"
-	@echo "  tail -f $(OPERATOR_LOG)"
+	@echo "  kubectl logs -n kustos-system deploy/kustos"
+	@echo "  kubectl port-forward svc/iris 8080:80   # then: curl localhost:8080/v2/models/iris"
 	@echo "Stop everything with: make down"
+
+.PHONY: dev-kwok
+dev-kwok: venv tools ## fast mode: kwok only (no container runs), the operator as a local process
+	@KUSTOS_REAL_NODE=0 bash hack/cluster.sh up
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply --server-side --field-manager=kustos-crds --force-conflicts -f crds/ >/dev/null
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=kustos --timeout=60s >/dev/null
+	@KUBECONFIG=$(KUBECONFIG_USE) bash hack/dev-operator.sh start
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/python hack/model_store.py secret -n default | KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply -f - >/dev/null
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl apply -f manifests/samples/
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl wait --for=condition=Ready md --all --timeout=120s
+	@KUBECONFIG=$(KUBECONFIG_USE) $(BIN)/kubectl get kustos
 
 .PHONY: unit
 unit: venv ## unit tests (no cluster)
 	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv tools lint drift-env ## lint, unit, runtime and integration tests against the real control plane
+test: venv tools lint drift-env images ## lint, unit, image, runtime and integration tests (real node and kwok)
 	@echo "==> tests"
-	@$(BIN)/pytest tests/unit tests/runtimes tests/drift tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
+	@$(BIN)/pytest tests/unit tests/images tests/runtimes tests/drift tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
 
 .PHONY: drift-env
 drift-env: ## the drift sidecar's own venv (alibi-detect needs numpy < 2), in ~/.cache/kustos
@@ -116,3 +126,10 @@ drift-env: ## the drift sidecar's own venv (alibi-detect needs numpy < 2), in ~/
 .PHONY: bench
 bench: venv ## serving benchmark: kustos serve vs MLServer vs a bare baseline
 	@bash hack/bench-serving.sh
+
+.PHONY: images
+images: venv ## build the container images without Docker (hack/images.sh; root); CONTAINERD_ADDRESS=... to import
+	@bash hack/images.sh build
+	@# Into the running node's containerd (cluster.sh up imports them when it starts one).
+	@if [ -n "$$CONTAINERD_ADDRESS" ]; then bash hack/images.sh import; \
+	 elif [ -S .cluster/node/containerd.sock ]; then bash hack/node.sh images; fi

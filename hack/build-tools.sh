@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kwok) and helm from Go modules into a cache outside the repository.
+# kube-scheduler, kwok) and helm from Go modules into a cache outside the repository;
+# `hack/build-tools.sh node` builds the real node's kubelet, kube-proxy and coredns.
 # Idempotent: a binary that is already in the cache and answers --version is kept.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -52,10 +53,23 @@ tools() {
   } >"$dir/tools.go"
 }
 
-build_kubernetes() {
-  local need=()
-  for b in kube-apiserver kube-controller-manager kube-scheduler; do have "$b" "Kubernetes $K8S_VERSION" || need+=("$b"); done
-  [ ${#need[@]} -eq 0 ] && { log "kubernetes $K8S_VERSION binaries cached"; return; }
+build_kubernetes() { k8s_binaries kube-apiserver kube-controller-manager kube-scheduler; }
+
+# the real node (hack/node.sh): same module graph as the control plane, so the Go cache is shared
+build_node() {
+  k8s_binaries kubelet kube-proxy
+  build_coredns
+}
+
+# every main package the wrapper may build, so tools.go (and go.mod) are the same whichever
+# subset is being built
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+
+# k8s_binaries NAME...: builds the missing ones of k8s.io/kubernetes/cmd/NAME
+k8s_binaries() {
+  local need=() b
+  for b in "$@"; do have "$b" "Kubernetes $K8S_VERSION" || need+=("$b"); done
+  [ ${#need[@]} -eq 0 ] && { log "kubernetes $K8S_VERSION binaries cached: $*"; return; }
   log "building ${need[*]} from k8s.io/kubernetes@$K8S_VERSION (first time: about 10 min on 2 cores with the modules downloaded, longer without)"
   local dir="$work/kubernetes-$K8S_VERSION"
   go mod download k8s.io/kubernetes@"$K8S_VERSION"
@@ -69,7 +83,7 @@ build_kubernetes() {
     sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$gomod" | sort -u)
   wrapper "$dir" k8s.io/kubernetes "$K8S_VERSION" "${replaces[@]}"
   local pkgs=()
-  for b in "${need[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  for b in "${K8S_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
   tools "$dir" "${pkgs[@]}"
   (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod tidy)
   local major=${K8S_VERSION#v}; major=${major%%.*}
@@ -127,7 +141,44 @@ build_helm() {
   mv "$KUSTOS_BIN/helm.tmp" "$KUSTOS_BIN/helm"
 }
 
+# CoreDNS for the real node's pods: a main of our own that links only the plugins the
+# Corefile of hack/node.sh uses (kubernetes, bind, errors, health, cache, log), not the ~50 of
+# upstream's build, and in particular not forward: pods resolve cluster names and nothing else.
+build_coredns() {
+  have coredns "CoreDNS-${COREDNS_VERSION#v}" -version && { log "coredns cached"; return; }
+  log "building coredns $COREDNS_VERSION (kubernetes plugin only)"
+  local dir="$work/coredns-$COREDNS_VERSION"
+  wrapper "$dir" github.com/coredns/coredns "$COREDNS_VERSION"
+  cat >"$dir/main.go" <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+// the plugin order of a server block, a subset of upstream's plugin.cfg
+func init() {
+	dnsserver.Directives = []string{"bind", "ready", "health", "errors", "log", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+  rm -f "$dir/tools.go"
+  (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod tidy)
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$KUSTOS_BIN/coredns.tmp" .)
+  mv "$KUSTOS_BIN/coredns.tmp" "$KUSTOS_BIN/coredns"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok kubernetes helm)
+[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok kubernetes helm node)
 for t in "${targets[@]}"; do "build_$t"; done
 log "binaries in $KUSTOS_BIN"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real local Kubernetes control plane on 127.0.0.1 for development and integration tests:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (one fake Node),
-# built from Go modules by hack/build-tools.sh. No containers, no root.
+# built from Go modules by hack/build-tools.sh. As root it also starts a real node
+# (hack/node.sh: containerd, kubelet, kube-proxy, CoreDNS; see docs/local-cluster.md);
+# KUSTOS_REAL_NODE=0 (and any non-root run) gives the kwok-only cluster: no containers, no root.
 #
 #   hack/cluster.sh up                  build missing binaries, start everything, wait until usable
 #   hack/cluster.sh down [--keep-data]  stop everything; certificates stay, etcd data goes
@@ -22,6 +24,9 @@
 #   KUSTOS_NO_BUILD=1  fail instead of building missing binaries
 #   KUSTOS_ETCD_FSYNC=1  make etcd fsync (off by default: a throwaway dev/test cluster)
 #   KUSTOS_LOG_V [1]  klog verbosity of the Kubernetes components
+#   KUSTOS_REAL_NODE [1 as root, else 0]  start the real node kustos-node-0 (hack/node.sh)
+#   KUSTOS_NODE_POD_CIDR [10.244.0.0/24]  the real node's pods; its first address is the host's
+#     on the bridge, where pods reach the apiserver (kubernetes Service) and CoreDNS
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -58,6 +63,9 @@ load_ports() {
   # cluster. EndpointSlices refuse loopback addresses, so Services have no endpoints here.
   POD_CIDR=${KUSTOS_POD_CIDR:-127.244.0.0/16}
   NODE_NAME=${KUSTOS_NODE_NAME:-kwok-node-0}
+  REAL_NODE_ENABLED=${KUSTOS_REAL_NODE:-$([ "$(id -u)" = 0 ] && echo 1 || echo 0)}
+  local net=${KUSTOS_NODE_POD_CIDR:-10.244.0.0/24}; net=${net%/*}
+  BRIDGE_IP=${net%.*}.$((${net##*.} + 1))
   if [ -f "$RUN/ports.env" ] && any_running; then
     # shellcheck disable=SC1091
     . "$RUN/ports.env"
@@ -75,6 +83,8 @@ KWOK_PORT=$KWOK_PORT
 SERVICE_CIDR=$SERVICE_CIDR
 POD_CIDR=$POD_CIDR
 NODE_NAME=$NODE_NAME
+REAL_NODE_ENABLED=$REAL_NODE_ENABLED
+BRIDGE_IP=$BRIDGE_IP
 EOF
 }
 
@@ -167,7 +177,8 @@ node_exists() { curl_tls "https://127.0.0.1:$APISERVER_PORT/api/v1/nodes/$NODE_N
 all_healthy() {
   local c
   for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null && health_of "$c" || return 1; done
-  node_exists
+  node_exists || return 1
+  [ "$REAL_NODE_ENABLED" != 1 ] || "$here/node.sh" status >/dev/null 2>&1
 }
 
 # ---------------------------------------------------------------- certificates
@@ -183,13 +194,17 @@ ca() {
 }
 
 # cert NAME SUBJECT EXTENSIONS [CA]: a key and a certificate signed by CA (default ca),
-# unless a valid one exists.
+# unless a valid one with the same subject and extensions (e.g. SANs) exists.
 cert() {
   local name=$1 subj=$2 ext=$3 ca=${4:-ca}
+  local want="$subj
+$ext"
   if [ -f "$PKI/$name.crt" ] && [ -f "$PKI/$name.key" ] &&
+    [ "$(cat "$PKI/$name.spec" 2>/dev/null)" = "$want" ] &&
     openssl x509 -in "$PKI/$name.crt" -noout -checkend 604800 >/dev/null 2>&1; then
     return
   fi
+  printf '%s\n' "$want" >"$PKI/$name.spec"
   openssl req -new -nodes -newkey rsa:2048 -keyout "$PKI/$name.key" -out "$PKI/$name.csr" \
     -subj "$subj" 2>/dev/null
   openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
@@ -212,7 +227,7 @@ ensure_pki() {
   local server="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:::1,IP:$(service_ip)"
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:::1,IP:$(service_ip),IP:$BRIDGE_IP"
   local client="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
@@ -221,6 +236,8 @@ extendedKeyUsage=clientAuth"
   cert kube-controller-manager "/CN=system:kube-controller-manager" "$client"
   cert kube-scheduler "/CN=system:kube-scheduler" "$client"
   cert kwok "/O=system:masters/CN=kwok" "$client"
+  # the apiserver's identity towards kubelets (logs, exec, port-forward)
+  cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
   cert front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
   if [ ! -f "$PKI/sa.key" ] || [ ! -f "$PKI/sa.pub" ]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
@@ -287,8 +304,11 @@ start_etcd() {
 }
 
 start_apiserver() {
+  # It listens on 127.0.0.1 only. It advertises the host's address on the real node's bridge,
+  # so the kubernetes Service has an endpoint pods can reach (hack/node.sh relays
+  # BRIDGE_IP:port to 127.0.0.1:port); kwok-only, that endpoint is simply never used.
   start kube-apiserver \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --bind-address 127.0.0.1 --advertise-address "$BRIDGE_IP" --secure-port "$APISERVER_PORT" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --client-ca-file "$PKI/ca.crt" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
@@ -304,9 +324,12 @@ start_apiserver() {
     --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
     --proxy-client-key-file "$PKI/front-proxy-client.key" \
     --authorization-mode Node,RBAC \
-    --enable-admission-plugins NodeRestriction \
+    --enable-admission-plugins NodeRestriction,PodNodeSelector,PodTolerationRestriction \
     --allow-privileged=true \
-    --endpoint-reconciler-type none \
+    --endpoint-reconciler-type lease \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP \
     --profiling=false \
     --v "${KUSTOS_LOG_V:-1}"
 }
@@ -354,6 +377,19 @@ start_kwok() {
     --node-lease-duration-seconds 40 \
     --cidr "$POD_CIDR" \
     --server-address "127.0.0.1:$KWOK_PORT"
+}
+
+# With the real node, the kwok node is tainted: only namespaces that ask for it (the
+# PodNodeSelector / PodTolerationRestriction annotations, see docs/local-cluster.md) land there.
+KWOK_TAINT=kwok.x-k8s.io/node=fake:NoSchedule
+ensure_kwok_taint() {
+  local has=0
+  kc get node "$NODE_NAME" -o 'jsonpath={.spec.taints[*].key}' | grep -qw kwok.x-k8s.io/node && has=1
+  if [ "$REAL_NODE_ENABLED" = 1 ] && [ $has = 0 ]; then
+    kc taint node "$NODE_NAME" "$KWOK_TAINT" >/dev/null
+  elif [ "$REAL_NODE_ENABLED" != 1 ] && [ $has = 1 ]; then
+    kc taint node "$NODE_NAME" "$KWOK_TAINT-" >/dev/null
+  fi
 }
 
 ensure_node() {
@@ -450,12 +486,16 @@ cmd_up() {
   # default ServiceAccount and kube-root-ca.crt before pods can be created in it
   log "waiting for the node to be schedulable, the default ServiceAccount and kube-root-ca.crt"
   local deadline=$((SECONDS + 120))
-  until [ -z "$(kc get node "$NODE_NAME" -o 'jsonpath={.spec.taints}' 2>/dev/null)" ] &&
+  until ! kc get node "$NODE_NAME" -o 'jsonpath={.spec.taints[*].key}' 2>/dev/null | grep -q node.kubernetes.io/ &&
     kc -n default get serviceaccount default >/dev/null 2>&1 &&
     kc -n default get configmap kube-root-ca.crt >/dev/null 2>&1; do
     ((SECONDS < deadline)) || die "node still tainted or default ServiceAccount / kube-root-ca.crt missing (see $LOGS/kube-controller-manager.log)"
     sleep 0.5
   done
+  ensure_kwok_taint
+  if [ "$REAL_NODE_ENABLED" = 1 ]; then
+    KUSTOS_CLUSTER_LOCKED=1 "$here/node.sh" up
+  fi
   log "cluster up in $((SECONDS - t0))s; apiserver https://127.0.0.1:$APISERVER_PORT"
   log "export KUBECONFIG=$ADMIN_KUBECONFIG"
 }
@@ -510,6 +550,11 @@ cmd_down() {
   done
   [ -d "$CLUSTER_DIR" ] || { log "nothing to stop"; return 0; }
   lock
+  # the real node first (its kubelet talks to the apiserver; it restores the host)
+  if [ -d "$CLUSTER_DIR/node" ] || [ -d "$CLUSTER_DIR/host" ]; then
+    [ "$(id -u)" = 0 ] || die "the real node runs; stopping it needs root"
+    KUSTOS_CLUSTER_LOCKED=1 "$here/node.sh" down
+  fi
   # processes of ours that lost their pid file go first: a client still watching keeps
   # kube-apiserver from shutting down
   local c pid known=() stray=()
@@ -551,6 +596,9 @@ cmd_status() {
     KUBECTL_BIN=$(find_kubectl)
     printf 'apiserver                https://127.0.0.1:%s\nkubeconfig               %s\n' "$APISERVER_PORT" "$ADMIN_KUBECONFIG"
     kc get nodes -o wide 2>/dev/null || ok=1
+  fi
+  if [ "$REAL_NODE_ENABLED" = 1 ] || [ -d "$CLUSTER_DIR/node" ]; then
+    "$here/node.sh" status || ok=1
   fi
   return $ok
 }

@@ -104,6 +104,8 @@ def chart_operator(kube: Kube, kubeconfig: Path, model_store: dict[str, str]
             "--set", f"watchNamespaces={{{models_ns}}}",
             # The image is imported into the node, never pulled.
             "--set", "image.pullPolicy=Never",
+            # Poll the sidecars often: the drift test waits on it.
+            "--set", "config.sidecars.collect_interval=3",
             # Only this test's namespace goes through this operator's webhook.
             "--set", f"webhook.namespaceSelector.matchLabels.{label}=on"]
     if all(kube.run("get", "crd", n, check=False).returncode == 0 for n in chart_crds()):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cluster import REPO, kubectl_path
-from conftest import Kube, wait_for, wait_ready
+from conftest import wait_for, wait_ready
 from realpods import (
     REAL_NODE,
     ChartOperator,
@@ -173,8 +173,8 @@ class Load:
     """Constant-rate requests through the Service, each on a fresh connection, from a
     thread, until stopped or ``limit`` seconds pass (it always stops by itself)."""
 
-    def __init__(self, host: str, rate: float, limit: float = 300) -> None:
-        self.host, self.interval, self.limit = host, 1.0 / rate, limit
+    def __init__(self, host: str, path: str, rate: float, limit: float = 300) -> None:
+        self.host, self.path, self.interval, self.limit = host, path, 1.0 / rate, limit
         self.latencies: list[float] = []
         self.failures: list[str] = []
         self.versions: dict[str, int] = {}
@@ -195,8 +195,8 @@ class Load:
         while not self._stop.is_set() and time.monotonic() - start < self.limit:
             t0 = time.monotonic()
             try:
-                status, body = post_json(self.host, "/v2/models/iris/infer",
-                                         v2_request(ROWS[:1]), timeout=10)
+                status, body = post_json(self.host, self.path, v2_request(ROWS[:1]),
+                                         timeout=10)
                 if status != 200:
                     self.failures.append(f"HTTP {status}: {body}")
                 else:
@@ -220,9 +220,10 @@ def test_version_change_under_load_fails_no_request(
     try:
         first = wait_ready(kube, "rolling", ns, timeout=300)
         ip = cluster_ip(kube, "rolling", ns)
+        path = "/v2/models/rolling/infer"
         wait_for("the Service answers", lambda: post_json(
-            ip, "/v2/models/iris/infer", v2_request(ROWS[:1]))[0] == 200, timeout=60)
-        with Load(ip, rate=100) as load:
+            ip, path, v2_request(ROWS[:1]))[0] == 200, timeout=60)
+        with Load(ip, path, rate=100) as load:
             wait_for("load flowing", lambda: len(load.latencies) >= 100, timeout=60)
             kube.apply(real_model("rolling", ns, IRIS_V2, model_store[IRIS_V2], version="2"))
             md = wait_ready(kube, "rolling", ns, generation=first["metadata"]["generation"] + 1,
@@ -259,7 +260,8 @@ def test_restricted_namespace_admits_canary_and_autoscaled_pods(
         seen: set[str] = set()
 
         def both_versions() -> bool:
-            status, body = post_json(ip, "/v2/models/iris/infer", v2_request(ROWS[:1]))
+            status, body = post_json(ip, "/v2/models/shapes-canary/infer",
+                                     v2_request(ROWS[:1]))
             assert status == 200, body
             seen.add(str(body["model_version"]))
             return seen >= {"1", "2"}
@@ -267,4 +269,86 @@ def test_restricted_namespace_admits_canary_and_autoscaled_pods(
         wait_for("both canary tracks answering", both_versions, timeout=60, interval=0.05)
     finally:
         kube.run("delete", "md", "shapes-canary", "shapes-hpa", "-n", ns, "--wait=false",
+                 check=False)
+
+
+BC = "s3://models/breast-cancer/7"
+
+
+def test_explainer_and_drift_sidecars_run_as_real_containers(
+        chart_operator: ChartOperator, model_store: dict[str, str]) -> None:
+    """The explain and drift images in the model's pods: `:explain` through the Service
+    answers with attributions, and shifted traffic through the Service is detected."""
+    from sklearn.datasets import load_breast_cancer
+
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    md = real_model("bc", ns, f"{BC}/model.skops", model_store[f"{BC}/model.skops"],
+                    replicas=1)
+    md["spec"]["model"]["format"] = "sklearn"
+    explainer = {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+                 "metadata": {"name": "bc", "namespace": ns},
+                 "spec": {"targetRef": {"name": "bc"}, "method": "shap-tree",
+                          "background": {"uri": f"{BC}/background.csv",
+                                         "digest": model_store[f"{BC}/background.csv"],
+                                         "maxSamples": 50}}}
+    monitor = {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
+               "metadata": {"name": "bc", "namespace": ns},
+               "spec": {"targetRef": {"name": "bc"}, "detector": "ks",
+                        "reference": {"uri": f"{BC}/reference.csv",
+                                      "digest": model_store[f"{BC}/reference.csv"],
+                                      "maxSamples": 600},
+                        "window": {"size": 100, "maxAge": "1h"}, "pValue": 0.05}}
+    for doc in (md, explainer, monitor):
+        kube.apply(doc)
+    try:
+        wait_ready(kube, "bc", ns, timeout=600)
+
+        def sidecars_running() -> bool:
+            pods = [p for p in kube.list("pods", ns, selector="app.kubernetes.io/instance=bc")
+                    if not p["metadata"].get("deletionTimestamp")]
+            names = {c["name"] for p in pods for c in p["status"].get("containerStatuses") or []
+                     if c.get("ready")}
+            return len(pods) == 1 and {"server", "explainer", "drift"} <= names
+
+        wait_for("server, explainer and drift containers ready", sidecars_running, timeout=600,
+                 interval=2)
+        x = load_breast_cancer().data
+        ip = cluster_ip(kube, "bc", ns)
+
+        def explained() -> dict[str, Any] | None:
+            status, body = post_json(ip, "/v1/models/bc:explain", {"instances": x[:2].tolist()},
+                                     timeout=60)
+            return body if status == 200 else None
+
+        body = wait_for(":explain through the Service", explained, timeout=300, interval=2)
+        rows = body["explanations"]
+        assert len(rows) == 2
+        first = rows[0]["outputs"][-1]
+        assert len(first["attributions"]) == x.shape[1]
+        # Additivity: base value + attributions = the model's output for that row.
+        total = first["base_value"] + sum(first["attributions"].values())
+        assert abs(total - first["output_value"]) < 1e-4, first
+
+        # Served traffic like the reference first, then with one feature shifted.
+        shifted = x[::2].copy()
+        shifted[:, 0] += 3 * x[:, 0].std()
+        for chunk in range(0, len(shifted), 20):
+            rows_ = shifted[chunk:chunk + 20].tolist()
+            status, answer = post_json(ip, "/v2/models/bc/infer", {"inputs": [{
+                "name": "input-0", "shape": [len(rows_), x.shape[1]], "datatype": "FP64",
+                "data": [v for r in rows_ for v in r]}]})
+            assert status == 200, answer
+
+        def drifted() -> dict[str, Any] | None:
+            cond = kube.condition("driftmonitor", "bc", ns, "DriftDetected")
+            return cond if cond and cond["status"] == "True" else None
+
+        cond = wait_for("DriftDetected from traffic through the Service", drifted, timeout=300,
+                        interval=2)
+        dm = kube.get("driftmonitor", "bc", ns)
+        assert dm is not None
+        worst = min(dm["status"]["featurePValues"], key=lambda f: f["pValue"])
+        assert worst["feature"] in ("mean_radius", "0", "feature_0"), (worst, cond)
+    finally:
+        kube.run("delete", "md,explainerspec,driftmonitor", "bc", "-n", ns, "--wait=false",
                  check=False)
