@@ -582,6 +582,9 @@ node_down() {
     local d
     while read -r d; do
       [ -e "$d" ] || continue
+      # libcni's result cache of our sandboxes (network "kustos" and its loopback): a
+      # sandbox stopped without a CNI DEL leaves its entry behind.
+      [ "$d" = /var/lib/cni ] && rm -f "$d"/results/kustos-* "$d"/results/cni-loopback-*
       find "$d" -depth -mindepth 1 \( -type d -empty -delete \) -o \( -type l -lname "$NODE_DIR/*" -delete \) 2>/dev/null || true
       rmdir "$d" 2>/dev/null || log "WARNING: $d is not empty; left in place"
     done <"$HOST_DIR/created-dirs"
@@ -606,7 +609,7 @@ remove_new_kube_chains() {
         # drop the rules that jump to it, then the chain
         "$save" -t "$t" | grep -E "^-A [^ ]+ .*-j $chain( |$)" | sed 's/^-A /-D /' | while read -r rule; do
           eval "$cmd -t $t $rule" 2>/dev/null || true
-        done
+        done || true  # grep finds no rule: not an error
         "$cmd" -t "$t" -F "$chain" 2>/dev/null || true
         "$cmd" -t "$t" -X "$chain" 2>/dev/null || true
       done
