@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import REPO, in_ci
+from cluster import REPO, cluster_dir, in_ci
 from conftest import OPERATOR_LOGS, Kube, wait_for
 from helm_cli import CHART, Helm, chart_crds
 
@@ -59,11 +59,15 @@ def store(*args: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def model_store() -> dict[str, str]:
-    """The local S3 store, up, with every sample model published: {uri: digest}."""
+def model_store() -> Iterator[dict[str, str]]:
+    """The local S3 store, up, with every sample model published: {uri: digest}; stopped
+    again if this session started it (a `make dev` store stays)."""
+    started_here = not (cluster_dir() / "run" / "model-store.pid").exists()
     store("up")
     digests: dict[str, str] = json.loads(store("publish"))
-    return digests
+    yield digests
+    if started_here:
+        store("down")
 
 
 @dataclass

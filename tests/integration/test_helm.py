@@ -65,6 +65,10 @@ def helm(kubeconfig: Path) -> Helm:
 def release(helm: Helm, kube: Kube) -> Iterator[str]:
     """The chart installed as RELEASE in RELEASE_NS, watching WATCH_NS."""
     kube.create_namespace(WATCH_NS)
+    # The sample names the model store's credentials (kwok pods never use them).
+    kube.apply({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "model-store", "namespace": WATCH_NS},
+                "stringData": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}})
     # The chart's operator pod stays on the kwok node: the test runs the operator process.
     kube.create_namespace(RELEASE_NS)
     missing = [n for n in chart_crds()

@@ -329,22 +329,32 @@ def test_explainer_and_drift_sidecars_run_as_real_containers(
         total = first["base_value"] + sum(first["attributions"].values())
         assert abs(total - first["output_value"]) < 1e-4, first
 
-        # Served traffic like the reference first, then with one feature shifted.
-        shifted = x[::2].copy()
+        # Served traffic with one feature shifted, 20 rows per poll: the windows fill from
+        # traffic as it keeps arriving (the sidecar may still be loading its reference).
+        shifted = x.copy()
         shifted[:, 0] += 3 * x[:, 0].std()
-        for chunk in range(0, len(shifted), 20):
-            rows_ = shifted[chunk:chunk + 20].tolist()
+        sent = {"n": 0}
+
+        def drifted() -> dict[str, Any] | None:
+            start = sent["n"] % len(shifted)
+            rows_ = shifted[start:start + 20].tolist()
+            sent["n"] += len(rows_)
             status, answer = post_json(ip, "/v2/models/bc/infer", {"inputs": [{
                 "name": "input-0", "shape": [len(rows_), x.shape[1]], "datatype": "FP64",
                 "data": [v for r in rows_ for v in r]}]})
             assert status == 200, answer
-
-        def drifted() -> dict[str, Any] | None:
             cond = kube.condition("driftmonitor", "bc", ns, "DriftDetected")
             return cond if cond and cond["status"] == "True" else None
 
-        cond = wait_for("DriftDetected from traffic through the Service", drifted, timeout=300,
-                        interval=2)
+        try:
+            cond = wait_for("DriftDetected from traffic through the Service", drifted,
+                            timeout=600, interval=1)
+        except AssertionError as err:
+            logs = kube.run("logs", "-n", ns, "deploy/bc", "-c", "drift", "--tail=40",
+                            check=False)
+            raise AssertionError(f"{err}\nsent {sent['n']} rows; DriftMonitor status: "
+                                 f"{(kube.get('driftmonitor', 'bc', ns) or {}).get('status')}"
+                                 f"\ndrift sidecar log:\n{logs.stdout}{logs.stderr}") from None
         dm = kube.get("driftmonitor", "bc", ns)
         assert dm is not None
         worst = min(dm["status"]["featurePValues"], key=lambda f: f["pValue"])
