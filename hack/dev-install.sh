@@ -37,12 +37,14 @@ if [ "${1:-}" = predict ]; then predict; exit 0; fi
 # The process operator of an older `make dev` would act beside the chart's.
 bash "$here/dev-operator.sh" stop >/dev/null 2>&1 || true
 
+# Secrets are readable only where the chart binds its secrets Role: the samples' namespace.
 say "operator: Helm chart into $ns (image ghcr.io/kustos-dev/kustos, imported, never pulled)"
 "$kubectl" create namespace "$ns" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
 "$kubectl" label namespace "$ns" --overwrite pod-security.kubernetes.io/enforce=restricted \
   pod-security.kubernetes.io/enforce-version=latest >/dev/null
 "$helm" upgrade --install kustos "$root/charts/kustos" --namespace "$ns" \
-  --set image.pullPolicy=Never --wait --timeout 300s >/dev/null
+  --set image.pullPolicy=Never --set 'rbac.secretNamespaces={default}' \
+  --wait --timeout 300s >/dev/null
 # A rebuilt image under the same tag: make the pod pick it up.
 if [ "${KUSTOS_DEV_RESTART:-1}" = 1 ]; then
   "$kubectl" -n "$ns" rollout restart deploy/kustos >/dev/null
