@@ -144,7 +144,9 @@ def test_constraints_pin_every_direct_dependency_of_the_images() -> None:
 
 
 def test_operator_imports_are_core_dependencies() -> None:
-    """`kustos run` imports hvac (the Vault controller) and cryptography (the webhook's
-    certificate): they must be core dependencies, not dev-only."""
+    """`kustos run` imports hvac (the Vault controller), cryptography (the webhook's
+    certificate) and urllib3 (kustos.k8s.client): they must be core dependencies, not
+    dev-only or merely another package's dependency."""
     core = {requirement_name(r) for r in PROJECT["dependencies"]}
-    assert {"hvac", "cryptography", "requests", "kopf", "kubernetes"} <= core
+    assert {"hvac", "cryptography", "requests", "kopf", "urllib3"} <= core
+    assert "kubernetes" not in core, "the official client is 200 MB; kustos.k8s replaces it"

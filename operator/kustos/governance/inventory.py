@@ -65,12 +65,12 @@ def table(items: list[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> st
 
 
 def _current_namespace() -> str:
-    import kubernetes
+    """The kubeconfig context's namespace, as kubectl defaults to it."""
+    from kustos.k8s import config
 
     try:
-        _, context = kubernetes.config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
-        return str((context or {}).get("context", {}).get("namespace") or "default")
-    except (kubernetes.config.ConfigException, OSError):
+        return config.current_namespace() or "default"
+    except config.ConfigError:
         return "default"
 
 

@@ -1,7 +1,8 @@
 """The one place that talks to the Kubernetes API: apply, list, delete, status, events.
 
-A thin layer over the official client's ApiClient with explicit paths, so that every
-request (and every write) is visible here and counted in the operator's metrics.
+Plain HTTPS (urllib3) with explicit paths, so that every request (and every write) is
+visible here and counted in the operator's metrics; kustos.k8s.config finds the server
+and the credentials.
 """
 
 from __future__ import annotations
@@ -9,29 +10,61 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
-import kubernetes
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
+import urllib3
 
 from kustos import metrics
 
+from . import config
 from .resources import resource
 
 FIELD_MANAGER = "kustos"
+TIMEOUT = urllib3.Timeout(total=60)
+# Connection errors are retried for every verb, read errors for idempotent ones only
+# (urllib3's defaults, as the official client had); redirects are not followed, so
+# credentials never go to another host.
+RETRIES = urllib3.Retry(total=3, redirect=False)
 
-_api: ApiClient | None = None
+_api: Api | None = None
 
 
-def api() -> ApiClient:
-    """A shared ApiClient: in-cluster config, else the current kubeconfig."""
+class Api:
+    """The API server: its config and a thread-safe pool of keep-alive connections."""
+
+    def __init__(self, cfg: config.Config) -> None:
+        url = urllib3.util.parse_url(cfg.server)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise config.ConfigError(f"server {cfg.server!r} is not an http(s) URL")
+        self.config = cfg
+        self._origin = f"{url.scheme}://{url.netloc}"
+        self._prefix = (url.path or "").rstrip("/")  # a server behind a path (a proxy)
+        self._pools = urllib3.PoolManager(num_pools=4, maxsize=10, **cfg.tls())
+
+    def __repr__(self) -> str:
+        return f"Api({self.config.server!r})"
+
+    def request(self, method: str, path: str, query: list[tuple[str, Any]], body: bytes | None,
+                headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
+        target = self._prefix + path + (f"?{urlencode(query, quote_via=quote)}" if query else "")
+        credentials = self.config.credentials
+        for attempt in (0, 1):
+            # After a 401, once: the token file may have rotated, the exec token expired.
+            auth = credentials.auth(refresh=attempt > 0)
+            pool_kw = {"cert_file": auth.cert[0], "key_file": auth.cert[1]} if auth.cert else {}
+            pool = self._pools.connection_from_url(self._origin, pool_kwargs=pool_kw)
+            response = pool.urlopen(method, target, body=body, headers={**headers, **auth.headers},
+                                    timeout=TIMEOUT, retries=RETRIES, redirect=False)
+            if response.status != 401 or attempt or not credentials.refreshable:
+                break
+        return response
+
+
+def api() -> Api:
+    """The shared connection: in-cluster config, else the current kubeconfig."""
     global _api
     if _api is None:
-        try:
-            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        _api = ApiClient()
+        _api = Api(config.load())
     return _api
 
 
@@ -49,27 +82,19 @@ def _call(method: str, path: str, *, body: Any = None, query: list[tuple[str, An
           content_type: str = "application/json") -> Any:
     if method != "GET":
         metrics.API_WRITES.labels(verb=method).inc()
-    client = api()
-    # JSON is YAML too: apply patches go out as JSON text; the client encodes JSON types.
-    payload = json.dumps(body) if "yaml" in content_type and not isinstance(body, str) else body
-    _, url, headers, _, _ = client.param_serialize(
-        method, path, query_params=query or [],
-        header_params={"Accept": "application/json", "Content-Type": content_type},
-        auth_settings=["BearerToken"])
-    try:
-        response = client.call_api(method, url, header_params=headers, body=payload,
-                                   _request_timeout=60)
-        raw = response.read()  # type: ignore[no-untyped-call]
-        status = response.status
-    except ApiException as exc:
-        raw, status = exc.body, exc.status or 0
-    if status >= 400:
+    # JSON is YAML too: apply patches go out as JSON text.
+    payload = None if body is None else (body if isinstance(body, str) else json.dumps(body))
+    response = api().request(
+        method, path, query or [], payload.encode() if payload is not None else None,
+        {"Accept": "application/json", "Content-Type": content_type, "User-Agent": "kustos"})
+    raw, status = response.data, response.status
+    if status >= 300:
         reason, message = "Unknown", f"HTTP {status}"
         try:
             err = json.loads(raw or b"{}")
             reason = err.get("reason") or reason
             message = err.get("message") or message
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, AttributeError):
             pass
         raise ApiError(status, reason, message)
     return json.loads(raw) if raw else {}
