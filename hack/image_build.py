@@ -33,6 +33,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "images" / "images.toml"
+# Run in each venv after its install (the Dockerfiles run the same script).
+PRUNE = ROOT / "images" / "prune.py"
 # Bump when the way a layer is made changes, so that old cache entries are not reused.
 RECIPE_VERSION = "1"
 ARCH = "amd64"
@@ -295,8 +297,10 @@ def deps_layer(name: str, recipe: dict[str, Any], base: Layer, base_key: str,
     reqs = requirements(recipe) if recipe["lock_mode"] == "constraints" else []
     spec = {k: recipe[k] for k in ("venv", "lock_mode", "extras")}
     spec["pip"] = pip_version
+    prune = recipe.get("prune", False)
+    spec["prune"] = prune
     key = sha(RECIPE_VERSION, base_key, json.dumps(spec, sort_keys=True), lock.read_bytes(),
-              *reqs)[:16]
+              PRUNE.read_bytes() if prune else b"", *reqs)[:16]
     layer = Layer(cache_dir() / f"deps-{name}-{key}")
     if layer.done():
         return layer, key
@@ -326,6 +330,10 @@ def deps_layer(name: str, recipe: dict[str, Any], base: Layer, base_key: str,
             if loose:
                 raise SystemExit(f"image_build: {name}: not pinned by {recipe['lock']}: "
                                  + ", ".join(loose))
+        if prune:
+            shutil.copy(PRUNE, merged / "tmp/prune.py")
+            log(in_chroot(merged, [f"{venv}/bin/python", "/tmp/prune.py", venv],
+                          stdout=subprocess.PIPE).stdout.strip())
         in_chroot(merged, [f"{venv}/bin/python", "-m", "compileall", "-q", "-j0",
                            f"{venv}/lib"], stdout=subprocess.DEVNULL)
     check_upper(layer.tree)

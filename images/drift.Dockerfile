@@ -17,8 +17,11 @@ FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/kustos
 COPY images/drift-requirements.txt /tmp/drift-requirements.txt
+COPY images/prune.py /tmp/prune.py
 # Every package is pinned in the lock, transitive ones included: --no-deps (see its header).
-RUN /opt/kustos/bin/pip install --no-deps -r /tmp/drift-requirements.txt
+# Then what the image never runs (the test suites): the same script as make images.
+RUN /opt/kustos/bin/pip install --no-deps -r /tmp/drift-requirements.txt && \
+    /opt/kustos/bin/python /tmp/prune.py /opt/kustos
 COPY dist/ /tmp/dist/
 RUN set -eu; \
     set -- /tmp/dist/kustos-*.whl; \

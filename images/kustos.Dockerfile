@@ -24,12 +24,15 @@ ARG EXTRAS
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/kustos
 COPY requirements/constraints.txt /tmp/constraints.txt
+COPY images/prune.py /tmp/prune.py
 COPY dist/ /tmp/dist/
 # Exactly one wheel is expected in dist/: fail rather than pick one at random.
 RUN set -eu; \
     set -- /tmp/dist/kustos-*.whl; \
     [ "$#" -eq 1 ] && [ -f "$1" ] || { echo "need exactly one kustos wheel in dist/" >&2; exit 1; }; \
     /opt/kustos/bin/pip install -c /tmp/constraints.txt "$1[${EXTRAS}]"; \
+    # What the image never runs (the test suites): the same script as make images.
+    /opt/kustos/bin/python /tmp/prune.py /opt/kustos; \
     # Byte-compile now: at run time the root filesystem is read-only.
     /opt/kustos/bin/python -m compileall -q /opt/kustos/lib
 

@@ -39,13 +39,13 @@ def model(namespace: str) -> dict[str, Any]:
                      "governance": {"owner": "bench", "riskTier": "medium"}}}
 
 
-def timed_creates(api: Any, namespace: str, n: int) -> list[float]:
+def timed_creates(namespace: str, n: int) -> list[float]:
+    from kustos.k8s import client
+
     out = []
     for _ in range(n):
         started = time.perf_counter()
-        api.create_namespaced_custom_object("kustos.dev", "v1alpha1", namespace,
-                                            "modeldeployments", model(namespace),
-                                            dry_run="All")
+        client.create(model(namespace), dry_run=True)
         out.append((time.perf_counter() - started) * 1000)
     return out
 
@@ -85,8 +85,8 @@ spec:
         env={**os.environ, "KUBECONFIG": str(kubeconfig)},
         stdout=(work / "operator.log").open("wb"), stderr=subprocess.STDOUT)
     try:
-        from kubernetes import client
-        from kubernetes import config as kconfig
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        from kustos.k8s import client
 
         deadline = time.monotonic() + 60
         while True:
@@ -97,28 +97,25 @@ spec:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit(f"operator did not start; see {work}/operator.log") from None
                 time.sleep(0.5)
-        kconfig.load_kube_config(str(kubeconfig))
-        api = client.CustomObjectsApi()
         # The webhook is registered by the operator; wait until it answers for the
         # governed namespace (a refusal of a non-compliant object proves it is called).
         bad = model(governed)
         del bad["spec"]["governance"]["owner"]
         while True:
             try:
-                api.create_namespaced_custom_object("kustos.dev", "v1alpha1", governed,
-                                                    "modeldeployments", bad, dry_run="All")
-            except client.ApiException as err:
-                if "requireOwner" in str(err.body):
+                client.create(bad, dry_run=True)
+            except client.ApiError as err:
+                if "requireOwner" in err.message:
                     break
             if time.monotonic() > deadline:
                 raise SystemExit("the webhook never refused a non-compliant object")
             time.sleep(0.5)
         results: dict[str, list[float]] = {"governed": [], "ungoverned": []}
         for ns in (governed, plain):
-            timed_creates(api, ns, args.warmup)
+            timed_creates(ns, args.warmup)
         for _ in range(args.rounds):
-            results["governed"] += timed_creates(api, governed, args.count)
-            results["ungoverned"] += timed_creates(api, plain, args.count)
+            results["governed"] += timed_creates(governed, args.count)
+            results["ungoverned"] += timed_creates(plain, args.count)
         print("| namespace | creates | median (ms) | p90 (ms) |")
         print("|---|---|---|---|")
         for key, values in results.items():

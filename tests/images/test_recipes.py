@@ -104,6 +104,13 @@ def test_dockerfile_matches_the_table(name: str, recipe: dict[str, Any]) -> None
     else:
         assert "COPY dist/ /tmp/dist/" in [f"COPY {c}" for c in copies]
     assert "-m compileall" in run, "byte-compiled at build time (read-only root filesystem)"
+    # images/prune.py runs in both builds, after the install and before byte-compiling.
+    pruned = f"{venv}/bin/python /tmp/prune.py {venv}"
+    if recipe.get("prune"):
+        assert "images/prune.py /tmp/prune.py" in copies, copies
+        assert pruned in run and run.index(pruned) < run.index("-m compileall"), run
+    else:
+        assert "prune.py" not in run
 
     assert final.all("COPY") == [f"--from=build {venv} {venv}"]
     assert final.last("USER") == TABLE["base"]["user"]

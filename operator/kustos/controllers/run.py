@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import secrets
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
 from kustos import config as config_mod
+from kustos.k8s import config as k8s_config
 from kustos.render.meta import MANAGED, MANAGED_BY
 
 from . import peering
@@ -60,6 +63,34 @@ def parser() -> argparse.ArgumentParser:
 _webhook_server: kopf.WebhookServer | None = None
 
 
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches use the same API configuration as kustos.k8s: the ServiceAccount by
+    the Service's IP (no cluster DNS needed), else the kubeconfig, exec plugins included."""
+    return connection_info(k8s_config.load())
+
+
+def connection_info(cfg: k8s_config.Config) -> kopf.ConnectionInfo:
+    """A kustos.k8s.config.Config as kopf's ConnectionInfo; credentials that can change
+    (a rotating token file, an exec plugin) expire so that kopf asks again."""
+    auth = cfg.credentials.auth()
+    header = auth.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    token = username = password = None
+    if scheme == "Bearer":
+        token = value
+    elif scheme == "Basic":
+        username, _, password = base64.b64decode(value).decode().partition(":")
+    cert, key = auth.cert or (None, None)
+    expiration = (datetime.now(UTC) + timedelta(seconds=k8s_config.TOKEN_MAX_AGE)
+                  if cfg.credentials.refreshable else None)
+    return kopf.ConnectionInfo(
+        server=cfg.server, ca_path=cfg.ca_file, ca_data=cfg.ca_data,
+        insecure=cfg.insecure or None, scheme="Bearer" if token else None, token=token,
+        username=username, password=password, certificate_path=cert, private_key_path=key,
+        expiration=expiration)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Kopf's own bookkeeping goes to annotations under our prefix, never to status.
@@ -85,7 +116,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kubernetes", "urllib3"):
+    for noisy in ("urllib3",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.verbose:
         # kopf logs every handler success per object; ours say what changed.

@@ -171,10 +171,12 @@ def patch(kind: str, name: str, namespace: str | None, body: Mapping[str, Any],
     return result
 
 
-def create(manifest: Mapping[str, Any]) -> dict[str, Any]:
+def create(manifest: Mapping[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    """Create an object; ``dry_run`` runs admission (webhooks included) and stores nothing."""
     res = resource(manifest["kind"])
     result: dict[str, Any] = _call(
-        "POST", res.collection(manifest["metadata"].get("namespace")), body=dict(manifest))
+        "POST", res.collection(manifest["metadata"].get("namespace")), body=dict(manifest),
+        query=[("dryRun", "All")] if dry_run else None)
     return result
 
 

@@ -390,6 +390,8 @@ def from_kubeconfig(paths: Sequence[Path] | None = None, context: str | None = N
     kc = _merged(paths)
     where = ", ".join(str(p) for p in paths)
     name = context or kc.current_context
+    if not any(p.exists() for p in paths):
+        raise ConfigError(f"no kubeconfig: {where} does not exist")
     if not name:
         raise ConfigError(f"no current-context in kubeconfig {where}")
     if name not in kc.contexts:
