@@ -534,3 +534,31 @@ def test_rotated_plugin_certificates_replace_the_files_before(tmp_path: Path) ->
     # The previous generation stays for requests in flight; older ones go; static ones stay.
     assert not any(Path(f).exists() for f in generations[0])
     assert all(Path(f).exists() for f in (*generations[1], *generations[2], *static))
+
+
+# --- kopf's login ---------------------------------------------------------------------------
+
+def test_kopf_logs_in_with_the_same_configuration(tmp_path: Path) -> None:
+    """kopf's watches and kustos.k8s use one configuration: a rotating ServiceAccount token
+    expires in kopf's vault so that kopf asks again; a kubeconfig's certificate and basic
+    auth are handed over as files and fields."""
+    from kustos.controllers.run import connection_info
+
+    sa = _service_account(tmp_path)
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    info = connection_info(config.load(sa_dir=sa, environ=env))
+    assert (info.server, info.scheme, info.token) == ("https://10.96.0.1:443", "Bearer", SECRET)
+    assert info.ca_path == str(sa / "ca.crt") and info.certificate_data is None
+    assert info.expiration is not None
+    assert timedelta(0) < info.expiration - datetime.now(UTC) <= timedelta(minutes=1)
+
+    path = _kubeconfig(tmp_path / "config", cluster={
+        "server": "https://10.0.0.1:6443", "certificate-authority-data": _b64(_pem(CA_CERT))},
+        user={"username": "alice", "password": SECRET,
+              "client-certificate-data": _b64(_pem(CLIENT_CERT)),
+              "client-key-data": _b64(_key_pem(CLIENT_KEY))})
+    info = connection_info(config.from_kubeconfig([path]))
+    assert (info.username, info.password, info.token) == ("alice", SECRET, None)
+    assert info.ca_data == _pem(CA_CERT).decode() and info.expiration is None
+    assert info.certificate_data == _pem(CLIENT_CERT)
+    assert info.private_key_data == _key_pem(CLIENT_KEY)

@@ -81,13 +81,17 @@ def connection_info(cfg: k8s_config.Config) -> kopf.ConnectionInfo:
         token = value
     elif scheme == "Basic":
         username, _, password = base64.b64decode(value).decode().partition(":")
-    cert, key = auth.cert or (None, None)
+    # As data, not paths: files written from kubeconfig data go with the Config object.
+    cert = key = None
+    if auth.cert:
+        with open(auth.cert[0], "rb") as c, open(auth.cert[1], "rb") as k:
+            cert, key = c.read(), k.read()
     expiration = (datetime.now(UTC) + timedelta(seconds=k8s_config.TOKEN_MAX_AGE)
                   if cfg.credentials.refreshable else None)
     return kopf.ConnectionInfo(
         server=cfg.server, ca_path=cfg.ca_file, ca_data=cfg.ca_data,
         insecure=cfg.insecure or None, scheme="Bearer" if token else None, token=token,
-        username=username, password=password, certificate_path=cert, private_key_path=key,
+        username=username, password=password, certificate_data=cert, private_key_data=key,
         expiration=expiration)
 
 
