@@ -56,8 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never merge concurrent requests into one model call")
     p.add_argument("--drain-timeout", type=float, default=20.0,
                    help="seconds to finish in-flight requests on SIGTERM (20)")
+    # The HTTP limits: the same defaults as kustos.runtime.server.http (a test checks), not
+    # imported from it so that parsing the flags needs no httptools.
     p.add_argument("--keepalive-timeout", type=float, default=75.0,
                    help="seconds an idle keep-alive connection is kept (75)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds from a request's first byte to the end of its headers; "
+                        "also how long a new connection may stay silent (10)")
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds from a request's first byte to the end of its body (60)")
+    p.add_argument("--max-connections", type=int, default=4096,
+                   help="open connections per worker; at the cap new ones wait in the "
+                        "listen backlog (4096)")
+    p.add_argument("--max-url-bytes", type=int, default=8 << 10,
+                   help="longest request URL, else 414 (8192)")
+    p.add_argument("--max-header-bytes", type=int, default=32 << 10,
+                   help="largest request header section, else 431 (32768)")
     p.add_argument("--trust-type", action="append", default=[], metavar="TYPE",
                    help="extra type a .skops file may contain (repeatable; env "
                         "KUSTOS_TRUSTED_TYPES, comma-separated)")
@@ -78,8 +92,13 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--max-body-bytes must be at least 1024"
     if args.max_batch_rows < 1:
         return "--max-batch-rows must be >= 1"
-    if args.drain_timeout < 0 or args.explainer_timeout <= 0:
+    if args.drain_timeout < 0 or min(args.explainer_timeout, args.keepalive_timeout,
+                                     args.header_timeout, args.body_timeout) <= 0:
         return "timeouts must be positive"
+    if args.max_connections < 1:
+        return "--max-connections must be >= 1"
+    if args.max_url_bytes < 256 or args.max_header_bytes < 1024:
+        return "--max-url-bytes must be at least 256 and --max-header-bytes at least 1024"
     if args.drift_max_rows_per_second < 0:
         return "--drift-max-rows-per-second must be >= 0"
     for url in (args.drift_url, args.explainer_url):
@@ -107,7 +126,11 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         batching=not args.no_batching, max_batch_rows=args.max_batch_rows,
         drift_max_rows_per_second=args.drift_max_rows_per_second), __version__)
     server = HttpServer(app, max_body=args.max_body_bytes,
-                        keepalive_timeout=args.keepalive_timeout)
+                        keepalive_timeout=args.keepalive_timeout,
+                        header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                        max_connections=args.max_connections,
+                        max_url_bytes=args.max_url_bytes,
+                        max_header_bytes=args.max_header_bytes)
     app.peers = lambda: len(server.connections)
     loop = asyncio.get_running_loop()
     stop = process.stop_event(stop)
