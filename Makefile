@@ -46,6 +46,10 @@ venv: $(STAMP) ## create the virtual environment with every extra
 tools: ## build etcd, the Kubernetes binaries (kubelet, kube-proxy too), kwok, helm, coredns
 	@bash hack/build-tools.sh
 
+.PHONY: host-packages
+host-packages: ## the Debian packages of the real node and the image builds (apt-get, only what is missing)
+	@bash hack/host-packages.sh node images
+
 .PHONY: crds
 crds: venv ## regenerate crds/ from the pydantic models
 	@$(BIN)/kustos crds --write crds
@@ -71,7 +75,7 @@ lint: venv ## ruff and mypy
 	@$(BIN)/mypy
 
 .PHONY: cluster
-cluster: tools venv ## start the local control plane (no-op when it runs)
+cluster: tools venv host-packages ## start the local control plane (no-op when it runs)
 ifeq ($(USE_EXISTING_CLUSTER),1)
 	@echo "==> USE_EXISTING_CLUSTER=1: using $(KUBECONFIG_USE)"
 else
@@ -115,7 +119,7 @@ unit: venv ## unit tests (no cluster)
 	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv tools lint drift-env images ## lint, unit, image, runtime and integration tests (real node and kwok)
+test: venv tools host-packages lint drift-env images ## lint, unit, image, runtime and integration tests (real node and kwok)
 	@echo "==> tests"
 	@$(BIN)/pytest tests/unit tests/images tests/runtimes tests/drift tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
 
@@ -128,7 +132,7 @@ bench: venv ## serving benchmark: kustos serve vs MLServer vs a bare baseline
 	@bash hack/bench-serving.sh
 
 .PHONY: images
-images: venv ## build the container images without Docker (hack/images.sh; root); CONTAINERD_ADDRESS=... to import
+images: venv host-packages ## build the container images without Docker (hack/images.sh; root); CONTAINERD_ADDRESS=... to import
 	@bash hack/images.sh build
 	@# Into the running node's containerd (cluster.sh up imports them when it starts one).
 	@if [ -n "$$CONTAINERD_ADDRESS" ]; then bash hack/images.sh import; \

@@ -23,37 +23,18 @@ if [[ $(id -u) -ne 0 ]]; then
     "$0" "$@"
 fi
 
-need_pkgs() {
-  local missing=() cmd pkg
-  for pair in "$@"; do
-    cmd=${pair%%:*} pkg=${pair#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  if ((${#missing[@]})); then
-    echo "==> apt-get install ${missing[*]}" >&2
-    # A fresh machine has no package lists yet.
-    if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-    fi
-  fi
-}
-
 # The wheel is built with the project's venv when there is one (it has pip), else python3.
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [[ -x $PY ]] || PY=python3
 
 build() {
-  # mmdebstrap runs apt with the Debian keyring; chroot/mount come with coreutils/mount.
-  need_pkgs mmdebstrap:mmdebstrap tar:tar mount:mount chroot:coreutils \
-    python3:python3 gpgv:gpgv
-  [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || need_pkgs _:debian-archive-keyring
+  "$ROOT/hack/host-packages.sh" images
   "$PY" "$ROOT/hack/image_build.py" build "$@"
 }
 
 import() {
   : "${CONTAINERD_ADDRESS:?set CONTAINERD_ADDRESS to the containerd socket}"
-  need_pkgs ctr:containerd
+  "$ROOT/hack/host-packages.sh" ctr:containerd
   local ctr=(ctr --address "$CONTAINERD_ADDRESS" --namespace k8s.io)
   local out name ref archive digest
   if [[ ${1:-} == --no-build ]]; then

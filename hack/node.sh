@@ -396,7 +396,9 @@ build_images() {
   if [ ! -f "$IMAGES_DIR/busybox.tar" ]; then
     log "building $BUSYBOX_IMAGE from Debian's busybox-static"
     local tmp; tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get download busybox-static >/dev/null 2>&1) ||
+    # A fresh machine has no package lists yet.
+    (cd "$tmp" && { apt-get download busybox-static >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get download busybox-static >/dev/null; }; }) ||
       die "apt-get download busybox-static failed (Debian mirror unreachable?)"
     dpkg-deb -x "$tmp"/busybox-static_*.deb "$tmp/x"
     local links=() a
@@ -444,8 +446,7 @@ node_up() {
     "$nhere/build-tools.sh" node
     break
   done
-  for c in ctr containerd runc socat iptables gcc; do command -v "$c" >/dev/null || die "$c not found (apt-get install containerd runc socat iptables gcc)"; done
-  [ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge not found (apt-get install containernetworking-plugins)"
+  "$nhere/host-packages.sh" node || die "could not install the node's Debian packages (hack/host-packages.sh node)"
   ((${#CTRD_SOCK} < 100)) || die "containerd socket path too long: $CTRD_SOCK (set KUSTOS_CLUSTER_DIR shorter)"
 
   mkdir -p "$LOGS" "$RUN"
