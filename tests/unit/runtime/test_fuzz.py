@@ -182,3 +182,12 @@ def test_openapi_fuzz_no_server_errors(live: RunningServer, mode: Any) -> None:
     seen = collections.Counter(statuses)
     assert seen[400] > 0 and (mode == schemathesis.GenerationMode.NEGATIVE or seen[200] > 0)
     assert len(statuses) > 100 and max(statuses) < 500
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
+def test_empty_data_with_an_overflowing_shape_is_a_400(datatype: str) -> None:
+    """Found by the fuzzer: a shape with a 0 has no elements, but numpy still refuses one
+    whose other dimensions multiply past its limit (that was a 500)."""
+    with pytest.raises(ProtocolError, match="too large") as err:
+        decode([], (1774, 12943, 2**40, 2**40, 0), datatype, "inputs[0]")
+    assert err.value.status == 400

@@ -135,14 +135,20 @@ def decode(data: Any, shape: tuple[int, ...], datatype: str, where: str) -> Arra
             )
         arr = np.empty(expected, dtype=object)
         arr[:] = flat
-        return arr.reshape(shape)
+        try:
+            return arr.reshape(shape)
+        except ValueError:
+            raise ProtocolError(f"{where}: shape {list(shape)} is too large") from None
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError):
         raise ProtocolError(f"{where}: ragged or malformed 'data'") from None
     kind = raw.dtype.kind
     if raw.size == 0 and expected == 0:
-        return np.zeros(shape, dtype=dtype)
+        try:
+            return np.zeros(shape, dtype=dtype)
+        except ValueError:  # numpy refuses dimensions whose product overflows, even with a 0
+            raise ProtocolError(f"{where}: shape {list(shape)} is too large") from None
     if kind not in "biuf":
         raise ProtocolError(f"{where}: {datatype} data must be numbers, got non-numeric values")
     if raw.size != expected:
