@@ -1,8 +1,8 @@
 """HTTP stack benchmark: kustos serve's own HTTP/1.1 server vs uvicorn, side by side.
 
 Does the hand-written server (kustos/runtime/server/http.py) earn its keep against the
-standard choice? Not a test (not part of `make test`); it needs wrk (`apt-get install
-wrk`, or hack/bench-serving.sh installs it) and takes about two minutes:
+standard choice? Not a test (not part of `make test`); it needs wrk (installed
+with hack/host-packages.sh when missing) and takes about two minutes:
 
     .venv/bin/python tests/bench/bench_http_stack.py [--quick] [--output FILE]
 
@@ -343,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     servers = [s for s in args.servers.split(",") if s]
     if unknown := set(servers) - set(SERVERS):
         p.error(f"unknown servers: {sorted(unknown)}")
+    if shutil.which("wrk") is None:
+        # The project's own installer (apt-get, only what is missing).
+        subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "hack" /
+                                    "host-packages.sh"), "wrk:wrk"], check=False)
     for tool in ("wrk", *(() if args.no_pin else ("taskset",))):
         if shutil.which(tool) is None:
             print(f"bench: {tool} not found (apt-get install wrk)", file=sys.stderr)
