@@ -7,7 +7,7 @@ from typing import Any
 
 from kustos.config import OperatorConfig
 from kustos.status.conditions import get_condition
-from kustos.status.modeldeployment import Failure, changed, compute
+from kustos.status.modeldeployment import Failure, changed, compute, stale_templates
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -22,10 +22,12 @@ def md(version: str = "1", replicas: int = 2, status: dict[str, Any] | None = No
 
 
 def deployment(replicas: int, ready: int, updated: int | None = None, available: bool = True,
-               generation: int = 1, observed: int = 1) -> dict[str, Any]:
+               generation: int = 1, observed: int = 1, version: str = "1") -> dict[str, Any]:
+    """A Deployment whose pod template serves ``version`` (the operator's annotation)."""
     updated = ready if updated is None else updated
+    template = {"metadata": {"annotations": {"kustos.dev/model-version": version}}}
     return {"metadata": {"name": "iris", "generation": generation},
-            "spec": {"replicas": replicas},
+            "spec": {"replicas": replicas, "template": template},
             "status": {"observedGeneration": observed, "replicas": replicas,
                        "readyReplicas": ready, "updatedReplicas": updated,
                        "availableReplicas": ready,
@@ -60,13 +62,14 @@ def test_version_change_progresses_then_moves_to_history() -> None:
     first, _ = compute(md(), {"iris": deployment(2, 2)}, OperatorConfig(), NOW)
     body = md(version="2", status=first, generation=2)
     rolling, notices = compute(body, {"iris": deployment(2, 2, updated=1, generation=2,
-                                                         observed=2)}, OperatorConfig(), NOW)
+                                                         observed=2, version="2")},
+                               OperatorConfig(), NOW)
     assert cond(rolling, "Progressing")["status"] == "True"
     assert cond(rolling, "Ready")["status"] == "True"  # still serving the old pods
     assert rolling["model"]["version"] == "1" and notices == []
     later = NOW + timedelta(minutes=1)
     done, notices = compute(md(version="2", status=rolling, generation=2),
-                            {"iris": deployment(2, 2, generation=2, observed=2)},
+                            {"iris": deployment(2, 2, generation=2, observed=2, version="2")},
                             OperatorConfig(), later)
     assert done["model"]["version"] == "2"
     assert done["history"][0]["version"] == "1"
@@ -74,6 +77,26 @@ def test_version_change_progresses_then_moves_to_history() -> None:
     # lastTransitionTime of Ready did not move: its status never changed.
     assert cond(done, "Ready")["lastTransitionTime"] == cond(first, "Ready")["lastTransitionTime"]
     assert cond(done, "Progressing")["observedGeneration"] == 2
+
+
+def test_a_finished_rollout_of_the_old_template_is_not_the_new_version() -> None:
+    """The spec says 2, the Deployment still carries 1 and is done rolling it (the reconcile
+    has not applied the new template yet, or the operator died in between): still
+    Progressing, and status.model keeps saying 1. Found on real pods: an operator
+    SIGKILLed mid-rollout once left status claiming a version no pod served."""
+    first, _ = compute(md(), {"iris": deployment(2, 2)}, OperatorConfig(), NOW)
+    stale, notices = compute(md(version="2", status=first, generation=2),
+                             {"iris": deployment(2, 2)}, OperatorConfig(), NOW)
+    assert cond(stale, "Progressing")["status"] == "True"
+    assert cond(stale, "Ready")["status"] == "True"  # the old pods still serve
+    assert stale["model"]["version"] == "1" and notices == []
+
+
+def test_stale_templates_name_the_deployments_behind_the_spec() -> None:
+    body = md(version="2")
+    assert stale_templates(body, {}) == []  # nothing created yet: not stale, just missing
+    assert stale_templates(body, {"iris": deployment(2, 2, version="1")}) == ["iris"]
+    assert stale_templates(body, {"iris": deployment(2, 2, version="2")}) == []
 
 
 def test_recompute_is_unchanged() -> None:

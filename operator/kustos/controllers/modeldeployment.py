@@ -216,7 +216,16 @@ def refresh_status(md: Mapping[str, Any]) -> None:
                      if c.get("type") == "Degraded" and c.get("status") == "True"
                      and c.get("reason") not in _FROM_ROLLOUT), None)
     failure = Failure(degraded["reason"], degraded.get("message", "")) if degraded else None
-    write_status(md, live_deployments(meta), failure)
+    deployments = live_deployments(meta)
+    stale = status_md.stale_templates(md, deployments)
+    if stale:
+        # The spec was reconciled, yet a Deployment carries an older render: converge
+        # again rather than report a version that no pod serves.
+        log.info("%s/%s: %s carry an older model version than the spec; re-rendering",
+                 meta["namespace"], meta["name"], ", ".join(stale))
+        _reconcile(md, 0)
+        return
+    write_status(md, deployments, failure)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")

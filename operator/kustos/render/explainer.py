@@ -14,7 +14,7 @@ from kustos.api.v1alpha1 import ExplainerSpecSpec, ModelDeploymentSpec
 from kustos.config import OperatorConfig
 
 from .attachments import Attachments
-from .meta import COMPONENT, SPEC_HASH, child_meta, spec_hash
+from .meta import COMPONENT, MODEL_DIGEST, SPEC_HASH, child_meta, spec_hash
 from .modeldeployment import model_file_name, service_url
 from .runtimes import MODEL_DIR
 from .sidecars import (
@@ -35,7 +35,6 @@ SERVER_URL = f"http://127.0.0.1:{EXPLAIN_PORT}"
 REPORT_KEY = "report.json"
 ANNOTATION = "kustos.dev/explainer"
 DIGEST_ENV = "KUSTOS_MODEL_DIGEST"
-DIGEST_ANNOTATION = "kustos.dev/model-digest"
 
 
 def model_name(md_name: str, md: ModelDeploymentSpec) -> str:
@@ -88,7 +87,7 @@ def attachments(es: Mapping[str, Any], md_body: Mapping[str, Any],
         [{"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
          {"name": TMP_VOLUME, "mountPath": SCRATCH}, *mounts])
     container["env"] = [{"name": DIGEST_ENV, "valueFrom": {"fieldRef": {
-        "fieldPath": f"metadata.annotations['{DIGEST_ANNOTATION}']"}}}]
+        "fieldPath": f"metadata.annotations['{MODEL_DIGEST}']"}}}]
     return sidecar_attachments(
         container, md.model, uri,
         (scratch_volume(TMP_VOLUME, config.sidecars.scratch_size), *volumes),

@@ -16,6 +16,9 @@ COMPONENT = "app.kubernetes.io/component"
 NAME = "app.kubernetes.io/name"
 TRACK = "kustos.dev/track"
 SPEC_HASH = "kustos.dev/spec-hash"
+# On a model pod template: which model it serves (status judges rollouts by them).
+MODEL_VERSION = "kustos.dev/model-version"
+MODEL_DIGEST = "kustos.dev/model-digest"
 
 
 def base_labels(instance: str) -> dict[str, str]:

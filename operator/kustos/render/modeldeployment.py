@@ -13,7 +13,17 @@ from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
 from kustos.config import OperatorConfig
 
 from .attachments import NONE, Attachments
-from .meta import COMPONENT, INSTANCE, MANAGED, NAME, TRACK, child_meta, with_hash
+from .meta import (
+    COMPONENT,
+    INSTANCE,
+    MANAGED,
+    MODEL_DIGEST,
+    MODEL_VERSION,
+    NAME,
+    TRACK,
+    child_meta,
+    with_hash,
+)
 from .networkpolicy import render_network_policy
 from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
 
@@ -189,10 +199,10 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     pod_labels = {**sel, MANAGED: "kustos", NAME: "kustos-model"}
     pod_annotations = {
         "kubectl.kubernetes.io/default-container": "server",
-        "kustos.dev/model-version": track.model.version,
+        MODEL_VERSION: track.model.version,
     }
     if track.model.digest:
-        pod_annotations["kustos.dev/model-digest"] = track.model.digest
+        pod_annotations[MODEL_DIGEST] = track.model.digest
     pod_annotations.update(attachments.pod_annotations)
     ports = runtime_ports(sspec)
     if ports.metrics is not None:

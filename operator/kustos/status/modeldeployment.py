@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from kustos.api.v1alpha1 import ModelDeploymentSpec
+from kustos.api.v1alpha1.modeldeployment import ModelSource
 from kustos.config import OperatorConfig
+from kustos.render.meta import MODEL_DIGEST, MODEL_VERSION
 from kustos.render.modeldeployment import selector_string, service_url, split_tracks
 
 from .conditions import get_condition, set_condition, timestamp
@@ -45,16 +47,26 @@ class Rollout:
     available_cond: bool = False
     deadline_exceeded: str | None = None
     replica_failure: str | None = None
+    # The pod template carries the model version and digest the spec asks for: a finished
+    # rollout of an older template (the reconcile has not applied the new one yet, or an
+    # operator died in between) is not the rollout of this version.
+    current: bool = True
 
     @property
     def done(self) -> bool:
-        return (self.exists and self.observed and self.updated >= self.wanted
+        return (self.exists and self.observed and self.current and self.updated >= self.wanted
                 and self.replicas == self.updated and self.available >= self.updated)
 
 
-def rollout(deployment: Mapping[str, Any] | None, wanted: int | None) -> Rollout:
+def rollout(deployment: Mapping[str, Any] | None, wanted: int | None,
+            model: ModelSource | None = None) -> Rollout:
     if deployment is None:
         return Rollout(wanted=wanted or 0)
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    notes = template.get("annotations") or {}
+    current = model is None or (
+        notes.get(MODEL_VERSION) == model.version
+        and notes.get(MODEL_DIGEST) == (model.digest or None))
     spec_replicas = int(deployment.get("spec", {}).get("replicas", 1))
     st = deployment.get("status") or {}
     r = Rollout(
@@ -66,6 +78,7 @@ def rollout(deployment: Mapping[str, Any] | None, wanted: int | None) -> Rollout
         exists=True,
         observed=int(st.get("observedGeneration", 0))
         >= int(deployment["metadata"].get("generation", 0)),
+        current=current,
     )
     for cond in st.get("conditions") or []:
         if cond.get("type") == "Available":
@@ -84,7 +97,7 @@ def _rollouts(name: str, spec: ModelDeploymentSpec,
     for t in split_tracks(name, spec):
         # Under autoscaling the HPA decides the stable track's size: judge against it.
         wanted = None if (spec.autoscaling and t.track == "stable") else t.replicas
-        out.append(rollout(deployments.get(t.name), wanted))
+        out.append(rollout(deployments.get(t.name), wanted, t.model))
     return out
 
 
@@ -92,6 +105,16 @@ def settled(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     """Whether every track's rollout is complete (then the pods need no reading)."""
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     return all(r.done for r in _rollouts(body["metadata"]["name"], spec, deployments))
+
+
+def stale_templates(body: Mapping[str, Any],
+                    deployments: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Deployments whose pod template serves another model version or digest than the spec
+    asks for: a render of an older spec is live (a writer that died or lost a race)."""
+    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    name = body["metadata"]["name"]
+    return [t.name for t, r in zip(split_tracks(name, spec), _rollouts(name, spec, deployments),
+                                   strict=True) if r.exists and not r.current]
 
 
 def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],

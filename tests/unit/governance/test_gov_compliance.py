@@ -73,8 +73,10 @@ def test_model_deployment_status_write_keeps_policy_compliant() -> None:
     body = {"metadata": {"name": "m", "namespace": "ns", "generation": 2},
             "spec": {**SPEC, "replicas": 1},
             "status": {"conditions": [policy_cond], "model": served}}
+    template = {"metadata": {"annotations": {"kustos.dev/model-version": SPEC["model"]["version"],
+                                             "kustos.dev/model-digest": SPEC["model"]["digest"]}}}
     deployment = {"metadata": {"name": "m", "generation": 1},
-                  "spec": {"replicas": 1},
+                  "spec": {"replicas": 1, "template": template},
                   "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
                              "updatedReplicas": 1, "availableReplicas": 1,
                              "conditions": [{"type": "Available", "status": "True"}]}}
