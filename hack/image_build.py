@@ -36,7 +36,7 @@ TABLE = ROOT / "images" / "images.toml"
 # Run in each venv after its install (the Dockerfiles run the same script).
 PRUNE = ROOT / "images" / "prune.py"
 # Bump when the way a layer is made changes, so that old cache entries are not reused.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 ARCH = "amd64"
 # Resolved once: the image's own PATH is passed to chroot'ed commands.
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
@@ -282,7 +282,9 @@ def base_layer(table: dict[str, Any]) -> tuple[Layer, str]:
         f'echo "nonroot:x:{gid}:" >> "$1/etc/group"',
         'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*.log',
     ]
-    run(["mmdebstrap", "--mode=root", f"--variant={base['variant']}",
+    # /usr merged by mmdebstrap's own hook: the usrmerge package would pull in perl (50 MB).
+    merged_usr = "/usr/share/mmdebstrap/hooks/merged-usr"
+    run(["mmdebstrap", "--mode=root", f"--variant={base['variant']}", f"--hook-dir={merged_usr}",
          f"--include={','.join(base['packages'])}", *dpkgopts,
          *[f"--customize-hook={h}" for h in hooks],
          base["suite"], str(layer.tree)], stdout=subprocess.DEVNULL)
@@ -297,7 +299,7 @@ def deps_layer(name: str, recipe: dict[str, Any], base: Layer, base_key: str,
     reqs = requirements(recipe) if recipe["lock_mode"] == "constraints" else []
     spec = {k: recipe[k] for k in ("venv", "lock_mode", "extras")}
     spec["pip"] = pip_version
-    prune = recipe.get("prune", False)
+    prune: list[str] = recipe.get("prune", [])
     spec["prune"] = prune
     key = sha(RECIPE_VERSION, base_key, json.dumps(spec, sort_keys=True), lock.read_bytes(),
               PRUNE.read_bytes() if prune else b"", *reqs)[:16]
@@ -332,7 +334,7 @@ def deps_layer(name: str, recipe: dict[str, Any], base: Layer, base_key: str,
                                  + ", ".join(loose))
         if prune:
             shutil.copy(PRUNE, merged / "tmp/prune.py")
-            log(in_chroot(merged, [f"{venv}/bin/python", "/tmp/prune.py", venv],
+            log(in_chroot(merged, [f"{venv}/bin/python", "/tmp/prune.py", venv, *prune],
                           stdout=subprocess.PIPE).stdout.strip())
         in_chroot(merged, [f"{venv}/bin/python", "-m", "compileall", "-q", "-j0",
                            f"{venv}/lib"], stdout=subprocess.DEVNULL)
@@ -371,7 +373,14 @@ def top_layer(name: str, recipe: dict[str, Any], lowers: list[Layer], deps_key: 
         if recipe["top"] == "wheel":
             assert wheel is not None
             shutil.copy(wheel, merged / "tmp" / wheel.name)
-            in_chroot(merged, [py, "-m", "pip", "install", "--no-deps", "--no-compile",
+            pip = [py, "-m", "pip"]
+            if "pip" in recipe.get("prune", []):
+                # The venv has no pip (images/prune.py): Debian's pip wheel runs from its zip.
+                wheels = sorted((merged / "usr/share/python-wheels").glob("pip-*.whl"))
+                if not wheels:
+                    raise SystemExit("image_build: no pip wheel in /usr/share/python-wheels")
+                pip = [py, f"/usr/share/python-wheels/{wheels[-1].name}/pip"]
+            in_chroot(merged, [*pip, "install", "--no-deps", "--no-compile",
                                f"/tmp/{wheel.name}"], stdout=subprocess.DEVNULL)
             site = f"{venv}/lib/python3.11/site-packages"
             targets = [f"{site}/kustos"]

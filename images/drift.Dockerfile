@@ -21,7 +21,7 @@ COPY images/prune.py /tmp/prune.py
 # Every package is pinned in the lock, transitive ones included: --no-deps (see its header).
 # Then what the image never runs (the test suites): the same script as make images.
 RUN /opt/kustos/bin/pip install --no-deps -r /tmp/drift-requirements.txt && \
-    /opt/kustos/bin/python /tmp/prune.py /opt/kustos
+    /opt/kustos/bin/python /tmp/prune.py /opt/kustos tests
 COPY dist/ /tmp/dist/
 RUN set -eu; \
     set -- /tmp/dist/kustos-*.whl; \

@@ -32,7 +32,7 @@ RUN set -eu; \
     [ "$#" -eq 1 ] && [ -f "$1" ] || { echo "need exactly one kustos wheel in dist/" >&2; exit 1; }; \
     /opt/kustos/bin/pip install -c /tmp/constraints.txt "$1[${EXTRAS}]"; \
     # What the image never runs (the test suites): the same script as make images.
-    /opt/kustos/bin/python /tmp/prune.py /opt/kustos; \
+    /opt/kustos/bin/python /tmp/prune.py /opt/kustos tests pip; \
     # Byte-compile now: at run time the root filesystem is read-only.
     /opt/kustos/bin/python -m compileall -q /opt/kustos/lib
 

@@ -1,9 +1,14 @@
-"""Remove what an image's venv installs but never runs: `prune.py VENV`.
+"""Remove what an image's venv installs but never runs: `prune.py VENV WHAT...`.
+
+  tests   the numeric packages' own test suites (about 30 MB in the kustos image, and as
+          much again byte-compiled)
+  pip     pip and setuptools (about 30 MB with their byte-compiled files): nothing
+          installs into a read-only image; a later build step installs with Debian's pip
+          wheel (/usr/share/python-wheels) instead
 
 Run after the dependency install and before byte-compiling, by hack/image_build.py (the
-registry-less build) and by the Dockerfiles alike, so both ship the same files. Every
-removal here is a package's own test suite, which nothing imports at run time; the
-image tests (tests/images) run each console entry point afterwards.
+registry-less build) and by the Dockerfiles alike, so both ship the same files; the image
+tests (tests/images) run each console entry point afterwards.
 """
 
 from __future__ import annotations
@@ -12,16 +17,17 @@ import shutil
 import sys
 from pathlib import Path
 
-# Test suites of the numeric stack (about 65 MB in the kustos image, plus their
-# byte-compiled files).
 TEST_SUITES = ("numpy", "scipy", "sklearn", "pandas")
+INSTALLERS = ("pip", "setuptools", "pkg_resources", "_distutils_hack")
 
 
 def size(path: Path) -> int:
+    if path.is_file():
+        return path.lstat().st_size
     return sum(f.lstat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def targets(site: Path) -> list[Path]:
+def test_suites(site: Path) -> list[Path]:
     found: list[Path] = []
     for pkg in TEST_SUITES:
         if (site / pkg).is_dir():
@@ -30,21 +36,37 @@ def targets(site: Path) -> list[Path]:
     return [d for d in found if not any(p in found for p in d.parents)]
 
 
-def main(venv: str) -> int:
-    sites = sorted(Path(venv).glob("lib/python3*/site-packages"))
+def installers(site: Path, venv: Path) -> list[Path]:
+    found = [site / name for name in INSTALLERS if (site / name).exists()]
+    found += sorted(p for name in ("pip", "setuptools")
+                    for p in site.glob(f"{name}-*.dist-info"))
+    found += [p for p in (site / "distutils-precedence.pth",) if p.exists()]
+    found += sorted(venv.glob("bin/pip*"))
+    return found
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or not set(argv[1:]) <= {"tests", "pip"}:
+        print(__doc__, file=sys.stderr)
+        return 2
+    venv = Path(argv[0])
+    sites = sorted(venv.glob("lib/python3*/site-packages"))
     if len(sites) != 1:
         print(f"prune: expected one site-packages under {venv}, found {sites}", file=sys.stderr)
         return 2
+    site = sites[0]
+    paths = (test_suites(site) if "tests" in argv else []) + \
+        (installers(site, venv) if "pip" in argv else [])
     removed = 0
-    for path in targets(sites[0]):
+    for path in paths:
         removed += size(path)
-        shutil.rmtree(path)
-    print(f"prune: {removed / 1e6:.0f} MB removed from {sites[0]}")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    print(f"prune ({' '.join(argv[1:])}): {removed / 1e6:.0f} MB removed from {venv}")
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        raise SystemExit(2)
-    raise SystemExit(main(sys.argv[1]))
+    raise SystemExit(main(sys.argv[1:]))
