@@ -165,10 +165,12 @@ def ensure_cluster(timeout: float = 3600) -> Path:
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as e:
+            _stop_partial_start()
             raise ClusterUnavailable(
                 f"hack/cluster.sh up did not finish in {timeout}s:\n{e.output or ''}"
             ) from e
         if proc.returncode != 0:
+            _stop_partial_start()
             raise ClusterUnavailable(
                 f"hack/cluster.sh up failed (exit {proc.returncode}); "
                 f"logs in {cluster_dir() / 'logs'}:\n{proc.stdout}"
@@ -178,6 +180,13 @@ def ensure_cluster(timeout: float = 3600) -> Path:
     if not kubeconfig.is_file():
         raise ClusterUnavailable(f"{kubeconfig} missing after hack/cluster.sh up")
     return kubeconfig
+
+
+def _stop_partial_start() -> None:
+    """A failed `up` may have started the control plane before the node failed: stop
+    what this session started, so that nothing is left running on the host."""
+    subprocess.run([str(CLUSTER_SH), "down"], env=_env(), stdin=subprocess.DEVNULL,
+                   capture_output=True, check=False, timeout=300)
 
 
 def started_here() -> bool:

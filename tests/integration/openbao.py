@@ -28,11 +28,12 @@ APISERVER = "https://127.0.0.1:16443"
 
 
 class OpenBao:
-    """One OpenBao server on 127.0.0.1:``port`` with file storage under a temp dir."""
+    """One OpenBao server on ``host``:``port`` with file storage under a temp dir."""
 
-    def __init__(self, port: int, cluster_port: int, log_path: Path) -> None:
+    def __init__(self, port: int, cluster_port: int, log_path: Path,
+                 host: str = "127.0.0.1") -> None:
         self.port = port
-        self.address = f"http://127.0.0.1:{port}"
+        self.address = f"http://{host}:{port}"
         self.dir = Path(tempfile.mkdtemp(prefix="kustos-openbao-"))
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -41,7 +42,7 @@ class OpenBao:
         (self.dir / "data").mkdir()
         (self.dir / "config.hcl").write_text(
             f'storage "raft" {{\n  path = "{self.dir}/data"\n  node_id = "kustos-test"\n}}\n'
-            f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n  tls_disable = true\n'
+            f'listener "tcp" {{\n  address = "{host}:{port}"\n  tls_disable = true\n'
             f'  cluster_address = "127.0.0.1:{cluster_port}"\n}}\n'
             f'api_addr = "{self.address}"\ncluster_addr = "http://127.0.0.1:{cluster_port}"\n')
 
@@ -123,11 +124,12 @@ class OpenBao:
 
 
 
-def reviewed_openbao(kube: Kube, tag: str) -> Iterator[OpenBao]:
-    """The body of a module's ``bao`` fixture: OpenBao (log openbao-``tag``.log) with KV v2
-    at secret/ and the Kubernetes auth method configured against the local API server,
-    with a token reviewer bound to system:auth-delegator; all removed afterwards."""
-    server = OpenBao(free_port(), free_port(), OPERATOR_LOGS / f"openbao-{tag}.log")
+def reviewed_openbao(kube: Kube, tag: str, host: str = "127.0.0.1") -> Iterator[OpenBao]:
+    """The body of a module's ``bao`` fixture: OpenBao (log openbao-``tag``.log) on ``host``
+    with KV v2 at secret/ and the Kubernetes auth method configured against the local API
+    server, with a token reviewer bound to system:auth-delegator; all removed afterwards.
+    Pods reach it only on the node's bridge address, not on loopback."""
+    server = OpenBao(free_port(), free_port(), OPERATOR_LOGS / f"openbao-{tag}.log", host)
     reviewer_ns = f"{NS_PREFIX}{tag}-vault-{uuid.uuid4().hex[:4]}"
     binding = f"kustos-{reviewer_ns}-reviewer"
     kube.create_namespace(reviewer_ns)

@@ -30,6 +30,8 @@ from conftest import OPERATOR_LOGS, Kube, wait_for
 from helm_cli import CHART, Helm, chart_crds
 
 REAL_NODE = os.environ.get("KUSTOS_NODE_NAME_REAL", "kustos-node-0")
+# The host's address on the pod bridge: the one host address pods can reach.
+BRIDGE_ADDR = os.environ.get("KUSTOS_MODEL_STORE_ADDR", "10.244.0.1")
 MODEL_STORE = REPO / "hack" / "model_store.py"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}
