@@ -299,3 +299,14 @@ def test_secret_sync_alert_matches_the_reasons_vault_code_raises() -> None:
     # NameConflict is the ModelDeployment reconcile's reason too: not a Vault signal.
     raised.discard("NameConflict")
     assert alerted == raised, f"alert {sorted(alerted)} vs code {sorted(raised)}"
+
+
+def test_the_operator_exports_no_created_series() -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from kustos import metrics
+
+    metrics.RECONCILES.labels(kind="ModelDeployment", result="ok").inc()
+    text = generate_latest(REGISTRY).decode()
+    assert "kustos_operator_reconciles_total{" in text
+    assert "_created" not in text

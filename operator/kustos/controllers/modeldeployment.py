@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 from pydantic import ValidationError
@@ -181,7 +181,7 @@ def _gone(body: Mapping[str, Any]) -> bool:
 
 
 def _fail(body: Mapping[str, Any], reason: str, message: str, *, permanent: bool,
-          retry: int = 0) -> None:
+          retry: int = 0) -> NoReturn:
     metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=reason).inc()
     try:
         write_fresh_status(body, live_deployments(body["metadata"]), Failure(reason, message))
