@@ -66,9 +66,11 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60,
     while time.monotonic() < deadline:
         try:
             last = check()
-        except AssertionError as err:  # a kubectl call that failed: keep polling
+        # A kubectl call that failed, or a Service not routing yet (kube-proxy programs
+        # endpoints a moment after the pods are Ready): keep polling.
+        except (AssertionError, OSError) as err:
             last = err
-        if last and not isinstance(last, AssertionError):
+        if last and not isinstance(last, AssertionError | OSError):
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

@@ -161,6 +161,14 @@ def post_json(host: str, path: str, body: Any, port: int = 80,
         conn.close()
 
 
+def answered(host: str, path: str, body: Any, timeout: float = 60) -> tuple[int, Any]:
+    """The first answer through a Service, once kube-proxy routes it (a Service's new
+    endpoints are programmed a moment after its pods are Ready)."""
+    result: tuple[int, Any] = wait_for(f"an answer from {host}{path}",
+                                       lambda: post_json(host, path, body), timeout=timeout)
+    return result
+
+
 def ready_endpoints(kube: Kube, name: str, namespace: str) -> list[str]:
     """Addresses the Service routes to (ready endpoints of its EndpointSlices)."""
     slices = kube.list("endpointslices", namespace,

@@ -18,6 +18,7 @@ from conftest import wait_for, wait_ready
 from realpods import (
     REAL_NODE,
     ChartOperator,
+    answered,
     cluster_ip,
     post_json,
     ready_endpoints,
@@ -92,7 +93,7 @@ def test_predictions_through_the_service(chart_operator: ChartOperator, iris: st
     assert len(set(expected)) > 1  # rows of different classes: a constant answer fails
     ip = cluster_ip(kube, "iris", ns)
 
-    status, body = post_json(ip, "/v2/models/iris/infer", v2_request(ROWS))
+    status, body = answered(ip, "/v2/models/iris/infer", v2_request(ROWS))
     assert status == 200, body
     label = next(o for o in body["outputs"] if o["name"] == "predict")
     assert [int(v) for v in label["data"]] == expected

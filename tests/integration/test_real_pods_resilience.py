@@ -22,8 +22,8 @@ from openbao import OpenBao, reviewed_openbao
 from realpods import (
     BRIDGE_ADDR,
     ChartOperator,
+    answered,
     cluster_ip,
-    post_json,
     real_model,
 )
 
@@ -89,7 +89,7 @@ def test_vault_synced_credentials_fetch_the_model_and_rotation_rolls_new_pods(
         md = wait_ready(kube, name, ns, timeout=300)
         assert md["status"]["secrets"]["versions"] == [{"path": f"secret/data/{kv}",
                                                         "version": 1}]
-        status, answer = post_json(cluster_ip(kube, name, ns), f"/v2/models/{name}/infer", ROW)
+        status, answer = answered(cluster_ip(kube, name, ns), f"/v2/models/{name}/infer", ROW)
         assert status == 200, answer
         pods = wait_for("two Ready pods", lambda: settled_pods(kube, name, ns, 2), timeout=120)
         for pod in pods:
@@ -109,7 +109,7 @@ def test_vault_synced_credentials_fetch_the_model_and_rotation_rolls_new_pods(
             pn = pod["metadata"]["name"]
             assert in_container(kube, pn, ns, "cat", "/var/run/secrets/kustos/api_key") == second
             assert in_container(kube, pn, ns, "printenv", "API_KEY").strip() == second
-        status, answer = post_json(cluster_ip(kube, name, ns), f"/v2/models/{name}/infer", ROW)
+        status, answer = answered(cluster_ip(kube, name, ns), f"/v2/models/{name}/infer", ROW)
         assert status == 200, answer
         logs = chart_operator.logs()
         assert first not in logs and second not in logs and store["AWS_SECRET_ACCESS_KEY"] \
@@ -219,7 +219,7 @@ def test_operator_pod_killed_mid_rollout_converges_without_duplicates(
             template, md["metadata"].get("annotations"), md["status"],
             chart_operator.logs()[-4000:], previous[-4000:])
         assert_one_set_of_children(kube, name, ns, 2)
-        status, answer = post_json(cluster_ip(kube, name, ns), f"/v2/models/{name}/infer", ROW)
+        status, answer = answered(cluster_ip(kube, name, ns), f"/v2/models/{name}/infer", ROW)
         assert status == 200 and answer["model_version"] == "3", answer
     finally:
         kube.run("delete", "md", name, "-n", ns, "--wait=false", check=False)
