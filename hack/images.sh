@@ -49,7 +49,14 @@ import() {
       continue
     fi
     echo "==> import $ref ($digest)" >&2
-    "${ctr[@]}" images import "$archive" >/dev/null
+    # Re-importing an image whose layers the previous one shares can race containerd's
+    # garbage collector ("parent snapshot ... does not exist"): the next try unpacks again.
+    local try
+    for try in 1 2 3; do
+      "${ctr[@]}" images import "$archive" >/dev/null && break
+      ((try < 3)) || exit 1
+      echo "==> import $ref: retrying" >&2
+    done
     # The archive names the image after io.containerd.image.name; check it landed.
     "${ctr[@]}" images ls "name==$ref" | grep -q " $digest " \
       || { echo "images.sh: $ref is not $digest after the import" >&2; exit 1; }

@@ -426,8 +426,10 @@ import_images() {
   done
   if [ "${KUSTOS_IMPORT_IMAGES:-1}" = 1 ] && [ -f "$root/hack/images.sh" ] && grep -q 'import' "$root/hack/images.sh"; then
     log "importing the Kustos images (hack/images.sh import)"
+    # Fatal: a node without the images (or with stale ones) would run what the tests and
+    # the samples do not expect.
     CONTAINERD_ADDRESS=$CTRD_SOCK bash "$root/hack/images.sh" import >"$LOGS/images-import.log" 2>&1 ||
-      log "WARNING: hack/images.sh import failed (see $LOGS/images-import.log); the node runs without the Kustos images"
+      die "hack/images.sh import failed: $(tail -3 "$LOGS/images-import.log")"
   fi
 }
 

@@ -87,6 +87,15 @@ class ChartOperator:
         assert len(live) == 1, [p["metadata"]["name"] for p in pods]
         return live[0]
 
+    def webhook_answers(self) -> bool:
+        """The admission webhook is reached through its Service (a server-side dry run):
+        the pod being Ready is not enough, kube-proxy routes to it a moment later."""
+        probe = real_model("webhook-probe", self.models_ns, "s3://models/probe/model.skops",
+                           "sha256:" + "0" * 64)
+        proc = self.kube.run("create", "--dry-run=server", "-f", "-", input=manifests(probe),
+                             check=False)
+        return "failed calling webhook" not in proc.stderr
+
     def logs(self) -> str:
         return self.kube.run("logs", "-n", self.system_ns, "-l",
                              f"app.kubernetes.io/instance={self.release}", "--tail=-1",
@@ -119,6 +128,8 @@ def chart_operator(kube: Kube, kubeconfig: Path, model_store: dict[str, str]
     op = ChartOperator(release, system_ns, models_ns, kube, helm)
     try:
         helm.run(*args)
+        wait_for("the operator's webhook reachable through its Service", op.webhook_answers,
+                 timeout=120)
         yield op
     finally:
         (OPERATOR_LOGS / f"operator-{release}.log").write_text(op.logs())

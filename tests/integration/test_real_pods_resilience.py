@@ -157,7 +157,8 @@ def operator_ready(op: ChartOperator, restarts_above: int = -1,
     status = pod["status"].get("containerStatuses") or [{}]
     if pod["metadata"]["name"] == not_name or status[0].get("restartCount", 0) <= restarts_above:
         return None
-    return pod if all(s.get("ready") for s in status) else None
+    ready = all(s.get("ready") for s in status) and op.webhook_answers()
+    return pod if ready else None
 
 
 def node_ctr(*args: str) -> None:

@@ -64,10 +64,16 @@ _webhook_server: kopf.WebhookServer | None = None
 
 
 @kopf.on.login()
-def login(**_: Any) -> kopf.ConnectionInfo:
+def login(**_: Any) -> kopf.ConnectionInfo | None:
     """kopf's watches use the same API configuration as kustos.k8s: the ServiceAccount by
     the Service's IP (no cluster DNS needed), else the kubeconfig, exec plugins included."""
-    return connection_info(k8s_config.load())
+    try:
+        return connection_info(k8s_config.load())
+    except k8s_config.ConfigError as err:
+        # No credentials: kopf then stops with LoginError (a raised error would leave its
+        # authentication task dead and the operator hanging).
+        logging.getLogger("kustos.login").error("no Kubernetes API configuration: %s", err)
+        return None
 
 
 def connection_info(cfg: k8s_config.Config) -> kopf.ConnectionInfo:
