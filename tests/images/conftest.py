@@ -93,8 +93,20 @@ def containerd() -> Iterator[Containerd]:
         scratch.mkdir()
         yield Containerd(address, scratch, images)
     finally:
-        subprocess.run(["ctr", "--address", address, "-n", "k8s.io", "tasks", "ls"],
-                       capture_output=True)
+        # A test that timed out leaves its container running: its shim would outlive
+        # containerd. Kill and remove every task and container first.
+        ctr = ["ctr", "--address", address, "-n", "k8s.io"]
+        tasks = subprocess.run([*ctr, "tasks", "ls", "-q"], capture_output=True, text=True)
+        for task in tasks.stdout.split():
+            subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", task], capture_output=True,
+                           timeout=60)
+            subprocess.run([*ctr, "tasks", "delete", "-f", task], capture_output=True,
+                           timeout=60)
+        containers = subprocess.run([*ctr, "containers", "ls", "-q"], capture_output=True,
+                                    text=True)
+        for container in containers.stdout.split():
+            subprocess.run([*ctr, "containers", "rm", container], capture_output=True,
+                           timeout=60)
         proc.terminate()
         try:
             proc.wait(timeout=30)
