@@ -245,7 +245,8 @@ def test_operator_pod_is_restricted() -> None:
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # With the webhook on (the default), Ready means the webhook listens.
+    assert c["readinessProbe"]["tcpSocket"] == {"port": "webhook"}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 8080, "healthz": 8081, "webhook": 9443}
 
@@ -378,6 +379,8 @@ def test_no_webhook_no_certificate_no_flags() -> None:
     assert not find(objs, "ValidatingWebhookConfiguration")
     assert not find(objs, "Secret")
     assert not [a for a in operator_args(objs) if a.startswith("--webhook")]
+    container = the(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
 
 
 def test_prometheus_rule_carries_the_shared_rule_file() -> None:
