@@ -138,6 +138,22 @@ def chart_operator(kube: Kube, kubeconfig: Path, model_store: dict[str, str]
             kube.run("delete", "namespace", ns, "--wait=false", check=False)
 
 
+# The iris models the store publishes (hack/model_store.py), and rows of different classes.
+IRIS_V1, IRIS_V2 = "s3://models/iris/1/model.skops", "s3://models/iris/2/model.skops"
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.9, 3.0, 5.1, 1.8]]
+
+
+def v2_request(rows: list[list[float]]) -> dict[str, Any]:
+    return {"inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64",
+                        "data": [v for r in rows for v in r]}]}
+
+
+def live_pods(kube: Kube, name: str, namespace: str) -> list[dict[str, Any]]:
+    """A model's pods that are not being deleted."""
+    return [p for p in kube.list("pods", namespace, selector=f"app.kubernetes.io/instance={name}")
+            if not p["metadata"].get("deletionTimestamp")]
+
+
 def real_model(name: str, namespace: str, uri: str, digest: str, version: str = "1",
                replicas: int = 2, **spec: Any) -> dict[str, Any]:
     """A ModelDeployment of a model in the local store."""

@@ -16,21 +16,23 @@ import pytest
 from cluster import REPO, kubectl_path
 from conftest import wait_for, wait_ready
 from realpods import (
+    IRIS_V1,
+    IRIS_V2,
     REAL_NODE,
+    ROWS,
     ChartOperator,
     answered,
     cluster_ip,
+    live_pods,
     post_json,
     ready_endpoints,
     real_model,
+    v2_request,
     wait_degraded,
 )
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
-
-IRIS_V1, IRIS_V2 = "s3://models/iris/1/model.skops", "s3://models/iris/2/model.skops"
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.9, 3.0, 5.1, 1.8]]
 
 
 def _store_module() -> Any:
@@ -55,11 +57,6 @@ def local_predictions(uri: str, rows: list[list[float]]) -> list[int]:
     return [int(v) for v in model.predict(np.array(rows))]
 
 
-def v2_request(rows: list[list[float]]) -> dict[str, Any]:
-    return {"inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64",
-                        "data": [v for r in rows for v in r]}]}
-
-
 @pytest.fixture(scope="module")
 def iris(chart_operator: ChartOperator, model_store: dict[str, str]) -> Iterator[str]:
     kube, ns = chart_operator.kube, chart_operator.models_ns
@@ -81,8 +78,7 @@ def test_operator_runs_as_a_pod_of_the_chart_on_the_real_node(
 
 def test_predictions_through_the_service(chart_operator: ChartOperator, iris: str) -> None:
     kube, ns = chart_operator.kube, chart_operator.models_ns
-    pods = [p for p in kube.list("pods", ns, selector="app.kubernetes.io/instance=iris")
-            if not p["metadata"].get("deletionTimestamp")]
+    pods = live_pods(kube, "iris", ns)
     assert len(pods) == 2
     for p in pods:
         assert p["spec"]["nodeName"] == REAL_NODE
@@ -305,8 +301,7 @@ def test_explainer_and_drift_sidecars_run_as_real_containers(
         wait_ready(kube, "bc", ns, timeout=600)
 
         def sidecars_running() -> bool:
-            pods = [p for p in kube.list("pods", ns, selector="app.kubernetes.io/instance=bc")
-                    if not p["metadata"].get("deletionTimestamp")]
+            pods = live_pods(kube, "bc", ns)
             names = {c["name"] for p in pods for c in p["status"].get("containerStatuses") or []
                      if c.get("ready")}
             return len(pods) == 1 and {"server", "explainer", "drift"} <= names

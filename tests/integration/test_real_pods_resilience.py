@@ -21,29 +21,27 @@ from conftest import Kube, wait_for, wait_ready
 from openbao import OpenBao, reviewed_openbao
 from realpods import (
     BRIDGE_ADDR,
+    IRIS_V1,
+    IRIS_V2,
+    ROWS,
     ChartOperator,
     answered,
     cluster_ip,
+    live_pods,
     real_model,
+    v2_request,
 )
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
 
-IRIS_V1, IRIS_V2 = "s3://models/iris/1/model.skops", "s3://models/iris/2/model.skops"
-ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
-                   "data": [5.1, 3.5, 1.4, 0.2]}]}
+ROW = v2_request(ROWS[:1])
 
 
 @pytest.fixture(scope="module")
 def bao(kube: Kube) -> Iterator[OpenBao]:
     # On the bridge address: the operator runs in a pod and cannot reach host loopback.
     yield from reviewed_openbao(kube, "realpods", host=BRIDGE_ADDR)
-
-
-def live_pods(kube: Kube, name: str, ns: str) -> list[dict[str, Any]]:
-    return [p for p in kube.list("pods", ns, selector=f"app.kubernetes.io/instance={name}")
-            if not p["metadata"].get("deletionTimestamp")]
 
 
 def settled_pods(kube: Kube, name: str, ns: str, replicas: int,
