@@ -40,7 +40,8 @@ def installers(site: Path, venv: Path) -> list[Path]:
     found = [site / name for name in INSTALLERS if (site / name).exists()]
     found += sorted(p for name in ("pip", "setuptools")
                     for p in site.glob(f"{name}-*.dist-info"))
-    found += [p for p in (site / "distutils-precedence.pth",) if p.exists()]
+    if (site / "distutils-precedence.pth").exists():
+        found.append(site / "distutils-precedence.pth")
     found += sorted(venv.glob("bin/pip*"))
     return found
 

@@ -65,10 +65,13 @@ _webhook_server: kopf.WebhookServer | None = None
 
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo | None:
-    """kopf's watches use the same API configuration as kustos.k8s: the ServiceAccount by
-    the Service's IP (no cluster DNS needed), else the kubeconfig, exec plugins included."""
+    """kopf's watches use the very configuration kustos.k8s requests with (one loader, one
+    token-file reader, one exec-plugin cache): the ServiceAccount by the Service's IP (no
+    cluster DNS needed), else the kubeconfig, exec plugins included."""
+    from kustos.k8s import client
+
     try:
-        return connection_info(k8s_config.load())
+        return connection_info(client.api().config)
     except k8s_config.ConfigError as err:
         # No credentials: kopf then stops with LoginError (a raised error would leave its
         # authentication task dead and the operator hanging).
