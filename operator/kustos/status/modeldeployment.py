@@ -51,6 +51,7 @@ class Rollout:
     # rollout of an older template (the reconcile has not applied the new one yet, or an
     # operator died in between) is not the rollout of this version.
     current: bool = True
+    name: str = ""  # the Deployment's, when it exists
 
     @property
     def done(self) -> bool:
@@ -76,6 +77,7 @@ def rollout(deployment: Mapping[str, Any] | None, wanted: int | None,
         updated=int(st.get("updatedReplicas", 0)),
         available=int(st.get("availableReplicas", 0)),
         exists=True,
+        name=str(deployment["metadata"].get("name", "")),
         observed=int(st.get("observedGeneration", 0))
         >= int(deployment["metadata"].get("generation", 0)),
         current=current,
@@ -112,9 +114,8 @@ def stale_templates(body: Mapping[str, Any],
     """Deployments whose pod template serves another model version or digest than the spec
     asks for: a render of an older spec is live (a writer that died or lost a race)."""
     spec = ModelDeploymentSpec.model_validate(body["spec"])
-    name = body["metadata"]["name"]
-    return [t.name for t, r in zip(split_tracks(name, spec), _rollouts(name, spec, deployments),
-                                   strict=True) if r.exists and not r.current]
+    return [r.name for r in _rollouts(body["metadata"]["name"], spec, deployments)
+            if r.exists and not r.current]
 
 
 def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
