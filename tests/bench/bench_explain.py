@@ -28,7 +28,6 @@ import http.client
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,9 @@ import numpy as np
 import orjson
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+from ports import free_port  # noqa: E402
 
 # (label, model key, method, reps for batch 1, reps for batch 32)
 CASES = [
@@ -49,13 +51,6 @@ CASES = [
     ("LogisticRegression", "logreg", "shap-permutation", 30, 4),
 ]
 BATCHES = (1, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def train(workdir: Path) -> tuple[dict[str, Path], Path, np.ndarray, list[str]]:

@@ -33,7 +33,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,12 +47,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "runtimes"))
+sys.path.insert(0, str(REPO / "tests"))
 
 from rendered import local_command  # noqa: E402
 from train_model import save, train  # noqa: E402
 from venvs import build_seconds, ensure_venv  # noqa: E402
 
 from kustos.render.runtimes import ServingSpec, runtime_container  # noqa: E402
+from ports import free_port  # noqa: E402
 
 SERVERS = ("kustos", "kustos-nobatch", "mlserver", "baseline")
 MODELS = ("logreg", "forest")
@@ -82,11 +83,6 @@ class Result:
 
 # --- servers ----------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pinned(cpu: str | None, argv: list[str]) -> list[str]:

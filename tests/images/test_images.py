@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import json
 import os
-import socket
 import subprocess
 import time
 import tomllib
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from ports import free_port
 
 if TYPE_CHECKING:
     from conftest import Containerd
@@ -156,12 +157,6 @@ X = rng.normal(size=(200, 4)); y = (X[:, 0] + X[:, 1] > 0).astype(int)
 sio.dump(LogisticRegression().fit(X, y), "/tmp/model.skops")
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize("image", ["kustos", "kustos-explain"])

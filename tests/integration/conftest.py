@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from cluster import (
     started_here,
     stop_cluster,
 )
+
+from ports import free_port  # the test modules import it from here
 
 OPERATOR_LOGS = REPO / ".cluster" / "logs"
 
@@ -51,11 +52,6 @@ def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 # Every yaml.safe_dump in the integration tests feeds kubectl or a generated file.
 yaml.SafeDumper.add_representer(str, _represent_str)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60,

@@ -55,7 +55,9 @@ class OpenBao:
         deadline = time.monotonic() + 30
         while not self._answers():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bao exited with {self.proc.returncode}; see {self.log_path}")
+                tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"bao exited with {self.proc.returncode}; the end of "
+                                   f"{self.log_path}:\n" + "\n".join(tail))
             if time.monotonic() > deadline:
                 raise RuntimeError(f"bao did not answer on {self.address}")
             time.sleep(0.2)
@@ -129,7 +131,7 @@ def reviewed_openbao(kube: Kube, tag: str, host: str = "127.0.0.1") -> Iterator[
     with KV v2 at secret/ and the Kubernetes auth method configured against the local API
     server, with a token reviewer bound to system:auth-delegator; all removed afterwards.
     Pods reach it only on the node's bridge address, not on loopback."""
-    server = OpenBao(free_port(), free_port(), OPERATOR_LOGS / f"openbao-{tag}.log", host)
+    server = OpenBao(free_port(host), free_port(), OPERATOR_LOGS / f"openbao-{tag}.log", host)
     reviewer_ns = f"{NS_PREFIX}{tag}-vault-{uuid.uuid4().hex[:4]}"
     binding = f"kustos-{reviewer_ns}-reviewer"
     kube.create_namespace(reviewer_ns)

@@ -3,16 +3,10 @@ the first directory above a test package there), so both import this as ``unit_s
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from ports import free_port  # noqa: F401  # the conftests import it from here
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
