@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime
 
+import kopf
+import pytest
+
 from kustos import rbac
 from kustos.controllers import peering
 from kustos.controllers.peering import decide
@@ -79,9 +82,33 @@ def test_z_suffixed_timestamps() -> None:
 
 
 def test_standalone_is_always_active() -> None:
-    identity = peering.configure(None, 0, clusterwide=True, namespaces=[])
-    assert identity
-    assert peering.is_active()
+    standalone = peering.Peering(None, 0, clusterwide=True, namespaces=[])
+    assert standalone.identity
+    assert standalone.is_active()
+
+
+def test_the_loops_ask_the_peering_in_kopfs_memo() -> None:
+    memo = kopf.Memo()
+    # No Peering in the memo (handlers started without run.py): standalone.
+    assert peering.active_check(memo)()
+    assert peering.active_check(None)()
+    memo.peering = peering.Peering("p", 1, clusterwide=True, namespaces=[], identity=ME)
+    assert peering.active_check(memo) == memo.peering.is_active
+
+
+def test_each_peering_keeps_its_own_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two instances (two operators in one test process) never share a reading."""
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    statuses = {"a": {ME: {"priority": 2, "lastseen": now}, "x": {"priority": 1}},
+                "b": {ME: {"priority": 1, "lastseen": now}, "x": {"priority": 2}}}
+    monkeypatch.setattr(peering.client, "get",
+                        lambda kind, name, ns=None: {"status": statuses[name]})
+    monkeypatch.setattr(peering, "CACHE_SECONDS", 0.0)  # no cache, no take-over delay
+    a = peering.Peering("a", 2, clusterwide=True, namespaces=[], identity=ME)
+    b = peering.Peering("b", 1, clusterwide=True, namespaces=[], identity=ME)
+    assert a.is_active() and not b.is_active()
+    statuses["a"]["x"], statuses["b"]["x"] = {"priority": 3}, {"priority": 0}
+    assert not a.is_active() and b.is_active()
 
 
 def test_the_peering_rules_allow_what_is_active_reads() -> None:

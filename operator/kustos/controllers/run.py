@@ -159,9 +159,12 @@ def main(argv: list[str]) -> int:
             return 1
     namespaces = args.namespace
     priority = args.priority if args.priority is not None else secrets.randbelow(2**31)
-    # The background loops outside kopf's handlers check the same peering (peering.py).
-    identity = peering.configure(args.peering, priority, clusterwide=not namespaces,
-                                 namespaces=namespaces)
+    # The background loops outside kopf's handlers check the same peering (peering.py);
+    # their startup handlers find it in kopf's operator-wide memo, as ``memo.peering``.
+    peers = peering.Peering(args.peering, priority, clusterwide=not namespaces,
+                            namespaces=namespaces)
+    memo = kopf.Memo()
+    memo.peering = peers
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -169,7 +172,10 @@ def main(argv: list[str]) -> int:
         peering_name=args.peering,
         liveness_endpoint=args.liveness or None,
         priority=priority,
-        identity=identity,
+        # Ours (peering.own_identity), so kopf's keep-alives and peering.py name this
+        # process alike; kopf's Identity type (a NewType of str) is not exported.
+        identity=peers.identity,  # type: ignore[arg-type]
+        memo=memo,
     )
     return 0
 

@@ -264,18 +264,19 @@ def _run_once() -> None:
             _BACKOFF[(kind, ns, name)] = (failures + 1, now + delay)
 
 
-def _loop() -> None:
+def _loop(is_active: Callable[[], bool]) -> None:
     interval = config().sidecars.collect_interval
     while not _STOP.wait(interval):
         # A standby peer leaves polling, status, Events and Jobs to the active one.
-        if peering.is_active():
+        if is_active():
             _run_once()
 
 
 @kopf.on.startup()
-def start_collecting(**_: Any) -> None:
+def start_collecting(memo: kopf.Memo, **_: Any) -> None:
     _STOP.clear()
-    threading.Thread(target=_loop, name="kustos-sidecar-collect", daemon=True).start()
+    threading.Thread(target=_loop, args=(peering.active_check(memo),),
+                     name="kustos-sidecar-collect", daemon=True).start()
 
 
 @kopf.on.cleanup()

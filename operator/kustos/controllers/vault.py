@@ -462,10 +462,10 @@ def _run(entry: _Entry) -> None:
         entry.running = False
 
 
-def _loop(pool: ThreadPoolExecutor) -> None:
+def _loop(pool: ThreadPoolExecutor, is_active: Callable[[], bool]) -> None:
     while not _STOP.wait(0.5):
         # A standby peer leaves the syncs to the active one; what is due runs on take-over.
-        if not peering.is_active():
+        if not is_active():
             continue
         now = time.monotonic()
         with _ENTRIES_LOCK:
@@ -477,10 +477,11 @@ def _loop(pool: ThreadPoolExecutor) -> None:
 
 
 @kopf.on.startup()
-def start_vault_refresh(**_: Any) -> None:
+def start_vault_refresh(memo: kopf.Memo, **_: Any) -> None:
     _STOP.clear()
     pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="kustos-vault")
-    threading.Thread(target=_loop, args=(pool,), name="kustos-vault-refresh",
+    threading.Thread(target=_loop, args=(pool, peering.active_check(memo)),
+                     name="kustos-vault-refresh",
                      daemon=True).start()
 
 
