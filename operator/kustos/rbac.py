@@ -65,7 +65,7 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "kopf watches ModelDeployments and keeps its bookkeeping in their annotations; "
          "the status write re-reads the object"),
     Rule((GROUP,), ("modeldeployments/status",), ("patch",),
-         "status is a merge patch of the status subresource"),
+         "each concern server-side applies its part of the status subresource"),
     Rule(("apps",), ("deployments",), ("watch", *CHILD_VERBS),
          "the serving Deployments (stable and canary); kopf watches them for status"),
     Rule(("",), ("serviceaccounts", "services"), CHILD_VERBS,

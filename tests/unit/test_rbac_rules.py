@@ -108,17 +108,22 @@ def test_every_child_kind_is_covered() -> None:
 def _client_calls() -> set[tuple[str, str]]:
     """(function, kind) of every client call with a literal kind in the operator package."""
     calls: set[tuple[str, str]] = set()
-    pattern = re.compile(r"client\.(get|list_objects|delete|create|patch_status)\(\s*(\"?\w+)")
+    # Status writes go through kustos.k8s.status.write (a read, then an apply of the
+    # status subresource), directly or through the sidecars' refresh_with.
+    pattern = re.compile(r"(?:client\.(get|list_objects|delete|create)|k8s_status\.(write)"
+                         r"|sidecars\.(refresh_with))\(\s*(\"?\w+)")
     for path in PACKAGE.rglob("*.py"):
         if "runtime" in path.parts:
             continue  # the pods' processes, not the operator
         text = path.read_text()
         # Module constants such as KIND = "ModelDeployment".
         consts = dict(re.findall(r"^([A-Z_]+) = \"(\w+)\"$", text, re.MULTILINE))
-        for fn, arg in pattern.findall(text):
+        for *fns, arg in pattern.findall(text):
             kind = arg[1:] if arg.startswith('"') else consts.get(arg)
+            fn = next(f for f in fns if f)
             if kind:
-                calls.add((fn, kind))
+                calls.add(("status_write", kind) if fn in ("write", "refresh_with")
+                          else (fn, kind))
         # children.sync(owner, desired, ["Kind", ...]): list, get, apply, delete.
         for kinds in re.findall(r"\bsync\(.*\[((?:\"\w+\",?\s*)+)\]\)", text):
             for kind in re.findall(r"\"(\w+)\"", kinds):
@@ -128,14 +133,16 @@ def _client_calls() -> set[tuple[str, str]]:
 
 def test_every_literal_client_call_is_allowed() -> None:
     calls = _client_calls()
-    assert ("patch_status", "ModelDeployment") in calls and ("get", "Secret") in calls
+    assert ("status_write", "ModelDeployment") in calls and ("get", "Secret") in calls
+    assert ("status_write", "DriftMonitor") in calls
     assert ("apply", "ConfigMap") in calls, "children.sync calls with literal kinds"
     for mode in ("clusterWide", "namespaced"):
         rules = all_rules(mode)
         for fn, kind in calls:
             res, group = resource(kind).plural, group_of(kind)
-            if fn == "patch_status":
+            if fn == "status_write":
                 assert allows(rules, group, f"{res}/status", "patch"), (mode, fn, kind)
+                assert allows(rules, group, res, "get"), (mode, fn, kind)
                 continue
             for verb in CLIENT_VERBS[fn]:
                 assert allows(rules, group, res, verb), (mode, fn, kind, verb)

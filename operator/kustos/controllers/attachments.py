@@ -2,8 +2,9 @@
 
 Each contributor reads what it needs from the API (the ExplainerSpecs and DriftMonitors
 that target the model, the Vault settings) and returns pure ``Attachments``; the
-ModelDeployment render applies their sum. Contributors raise ``AttachmentProblem`` for a
-problem the ModelDeployment should report as Degraded.
+ModelDeployment render applies their sum. Contributors only read (no writes: a render has
+no side effects) and raise ``AttachmentProblem`` for a problem the ModelDeployment should
+report as Degraded, ``AttachmentPending`` for something still on its way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ class AttachmentProblem(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+        self.message = message
+
+
+class AttachmentPending(Exception):
+    """A contribution is not ready yet (the first Vault sync of its items has not
+    finished): the ModelDeployment waits, Progressing, and whoever is working on it
+    re-renders it when done."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
         self.message = message
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from kustos.api.v1alpha1 import GROUP, VERSION, DriftMonitorSpec
+from kustos.api.v1alpha1.driftmonitor import DriftMonitorStatus
 from kustos.k8s import client, events
 from kustos.k8s.client import ApiError
 from kustos.render import drift as render_dm
@@ -18,14 +19,16 @@ from kustos.render.attachments import Attachments
 from kustos.render.sidecars import DRIFT_PORT
 from kustos.status import driftmonitor as status_dm
 from kustos.status.driftmonitor import RetrainJob
-from kustos.status.modeldeployment import Failure
+from kustos.status.modeldeployment import Failure, Notice
 
 from . import sidecars
 from .attachments import contributor
 from .children import owned_by
+from .modeldeployment import models
 
 log = logging.getLogger(__name__)
 KIND = "DriftMonitor"
+OWNER = sidecars.owner_of(DriftMonitorStatus, ("Ready", "DriftDetected", "Degraded"))
 STATUS_PATH = "/v1/drift/status"
 
 
@@ -52,10 +55,10 @@ def last_job(body: Mapping[str, Any]) -> RetrainJob | None:
 def refresh(namespace: str, name: str) -> None:
     """Collect the drift sidecars' results and act on them; retried on a write conflict
     with a fresh read."""
-    sidecars.refresh_with(KIND, namespace, name, _write)
+    sidecars.refresh_with(KIND, namespace, name, OWNER, _compute)
 
 
-def _write(body: dict[str, Any]) -> bool:
+def _compute(body: dict[str, Any]) -> tuple[dict[str, Any], list[Notice]]:
     wiring, _, reports = sidecars.poll(KIND, body, render_dm.CONTAINER, DRIFT_PORT,
                                        STATUS_PATH)
     now = datetime.now(UTC)
@@ -68,7 +71,7 @@ def _write(body: dict[str, Any]) -> bool:
         if failure is not None:
             result = status_dm.compute(body, wiring, reports, now, previous, failure)
             result.status.get("lastDrift", {})["job"] = None
-    return sidecars.write_status(KIND, body, result.status, result.notices)
+    return result.status, result.notices
 
 
 def _create_job(body: Mapping[str, Any], name: str, spec: DriftMonitorSpec,
@@ -93,16 +96,16 @@ def _create_job(body: Mapping[str, Any], name: str, spec: DriftMonitorSpec,
 @kopf.on.resume(GROUP, VERSION, "driftmonitors")
 @kopf.on.create(GROUP, VERSION, "driftmonitors")
 @kopf.on.update(GROUP, VERSION, "driftmonitors")
-def reconcile(body: kopf.Body, old: Any, retry: int, **_: Any) -> None:
+def reconcile(body: kopf.Body, old: Any, retry: int, memo: kopf.Memo, **_: Any) -> None:
     """Re-render the target (and a former target) so its pods match this spec."""
-    sidecars.reconcile(KIND, body, old, retry)
+    sidecars.reconcile(KIND, body, old, retry, models(memo))
 
 
 @kopf.on.event(GROUP, VERSION, "driftmonitors")
-def driftmonitor_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+def driftmonitor_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Keep the collection list current; a deleted DriftMonitor leaves its target's pods
     (re-rendered without the sidecar) and hands over to a conflicting one."""
-    sidecars.on_event(KIND, body, type)
+    sidecars.on_event(KIND, body, type, models(memo))
 
 
 sidecars.register(KIND, refresh)

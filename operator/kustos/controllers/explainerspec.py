@@ -13,18 +13,21 @@ from typing import Any
 import kopf
 
 from kustos.api.v1alpha1 import GROUP, VERSION
+from kustos.api.v1alpha1.explainerspec import ExplainerSpecStatus
 from kustos.render import explainer as render_es
 from kustos.render.attachments import Attachments
 from kustos.render.sidecars import EXPLAIN_PORT
 from kustos.status import explainerspec as status_es
-from kustos.status.modeldeployment import Failure
+from kustos.status.modeldeployment import Failure, Notice
 
 from . import sidecars
 from .attachments import contributor
 from .children import NameConflict, sync
 from .context import config
+from .modeldeployment import models
 
 KIND = "ExplainerSpec"
+OWNER = sidecars.owner_of(ExplainerSpecStatus, ("Ready", "Degraded"))
 STATUS_PATH = "/v1/explainer/status"
 
 
@@ -37,10 +40,10 @@ def explainer_contribution(md: Mapping[str, Any]) -> Attachments:
 def refresh(namespace: str, name: str) -> None:
     """Collect the explainers' reports and write status (and the report ConfigMap) if
     anything changed; retried on a write conflict with a fresh read."""
-    sidecars.refresh_with(KIND, namespace, name, _write)
+    sidecars.refresh_with(KIND, namespace, name, OWNER, _compute)
 
 
-def _write(body: dict[str, Any]) -> bool:
+def _compute(body: dict[str, Any]) -> tuple[dict[str, Any], list[Notice]]:
     wiring, target, reports = sidecars.poll(KIND, body, render_es.CONTAINER, EXPLAIN_PORT,
                                             STATUS_PATH)
     result = status_es.compute(body, wiring, target, reports, config(), datetime.now(UTC))
@@ -51,22 +54,22 @@ def _write(body: dict[str, Any]) -> bool:
         except NameConflict as err:
             result = status_es.compute(body, wiring, target, reports, config(),
                                        datetime.now(UTC), Failure("NameConflict", str(err)))
-    return sidecars.write_status(KIND, body, result.status, result.notices)
+    return result.status, result.notices
 
 
 @kopf.on.resume(GROUP, VERSION, "explainerspecs")
 @kopf.on.create(GROUP, VERSION, "explainerspecs")
 @kopf.on.update(GROUP, VERSION, "explainerspecs")
-def reconcile(body: kopf.Body, old: Any, retry: int, **_: Any) -> None:
+def reconcile(body: kopf.Body, old: Any, retry: int, memo: kopf.Memo, **_: Any) -> None:
     """Re-render the target (and a former target) so its pods match this spec."""
-    sidecars.reconcile(KIND, body, old, retry)
+    sidecars.reconcile(KIND, body, old, retry, models(memo))
 
 
 @kopf.on.event(GROUP, VERSION, "explainerspecs")
-def explainerspec_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+def explainerspec_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Keep the collection list current; a deleted ExplainerSpec leaves its target's
     pods (re-rendered without the sidecar) and hands over to a conflicting one."""
-    sidecars.on_event(KIND, body, type)
+    sidecars.on_event(KIND, body, type, models(memo))
 
 
 sidecars.register(KIND, refresh)

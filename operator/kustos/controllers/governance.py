@@ -4,7 +4,7 @@ the GovernancePolicies' own status.
 Kopf indexes keep the policies, namespace labels and the ExplainerSpecs / DriftMonitors
 by target in memory, so a ModelDeployment event (they are frequent: every status write)
 is judged without an API read. Compliance is re-judged when any of those change. Writes
-go through the resourceVersion-guarded status patch and happen only on a real change.
+are governance's own part of the status (POLICY, server-side applied), only on a change.
 """
 
 from __future__ import annotations
@@ -20,14 +20,20 @@ from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.governance import compliance
 from kustos.governance.policy import Policy, applicable, policies_from, selector_matches
 from kustos.k8s import client, events
+from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
 from kustos.status.conditions import get_condition, set_condition
+from kustos.status.owners import StatusOwner
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
 NAME_LABEL = "kubernetes.io/metadata.name"
 
 Indices = Mapping[str, Any]
+
+# Governance's part of a ModelDeployment's status.
+POLICY = StatusOwner("kustos-policy", fields=("approval",),
+                     conditions=(compliance.CONDITION,))
 
 
 @kopf.index(GROUP, VERSION, "governancepolicies")
@@ -85,55 +91,39 @@ def _approval(spec: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def judge(md: Mapping[str, Any], idx: Indices) -> None:
-    """Recompute PolicyCompliant and the recorded approval of one ModelDeployment; write
-    them (guarded by resourceVersion, retried on a fresh read) only if they changed."""
-    for attempt in range(4):
-        if attempt:
-            fresh = client.get(KIND, md["metadata"]["name"], md["metadata"]["namespace"])
-            if fresh is None or fresh["metadata"]["uid"] != md["metadata"]["uid"]:
-                return
-            md = fresh
-        try:
-            _judge_once(md, idx)
-            return
-        except ApiError as err:
-            if err.status != 409:
-                raise
-    log.info("PolicyCompliant of %s/%s: status kept changing; the next event retries",
-             md["metadata"]["namespace"], md["metadata"]["name"])
-
-
-def _judge_once(md: Mapping[str, Any], idx: Indices) -> None:
+    """Recompute PolicyCompliant and the recorded approval of one ModelDeployment and write
+    them (governance's part of the status, POLICY) only if they changed."""
     meta = md["metadata"]
     if meta.get("deletionTimestamp"):
         return
     name, namespace = meta["name"], meta["namespace"]
-    spec = md.get("spec") or {}
-    status: Mapping[str, Any] = md.get("status") or {}
-    policies = applicable(_policies(idx), _namespace_labels(idx, namespace))
-    key = (namespace, name)
-    v = compliance.verdict(spec, policies,
-                           has_explainer=key in idx["kustos_gov_explainers"],
-                           has_drift_monitor=key in idx["kustos_gov_drift_monitors"])
-    previous = get_condition(md, compliance.CONDITION)
-    now = datetime.now(UTC)
-    conds = compliance.conditions_with(status, v, meta.get("generation"), now)
-    approval, recorded = _approval(spec), status.get("approval")
-    approval_changed = _who(approval) != _who(recorded)
-    if conds is None and not approval_changed:
+    found: dict[str, Any] = {}
+
+    def update(fresh: dict[str, Any]) -> dict[str, Any] | None:
+        if fresh["metadata"].get("deletionTimestamp"):
+            return None
+        spec = fresh.get("spec") or {}
+        policies = applicable(_policies(idx), _namespace_labels(idx, namespace))
+        key = (namespace, name)
+        found["verdict"] = v = compliance.verdict(
+            spec, policies, has_explainer=key in idx["kustos_gov_explainers"],
+            has_drift_monitor=key in idx["kustos_gov_drift_monitors"])
+        cond = compliance.condition(fresh.get("status"), v, fresh["metadata"].get("generation"),
+                                    datetime.now(UTC))
+        found["approval"] = approval = _approval(spec)
+        return {"conditions": [cond] if cond else [], "approval": approval}
+
+    written = k8s_status.write(KIND, name, namespace, meta["uid"], POLICY, update, dict(md))
+    if written is None or not written.wrote:
         return
-    patch: dict[str, Any] = {}
-    if conds is not None:
-        patch["conditions"] = conds
-    if approval_changed:
-        patch["approval"] = approval  # None removes it (merge patch)
-    client.patch_status(KIND, name, namespace, patch, meta.get("resourceVersion"))
-    if conds is not None:
-        note = compliance.notice(previous, v)
-        if note:
-            events.post(md, note[0], note[1], warning=note[2])
-    if approval_changed:
-        events.post(md, "ApprovalChanged", _approval_message(approval, recorded))
+    before = written.before
+    previous = get_condition(before, compliance.CONDITION)
+    note = compliance.notice(previous, found["verdict"])
+    if note:
+        events.post(before, note[0], note[1], warning=note[2])
+    recorded = (before.get("status") or {}).get("approval")
+    if _who(found["approval"]) != _who(recorded):
+        events.post(before, "ApprovalChanged", _approval_message(found["approval"], recorded))
 
 
 def _who(approval: Mapping[str, Any] | None) -> tuple[Any, Any]:
@@ -249,19 +239,24 @@ def policy_changed(body: kopf.Body, name: str, type: str | None, **kwargs: Any) 
             _rejudge_namespace(namespace, kwargs)
 
 
+# A GovernancePolicy's own status: only this controller writes it.
+POLICY_STATUS = StatusOwner("kustos-policy", fields=("observedGeneration",),
+                            conditions=("Ready",))
+
+
 def _policy_status(body: Mapping[str, Any]) -> None:
     meta = body["metadata"]
-    status = body.get("status") or {}
-    generation = meta.get("generation")
-    if status.get("observedGeneration") == generation:
-        return
-    conds = set_condition(status.get("conditions") or [], "Ready", True, "Accepted",
-                          "enforced at admission; compliance reported as PolicyCompliant",
-                          generation, datetime.now(UTC))
-    try:
-        client.patch_status("GovernancePolicy", meta["name"], None,
-                            {"observedGeneration": generation, "conditions": conds},
-                            meta.get("resourceVersion"))
-    except ApiError as err:
-        if err.status != 409:  # another operator replica wrote it first
-            raise
+
+    def update(fresh: dict[str, Any]) -> dict[str, Any] | None:
+        status = fresh.get("status") or {}
+        generation = fresh["metadata"].get("generation")
+        if status.get("observedGeneration") == generation:
+            return None
+        ready = get_condition(fresh, "Ready")
+        conds = set_condition([ready] if ready else [], "Ready", True, "Accepted",
+                              "enforced at admission; compliance reported as PolicyCompliant",
+                              generation, datetime.now(UTC))
+        return {"observedGeneration": generation, "conditions": conds}
+
+    k8s_status.write("GovernancePolicy", meta["name"], None, meta["uid"], POLICY_STATUS,
+                     update, dict(body))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from kustos import metrics
 from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.k8s import client, events
+from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
 from kustos.k8s.resources import MODEL_CHILD_KINDS
 from kustos.render import modeldeployment as render_md
@@ -23,7 +25,7 @@ from kustos.status import modeldeployment as status_md
 from kustos.status import pods as status_pods
 from kustos.status.modeldeployment import Failure
 
-from .attachments import AttachmentProblem, gather
+from .attachments import AttachmentPending, AttachmentProblem, gather
 from .children import NameConflict, sync
 from .context import backoff, config
 
@@ -32,49 +34,43 @@ KIND = "ModelDeployment"
 
 
 def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
-                 failure: Failure | None = None) -> bool:
-    """Compute the status from what the cluster reports and write it if it changed, only
-    while the object is still at ``body``'s resourceVersion, so a status computed from a
-    stale read never lands. False when it was not (the caller re-reads or lets the newer
-    version's own event refresh it)."""
+                 failure: Failure | None = None, waiting: str | None = None, *,
+                 current: dict[str, Any] | None = None,
+                 reconciled: Callable[[], Reconciled | None] | None = None) -> None:
+    """Write the rollout's part of the status (status_md.ROLLOUT) from what the cluster
+    reports, judged against ``body``'s spec and generation (the ones this pass rendered; a
+    newer spec gets its own reconcile). ``current`` is a recent read to start from.
+    ``reconciled`` (the refresh's): the failure comes from the reconcile's latest record,
+    read after each read of the object, so a failure recorded (and written) meanwhile is
+    never overwritten by a status computed without it."""
     meta = body["metadata"]
-    pod_failure = None
-    if not status_md.settled(body, deployments):
-        # Only a rollout that is not done needs its pods read for the reason.
-        pod_failure = status_pods.problem(client.list_objects(
-            "Pod", meta["namespace"], {**base_labels(meta["name"]), COMPONENT: "predictor"}))
-    new, notices = status_md.compute(body, deployments, config(), datetime.now(UTC), failure,
-                                     pod_failure)
-    if status_md.changed(body.get("status"), new):
-        try:
-            client.patch_status(KIND, meta["name"], meta["namespace"], new,
-                                meta.get("resourceVersion"))
-        except ApiError as err:
-            if err.status == 409:
-                return False
-            raise
-    for notice in notices:
-        events.post(body, notice.reason, notice.message, warning=notice.warning)
-    return True
+    notices: list[status_md.Notice] = []
 
+    def update(fresh: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal failure, waiting
+        if reconciled is not None:
+            done = reconciled()
+            if done is None or done.generation != meta.get("generation"):
+                return None  # the reconcile is due; it writes the status itself
+            failure, waiting = done.failure, done.waiting
+        fresh = {**fresh, "spec": body["spec"],
+                 "metadata": {**fresh["metadata"], "generation": meta.get("generation")}}
+        pod_failure = None
+        if not status_md.settled(fresh, deployments):
+            # Only a rollout that is not done needs its pods read for the reason.
+            pod_failure = status_pods.problem(client.list_objects(
+                "Pod", meta["namespace"],
+                {**base_labels(meta["name"]), COMPONENT: "predictor"}))
+        new, found = status_md.compute(fresh, deployments, config(), datetime.now(UTC),
+                                       failure, pod_failure, waiting)
+        notices[:] = found
+        return new
 
-def write_fresh_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
-                       failure: Failure | None = None) -> None:
-    """write_status on a fresh read of the object, retried on a conflict: the reconcile's
-    body may be older than a status another handler has written since (history and
-    Events must not be recorded twice)."""
-    meta = body["metadata"]
-    for _ in range(5):
-        fresh = client.get(KIND, meta["name"], meta["namespace"])
-        if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
-            return
-        # Judge against the spec (and generation) this reconcile applied; a newer spec
-        # gets its own reconcile.
-        fresh["spec"] = body["spec"]
-        fresh["metadata"] = {**fresh["metadata"], "generation": meta.get("generation")}
-        if write_status(fresh, deployments, failure):
-            return
-    raise kopf.TemporaryError("status kept changing under the reconcile", delay=1)
+    written = k8s_status.write(KIND, meta["name"], meta["namespace"], meta["uid"],
+                               status_md.ROLLOUT, update, current)
+    if written is not None and written.wrote:
+        for notice in notices:
+            events.post(written.before, notice.reason, notice.message, warning=notice.warning)
 
 
 def live_deployments(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,11 +86,11 @@ def _deployments(children: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
 @kopf.on.create(GROUP, VERSION, "modeldeployments")
 @kopf.on.update(GROUP, VERSION, "modeldeployments")
-def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
+def reconcile(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     started = time.perf_counter()
     result = "ok"
     try:
-        _reconcile(body, retry)
+        _reconcile(body, retry, models(memo))
     except kopf.PermanentError:
         result = "invalid"
         raise
@@ -106,60 +102,119 @@ def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
         metrics.RECONCILE_SECONDS.labels(kind=KIND).observe(time.perf_counter() - started)
 
 
-# One render at a time per ModelDeployment: kopf serialises its own handler calls, but
-# rerender() runs from ExplainerSpec/DriftMonitor handlers; without this a render that
-# gathered its attachments earlier could apply after (and undo) a newer one.
-_RENDER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_RENDER_LOCKS_GUARD = threading.Lock()
+@dataclass(frozen=True)
+class Reconciled:
+    """What this process's last reconcile of an object found: the generation it rendered,
+    the failure it ran into (None: it applied everything) or what it waits for."""
+
+    generation: int | None
+    failure: Failure | None = None
+    waiting: str | None = None  # what the render waits for (no pods yet)
 
 
-def _render_lock(meta: Mapping[str, Any]) -> threading.Lock:
-    with _RENDER_LOCKS_GUARD:
-        return _RENDER_LOCKS.setdefault((meta["namespace"], meta["name"]), threading.Lock())
+class Models:
+    """The ModelDeployment controller's state in this process, kept in kopf's memo.
+
+    The status refresh needs the reconcile's last failure (a failure stays Degraded until
+    the reconcile clears it): it is remembered here rather than rebuilt from the status.
+    Until this process has reconciled an object (just after a start) the refresh waits.
+    One render at a time per object: kopf serialises its own handler calls, but the Vault
+    loop and the ExplainerSpec/DriftMonitor handlers re-render too, and a render that
+    gathered its attachments earlier must not apply after (and undo) a newer one."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._reconciled: dict[str, Reconciled] = {}
+
+    def lock(self, uid: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    def record(self, uid: str, done: Reconciled) -> None:
+        with self._guard:
+            self._reconciled[uid] = done
+
+    def reconciled(self, uid: str) -> Reconciled | None:
+        with self._guard:
+            return self._reconciled.get(uid)
+
+    def forget(self, uid: str) -> None:
+        with self._guard:
+            self._locks.pop(uid, None)
+            self._reconciled.pop(uid, None)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._reconciled)
 
 
-def _reconcile(body: Mapping[str, Any], retry: int) -> None:
-    with _render_lock(body["metadata"]):
-        _reconcile_locked(body, retry)
+def models(memo: Any) -> Models:
+    """This process's Models, from kopf's memo (operator-wide; per-object memos are
+    shallow copies of it, so every handler sees the same one)."""
+    found: Models = memo.kustos_models
+    return found
 
 
-def _reconcile_locked(body: Mapping[str, Any], retry: int) -> None:
+@kopf.on.startup()
+def create_state(memo: kopf.Memo, **_: Any) -> None:
+    memo.kustos_models = Models()
+
+
+def _reconcile(body: Mapping[str, Any], retry: int, state: Models) -> None:
+    uid = body["metadata"]["uid"]
+    with state.lock(uid):
+        _reconcile_locked(body, retry, state)
+
+
+def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> None:
     body = dict(body)
     try:
         attachments = gather(body)
-    except AttachmentProblem as err:
-        _fail(body, err.reason, err.message, permanent=False, retry=retry)
+    except AttachmentPending as err:
+        state.record(body["metadata"]["uid"],
+                     Reconciled(body["metadata"].get("generation"), waiting=err.message))
+        write_status(body, live_deployments(body["metadata"]), waiting=err.message)
+        log.info("%s/%s waits: %s", body["metadata"]["namespace"], body["metadata"]["name"],
+                 err.message)
         return
+    except AttachmentProblem as err:
+        _fail(state, body, err.reason, err.message, permanent=False, retry=retry)
     try:
         desired = render_md.render(body, config(), attachments)
     except ValidationError as err:
         # The schema should have refused this; an older CRD or a manual status edit can
         # still get here. Say so, don't retry until the spec changes.
-        _fail(body, "InvalidSpec", _validation_message(err), permanent=True)
-        return
+        _fail(state, body, "InvalidSpec", _validation_message(err), permanent=True)
     try:
         missing = _missing_references(body)
         if missing:
-            _fail(body, "CredentialsNotFound", missing, permanent=False, retry=retry)
+            _fail(state, body, "CredentialsNotFound", missing, permanent=False, retry=retry)
         children = sync(body, desired, MODEL_CHILD_KINDS)
-        write_fresh_status(body, _deployments(children))
+        state.record(body["metadata"]["uid"], Reconciled(body["metadata"].get("generation")))
+        write_status(body, _deployments(children))
     except NameConflict as err:
-        _fail(body, "NameConflict", str(err), permanent=True)
+        _fail(state, body, "NameConflict", str(err), permanent=True)
     except ApiError as err:
         if err.status == 404 and err.reason == "NotFound" and _gone(body):
             return  # deleted while we worked; garbage collection does the rest
         if err.status in (400, 422):
-            _fail(body, "InvalidChild", err.message, permanent=True)
-        _fail(body, "Forbidden" if err.status == 403 else "ApiError", err.message,
+            _fail(state, body, "InvalidChild", err.message, permanent=True)
+        _fail(state, body, "Forbidden" if err.status == 403 else "ApiError", err.message,
               permanent=False, retry=retry)
 
 
-def rerender(name: str, namespace: str) -> None:
+def rerender(name: str, namespace: str, state: Models) -> None:
     """Reconcile a ModelDeployment again because something that attaches to its pods
-    changed (an ExplainerSpec or DriftMonitor targeting it); nothing if it is gone."""
+    changed (an ExplainerSpec or DriftMonitor targeting it, a Vault sync); nothing if it
+    is gone. Its errors are its own: they land in its status."""
     md = client.get(KIND, name, namespace)
-    if md is not None and not md["metadata"].get("deletionTimestamp"):
-        _reconcile(md, 0)
+    if md is None or md["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        _reconcile(md, 0, state)
+    except (kopf.TemporaryError, kopf.PermanentError) as err:
+        log.info("ModelDeployment %s/%s not re-rendered now: %s", namespace, name, err)
 
 
 def _missing_references(body: Mapping[str, Any]) -> str | None:
@@ -180,11 +235,13 @@ def _gone(body: Mapping[str, Any]) -> bool:
         return False
 
 
-def _fail(body: Mapping[str, Any], reason: str, message: str, *, permanent: bool,
-          retry: int = 0) -> NoReturn:
+def _fail(state: Models, body: Mapping[str, Any], reason: str, message: str, *,
+          permanent: bool, retry: int = 0) -> NoReturn:
     metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=reason).inc()
+    failure = Failure(reason, message)
+    state.record(body["metadata"]["uid"], Reconciled(body["metadata"].get("generation"), failure))
     try:
-        write_fresh_status(body, live_deployments(body["metadata"]), Failure(reason, message))
+        write_status(body, live_deployments(body["metadata"]), failure)
     except ApiError as err:
         log.warning("could not record %s on %s: %s", reason, body["metadata"]["name"], err)
     if permanent:
@@ -200,22 +257,13 @@ def _validation_message(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-# Degraded reasons the status refresh derives from the Deployments itself; every other
-# reason is a failure only the reconcile can clear (a spec change or a retry).
-_FROM_ROLLOUT = ("ProgressDeadlineExceeded", "ReplicaFailure", *status_pods.REASONS)
-
-
-def refresh_status(md: Mapping[str, Any]) -> None:
-    """Recompute a ModelDeployment's status from its live Deployments, once its reconcile
-    has caught up with the spec; writes only when something changed."""
+def refresh_status(md: dict[str, Any], state: Models) -> None:
+    """Recompute a ModelDeployment's rollout status from its live Deployments, once this
+    process has reconciled its generation; writes only when something changed."""
     meta = md["metadata"]
-    status = md.get("status") or {}
-    if status.get("observedGeneration") != meta.get("generation"):
+    done = state.reconciled(meta["uid"])
+    if done is None or done.generation != meta.get("generation"):
         return  # the reconcile is due; it writes the status itself
-    degraded = next((c for c in status.get("conditions") or []
-                     if c.get("type") == "Degraded" and c.get("status") == "True"
-                     and c.get("reason") not in _FROM_ROLLOUT), None)
-    failure = Failure(degraded["reason"], degraded.get("message", "")) if degraded else None
     deployments = live_deployments(meta)
     stale = status_md.stale_templates(md, deployments)
     if stale:
@@ -223,27 +271,30 @@ def refresh_status(md: Mapping[str, Any]) -> None:
         # again rather than report a version that no pod serves.
         log.info("%s/%s: %s carry an older model version than the spec; re-rendering",
                  meta["namespace"], meta["name"], ", ".join(stale))
-        _reconcile(md, 0)
+        _reconcile(md, 0, state)
         return
-    write_status(md, deployments, failure)
+    write_status(md, deployments, current=md,
+                 reconciled=lambda: state.reconciled(meta["uid"]))
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
-def model_deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+def model_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                             **_: Any) -> None:
     """Every change of a ModelDeployment, its status included. A Deployment that became
     Available between the reconcile's apply and its status write is seen here, so no
     status is left behind by that race."""
     if type == "DELETED":
+        models(memo).forget(body["metadata"]["uid"])
         return
     try:
-        refresh_status(dict(body))
+        refresh_status(dict(body), models(memo))
     except (ApiError, ValidationError) as err:
         log.warning("status refresh of %s/%s failed: %s", body["metadata"]["namespace"],
                     body["metadata"]["name"], err)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED: MANAGED_BY})
-def deployment_changed(body: kopf.Body, **_: Any) -> None:
+def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A serving Deployment changed (rollout progress, availability): refresh the owner's
     status. Event handlers store nothing on the object."""
     owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
@@ -254,13 +305,13 @@ def deployment_changed(body: kopf.Body, **_: Any) -> None:
     try:
         md = client.get(KIND, owner["name"], namespace)
         if md is not None and md["metadata"]["uid"] == owner["uid"]:
-            refresh_status(md)
+            refresh_status(md, models(memo))
     except (ApiError, ValidationError) as err:
         log.warning("status refresh of %s/%s failed: %s", namespace, owner["name"], err)
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED: MANAGED_BY, COMPONENT: "predictor"})
-def pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+def pod_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A serving pod reports a problem (the fetch failed, an image cannot be pulled, the
     server crashes): say why in the owner's status. Recovery shows in the Deployment,
     whose own events refresh the status, so healthy pods cost nothing here."""
@@ -273,6 +324,6 @@ def pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     try:
         md = client.get(KIND, name, namespace)
         if md is not None:
-            refresh_status(md)
+            refresh_status(md, models(memo))
     except (ApiError, ValidationError) as err:
         log.warning("status refresh of %s/%s failed: %s", namespace, name, err)

@@ -20,22 +20,24 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kustos import metrics
 from kustos.api.v1alpha1 import GROUP, VERSION, ModelDeploymentSpec
 from kustos.config import OperatorConfig
 from kustos.k8s import client, events
+from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
 from kustos.render.attachments import NONE, Attachments
 from kustos.render.meta import COMPONENT, INSTANCE
 from kustos.render.sidecars import active_for, target_name
 from kustos.status.modeldeployment import Notice
-from kustos.status.sidecars import PodReport, Wiring, changed
+from kustos.status.owners import StatusOwner
+from kustos.status.sidecars import PodReport, Wiring
 
 from . import peering
 from .context import backoff, config
-from .modeldeployment import rerender
+from .modeldeployment import Models, rerender
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +114,39 @@ def contribution(kind: str, md: Mapping[str, Any], render: Render) -> Attachment
         return NONE
 
 
-def refresh_with(kind: str, namespace: str, name: str,
-                 write: Callable[[dict[str, Any]], bool]) -> None:
-    """Read the object and ``write`` its status; retried (3 times) with a fresh read while
-    ``write`` says the status write met a conflict."""
-    for _ in range(3):
-        body = client.get(kind, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        if write(body):
-            return
+# (fresh object) -> its new status, as a merge patch says it (a key left out is kept, None
+# removes it), and the Events to post once written; None: nothing to say now. It may do
+# idempotent work of its own first (the report ConfigMap, a retraining Job by name).
+Compute = Callable[[dict[str, Any]], tuple[dict[str, Any], list[Notice]] | None]
+
+
+def owner_of(model: type[BaseModel], conditions: tuple[str, ...]) -> StatusOwner:
+    """The sidecar controller owns the whole status of its kind (no other writer)."""
+    fields = tuple(info.alias or name for name, info in model.model_fields.items()
+                   if name != "conditions")
+    return StatusOwner("kustos-sidecars", fields, conditions)
+
+
+def refresh_with(kind: str, namespace: str, name: str, owner: StatusOwner,
+                 compute: Compute) -> None:
+    """Compute the object's status from a fresh read and write it if it changed (the one
+    status writer, kustos.k8s.status, retries on a conflict); then post the Events."""
+    notices: list[Notice] = []
+
+    def update(fresh: dict[str, Any]) -> dict[str, Any] | None:
+        if fresh["metadata"].get("deletionTimestamp"):
+            return None
+        result = compute(fresh)
+        if result is None:
+            return None
+        status, found = result
+        notices[:] = found
+        return {**owner.part(fresh.get("status")), **status}
+
+    written = k8s_status.write(kind, name, namespace, None, owner, update)
+    if written is not None and written.wrote:
+        for notice in notices:
+            events.post(written.before, notice.reason, notice.message, warning=notice.warning)
 
 
 def poll(kind: str, body: Mapping[str, Any], container: str, port: int,
@@ -136,28 +161,7 @@ def poll(kind: str, body: Mapping[str, Any], container: str, port: int,
     return found, target, reports
 
 
-def write_status(kind: str, body: Mapping[str, Any], status: Mapping[str, Any],
-                 notices: list[Notice]) -> bool:
-    """Write ``status`` if it changed (guarded by the read's resourceVersion), then post the
-    Events. False: a write conflict (read again and recompute); True: done, also when the
-    object was deleted meanwhile."""
-    meta = body["metadata"]
-    if changed(body.get("status"), status):
-        try:
-            client.patch_status(kind, meta["name"], meta["namespace"], status,
-                                meta.get("resourceVersion"))
-        except ApiError as err:
-            if err.status == 409:
-                return False
-            if err.status == 404:
-                return True  # deleted meanwhile
-            raise
-    for notice in notices:
-        events.post(body, notice.reason, notice.message, warning=notice.warning)
-    return True
-
-
-def reconcile(kind: str, body: Mapping[str, Any], old: Any, retry: int) -> None:
+def reconcile(kind: str, body: Mapping[str, Any], old: Any, retry: int, state: Models) -> None:
     """The create/update/resume handler of a kind: re-render the target (and a former
     target) so its pods match the spec, then refresh the status."""
     meta = body["metadata"]
@@ -165,7 +169,7 @@ def reconcile(kind: str, body: Mapping[str, Any], old: Any, retry: int) -> None:
     previous = target_name(old) if isinstance(old, Mapping) else ""
     try:
         for target in dict.fromkeys(t for t in (previous, target_name(body)) if t):
-            rerender_target(target, namespace)
+            rerender(target, namespace, state)
         _REFRESH[kind](namespace, meta["name"])
     except ApiError as err:
         metrics.RECONCILES.labels(kind=kind, result="retry").inc()
@@ -173,7 +177,7 @@ def reconcile(kind: str, body: Mapping[str, Any], old: Any, retry: int) -> None:
     metrics.RECONCILES.labels(kind=kind, result="ok").inc()
 
 
-def on_event(kind: str, body: Mapping[str, Any], type: str | None) -> None:
+def on_event(kind: str, body: Mapping[str, Any], type: str | None, state: Models) -> None:
     """The event handler of a kind: keep the collection list current; a deleted resource
     leaves its target's pods (re-rendered without the sidecar) and hands over to a
     conflicting one."""
@@ -182,22 +186,13 @@ def on_event(kind: str, body: Mapping[str, Any], type: str | None) -> None:
     if type != "DELETED":
         return
     try:
-        rerender_target(target_name(body), meta["namespace"])
+        rerender(target_name(body), meta["namespace"], state)
     except ApiError as err:
         log.warning("re-render after deleting %s %s failed: %s", kind, meta["name"], err)
     try:
         refresh_targeting(target_name(body), meta["namespace"], skip=meta["name"])
     except ApiError as err:
         log.warning("refresh after deleting %s %s failed: %s", kind, meta["name"], err)
-
-
-def rerender_target(name: str, namespace: str) -> None:
-    """Re-render a ModelDeployment whose attachments changed. A problem of the
-    ModelDeployment itself is its own handler's to report and retry, not ours."""
-    try:
-        rerender(name, namespace)
-    except (kopf.TemporaryError, kopf.PermanentError) as err:
-        log.info("ModelDeployment %s/%s not re-rendered now: %s", namespace, name, err)
 
 
 def ready_pods(md_name: str, namespace: str, container: str) -> list[tuple[str, str]]:

@@ -39,22 +39,18 @@ def verdict(spec: Mapping[str, Any], policies: Iterable[Policy], *, has_explaine
     return Verdict(False, violations[0].reason, summary(violations), tuple(violations))
 
 
-def conditions_with(status: Mapping[str, Any] | None, v: Verdict | None,
-                    generation: int | None, now: datetime) -> list[dict[str, Any]] | None:
-    """The status's conditions with PolicyCompliant set to ``v``; None when nothing would
-    change (so nothing is written). When no policy applies any more, a condition that was
-    there says so instead of lingering as False."""
-    old = list((status or {}).get("conditions") or [])
+def condition(status: Mapping[str, Any] | None, v: Verdict | None,
+              generation: int | None, now: datetime) -> dict[str, Any] | None:
+    """The PolicyCompliant condition for verdict ``v`` (None: no policy applies). When no
+    policy applies any more, a condition that was there says so instead of lingering as
+    False; None when there never was one."""
     current = get_condition({"status": status or {}}, CONDITION)
     if v is None:
         if current is None:
             return None
         v = Verdict(True, "NoPolicyApplies", "no GovernancePolicy selects this namespace")
-    if current is not None and (current.get("status"), current.get("reason"),
-                                current.get("message"), current.get("observedGeneration")) == \
-            ("True" if v.compliant else "False", v.reason, v.message, generation):
-        return None
-    return set_condition(old, CONDITION, v.compliant, v.reason, v.message, generation, now)
+    return set_condition([current] if current else [], CONDITION, v.compliant, v.reason,
+                         v.message, generation, now)[0]
 
 
 def notice(previous: Mapping[str, Any] | None, v: Verdict | None) -> tuple[str, str, bool] | None:

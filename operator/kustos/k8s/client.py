@@ -159,6 +159,35 @@ def patch_status(kind: str, name: str, namespace: str | None, status: Mapping[st
     return result
 
 
+def apply_status(kind: str, name: str, namespace: str | None, status: Mapping[str, Any],
+                 manager: str, resource_version: str) -> dict[str, Any]:
+    """Server-side apply ``status`` to the status subresource as field manager ``manager``:
+    the fields (and map-list entries, such as conditions by type) it names become that
+    manager's, those it applied before and leaves out now are removed, and every other
+    manager's fields stay as they are. Only while the object is at ``resource_version``
+    (else ApiError 409)."""
+    res = resource(kind)
+    meta: dict[str, Any] = {"name": name, "resourceVersion": resource_version}
+    if namespace:
+        meta["namespace"] = namespace
+    body = {"apiVersion": res.api_version, "kind": kind, "metadata": meta,
+            "status": dict(status)}
+    result: dict[str, Any] = _call(
+        "PATCH", res.path(name, namespace) + "/status", body=body,
+        query=[("fieldManager", manager), ("force", "true")],
+        content_type="application/apply-patch+yaml")
+    return result
+
+
+def json_patch_status(kind: str, name: str, namespace: str | None,
+                      ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """A JSON patch (RFC 6902) of the status subresource; its ``test`` operations make it
+    conditional (ApiError 422 when one fails)."""
+    result: dict[str, Any] = _call("PATCH", resource(kind).path(name, namespace) + "/status",
+                                   body=ops, content_type="application/json-patch+json")
+    return result
+
+
 def patch(kind: str, name: str, namespace: str | None, body: Mapping[str, Any],
           resource_version: str | None = None) -> dict[str, Any]:
     """Merge-patch an object (a user's action such as `kustos rollback`, never a child);

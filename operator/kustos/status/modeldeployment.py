@@ -14,6 +14,15 @@ from kustos.render.meta import MODEL_DIGEST, MODEL_VERSION
 from kustos.render.modeldeployment import selector_string, service_url, split_tracks
 
 from .conditions import get_condition, set_condition, timestamp
+from .owners import StatusOwner
+
+# The reconcile's part of a ModelDeployment's status (Vault's and governance's parts are
+# theirs: controllers/vault.py, controllers/governance.py).
+ROLLOUT = StatusOwner(
+    "kustos-rollout",
+    fields=("observedGeneration", "replicas", "readyReplicas", "selector", "url", "model",
+            "history"),
+    conditions=("Progressing", "Ready", "Degraded"))
 
 
 @dataclass(frozen=True)
@@ -120,11 +129,14 @@ def stale_templates(body: Mapping[str, Any],
 
 def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
             config: OperatorConfig, now: datetime, failure: Failure | None = None,
-            pod_failure: Failure | None = None) -> tuple[dict[str, Any], list[Notice]]:
-    """The new status and the Events to post, from the live Deployments by name.
+            pod_failure: Failure | None = None,
+            waiting: str | None = None) -> tuple[dict[str, Any], list[Notice]]:
+    """The ROLLOUT part of the status and the Events to post, from the live Deployments
+    by name.
 
     ``failure`` is a problem the reconcile ran into; ``pod_failure`` one the pods report
-    (status/pods.py), which clears by itself when the pods recover."""
+    (status/pods.py), which clears by itself when the pods recover; ``waiting`` what the
+    render waits for before it creates the pods (the first Vault sync)."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
@@ -133,7 +145,8 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     rollouts = _rollouts(name, spec, deployments)
     stable = rollouts[0]
     notices: list[Notice] = []
-    conds: list[dict[str, Any]] = list(old.get("conditions") or [])
+    conds: list[dict[str, Any]] = [c for c in old.get("conditions") or []
+                                   if c.get("type") in ROLLOUT.conditions]
 
     def cond(type_: str, status: bool, reason: str, message: str) -> None:
         nonlocal conds
@@ -142,7 +155,9 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     done = all(r.done for r in rollouts)
     total_wanted = sum(r.wanted for r in rollouts)
     total_ready = sum(r.ready for r in rollouts)
-    if not stable.exists:
+    if waiting is not None and not stable.exists:
+        cond("Progressing", True, "Waiting", waiting)
+    elif not stable.exists:
         cond("Progressing", True, "Creating", "creating the serving Deployment")
     elif not done:
         cond("Progressing", True, "RollingOut",
@@ -209,13 +224,4 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
         status["model"] = served
     if history:
         status["history"] = history[: config.history_limit]
-    for key in ("secrets",):  # owned by other reconcilers; carried over untouched
-        if key in old:
-            status[key] = old[key]
     return status, notices
-
-
-def changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    """Whether writing ``new`` would change anything the status already says."""
-    old = old or {}
-    return any(old.get(k) != v for k, v in new.items())

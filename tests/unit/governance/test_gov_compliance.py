@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kustos.config import OperatorConfig
-from kustos.governance.compliance import conditions_with, notice, verdict
+from kustos.governance.compliance import condition, notice, verdict
 from kustos.governance.policy import Policy
 from kustos.status import modeldeployment as status_md
 
@@ -24,47 +24,46 @@ def test_missing_explainer_then_drift_monitor_then_compliant() -> None:
     v = verdict(SPEC, [POLICY], has_explainer=False, has_drift_monitor=False)
     assert v is not None and not v.compliant and v.reason == "MissingExplainer"
     assert "rule driftMonitorRequiredFor" in v.message
-    conds = conditions_with({}, v, 1, NOW)
-    assert conds is not None
-    (cond,) = conds
+    cond = condition({}, v, 1, NOW)
+    assert cond is not None
     assert (cond["type"], cond["status"], cond["reason"]) == (
         "PolicyCompliant", "False", "MissingExplainer")
     assert notice(None, v) == ("PolicyViolation", v.message, True)
 
     v2 = verdict(SPEC, [POLICY], has_explainer=True, has_drift_monitor=False)
     assert v2 is not None and v2.reason == "MissingDriftMonitor"
-    conds2 = conditions_with({"conditions": conds}, v2, 1, LATER)
-    assert conds2 is not None
+    cond2 = condition({"conditions": [cond]}, v2, 1, LATER)
+    assert cond2 is not None
     # Still False: the transition time stays.
-    assert conds2[0]["lastTransitionTime"] == cond["lastTransitionTime"]
-    assert notice(conds[0], v2) is not None  # a new reason is a new Event
+    assert cond2["lastTransitionTime"] == cond["lastTransitionTime"]
+    assert notice(cond, v2) is not None  # a new reason is a new Event
 
     v3 = verdict(SPEC, [POLICY], has_explainer=True, has_drift_monitor=True)
     assert v3 is not None and v3.compliant and v3.reason == "Compliant"
-    conds3 = conditions_with({"conditions": conds2}, v3, 1, LATER)
-    assert conds3 is not None and conds3[0]["status"] == "True"
-    assert conds3[0]["lastTransitionTime"] == "2026-11-23T13:00:00Z"
-    assert notice(conds2[0], v3) == ("PolicyCompliant", v3.message, False)
-    # Nothing changes: nothing to write, no Event.
-    assert conditions_with({"conditions": conds3}, v3, 1, LATER) is None
-    assert notice(conds3[0], v3) is None
+    cond3 = condition({"conditions": [cond2]}, v3, 1, LATER)
+    assert cond3 is not None and cond3["status"] == "True"
+    assert cond3["lastTransitionTime"] == "2026-11-23T13:00:00Z"
+    assert notice(cond2, v3) == ("PolicyCompliant", v3.message, False)
+    # Nothing changes: the same condition (the writer then writes nothing), no Event.
+    assert condition({"conditions": [cond3]}, v3, 1, LATER) == cond3
+    assert notice(cond3, v3) is None
     # A new generation is recorded even when the verdict is the same.
-    assert conditions_with({"conditions": conds3}, v3, 2, LATER) is not None
+    assert condition({"conditions": [cond3]}, v3, 2, LATER) != cond3
 
 
 def test_no_policy_writes_nothing_until_a_condition_exists() -> None:
     assert verdict(SPEC, [], has_explainer=False, has_drift_monitor=False) is None
-    assert conditions_with({}, None, 1, NOW) is None
+    assert condition({}, None, 1, NOW) is None
     stale = [{"type": "PolicyCompliant", "status": "False", "reason": "MissingExplainer",
               "message": "x", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-    conds = conditions_with({"conditions": stale}, None, 1, NOW)
-    assert conds is not None and (conds[0]["status"], conds[0]["reason"]) == (
-        "True", "NoPolicyApplies")
+    cond = condition({"conditions": stale}, None, 1, NOW)
+    assert cond is not None and (cond["status"], cond["reason"]) == ("True", "NoPolicyApplies")
 
 
-def test_model_deployment_status_write_keeps_policy_compliant() -> None:
-    """status/modeldeployment.compute must carry PolicyCompliant over, and history
-    records the uri that `kustos rollback` restores."""
+def test_rollout_status_leaves_policy_compliant_to_its_owner() -> None:
+    """status/modeldeployment.compute says only the rollout's part (PolicyCompliant is
+    governance's, applied under its own field manager), and history records the uri that
+    `kustos rollback` restores."""
     policy_cond = {"type": "PolicyCompliant", "status": "False", "reason": "MissingExplainer",
                    "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z",
                    "observedGeneration": 1}
@@ -81,8 +80,8 @@ def test_model_deployment_status_write_keeps_policy_compliant() -> None:
                              "updatedReplicas": 1, "availableReplicas": 1,
                              "conditions": [{"type": "Available", "status": "True"}]}}
     new, notices = status_md.compute(body, {"m": deployment}, OperatorConfig(), NOW)
-    kept = [c for c in new["conditions"] if c["type"] == "PolicyCompliant"]
-    assert kept == [policy_cond]
+    assert {c["type"] for c in new["conditions"]} == {"Progressing", "Ready", "Degraded"}
+    status_md.ROLLOUT.normalise(new)  # nothing it does not own
     assert new["history"][0] == served
     assert new["model"]["uri"] == "s3://m/model.skops"
     assert new["model"]["version"] == "1" and new["model"]["deployedAt"]

@@ -15,11 +15,12 @@ import pytest
 from kustos.api.v1alpha1.modeldeployment import VaultSpec
 from kustos.config import OperatorConfig, VaultSettings
 from kustos.controllers import context
-from kustos.controllers.vault import _login, refresh_seconds, seconds
+from kustos.controllers.attachments import AttachmentPending, AttachmentProblem
+from kustos.controllers.vault import _login, refresh_seconds, seconds, vault_attachments
 from kustos.render import vault as rv
 from kustos.render.meta import SPEC_HASH
 from kustos.render.modeldeployment import render
-from kustos.status.modeldeployment import compute
+from kustos.status.modeldeployment import ROLLOUT, compute
 from kustos.vault.client import VaultError
 
 DIGEST = "sha256:" + "ab" * 32
@@ -161,8 +162,9 @@ def test_no_vault_contributes_nothing() -> None:
     assert rv.attachments(b, "vault") == rv.NONE
 
 
-def test_status_compute_keeps_secrets_ready_and_secrets() -> None:
-    """The ModelDeployment's own status writes must not drop what the Vault sync wrote."""
+def test_rollout_status_leaves_secrets_to_the_vault_sync() -> None:
+    """The rollout's part of the status says nothing of what the Vault sync owns (it is
+    applied under another field manager, so it cannot drop it either)."""
     ready = {"type": "SecretsReady", "status": "False", "reason": "VaultUnreachable",
              "message": "cannot reach Vault", "lastTransitionTime": "2026-01-01T00:00:00Z",
              "observedGeneration": 2}
@@ -170,8 +172,27 @@ def test_status_compute_keeps_secrets_ready_and_secrets() -> None:
                "lastSync": "2026-01-01T00:00:00Z"}
     b = body(vault().wire(), {"conditions": [ready], "secrets": secrets})
     status, _ = compute(b, {}, OperatorConfig(), datetime.now(UTC))
-    assert ready in status["conditions"]
-    assert status["secrets"] == secrets
+    assert "SecretsReady" not in {c["type"] for c in status["conditions"]}
+    assert "secrets" not in status
+    ROLLOUT.normalise(status)
+
+
+def test_the_render_waits_for_the_first_sync_and_never_syncs_itself() -> None:
+    """The contributor only reads status.secrets (the Vault loop syncs): no Secret yet
+    means wait, a failed first sync means Degraded with its reason, and a sync of the
+    current items means the pods mount it."""
+    with pytest.raises(AttachmentPending):
+        vault_attachments(body(vault().wire()))
+    failed = {"type": "SecretsReady", "status": "False", "reason": "PermissionDenied",
+              "message": "403 on secret/data/ml/credit"}
+    with pytest.raises(AttachmentProblem) as err:
+        vault_attachments(body(vault().wire(), {"conditions": [failed]}))
+    assert (err.value.reason, err.value.message) == ("PermissionDenied", failed["message"])
+    v = vault()
+    synced = {"version": rv.checksum(v, {PATH: 3}), "versions": [{"path": PATH, "version": 3}],
+              "secretName": "credit-vault", "lastSync": "2026-12-01T00:00:00Z"}
+    got = vault_attachments(body(v.wire(), {"secrets": synced, "conditions": [failed]}))
+    assert got != rv.NONE  # Vault down after a sync: the pods keep the synced Secret
 
 
 @pytest.mark.parametrize(("text", "value"), [

@@ -60,8 +60,12 @@ class ResourceStatus(KModel):
 
     observed_generation: int | None = None
     """The metadata.generation last reconciled."""
-    conditions: list[Condition] | None = None
-    """Conditions by the Kubernetes API conventions (types listed per kind in the docs)."""
+    conditions: list[Condition] | None = Field(
+        default=None, max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["type"]})
+    """Conditions by the Kubernetes API conventions (types listed per kind in the docs). A
+    map keyed by type: each writer owns its own types (server-side apply)."""
 
 
 class LocalObjectReference(KModel):
