@@ -211,7 +211,7 @@ def _run_kopf(api: FakeApi, *, clusterwide: bool, namespaces: list[str],
 
     @kopf.on.startup(registry=registry)
     def startup(memo: kopf.Memo, **_: Any) -> None:
-        # What controllers/vault.py and sidecars.py hand their threads.
+        # What controllers/vault.py and sidecars.py hand their loops (asyncio tasks).
         got.append(peering.active_check(memo) == memo.peering.is_active)
 
     settings = kopf.OperatorSettings()

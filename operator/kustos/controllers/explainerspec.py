@@ -66,10 +66,11 @@ def reconcile(body: kopf.Body, old: Any, retry: int, memo: kopf.Memo, **_: Any) 
 
 
 @kopf.on.event(GROUP, VERSION, "explainerspecs")
-def explainerspec_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def explainerspec_event(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                             **_: Any) -> None:
     """Keep the collection list current; a deleted ExplainerSpec leaves its target's
     pods (re-rendered without the sidecar) and hands over to a conflicting one."""
-    sidecars.on_event(KIND, body, type, models(memo))
+    await sidecars.on_event(KIND, body, type, memo)
 
 
 sidecars.register(KIND, refresh)

@@ -5,11 +5,14 @@ Kopf indexes keep the policies, namespace labels and the ExplainerSpecs / DriftM
 by target in memory, so a ModelDeployment event (they are frequent: every status write)
 is judged without an API read. Compliance is re-judged when any of those change. Writes
 are governance's own part of the status (POLICY, server-side applied), only on a change.
+What the handlers last judged with (targets, namespace labels, policy specs) is one
+:class:`Governance` in kopf's memo (``memo.kustos_governance``), pruned on DELETED events.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +37,67 @@ Indices = Mapping[str, Any]
 # Governance's part of a ModelDeployment's status.
 POLICY = StatusOwner("kustos-policy", fields=("approval",),
                      conditions=(compliance.CONDITION,))
+
+
+class Governance:
+    """What governance's event handlers last judged with, kept in kopf's memo. The handlers
+    are sync (kopf runs them in its threads, one object at a time, several objects at
+    once), so each check-and-set holds a lock; every entry goes with its object's
+    DELETED event."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        # The target each ExplainerSpec / DriftMonitor had when last seen: a retargeted or
+        # deleted one re-judges its former target too.
+        self._targets: dict[tuple[str, str | None, str], str] = {}
+        # Labels each namespace was last judged with: a namespace event without a label
+        # change (they come for every namespace at start-up and on every status change)
+        # costs nothing.
+        self._labels: dict[str, dict[str, str]] = {}
+        # The spec each policy was last judged with: its own status writes re-judge nothing.
+        self._policies: dict[str, dict[str, Any]] = {}
+
+    def retarget(self, key: tuple[str, str | None, str], target: str | None) -> str | None:
+        """Record the target (None: deleted or untargeted); the one recorded before."""
+        with self._guard:
+            before = self._targets.pop(key, None)
+            if target:
+                self._targets[key] = target
+            return before
+
+    def relabel(self, namespace: str, labels: dict[str, str] | None) -> tuple[bool, bool]:
+        """Record a namespace's labels (None: deleted): (changed, first time seen)."""
+        with self._guard:
+            if labels is None:
+                self._labels.pop(namespace, None)
+                return False, False
+            before = self._labels.get(namespace)
+            self._labels[namespace] = labels
+            return before != labels, before is None
+
+    def respec(self, name: str, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Record a policy's spec (None: gone); the one recorded before."""
+        with self._guard:
+            before = self._policies.pop(name, None)
+            if spec is not None:
+                self._policies[name] = spec
+            return before
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._targets) + len(self._labels) + len(self._policies)
+
+
+def governance(memo: Any) -> Governance:
+    """This process's Governance, from kopf's memo (per-object memos are shallow copies
+    of the operator's, so every handler sees the same one)."""
+    found: Governance = memo.kustos_governance
+    return found
+
+
+@kopf.on.startup()
+def create_governance_state(memo: kopf.Memo, **_: Any) -> None:
+    memo.kustos_governance = Governance()
 
 
 @kopf.index(GROUP, VERSION, "governancepolicies")
@@ -159,18 +223,10 @@ def _rejudge_target(namespace: str | None, target: str | None, idx: Indices) -> 
         judge(md, idx)
 
 
-# The target each ExplainerSpec / DriftMonitor had when last seen: a retargeted or deleted
-# one re-judges its former target too.
-_targets: dict[tuple[str, str | None, str], str | None] = {}
-
-
 def _attachment_changed(kind: str, namespace: str | None, name: str, spec: kopf.Spec,
                         type_: str | None, idx: Indices) -> None:
-    key = (kind, namespace, name)
     target = None if type_ == "DELETED" else (spec.get("targetRef") or {}).get("name")
-    before = _targets.pop(key, None)
-    if target:
-        _targets[key] = target
+    before = governance(idx["memo"]).retarget((kind, namespace, name), target)
     if before == target:
         return  # a status or other change: which model it targets is what matters here
     for md_name in {before, target} - {None}:
@@ -195,28 +251,13 @@ def _rejudge_namespace(namespace: str, idx: Indices) -> None:
         _safely(f"judging {namespace}/{name}", _rejudge_target, namespace, name, idx)
 
 
-# Labels each namespace was last judged with: a namespace event without a label change
-# (they come for every namespace at start-up and on every status change) costs nothing.
-_judged_labels: dict[str, dict[str, str]] = {}
-
-
 @kopf.on.event("", "v1", "namespaces")
 def namespace_changed(name: str, labels: kopf.Labels, type: str | None,
                       **kwargs: Any) -> None:
-    if type == "DELETED":
-        _judged_labels.pop(name, None)
-        return
-    current = dict(labels)
-    if _judged_labels.get(name) == current:
-        return
-    first = name not in _judged_labels
-    _judged_labels[name] = current
-    if not first:  # at start-up the ModelDeployments' own events judge them
+    changed, first = governance(kwargs["memo"]).relabel(
+        name, None if type == "DELETED" else dict(labels))
+    if changed and not first:  # at start-up the ModelDeployments' own events judge them
         _rejudge_namespace(name, kwargs)
-
-
-# The spec each policy was last judged with: its own status writes re-judge nothing.
-_judged_policies: dict[str, dict[str, Any]] = {}
 
 
 @kopf.on.event(GROUP, VERSION, "governancepolicies")
@@ -227,9 +268,7 @@ def policy_changed(body: kopf.Body, name: str, type: str | None, **kwargs: Any) 
     if not gone:
         _safely(f"status of GovernancePolicy {name}", _policy_status, body)
     new = None if gone else dict(body.get("spec") or {})
-    old = _judged_policies.pop(name, None)
-    if new is not None:
-        _judged_policies[name] = new
+    old = governance(kwargs["memo"]).respec(name, new)
     if old == new:
         return
     selectors = [s.get("namespaceSelector") for s in (old, new) if s is not None]

@@ -60,9 +60,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-_webhook_server: kopf.WebhookServer | None = None
-
-
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo | None:
     """kopf's watches use the very configuration kustos.k8s requests with (one loader, one
@@ -105,7 +102,7 @@ def connection_info(cfg: k8s_config.Config) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf's own bookkeeping goes to annotations under our prefix, never to status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kustos.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -120,8 +117,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 8
-    if _webhook_server is not None:
-        settings.admission.server = _webhook_server
+    # main() puts the webhook server (--webhook) in the operator-wide memo it hands kopf.
+    server = getattr(memo, "kustos_webhook_server", None)
+    if server is not None:
+        settings.admission.server = server
 
 
 def main(argv: list[str]) -> int:
@@ -144,8 +143,11 @@ def main(argv: list[str]) -> int:
         vault,
     )
 
+    # kopf's operator-wide memo: what the startup handlers pick up (the peering, the
+    # webhook server), each controller's own state added by its startup handler.
+    memo = kopf.Memo()
     if args.webhook:
-        problem = _setup_webhook(args)
+        problem = _setup_webhook(args, memo)
         if problem:
             print(f"kustos run: {problem}", file=sys.stderr)
             return 1
@@ -163,7 +165,6 @@ def main(argv: list[str]) -> int:
     # their startup handlers find it in kopf's operator-wide memo, as ``memo.peering``.
     peers = peering.Peering(args.peering, priority, clusterwide=not namespaces,
                             namespaces=namespaces)
-    memo = kopf.Memo()
     memo.peering = peers
     kopf.run(
         clusterwide=not namespaces,
@@ -180,10 +181,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _setup_webhook(args: argparse.Namespace) -> str | None:
-    """Configure the webhook server (and register its configuration if asked); an error
-    message for a bad combination of flags."""
-    global _webhook_server
+def _setup_webhook(args: argparse.Namespace, memo: kopf.Memo) -> str | None:
+    """Configure the webhook server into ``memo.kustos_webhook_server`` (and register its
+    configuration if asked); an error message for a bad combination of flags."""
     from pathlib import Path
 
     from kustos.governance import tls, webhook  # noqa: F401  (registers the handler)
@@ -197,8 +197,9 @@ def _setup_webhook(args: argparse.Namespace) -> str | None:
         cert, key = Path(args.webhook_cert), Path(args.webhook_key)
     else:
         cert, key = tls.write_self_signed(hosts)
-    _webhook_server = kopf.WebhookServer(addr=args.webhook_bind, port=args.webhook_port,
-                                         host=hosts[0], certfile=str(cert), pkeyfile=str(key))
+    memo.kustos_webhook_server = kopf.WebhookServer(
+        addr=args.webhook_bind, port=args.webhook_port, host=hosts[0], certfile=str(cert),
+        pkeyfile=str(key))
     if args.webhook_configuration:
         try:
             selector = (parse_selector(args.webhook_namespace_selector)

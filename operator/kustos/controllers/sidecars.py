@@ -2,21 +2,31 @@
 target, its pods, polling the sidecars, writing status, the handlers' bodies and the
 periodic collection.
 
-The collection runs in one background thread instead of kopf timers: a kopf timer puts a
-finalizer on every object, and an ExplainerSpec or DriftMonitor would then block its own
-(or its namespace's) deletion whenever the operator is not running.
+The collection is one asyncio task of this process (a :class:`Collector` kept in kopf's
+memo as ``memo.kustos_sidecars``, started at startup, cancelled and awaited at cleanup)
+instead of kopf timers: a kopf timer puts a finalizer on every object, and an
+ExplainerSpec or DriftMonitor would then block its own (or its namespace's) deletion
+whenever the operator is not running. Each object's refresh is blocking I/O (the API, the
+sidecars' HTTP status) and runs in a thread via ``asyncio.to_thread``, a few at a time.
+The list of known objects is fed by the kinds' async event handlers and read by the task,
+both on kopf's event loop, so it needs no lock.
+
+What refreshes an object of a kind (``_REFRESH``, filled by :func:`register` when the
+controller modules are imported) is code, not state: a static registry like kopf's own
+handler registry, so it stays a module constant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -37,7 +47,7 @@ from kustos.status.sidecars import PodReport, Wiring
 
 from . import peering
 from .context import backoff, config
-from .modeldeployment import Models, rerender
+from .modeldeployment import Models, models, rerender
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +57,105 @@ Refresh = Callable[[str, str], None]  # (namespace, name) -> collect and write s
 # (resource, its target ModelDeployment, config) -> the sidecar's contribution (pure render)
 Render = Callable[[Mapping[str, Any], Mapping[str, Any], OperatorConfig], Attachments]
 
-# kind -> the refresh of one object of that kind; registered by the controller modules.
+# kind -> the refresh of one object of that kind; registered by the controller modules
+# at import (code, not state: see the module's docstring).
 _REFRESH: dict[str, Refresh] = {}
-# kind -> {(namespace, name): None}: every object of those kinds the operator has seen.
-_KNOWN: dict[str, dict[tuple[str, str], None]] = {}
-# (kind, namespace, name) -> (failures in a row, monotonic time of the next attempt)
-_BACKOFF: dict[tuple[str, str, str], tuple[int, float]] = {}
-_LOCK = threading.Lock()
-_STOP = threading.Event()
+
+WORKERS = 4  # objects refreshed at once (each polls its pods with up to 8 threads more)
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
 def register(kind: str, refresh: Refresh) -> None:
     _REFRESH[kind] = refresh
-    _KNOWN.setdefault(kind, {})
 
 
-def seen(kind: str, namespace: str, name: str, deleted: bool = False) -> None:
-    with _LOCK:
+@dataclass
+class _Entry:
+    """One known object's backoff: failures in a row, monotonic time of the next try."""
+
+    failures: int = 0
+    due: float = 0.0
+
+
+@dataclass
+class Collector:
+    """The periodic collection's state and task, kept in kopf's memo (``kustos_sidecars``).
+
+    ``known`` holds every ExplainerSpec / DriftMonitor the watches have shown (the initial
+    listing included) with its backoff; a DELETED event drops the entry, backoff and all.
+    Only touched on kopf's event loop (the event handlers and the task), so no lock."""
+
+    known: dict[Key, _Entry] = field(default_factory=dict)
+    workers: int = WORKERS
+    task: asyncio.Task[None] | None = None
+
+    def seen(self, kind: str, namespace: str, name: str, deleted: bool = False) -> None:
+        key = (kind, namespace, name)
         if deleted:
-            _KNOWN[kind].pop((namespace, name), None)
-            _BACKOFF.pop((kind, namespace, name), None)
+            self.known.pop(key, None)
         else:
-            _KNOWN[kind][(namespace, name)] = None
+            self.known.setdefault(key, _Entry())
+
+    async def run_once(self) -> None:
+        """One round: refresh every known object whose backoff allows, ``workers`` at a
+        time, each in a thread; one object's trouble never stops the others."""
+        now = time.monotonic()
+        work = [(key, entry) for key, entry in self.known.items() if entry.due <= now]
+        if not work:
+            return
+        slots = asyncio.Semaphore(self.workers)
+
+        async def one(key: Key, entry: _Entry) -> None:
+            async with slots:
+                if self.known.get(key) is not entry:
+                    return  # deleted (maybe re-created) while waiting for a slot
+                await _refresh_one(key, entry)
+
+        await asyncio.gather(*(one(key, entry) for key, entry in work))
+
+    async def run(self, interval: float, is_active: Callable[[], bool]) -> None:
+        """Every ``interval`` seconds a round, on the active peer only."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                # A standby peer leaves polling, status, Events and Jobs to the active one.
+                if await asyncio.to_thread(is_active):
+                    await self.run_once()
+            except Exception:  # a bug in one round must not end the collection for good
+                log.exception("sidecar collection round failed")
+
+    def start(self, interval: float, is_active: Callable[[], bool]) -> None:
+        self.task = asyncio.create_task(self.run(interval, is_active),
+                                        name="kustos-sidecar-collect")
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it (a refresh already in its thread finishes there,
+        its result unused)."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+
+async def _refresh_one(key: Key, entry: _Entry) -> None:
+    kind, ns, name = key
+    try:
+        await asyncio.to_thread(_REFRESH[kind], ns, name)
+        entry.failures, entry.due = 0, 0.0
+    except Exception as err:  # one object's trouble never stops the others
+        delay = backoff(entry.failures)
+        log.warning("collecting %s %s/%s failed (retry in %.0fs): %s: %s", kind, ns, name,
+                    delay, type(err).__name__, err)
+        entry.failures += 1
+        entry.due = time.monotonic() + delay
+
+
+def collector(memo: Any) -> Collector:
+    """This process's Collector, from kopf's memo (per-object memos are shallow copies of
+    the operator's, so every handler sees the same one)."""
+    found: Collector = memo.kustos_sidecars
+    return found
 
 
 def wiring(kind: str, body: Mapping[str, Any]) -> tuple[Wiring, dict[str, Any] | None]:
@@ -177,14 +264,19 @@ def reconcile(kind: str, body: Mapping[str, Any], old: Any, retry: int, state: M
     metrics.RECONCILES.labels(kind=kind, result="ok").inc()
 
 
-def on_event(kind: str, body: Mapping[str, Any], type: str | None, state: Models) -> None:
-    """The event handler of a kind: keep the collection list current; a deleted resource
-    leaves its target's pods (re-rendered without the sidecar) and hands over to a
-    conflicting one."""
+async def on_event(kind: str, body: Mapping[str, Any], type: str | None,
+                   memo: Any) -> None:
+    """The (async) event handler of a kind: keep the collection list current, on the event
+    loop; a deleted resource leaves its target's pods (re-rendered without the sidecar)
+    and hands over to a conflicting one (blocking, so in a thread)."""
     meta = body["metadata"]
-    seen(kind, meta["namespace"], meta["name"], deleted=type == "DELETED")
-    if type != "DELETED":
-        return
+    collector(memo).seen(kind, meta["namespace"], meta["name"], deleted=type == "DELETED")
+    if type == "DELETED":
+        await asyncio.to_thread(_deleted, kind, body, models(memo))
+
+
+def _deleted(kind: str, body: Mapping[str, Any], state: Models) -> None:
+    meta = body["metadata"]
     try:
         rerender(target_name(body), meta["namespace"], state)
     except ApiError as err:
@@ -239,44 +331,18 @@ def collect(pods: list[tuple[str, str]], port: int, path: str) -> list[PodReport
                              pods))
 
 
-def _run_once() -> None:
-    with _LOCK:
-        work = [(kind, ns, name) for kind, keys in _KNOWN.items() for ns, name in keys]
-    now = time.monotonic()
-    for kind, ns, name in work:
-        if _STOP.is_set():
-            return
-        failures, due = _BACKOFF.get((kind, ns, name), (0, 0.0))
-        if due > now:
-            continue
-        try:
-            _REFRESH[kind](ns, name)
-            _BACKOFF.pop((kind, ns, name), None)
-        except Exception as err:  # one object's trouble never stops the others
-            delay = backoff(failures)
-            log.warning("collecting %s %s/%s failed (retry in %.0fs): %s: %s", kind, ns, name,
-                        delay, type(err).__name__, err)
-            _BACKOFF[(kind, ns, name)] = (failures + 1, now + delay)
-
-
-def _loop(is_active: Callable[[], bool]) -> None:
-    interval = config().sidecars.collect_interval
-    while not _STOP.wait(interval):
-        # A standby peer leaves polling, status, Events and Jobs to the active one.
-        if is_active():
-            _run_once()
-
-
 @kopf.on.startup()
-def start_collecting(memo: kopf.Memo, **_: Any) -> None:
-    _STOP.clear()
-    threading.Thread(target=_loop, args=(peering.active_check(memo),),
-                     name="kustos-sidecar-collect", daemon=True).start()
+async def start_collecting(memo: kopf.Memo, **_: Any) -> None:
+    found = Collector()
+    memo.kustos_sidecars = found
+    found.start(config().sidecars.collect_interval, peering.active_check(memo))
 
 
 @kopf.on.cleanup()
-def stop_collecting(**_: Any) -> None:
-    _STOP.set()
+async def stop_collecting(memo: kopf.Memo, **_: Any) -> None:
+    found: Collector | None = getattr(memo, "kustos_sidecars", None)
+    if found is not None:
+        await found.stop()
 
 
 def refresh_targeting(md_name: str, namespace: str, skip: str | None = None) -> None:
