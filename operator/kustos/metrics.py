@@ -15,7 +15,8 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = Counter("kustos_operator_reconcile_errors_total",
                            "Failed reconciles by kind and reason", ["kind", "reason"])
 API_WRITES = Counter("kustos_operator_api_writes_total",
-                     "Write requests to the Kubernetes API by verb", ["verb"])
+                     "Write requests to the Kubernetes API by verb and resource (plural, "
+                     "with /status or /token for a subresource)", ["verb", "resource"])
 CHILDREN_APPLIED = Counter("kustos_operator_children_applied_total",
                            "Child objects applied because they differed, by kind", ["kind"])
 SIDECAR_POLLS = Counter("kustos_operator_sidecar_polls_total",

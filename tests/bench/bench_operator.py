@@ -15,10 +15,13 @@ Not part of `make test`: it prints figures, it does not assert on timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "tests"))  # ports.py, which conftest imports
 
 from cluster import ensure_cluster, kubectl  # noqa: E402
 from conftest import Kube, Operator  # noqa: E402
@@ -49,7 +53,7 @@ def manifests(n: int, ns: str) -> str:
     return yaml.safe_dump_all(docs)
 
 
-def count_ready(kube: Kube, ns: str) -> tuple[int, int]:
+def count_ready(kube: Kube, ns: str) -> tuple[int, int, int]:
     items: list[dict[str, Any]] = json.loads(kube.run("get", "md", "-n", ns, "-o", "json")
                                              .stdout)["items"]
     ready = 0
@@ -57,9 +61,42 @@ def count_ready(kube: Kube, ns: str) -> tuple[int, int]:
         for c in (md.get("status") or {}).get("conditions") or []:
             if c["type"] == "Ready" and c["status"] == "True":
                 ready += 1
-    deployments = len(json.loads(kube.run("get", "deployments", "-n", ns, "-o", "json")
-                                 .stdout)["items"])
-    return deployments, ready
+    deps = json.loads(kube.run("get", "deployments", "-n", ns, "-o", "json").stdout)["items"]
+    available = sum(1 for d in deps for c in (d.get("status") or {}).get("conditions") or []
+                    if c["type"] == "Available" and c["status"] == "True")
+    return len(deps), available, ready
+
+
+def writes_by_resource(op: Operator) -> dict[str, float]:
+    """kustos_operator_api_writes_total summed by its resource label."""
+    out: dict[str, float] = {}
+    for key, value in op.metrics().items():
+        m = re.match(r'kustos_operator_api_writes_total\{.*resource="([^"]+)"', key)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + value
+    return out
+
+
+KWOK_NODE = "kwok-node-0"
+
+
+@contextlib.contextmanager
+def kwok_room(kube: Kube, pods: int) -> Iterator[None]:
+    """The kwok node takes ``pods`` more pods (its default 250 holds 250 models), and the
+    CPU their requests add up to; its capacity is put back afterwards."""
+    node = json.loads(kube.run("get", "node", KWOK_NODE, "-o", "json").stdout)
+    before = {k: dict(node["status"][k]) for k in ("capacity", "allocatable")}
+    room = {"pods": str(pods + 100), "cpu": str(max(64, pods))}
+
+    def patch(status: dict[str, Any]) -> None:
+        kube.run("patch", "node", KWOK_NODE, "--subresource=status", "--type=merge",
+                 "-p", json.dumps({"status": status}))
+
+    patch({k: {**v, **room} for k, v in before.items()})
+    try:
+        yield
+    finally:
+        patch(before)
 
 
 def main() -> int:
@@ -77,51 +114,74 @@ def main() -> int:
     kube.create_namespace(ns)
     op = Operator(kubeconfig)
     op.start(namespaces=[ns])
-    try:
-        assert op.proc is not None
-        time.sleep(2)
-        rss_idle = rss_mib(op.proc.pid)
-        t0 = time.monotonic()
-        kube.run("apply", "-f", "-", input=manifests(n, ns))
-        t_applied = time.monotonic() - t0
-        t_children = t_ready = None
-        deadline = t0 + args.timeout
-        while time.monotonic() < deadline:
-            deps, ready = count_ready(kube, ns)
-            now = time.monotonic() - t0
-            if t_children is None and deps >= n:
-                t_children = now
-            if ready >= n:
-                t_ready = now
-                break
-            time.sleep(0.5)
-        if t_ready is None:
-            print(f"not all Ready within {args.timeout}s", file=sys.stderr)
-            return 1
-        time.sleep(3)  # let trailing status updates land
-        writes_create = op.metric("kustos_operator_api_writes_total")
-        rss_loaded = rss_mib(op.proc.pid)
-        op.restart(namespaces=[ns])
-        t1 = time.monotonic()
-        while op.metric("kustos_operator_reconciles_total") < n:
-            if time.monotonic() - t1 > args.timeout:
-                print("resync did not finish", file=sys.stderr)
+    with kwok_room(kube, n):
+        try:
+            assert op.proc is not None
+            time.sleep(2)
+            rss_idle = rss_mib(op.proc.pid)
+            t0 = time.monotonic()
+            kube.run("apply", "-f", "-", input=manifests(n, ns))
+            t_applied = time.monotonic() - t0
+            t_children = t_available = t_ready = None
+            deadline = t0 + args.timeout
+            shown = 0.0
+            while time.monotonic() < deadline:
+                deps, available, ready = count_ready(kube, ns)
+                now = time.monotonic() - t0
+                if now - shown >= 15:
+                    shown = now
+                    print(f"{now:6.0f}s: {deps} Deployments, {available} Available, "
+                          f"{ready} ModelDeployments Ready", file=sys.stderr)
+                if t_children is None and deps >= n:
+                    t_children = now
+                if t_available is None and available >= n:
+                    t_available = now
+                if ready >= n:
+                    t_ready = now
+                    break
+                time.sleep(0.5)
+            if t_ready is None or t_children is None or t_available is None:
+                print(f"not all Ready within {args.timeout}s", file=sys.stderr)
                 return 1
-            time.sleep(0.2)
-        t_resync = time.monotonic() - t1
-        writes_resync = op.metric("kustos_operator_api_writes_total")
-        assert op.proc is not None
-        rss_after_restart = rss_mib(op.proc.pid)
-    finally:
-        op.stop()
-        kube.run("delete", "namespace", ns, "--wait=false", check=False)
+            # Let trailing status updates land: until the write count is still for 5 s.
+            settled, last = time.monotonic(), -1.0
+            while time.monotonic() - settled < 5 and time.monotonic() < deadline:
+                now_writes = op.metric("kustos_operator_api_writes_total")
+                if now_writes != last:
+                    settled, last = time.monotonic(), now_writes
+                time.sleep(0.5)
+            writes_create = op.metric("kustos_operator_api_writes_total")
+            by_resource = writes_by_resource(op)
+            print(f"writes by resource: {by_resource}", file=sys.stderr)
+            rss_loaded = rss_mib(op.proc.pid)
+            op.restart(namespaces=[ns])
+            t1 = time.monotonic()
+            while op.metric("kustos_operator_reconciles_total") < n:
+                if time.monotonic() - t1 > args.timeout:
+                    print("resync did not finish", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+            t_resync = time.monotonic() - t1
+            writes_resync = op.metric("kustos_operator_api_writes_total")
+            assert op.proc is not None
+            rss_after_restart = rss_mib(op.proc.pid)
+        finally:
+            op.stop()
+            kube.run("delete", "namespace", ns, "--wait=false", check=False)
 
+    children = sum(v for k, v in by_resource.items()
+                   if k not in ("modeldeployments/status", "events"))
     rows = [
         ("ModelDeployments", f"{n}"),
         ("kubectl apply of all N (s)", f"{t_applied:.1f}"),
         ("apply -> all N Deployments created (s)", f"{t_children:.1f}"),
+        ("apply -> all N Deployments Available (kube-controller-manager, kwok) (s)",
+         f"{t_available:.1f}"),
         ("apply -> all N Ready (s)", f"{t_ready:.1f}"),
-        ("API writes per ModelDeployment, create to Ready", f"{writes_create / n:.1f}"),
+        ("API writes per ModelDeployment, create to Ready", f"{writes_create / n:.2f}"),
+        ("- of which status writes", f"{by_resource.get('modeldeployments/status', 0) / n:.2f}"),
+        ("- of which Events", f"{by_resource.get('events', 0) / n:.2f}"),
+        ("- of which children (applies)", f"{children / n:.2f}"),
         ("restart -> all N resumed (resync) (s)", f"{t_resync:.1f}"),
         ("API writes during the resync", f"{writes_resync:.0f}"),
         ("operator RSS idle (MiB)", f"{rss_idle:.0f}"),

@@ -451,10 +451,11 @@ def test_call_round_trip_over_https(apiserver: tuple[ThreadingHTTPServer, type[_
     _connect(monkeypatch, tmp_path, server.server_address[1])
     assert client.get("ConfigMap", "cm", "ns") == {"kind": "ConfigMap", "ok": True}
     assert client.get("ConfigMap", "missing", "ns") is None
-    writes = metrics.API_WRITES.labels(verb="PATCH")._value.get()
+    writes = metrics.API_WRITES.labels(verb="PATCH", resource="configmaps")._value.get()
     client.apply({"apiVersion": "v1", "kind": "ConfigMap",
                   "metadata": {"name": "cm", "namespace": "ns"}, "data": {"a": "b c"}})
-    assert metrics.API_WRITES.labels(verb="PATCH")._value.get() == writes + 1
+    assert metrics.API_WRITES.labels(verb="PATCH", resource="configmaps")._value.get() \
+        == writes + 1
     client.list_objects("ConfigMap", "ns", {"app": "x", "tier": "y"})
     get, missing, apply, listing = handler.seen
     assert get == {"method": "GET", "path": "/api/v1/namespaces/ns/configmaps/cm",

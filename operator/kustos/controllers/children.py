@@ -23,9 +23,11 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 
 def sync(owner: Mapping[str, Any], desired: Iterable[dict[str, Any]],
-         kinds: Iterable[str]) -> dict[tuple[str, str], dict[str, Any]]:
+         kinds: Iterable[str], applied: list[tuple[str, str]] | None = None,
+         ) -> dict[tuple[str, str], dict[str, Any]]:
     """Apply each desired child that differs from the live one; delete owned children of
-    ``kinds`` that are no longer desired. Returns the live children by (kind, name).
+    ``kinds`` that are no longer desired. Returns the live children by (kind, name), and
+    appends the (kind, name) of each child it applied to ``applied``.
 
     A child whose spec-hash annotation matches its desired manifest is not touched, so a
     reconcile that finds nothing to change sends no write at all.
@@ -57,6 +59,8 @@ def sync(owner: Mapping[str, Any], desired: Iterable[dict[str, Any]],
         log.info("applying %s %s/%s", key[0], namespace, key[1])
         metrics.CHILDREN_APPLIED.labels(kind=key[0]).inc()
         result[key] = client.apply(manifest)
+        if applied is not None:
+            applied.append(key)
     for key, obj in live.items():
         if key not in wanted:
             log.info("deleting %s %s/%s: no longer wanted", key[0], namespace, key[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -31,6 +32,9 @@ from .context import backoff, config
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
+# How long a status refresh waits for more events of the same object: status is at most
+# this much behind the cluster, and a rollout step's burst of events costs one write.
+REFRESH_DELAY = 1.0
 
 
 def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
@@ -126,6 +130,9 @@ class Models:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._reconciled: dict[str, Reconciled] = {}
+        self._deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self._due: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     def lock(self, uid: str) -> threading.Lock:
         with self._guard:
@@ -139,14 +146,73 @@ class Models:
         with self._guard:
             return self._reconciled.get(uid)
 
-    def forget(self, uid: str) -> None:
+    def forget(self, uid: str, namespace: str, name: str) -> None:
         with self._guard:
             self._locks.pop(uid, None)
             self._reconciled.pop(uid, None)
+            self._deployments.pop((namespace, name), None)
+
+    # -- the serving Deployments as the watch last showed them, by owner
+
+    def see_deployment(self, body: Mapping[str, Any], gone: bool) -> None:
+        owner = _owner(body)
+        if owner is None:
+            return
+        meta = body["metadata"]
+        with self._guard:
+            known = self._deployments.setdefault((meta["namespace"], owner["name"]), {})
+            if gone:
+                known.pop(meta["name"], None)
+            else:
+                known[meta["name"]] = dict(body)
+
+    def seed(self, namespace: str, name: str, deployments: Mapping[str, Any]) -> None:
+        """What the reconcile found or applied: which serving Deployments the object has.
+        A body the watch already delivered is kept (it may be newer than the reconcile's
+        read; the watch delivers every later change anyway); names no longer there go."""
+        with self._guard:
+            known = self._deployments.setdefault((namespace, name), {})
+            for gone in set(known) - set(deployments):
+                del known[gone]
+            for dep_name, body in deployments.items():
+                known.setdefault(dep_name, dict(body))
+
+    def deployments(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object's Deployments by name, once its reconcile has seeded them (None:
+        not known here, list them)."""
+        with self._guard:
+            known = self._deployments.get((namespace, name))
+            return None if known is None else dict(known)
 
     def __len__(self) -> int:
         with self._guard:
             return len(self._reconciled)
+
+    # -- the debounced status refresh (only touched on kopf's event loop)
+
+    def refresh_soon(self, namespace: str, name: str, uid: str | None) -> None:
+        """Refresh this object's status REFRESH_DELAY from now, unless one is due already:
+        the burst of Deployment and pod events of a rollout step costs one read and at
+        most one write. ``uid`` None: whichever object has that name."""
+        key = (namespace, name)
+        if key in self._due:
+            return
+        loop = asyncio.get_running_loop()
+        self._due[key] = loop.call_later(REFRESH_DELAY, self._start_refresh, namespace, name,
+                                         uid)
+
+    def _start_refresh(self, namespace: str, name: str, uid: str | None) -> None:
+        self._due.pop((namespace, name), None)  # events from now on schedule the next one
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(_refresh_by_name, namespace, name, uid, self))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def stop(self) -> None:
+        for handle in self._due.values():
+            handle.cancel()
+        self._due.clear()
+        await asyncio.gather(*self._refreshing, return_exceptions=True)
 
 
 def models(memo: Any) -> Models:
@@ -159,6 +225,11 @@ def models(memo: Any) -> Models:
 @kopf.on.startup()
 def create_state(memo: kopf.Memo, **_: Any) -> None:
     memo.kustos_models = Models()
+
+
+@kopf.on.cleanup()
+async def stop_refreshes(memo: kopf.Memo, **_: Any) -> None:
+    await models(memo).stop()
 
 
 def _reconcile(body: Mapping[str, Any], retry: int, state: Models) -> None:
@@ -190,9 +261,17 @@ def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> Non
         missing = _missing_references(body)
         if missing:
             _fail(state, body, "CredentialsNotFound", missing, permanent=False, retry=retry)
-        children = sync(body, desired, MODEL_CHILD_KINDS)
+        # Recorded before the children change: the refresh a Deployment event schedules
+        # must find this generation reconciled.
         state.record(body["metadata"]["uid"], Reconciled(body["metadata"].get("generation")))
-        write_status(body, _deployments(children))
+        applied: list[tuple[str, str]] = []
+        children = sync(body, desired, MODEL_CHILD_KINDS, applied)
+        state.seed(body["metadata"]["namespace"], body["metadata"]["name"],
+                   _deployments(children))
+        if not any(kind == "Deployment" for kind, _ in applied):
+            write_status(body, _deployments(children))
+        # else: the applied Deployment's watch event refreshes the status in a moment,
+        # from what its controller reports by then (one write instead of two).
     except NameConflict as err:
         _fail(state, body, "NameConflict", str(err), permanent=True)
     except ApiError as err:
@@ -264,7 +343,9 @@ def refresh_status(md: dict[str, Any], state: Models) -> None:
     done = state.reconciled(meta["uid"])
     if done is None or done.generation != meta.get("generation"):
         return  # the reconcile is due; it writes the status itself
-    deployments = live_deployments(meta)
+    deployments = state.deployments(meta["namespace"], meta["name"])
+    if deployments is None:
+        deployments = live_deployments(meta)
     stale = status_md.stale_templates(md, deployments)
     if stale:
         # The spec was reconciled, yet a Deployment carries an older render: converge
@@ -277,53 +358,53 @@ def refresh_status(md: dict[str, Any], state: Models) -> None:
                  reconciled=lambda: state.reconciled(meta["uid"]))
 
 
+def _refresh_by_name(namespace: str, name: str, uid: str | None, state: Models) -> None:
+    try:
+        md = client.get(KIND, name, namespace)
+        if md is not None and uid in (None, md["metadata"]["uid"]) and \
+                not md["metadata"].get("deletionTimestamp"):
+            refresh_status(md, state)
+    except (ApiError, ValidationError) as err:
+        log.warning("status refresh of %s/%s failed: %s", namespace, name, err)
+
+
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
-def model_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
-                             **_: Any) -> None:
+async def model_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                                   **_: Any) -> None:
     """Every change of a ModelDeployment, its status included. A Deployment that became
     Available between the reconcile's apply and its status write is seen here, so no
     status is left behind by that race."""
+    meta = body["metadata"]
     if type == "DELETED":
-        models(memo).forget(body["metadata"]["uid"])
+        models(memo).forget(meta["uid"], meta["namespace"], meta["name"])
         return
-    try:
-        refresh_status(dict(body), models(memo))
-    except (ApiError, ValidationError) as err:
-        log.warning("status refresh of %s/%s failed: %s", body["metadata"]["namespace"],
-                    body["metadata"]["name"], err)
+    models(memo).refresh_soon(meta["namespace"], meta["name"], meta["uid"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED: MANAGED_BY})
-def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A serving Deployment changed (rollout progress, availability): refresh the owner's
-    status. Event handlers store nothing on the object."""
-    owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
-                  if ref.get("kind") == KIND and ref.get("controller")), None)
-    if owner is None:
-        return
-    namespace = body["metadata"]["namespace"]
-    try:
-        md = client.get(KIND, owner["name"], namespace)
-        if md is not None and md["metadata"]["uid"] == owner["uid"]:
-            refresh_status(md, models(memo))
-    except (ApiError, ValidationError) as err:
-        log.warning("status refresh of %s/%s failed: %s", namespace, owner["name"], err)
+async def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                             **_: Any) -> None:
+    """A serving Deployment changed (rollout progress, availability): keep it (the status
+    refresh reads it from here, not from a LIST) and refresh the owner's status. Event
+    handlers store nothing on the object."""
+    owner = _owner(body)
+    if owner is not None:
+        models(memo).see_deployment(body, gone=type == "DELETED")
+        models(memo).refresh_soon(body["metadata"]["namespace"], owner["name"], owner["uid"])
+
+
+def _owner(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return next((ref for ref in body["metadata"].get("ownerReferences") or []
+                 if ref.get("kind") == KIND and ref.get("controller")), None)
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED: MANAGED_BY, COMPONENT: "predictor"})
-def pod_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A serving pod reports a problem (the fetch failed, an image cannot be pulled, the
     server crashes): say why in the owner's status. Recovery shows in the Deployment,
     whose own events refresh the status, so healthy pods cost nothing here."""
     if type == "DELETED" or status_pods.problem([body]) is None:
         return
-    namespace = body["metadata"]["namespace"]
     name = (body["metadata"].get("labels") or {}).get(INSTANCE)
-    if not name:
-        return
-    try:
-        md = client.get(KIND, name, namespace)
-        if md is not None:
-            refresh_status(md, models(memo))
-    except (ApiError, ValidationError) as err:
-        log.warning("status refresh of %s/%s failed: %s", namespace, name, err)
+    if name:
+        models(memo).refresh_soon(body["metadata"]["namespace"], name, None)

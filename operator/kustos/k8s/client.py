@@ -39,7 +39,9 @@ class Api:
         self.config = cfg
         self._origin = f"{url.scheme}://{url.netloc}"
         self._prefix = (url.path or "").rstrip("/")  # a server behind a path (a proxy)
-        self._pools = urllib3.PoolManager(num_pools=4, maxsize=10, **cfg.tls())
+        # As many keep-alive connections as threads that may call at once (kopf's
+        # handler workers, the refreshes and loops run via asyncio.to_thread).
+        self._pools = urllib3.PoolManager(num_pools=4, maxsize=32, **cfg.tls())
 
     def __repr__(self) -> str:
         return f"Api({self.config.server!r})"
@@ -78,10 +80,22 @@ class ApiError(Exception):
         self.message = message
 
 
+def resource_of(path: str) -> str:
+    """The resource a request path names: its plural, and a subresource after a slash
+    (/api/v1/namespaces/ns/pods/p/status -> pods/status)."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # after the group version
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]
+    if not rest:
+        return "unknown"
+    return "/".join([rest[0], *rest[2:3]])
+
+
 def _call(method: str, path: str, *, body: Any = None, query: list[tuple[str, Any]] | None = None,
           content_type: str = "application/json") -> Any:
     if method != "GET":
-        metrics.API_WRITES.labels(verb=method).inc()
+        metrics.API_WRITES.labels(verb=method, resource=resource_of(path)).inc()
     # JSON is YAML too: apply patches go out as JSON text.
     payload = None if body is None else (body if isinstance(body, str) else json.dumps(body))
     response = api().request(
