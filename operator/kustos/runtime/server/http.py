@@ -602,7 +602,9 @@ class HttpServer:
         self._opening.discard(task)
         if task.cancelled() or task.exception() is not None:
             conn.close()
-            self._resume_accepting()
+        # Until this callback runs, an opened connection counts twice (in connections and
+        # in _opening), which may have paused accepting below the cap: look again.
+        self._resume_accepting()
 
     def _end_fd_backoff(self) -> None:
         self._fd_backoff = False
