@@ -130,3 +130,17 @@ def test_progress_deadline_is_degraded() -> None:
     assert cond(status, "Degraded")["reason"] == "ProgressDeadlineExceeded"
     assert cond(status, "Ready")["status"] == "False"
     assert notices[0].warning
+
+
+def test_the_kept_deployment_judges_as_the_whole_one() -> None:
+    """The status refresh keeps only what rollout() reads of each Deployment."""
+    from kustos.controllers.modeldeployment import _kept
+    from kustos.status.modeldeployment import rollout
+
+    for dep in (deployment(2, 2), deployment(3, 1, updated=2, available=False, generation=4,
+                                             observed=3, version="2")):
+        full = {**dep, "spec": {**dep["spec"], "strategy": {"type": "RollingUpdate"},
+                                "template": {**dep["spec"]["template"],
+                                             "spec": {"containers": [{"name": "x"}]}}}}
+        assert rollout(_kept(full), None) == rollout(full, None)
+        assert "containers" not in str(_kept(full))

@@ -164,7 +164,7 @@ class Models:
             if gone:
                 known.pop(meta["name"], None)
             else:
-                known[meta["name"]] = dict(body)
+                known[meta["name"]] = _kept(body)
 
     def seed(self, namespace: str, name: str, deployments: Mapping[str, Any]) -> None:
         """What the reconcile found or applied: which serving Deployments the object has.
@@ -175,7 +175,7 @@ class Models:
             for gone in set(known) - set(deployments):
                 del known[gone]
             for dep_name, body in deployments.items():
-                known.setdefault(dep_name, dict(body))
+                known.setdefault(dep_name, _kept(body))
 
     def deployments(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The object's Deployments by name, once its reconcile has seeded them (None:
@@ -213,6 +213,21 @@ class Models:
             handle.cancel()
         self._due.clear()
         await asyncio.gather(*self._refreshing, return_exceptions=True)
+
+
+def _kept(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """What the status computation reads of a Deployment (status_md.rollout), not the
+    whole body: a thousand pod templates cost memory for nothing."""
+    meta, spec = deployment["metadata"], deployment.get("spec") or {}
+    template = (spec.get("template") or {}).get("metadata") or {}
+    kept: dict[str, Any] = {
+        "metadata": {"name": meta["name"], "generation": meta.get("generation", 0)},
+        "spec": {"template": {"metadata": {"annotations": dict(template.get("annotations")
+                                                               or {})}}},
+        "status": dict(deployment.get("status") or {})}
+    if "replicas" in spec:
+        kept["spec"]["replicas"] = spec["replicas"]
+    return kept
 
 
 def models(memo: Any) -> Models:

@@ -2,7 +2,7 @@
 
 With `kustos run --peering NAME`, kopf pauses its handlers on every replica but the one
 with the highest priority. The sidecar collection (controllers/sidecars.py) and the Vault
-refresh (controllers/vault.py) run in threads of their own, outside kopf's handlers, so
+refresh (controllers/vault.py) are asyncio tasks of their own, outside kopf's handlers, so
 they ask :meth:`Peering.is_active` before each round. It reads the peering object kopf
 maintains (``ClusterKopfPeering`` NAME when cluster-wide, ``KopfPeering`` NAME in every
 watched namespace otherwise) and applies kopf's own rule (kopf/_core/engines/peering.py): a
