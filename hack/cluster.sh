@@ -9,6 +9,7 @@
 #   hack/cluster.sh down [--keep-data]  stop everything; certificates stay, etcd data goes
 #   hack/cluster.sh down --purge        stop everything and delete .cluster/
 #   hack/cluster.sh status              one line per component; exit 0 only if all are healthy
+#   hack/cluster.sh restart NAME        stop and start one component (etcd, kube-apiserver, ...)
 #   hack/cluster.sh env                 prints: export KUBECONFIG=<repo>/.cluster/kubeconfig
 #
 # Everything lives in .cluster/ at the repository root (git-ignored):
@@ -581,6 +582,29 @@ cmd_down() {
   fi
 }
 
+# restart NAME: stop one control-plane component (TERM, as an upgrade or a crash-free
+# restart does) and start it again with the same flags and data; for the chaos test.
+cmd_restart() {
+  local name=${1:-}
+  case $name in
+    etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kwok) ;;
+    *) die "restart what? one of: ${COMPONENTS[*]}" ;;
+  esac
+  lock
+  load_ports
+  pid_of "$name" >/dev/null || die "$name is not running"
+  log "restarting $name"
+  stop 20 "$name"
+  case $name in
+    etcd) start_etcd; wait_healthy etcd 60 health_etcd ;;
+    kube-apiserver) start_apiserver; wait_healthy kube-apiserver 180 health_apiserver ;;
+    kube-controller-manager) start_kcm; wait_healthy kube-controller-manager 120 health_kcm ;;
+    kube-scheduler) start_scheduler; wait_healthy kube-scheduler 120 health_scheduler ;;
+    kwok) start_kwok; wait_healthy kwok 60 health_kwok ;;
+  esac
+  log "$name restarted"
+}
+
 cmd_status() {
   load_ports
   local c pid ok=0 h
@@ -613,6 +637,7 @@ case ${1:-} in
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
+  restart) shift; cmd_restart "$@" ;;
   env) shift; cmd_env "$@" ;;
   *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

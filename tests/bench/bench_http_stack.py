@@ -12,6 +12,9 @@ The same single-row KServe V2 inference request (`POST /v2/models/logreg/infer`)
   uvicorn         uvicorn (http=httptools, loop=uvloop, one worker, access log off) with
                   a raw ASGI app: orjson parse, numpy, predict, orjson answer; no
                   framework, no validation, no metrics
+  uvicorn-batch   the same app on uvicorn with kustos serve's batching rule (the rows
+                  of the requests parsed in one event-loop turn share one predict): is
+                  batching, not the HTTP stack, what wins?
   http.py         the same minimal app, line for line, on kustos' HttpServer (uvloop):
                   the HTTP stacks compared with nothing else different
   kustos-nobatch  `kustos serve --workers 1 --no-batching`: one predict per request
@@ -52,7 +55,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_serving as bs  # noqa: E402  # its server handling, wrk driver and report bits
 
-SERVERS = ("uvicorn", "http.py", "kustos-nobatch", "kustos")
+SERVERS = ("uvicorn", "uvicorn-batch", "http.py", "kustos-nobatch", "kustos")
 MODEL = "logreg"
 SLOWLORIS = 1500
 # "Clearly wins": at least this much more req/s than uvicorn at every concurrency with
@@ -80,6 +83,70 @@ def asgi_app(model: Any, name: str) -> Any:
         if scope["method"] == "POST":
             status, payload = predict_v2(model, name, body)
         # content-length as any framework sets it: without it uvicorn sends chunked
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+def batching_asgi_app(model: Any, name: str) -> Any:
+    """asgi_app with micro-batching as kustos serve does it (runtime/server/batching.py):
+    a request queues its rows and schedules one flush on the next loop turn; the flush
+    predicts the rows of every request parsed meanwhile in one call."""
+    import asyncio
+
+    import numpy as np
+    import orjson
+
+    pending: list[tuple[Any, asyncio.Future[Any]]] = []
+    scheduled = False
+
+    def flush() -> None:
+        nonlocal scheduled
+        scheduled = False
+        items = pending[:]
+        pending.clear()
+        try:
+            predictions = model.predict(np.concatenate([rows for rows, _ in items]))
+        except Exception as exc:  # the bench sends no bad rows; fail them all
+            for _, done in items:
+                done.set_exception(exc)
+            return
+        start = 0
+        for rows, done in items:
+            done.set_result(predictions[start:start + len(rows)])
+            start += len(rows)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal scheduled
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        status, payload = 200, b'{"ready":true}'
+        if scope["method"] == "POST":
+            try:
+                tensor = orjson.loads(body)["inputs"][0]
+                rows = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+                loop = asyncio.get_running_loop()
+                done: asyncio.Future[Any] = loop.create_future()
+                pending.append((rows, done))
+                if not scheduled:
+                    scheduled = True
+                    loop.call_soon(flush)
+                predictions = await done
+                payload = orjson.dumps(
+                    {"model_name": name, "outputs": [{
+                        "name": "predict", "shape": [len(predictions)], "datatype": "INT64",
+                        "data": predictions}]},
+                    option=orjson.OPT_SERIALIZE_NUMPY)
+            except Exception as exc:
+                status, payload = 400, orjson.dumps({"error": str(exc)})
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode())]})
@@ -141,11 +208,12 @@ def serve_httpserver(path: str, name: str, port: int) -> int:
     return asyncio.run(main())
 
 
-def serve_uvicorn(path: str, name: str, port: int) -> int:
+def serve_uvicorn(path: str, name: str, port: int, batching: bool = False) -> int:
     import uvicorn
 
     model = load(path)
-    uvicorn.run(asgi_app(model, name), host="127.0.0.1", port=port, http="httptools",
+    app = batching_asgi_app(model, name) if batching else asgi_app(model, name)
+    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools",
                 loop="uvloop", workers=1, lifespan="off", access_log=False,
                 log_level="warning")
     return 0
@@ -158,10 +226,11 @@ def start_server(kind: str, work: Path, cpu: str | None) -> bs.Server:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch),
            "TMPDIR": str(scratch), "LANG": "C.UTF-8"}
     model = work / "model.skops"
-    if kind in ("uvicorn", "http.py"):
-        argv = [sys.executable, str(Path(__file__).resolve()),
-                "--serve-uvicorn" if kind == "uvicorn" else "--serve-httpserver",
-                str(model), MODEL, str(port)]
+    if kind in ("uvicorn", "uvicorn-batch", "http.py"):
+        flag = {"uvicorn": "--serve-uvicorn", "uvicorn-batch": "--serve-uvicorn-batch",
+                "http.py": "--serve-httpserver"}[kind]
+        argv = [sys.executable, str(Path(__file__).resolve()), flag, str(model), MODEL,
+                str(port)]
     else:
         digest = json.loads((work / "expected.json").read_text())["digest"]
         argv = [str(Path(sys.executable).parent / "kustos"), "serve", "--model", str(model),
@@ -276,7 +345,11 @@ def tables(results: list[bs.Result], lor: list[dict[str, Any]],
     ratios = ["| c | " + " | ".join(f"{s} / uvicorn req/s | p50 | p99" for s in others) + " |",
               "|---:|" + "---:|---:|---:|" * len(others)]
     same_app: list[float] = []
+    batched: list[float] = []  # kustos (batching) / uvicorn-batch
     for c in concurrencies:
+        ub, kb = by.get(("uvicorn-batch", c)), by.get(("kustos", c))
+        if ub and kb:
+            batched.append(kb.rps / ub.rps)
         u = by.get(("uvicorn", c))
         cells = []
         for name in others:
@@ -303,6 +376,11 @@ def tables(results: list[bs.Result], lor: list[dict[str, Any]],
             f"{'CLEAR WIN' if clear else 'NO CLEAR WIN'} for the hand-written server: the "
             f"same app on http.py serves {min(same_app):.2f}x to {max(same_app):.2f}x "
             f"uvicorn's req/s (a clear win is >= {CLEAR_WIN:g}x at every concurrency)")
+    if batched:
+        verdicts.append(
+            f"with batching on both: kustos serve (validation, metrics, its own server) "
+            f"serves {min(batched):.2f}x to {max(batched):.2f}x the req/s of the raw app "
+            f"with the same batching on uvicorn")
     for s in lor:
         ok = s["max_ms"] <= 1000
         verdicts.append(f"{'PASS' if ok else 'MISS'}: {s['server']} with {s['connections']} "
@@ -315,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--serve-uvicorn", nargs=3, metavar=("MODEL", "NAME", "PORT"),
                    help=argparse.SUPPRESS)  # the uvicorn server process itself
+    p.add_argument("--serve-uvicorn-batch", nargs=3, metavar=("MODEL", "NAME", "PORT"),
+                   help=argparse.SUPPRESS)  # uvicorn with the batching app
     p.add_argument("--serve-httpserver", nargs=3, metavar=("MODEL", "NAME", "PORT"),
                    help=argparse.SUPPRESS)  # the same app on kustos' HttpServer
     p.add_argument("--quick", action="store_true", help="2 s per point, fewer probes")
@@ -334,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_uvicorn:
         path, name, port = args.serve_uvicorn
         return serve_uvicorn(path, name, int(port))
+    if args.serve_uvicorn_batch:
+        path, name, port = args.serve_uvicorn_batch
+        return serve_uvicorn(path, name, int(port), batching=True)
     if args.serve_httpserver:
         path, name, port = args.serve_httpserver
         return serve_httpserver(path, name, int(port))

@@ -15,13 +15,11 @@ Not part of `make test`: it prints figures, it does not assert on timings.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "tests"))  # ports.py, which conftest imports
 
 from cluster import ensure_cluster, kubectl  # noqa: E402
-from conftest import Kube, Operator  # noqa: E402
+from conftest import Kube, Operator, kwok_room  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -75,28 +73,6 @@ def writes_by_resource(op: Operator) -> dict[str, float]:
         if m:
             out[m.group(1)] = out.get(m.group(1), 0.0) + value
     return out
-
-
-KWOK_NODE = "kwok-node-0"
-
-
-@contextlib.contextmanager
-def kwok_room(kube: Kube, pods: int) -> Iterator[None]:
-    """The kwok node takes ``pods`` more pods (its default 250 holds 250 models), and the
-    CPU their requests add up to; its capacity is put back afterwards."""
-    node = json.loads(kube.run("get", "node", KWOK_NODE, "-o", "json").stdout)
-    before = {k: dict(node["status"][k]) for k in ("capacity", "allocatable")}
-    room = {"pods": str(pods + 100), "cpu": str(max(64, pods))}
-
-    def patch(status: dict[str, Any]) -> None:
-        kube.run("patch", "node", KWOK_NODE, "--subresource=status", "--type=merge",
-                 "-p", json.dumps({"status": status}))
-
-    patch({k: {**v, **room} for k, v in before.items()})
-    try:
-        yield
-    finally:
-        patch(before)
 
 
 def main() -> int:

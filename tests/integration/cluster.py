@@ -193,6 +193,15 @@ def started_here() -> bool:
     return _started_here
 
 
+def restart_component(name: str) -> None:
+    """Stop one control-plane component and start it again (hack/cluster.sh restart)."""
+    proc = subprocess.run([str(CLUSTER_SH), "restart", name], env=_env(),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hack/cluster.sh restart {name} failed: {proc.stderr[-2000:]}")
+
+
 def stop_cluster(purge: bool = False) -> None:
     global _started_here
     args = [str(CLUSTER_SH), "down"] + (["--purge"] if purge else [])

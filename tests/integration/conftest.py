@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -168,6 +169,28 @@ class Kube:
         return [e for e in items if e["involvedObject"].get("name") == name]
 
 
+KWOK_NODE = "kwok-node-0"
+
+
+@contextlib.contextmanager
+def kwok_room(kube: Kube, pods: int) -> Iterator[None]:
+    """The kwok node takes ``pods`` more pods (its default 250 holds 250 models), and the
+    CPU their requests add up to; its capacity is put back afterwards."""
+    node = json.loads(kube.run("get", "node", KWOK_NODE, "-o", "json").stdout)
+    before = {k: dict(node["status"][k]) for k in ("capacity", "allocatable")}
+    room = {"pods": str(pods + 100), "cpu": str(max(64, pods))}
+
+    def patch(status: dict[str, Any]) -> None:
+        kube.run("patch", "node", KWOK_NODE, "--subresource=status", "--type=merge",
+                 "-p", json.dumps({"status": status}))
+
+    patch({k: {**v, **room} for k, v in before.items()})
+    try:
+        yield
+    finally:
+        patch(before)
+
+
 class Operator:
     """The real operator process (`kustos run`), restartable."""
 
@@ -242,6 +265,12 @@ class Operator:
 
     def metric(self, prefix: str) -> float:
         return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that restart control-plane components run last: the others must not meet a
+    restarting API server or a namespace of hundreds of objects still being deleted."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
 
 @pytest.fixture(scope="session")
