@@ -73,22 +73,30 @@ def asgi_app(model: Any, name: str) -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         status, payload = 200, ready
         if scope["method"] == "POST":
             status, payload = predict_v2(model, name, body)
-        # content-length as any framework sets it: without it uvicorn sends chunked
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await answer(send, status, payload)
 
     return app
+
+
+async def read_body(receive: Any) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def answer(send: Any, status: int, payload: bytes) -> None:
+    # content-length as any framework sets it: without it uvicorn sends chunked
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def batching_asgi_app(model: Any, name: str) -> Any:
@@ -122,12 +130,7 @@ def batching_asgi_app(model: Any, name: str) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         nonlocal scheduled
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         status, payload = 200, b'{"ready":true}'
         if scope["method"] == "POST":
             try:
@@ -147,10 +150,7 @@ def batching_asgi_app(model: Any, name: str) -> Any:
                     option=orjson.OPT_SERIALIZE_NUMPY)
             except Exception as exc:
                 status, payload = 400, orjson.dumps({"error": str(exc)})
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await answer(send, status, payload)
 
     return app
 
