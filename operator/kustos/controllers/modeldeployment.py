@@ -277,13 +277,19 @@ def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> Non
         if missing:
             _fail(state, body, "CredentialsNotFound", missing, permanent=False, retry=retry)
         # Recorded before the children change: the refresh a Deployment event schedules
-        # must find this generation reconciled.
-        state.record(body["metadata"]["uid"], Reconciled(body["metadata"].get("generation")))
+        # must find this generation reconciled. A failure of this generation stands until
+        # this pass has applied everything (a refresh meanwhile must not clear it, only
+        # for the pass to set it again: two Events for one problem).
+        uid, generation = body["metadata"]["uid"], body["metadata"].get("generation")
+        before = state.reconciled(uid)
+        standing = before.failure if before and before.generation == generation else None
+        state.record(uid, Reconciled(generation, standing))
         applied: list[tuple[str, str]] = []
         children = sync(body, desired, MODEL_CHILD_KINDS, applied)
         state.seed(body["metadata"]["namespace"], body["metadata"]["name"],
                    _deployments(children))
-        if not any(kind == "Deployment" for kind, _ in applied):
+        state.record(uid, Reconciled(generation))
+        if standing is not None or not any(kind == "Deployment" for kind, _ in applied):
             write_status(body, _deployments(children))
         # else: the applied Deployment's watch event refreshes the status in a moment,
         # from what its controller reports by then (one write instead of two).
