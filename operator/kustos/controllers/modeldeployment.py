@@ -184,10 +184,6 @@ class Models:
             known = self._deployments.get((namespace, name))
             return None if known is None else dict(known)
 
-    def __len__(self) -> int:
-        with self._guard:
-            return len(self._reconciled)
-
     # -- the debounced status refresh (only touched on kopf's event loop)
 
     def refresh_soon(self, namespace: str, name: str, uid: str | None) -> None:

@@ -2,14 +2,10 @@
 target, its pods, polling the sidecars, writing status, the handlers' bodies and the
 periodic collection.
 
-The collection is one asyncio task of this process (a :class:`Collector` kept in kopf's
-memo as ``memo.kustos_sidecars``, started at startup, cancelled and awaited at cleanup)
-instead of kopf timers: a kopf timer puts a finalizer on every object, and an
-ExplainerSpec or DriftMonitor would then block its own (or its namespace's) deletion
-whenever the operator is not running. Each object's refresh is blocking I/O (the API, the
-sidecars' HTTP status) and runs in a thread via ``asyncio.to_thread``, a few at a time.
-The list of known objects is fed by the kinds' async event handlers and read by the task,
-both on kopf's event loop, so it needs no lock.
+The collection is a :class:`Collector`, a WorkLoop (controllers/workloop.py, which the
+Vault refresh uses too) kept in kopf's memo as ``memo.kustos_sidecars``, started at
+startup, cancelled and awaited at cleanup. Its list of known objects is fed by the kinds'
+async event handlers.
 
 What refreshes an object of a kind (``_REFRESH``, filled by :func:`register` when the
 controller modules are imported) is code, not state: a static registry like kopf's own
@@ -21,12 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -48,6 +42,7 @@ from kustos.status.sidecars import PodReport, Wiring
 from . import peering
 from .context import backoff, config
 from .modeldeployment import Models, models, rerender
+from .workloop import Entry, WorkLoop
 
 log = logging.getLogger(__name__)
 
@@ -70,85 +65,31 @@ def register(kind: str, refresh: Refresh) -> None:
     _REFRESH[kind] = refresh
 
 
-@dataclass
-class _Entry:
-    """One known object's backoff: failures in a row, monotonic time of the next try."""
-
-    failures: int = 0
-    due: float = 0.0
-
-
-@dataclass
-class Collector:
-    """The periodic collection's state and task, kept in kopf's memo (``kustos_sidecars``).
+class Collector(WorkLoop[Key]):
+    """The periodic collection (a WorkLoop kept in kopf's memo as ``kustos_sidecars``).
 
     ``known`` holds every ExplainerSpec / DriftMonitor the watches have shown (the initial
     listing included) with its backoff; a DELETED event drops the entry, backoff and all.
-    Only touched on kopf's event loop (the event handlers and the task), so no lock."""
+    Each round refreshes every known object whose backoff allows."""
 
-    known: dict[Key, _Entry] = field(default_factory=dict)
-    workers: int = WORKERS
-    task: asyncio.Task[None] | None = None
+    def __init__(self, workers: int = WORKERS) -> None:
+        super().__init__(_refresh_key, workers=workers, name="kustos-sidecar-collect")
+
+    @property
+    def known(self) -> dict[Key, Entry]:
+        return self.entries
 
     def seen(self, kind: str, namespace: str, name: str, deleted: bool = False) -> None:
         key = (kind, namespace, name)
         if deleted:
-            self.known.pop(key, None)
+            self.entries.pop(key, None)
         else:
-            self.known.setdefault(key, _Entry())
-
-    async def run_once(self) -> None:
-        """One round: refresh every known object whose backoff allows, ``workers`` at a
-        time, each in a thread; one object's trouble never stops the others."""
-        now = time.monotonic()
-        work = [(key, entry) for key, entry in self.known.items() if entry.due <= now]
-        if not work:
-            return
-        slots = asyncio.Semaphore(self.workers)
-
-        async def one(key: Key, entry: _Entry) -> None:
-            async with slots:
-                if self.known.get(key) is not entry:
-                    return  # deleted (maybe re-created) while waiting for a slot
-                await _refresh_one(key, entry)
-
-        await asyncio.gather(*(one(key, entry) for key, entry in work))
-
-    async def run(self, interval: float, is_active: Callable[[], bool]) -> None:
-        """Every ``interval`` seconds a round, on the active peer only."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                # A standby peer leaves polling, status, Events and Jobs to the active one.
-                if await asyncio.to_thread(is_active):
-                    await self.run_once()
-            except Exception:  # a bug in one round must not end the collection for good
-                log.exception("sidecar collection round failed")
-
-    def start(self, interval: float, is_active: Callable[[], bool]) -> None:
-        self.task = asyncio.create_task(self.run(interval, is_active),
-                                        name="kustos-sidecar-collect")
-
-    async def stop(self) -> None:
-        """Cancel the task and wait for it (a refresh already in its thread finishes there,
-        its result unused)."""
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-            self.task = None
+            self.entries.setdefault(key, Entry())
 
 
-async def _refresh_one(key: Key, entry: _Entry) -> None:
-    kind, ns, name = key
-    try:
-        await asyncio.to_thread(_REFRESH[kind], ns, name)
-        entry.failures, entry.due = 0, 0.0
-    except Exception as err:  # one object's trouble never stops the others
-        delay = backoff(entry.failures)
-        log.warning("collecting %s %s/%s failed (retry in %.0fs): %s: %s", kind, ns, name,
-                    delay, type(err).__name__, err)
-        entry.failures += 1
-        entry.due = time.monotonic() + delay
+def _refresh_key(key: Key) -> None:
+    kind, namespace, name = key
+    _REFRESH[kind](namespace, name)  # due again at the next round
 
 
 def collector(memo: Any) -> Collector:

@@ -24,12 +24,10 @@ slower than the refresh interval) and the condition recovers by itself.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,8 +51,9 @@ from kustos.vault.client import Login, VaultError
 from . import peering
 from .attachments import AttachmentPending, AttachmentProblem, contributor
 from .children import owned_by
-from .context import backoff, config
+from .context import config
 from .modeldeployment import Models, live_deployments, models, rerender
+from .workloop import Entry, WorkLoop
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
@@ -339,33 +338,14 @@ def _sync_mode(spec: Mapping[str, Any]) -> bool:
     return bool(vault) and vault.get("mode", "sync") == "sync"
 
 
-# The refresh is one asyncio task of this process (its syncs run in threads, a few at a
-# time) over the sync-mode ModelDeployments, fed by their watch events, instead of a kopf
-# daemon or timer per object: those put a finalizer on every ModelDeployment, which would
-# then block its own (or its namespace's) deletion whenever the operator is not running.
+# The refresh is a WorkLoop (controllers/workloop.py, as the sidecar collection), keyed by
+# (namespace, name, uid), over the sync-mode ModelDeployments and those that left sync mode
+# with something to clean up, fed by their watch events. An entry's backoff is capped at
+# the refresh interval; its tag is the generation last seen.
 WORKERS = 4
 ROUND = 0.5  # seconds between looks at what is due
 
-
-@dataclass
-class _Entry:
-    name: str
-    namespace: str
-    uid: str
-    next_at: float
-    refresh: float
-    generation: int | None = None
-    failures: int = 0
-    running: bool = False
-
-
-@dataclass
-class VaultLoop:
-    """The Vault refresh's list and task, kept in kopf's memo. Only touched on kopf's
-    event loop (the watch handler and the task), so it needs no lock."""
-
-    entries: dict[str, _Entry] = field(default_factory=dict)
-    task: asyncio.Task[None] | None = None
+Target = tuple[str, str, str]  # (namespace, name, uid)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
@@ -373,85 +353,43 @@ async def vault_watch(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: A
     """Keep the list of sync-mode ModelDeployments (the initial listing included, so a
     restarted operator picks up where status.secrets.lastSync says), and of those that
     left sync mode with a Secret and status still to clean up."""
-    entries = memo.kustos_vault.entries
+    entries: dict[Target, Entry] = memo.kustos_vault.entries
     meta = body["metadata"]
-    uid = meta["uid"]
+    key = (meta["namespace"], meta["name"], meta["uid"])
     live = type != "DELETED" and not meta.get("deletionTimestamp")
-    sync_mode = _sync_mode(body.get("spec") or {})
-    if not live or not (sync_mode or _leftovers(body)):
-        entries.pop(uid, None)
+    if not live or not (_sync_mode(body.get("spec") or {}) or _leftovers(body)):
+        entries.pop(key, None)
         return
-    refresh = _refresh_of(body)
-    entry = entries.get(uid)
     try:
         vault = _vault(body)
         wait = due_in(vault, (body.get("status") or {}).get("secrets")) if vault else 0.0
     except (ValidationError, ValueError):
         wait = 0.0
     generation = meta.get("generation")
-    if entry is not None:
-        entry.refresh = refresh
-        if entry.generation != generation:  # a new spec (items, mode): look at it now
-            entry.generation = generation
-            entry.next_at = min(entry.next_at, time.monotonic() + wait)
+    entry = entries.get(key)
+    if entry is None:
+        entries[key] = Entry(due=time.monotonic() + wait, cap=_refresh_of(body),
+                             tag=generation)
         return
-    entries[uid] = _Entry(meta["name"], meta["namespace"], uid, time.monotonic() + wait,
-                          refresh, generation)
-
-
-async def _run(entry: _Entry, memo: kopf.Memo) -> None:
-    meta = {"name": entry.name, "namespace": entry.namespace, "uid": entry.uid}
-    try:
-        delay = await asyncio.to_thread(tick, meta, models(memo))
-        entry.failures = 0
-    except Exception as err:  # one object's trouble never stops the others
-        entry.failures += 1
-        delay = min(entry.refresh, backoff(entry.failures - 1))
-        log.info("Vault sync of %s/%s: retry in %.0fs (%s)", entry.namespace, entry.name,
-                 delay, getattr(err, "reason", type(err).__name__))
-    entry.next_at = time.monotonic() + max(ROUND, delay)
-    entry.running = False
-
-
-async def _loop(q: VaultLoop, memo: kopf.Memo, is_active: Callable[[], bool]) -> None:
-    slots = asyncio.Semaphore(WORKERS)
-    running: set[asyncio.Task[None]] = set()
-
-    async def one(entry: _Entry) -> None:
-        async with slots:
-            await _run(entry, memo)
-
-    try:
-        while True:
-            await asyncio.sleep(ROUND)
-            # A standby peer leaves the syncs to the active one; what is due runs on
-            # take-over.
-            if not await asyncio.to_thread(is_active):
-                continue
-            now = time.monotonic()
-            for entry in list(q.entries.values()):
-                if entry.running or entry.next_at > now:
-                    continue
-                entry.running = True
-                task = asyncio.create_task(one(entry))
-                running.add(task)
-                task.add_done_callback(running.discard)
-    finally:
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+    entry.cap = _refresh_of(body)
+    if entry.tag != generation:  # a new spec (items, mode): look at it now
+        entry.tag = generation
+        entry.due = min(entry.due, time.monotonic() + wait)
 
 
 @kopf.on.startup()
 async def start_vault_refresh(memo: kopf.Memo, **_: Any) -> None:
-    q = VaultLoop()
-    memo.kustos_vault = q
-    q.task = asyncio.create_task(_loop(q, memo, peering.active_check(memo)))
+    def work(key: Target) -> float:
+        namespace, name, uid = key
+        return tick({"namespace": namespace, "name": name, "uid": uid}, models(memo))
+
+    loop: WorkLoop[Target] = WorkLoop(work, workers=WORKERS, name="kustos-vault-refresh")
+    memo.kustos_vault = loop
+    loop.start(ROUND, peering.active_check(memo))
 
 
 @kopf.on.cleanup()
 async def stop_vault_refresh(memo: kopf.Memo, **_: Any) -> None:
-    q: VaultLoop | None = getattr(memo, "kustos_vault", None)
-    if q is not None and q.task is not None:
-        q.task.cancel()
-        await asyncio.gather(q.task, return_exceptions=True)
+    loop: WorkLoop[Target] | None = getattr(memo, "kustos_vault", None)
+    if loop is not None:
+        await loop.stop()
