@@ -121,7 +121,8 @@ def test_concurrent_owners_never_drop_each_others_conditions(kube: Kube,
     managers = {m["manager"] for m in final["metadata"]["managedFields"]
                 if m.get("subresource") == "status"}
     assert {"kustos-rollout", "kustos-secrets", "kustos-policy"} <= managers
-    # The writers did race: the resourceVersion guard made some of them read again.
+    # How often the resourceVersion guard made a writer read again: printed, not asserted
+    # (whether the threads interleave is the scheduler's; 2 to 4 each in the runs seen).
     print(f"conflicts retried: {conflicts}")
 
 
