@@ -32,6 +32,8 @@ class Images(BaseModel):
     explain: str = "ghcr.io/kustos-dev/kustos-explain:0.1.0"
     # alibi-detect pins numpy<2: the drift sidecar has an image (environment) of its own.
     drift: str = "ghcr.io/kustos-dev/kustos-drift:0.1.0"
+    # The OpenBao agent of spec.secrets.vault.mode agent (the bao binary only).
+    vault_agent: str = "ghcr.io/kustos-dev/kustos-vault-agent:0.1.0"
 
 
 class SidecarSettings(BaseModel):
@@ -75,6 +77,13 @@ class VaultSettings(BaseModel):
     ca_cert: str | None = None
     # Seconds per Vault request.
     timeout: float = Field(default=10.0, gt=0, le=120)
+    # Resources of each agent container (agent mode: the init container and the sidecar).
+    agent_resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"memory": "128Mi"},
+        }
+    )
 
 
 class NetworkPolicySettings(BaseModel):

@@ -325,7 +325,7 @@ def test_injector_annotations_on_the_real_api_server(kube: Kube, operator: Opera
     ({"mode": "sync", "items": [{"path": "secret/x", "file": "f"}]},
      "spec.secrets.vault.items", "MOUNT/data/PATH"),
     ({"mode": "sync", "items": [{"path": "secret/data/x", "file": "f", "template": "t"}]},
-     "spec.secrets.vault.items", "templates are for injector mode only"),
+     "spec.secrets.vault.items", "templates are for injector and agent modes only"),
     ({"mode": "sync", "address": "vault:8200", "items": [{"path": "secret/data/x",
                                                            "file": "f"}]},
      "spec.secrets.vault.address", "should match"),

@@ -40,6 +40,7 @@ from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
 from kustos.render import vault as render_vault
+from kustos.render import vault_agent as render_vault_agent
 from kustos.render.attachments import NONE, Attachments
 from kustos.render.meta import with_hash
 from kustos.render.modeldeployment import render_service_account
@@ -80,7 +81,8 @@ def _vault(body: Mapping[str, Any]) -> VaultSpec | None:
     return render_vault.vault_spec(ModelDeploymentSpec.model_validate(body["spec"]))
 
 
-def _login(vault: VaultSpec) -> Login:
+def _address(vault: VaultSpec) -> str:
+    """Vault's address: the spec's (if the config allows it) or the config's."""
     settings = config().vault
     address = vault.address or settings.address
     if not address:
@@ -91,6 +93,12 @@ def _login(vault: VaultSpec) -> Login:
             vault.address.rstrip("/") not in allowed:
         raise VaultError("AddressNotAllowed", f"spec.secrets.vault.address {vault.address} is "
                          "not in the operator config's vault.allowed_addresses")
+    return address
+
+
+def _login(vault: VaultSpec) -> Login:
+    settings = config().vault
+    address = _address(vault)
     return Login(address=address, role=vault.role, auth_path=vault.auth_path,
                  namespace=vault.namespace, ca_cert=settings.ca_cert, timeout=settings.timeout)
 
@@ -278,6 +286,8 @@ def vault_attachments(body: Mapping[str, Any]) -> Attachments:
         return NONE
     if vault.mode == "injector":
         return render_vault.attachments(body, config().vault.audience)
+    if vault.mode == "agent":
+        return _agent_attachments(body, vault)
     secrets = (body.get("status") or {}).get("secrets")
     if not render_vault.in_sync(vault, secrets):
         ready = get_condition(body, SECRETS_READY) or {}
@@ -286,6 +296,19 @@ def vault_attachments(body: Mapping[str, Any]) -> Attachments:
                                     str(ready.get("message") or "the Vault sync failed"))
         raise AttachmentPending("the first Vault sync of spec.secrets.vault.items")
     return render_vault.sync_attachments(body["metadata"]["name"], vault, secrets)
+
+
+def _agent_attachments(body: Mapping[str, Any], vault: VaultSpec) -> Attachments:
+    """Agent mode: the pods talk to Vault themselves; the operator only renders the agent.
+    The address follows the same rules as in sync mode (allowed_addresses included)."""
+    try:
+        address = _address(vault)
+    except VaultError as err:
+        raise AttachmentProblem(err.reason, err.message) from None
+    settings = config()
+    return render_vault_agent.agent_attachments(
+        body, vault, address, vault.audience or settings.vault.audience,
+        settings.images.vault_agent, settings.vault.agent_resources)
 
 
 def _pods_current(md: Mapping[str, Any]) -> bool:

@@ -51,8 +51,8 @@ _ALL = [
 BY_KIND: dict[str, Resource] = {r.kind: r for r in _ALL}
 
 # The kinds a ModelDeployment's children can have, in the order they are applied.
-MODEL_CHILD_KINDS = ["ServiceAccount", "Deployment", "Service", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget", "NetworkPolicy"]
+MODEL_CHILD_KINDS = ["ServiceAccount", "ConfigMap", "Deployment", "Service",
+                     "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"]
 
 
 def resource(kind: str) -> Resource:

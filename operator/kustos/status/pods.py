@@ -13,6 +13,8 @@ from typing import Any
 from .modeldeployment import Failure
 
 FETCH_CONTAINER = "fetch-model"
+# Vault agent mode's init container (render/vault_agent.py): login and first render.
+VAULT_AGENT_INIT = "vault-agent-init"
 # Kept short in status and Events; the pod's own status has the whole text.
 MAX_MESSAGE = 400
 
@@ -22,7 +24,8 @@ _IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "Inva
 _CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 
 # The Degraded reasons this module derives; they clear when the pods recover.
-REASONS = ("ModelFetchFailed", "ImagePullFailed", "ContainerConfigError", "ContainerCrashing")
+REASONS = ("ModelFetchFailed", "VaultAgentFailed", "ImagePullFailed", "ContainerConfigError",
+           "ContainerCrashing")
 
 
 def _terminated(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -49,6 +52,10 @@ def _pod_problem(pod: Mapping[str, Any]) -> Failure | None:
         if cs.get("name") == FETCH_CONTAINER and term is not None:
             detail = _clip(term.get("message") or "") or f"exit code {term.get('exitCode')}"
             return Failure("ModelFetchFailed", f"pod {name}: fetching the model failed: {detail}")
+        if cs.get("name") == VAULT_AGENT_INIT and term is not None:
+            detail = _clip(term.get("message") or "") or f"exit code {term.get('exitCode')}"
+            return Failure("VaultAgentFailed", f"pod {name}: the Vault agent could not log in "
+                           f"or render the secrets: {detail}")
     statuses = [*(status.get("initContainerStatuses") or []),
                 *(status.get("containerStatuses") or [])]
     for cs in statuses:

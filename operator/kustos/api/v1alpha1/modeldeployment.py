@@ -154,8 +154,8 @@ class VaultItem(KModel):
     env: str | None = Field(default=None, max_length=256, pattern=r"^[A-Z_][A-Z0-9_]*$")
     """sync mode: also expose it as this environment variable (files are preferred)."""
     template: str | None = Field(default=None, max_length=8192)
-    """injector mode: a Vault Agent template for this file (default: the key's value, or
-    all keys as JSON)."""
+    """injector and agent modes: a Vault Agent template for this file (default: the key's
+    value, or all keys as JSON)."""
 
 
 class VaultSpec(KModel):
@@ -164,27 +164,29 @@ class VaultSpec(KModel):
     model_config = validations(
         ("self.items.all(i, self.items.exists_one(j, j.file == i.file))",
          "each item needs its own file name", ".items"),
-        ("self.mode == 'injector' || self.items.all(i, !has(i.template))",
-         "templates are for injector mode only", ".items"),
+        ("self.mode != 'sync' || self.items.all(i, !has(i.template))",
+         "templates are for injector and agent modes only", ".items"),
         ("self.mode == 'sync' || self.items.all(i, !has(i.env))",
          "env is for sync mode only (the Vault Agent writes files)", ".items"),
         ("self.mode == 'injector' || self.items.all(i, i.path.contains('/data/'))",
          "sync mode reads KV v2: each path must be MOUNT/data/PATH", ".items"),
         ("self.items.all(i, i.file != '.' && i.file != '..' && !i.file.startsWith('..'))",
          "a file name must not be '.', '..' or start with '..'", ".items"),
-        ("self.mode == 'sync' || self.items.all(i, size(i.file) <= 41 && "
+        ("self.mode != 'injector' || self.items.all(i, size(i.file) <= 41 && "
          "i.file.matches('^[a-zA-Z0-9]([-._a-zA-Z0-9]*[a-zA-Z0-9])?$'))",
          "injector mode: a file name becomes part of an annotation key: at most 41 "
          "characters, starting and ending with a letter or digit", ".items"),
     )
 
 
-    mode: Literal["sync", "injector"] = "sync"
-    """sync: the operator reads Vault and owns a Secret; injector: Vault Agent annotations."""
+    mode: Literal["sync", "injector", "agent"] = "sync"
+    """sync: the operator reads Vault and owns a Secret; injector: Vault Agent Injector
+    annotations (the cluster runs the injector's webhook); agent: Kustos renders an OpenBao
+    agent into the pod itself (an init container and a sidecar, config in a ConfigMap)."""
     address: str | None = Field(default=None, max_length=512,
                                 pattern=r"^https?://[^\s/?#]+/?$")
-    """Vault's address (https://vault.example:8200). sync: defaults to the operator config's
-    vault.address; injector: the injector's own address when unset."""
+    """Vault's address (https://vault.example:8200). sync and agent: defaults to the
+    operator config's vault.address; injector: the injector's own address when unset."""
     role: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z0-9@]+$")
     """Vault Kubernetes auth role bound to the model's ServiceAccount."""
     auth_path: str = Field(default="kubernetes", min_length=1, max_length=256,
@@ -198,9 +200,11 @@ class VaultSpec(KModel):
     match. Defaults to the operator config's vault.audience ("vault")."""
     refresh_interval: Duration = "5m"
     """sync mode: how often secrets are re-read (at least 5s); a new version rolls the
-    pods."""
+    pods. agent mode: how often the sidecar agent re-reads them and rewrites the files
+    (no restart)."""
     pre_populate_only: bool = False
-    """injector mode: only the init container, no sidecar agent."""
+    """injector and agent modes: only the init container, no sidecar agent (the files are
+    written once per pod start)."""
     items: list[VaultItem] = Field(min_length=1, max_length=64)
     """The secret values to provide."""
 
