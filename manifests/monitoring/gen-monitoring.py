@@ -76,6 +76,16 @@ def quantiles(metric: str, selector: str, by: str) -> list[tuple[str, str]]:
             for q in (0.5, 0.9, 0.99)]
 
 
+def share(codes: str) -> str:
+    """Share of predictions answered with ``codes``. A model that never answered such a
+    code has no series of it: ``or 0 * total`` makes that 0 rather than no data, so a
+    healthy model draws a flat line instead of Grafana's "No data"."""
+    total = f"sum by (namespace, model) (rate(kustos_requests_total{{{PREDICT}, {SEL}}}[{RATE}]))"
+    part = (f"sum by (namespace, model) (rate(kustos_requests_total{{{PREDICT}, {SEL}, "
+            f'code=~"{codes}"}}[{RATE}]))')
+    return f"({part} or 0 * {total}) / {total}"
+
+
 def dashboard() -> dict[str, Any]:
     lay = Layout()
     lay.row("Serving")
@@ -87,12 +97,7 @@ def dashboard() -> dict[str, Any]:
         "kustos_request_duration_seconds", f"{PREDICT}, {SEL}", "model"), unit="s",
         description="From request parsed to response written, in kustos serve.")
     lay.panel("Error rate by model (5xx share)", [
-        (f"sum by (namespace, model) (rate(kustos_requests_total{{{PREDICT}, {SEL}, "
-         f'code=~"5.."}}[{RATE}])) / sum by (namespace, model) '
-         f"(rate(kustos_requests_total{{{PREDICT}, {SEL}}}[{RATE}]))", "5xx {{model}}"),
-        (f"sum by (namespace, model) (rate(kustos_requests_total{{{PREDICT}, {SEL}, "
-         f'code=~"4.."}}[{RATE}])) / sum by (namespace, model) '
-         f"(rate(kustos_requests_total{{{PREDICT}, {SEL}}}[{RATE}]))", "4xx {{model}}")],
+        (share("5.."), "5xx {{model}}"), (share("4.."), "4xx {{model}}")],
         unit="percentunit",
         description="4xx are malformed requests (the client's fault); 5xx are the server's.")
     lay.panel("Requests in flight", [(
