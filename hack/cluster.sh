@@ -138,7 +138,7 @@ start() {
   local logf="$LOGS/$name.log"
   [ -f "$logf" ] && mv -f "$logf" "$logf.prev"
   # ETCD_VERSION (from versions.sh) would be read by etcd as a setting
-  setsid env -u ETCD_VERSION "$KUSTOS_BIN/$name" "$@" </dev/null >"$logf" 2>&1 9>&- &
+  setsid env -u ETCD_VERSION "$KUSTOS_BIN/$name" "$@" </dev/null >"$logf" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
 }
 

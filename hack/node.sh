@@ -84,7 +84,7 @@ node_start() {
   local name=$1; shift
   local logf="$LOGS/$name.log"
   [ -f "$logf" ] && mv -f "$logf" "$logf.prev"
-  setsid "$(binary "$name")" "$@" </dev/null >"$logf" 2>&1 9>&- &
+  setsid "$(binary "$name")" "$@" </dev/null >"$logf" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
 }
 
