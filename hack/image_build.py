@@ -4,7 +4,8 @@
 Layers, each cached under $KUSTOS_CACHE/images/ by a hash of what went into it:
   base  mmdebstrap of Debian bookworm with python3 (shared by every image)
   deps  the image's venv from its lock file (overlayfs upper dir over the base)
-  top   the kustos wheel with --no-deps, or the Seldon adapter (upper dir over deps)
+  top   the kustos wheel with --no-deps, the Seldon adapter, or nothing (upper dir
+        over deps)
 and one OCI image-layout tar per image (`ctr images import` takes it). A rerun with
 nothing changed rebuilds nothing; a code change rebuilds only the thin top layers.
 
@@ -347,7 +348,9 @@ def deps_layer(name: str, recipe: dict[str, Any], base: Layer, base_key: str,
 
 def source_hash(recipe: dict[str, Any]) -> str:
     """What the top layer is made of: the package's files (tracked or not, not ignored)."""
-    if recipe["top"] == "seldon-adapter":
+    if recipe["top"] == "none":
+        files = []
+    elif recipe["top"] == "seldon-adapter":
         files = ["operator/kustos/runtime/seldon_adapter.py"]
     else:
         out = run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "--",
@@ -384,13 +387,17 @@ def top_layer(name: str, recipe: dict[str, Any], lowers: list[Layer], deps_key: 
                                f"/tmp/{wheel.name}"], stdout=subprocess.DEVNULL)
             site = f"{venv}/lib/python3.11/site-packages"
             targets = [f"{site}/kustos"]
-        else:
+        elif recipe["top"] == "seldon-adapter":
             adapter = merged / recipe["adapter_dir"].lstrip("/")
             adapter.mkdir(parents=True)
             shutil.copy(ROOT / "operator/kustos/runtime/seldon_adapter.py",
                         adapter / "kustos_seldon_adapter.py")
             targets = [recipe["adapter_dir"]]
-        in_chroot(merged, [py, "-m", "compileall", "-q", *targets], stdout=subprocess.DEVNULL)
+        else:
+            targets = []  # top = "none": nothing to add, only the check below
+        if targets:  # (compileall without arguments would compile all of sys.path)
+            in_chroot(merged, [py, "-m", "compileall", "-q", *targets],
+                      stdout=subprocess.DEVNULL)
         # The Dockerfiles' smoke import, with the image's own environment.
         env = {**chroot_env(merged), **recipe["env"]}
         run([CHROOT, str(merged), py, "-c", recipe["check"]], env=env)
