@@ -33,10 +33,11 @@ from typing import Any
 
 GROUP = "kustos.dev"
 RBAC_API = "rbac.authorization.k8s.io/v1"
-# The children a ModelDeployment's reconcile server-side applies: listed by label, read
-# by name for the name-conflict check, applied (an apply that creates needs create too),
-# deleted with a uid precondition when no longer rendered.
-CHILD_VERBS = ("get", "list", "create", "patch", "delete")
+# The children a ModelDeployment's reconcile server-side applies: listed and watched by
+# label (kopf indexes them, controllers/indexes.py), read by name for the name-conflict
+# check, applied (an apply that creates needs create too), deleted with a uid
+# precondition when no longer rendered.
+CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "the status write re-reads the object"),
     Rule((GROUP,), ("modeldeployments/status",), ("patch",),
          "each concern server-side applies its part of the status subresource"),
-    Rule(("apps",), ("deployments",), ("watch", *CHILD_VERBS),
+    Rule(("apps",), ("deployments",), CHILD_VERBS,
          "the serving Deployments (stable and canary); kopf watches them for status"),
     Rule(("",), ("serviceaccounts", "services"), CHILD_VERBS,
          "a ServiceAccount (no token mounted) and a Service per ModelDeployment"),

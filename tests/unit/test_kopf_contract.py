@@ -6,7 +6,9 @@ controllers/peering.py reads the peering objects kopf writes and resolves kopf's
 None of it imports kopf's private modules, so a change in kopf shows up here, not in a
 cluster: kopf.run's keywords, the keep-alive kopf really writes (run against a fake API
 server that records it), the memo its startup handlers receive, and the documented
-namespace-pattern examples.
+namespace-pattern examples. controllers/indexes.py relies on kopf filling every index
+from its initial listing before any resource handler runs, and on the indexes a startup
+handler receives being the live ones.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def _resources(group_version: str, items: list[tuple[str, str, bool]]) -> dict[s
 class FakeApi:
     def __init__(self) -> None:
         self.patches: list[tuple[str, Any]] = []
+        self.items: dict[str, list[dict[str, Any]]] = {}  # collection path -> its objects
         self.closing = threading.Event()
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -123,7 +126,8 @@ class FakeApi:
         if path == "/api":
             return {"kind": "APIVersions", "versions": ["v1"]}
         if path == "/api/v1":
-            return _resources("v1", [("namespaces", "Namespace", False)])
+            return _resources("v1", [("namespaces", "Namespace", False),
+                                     ("configmaps", "ConfigMap", True)])
         if path == "/apis":
             return {"kind": "APIGroupList", "groups": [
                 {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": "v1"}],
@@ -132,7 +136,7 @@ class FakeApi:
             if path == f"/apis/{gv}":
                 return _resources(gv, items)
         return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"},
-                "items": []}
+                "items": self.items.get(path, [])}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
@@ -275,3 +279,55 @@ def test_decide_reads_the_keepalive_kopf_writes(api: FakeApi, clusterwide: bool,
         assert decide({**status, "other": {**rival, "priority": 6}}, peers.identity, 7, alive)
         assert not decide({**status, "other": {**rival, "priority": 7}}, peers.identity, 7,
                           alive)
+
+
+def test_indexes_are_filled_before_resource_handlers_and_startup_gets_the_live_ones(
+        api: FakeApi) -> None:
+    """What controllers/indexes.py relies on: the resumed reconcile after a restart finds
+    every child in the indexes (so it applies nothing and lists nothing), and the Lookup
+    built by a startup handler reads the same, live, indexes."""
+    n = 40
+    api.items["/api/v1/configmaps"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": f"cm{i}", "namespace": "ns", "uid": f"u{i}",
+                      "resourceVersion": "1", "labels": {"app": "x"}}} for i in range(n)]
+    registry = kopf.OperatorRegistry()
+    from_startup: list[Any] = []
+    seen: list[tuple[int, bool]] = []  # (entries in the index, same object as at startup)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=api.url)
+
+    @kopf.index("", "v1", "configmaps", id="contract_children", registry=registry)
+    async def contract_children(name: str, namespace: str, **_: Any) -> dict[Any, str]:
+        return {(namespace, "x"): name}
+
+    @kopf.on.startup(registry=registry)
+    def startup(**kwargs: Any) -> None:
+        from_startup.append(kwargs["contract_children"])
+
+    # A resource handler of any kind (an event handler here: it needs no patch of the
+    # object); kopf waits for the operator-wide "indexed" state before any of them.
+    @kopf.on.event("", "v1", "configmaps", registry=registry)
+    def handler(contract_children: Any, **_: Any) -> None:
+        seen.append((len(list(contract_children.get(("ns", "x"), []))),
+                     contract_children is from_startup[0]))
+
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True
+    settings.posting.enabled = False
+    stop = threading.Event()
+    thread = threading.Thread(target=kopf.run, name="kopf-index-contract", daemon=True,
+                              kwargs={"registry": registry, "settings": settings,
+                                      "stop_flag": stop, "clusterwide": True,
+                                      "standalone": True, "memo": kopf.Memo()})
+    thread.start()
+    try:
+        assert _wait(lambda: len(seen) >= n), f"handlers ran for {len(seen)} of {n}"
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "kopf did not stop"
+    assert len(from_startup) == 1
+    assert seen == [(n, True)] * n  # every handler saw the full index, the startup's object

@@ -20,8 +20,13 @@ import pytest
 
 from kustos.controllers import governance, run, sidecars
 from kustos.controllers.context import backoff
+from kustos.controllers.indexes import ATTACHMENT_INDEX, CHILD_INDEX, Lookup
 
 KIND = "TestSidecarKind"
+# What kopf hands the startup handlers: every index by name (empty here).
+INDEXES: dict[str, Any] = {name: {} for name in (*CHILD_INDEX.values(),
+                                                 *ATTACHMENT_INDEX.values())}
+LOOKUP = Lookup(INDEXES)
 
 
 class FakeRefresh:
@@ -36,7 +41,8 @@ class FakeRefresh:
         self.most = 0
         self._lock = threading.Lock()
 
-    def __call__(self, namespace: str, name: str) -> None:
+    def __call__(self, namespace: str, name: str, lookup: Lookup) -> None:
+        assert lookup is LOOKUP  # the Collector's, from kopf's indexes
         with self._lock:
             self.running += 1
             self.most = max(self.most, self.running)
@@ -82,7 +88,7 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def test_a_round_refreshes_every_known_object_in_threads(fake: FakeRefresh) -> None:
     async def test() -> None:
-        c = sidecars.Collector()
+        c = sidecars.Collector(LOOKUP)
         c.seen(KIND, "ns", "a")
         c.seen(KIND, "ns", "b")
         c.seen(KIND, "ns", "a")  # seen again: still one entry
@@ -97,7 +103,7 @@ def test_a_round_refreshes_every_known_object_in_threads(fake: FakeRefresh) -> N
 
 def test_a_failure_backs_off_that_object_only(fake: FakeRefresh) -> None:
     async def test() -> None:
-        c = sidecars.Collector()
+        c = sidecars.Collector(LOOKUP)
         c.seen(KIND, "ns", "bad")
         c.seen(KIND, "ns", "good")
         fake.failing = {"bad"}
@@ -124,7 +130,7 @@ def test_a_failure_backs_off_that_object_only(fake: FakeRefresh) -> None:
 
 def test_deleted_objects_are_dropped_with_their_backoff(fake: FakeRefresh) -> None:
     async def test() -> None:
-        c = sidecars.Collector()
+        c = sidecars.Collector(LOOKUP)
         c.seen(KIND, "ns", "gone")
         fake.failing = {"gone"}
         await c.run_once()
@@ -139,7 +145,7 @@ def test_deleted_objects_are_dropped_with_their_backoff(fake: FakeRefresh) -> No
 
 def test_an_object_deleted_while_waiting_for_a_slot_is_skipped(fake: FakeRefresh) -> None:
     async def test() -> None:
-        c = sidecars.Collector(workers=1)
+        c = sidecars.Collector(LOOKUP, workers=1)
         c.seen(KIND, "ns", "first")
         c.seen(KIND, "ns", "second")
         fake.gate = threading.Event()
@@ -155,7 +161,7 @@ def test_an_object_deleted_while_waiting_for_a_slot_is_skipped(fake: FakeRefresh
 
 def test_a_few_at_a_time(fake: FakeRefresh) -> None:
     async def test() -> None:
-        c = sidecars.Collector(workers=3)
+        c = sidecars.Collector(LOOKUP, workers=3)
         for i in range(10):
             c.seen(KIND, "ns", f"o{i}")
         fake.gate = threading.Event()
@@ -173,7 +179,7 @@ def test_a_few_at_a_time(fake: FakeRefresh) -> None:
 
 def test_the_task_runs_rounds_until_cancelled(fake: FakeRefresh) -> None:
     async def test() -> None:
-        c = sidecars.Collector()
+        c = sidecars.Collector(LOOKUP)
         c.seen(KIND, "ns", "a")
         c.start(0.02, lambda: True)
         await until(lambda: len(fake.calls) >= 3)
@@ -190,7 +196,7 @@ def test_the_task_runs_rounds_until_cancelled(fake: FakeRefresh) -> None:
 
 def test_a_standby_peer_refreshes_nothing(fake: FakeRefresh) -> None:
     async def test() -> None:
-        c = sidecars.Collector()
+        c = sidecars.Collector(LOOKUP)
         c.seen(KIND, "ns", "a")
         asked: list[str] = []
 
@@ -210,7 +216,7 @@ def test_a_standby_peer_refreshes_nothing(fake: FakeRefresh) -> None:
 
 def test_a_failing_round_does_not_end_the_task(fake: FakeRefresh) -> None:
     async def test() -> None:
-        c = sidecars.Collector()
+        c = sidecars.Collector(LOOKUP)
         c.seen(KIND, "ns", "a")
         answers = iter([RuntimeError("peering check broke")])
 
@@ -230,9 +236,10 @@ def test_a_failing_round_does_not_end_the_task(fake: FakeRefresh) -> None:
 def test_startup_puts_the_collector_in_the_memo_and_cleanup_stops_it() -> None:
     async def test() -> None:
         memo = kopf.Memo()
-        await sidecars.start_collecting(memo=memo)
+        await sidecars.start_collecting(memo=memo, **INDEXES)
         found = sidecars.collector(memo)
         assert isinstance(found, sidecars.Collector)
+        assert found.lookup.targeting("ExplainerSpec", "ns", "m") == []
         task = found.task
         assert task is not None and not task.done()
         # kopf hands each handler a shallow copy of the operator's memo: the same object.
@@ -255,7 +262,7 @@ def test_the_event_handlers_keep_the_known_set(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(sidecars, "_deleted", after_delete)
 
     async def test() -> None:
-        memo = kopf.Memo(kustos_sidecars=sidecars.Collector(), kustos_models=object())
+        memo = kopf.Memo(kustos_sidecars=sidecars.Collector(LOOKUP), kustos_models=object())
         es = {"metadata": {"namespace": "ns", "name": "e"}, "spec": {}}
         dm = {"metadata": {"namespace": "ns", "name": "d"}, "spec": {}}
         await explainerspec.explainerspec_event(body=es, type=None, memo=memo)

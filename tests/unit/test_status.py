@@ -133,8 +133,8 @@ def test_progress_deadline_is_degraded() -> None:
 
 
 def test_the_kept_deployment_judges_as_the_whole_one() -> None:
-    """The status refresh keeps only what rollout() reads of each Deployment."""
-    from kustos.controllers.modeldeployment import _kept
+    """The Deployment index keeps only what rollout() reads of each Deployment."""
+    from kustos.controllers.indexes import deployment_kept as _kept
     from kustos.status.modeldeployment import rollout
 
     for dep in (deployment(2, 2), deployment(3, 1, updated=2, available=False, generation=4,

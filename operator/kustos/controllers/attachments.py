@@ -1,7 +1,8 @@
 """Gather what other resources contribute to a ModelDeployment's pods (I/O side).
 
-Each contributor reads what it needs from the API (the ExplainerSpecs and DriftMonitors
-that target the model, the Vault settings) and returns pure ``Attachments``; the
+Each contributor reads what it needs (the ExplainerSpecs and DriftMonitors that target the
+model from kopf's indexes through the ``Lookup`` it is handed, the Vault settings from the
+object) and returns pure ``Attachments``; the
 ModelDeployment render applies their sum. Contributors only read (no writes: a render has
 no side effects) and raise ``AttachmentProblem`` for a problem the ModelDeployment should
 report as Degraded, ``AttachmentPending`` for something still on its way.
@@ -14,7 +15,10 @@ from typing import Any
 
 from kustos.render.attachments import NONE, Attachments
 
-Contributor = Callable[[Mapping[str, Any]], Attachments]
+from .indexes import Lookup
+
+# (the ModelDeployment, the indexes) -> its contribution
+Contributor = Callable[[Mapping[str, Any], Lookup], Attachments]
 
 # Registered by the controller modules of the contributing resources at import time.
 CONTRIBUTORS: list[Contributor] = []
@@ -45,8 +49,8 @@ def contributor(fn: Contributor) -> Contributor:
     return fn
 
 
-def gather(body: Mapping[str, Any]) -> Attachments:
+def gather(body: Mapping[str, Any], lookup: Lookup) -> Attachments:
     total = NONE
     for fn in CONTRIBUTORS:
-        total = total + fn(body)
+        total = total + fn(body, lookup)
     return total

@@ -24,6 +24,7 @@ from kustos.status.modeldeployment import Failure, Notice
 from . import sidecars
 from .attachments import contributor
 from .children import owned_by
+from .indexes import Lookup
 from .modeldeployment import models
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ STATUS_PATH = "/v1/drift/status"
 
 
 @contributor
-def drift_contribution(md: Mapping[str, Any]) -> Attachments:
+def drift_contribution(md: Mapping[str, Any], lookup: Lookup) -> Attachments:
     """The drift sidecar for a ModelDeployment that a DriftMonitor targets."""
-    return sidecars.contribution(KIND, md, render_dm.attachments)
+    return sidecars.contribution(KIND, md, render_dm.attachments, lookup)
 
 
 def last_job(body: Mapping[str, Any]) -> RetrainJob | None:
@@ -52,15 +53,16 @@ def last_job(body: Mapping[str, Any]) -> RetrainJob | None:
     return RetrainJob(newest["metadata"]["name"], created)
 
 
-def refresh(namespace: str, name: str) -> None:
+def refresh(namespace: str, name: str, lookup: Lookup) -> None:
     """Collect the drift sidecars' results and act on them; retried on a write conflict
     with a fresh read."""
-    sidecars.refresh_with(KIND, namespace, name, OWNER, _compute)
+    sidecars.refresh_with(KIND, namespace, name, OWNER,
+                          lambda body: _compute(body, lookup))
 
 
-def _compute(body: dict[str, Any]) -> tuple[dict[str, Any], list[Notice]]:
+def _compute(body: dict[str, Any], lookup: Lookup) -> tuple[dict[str, Any], list[Notice]]:
     wiring, _, reports = sidecars.poll(KIND, body, render_dm.CONTAINER, DRIFT_PORT,
-                                       STATUS_PATH)
+                                       STATUS_PATH, lookup)
     now = datetime.now(UTC)
     spec = DriftMonitorSpec.model_validate(body["spec"])
     previous = last_job(body) if spec.on_drift.retrain_job else None

@@ -22,8 +22,9 @@ from kustos.status.modeldeployment import Failure, Notice
 
 from . import sidecars
 from .attachments import contributor
-from .children import NameConflict, sync
+from .children import NameConflict, known, sync
 from .context import config
+from .indexes import Lookup
 from .modeldeployment import models
 
 KIND = "ExplainerSpec"
@@ -32,25 +33,28 @@ STATUS_PATH = "/v1/explainer/status"
 
 
 @contributor
-def explainer_contribution(md: Mapping[str, Any]) -> Attachments:
+def explainer_contribution(md: Mapping[str, Any], lookup: Lookup) -> Attachments:
     """The explainer sidecar for a ModelDeployment that an ExplainerSpec targets."""
-    return sidecars.contribution(KIND, md, render_es.attachments)
+    return sidecars.contribution(KIND, md, render_es.attachments, lookup)
 
 
-def refresh(namespace: str, name: str) -> None:
+def refresh(namespace: str, name: str, lookup: Lookup) -> None:
     """Collect the explainers' reports and write status (and the report ConfigMap) if
     anything changed; retried on a write conflict with a fresh read."""
-    sidecars.refresh_with(KIND, namespace, name, OWNER, _compute)
+    sidecars.refresh_with(KIND, namespace, name, OWNER,
+                          lambda body: _compute(body, lookup))
 
 
-def _compute(body: dict[str, Any]) -> tuple[dict[str, Any], list[Notice]]:
+def _compute(body: dict[str, Any], lookup: Lookup) -> tuple[dict[str, Any], list[Notice]]:
     wiring, target, reports = sidecars.poll(KIND, body, render_es.CONTAINER, EXPLAIN_PORT,
-                                            STATUS_PATH)
+                                            STATUS_PATH, lookup)
     result = status_es.compute(body, wiring, target, reports, config(), datetime.now(UTC))
     if result.report is not None:
         # children.sync writes only when the report's hash differs from the live one.
         try:
-            sync(body, [render_es.report_configmap(body, result.report)], ["ConfigMap"])
+            report = render_es.report_configmap(body, result.report)
+            live = known(body, ["ConfigMap"], lookup)  # from kopf's index
+            sync(body, [report], live=live, kinds=["ConfigMap"])
         except NameConflict as err:
             result = status_es.compute(body, wiring, target, reports, config(),
                                        datetime.now(UTC), Failure("NameConflict", str(err)))

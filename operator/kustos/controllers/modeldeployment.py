@@ -27,8 +27,9 @@ from kustos.status import pods as status_pods
 from kustos.status.modeldeployment import Failure
 
 from .attachments import AttachmentPending, AttachmentProblem, gather
-from .children import NameConflict, sync
+from .children import NameConflict, known, sync
 from .context import backoff, config
+from .indexes import Child, Lookup, lookup_from
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
@@ -78,13 +79,27 @@ def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str,
 
 
 def live_deployments(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The serving Deployments of a ModelDeployment, by name."""
+    """The serving Deployments of a ModelDeployment, by name, LISTed (the Vault loop's;
+    the reconcile and the refresh read them from the index: Models.deployments)."""
     return {d["metadata"]["name"]: d for d in client.list_objects(
         "Deployment", meta["namespace"], base_labels(meta["name"]))}
 
 
-def _deployments(children: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, Any]:
-    return {name: obj for (kind, name), obj in children.items() if kind == "Deployment"}
+def _deployments(desired: list[dict[str, Any]],
+                 applied: Mapping[tuple[str, str], Mapping[str, Any]],
+                 live: Mapping[tuple[str, str], Child]) -> dict[str, Any]:
+    """The rendered Deployments as they stand after a sync: what the apply returned, else
+    what the index keeps of the live one."""
+    found: dict[str, Any] = {}
+    for manifest in desired:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if key[0] != "Deployment":
+            continue
+        if key in applied:
+            found[key[1]] = applied[key]
+        elif key in live and live[key].kept is not None:
+            found[key[1]] = dict(live[key].kept or {})
+    return found
 
 
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
@@ -119,18 +134,19 @@ class Reconciled:
 class Models:
     """The ModelDeployment controller's state in this process, kept in kopf's memo.
 
-    The status refresh needs the reconcile's last failure (a failure stays Degraded until
+    ``lookup`` reads kopf's indexes (the children, the ExplainerSpecs and DriftMonitors by
+    target). The status refresh needs the reconcile's last failure (a failure stays Degraded until
     the reconcile clears it): it is remembered here rather than rebuilt from the status.
     Until this process has reconciled an object (just after a start) the refresh waits.
     One render at a time per object: kopf serialises its own handler calls, but the Vault
     loop and the ExplainerSpec/DriftMonitor handlers re-render too, and a render that
     gathered its attachments earlier must not apply after (and undo) a newer one."""
 
-    def __init__(self) -> None:
+    def __init__(self, lookup: Lookup) -> None:
+        self.lookup = lookup
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._reconciled: dict[str, Reconciled] = {}
-        self._deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self._due: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
 
@@ -146,43 +162,17 @@ class Models:
         with self._guard:
             return self._reconciled.get(uid)
 
-    def forget(self, uid: str, namespace: str, name: str) -> None:
+    def forget(self, uid: str) -> None:
         with self._guard:
             self._locks.pop(uid, None)
             self._reconciled.pop(uid, None)
-            self._deployments.pop((namespace, name), None)
 
-    # -- the serving Deployments as the watch last showed them, by owner
+    # -- the serving Deployments, as the Deployment index shows them
 
-    def see_deployment(self, body: Mapping[str, Any], gone: bool) -> None:
-        owner = _owner(body)
-        if owner is None:
-            return
-        meta = body["metadata"]
-        with self._guard:
-            known = self._deployments.setdefault((meta["namespace"], owner["name"]), {})
-            if gone:
-                known.pop(meta["name"], None)
-            else:
-                known[meta["name"]] = _kept(body)
-
-    def seed(self, namespace: str, name: str, deployments: Mapping[str, Any]) -> None:
-        """What the reconcile found or applied: which serving Deployments the object has.
-        A body the watch already delivered is kept (it may be newer than the reconcile's
-        read; the watch delivers every later change anyway); names no longer there go."""
-        with self._guard:
-            known = self._deployments.setdefault((namespace, name), {})
-            for gone in set(known) - set(deployments):
-                del known[gone]
-            for dep_name, body in deployments.items():
-                known.setdefault(dep_name, _kept(body))
-
-    def deployments(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object's Deployments by name, once its reconcile has seeded them (None:
-        not known here, list them)."""
-        with self._guard:
-            known = self._deployments.get((namespace, name))
-            return None if known is None else dict(known)
+    def deployments(self, namespace: str, name: str, uid: str) -> dict[str, Any]:
+        """The object's serving Deployments by name (what the status reads of each)."""
+        return {c.name: dict(c.kept or {}) for c in
+                self.lookup.children(namespace, name, uid, ("Deployment",)).values()}
 
     # -- the debounced status refresh (only touched on kopf's event loop)
 
@@ -211,21 +201,6 @@ class Models:
         await asyncio.gather(*self._refreshing, return_exceptions=True)
 
 
-def _kept(deployment: Mapping[str, Any]) -> dict[str, Any]:
-    """What the status computation reads of a Deployment (status_md.rollout), not the
-    whole body: a thousand pod templates cost memory for nothing."""
-    meta, spec = deployment["metadata"], deployment.get("spec") or {}
-    template = (spec.get("template") or {}).get("metadata") or {}
-    kept: dict[str, Any] = {
-        "metadata": {"name": meta["name"], "generation": meta.get("generation", 0)},
-        "spec": {"template": {"metadata": {"annotations": dict(template.get("annotations")
-                                                               or {})}}},
-        "status": dict(deployment.get("status") or {})}
-    if "replicas" in spec:
-        kept["spec"]["replicas"] = spec["replicas"]
-    return kept
-
-
 def models(memo: Any) -> Models:
     """This process's Models, from kopf's memo (operator-wide; per-object memos are
     shallow copies of it, so every handler sees the same one)."""
@@ -234,8 +209,10 @@ def models(memo: Any) -> Models:
 
 
 @kopf.on.startup()
-def create_state(memo: kopf.Memo, **_: Any) -> None:
-    memo.kustos_models = Models()
+def create_state(memo: kopf.Memo, **kwargs: Any) -> None:
+    # kopf hands startup handlers its indexes, still empty: live views it fills before
+    # any resource handler runs (controllers/indexes.py).
+    memo.kustos_models = Models(lookup_from(kwargs))
 
 
 @kopf.on.cleanup()
@@ -251,12 +228,13 @@ def _reconcile(body: Mapping[str, Any], retry: int, state: Models) -> None:
 
 def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> None:
     body = dict(body)
+    meta = body["metadata"]
     try:
-        attachments = gather(body)
+        attachments = gather(body, state.lookup)
     except AttachmentPending as err:
-        state.record(body["metadata"]["uid"],
-                     Reconciled(body["metadata"].get("generation"), waiting=err.message))
-        write_status(body, live_deployments(body["metadata"]), waiting=err.message)
+        state.record(meta["uid"], Reconciled(meta.get("generation"), waiting=err.message))
+        write_status(body, state.deployments(meta["namespace"], meta["name"], meta["uid"]),
+                     waiting=err.message)
         log.info("%s/%s waits: %s", body["metadata"]["namespace"], body["metadata"]["name"],
                  err.message)
         return
@@ -280,13 +258,11 @@ def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> Non
         before = state.reconciled(uid)
         standing = before.failure if before and before.generation == generation else None
         state.record(uid, Reconciled(generation, standing))
-        applied: list[tuple[str, str]] = []
-        children = sync(body, desired, MODEL_CHILD_KINDS, applied)
-        state.seed(body["metadata"]["namespace"], body["metadata"]["name"],
-                   _deployments(children))
+        live = known(body, MODEL_CHILD_KINDS, state.lookup)
+        applied = sync(body, desired, MODEL_CHILD_KINDS, live)
         state.record(uid, Reconciled(generation))
         if standing is not None or not any(kind == "Deployment" for kind, _ in applied):
-            write_status(body, _deployments(children))
+            write_status(body, _deployments(desired, applied, live))
         # else: the applied Deployment's watch event refreshes the status in a moment,
         # from what its controller reports by then (one write instead of two).
     except NameConflict as err:
@@ -337,7 +313,9 @@ def _fail(state: Models, body: Mapping[str, Any], reason: str, message: str, *,
     failure = Failure(reason, message)
     state.record(body["metadata"]["uid"], Reconciled(body["metadata"].get("generation"), failure))
     try:
-        write_status(body, live_deployments(body["metadata"]), failure)
+        meta = body["metadata"]
+        write_status(body, state.deployments(meta["namespace"], meta["name"], meta["uid"]),
+                     failure)
     except ApiError as err:
         log.warning("could not record %s on %s: %s", reason, body["metadata"]["name"], err)
     if permanent:
@@ -360,9 +338,7 @@ def refresh_status(md: dict[str, Any], state: Models) -> None:
     done = state.reconciled(meta["uid"])
     if done is None or done.generation != meta.get("generation"):
         return  # the reconcile is due; it writes the status itself
-    deployments = state.deployments(meta["namespace"], meta["name"])
-    if deployments is None:
-        deployments = live_deployments(meta)
+    deployments = state.deployments(meta["namespace"], meta["name"], meta["uid"])
     stale = status_md.stale_templates(md, deployments)
     if stale:
         # The spec was reconciled, yet a Deployment carries an older render: converge
@@ -393,7 +369,7 @@ async def model_deployment_changed(body: kopf.Body, type: str | None, memo: kopf
     status is left behind by that race."""
     meta = body["metadata"]
     if type == "DELETED":
-        models(memo).forget(meta["uid"], meta["namespace"], meta["name"])
+        models(memo).forget(meta["uid"])
         return
     models(memo).refresh_soon(meta["namespace"], meta["name"], meta["uid"])
 
@@ -401,12 +377,11 @@ async def model_deployment_changed(body: kopf.Body, type: str | None, memo: kopf
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED: MANAGED_BY})
 async def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
                              **_: Any) -> None:
-    """A serving Deployment changed (rollout progress, availability): keep it (the status
-    refresh reads it from here, not from a LIST) and refresh the owner's status. Event
-    handlers store nothing on the object."""
+    """A serving Deployment changed (rollout progress, availability): refresh the owner's
+    status (the refresh reads the Deployments from their index, which kopf updated before
+    this handler runs). Event handlers store nothing on the object."""
     owner = _owner(body)
     if owner is not None:
-        models(memo).see_deployment(body, gone=type == "DELETED")
         models(memo).refresh_soon(body["metadata"]["namespace"], owner["name"], owner["uid"])
 
 

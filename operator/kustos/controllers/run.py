@@ -19,6 +19,7 @@ from kustos.render.meta import MANAGED, MANAGED_BY
 
 from . import peering
 from .context import set_config
+from .indexes import CHILD_RESOURCES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -107,10 +108,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kustos.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kustos.dev", key="last-handled-configuration")
-    # Watch only our own Deployments: the API server filters, so other workloads' churn
-    # never reaches the operator.
-    settings.watching.label_selectors["apps", "v1", "deployments"] = f"{MANAGED}={MANAGED_BY}"
-    settings.watching.label_selectors["", "v1", "pods"] = f"{MANAGED}={MANAGED_BY}"
+    # Watch only our own Deployments and pods: the API server filters, so other workloads'
+    # churn never reaches the operator.
+    # The same for the other kinds of children, which kopf indexes (controllers/indexes.py).
+    for group, version, plural in (*CHILD_RESOURCES.values(), ("", "v1", "pods")):
+        settings.watching.label_selectors[group, version, plural] = f"{MANAGED}={MANAGED_BY}"
     # Events are posted deliberately (kustos.k8s.events), not one per log line.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300

@@ -5,7 +5,8 @@ periodic collection.
 The collection is a :class:`Collector`, a WorkLoop (controllers/workloop.py, which the
 Vault refresh uses too) kept in kopf's memo as ``memo.kustos_sidecars``, started at
 startup, cancelled and awaited at cleanup. Its list of known objects is fed by the kinds'
-async event handlers.
+async event handlers. Which resource targets which ModelDeployment comes from kopf's
+indexes (controllers/indexes.py, through a ``Lookup``), never from a namespace LIST.
 
 What refreshes an object of a kind (``_REFRESH``, filled by :func:`register` when the
 controller modules are imported) is code, not state: a static registry like kopf's own
@@ -41,6 +42,7 @@ from kustos.status.sidecars import PodReport, Wiring
 
 from . import peering
 from .context import backoff, config
+from .indexes import Lookup, lookup_from
 from .modeldeployment import Models, models, rerender
 from .workloop import Entry, WorkLoop
 
@@ -48,7 +50,8 @@ log = logging.getLogger(__name__)
 
 MD = "ModelDeployment"
 
-Refresh = Callable[[str, str], None]  # (namespace, name) -> collect and write status
+# (namespace, name, the indexes) -> collect and write status
+Refresh = Callable[[str, str, Lookup], None]
 # (resource, its target ModelDeployment, config) -> the sidecar's contribution (pure render)
 Render = Callable[[Mapping[str, Any], Mapping[str, Any], OperatorConfig], Attachments]
 
@@ -72,8 +75,13 @@ class Collector(WorkLoop[Key]):
     listing included) with its backoff; a DELETED event drops the entry, backoff and all.
     Each round refreshes every known object whose backoff allows."""
 
-    def __init__(self, workers: int = WORKERS) -> None:
-        super().__init__(_refresh_key, workers=workers, name="kustos-sidecar-collect")
+    def __init__(self, lookup: Lookup, workers: int = WORKERS) -> None:
+        super().__init__(self._refresh, workers=workers, name="kustos-sidecar-collect")
+        self.lookup = lookup
+
+    def _refresh(self, key: Key) -> None:
+        kind, namespace, name = key
+        _REFRESH[kind](namespace, name, self.lookup)  # due again at the next round
 
     @property
     def known(self) -> dict[Key, Entry]:
@@ -87,11 +95,6 @@ class Collector(WorkLoop[Key]):
             self.entries.setdefault(key, Entry())
 
 
-def _refresh_key(key: Key) -> None:
-    kind, namespace, name = key
-    _REFRESH[kind](namespace, name)  # due again at the next round
-
-
 def collector(memo: Any) -> Collector:
     """This process's Collector, from kopf's memo (per-object memos are shallow copies of
     the operator's, so every handler sees the same one)."""
@@ -99,13 +102,14 @@ def collector(memo: Any) -> Collector:
     return found
 
 
-def wiring(kind: str, body: Mapping[str, Any]) -> tuple[Wiring, dict[str, Any] | None]:
+def wiring(kind: str, body: Mapping[str, Any],
+           lookup: Lookup) -> tuple[Wiring, dict[str, Any] | None]:
     """Is ``body`` wired into its target, and the target itself (None if missing)."""
     namespace, target = body["metadata"]["namespace"], target_name(body)
     md = client.get(MD, target, namespace)
     if md is None or md["metadata"].get("deletionTimestamp"):
         return Wiring(target, namespace, exists=False), None
-    active = active_for(target, client.list_objects(kind, namespace))
+    active = active_for(target, lookup.targeting(kind, namespace, target))
     try:
         runtime = ModelDeploymentSpec.model_validate(md["spec"]).runtime.kind
     except ValidationError:
@@ -114,23 +118,19 @@ def wiring(kind: str, body: Mapping[str, Any]) -> tuple[Wiring, dict[str, Any] |
                   active["metadata"]["name"] if active else None), md
 
 
-def for_target(kind: str, md: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The resource of ``kind`` wired into this ModelDeployment (the contributors' view)."""
+def for_target(kind: str, md: Mapping[str, Any], lookup: Lookup) -> Mapping[str, Any] | None:
+    """The resource of ``kind`` wired into this ModelDeployment (the contributors' view;
+    without its CRD installed, kopf watches nothing and the index stays empty)."""
     meta = md["metadata"]
-    try:
-        candidates = client.list_objects(kind, meta["namespace"])
-    except ApiError as err:
-        if err.status == 404:
-            return None  # that CRD is not installed: nothing can target the model
-        raise
-    return active_for(meta["name"], candidates)
+    return active_for(meta["name"], lookup.targeting(kind, meta["namespace"], meta["name"]))
 
 
-def contribution(kind: str, md: Mapping[str, Any], render: Render) -> Attachments:
+def contribution(kind: str, md: Mapping[str, Any], render: Render,
+                 lookup: Lookup) -> Attachments:
     """The body of a kind's @contributor: the sidecar of the resource of ``kind`` that
     targets ``md``, for the kustos runtime only (others are reported RuntimeUnsupported by
     the resource's status)."""
-    resource = for_target(kind, md)
+    resource = for_target(kind, md, lookup)
     if resource is None:
         return NONE
     try:
@@ -177,11 +177,11 @@ def refresh_with(kind: str, namespace: str, name: str, owner: StatusOwner,
             events.post(written.before, notice.reason, notice.message, warning=notice.warning)
 
 
-def poll(kind: str, body: Mapping[str, Any], container: str, port: int,
-         path: str) -> tuple[Wiring, dict[str, Any] | None, list[PodReport]]:
+def poll(kind: str, body: Mapping[str, Any], container: str, port: int, path: str,
+         lookup: Lookup) -> tuple[Wiring, dict[str, Any] | None, list[PodReport]]:
     """The wiring, the target, and the sidecar reports of the target's Ready pods (none
     unless ``body`` is the one wired into a kustos-runtime target)."""
-    found, target = wiring(kind, body)
+    found, target = wiring(kind, body, lookup)
     reports: list[PodReport] = []
     if (target is not None and found.active == body["metadata"]["name"]
             and found.runtime == "kustos"):
@@ -198,7 +198,7 @@ def reconcile(kind: str, body: Mapping[str, Any], old: Any, retry: int, state: M
     try:
         for target in dict.fromkeys(t for t in (previous, target_name(body)) if t):
             rerender(target, namespace, state)
-        _REFRESH[kind](namespace, meta["name"])
+        _REFRESH[kind](namespace, meta["name"], state.lookup)
     except ApiError as err:
         metrics.RECONCILES.labels(kind=kind, result="retry").inc()
         raise kopf.TemporaryError(f"{err.reason}: {err.message}", delay=backoff(retry)) from err
@@ -223,7 +223,8 @@ def _deleted(kind: str, body: Mapping[str, Any], state: Models) -> None:
     except ApiError as err:
         log.warning("re-render after deleting %s %s failed: %s", kind, meta["name"], err)
     try:
-        refresh_targeting(target_name(body), meta["namespace"], skip=meta["name"])
+        refresh_targeting(target_name(body), meta["namespace"], state.lookup,
+                          skip=meta["name"])
     except ApiError as err:
         log.warning("refresh after deleting %s %s failed: %s", kind, meta["name"], err)
 
@@ -273,8 +274,8 @@ def collect(pods: list[tuple[str, str]], port: int, path: str) -> list[PodReport
 
 
 @kopf.on.startup()
-async def start_collecting(memo: kopf.Memo, **_: Any) -> None:
-    found = Collector()
+async def start_collecting(memo: kopf.Memo, **kwargs: Any) -> None:
+    found = Collector(lookup_from(kwargs))  # kopf's indexes: live views, filled later
     memo.kustos_sidecars = found
     found.start(config().sidecars.collect_interval, peering.active_check(memo))
 
@@ -286,26 +287,29 @@ async def stop_collecting(memo: kopf.Memo, **_: Any) -> None:
         await found.stop()
 
 
-def refresh_targeting(md_name: str, namespace: str, skip: str | None = None) -> None:
-    """Refresh every known ExplainerSpec / DriftMonitor that targets this ModelDeployment
-    (its creation or deletion changes their status at once, not at the next poll)."""
+def refresh_targeting(md_name: str, namespace: str, lookup: Lookup,
+                      skip: str | None = None) -> None:
+    """Refresh every ExplainerSpec / DriftMonitor that targets this ModelDeployment (its
+    creation or deletion changes their status at once, not at the next poll)."""
     for kind, refresh in _REFRESH.items():
-        for obj in client.list_objects(kind, namespace):
-            if target_name(obj) == md_name and obj["metadata"]["name"] != skip:
+        for obj in lookup.targeting(kind, namespace, md_name):
+            if obj["metadata"]["name"] != skip:
                 try:
-                    refresh(namespace, obj["metadata"]["name"])
+                    refresh(namespace, obj["metadata"]["name"], lookup)
                 except (ApiError, ValidationError) as err:
                     log.warning("refresh of %s %s/%s failed: %s", kind, namespace,
                                 obj["metadata"]["name"], err)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
-def sidecar_target_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+def sidecar_target_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                           **_: Any) -> None:
     """A ModelDeployment appeared or went away: its ExplainerSpecs and DriftMonitors
     learn at once (TargetNotFound resolves by itself)."""
     if type not in ("ADDED", "DELETED") or not _REFRESH:
         return
     try:
-        refresh_targeting(body["metadata"]["name"], body["metadata"]["namespace"])
+        refresh_targeting(body["metadata"]["name"], body["metadata"]["namespace"],
+                          models(memo).lookup)
     except ApiError as err:
         log.warning("refresh after %s of md %s failed: %s", type, body["metadata"]["name"], err)

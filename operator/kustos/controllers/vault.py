@@ -274,7 +274,7 @@ def _leftovers(body: Mapping[str, Any]) -> bool:
 
 
 @contributor
-def vault_attachments(body: Mapping[str, Any]) -> Attachments:
+def vault_attachments(body: Mapping[str, Any], _lookup: object = None) -> Attachments:
     """spec.secrets.vault's contribution to the pods (reads only: the loop syncs). In sync
     mode, pods are rendered only once status.secrets describes the current items; until
     then the ModelDeployment waits, or is Degraded with the reason the sync failed."""
