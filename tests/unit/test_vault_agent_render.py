@@ -203,13 +203,36 @@ def test_address_from_config_or_spec_and_a_clear_problem_without_one() -> None:
         context.set_config(saved)
 
 
-def test_a_failed_agent_init_container_is_the_pods_problem() -> None:
-    line = 'agent: runtime error encountered: error="* invalid role name \\"nope\\""'
+# The end of the agent's log when the role does not exist (bao agent 2.7, exit_on_err).
+AGENT_LOG = """\
+2026-12-06T03:04:10.100Z [INFO]  agent.template.server: template server stopped
+2026-12-06T03:04:10.100Z [ERROR] agent: runtime error encountered:
+  error=
+  | Error making API request.
+  |\x20
+  | URL: PUT http://10.244.0.1:8200/v1/auth/kubernetes/login
+  | Code: 400. Errors:
+  |\x20
+  | * invalid role name "nope"
+   exitCode=1
+Error encountered during run, refer to logs for more details.
+"""
+
+
+def test_a_failed_agent_init_container_is_the_pods_problem_with_vaults_answer() -> None:
     pod = {"metadata": {"name": "credit-abc"}, "status": {"initContainerStatuses": [
         {"name": "fetch-model", "state": {"terminated": {"exitCode": 0}}},
         {"name": va.INIT_CONTAINER, "state": {"waiting": {"reason": "PodInitializing"}},
-         "lastState": {"terminated": {"exitCode": 1, "message": f"starting\n{line}\n"}}}]}}
+         "lastState": {"terminated": {"exitCode": 1, "message": AGENT_LOG}}}]}}
     found = problem([pod])
     assert found is not None and found.reason == "VaultAgentFailed"
-    assert "invalid role name" in found.message and "credit-abc" in found.message
-
+    assert found.message == (
+        "pod credit-abc: the Vault agent could not log in or render the secrets: PUT "
+        'http://10.244.0.1:8200/v1/auth/kubernetes/login, Code: 400: invalid role name "nope"')
+    # Vault unreachable: no answer block, the agent's own error line.
+    line = ('2026-12-06T03:04:10Z [ERROR] agent: runtime error encountered: error="dial tcp '
+            '10.244.0.1:8200: connect: connection refused" exitCode=1')
+    pod["status"]["initContainerStatuses"][1]["lastState"]["terminated"]["message"] = \
+        f"{line}\nError encountered during run, refer to logs for more details.\n"
+    found = problem([pod])
+    assert found is not None and found.message.endswith(line)

@@ -44,6 +44,22 @@ def _clip(text: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
+def _agent_error(text: str) -> str:
+    """What Vault answered, from the agent's log: the agent prints Vault's error as a block
+    of '| ' lines (URL, 'Code: 400. Errors:', '* invalid role name ...') and ends with
+    'exitCode=1' and a hint, which say nothing."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    block = [ln.lstrip("|").strip() for ln in lines if ln.startswith("|")]
+    said = [ln.lstrip("* ") for ln in block if ln.startswith("*")]
+    if said:
+        where = next((ln for ln in block if ln.startswith("URL: ")), "")
+        code = next((ln.split(".")[0] for ln in block if ln.startswith("Code: ")), "")
+        head = ", ".join(x for x in (where.removeprefix("URL: "), code) if x)
+        return _clip(f"{head}: {said[-1]}" if head else said[-1])
+    errors = [ln for ln in lines if "[ERROR]" in ln]
+    return _clip(errors[-1] if errors else text)
+
+
 def _pod_problem(pod: Mapping[str, Any]) -> Failure | None:
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status") or {}
@@ -53,7 +69,8 @@ def _pod_problem(pod: Mapping[str, Any]) -> Failure | None:
             detail = _clip(term.get("message") or "") or f"exit code {term.get('exitCode')}"
             return Failure("ModelFetchFailed", f"pod {name}: fetching the model failed: {detail}")
         if cs.get("name") == VAULT_AGENT_INIT and term is not None:
-            detail = _clip(term.get("message") or "") or f"exit code {term.get('exitCode')}"
+            detail = _agent_error(term.get("message") or "") or \
+                f"exit code {term.get('exitCode')}"
             return Failure("VaultAgentFailed", f"pod {name}: the Vault agent could not log in "
                            f"or render the secrets: {detail}")
     statuses = [*(status.get("initContainerStatuses") or []),
