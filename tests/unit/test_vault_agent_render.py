@@ -155,6 +155,8 @@ def test_refresh_interval_has_a_floor_of_five_seconds() -> None:
 def test_config_map_is_an_owned_hashed_child_and_rolls_the_pods_when_it_changes() -> None:
     objs = rendered(agent_spec())
     cm = objs["ConfigMap"]
+    # Applied in render order: the ConfigMap exists before the pods that mount it.
+    assert list(objs).index("ConfigMap") < list(objs).index("Deployment")
     assert cm["metadata"]["name"] == "credit-vault-agent"
     assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert SPEC_HASH in cm["metadata"]["annotations"]

@@ -325,12 +325,14 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     """Every child of a ModelDeployment, each with its spec-hash annotation."""
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     name = body["metadata"]["name"]
-    children: list[dict[str, Any] | None] = [render_service_account(body)]
+    # What the pods mount (the Vault agent's ConfigMap) exists before the pods do: the
+    # children are applied in this order.
+    children: list[dict[str, Any] | None] = [render_service_account(body),
+                                             *(dict(c) for c in attachments.children)]
     autoscaled = spec.autoscaling is not None
     children += [render_deployment(body, spec, t, config, autoscaled, attachments)
                  for t in split_tracks(name, spec)]
     children += [render_service(body), render_hpa(body, spec), render_pdb(body, spec)]
     children.append(render_network_policy(body, config, runtime_ports(
         serving_spec(name, spec, spec.model, config, attachments)), attachments.sidecars))
-    children += [dict(c) for c in attachments.children]
     return [with_hash(c) for c in children if c is not None]
