@@ -330,6 +330,63 @@ def slowloris(server: bs.Server, row: list[float], count: int, probes: int,
             "max_ms": latencies[-1] * 1e3, "probes": probes, "hold_s": hold, "cut": cut}
 
 
+# --- limits phase ---------------------------------------------------------------------------
+
+# (probe, header bytes, URL bytes): what each server does with an oversized request
+LIMIT_PROBES = [("1 MiB header", 1 << 20, 0), ("8 MiB header", 8 << 20, 0),
+                ("64 KiB URL", 0, 64 << 10)]
+
+
+def _status_or_close(sock: socket.socket, wait: float) -> str:
+    """The status code the server answered, or how the connection ended."""
+    sock.settimeout(wait)
+    try:
+        head = sock.recv(256)
+    except TimeoutError:
+        return f"no answer in {wait:g} s"
+    except OSError as exc:
+        return f"closed ({type(exc).__name__})"
+    if not head:
+        return "closed"
+    return head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)[1]
+
+
+def oversized(port: int, header: int, url: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        request = (b"GET /v2/health/ready?pad=" + b"u" * url + b" HTTP/1.1\r\nhost: bench\r\n"
+                   + (b"x-big: " + b"h" * header + b"\r\n" if header else b"") + b"\r\n")
+        # a server that refuses early may reset while the rest is still being sent
+        with contextlib.suppress(OSError):
+            s.sendall(request)
+        return _status_or_close(s, 30)
+
+
+def header_deadline(port: int, wait: float) -> str:
+    """Send half a header and nothing more: when does the server give up on it?"""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nhost: bench\r\n")
+        t0 = time.monotonic()
+        end = _status_or_close(s, wait)
+        if end.startswith("no answer"):
+            return f"still open after {wait:g} s"
+        return f"{end} after {time.monotonic() - t0:.1f} s"
+
+
+def limits(server: bs.Server, wait: float) -> dict[str, str]:
+    out = {name: oversized(server.port, header, url) for name, header, url in LIMIT_PROBES}
+    out["half a header, then silence"] = header_deadline(server.port, wait)
+    return {"server": server.name, **out}
+
+
+def limits_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    cols = [k for k in rows[0] if k != "server"]
+    lines = ["| server | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join([r["server"], *(r[c] for c in cols)]) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -407,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slowloris-hold", type=float, default=12.0,
                    help="seconds the slowloris connections keep trickling (12; kustos "
                         "serve's header deadline is 10)")
+    p.add_argument("--limits-wait", type=float, default=20.0,
+                   help="seconds to wait on a half-sent header (20; kustos serve's header "
+                        "deadline is 10 s)")
     p.add_argument("--probes", type=int, default=50, help="timed requests under slowloris")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and wrk")
     p.add_argument("--output", type=Path, help="also write the figures as markdown here")
@@ -472,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     else "")
     results: list[bs.Result] = []
     lor: list[dict[str, Any]] = []
+    lim: list[dict[str, str]] = []
     try:
         for kind in servers:
             server = start_server(kind, work, server_cpu)
@@ -497,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"slowloris {kind}: {s['connections']} open, normal request p50 "
                           f"{s['p50_ms']:.1f} ms max {s['max_ms']:.1f} ms; {s['cut']} cut "
                           f"after {s['hold_s']:g} s", flush=True)
+                if kind in ("uvicorn", "kustos-nobatch"):
+                    lim.append(limits(server, args.limits_wait))
+                    print(f"limits {kind}: {lim[-1]}", flush=True)
                 if server.proc.poll() is not None:
                     raise bs.BenchError(f"{kind} died during the run:\n{server.tail()}")
     except bs.BenchError as exc:
@@ -504,17 +568,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     info["load_end"] = bs.loadavg()
     figures, ratios, slow, verdicts = tables(results, lor, concurrencies)
-    print(f"\n{figures}\n\n{ratios}\n\n{slow}\n")
+    limit_rows = limits_table(lim)
+    print(f"\n{figures}\n\n{ratios}\n\n{slow}\n\n{limit_rows}\n")
     print("\n".join(verdicts))
     if args.output:
-        args.output.write_text(markdown(args, info, figures, ratios, slow, verdicts))
+        args.output.write_text(markdown(args, info, figures, ratios, slow, limit_rows,
+                                            verdicts))
         print(f"\nwrote {args.output}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
 def markdown(args: argparse.Namespace, info: dict[str, Any], figures: str, ratios: str,
-             slow: str, verdicts: list[str]) -> str:
+             slow: str, limit_rows: str, verdicts: list[str]) -> str:
     mach = info["machine"]
     pin = "no CPU pinning" if args.no_pin else "server pinned to CPU 0, wrk (1 thread) to CPU 1"
     return f"""## HTTP stack: kustos serve vs uvicorn
@@ -541,6 +607,10 @@ slowloris connections trickle one header byte every 0.25 s; kept trickling
 {args.slowloris_hold:g} s):
 
 {slow}
+
+Oversized and unfinished requests (the answer's status, or how the connection ended):
+
+{limit_rows}
 
 {chr(10).join(f'- {v}' for v in verdicts)}
 """
