@@ -4,6 +4,8 @@
 #
 #   hack/host-packages.sh node      containerd, runc, CNI plugins, iptables, socat, gcc...
 #   hack/host-packages.sh images    mmdebstrap and what the image builds chroot with
+#   hack/host-packages.sh netpol    ipset, for kube-router's NetworkPolicy enforcement
+#   hack/host-packages.sh argocd    redis-server and git, for hack/argocd.sh (Argo CD's cache, the local Git repo)
 #   hack/host-packages.sh WHAT:PACKAGE ...
 #                                   WHAT: a command, or an absolute path that must exist
 set -euo pipefail
@@ -19,12 +21,18 @@ NODE=(ctr:containerd containerd:containerd runc:runc socat:socat iptables:iptabl
 # hack/image_build.py: mmdebstrap runs apt with Debian's keyring; chroot/mount.
 IMAGES=(mmdebstrap:mmdebstrap tar:tar mount:mount chroot:coreutils python3:python3 gpgv:gpgv
         /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring)
+# hack/kube-router.sh: the network-policy controller drives iptables and ipset.
+NETPOL=(iptables:iptables iptables-save:iptables ipset:ipset)
+# hack/argocd.sh: Argo CD's cache (redis, no persistence) and the Git repository it syncs from.
+ARGOCD=(redis-server:redis-server git:git /usr/lib/git-core/git-daemon:git)
 
 wanted=()
 for arg in "$@"; do
   case $arg in
     node) wanted+=("${NODE[@]}") ;;
     images) wanted+=("${IMAGES[@]}") ;;
+    netpol) wanted+=("${NETPOL[@]}") ;;
+    argocd) wanted+=("${ARGOCD[@]}") ;;
     *:*) wanted+=("$arg") ;;
     *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
