@@ -9,6 +9,7 @@
 #                          all on 127.0.0.1; a no-op for what already runs
 #   hack/argocd.sh stop    stop what start started
 #   hack/argocd.sh publish refresh the local Git repository from the working tree (a commit)
+#   hack/argocd.sh start-servers   only redis, the git daemon and the repo-server (no cluster needed)
 #
 # Needs KUBECONFIG (the Makefile's local one by default) and git, redis-server (hack/host-packages.sh argocd).
 set -euo pipefail
@@ -213,9 +214,6 @@ cmd_publish() {
 
 cmd_start() {
   [ -x "$KUSTOS_BIN/argocd" ] || cmd_build
-  command -v redis-server >/dev/null || { log "redis-server missing: bash hack/host-packages.sh argocd"; exit 1; }
-  mkdir -p "$run" "$logs" "$state/git" "$state/repo-server/tmp" "$state/config/ssh" "$state/config/tls" "$state/config/gpg"
-  touch "$state/config/ssh/ssh_known_hosts"
 
   log "namespace argocd, Argo CD's CRDs, argocd-cm (Kustos' health checks), the default project"
   kubectl create namespace argocd --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -234,6 +232,16 @@ cmd_start() {
   kubectl apply --server-side --field-manager=kustos-argocd --force-conflicts \
     -f "$root/manifests/argocd/argocd-cm.yaml" -f "$root/manifests/argocd/local/argocd.yaml" >/dev/null
 
+  start_servers
+  start_controller
+}
+
+# redis, the git daemon and the repo-server: nothing of these talks to the cluster
+start_servers() {
+  [ -x "$KUSTOS_BIN/argocd" ] || cmd_build
+  command -v redis-server >/dev/null || { log "redis-server missing: bash hack/host-packages.sh argocd"; exit 1; }
+  mkdir -p "$run" "$logs" "$state/git" "$state/repo-server/tmp" "$state/config/ssh" "$state/config/tls" "$state/config/gpg"
+  touch "$state/config/ssh/ssh_known_hosts"
   [ -d "$state/git/kustos.git" ] || cmd_publish
 
   spawn redis redis-server --bind 127.0.0.1 --port "$ARGOCD_REDIS_PORT" --save '' --appendonly no \
@@ -247,12 +255,14 @@ cmd_start() {
   # the repo-server runs git, helm and kustomize from PATH; the askpass helper is `argocd`
   spawn repo-server env PATH="$KUSTOS_BIN:$PATH" TMPDIR="$state/repo-server/tmp" \
     ARGOCD_GPG_ENABLED=false ARGOCD_SSH_DATA_PATH="$state/config/ssh" ARGOCD_TLS_DATA_PATH="$state/config/tls" \
-    ARGOCD_GNUPGHOME="$state/config/gpg" \
+    ARGOCD_GNUPGHOME="$state/config/gpg" ARGOCD_ASK_PASS_SOCK="$state/repo-server/ask-pass.sock" \
     "$KUSTOS_BIN/argocd-repo-server" --address 127.0.0.1 --port "$ARGOCD_REPO_PORT" \
-      --metrics-address 127.0.0.1 --metrics-port "$ARGOCD_REPO_METRICS_PORT" --disable-tls \
+      --metrics-address 127.0.0.1 --metrics-port "$ARGOCD_REPO_METRICS_PORT" --disable-tls --client-ca-path "" \
       --redis "127.0.0.1:$ARGOCD_REDIS_PORT" --logformat text
   wait_port repo-server "$ARGOCD_REPO_PORT"
+}
 
+start_controller() {
   # https://kubernetes.default.svc (the in-cluster destination) is $KUBECONFIG's cluster
   # with ARGOCD_FAKE_IN_CLUSTER; one controller, shard 0. --persist-resource-health: each
   # resource's health in the Application's .status.resources (Argo CD 3 keeps it in redis
@@ -284,6 +294,7 @@ cmd_stop() {
 case ${1:-} in
   build) cmd_build ;;
   start) cmd_start ;;
+  start-servers) start_servers ;;
   stop) cmd_stop ;;
   publish) mkdir -p "$state/git"; cmd_publish ;;
   *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
