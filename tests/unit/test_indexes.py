@@ -342,8 +342,12 @@ def test_a_kind_without_an_index_is_listed(api: Api) -> None:
 def test_a_resumed_reconcile_of_an_unchanged_model_lists_and_applies_nothing(
         monkeypatch: pytest.MonkeyPatch, api: Api) -> None:
     written: list[dict[str, Any]] = []
-    monkeypatch.setattr(modeldeployment, "write_status",
-                        lambda body, deployments, *a, **k: written.append(deployments))
+
+    def write_status(body: Any, deployments: dict[str, Any], *_: Any, **kw: Any) -> None:
+        assert kw.get("current") is body  # compared with kopf's body: no GET either
+        written.append(deployments)
+
+    monkeypatch.setattr(modeldeployment, "write_status", write_status)
     desired = rendered()
     idx = live_from(desired)
     dep_name = next(m for m in desired if m["kind"] == "Deployment")["metadata"]["name"]
@@ -358,3 +362,26 @@ def test_a_resumed_reconcile_of_an_unchanged_model_lists_and_applies_nothing(
     assert written == [{dep_name: {"status": {"readyReplicas": 1}}}]
     done = state.reconciled(UID)
     assert done is not None and done.generation == 1 and done.failure is None
+
+
+def test_events_before_this_process_reconciled_the_model_schedule_no_refresh() -> None:
+    """At start-up kopf lists every ModelDeployment and Deployment: the resumed reconcile
+    writes their status, so those events must not each cost a refresh (a GET)."""
+    import asyncio
+
+    import kopf
+
+    async def test() -> None:
+        state = modeldeployment.Models(Lookup(Indexes()))
+        memo = kopf.Memo(kustos_models=state)
+        body = md()
+        dep = child_body("Deployment", NAME)
+        await modeldeployment.model_deployment_changed(body=body, type=None, memo=memo)
+        await modeldeployment.deployment_changed(body=dep, type=None, memo=memo)
+        assert state._due == {}
+        state.record(UID, modeldeployment.Reconciled(1))
+        await modeldeployment.deployment_changed(body=dep, type="MODIFIED", memo=memo)
+        assert set(state._due) == {(NS, NAME)}
+        await state.stop()
+
+    asyncio.run(test())

@@ -262,7 +262,10 @@ def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> Non
         applied = sync(body, desired, MODEL_CHILD_KINDS, live)
         state.record(uid, Reconciled(generation))
         if standing is not None or not any(kind == "Deployment" for kind, _ in applied):
-            write_status(body, _deployments(desired, applied, live))
+            # Compared with the body kopf handed us (fresh from its listing on a resume),
+            # not a GET: a stale one fails the write's resourceVersion precondition and is
+            # read again, and any later change of the object schedules a refresh anyway.
+            write_status(body, _deployments(desired, applied, live), current=body)
         # else: the applied Deployment's watch event refreshes the status in a moment,
         # from what its controller reports by then (one write instead of two).
     except NameConflict as err:
@@ -371,6 +374,11 @@ async def model_deployment_changed(body: kopf.Body, type: str | None, memo: kopf
     if type == "DELETED":
         models(memo).forget(meta["uid"])
         return
+    if models(memo).reconciled(meta["uid"]) is None:
+        # Not reconciled by this process yet (the listing at start-up): the reconcile is
+        # due and writes the status itself from what this event shows; a refresh would
+        # only read the object to find that out (1000 GETs in a resync of 1000).
+        return
     models(memo).refresh_soon(meta["namespace"], meta["name"], meta["uid"])
 
 
@@ -381,7 +389,8 @@ async def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
     status (the refresh reads the Deployments from their index, which kopf updated before
     this handler runs). Event handlers store nothing on the object."""
     owner = _owner(body)
-    if owner is not None:
+    if owner is not None and models(memo).reconciled(owner["uid"]) is not None:
+        # (else the owner's reconcile is due: it reads this Deployment from the index)
         models(memo).refresh_soon(body["metadata"]["namespace"], owner["name"], owner["uid"])
 
 
