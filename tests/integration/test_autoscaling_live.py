@@ -248,18 +248,47 @@ def test_cpu_load_scales_up_and_back_down(chart_operator: ChartOperator, busy: s
     assert "all_ready" in marks, samples[-5:]
     assert load.ok > 0 and rate < 0.01, (load.errors, load.sent)
 
-    # The load has stopped: the HPA comes back to the minimum after its (short) window.
-    t_stop = time.monotonic()
-    down = wait_for("scale-down to the minimum", lambda: (
-        s := hpa_state(kube, ns)) and s["desired"] == MIN and
-        len(live_pods(kube, busy, ns)) == MIN and s, timeout=300 + SCALE_DOWN_WINDOW,
-        interval=2)
-    print(f"scale-down: back to {MIN} pod {time.monotonic() - t_stop:.1f} s after the load "
-          f"stopped (stabilization window {SCALE_DOWN_WINDOW} s), CPU then {down['cpu']}%")
-    status, _ = post_json_ok(ip, path)
+    # The load has stopped: the HPA comes back to the minimum after its (short) window,
+    # while a light paced probe (10 requests/s, far below the target) checks that the
+    # pods going away drop no request.
+    down, after, probe = asyncio.run(scale_down(kube, ns, Load(ip, path, load.body)))
+    probe_errors = sum(probe.errors.values())
+    print(f"scale-down: back to {MIN} pod {after:.1f} s after the load stopped "
+          f"(stabilization window {SCALE_DOWN_WINDOW} s), CPU then {down and down['cpu']}%; "
+          f"probe {probe.sent} requests, {probe_errors} errors {probe.errors}")
+    assert down is not None, f"no scale-down to {MIN} within {after:.0f} s"
+    assert probe.ok > 0 and probe_errors <= probe.sent * 0.01, (probe.errors, probe.sent)
+    status, _ = answered(ip, path, v2_request(ROWS))
     assert status == 200
 
 
-def post_json_ok(ip: str, path: str) -> tuple[int, Any]:
-    """One request after the scale-down: the remaining pod answers."""
-    return answered(ip, path, v2_request(ROWS))
+async def scale_down(kube: Kube, ns: str, probe: Load
+                     ) -> tuple[dict[str, Any] | None, float, Load]:
+    """Poll until the HPA wants MIN and only MIN pods are left (None on timeout), probing
+    meanwhile and for 5 s after; returns the last state, the seconds it took, the probe."""
+    t0 = time.monotonic()
+    deadline = t0 + 300 + SCALE_DOWN_WINDOW
+
+    async def paced() -> None:
+        while not probe.stop.is_set() and time.monotonic() < deadline + 10:
+            await probe.one()
+            await asyncio.sleep(0.1)
+
+    async def watch() -> tuple[dict[str, Any] | None, float]:
+        try:
+            while time.monotonic() < deadline:
+                s = await asyncio.to_thread(hpa_state, kube, ns)
+                pods = await asyncio.to_thread(live_pods, kube, NAME, ns)
+                if s["desired"] == MIN and len(pods) == MIN:
+                    took = time.monotonic() - t0
+                    await asyncio.sleep(5)
+                    return s, took
+                await asyncio.sleep(2)
+            return None, time.monotonic() - t0
+        finally:
+            probe.stop.set()
+
+    prober = asyncio.create_task(paced())
+    state, took = await watch()
+    await prober
+    return state, took, probe
