@@ -103,8 +103,14 @@ class ChartOperator:
 
 
 @pytest.fixture(scope="module")
-def chart_operator(kube: Kube, kubeconfig: Path, model_store: dict[str, str]
-                   ) -> Iterator[ChartOperator]:
+def chart_values() -> list[str]:
+    """Extra `helm install --set` values of ``chart_operator``; a module overrides this."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def chart_operator(kube: Kube, kubeconfig: Path, model_store: dict[str, str],
+                   chart_values: list[str]) -> Iterator[ChartOperator]:
     """The chart installed with the locally built image, watching one models namespace."""
     require_real_node(kube)
     helm = Helm(kubeconfig)
@@ -123,6 +129,8 @@ def chart_operator(kube: Kube, kubeconfig: Path, model_store: dict[str, str]
             "--set", "config.sidecars.collect_interval=3",
             # Only this test's namespace goes through this operator's webhook.
             "--set", f"webhook.namespaceSelector.matchLabels.{label}=on"]
+    for value in chart_values:
+        args += ["--set", value]
     if all(kube.run("get", "crd", n, check=False).returncode == 0 for n in chart_crds()):
         args.append("--skip-crds")
     op = ChartOperator(release, system_ns, models_ns, kube, helm)
