@@ -1,0 +1,425 @@
+"""The shipped monitoring against a real Prometheus: a `prometheus` process (built by
+hack/prometheus.sh) discovers the model pods on the real node through the API server
+(kubernetes_sd) with the scrape jobs prometheus-operator would generate from
+manifests/monitoring/podmonitor.yaml and from the chart's ServiceMonitor, loads the
+chart's alert rules, and scrapes real `kustos serve`, explainer and drift containers and
+the chart's operator pod while predictions, explanations and drifting traffic go through
+the model's Service. Every Grafana dashboard query, its variables substituted as Grafana
+does, must then return data through Prometheus' HTTP API, and alerts are evaluated by
+Prometheus' own rule engine on the scraped series.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import REPO, bin_dir, in_ci
+from conftest import OPERATOR_LOGS, free_port, stop_process, wait_for, wait_ready
+from realpods import (
+    IRIS_V1,
+    IRIS_V2,
+    ChartOperator,
+    cluster_ip,
+    live_pods,
+    post_json,
+    real_model,
+)
+
+# The first test also waits for the chart, the model pods and their sidecars.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytest_plugins = ["realpods"]
+
+MONITORING = REPO / "manifests" / "monitoring"
+RULES = REPO / "charts" / "kustos" / "files" / "prometheus-rules.yaml"
+SCRAPE_INTERVAL = 5
+# Grafana's $__rate_interval with a data source scrape interval of 15s (its default): 4x.
+RATE_INTERVAL = "1m"
+BC = "s3://models/breast-cancer/7"
+
+
+def promtool_dir() -> Path:
+    return Path(os.environ.get("PROMETHEUS_BIN_DIR") or bin_dir())
+
+
+def prometheus_binary() -> Path:
+    path = promtool_dir() / "prometheus"
+    if not path.is_file():
+        msg = f"{path} missing: run hack/prometheus.sh build"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def _label_key(name: str) -> str:
+    """A Kubernetes label name as kubernetes_sd's meta label suffix."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def podmonitor_jobs(kubeconfig: Path, namespace: str) -> list[dict[str, Any]]:
+    """The scrape jobs prometheus-operator generates from the PodMonitor we ship: one per
+    podMetricsEndpoint, keeping pods with its matchLabels and the container port of that
+    name, labelled namespace/pod/container/endpoint and job "<namespace>/<name>". Only
+    ``namespace`` is discovered (the PodMonitor says any namespace; other tests' pods
+    are not ours to scrape)."""
+    pm = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
+    name = pm["metadata"]["name"]
+    keep = [{"action": "keep",
+             "source_labels": [f"__meta_kubernetes_pod_label_{_label_key(k)}",
+                               f"__meta_kubernetes_pod_labelpresent_{_label_key(k)}"],
+             "regex": f"({re.escape(v)});true"}
+            for k, v in pm["spec"]["selector"]["matchLabels"].items()]
+    jobs = []
+    for i, ep in enumerate(pm["spec"]["podMetricsEndpoints"]):
+        jobs.append({
+            "job_name": f"podMonitor/{namespace}/{name}/{i}",
+            "metrics_path": ep["path"],
+            "honor_labels": bool(ep.get("honorLabels", False)),
+            "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig),
+                                       "namespaces": {"names": [namespace]}}],
+            "relabel_configs": [
+                {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"],
+                 "regex": "(Failed|Succeeded)"},
+                *keep,
+                {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                 "regex": ep["port"]},
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_container_name"],
+                 "target_label": "container"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                {"target_label": "job", "replacement": f"{namespace}/{name}"},
+                {"target_label": "endpoint", "replacement": ep["port"]},
+            ]})
+    return jobs
+
+
+def operator_job(kubeconfig: Path, op: ChartOperator) -> dict[str, Any]:
+    """The chart's ServiceMonitor (metrics.serviceMonitor.enabled) as a scrape job: the
+    metrics Service's endpoints, port "metrics", job = the Service's name."""
+    selector = {"app.kubernetes.io/name": "kustos", "app.kubernetes.io/instance": op.release}
+    return {
+        "job_name": f"serviceMonitor/{op.system_ns}/{op.release}/0",
+        "metrics_path": "/metrics",
+        "kubernetes_sd_configs": [{"role": "endpointslice", "kubeconfig_file": str(kubeconfig),
+                                   "namespaces": {"names": [op.system_ns]}}],
+        "relabel_configs": [
+            *[{"action": "keep",
+               "source_labels": [f"__meta_kubernetes_service_label_{_label_key(k)}"],
+               "regex": re.escape(v)} for k, v in selector.items()],
+            {"action": "keep", "source_labels": ["__meta_kubernetes_endpointslice_port_name"],
+             "regex": "metrics"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
+            {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"},
+            {"target_label": "endpoint", "replacement": "metrics"},
+        ]}
+
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started: float = field(default_factory=time.time)
+
+    def api(self, path: str, **params: Any) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.api("query", query=expr)["result"]
+        return result
+
+    def query_range(self, expr: str, start: float) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.api(
+            "query_range", query=expr, start=f"{start:.3f}", end=f"{time.time():.3f}",
+            step=str(SCRAPE_INTERVAL))["result"]
+        return result
+
+    def targets(self) -> list[dict[str, Any]]:
+        active: list[dict[str, Any]] = self.api("targets", state="active")["activeTargets"]
+        return active
+
+
+@pytest.fixture(scope="module")
+def prometheus(kubeconfig: Path, chart_operator: ChartOperator,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    binary = prometheus_binary()
+    tmp = tmp_path_factory.mktemp("prometheus")
+    config = {
+        "global": {"scrape_interval": f"{SCRAPE_INTERVAL}s",
+                   "scrape_timeout": f"{SCRAPE_INTERVAL - 1}s",
+                   "evaluation_interval": f"{SCRAPE_INTERVAL}s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [*podmonitor_jobs(kubeconfig, chart_operator.models_ns),
+                           operator_job(kubeconfig, chart_operator)],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    OPERATOR_LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = OPERATOR_LOGS / "prometheus-test.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [str(binary), f"--config.file={tmp / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        cwd=tmp, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    prom = Prometheus(f"http://127.0.0.1:{port}", proc, log_path)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for("prometheus ready", ready, timeout=120)
+        yield prom
+    finally:
+        stop_process(proc, timeout=30, kill_timeout=10)
+
+
+@dataclass
+class Workload:
+    namespace: str
+    started: float
+    bc_ip: str
+    rows: list[list[float]]
+    shifted: list[list[float]]
+    sent: int = 0
+
+    def traffic(self) -> None:
+        """One round of what a dashboard shows: V2, V1 and Seldon predictions (shifted
+        rows, so the drift sidecar sees drift), a malformed request (4xx), an explanation."""
+        start = self.sent % len(self.shifted)
+        rows = self.shifted[start:start + 20]
+        self.sent += len(rows)
+        flat = [v for r in rows for v in r]
+        status, body = post_json(self.bc_ip, "/v2/models/bc/infer", {"inputs": [{
+            "name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64",
+            "data": flat}]})
+        assert status == 200, body
+        status, body = post_json(self.bc_ip, "/v1/models/bc:predict",
+                                 {"instances": self.rows[:2]})
+        assert status == 200, body
+        status, body = post_json(self.bc_ip, "/api/v1.0/predictions",
+                                 {"data": {"ndarray": self.rows[:1]}})
+        assert status == 200, body
+        status, body = post_json(self.bc_ip, "/v2/models/bc/infer", {"inputs": "nope"})
+        assert 400 <= status < 500, body
+        status, body = post_json(self.bc_ip, "/v1/models/bc:explain",
+                                 {"instances": self.rows[:1]}, timeout=60)
+        assert status == 200, body
+
+
+@pytest.fixture(scope="module")
+def workload(chart_operator: ChartOperator, model_store: dict[str, str],
+             prometheus: Prometheus) -> Iterator[Workload]:
+    """bc: a model with a working explainer and drift sidecar, served drifting traffic.
+    iris: an explainer whose background digest is wrong (explainer errors). nocreds: a
+    ModelDeployment whose credentials Secret is missing (reconcile errors). tampered: a
+    model whose fetch init container fails (a serving pod Prometheus cannot scrape)."""
+    from sklearn.datasets import load_breast_cancer
+
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    started = time.time()
+    bc = real_model("bc", ns, f"{BC}/model.skops", model_store[f"{BC}/model.skops"],
+                    replicas=1)
+    bc["spec"]["model"]["format"] = "sklearn"
+    docs: list[dict[str, Any]] = [
+        bc,
+        {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+         "metadata": {"name": "bc", "namespace": ns},
+         "spec": {"targetRef": {"name": "bc"}, "method": "shap-tree",
+                  "background": {"uri": f"{BC}/background.csv",
+                                 "digest": model_store[f"{BC}/background.csv"],
+                                 "maxSamples": 50},
+                  # a global report once, at start (the run-time panel)
+                  "global": {"interval": "24h", "topK": 5}}},
+        {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
+         "metadata": {"name": "bc", "namespace": ns},
+         "spec": {"targetRef": {"name": "bc"}, "detector": "ks",
+                  "reference": {"uri": f"{BC}/reference.csv",
+                                "digest": model_store[f"{BC}/reference.csv"],
+                                "maxSamples": 600},
+                  "window": {"size": 100, "maxAge": "1h"}, "pValue": 0.05}},
+        real_model("iris", ns, IRIS_V1, model_store[IRIS_V1], replicas=1),
+        {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+         "metadata": {"name": "iris", "namespace": ns},
+         "spec": {"targetRef": {"name": "iris"}, "method": "shap-tree",
+                  "background": {"uri": f"{BC}/background.csv",
+                                 "digest": model_store[f"{BC}/reference.csv"]}}},
+        real_model("tampered", ns, IRIS_V1, model_store[IRIS_V2], replicas=1),
+    ]
+    nocreds = real_model("nocreds", ns, IRIS_V1, model_store[IRIS_V1], replicas=1)
+    nocreds["spec"]["model"]["credentialsSecretRef"] = {"name": "no-such-secret"}
+    docs.append(nocreds)
+    for doc in docs:
+        kube.apply(doc)
+    try:
+        wait_ready(kube, "bc", ns, timeout=600)
+
+        def sidecars_running() -> bool:
+            pods = live_pods(kube, "bc", ns)
+            names = {c["name"] for p in pods for c in p["status"].get("containerStatuses") or []
+                     if c.get("ready")}
+            return len(pods) == 1 and {"server", "explainer", "drift"} <= names
+
+        wait_for("bc's server, explainer and drift containers ready", sidecars_running,
+                 timeout=600, interval=2)
+        x = load_breast_cancer().data
+        shifted = x.copy()
+        shifted[:, 0] += 3 * x[:, 0].std()
+        yield Workload(ns, started, cluster_ip(kube, "bc", ns), x[:4].tolist(),
+                       shifted.tolist())
+    finally:
+        kube.run("delete", "md,explainerspec,driftmonitor", "--all", "-n", ns,
+                 "--wait=false", check=False)
+
+
+def grafana_expr(expr: str, namespace: str, since: float) -> str:
+    """The query as Grafana sends it: namespace = the test's (a plain name: Grafana escapes
+    only regex metacharacters, and a PromQL string refuses "\\-"), model = All (its
+    allValue ".*"), $__range = the time since the workload started."""
+    span = max(60, int(time.time() - since) + SCRAPE_INTERVAL)
+    return (expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", f"{span}s")
+            .replace("$namespace", namespace).replace("$model", ".*"))
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    out = [(f"{p['title']} [{t['refId']}]", t["expr"])
+           for p in dash["panels"] for t in p.get("targets", [])]
+    out += [(f"annotation {a['name']}", a["expr"]) for a in dash["annotations"]["list"]]
+    return out
+
+
+def has_values(result: list[dict[str, Any]]) -> bool:
+    """A range result with at least one number (histogram_quantile over no requests is
+    NaN: Grafana draws nothing)."""
+    return any(not math.isnan(float(v)) for s in result for _, v in s.get("values") or [])
+
+
+def test_prometheus_scrapes_every_port_the_podmonitor_names(
+        prometheus: Prometheus, workload: Workload, chart_operator: ChartOperator) -> None:
+    def up_targets() -> set[tuple[str, str]] | None:
+        seen = {(t["labels"].get("pod", "").rsplit("-", 2)[0], t["labels"].get("endpoint", ""))
+                for t in prometheus.targets() if t["health"] == "up"}
+        want = {("bc", "http"), ("bc", "explain"), ("bc", "drift")}
+        return seen if want <= seen and any(e == "metrics" for _, e in seen) else None
+
+    seen = wait_for("bc's three ports and the operator scraped", up_targets, timeout=120)
+    # kustos serve's own `endpoint` label survives prometheus-operator's `endpoint` target
+    # label (the PodMonitor's honorLabels): the queries on endpoint=~"v2_infer|..." match.
+    workload.traffic()
+    infer = wait_for("bc's v2_infer requests scraped", lambda: prometheus.query(
+        f'kustos_requests_total{{namespace="{workload.namespace}", model="bc", '
+        f'endpoint="v2_infer", code="200"}}'), timeout=60)
+    assert "exported_endpoint" not in infer[0]["metric"], infer
+    # The scraped series carry the PodMonitor's labels and the model's own.
+    ready = prometheus.query(f'kustos_model_ready{{namespace="{workload.namespace}", '
+                             f'model="bc"}}')
+    assert ready and ready[0]["metric"]["container"] == "server", ready
+    assert ready[0]["metric"]["job"] == f"{workload.namespace}/kustos-models"
+    drift = prometheus.query(f'kustos_drift_ready{{namespace="{workload.namespace}"}}')
+    assert drift and drift[0]["metric"]["container"] == "drift", (drift, seen)
+    ops = prometheus.query(
+        f'kustos_operator_peering_active{{namespace="{chart_operator.system_ns}"}}')
+    assert ops and ops[0]["value"][1] == "1", ops
+
+
+def test_every_dashboard_query_returns_data(prometheus: Prometheus, workload: Workload) -> None:
+    queries = dashboard_queries()
+    assert len(queries) > 30
+
+    def missing() -> list[str]:
+        workload.traffic()
+        out = []
+        for title, expr in queries:
+            query = grafana_expr(expr, workload.namespace, workload.started)
+            try:
+                if not has_values(prometheus.query_range(query, workload.started)):
+                    out.append(f"{title}: {query}")
+            except urllib.error.HTTPError as err:  # a query Prometheus refuses
+                out.append(f"{title}: HTTP {err.code} {err.read()[:300]!r}: {query}")
+        return out
+
+    last: list[list[str]] = [[]]
+
+    def all_answered() -> bool:
+        last[0] = missing()
+        return not last[0]
+
+    try:
+        wait_for("every dashboard query to return data", all_answered, timeout=600,
+                 interval=2)
+    except AssertionError:
+        raise AssertionError("dashboard queries without data:\n" + "\n".join(last[0])
+                             + f"\n(sent {workload.sent} shifted rows; "
+                             f"Prometheus log {prometheus.log_path})") from None
+
+
+def test_template_variables_list_the_models(prometheus: Prometheus, workload: Workload) -> None:
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    values: dict[str, list[str]] = {}
+    for var in dash["templating"]["list"]:
+        m = re.fullmatch(r"label_values\((.+), (\w+)\)", var.get("definition", ""))
+        if m:
+            match = m.group(1).replace("$namespace", workload.namespace)
+            values[var["name"]] = prometheus.api(f"label/{m.group(2)}/values",
+                                                 **{"match[]": match})
+    assert workload.namespace in values["namespace"], values
+    assert {"bc", "iris"} <= set(values["model"]), values
+
+
+def test_alerts_evaluated_on_the_scraped_series(prometheus: Prometheus,
+                                                workload: Workload) -> None:
+    """Prometheus' rule engine, on what it scraped: bc's drifting traffic fires
+    KustosDriftDetected with the model's labels, and nothing pages for bc otherwise."""
+    def firing() -> list[dict[str, Any]]:
+        workload.traffic()
+        return prometheus.query(f'ALERTS{{alertname="KustosDriftDetected", '
+                                f'alertstate="firing", namespace="{workload.namespace}"}}')
+
+    alerts = wait_for("KustosDriftDetected firing", firing, timeout=600, interval=2)
+    assert [a["metric"]["model"] for a in alerts] == ["bc"], alerts
+    assert alerts[0]["metric"]["severity"] == "warning"
+    others = prometheus.query(f'ALERTS{{model="bc", alertname!="KustosDriftDetected", '
+                              f'namespace="{workload.namespace}"}}')
+    assert others == [], others
+
+
+def test_a_pod_stuck_fetching_its_model_is_seen_down(prometheus: Prometheus,
+                                                     workload: Workload) -> None:
+    """tampered's fetch init container refuses the model (wrong digest), so its server never
+    exports kustos_model_ready; its http target is down and KustosModelServerDown is
+    active for that pod only (pending, or firing once the module has run 10 minutes)."""
+    ns = workload.namespace
+    down = wait_for("tampered's server target down", lambda: prometheus.query(
+        f'up{{namespace="{ns}", pod=~"tampered-.*", container="server"}} == 0'), timeout=120)
+    assert prometheus.query(f'kustos_model_ready{{namespace="{ns}", model="tampered"}}') == []
+    pending = wait_for("KustosModelServerDown pending", lambda: prometheus.query(
+        f'ALERTS{{alertname="KustosModelServerDown", namespace="{ns}"}}'), timeout=120)
+    assert {a["metric"]["pod"] for a in pending} == {d["metric"]["pod"] for d in down}, pending
+    assert all(a["metric"]["alertstate"] in {"pending", "firing"} for a in pending), pending
+    assert [a["metric"]["severity"] for a in pending] == ["warning"] * len(pending)
