@@ -114,9 +114,9 @@ def test_agent_renders_files_into_the_pod_and_rotation_rewrites_them(
         assert read(kube, pn, ns, f"{SECRETS}/api_key") == first
         assert json.loads(read(kube, pn, ns, f"{SECRETS}/all.json")) == \
             {"api_key": first, "user": user}
-        # The server reads them; it cannot change them.
+        # The server reads them; it cannot write there (its mount is read-only).
         touch = kube.run("exec", "-n", ns, pn, "-c", "server", "--", "touch",
-                         f"{SECRETS}/api_key", check=False)
+                         f"{SECRETS}/planted", check=False)
         assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch.stderr
         spec = pod["spec"]
         assert [c["name"] for c in spec["initContainers"]] == ["fetch-model", "vault-agent-init"]
