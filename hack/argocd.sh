@@ -160,11 +160,21 @@ GO
   log "argocd built in $((SECONDS - t0)) s"
 }
 
+# The repo-server runs upstream's hack/git-verify-wrapper.sh from PATH on every manifest
+# generation (deprecated signature check, called even with GPG off): the module's copy.
+install_verify_wrapper() {
+  local want="$KUSTOS_BIN/git-verify-wrapper.sh"
+  [ -x "$want" ] && cmp -s "$want" "$(module_dir)/hack/git-verify-wrapper.sh" && return
+  install -m 0755 "$(module_dir)/hack/git-verify-wrapper.sh" "$want"
+  log "git-verify-wrapper.sh installed"
+}
+
 cmd_build() {
   mkdir -p "$KUSTOS_BIN" "$work"
   export GOFLAGS=-mod=mod CGO_ENABLED=0
   GOTOOLCHAIN=local build_kustomize
   build_argocd
+  install_verify_wrapper
 }
 
 kubectl() { "${KUBECTL:-$root/.venv/bin/kubectl}" "$@"; }
@@ -238,7 +248,7 @@ cmd_start() {
 
 # redis, the git daemon and the repo-server: nothing of these talks to the cluster
 start_servers() {
-  [ -x "$KUSTOS_BIN/argocd" ] || cmd_build
+  [ -x "$KUSTOS_BIN/argocd" ] && [ -x "$KUSTOS_BIN/git-verify-wrapper.sh" ] || cmd_build
   command -v redis-server >/dev/null || { log "redis-server missing: bash hack/host-packages.sh argocd"; exit 1; }
   mkdir -p "$run" "$logs" "$state/git" "$state/repo-server/tmp" "$state/config/ssh" "$state/config/tls" "$state/config/gpg"
   touch "$state/config/ssh/ssh_known_hosts"
