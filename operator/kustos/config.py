@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # One image runs the operator, the fetch init container and the model server
 # (images/kustos.Dockerfile); the explainer adds shap (images/explain.Dockerfile).
@@ -103,6 +103,50 @@ class NetworkPolicySettings(BaseModel):
     operator_namespace: str = "kustos-system"
 
 
+# kustos serve's requests that count for spec.autoscaling.targetRequestsPerSecond:
+# predictions and explanations (not probes, scrapes, metadata or feedback).
+SERVED_ENDPOINTS = "v2_infer|v1_predict|seldon_predictions|v2_explain|v1_explain"
+# The request rate of one track's pods, summed (KEDA divides by the pod count). The
+# namespace/pod labels are those kubernetes_sd relabelling and prometheus-operator's
+# PodMonitor give every target; endpoint is kustos serve's own label (the shipped
+# PodMonitor honors it).
+DEFAULT_REQUESTS_QUERY = (
+    'sum(rate(kustos_requests_total{{namespace="{namespace}",pod=~"{pods}",'
+    'endpoint=~"' + SERVED_ENDPOINTS + '"}}[{window}]))')
+
+
+class AutoscalingSettings(BaseModel):
+    """What serves spec.autoscaling.targetRequestsPerSecond in this cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # custom-metrics: an HPA with the Pods metric kustos_requests_per_second, which a
+    # custom-metrics adapter (prometheus-adapter) must serve. keda: a KEDA ScaledObject
+    # with a Prometheus trigger instead of the HPA (KEDA creates and owns the HPA).
+    requests_backend: Literal["custom-metrics", "keda"] = "custom-metrics"
+    # The Prometheus KEDA queries (keda backend), e.g. http://prometheus.monitoring:9090.
+    prometheus_address: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    # PromQL with the placeholders {namespace}, {pods} (a regex of one track's pod names)
+    # and {window} (rate_window); its value is the total requests/s of those pods.
+    requests_query: str = DEFAULT_REQUESTS_QUERY
+    rate_window: str = Field(default="1m", pattern=r"^[0-9]+[smh]$")
+    # How often KEDA runs the query (ScaledObject pollingInterval, seconds).
+    polling_interval: int = Field(default=15, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _keda_needs_prometheus(self) -> AutoscalingSettings:
+        if self.requests_backend == "keda" and not self.prometheus_address:
+            raise ValueError("autoscaling.requests_backend keda needs "
+                             "autoscaling.prometheus_address")
+        try:
+            self.requests_query.format(namespace="ns", pods="p", window="1m")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"autoscaling.requests_query: only {{namespace}}, {{pods}} and "
+                             f"{{window}} may be used, and literal braces doubled ({err})"
+                             ) from None
+        return self
+
+
 class OperatorConfig(BaseModel):
     """Everything the render functions need beyond the resource itself."""
 
@@ -127,6 +171,7 @@ class OperatorConfig(BaseModel):
     sidecars: SidecarSettings = Field(default_factory=SidecarSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
     network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
 
 
 def load(path: str | Path | None = None) -> OperatorConfig:

@@ -73,6 +73,9 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "a ServiceAccount (no token mounted) and a Service per ModelDeployment"),
     Rule(("autoscaling",), ("horizontalpodautoscalers",), CHILD_VERBS,
          "the HPA when spec.autoscaling is set"),
+    Rule(("keda.sh",), ("scaledobjects",), ("get", "list", "create", "patch", "delete"),
+         "the KEDA ScaledObject instead of the HPA for a requests/s target when the operator "
+         "config says autoscaling.requests_backend: keda (listed per reconcile, not watched)"),
     Rule(("policy",), ("poddisruptionbudgets",), CHILD_VERBS,
          "the PodDisruptionBudget when there is more than one replica"),
     Rule(("networking.k8s.io",), ("networkpolicies",), CHILD_VERBS,

@@ -19,8 +19,8 @@ from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
-from kustos.k8s.resources import MODEL_CHILD_KINDS
 from kustos.render import modeldeployment as render_md
+from kustos.render.keda import model_child_kinds
 from kustos.render.meta import COMPONENT, INSTANCE, MANAGED, MANAGED_BY, base_labels
 from kustos.status import modeldeployment as status_md
 from kustos.status import pods as status_pods
@@ -258,8 +258,9 @@ def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> Non
         before = state.reconciled(uid)
         standing = before.failure if before and before.generation == generation else None
         state.record(uid, Reconciled(generation, standing))
-        live = known(body, MODEL_CHILD_KINDS, state.lookup)
-        applied = sync(body, desired, MODEL_CHILD_KINDS, live)
+        kinds = model_child_kinds(config())
+        live = known(body, kinds, state.lookup)
+        applied = sync(body, desired, kinds, live)
         state.record(uid, Reconciled(generation))
         if standing is not None or not any(kind == "Deployment" for kind, _ in applied):
             # Compared with the body kopf handed us (fresh from its listing on a resume),

@@ -35,6 +35,8 @@ _ALL = [
     Resource("apps/v1", "Deployment", "deployments"),
     Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
     Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    # with the operator config autoscaling.requests_backend keda (kustos.render.keda)
+    Resource("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
     Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     Resource("batch/v1", "Job", "jobs"),
     Resource("kustos.dev/v1alpha1", "ModelDeployment", "modeldeployments"),

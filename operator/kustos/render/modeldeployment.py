@@ -1,4 +1,5 @@
-"""ModelDeployment -> ServiceAccount, Deployment(s), Service, HPA, PDB. Pure: no I/O."""
+"""ModelDeployment -> ServiceAccount, Deployment(s), Service, HPA (or KEDA ScaledObject),
+PDB. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
 from kustos.config import OperatorConfig
 
 from .attachments import NONE, Attachments
+from .keda import render_scaled_object, uses_keda
 from .meta import (
     COMPONENT,
     INSTANCE,
@@ -292,19 +294,35 @@ def render_hpa(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, 
             "metric": {"name": "kustos_requests_per_second"},
             "target": {"type": "AverageValue",
                        "averageValue": str(auto.target_requests_per_second)}}})
-    stable = split_tracks(name, spec)[0]
-    canary_n = effective_replicas(spec) - stable.replicas
+    low, high = autoscaled_bounds(name, spec)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": child_meta(body, name),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": max(1, auto.min_replicas - canary_n),
-            "maxReplicas": max(1, auto.max_replicas - canary_n),
+            "minReplicas": low,
+            "maxReplicas": high,
             "metrics": metrics,
         },
     }
+
+
+def autoscaled_bounds(name: str, spec: ModelDeploymentSpec) -> tuple[int, int]:
+    """The stable track's replica bounds: spec.autoscaling's, less the canary's pods."""
+    assert spec.autoscaling is not None
+    canary_n = effective_replicas(spec) - split_tracks(name, spec)[0].replicas
+    return (max(1, spec.autoscaling.min_replicas - canary_n),
+            max(1, spec.autoscaling.max_replicas - canary_n))
+
+
+def render_autoscaler(body: Mapping[str, Any], spec: ModelDeploymentSpec,
+                      config: OperatorConfig) -> dict[str, Any] | None:
+    """The HPA, or KEDA's ScaledObject when requests/s go through KEDA (render/keda.py)."""
+    if spec.autoscaling is not None and uses_keda(spec.autoscaling, config):
+        return render_scaled_object(body, spec.autoscaling, config,
+                                    *autoscaled_bounds(body["metadata"]["name"], spec))
+    return render_hpa(body, spec)
 
 
 def render_pdb(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any] | None:
@@ -332,7 +350,8 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     autoscaled = spec.autoscaling is not None
     children += [render_deployment(body, spec, t, config, autoscaled, attachments)
                  for t in split_tracks(name, spec)]
-    children += [render_service(body), render_hpa(body, spec), render_pdb(body, spec)]
+    children += [render_service(body), render_autoscaler(body, spec, config),
+                 render_pdb(body, spec)]
     children.append(render_network_policy(body, config, runtime_ports(
         serving_spec(name, spec, spec.model, config, attachments)), attachments.sidecars))
     return [with_hash(c) for c in children if c is not None]

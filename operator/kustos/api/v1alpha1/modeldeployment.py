@@ -138,7 +138,9 @@ class AutoscalingSpec(KModel):
                                                alias="targetCPUUtilization")
     """Target average CPU utilisation in percent of requests (default 80 when no target is set)."""
     target_requests_per_second: int | None = Field(default=None, ge=1, le=1000000)
-    """Target requests/s per pod (metric kustos_requests_per_second; needs a metrics adapter)."""
+    """Target requests/s per pod: the HPA's Pods metric kustos_requests_per_second (needs a
+    custom-metrics adapter), or a KEDA ScaledObject's Prometheus trigger when the operator
+    config says autoscaling.requests_backend: keda."""
 
 
 class VaultItem(KModel):
