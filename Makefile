@@ -43,12 +43,16 @@ lock: ## re-resolve the main venv's packages and write requirements/constraints.
 venv: $(STAMP) ## create the virtual environment with every extra
 
 .PHONY: tools
-tools: ## build etcd, the Kubernetes binaries (kubelet, kube-proxy too), kwok, helm, coredns
+tools: ## build etcd, the Kubernetes binaries (kubelet, kube-proxy too), kwok, helm, coredns, and the ecosystem the live tests run
 	@bash hack/build-tools.sh
+	@bash hack/metrics-server.sh build
+	@bash hack/prometheus.sh build
+	@bash hack/kube-router.sh build
+	@bash hack/argocd.sh build
 
 .PHONY: host-packages
-host-packages: ## the Debian packages of the real node and the image builds (apt-get, only what is missing)
-	@bash hack/host-packages.sh node images
+host-packages: ## the Debian packages of the real node, the image builds, kube-router and Argo CD (apt-get, only what is missing)
+	@bash hack/host-packages.sh node images netpol argocd
 
 .PHONY: crds
 crds: venv ## regenerate crds/ from the pydantic models

@@ -179,7 +179,8 @@ all_healthy() {
   local c
   for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null && health_of "$c" || return 1; done
   node_exists || return 1
-  [ "$REAL_NODE_ENABLED" != 1 ] || "$here/node.sh" status >/dev/null 2>&1
+  [ "$REAL_NODE_ENABLED" != 1 ] || "$here/node.sh" status >/dev/null 2>&1 || return 1
+  [ "$REAL_NODE_ENABLED" != 1 ] || "$here/metrics-server.sh" status >/dev/null 2>&1
 }
 
 # ---------------------------------------------------------------- certificates
@@ -504,6 +505,8 @@ cmd_up() {
   ensure_kwok_taint
   if [ "$REAL_NODE_ENABLED" = 1 ]; then
     KUSTOS_CLUSTER_LOCKED=1 "$here/node.sh" up
+    # the resource metrics API (kubectl top, CPU autoscaling) reads the real node's kubelet
+    "$here/metrics-server.sh" start
   fi
   log "cluster up in $((SECONDS - t0))s; apiserver https://127.0.0.1:$APISERVER_PORT"
   log "export KUBECONFIG=$ADMIN_KUBECONFIG"
@@ -562,6 +565,8 @@ cmd_down() {
   # the real node first (its kubelet talks to the apiserver; it restores the host)
   if [ -d "$CLUSTER_DIR/node" ] || [ -d "$CLUSTER_DIR/host" ]; then
     [ "$(id -u)" = 0 ] || die "the real node runs; stopping it needs root"
+    # its APIService first: one left without its server breaks discovery
+    "$here/metrics-server.sh" stop || true
     KUSTOS_CLUSTER_LOCKED=1 "$here/node.sh" down
   fi
   # processes of ours that lost their pid file go first: a client still watching keeps
