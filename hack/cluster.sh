@@ -180,7 +180,8 @@ all_healthy() {
   for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null && health_of "$c" || return 1; done
   node_exists || return 1
   [ "$REAL_NODE_ENABLED" != 1 ] || "$here/node.sh" status >/dev/null 2>&1 || return 1
-  [ "$REAL_NODE_ENABLED" != 1 ] || "$here/metrics-server.sh" status >/dev/null 2>&1
+  [ "$REAL_NODE_ENABLED" != 1 ] || "$here/metrics-server.sh" status >/dev/null 2>&1 || return 1
+  [ "$REAL_NODE_ENABLED" != 1 ] || [ "$ENFORCE_NETPOL" != 1 ] || "$here/kube-router.sh" status >/dev/null 2>&1
 }
 
 # ---------------------------------------------------------------- certificates
@@ -347,6 +348,10 @@ KCM_FEATURE_GATES=${KUSTOS_KCM_FEATURE_GATES-StaleControllerConsistencyReplicaSe
 # the Deployment and ReplicaSet controllers, not the operator, the bottleneck when hundreds of
 # Deployments arrive at once (1000 need about 5000 writes of theirs); large clusters raise it
 # the same way.
+# kube-router's network-policy controller on the real node (hack/kube-router.sh); 0 leaves
+# NetworkPolicies unenforced, as on a cluster without an enforcer.
+ENFORCE_NETPOL=${KUSTOS_ENFORCE_NETPOL:-1}
+
 KCM_API_QPS=${KUSTOS_KCM_API_QPS:-200}
 KCM_API_BURST=${KUSTOS_KCM_API_BURST:-400}
 
@@ -507,6 +512,8 @@ cmd_up() {
     KUSTOS_CLUSTER_LOCKED=1 "$here/node.sh" up
     # the resource metrics API (kubectl top, CPU autoscaling) reads the real node's kubelet
     "$here/metrics-server.sh" start
+    # NetworkPolicies enforced on the real node, as on a production cluster
+    [ "$ENFORCE_NETPOL" != 1 ] || "$here/kube-router.sh" start
   fi
   log "cluster up in $((SECONDS - t0))s; apiserver https://127.0.0.1:$APISERVER_PORT"
   log "export KUBECONFIG=$ADMIN_KUBECONFIG"
@@ -567,6 +574,8 @@ cmd_down() {
     [ "$(id -u)" = 0 ] || die "the real node runs; stopping it needs root"
     # its APIService first: one left without its server breaks discovery
     "$here/metrics-server.sh" stop || true
+    # its chains and ipsets are removed by itself (node.sh down would leave the ipsets)
+    "$here/kube-router.sh" stop || true
     KUSTOS_CLUSTER_LOCKED=1 "$here/node.sh" down
   fi
   # processes of ours that lost their pid file go first: a client still watching keeps
