@@ -418,8 +418,15 @@ def test_a_pod_stuck_fetching_its_model_is_seen_down(prometheus: Prometheus,
     down = wait_for("tampered's server target down", lambda: prometheus.query(
         f'up{{namespace="{ns}", pod=~"tampered-.*", container="server"}} == 0'), timeout=120)
     assert prometheus.query(f'kustos_model_ready{{namespace="{ns}", model="tampered"}}') == []
-    pending = wait_for("KustosModelServerDown pending", lambda: prometheus.query(
-        f'ALERTS{{alertname="KustosModelServerDown", namespace="{ns}"}}'), timeout=120)
-    assert {a["metric"]["pod"] for a in pending} == {d["metric"]["pod"] for d in down}, pending
+    stuck = {d["metric"]["pod"] for d in down}
+
+    def active() -> list[dict[str, Any]] | None:
+        # A pod still starting is pending too, until its server answers a scrape.
+        alerts = prometheus.query(f'ALERTS{{alertname="KustosModelServerDown", '
+                                  f'namespace="{ns}"}}')
+        return alerts if {a["metric"]["pod"] for a in alerts} == stuck else None
+
+    pending = wait_for(f"KustosModelServerDown active for {sorted(stuck)} only", active,
+                       timeout=180)
     assert all(a["metric"]["alertstate"] in {"pending", "firing"} for a in pending), pending
     assert [a["metric"]["severity"] for a in pending] == ["warning"] * len(pending)
