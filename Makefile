@@ -120,12 +120,12 @@ dev-kwok: venv tools ## fast mode: kwok only (no container runs), the operator a
 
 .PHONY: unit
 unit: venv ## unit tests (no cluster)
-	@$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+	@$(BIN)/pytest tests/unit tests/monitoring -q $(PYTEST_ARGS)
 
 .PHONY: test
 test: venv tools host-packages lint drift-env images ## lint, unit, image, runtime and integration tests (real node and kwok)
 	@echo "==> tests"
-	@$(BIN)/pytest tests/unit tests/images tests/runtimes tests/drift tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
+	@$(BIN)/pytest tests/unit tests/monitoring tests/images tests/runtimes tests/drift tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
 
 .PHONY: drift-env
 drift-env: ## the drift sidecar's own venv (alibi-detect needs numpy < 2), in ~/.cache/kustos
