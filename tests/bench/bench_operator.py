@@ -40,9 +40,9 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def manifests(n: int, ns: str) -> str:
+def manifests(n: int, ns: str, first: int = 0, end: int | None = None) -> str:
     docs = []
-    for i in range(n):
+    for i in range(first, n if end is None else end):
         docs.append({"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
                      "metadata": {"name": f"m{i:04d}", "namespace": ns},
                      "spec": {"model": {"version": "1", "uri": f"s3://models/m{i}/model.skops",
@@ -96,7 +96,10 @@ def main() -> int:
             time.sleep(2)
             rss_idle = rss_mib(op.proc.pid)
             t0 = time.monotonic()
-            kube.run("apply", "-f", "-", input=manifests(n, ns))
+            # In batches: one kubectl apply of 1000 can outlast kubectl's 120 s timeout on
+            # a loaded control plane.
+            for start in range(0, n, 250):
+                kube.run("apply", "-f", "-", input=manifests(n, ns, start, min(n, start + 250)))
             t_applied = time.monotonic() - t0
             t_children = t_available = t_ready = None
             deadline = t0 + args.timeout

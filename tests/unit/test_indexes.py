@@ -19,9 +19,9 @@ from kustos.controllers import children, indexes, modeldeployment, sidecars
 from kustos.controllers.children import NameConflict
 from kustos.controllers.indexes import (
     ATTACHMENT_INDEX,
-    CHILD_INDEX,
     CHILD_RESOURCES,
     Child,
+    ChildCache,
     Lookup,
     attachment_entry,
     child_entry,
@@ -53,21 +53,23 @@ def child_body(kind: str, name: str, owner_uid: str = UID, instance: str = NAME,
 
 
 class Indexes(dict[str, dict[Any, list[Any]]]):
-    """kopf's indexes as a reader sees them, fed through the real index handlers' bodies."""
+    """kopf's attachment indexes as a reader sees them, fed through the real index
+    handlers' bodies, and the children cache as the watch handlers feed it."""
 
     def __init__(self) -> None:
-        super().__init__({name: {} for name in (*CHILD_INDEX.values(),
-                                                *ATTACHMENT_INDEX.values())})
+        super().__init__({name: {} for name in ATTACHMENT_INDEX.values()})
+        self.cache = ChildCache()
 
     def add_child(self, body: dict[str, Any]) -> None:
-        kind = body["kind"]
-        keep = indexes.deployment_kept if kind == "Deployment" else None
-        for key, value in (child_entry(kind, body, keep) or {}).items():
-            self[CHILD_INDEX[kind]].setdefault(key, []).append(value)
+        self.cache.see(body["kind"], body)
 
     def add_attachment(self, body: dict[str, Any]) -> None:
         for key, value in (attachment_entry(body) or {}).items():
             self[ATTACHMENT_INDEX[body["kind"]]].setdefault(key, []).append(value)
+
+
+def lookup_of(idx: Indexes) -> Lookup:
+    return Lookup(idx, idx.cache)
 
 
 class Api:
@@ -155,8 +157,23 @@ def test_an_attachment_is_kept_under_its_target_without_status() -> None:
 
 
 def test_the_lookup_refuses_indexes_kopf_did_not_provide() -> None:
-    with pytest.raises(ValueError, match="kustos_children_services"):
-        Lookup({k: v for k, v in Indexes().items() if k != CHILD_INDEX["Service"]})
+    with pytest.raises(ValueError, match=ATTACHMENT_INDEX["DriftMonitor"]):
+        Lookup({k: v for k, v in Indexes().items() if k != ATTACHMENT_INDEX["DriftMonitor"]},
+               ChildCache())
+
+
+def test_the_cache_follows_changes_and_deletions() -> None:
+    cache = ChildCache()
+    body = child_body("Service", NAME, spec_hash="a", uid="s1")
+    cache.see("Service", body)
+    cache.see("Service", child_body("Service", NAME, spec_hash="b", uid="s1"))
+    assert [c.spec_hash for c in cache.get("Service", (NS, NAME))] == ["b"]
+    relabelled = child_body("Service", NAME, instance="wine", uid="s1")
+    cache.see("Service", relabelled)
+    assert cache.get("Service", (NS, NAME)) == []
+    assert len(cache.get("Service", (NS, "wine"))) == 1
+    cache.see("Service", relabelled, deleted=True)
+    assert cache.get("Service", (NS, "wine")) == [] and len(cache) == 0
 
 
 # --- the lookups ------------------------------------------------------------------------------
@@ -167,9 +184,9 @@ def test_children_are_those_of_this_owner_instance_and_kinds() -> None:
     idx.add_child(child_body("Service", NAME))
     idx.add_child(child_body("Deployment", NAME))
     idx.add_child(child_body("Deployment", f"{NAME}-canary"))
-    idx.add_child(child_body("Service", NAME, owner_uid="a-former-iris"))  # same name, old uid
+    idx.add_child(child_body("Service", NAME, owner_uid="a-former-iris", uid="old"))  # gone iris
     idx.add_child(child_body("Service", "wine", instance="wine", owner_uid="uid-wine"))
-    lookup = Lookup(idx)
+    lookup = lookup_of(idx)
     assert set(lookup.children(NS, NAME, UID, ["Service", "Deployment"])) == {
         ("Service", NAME), ("Deployment", NAME), ("Deployment", f"{NAME}-canary")}
     assert set(lookup.children(NS, NAME, UID, ["Deployment"])) == {
@@ -184,7 +201,7 @@ def test_models_reads_the_deployments_from_the_index() -> None:
     dep["status"] = {"readyReplicas": 1}
     idx.add_child(dep)
     idx.add_child(child_body("Deployment", NAME, owner_uid="someone-else", uid="other"))
-    models = modeldeployment.Models(Lookup(idx))
+    models = modeldeployment.Models(lookup_of(idx))
     found = models.deployments(NS, NAME, UID)
     assert list(found) == [NAME] and found[NAME]["status"] == {"readyReplicas": 1}
     assert models.deployments(NS, "wine", "uid-wine") == {}
@@ -207,7 +224,7 @@ def test_the_wired_attachment_is_the_oldest_live_one_targeting_the_model() -> No
     idx.add_attachment(attachment("ExplainerSpec", "old", NAME, "2026-02-01"))
     idx.add_attachment(attachment("ExplainerSpec", "elsewhere", "wine", "2025-01-01"))
     idx.add_attachment(attachment("DriftMonitor", "dm", "wine", "2025-01-01"))
-    lookup = Lookup(idx)
+    lookup = lookup_of(idx)
     found = sidecars.for_target("ExplainerSpec", md(), lookup)
     assert found is not None and found["metadata"]["name"] == "old"
     assert sidecars.for_target("DriftMonitor", md(), lookup) is None
@@ -221,7 +238,7 @@ def test_refresh_targeting_refreshes_the_ones_targeting_the_model(
     for name, target in (("a", NAME), ("b", NAME), ("c", "wine")):
         idx.add_attachment(attachment("ExplainerSpec", name, target, "t"))
     idx.add_attachment(attachment("DriftMonitor", "d", NAME, "t"))
-    lookup = Lookup(idx)
+    lookup = lookup_of(idx)
     refreshed: list[tuple[str, str]] = []
     monkeypatch.setattr(sidecars, "_REFRESH", {
         kind: (lambda ns, name, lk, kind=kind: refreshed.append((kind, name)))
@@ -237,11 +254,11 @@ def test_the_contributions_come_from_the_index(api: Api) -> None:
 
     idx = Indexes()
     body = md()
-    assert gather(body, Lookup(idx)) == NONE
+    assert gather(body, lookup_of(idx)) == NONE
     es = attachment("ExplainerSpec", "e", NAME, "t")
     es["spec"] = {"targetRef": {"name": NAME}, "background": {"uri": "s3://b/bg.npy"}}
     idx.add_attachment(es)
-    got = gather(body, Lookup(idx))
+    got = gather(body, lookup_of(idx))
     assert [c["name"] for c in got.sidecars] == ["explainer"]
     assert got.explainer_url
     assert api.calls == []  # read from the index, not LISTed
@@ -266,7 +283,7 @@ def rendered() -> list[dict[str, Any]]:
 
 def test_nothing_changed_nothing_sent(api: Api) -> None:
     desired = rendered()
-    lookup = Lookup(live_from(desired))
+    lookup = lookup_of(live_from(desired))
     live = children.known(md(), MODEL_CHILD_KINDS, lookup)
     assert len(live) == len(desired)
     assert children.sync(md(), desired, MODEL_CHILD_KINDS, live) == {}
@@ -277,7 +294,7 @@ def test_a_child_missing_from_the_index_is_read_then_applied(api: Api) -> None:
     desired = rendered()
     idx = live_from([m for m in desired if m["kind"] != "Service"])
     applied = children.sync(md(), desired, MODEL_CHILD_KINDS,
-                            children.known(md(), MODEL_CHILD_KINDS, Lookup(idx)))
+                            children.known(md(), MODEL_CHILD_KINDS, lookup_of(idx)))
     assert api.calls == [("get", "Service", NAME), ("apply", "Service", NAME)]
     assert list(applied) == [("Service", NAME)]
 
@@ -289,7 +306,7 @@ def test_a_child_newer_than_the_index_is_not_applied_again(api: Api) -> None:
     api.objects[("Service", NAME)] = child_body(
         "Service", NAME, spec_hash=service["metadata"]["annotations"][SPEC_HASH])
     children.sync(md(), desired, MODEL_CHILD_KINDS,
-                  children.known(md(), MODEL_CHILD_KINDS, Lookup(idx)))
+                  children.known(md(), MODEL_CHILD_KINDS, lookup_of(idx)))
     assert api.calls == [("get", "Service", NAME)]
 
 
@@ -302,7 +319,7 @@ def test_a_foreign_object_with_a_childs_name_is_a_conflict(api: Api) -> None:
     api.objects[("Service", NAME)] = foreign
     with pytest.raises(NameConflict, match="Service iris exists and is not owned"):
         children.sync(md(), desired, MODEL_CHILD_KINDS,
-                      children.known(md(), MODEL_CHILD_KINDS, Lookup(idx)))
+                      children.known(md(), MODEL_CHILD_KINDS, lookup_of(idx)))
     assert ("apply", "Service", NAME) not in api.calls
     assert ("delete", "Service", f"{NAME}@foreign") not in api.calls
 
@@ -311,12 +328,10 @@ def test_a_changed_child_is_applied_without_a_read(api: Api) -> None:
     desired = rendered()
     idx = live_from(desired)
     dep = next(m for m in desired if m["kind"] == "Deployment")
-    stale = child_body("Deployment", dep["metadata"]["name"], spec_hash="older",
-                       uid="uid-Deployment")
-    idx[CHILD_INDEX["Deployment"]][(NS, NAME)] = [
-        Child("Deployment", stale["metadata"]["name"], "uid-Deployment", UID, "older", {})]
+    idx.add_child(child_body("Deployment", dep["metadata"]["name"], spec_hash="older",
+                             uid="uid-Deployment"))
     children.sync(md(), desired, MODEL_CHILD_KINDS,
-                  children.known(md(), MODEL_CHILD_KINDS, Lookup(idx)))
+                  children.known(md(), MODEL_CHILD_KINDS, lookup_of(idx)))
     assert api.calls == [("apply", "Deployment", dep["metadata"]["name"])]
 
 
@@ -326,12 +341,12 @@ def test_an_owned_child_no_longer_rendered_is_deleted_by_uid(api: Api) -> None:
     idx.add_child(child_body("HorizontalPodAutoscaler", NAME, uid="uid-hpa"))
     idx.add_child(child_body("HorizontalPodAutoscaler", "not-mine", owner_uid="other"))
     children.sync(md(), desired, MODEL_CHILD_KINDS,
-                  children.known(md(), MODEL_CHILD_KINDS, Lookup(idx)))
+                  children.known(md(), MODEL_CHILD_KINDS, lookup_of(idx)))
     assert api.calls == [("delete", "HorizontalPodAutoscaler", f"{NAME}@uid-hpa")]
 
 
 def test_a_kind_without_an_index_is_listed(api: Api) -> None:
-    lookup = Lookup(Indexes())
+    lookup = lookup_of(Indexes())
     children.known(md(), ["Job", "Service"], lookup)
     assert api.calls == [("list", "Job", "")]
 
@@ -352,14 +367,14 @@ def test_a_resumed_reconcile_of_an_unchanged_model_lists_and_applies_nothing(
     idx = live_from(desired)
     dep_name = next(m for m in desired if m["kind"] == "Deployment")["metadata"]["name"]
     # The Deployment as the watch shows it, with its controller's status.
-    idx[CHILD_INDEX["Deployment"]][(NS, NAME)] = [
-        Child("Deployment", dep_name, "uid-Deployment", UID,
-              next(m for m in desired if m["kind"] == "Deployment")
-              ["metadata"]["annotations"][SPEC_HASH], {"status": {"readyReplicas": 1}})]
-    state = modeldeployment.Models(Lookup(idx))
+    dep = child_body("Deployment", dep_name, uid="uid-Deployment", spec_hash=next(
+        m for m in desired if m["kind"] == "Deployment")["metadata"]["annotations"][SPEC_HASH])
+    dep["status"] = {"readyReplicas": 1}
+    idx.add_child(dep)
+    state = modeldeployment.Models(lookup_of(idx))
     modeldeployment._reconcile(md(), 0, state)
     assert api.calls == []
-    assert written == [{dep_name: {"status": {"readyReplicas": 1}}}]
+    assert [d[dep_name]["status"] for d in written] == [{"readyReplicas": 1}]
     done = state.reconciled(UID)
     assert done is not None and done.generation == 1 and done.failure is None
 
@@ -372,7 +387,7 @@ def test_events_before_this_process_reconciled_the_model_schedule_no_refresh() -
     import kopf
 
     async def test() -> None:
-        state = modeldeployment.Models(Lookup(Indexes()))
+        state = modeldeployment.Models(lookup_of(Indexes()))
         memo = kopf.Memo(kustos_models=state)
         body = md()
         dep = child_body("Deployment", NAME)

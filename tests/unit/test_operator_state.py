@@ -20,13 +20,12 @@ import pytest
 
 from kustos.controllers import governance, run, sidecars
 from kustos.controllers.context import backoff
-from kustos.controllers.indexes import ATTACHMENT_INDEX, CHILD_INDEX, Lookup
+from kustos.controllers.indexes import ATTACHMENT_INDEX, ChildCache, Lookup
 
 KIND = "TestSidecarKind"
 # What kopf hands the startup handlers: every index by name (empty here).
-INDEXES: dict[str, Any] = {name: {} for name in (*CHILD_INDEX.values(),
-                                                 *ATTACHMENT_INDEX.values())}
-LOOKUP = Lookup(INDEXES)
+INDEXES: dict[str, Any] = {name: {} for name in ATTACHMENT_INDEX.values()}
+LOOKUP = Lookup(INDEXES, ChildCache())
 
 
 class FakeRefresh:
@@ -236,7 +235,7 @@ def test_a_failing_round_does_not_end_the_task(fake: FakeRefresh) -> None:
 def test_startup_puts_the_collector_in_the_memo_and_cleanup_stops_it() -> None:
     async def test() -> None:
         memo = kopf.Memo()
-        await sidecars.start_collecting(memo=memo, **INDEXES)
+        await sidecars.start_collecting(memo=memo, **INDEXES)  # memo: where the cache lives
         found = sidecars.collector(memo)
         assert isinstance(found, sidecars.Collector)
         assert found.lookup.targeting("ExplainerSpec", "ns", "m") == []

@@ -10,7 +10,7 @@ from kustos import metrics
 from kustos.k8s import client
 from kustos.render.meta import SPEC_HASH, base_labels
 
-from .indexes import CHILD_INDEX, Child, Lookup, child_of
+from .indexes import CHILD_RESOURCES, Child, Lookup, child_of
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ def listed(owner: Mapping[str, Any], kinds: Iterable[str]) -> dict[tuple[str, st
 
 def known(owner: Mapping[str, Any], kinds: Iterable[str],
           lookup: Lookup) -> dict[tuple[str, str], Child]:
-    """The owned children of ``kinds``: from kopf's indexes, LISTed for a kind no index
-    keeps."""
+    """The owned children of ``kinds``: from the children cache (controllers/indexes.py),
+    LISTed for a kind it does not keep."""
     meta = owner["metadata"]
     kinds = tuple(kinds)
     live = lookup.children(meta["namespace"], meta["name"], meta["uid"],
-                           [k for k in kinds if k in CHILD_INDEX])
-    rest = [k for k in kinds if k not in CHILD_INDEX]
+                           [k for k in kinds if k in CHILD_RESOURCES])
+    rest = [k for k in kinds if k not in CHILD_RESOURCES]
     if rest:
         live.update(listed(owner, rest))
     return live

@@ -1,28 +1,34 @@
-"""What the reconcile reads of the cluster, kept in kopf indexes instead of LISTed per pass.
+"""What the reconcile reads of the cluster, kept in memory instead of LISTed per pass.
 
-Kopf fills every index from its initial listing before it calls any resource handler
-(kopf/_core/reactor/processing.py waits for the operator-wide "indexed" toggle; pinned in
-tests/unit/test_kopf_contract.py), and keeps it current from the watch. So a reconcile
-resumed after a restart compares its render with the indexes and sends nothing when
-nothing changed:
+- The children of Kustos resources (ServiceAccounts, Deployments, Services, ...), one
+  ``ChildCache`` in kopf's memo: filled by one LIST per kind at start-up (a startup
+  handler, so before kopf's watches and resource handlers start) and kept current by
+  async event handlers on the same kinds, watched with the
+  ``app.kubernetes.io/managed-by=kustos`` selector (run.py sets it, so the API server
+  filters). Keyed by (namespace, instance label); each value is a small :class:`Child`:
+  name, uid, controller owner's uid, spec-hash, and for a Deployment what the status
+  computation reads of it (not the whole body).
+  Not kopf indexes: kopf holds every resource handler until every indexed object has
+  been indexed, and that wait grows with the square of the objects (each one indexed
+  wakes every waiting worker): 1000 indexed objects 2.7 s, 4000 58 s (measured with
+  tests/unit/test_kopf_contract.py's fake API server). Four children per model made the
+  resync of 1000 models slower, not faster.
+- ExplainerSpecs and DriftMonitors (few) in kopf indexes keyed by (namespace, target
+  ModelDeployment name), each value the resource without its status and managed fields.
+  Kopf fills its indexes before it calls any resource handler (pinned in
+  tests/unit/test_kopf_contract.py).
 
-- the children of ModelDeployments (and ExplainerSpecs), one index per kind, watched
-  with the ``app.kubernetes.io/managed-by=kustos`` selector (run.py sets it, so the API
-  server filters), keyed by (namespace, instance label). Each value is a small
-  :class:`Child`: name, uid, controller owner's uid, spec-hash, and for a Deployment what
-  the status computation reads of it (not the whole body);
-- ExplainerSpecs and DriftMonitors keyed by (namespace, target ModelDeployment name),
-  each value the resource without its status and managed fields.
-
-The indexes reach the code through :class:`Lookup`, built by a startup handler from the
-indexes kopf hands it (live views, filled later) and kept in kopf's memo by the
-controllers that read them. The lookups run in threads (kopf's sync handlers, the work
-loops) while kopf updates the indexes on its event loop; a read that meets an update
-in the middle of an iteration is read again.
+Both reach the code through :class:`Lookup`, built by startup handlers (kopf hands them
+its indexes, live views filled later) and kept in kopf's memo by the controllers that
+read them. A child deleted between the start-up LIST and the start of kopf's watch (or
+during a watch gap that ends in a re-list) stays in the cache until the operator
+restarts: the next reconcile of its owner does not re-create it.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,6 +38,7 @@ import kopf
 from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.render.meta import INSTANCE, MANAGED, MANAGED_BY, SPEC_HASH
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # kind -> (group, version, plural) of the kinds of the children Kustos labels (those of
@@ -47,8 +54,6 @@ CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 # kind -> the index's name (kopf injects indexes into handlers' kwargs by this name).
-CHILD_INDEX = {kind: f"kustos_children_{plural}"
-               for kind, (_, _, plural) in CHILD_RESOURCES.items()}
 ATTACHMENT_INDEX = {"ExplainerSpec": "kustos_explainers_by_target",
                     "DriftMonitor": "kustos_drift_monitors_by_target"}
 
@@ -131,20 +136,82 @@ def deployment_kept(deployment: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def _register_children() -> None:
+class ChildCache:
+    """The labelled children as the watches show them: kind -> (namespace, instance) ->
+    uid -> Child. Updated on kopf's event loop, read from threads: a lock guards it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_kind: dict[str, dict[Key, dict[str, Child]]] = {k: {} for k in CHILD_RESOURCES}
+        self._where: dict[str, tuple[str, Key]] = {}  # uid -> where it is filed
+
+    def see(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> None:
+        uid = body["metadata"]["uid"]
+        entry = None if deleted else child_entry(
+            kind, body, deployment_kept if kind == "Deployment" else None)
+        with self._lock:
+            before = self._where.pop(uid, None)
+            if before is not None:
+                bucket = self._by_kind[before[0]]
+                bucket.get(before[1], {}).pop(uid, None)
+                if not bucket.get(before[1], True):
+                    del bucket[before[1]]
+            for key, child in (entry or {}).items():
+                self._by_kind[kind].setdefault(key, {})[uid] = child
+                self._where[uid] = (kind, key)
+
+    def get(self, kind: str, key: Key) -> list[Child]:
+        with self._lock:
+            return list(self._by_kind[kind].get(key, {}).values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._where)
+
+
+def children_cache(memo: Any) -> ChildCache:
+    """This process's ChildCache, in kopf's operator-wide memo (created on first use)."""
+    found: ChildCache = memo.setdefault("kustos_children", ChildCache())
+    return found
+
+
+@kopf.on.startup()
+def prime_children(memo: kopf.Memo, **_: Any) -> None:
+    """Fill the ChildCache with one LIST per kind (per watched namespace) before kopf
+    starts its watches and handlers: the resumed reconciles then find every child there.
+    Namespace globs are not listed: their children come from the watch, and a reconcile
+    that does not find one reads it by name (children.sync)."""
+    from kustos.k8s import client
+
+    from .peering import exact_namespaces
+
+    peers = getattr(memo, "peering", None)
+    if peers is None:
+        return
+    scopes: list[str | None] = [None]
+    if not peers.clusterwide:
+        scopes = list(sorted(exact_namespaces(peers.namespaces)))
+    found = children_cache(memo)
+    for kind in CHILD_RESOURCES:
+        for namespace in scopes:
+            for obj in client.list_objects(kind, namespace, {MANAGED: MANAGED_BY}):
+                found.see(kind, obj)
+    log.info("%d children of Kustos resources listed", len(found))
+
+
+def _register_child_watches() -> None:
     for kind, (group, version, plural) in CHILD_RESOURCES.items():
-        keep = deployment_kept if kind == "Deployment" else None
+        def make(kind: str = kind) -> Any:
+            async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                                    **_: Any) -> None:
+                children_cache(memo).see(kind, body, deleted=type == "DELETED")
+            return child_changed
 
-        def make(kind: str = kind, keep: Any = keep) -> Any:
-            async def index_child(body: kopf.Body, **_: Any) -> dict[Key, Child] | None:
-                return child_entry(kind, body, keep)
-            return index_child
-
-        kopf.index(group, version, plural, id=CHILD_INDEX[kind],
-                   labels={MANAGED: MANAGED_BY})(make())
+        kopf.on.event(group, version, plural, id=f"kustos_child_{plural}",
+                      labels={MANAGED: MANAGED_BY})(make())
 
 
-_register_children()
+_register_child_watches()
 
 
 @kopf.index(GROUP, VERSION, "explainerspecs", id=ATTACHMENT_INDEX["ExplainerSpec"])
@@ -170,17 +237,17 @@ def _values(index: Mapping[Any, Iterable[T]], key: Any) -> list[T]:
 
 
 class Lookup:
-    """Read access to the indexes above (kept in kopf's memo by the controllers).
+    """Read access to the children cache and the attachment indexes (kept in kopf's memo
+    by the controllers).
 
     ``indexes`` maps the index names to kopf's indexes (or plain mappings of key to
     list of values, in tests)."""
 
-    def __init__(self, indexes: Mapping[str, Any]) -> None:
-        missing = [name for name in (*CHILD_INDEX.values(), *ATTACHMENT_INDEX.values())
-                   if name not in indexes]
+    def __init__(self, indexes: Mapping[str, Any], children: ChildCache) -> None:
+        missing = [name for name in ATTACHMENT_INDEX.values() if name not in indexes]
         if missing:
             raise ValueError(f"kopf did not provide the indexes {', '.join(missing)}")
-        self._children = {kind: indexes[name] for kind, name in CHILD_INDEX.items()}
+        self._children = children
         self._attachments = {kind: indexes[name] for kind, name in ATTACHMENT_INDEX.items()}
 
     def children(self, namespace: str, instance: str, uid: str,
@@ -189,7 +256,7 @@ class Lookup:
         is ``uid``, by (kind, name)."""
         found: dict[tuple[str, str], Child] = {}
         for kind in kinds:
-            for child in _values(self._children[kind], (namespace, instance)):
+            for child in self._children.get(kind, (namespace, instance)):
                 if child.owner == uid:
                     found[(kind, child.name)] = child
         return found
@@ -200,6 +267,7 @@ class Lookup:
         return _values(self._attachments[kind], (namespace, target))
 
 
-def lookup_from(kwargs: Mapping[str, Any]) -> Lookup:
-    """The Lookup over the indexes kopf injected into a handler's kwargs."""
-    return Lookup(kwargs)
+def lookup_from(memo: Any, kwargs: Mapping[str, Any]) -> Lookup:
+    """The Lookup over the indexes kopf injected into a handler's kwargs and the children
+    cache in its memo."""
+    return Lookup(kwargs, children_cache(memo))

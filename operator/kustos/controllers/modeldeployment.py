@@ -212,7 +212,7 @@ def models(memo: Any) -> Models:
 def create_state(memo: kopf.Memo, **kwargs: Any) -> None:
     # kopf hands startup handlers its indexes, still empty: live views it fills before
     # any resource handler runs (controllers/indexes.py).
-    memo.kustos_models = Models(lookup_from(kwargs))
+    memo.kustos_models = Models(lookup_from(memo, kwargs))
 
 
 @kopf.on.cleanup()

@@ -275,7 +275,7 @@ def collect(pods: list[tuple[str, str]], port: int, path: str) -> list[PodReport
 
 @kopf.on.startup()
 async def start_collecting(memo: kopf.Memo, **kwargs: Any) -> None:
-    found = Collector(lookup_from(kwargs))  # kopf's indexes: live views, filled later
+    found = Collector(lookup_from(memo, kwargs))  # kopf's indexes: live views, filled later
     memo.kustos_sidecars = found
     found.start(config().sidecars.collect_interval, peering.active_check(memo))
 
