@@ -9,6 +9,7 @@ resource handler runs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -400,3 +401,35 @@ def test_events_before_this_process_reconciled_the_model_schedule_no_refresh() -
         await state.stop()
 
     asyncio.run(test())
+
+
+def test_a_relist_drops_what_the_watch_missed_and_keeps_what_it_told_since() -> None:
+    """A watch restarted from a new listing reports no deletion it missed: the re-list
+    finds those, but what the watch said after the LIST began stands."""
+    cache = ChildCache()
+    gone = child_body("Service", "gone")            # deleted during an outage: no event
+    kept = child_body("Service", "kept")
+    cache.see("Service", gone)
+    cache.see("Service", kept)
+    began = time.monotonic()
+    fresh = child_body("Service", "fresh")          # created after the LIST began
+    cache.see("Service", fresh)
+    cache.see("Service", kept, deleted=True)        # deleted after the LIST began
+    missed = child_body("Service", "missed")        # in the LIST, never seen by the watch
+    changed = cache.relist("Service", [kept, missed], began)
+    names = sorted(c.name for c in cache.get("Service", (NS, NAME)))
+    assert names == ["fresh", "missed"]
+    assert changed == 2
+    # a second re-list with nothing new changes nothing
+    assert cache.relist("Service", [missed, fresh], time.monotonic()) == 0
+    assert sorted(c.name for c in cache.get("Service", (NS, NAME))) == ["fresh", "missed"]
+
+
+def test_a_relist_updates_a_stale_entry_and_leaves_other_kinds_alone() -> None:
+    cache = ChildCache()
+    cache.see("Service", child_body("Service", NAME, spec_hash="old"))
+    cache.see("NetworkPolicy", child_body("NetworkPolicy", NAME))
+    assert cache.relist("Service", [child_body("Service", NAME, spec_hash="new")],
+                        time.monotonic()) == 1
+    assert [c.spec_hash for c in cache.get("Service", (NS, NAME))] == ["new"]
+    assert [c.name for c in cache.get("NetworkPolicy", (NS, NAME))] == [NAME]

@@ -27,8 +27,11 @@ restarts: the next reconcile of its owner does not re-create it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,6 +39,7 @@ from typing import Any, TypeVar
 import kopf
 
 from kustos.api.v1alpha1 import GROUP, VERSION
+from kustos.k8s.client import ApiError
 from kustos.render.meta import INSTANCE, MANAGED, MANAGED_BY, SPEC_HASH
 
 log = logging.getLogger(__name__)
@@ -144,21 +148,57 @@ class ChildCache:
         self._lock = threading.Lock()
         self._by_kind: dict[str, dict[Key, dict[str, Child]]] = {k: {} for k in CHILD_RESOURCES}
         self._where: dict[str, tuple[str, Key]] = {}  # uid -> where it is filed
+        # uid -> when an event last said something of it (deletions included), so a re-list
+        # does not undo what the watch told after the LIST began
+        self._told: dict[str, float] = {}
 
     def see(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> None:
         uid = body["metadata"]["uid"]
         entry = None if deleted else child_entry(
             kind, body, deployment_kept if kind == "Deployment" else None)
         with self._lock:
-            before = self._where.pop(uid, None)
-            if before is not None:
-                bucket = self._by_kind[before[0]]
-                bucket.get(before[1], {}).pop(uid, None)
-                if not bucket.get(before[1], True):
-                    del bucket[before[1]]
-            for key, child in (entry or {}).items():
-                self._by_kind[kind].setdefault(key, {})[uid] = child
-                self._where[uid] = (kind, key)
+            self._told[uid] = time.monotonic()
+            self._file(kind, uid, entry)
+
+    def _file(self, kind: str, uid: str, entry: Mapping[Key, Child] | None) -> None:
+        before = self._where.pop(uid, None)
+        if before is not None:
+            bucket = self._by_kind[before[0]]
+            bucket.get(before[1], {}).pop(uid, None)
+            if not bucket.get(before[1], True):
+                del bucket[before[1]]
+        for key, child in (entry or {}).items():
+            self._by_kind[kind].setdefault(key, {})[uid] = child
+            self._where[uid] = (kind, key)
+
+    def relist(self, kind: str, listed: Iterable[Mapping[str, Any]], began: float) -> int:
+        """Make ``kind``'s entries agree with a LIST begun at ``began`` (time.monotonic()):
+        a watch that restarts from a new listing reports no deletions it missed, so
+        without this a child deleted during an outage would stay here, and its owner's
+        reconcile would never re-create it. Entries the watch spoke of after ``began``
+        are left as the watch said. Returns how many entries changed."""
+        keep = deployment_kept if kind == "Deployment" else None
+        bodies = {obj["metadata"]["uid"]: obj for obj in listed}
+        changed = 0
+        with self._lock:
+            for uid, (filed_kind, _) in list(self._where.items()):
+                if filed_kind == kind and uid not in bodies and self._told.get(uid, 0) < began:
+                    self._file(kind, uid, None)
+                    changed += 1
+            for uid, obj in bodies.items():
+                if self._told.get(uid, 0) >= began:
+                    continue
+                entry = child_entry(kind, obj, keep)
+                filed = self._where.get(uid)
+                now = (self._by_kind[kind].get(filed[1], {}).get(uid)
+                       if filed is not None else None)
+                if entry is not None and now not in entry.values():
+                    self._file(kind, uid, entry)
+                    changed += 1
+            # what is neither filed nor recent is forgotten
+            self._told = {uid: t for uid, t in self._told.items()
+                          if uid in self._where or t >= began}
+        return changed
 
     def get(self, kind: str, key: Key) -> list[Child]:
         with self._lock:
@@ -175,28 +215,79 @@ def children_cache(memo: Any) -> ChildCache:
     return found
 
 
+def _scopes(memo: Any) -> list[str | None] | None:
+    """Where to LIST children: everywhere, the exact watched namespaces, or (no peering
+    state yet) nowhere."""
+    from .peering import exact_namespaces
+
+    peers = getattr(memo, "peering", None)
+    if peers is None:
+        return None
+    if peers.clusterwide:
+        return [None]
+    return list(sorted(exact_namespaces(peers.namespaces)))
+
+
+def relist_children(memo: Any) -> int:
+    """One LIST per child kind, folded into the ChildCache (ChildCache.relist)."""
+    from kustos.k8s import client
+
+    scopes = _scopes(memo)
+    if scopes is None:
+        return 0
+    found, changed = children_cache(memo), 0
+    for kind in CHILD_RESOURCES:
+        began = time.monotonic()
+        listed = [obj for namespace in scopes
+                  for obj in client.list_objects(kind, namespace, {MANAGED: MANAGED_BY})]
+        changed += found.relist(kind, listed, began)
+    return changed
+
+
+# How stale the ChildCache may get after a watch missed a deletion (an API server or etcd
+# outage, a 410 Gone re-list): seven LISTs every five minutes.
+RELIST_SECONDS = 300.0
+
+
+async def _relist_forever(memo: Any) -> None:
+    from .peering import active_check
+
+    active = active_check(memo)
+    while True:
+        await asyncio.sleep(RELIST_SECONDS)
+        if not active():
+            continue
+        try:
+            changed = await asyncio.to_thread(relist_children, memo)
+        except ApiError as err:
+            log.warning("re-listing Kustos' children failed: %s", err.message)
+            continue
+        if changed:
+            log.info("re-list: %d children differed from what the watches had told", changed)
+
+
+@kopf.on.startup()
+async def start_relisting(memo: kopf.Memo, **_: Any) -> None:
+    memo["kustos_children_relist"] = asyncio.create_task(_relist_forever(memo))
+
+
+@kopf.on.cleanup()
+async def stop_relisting(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("kustos_children_relist")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @kopf.on.startup()
 def prime_children(memo: kopf.Memo, **_: Any) -> None:
     """Fill the ChildCache with one LIST per kind (per watched namespace) before kopf
     starts its watches and handlers: the resumed reconciles then find every child there.
     Namespace globs are not listed: their children come from the watch, and a reconcile
     that does not find one reads it by name (children.sync)."""
-    from kustos.k8s import client
-
-    from .peering import exact_namespaces
-
-    peers = getattr(memo, "peering", None)
-    if peers is None:
-        return
-    scopes: list[str | None] = [None]
-    if not peers.clusterwide:
-        scopes = list(sorted(exact_namespaces(peers.namespaces)))
-    found = children_cache(memo)
-    for kind in CHILD_RESOURCES:
-        for namespace in scopes:
-            for obj in client.list_objects(kind, namespace, {MANAGED: MANAGED_BY}):
-                found.see(kind, obj)
-    log.info("%d children of Kustos resources listed", len(found))
+    relist_children(memo)
+    log.info("%d children of Kustos resources listed", len(children_cache(memo)))
 
 
 def _register_child_watches() -> None:
