@@ -21,8 +21,8 @@
 Both reach the code through :class:`Lookup`, built by startup handlers (kopf hands them
 its indexes, live views filled later) and kept in kopf's memo by the controllers that
 read them. A child deleted between the start-up LIST and the start of kopf's watch (or
-during a watch gap that ends in a re-list) stays in the cache until the operator
-restarts: the next reconcile of its owner does not re-create it.
+during a watch gap that ends in a re-list) sends no event: a re-list every RELIST_SECONDS
+finds it (ChildCache.relist).
 """
 
 from __future__ import annotations
