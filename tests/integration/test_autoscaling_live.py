@@ -43,9 +43,8 @@ MIN, MAX, TARGET = 1, 3, 50  # replicas, and the CPU target in percent of the re
 # Small on purpose: one pod under load far exceeds 50% of 100m, and the limit keeps the
 # pods' share of the shared 2-core machine bounded (3 pods x 300m at most).
 RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "300m"}}
-# The HPA's default scale-down stabilization is 300 s; Kustos renders no `behavior` (no
-# field of spec.autoscaling for it yet), so the test sets a short one on the HPA itself,
-# under a field manager of its own that the operator's server-side apply leaves alone.
+# The HPA's default scale-down stabilization is 300 s: the spec asks for a short one
+# (spec.autoscaling.scaleDownStabilizationSeconds, rendered into the HPA's behavior).
 SCALE_DOWN_WINDOW = 20
 LOAD_SECONDS, LOAD_REQUESTS, CONCURRENCY = 300.0, 200_000, 4
 
@@ -80,13 +79,12 @@ def busy(chart_operator: ChartOperator, model_store: dict[str, str],
     kube.apply(real_model(
         NAME, ns, IRIS_V1, model_store[IRIS_V1],
         runtime={"resources": RESOURCES},
-        autoscaling={"minReplicas": MIN, "maxReplicas": MAX, "targetCPUUtilization": TARGET}))
+        autoscaling={"minReplicas": MIN, "maxReplicas": MAX, "targetCPUUtilization": TARGET,
+                     "scaleDownStabilizationSeconds": SCALE_DOWN_WINDOW}))
     wait_ready(kube, NAME, ns, timeout=300)
-    wait_for("the HPA", lambda: kube.get("hpa", NAME, ns), timeout=60)
-    kube.run("patch", "hpa", NAME, "-n", ns, "--type=merge",
-             "--field-manager=kustos-autoscaling-test", "-p", json.dumps(
-                 {"spec": {"behavior": {"scaleDown": {
-                     "stabilizationWindowSeconds": SCALE_DOWN_WINDOW}}}}))
+    hpa = wait_for("the HPA", lambda: kube.get("hpa", NAME, ns), timeout=60)
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == \
+        SCALE_DOWN_WINDOW
     yield NAME
     kube.run("delete", "md", NAME, "-n", ns, "--wait=false", check=False)
 

@@ -21,6 +21,7 @@ from kustos.config import OperatorConfig
 from kustos.k8s.resources import MODEL_CHILD_KINDS
 
 from .meta import child_meta
+from .scaling import hpa_behavior
 
 KIND = "ScaledObject"
 API_VERSION = "keda.sh/v1alpha1"
@@ -88,5 +89,8 @@ def render_scaled_object(body: Mapping[str, Any], autoscaling: AutoscalingSpec,
             "maxReplicaCount": max_replicas,
             "pollingInterval": settings.polling_interval,
             "triggers": triggers,
+            # KEDA hands this to the HPA it creates
+            **({"advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior}}}
+               if (behavior := hpa_behavior(autoscaling)) else {}),
         },
     }

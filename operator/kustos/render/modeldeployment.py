@@ -28,6 +28,7 @@ from .meta import (
 )
 from .networkpolicy import render_network_policy
 from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
+from .scaling import hpa_behavior
 
 PVC_MOUNT = "/mnt/pvc"
 NONROOT_UID = 65532
@@ -295,7 +296,7 @@ def render_hpa(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, 
             "target": {"type": "AverageValue",
                        "averageValue": str(auto.target_requests_per_second)}}})
     low, high = autoscaled_bounds(name, spec)
-    return {
+    hpa: dict[str, Any] = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": child_meta(body, name),
@@ -306,6 +307,10 @@ def render_hpa(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, 
             "metrics": metrics,
         },
     }
+    behavior = hpa_behavior(auto)
+    if behavior:
+        hpa["spec"]["behavior"] = behavior
+    return hpa
 
 
 def autoscaled_bounds(name: str, spec: ModelDeploymentSpec) -> tuple[int, int]:

@@ -116,3 +116,20 @@ def test_pvc_source_is_mounted_read_only() -> None:
     assert {"name": "source", "persistentVolumeClaim": {"claimName": "models",
                                                         "readOnly": True}} in pod["volumes"]
     assert pod["initContainers"][0]["args"][1] == "/mnt/pvc/models/iris/model.onnx"
+
+
+def test_the_scale_down_window_reaches_the_hpa_and_keda_only_when_set() -> None:
+    auto = {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilization": 50}
+    plain = by_kind(render(body(autoscaling=auto), OperatorConfig()))
+    assert "behavior" not in plain["HorizontalPodAutoscaler"][0]["spec"]
+    timed = by_kind(render(body(autoscaling={**auto, "scaleDownStabilizationSeconds": 20}),
+                           OperatorConfig()))
+    assert timed["HorizontalPodAutoscaler"][0]["spec"]["behavior"] == {
+        "scaleDown": {"stabilizationWindowSeconds": 20}}
+    keda = OperatorConfig.model_validate({"autoscaling": {
+        "requests_backend": "keda", "prometheus_address": "http://prometheus:9090"}})
+    (so,) = by_kind(render(body(autoscaling={
+        "minReplicas": 1, "maxReplicas": 3, "targetRequestsPerSecond": 10,
+        "scaleDownStabilizationSeconds": 0}), keda))["ScaledObject"]
+    assert so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == {
+        "scaleDown": {"stabilizationWindowSeconds": 0}}

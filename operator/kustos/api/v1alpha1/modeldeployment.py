@@ -141,6 +141,9 @@ class AutoscalingSpec(KModel):
     """Target requests/s per pod: the HPA's Pods metric kustos_requests_per_second (needs a
     custom-metrics adapter), or a KEDA ScaledObject's Prometheus trigger when the operator
     config says autoscaling.requests_backend: keda."""
+    scale_down_stabilization_seconds: int | None = Field(default=None, ge=0, le=3600)
+    """How long the load must stay low before replicas are removed (the HPA's scale-down
+    stabilization window; Kubernetes' default 300 s when unset)."""
 
 
 class VaultItem(KModel):
