@@ -569,6 +569,8 @@ cmd_down() {
   done
   [ -d "$CLUSTER_DIR" ] || { log "nothing to stop"; return 0; }
   lock
+  # Argo CD's host processes (hack/argocd.sh), if a test or a developer left them running
+  [ ! -d "$CLUSTER_DIR/argocd/run" ] || "$here/argocd.sh" stop || true
   # the real node first (its kubelet talks to the apiserver; it restores the host)
   if [ -d "$CLUSTER_DIR/node" ] || [ -d "$CLUSTER_DIR/host" ]; then
     [ "$(id -u)" = 0 ] || die "the real node runs; stopping it needs root"
