@@ -153,6 +153,8 @@ subjectAltName=DNS:keda-metrics-apiserver.$KEDA_NS.svc,DNS:keda-metrics-apiserve
   kubeconfig "$KCONF/keda-adapter.conf" keda-adapter
   certdir operator keda-operator
   certdir adapter keda-adapter
+  # what the scalers trust beyond the system's roots (every file must be a certificate)
+  mkdir -p "$KSTATE/ca" && cp -f "$PKI/ca.crt" "$KSTATE/ca/cluster-ca.crt"
 }
 
 # KEDA's CRDs as upstream's kustomization builds them (config/crd: bases plus two schema
@@ -289,7 +291,7 @@ start_operator() {
     --metrics-service-bind-address "127.0.0.1:$GRPC_PORT" \
     --cert-dir "$KSTATE/operator-certs" --enable-cert-rotation=false \
     --enable-webhook-patching=false --enable-apiservice-patching=false \
-    --ca-dir "$KSTATE/operator-certs" \
+    --ca-dir "$KSTATE/ca" \
     --zap-log-level "${KUSTOS_KEDA_LOG_LEVEL:-info}" --zap-encoder console
 }
 

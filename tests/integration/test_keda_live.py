@@ -7,7 +7,9 @@ operator runs with ``autoscaling.requests_backend: keda``: a ModelDeployment wit
 ``targetRequestsPerSecond`` gets a ScaledObject instead of an HPA, KEDA creates the HPA,
 and the kube-controller-manager's HPA controller reads the request rate through the
 external metrics API. A bounded load above the per-pod target scales the real Deployment
-up; the figures (time to scale up, error rate while scaling) are printed (run with -s).
+up, and with the window the spec sets it comes back down while a paced probe counts
+failed requests; the figures (time to scale up and down, error rates) are printed (run
+with -s).
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ import pytest
 import yaml
 from cluster import REPO, in_ci
 from conftest import OPERATOR_LOGS, Kube, free_port, stop_process, wait_for, wait_ready
-from realpods import IRIS_V1, ROWS, ChartOperator, answered, cluster_ip, real_model, v2_request
+from realpods import (
+    IRIS_V1,
+    ROWS,
+    ChartOperator,
+    answered,
+    cluster_ip,
+    live_pods,
+    real_model,
+    v2_request,
+)
 from test_autoscaling_live import Load
 from test_prometheus_live import podmonitor_jobs, prometheus_binary
 
@@ -43,6 +54,8 @@ MIN, MAX, TARGET = 1, 3, 20
 RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "300m"}}
 SCRAPE_INTERVAL = 5
 LOAD_LIMIT_SECONDS = 240.0
+# spec.autoscaling.scaleDownStabilizationSeconds, which Kustos hands to KEDA's HPA
+SCALE_DOWN_WINDOW = 20
 
 
 def keda(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
@@ -136,7 +149,8 @@ def rps(chart_operator: ChartOperator, model_store: dict[str, str], keda_running
     kube.apply(real_model(
         NAME, ns, IRIS_V1, model_store[IRIS_V1], runtime={"resources": RESOURCES},
         autoscaling={"minReplicas": MIN, "maxReplicas": MAX,
-                     "targetRequestsPerSecond": TARGET}))
+                     "targetRequestsPerSecond": TARGET,
+                     "scaleDownStabilizationSeconds": SCALE_DOWN_WINDOW}))
     try:
         wait_ready(kube, NAME, ns, timeout=300)
         yield NAME
@@ -264,3 +278,55 @@ def test_request_rate_scales_up(chart_operator: ChartOperator, prometheus: Prom,
     final = state(kube, ns)
     assert final["replicas"] == final["desired"] > MIN, final
     assert load.ok > 0 and rate < 0.01, (load.errors, load.sent)
+
+
+@pytest.mark.timeout(900)
+def test_back_down_when_the_requests_stop(chart_operator: ChartOperator, rps: str) -> None:
+    """After the load (the test above): KEDA's HPA, with the window the spec set, returns
+    to the minimum while a paced probe (10 requests/s, half the per-pod target) checks that
+    the leaving pods drop nothing."""
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    so = kube.get("scaledobject", rps, ns)
+    assert so is not None
+    assert so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
+        "stabilizationWindowSeconds"] == SCALE_DOWN_WINDOW
+    start = state(kube, ns)
+    assert start["desired"] > MIN, f"nothing to scale down from: {start}"
+    ip = cluster_ip(kube, rps, ns)
+    probe = Load(ip, f"/v2/models/{rps}/infer", json.dumps(v2_request(ROWS)).encode())
+    t0 = time.monotonic()
+    deadline = t0 + 300 + SCALE_DOWN_WINDOW
+
+    async def paced() -> None:
+        while not probe.stop.is_set() and time.monotonic() < deadline + 10:
+            await probe.one()
+            await asyncio.sleep(0.1)
+
+    async def watch() -> float | None:
+        try:
+            while time.monotonic() < deadline:
+                s = await asyncio.to_thread(state, kube, ns)
+                pods = await asyncio.to_thread(live_pods, kube, rps, ns)
+                if s["desired"] == MIN and len(pods) == MIN:
+                    took = time.monotonic() - t0
+                    await asyncio.sleep(5)
+                    return took
+                await asyncio.sleep(2)
+            return None
+        finally:
+            probe.stop.set()
+
+    async def scenario() -> float | None:
+        prober = asyncio.create_task(paced())
+        took = await watch()
+        await prober
+        return took
+
+    took = asyncio.run(scenario())
+    errors = sum(probe.errors.values())
+    print(f"\nscale-down: from {start['desired']} back to {MIN} pod "
+          f"{took if took is None else round(took, 1)} s after the load stopped "
+          f"(window {SCALE_DOWN_WINDOW} s); probe {probe.sent} requests, {errors} errors "
+          f"{probe.errors}")
+    assert took is not None, f"not back to {MIN} pod: {state(kube, ns)}"
+    assert probe.ok > 0 and errors <= probe.sent * 0.01, (probe.errors, probe.sent)
