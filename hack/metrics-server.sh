@@ -196,6 +196,17 @@ spec:
 EOF
 }
 
+# wait_healthy_rbac: the authorizer has caught up with the bindings apply_registration made
+wait_healthy_rbac() {
+  local deadline=$((SECONDS + 60))
+  until kc auth can-i get configmaps/extension-apiserver-authentication -n kube-system \
+      --as "kustos:metrics-server" >/dev/null 2>&1 &&
+      kc auth can-i get nodes/metrics --as "kustos:metrics-server" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "RBAC for kustos:metrics-server not in effect after 60 s"
+    sleep 0.5
+  done
+}
+
 cmd_start() {
   lock_ms
   load_ports
@@ -209,6 +220,12 @@ cmd_start() {
   [ -x "$KUSTOS_BIN/$NAME" ] || cmd_build
   local t0=$SECONDS
   ensure_pki_ms
+  # a start that fails from here on leaves nothing registered nor running
+  trap 'rc=$?; [ $rc = 0 ] || { log "start failed: unregistering and stopping"; deregister; stop_process; }' EXIT
+  apply_registration
+  # its RBAC first: metrics-server reads extension-apiserver-authentication at start-up and
+  # exits if it may not (on a fresh cluster the bindings above are seconds old)
+  wait_healthy_rbac
   if ! ms_pid >/dev/null; then
     port_busy "$MS_PORT" && die "port $MS_PORT is in use by another process; set KUSTOS_METRICS_SERVER_PORT"
     log "starting metrics-server on https://$BRIDGE_IP:$MS_PORT (scrapes every $MS_RESOLUTION)"
@@ -224,9 +241,6 @@ cmd_start() {
       --profiling=false \
       --v "${KUSTOS_LOG_V:-1}"
   fi
-  # a start that fails from here on leaves nothing registered nor running
-  trap 'rc=$?; [ $rc = 0 ] || { log "start failed: unregistering and stopping"; deregister; stop_process; }' EXIT
-  apply_registration
   wait_healthy "$NAME" 60 health_ms
   register_apiservice
   log "waiting for the APIService v1beta1.metrics.k8s.io to be Available"

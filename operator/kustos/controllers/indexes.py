@@ -1,9 +1,10 @@
 """What the reconcile reads of the cluster, kept in memory instead of LISTed per pass.
 
 - The children of Kustos resources (ServiceAccounts, Deployments, Services, ...), one
-  ``ChildCache`` in kopf's memo: filled by one LIST per kind at start-up (a startup
-  handler, so before kopf's watches and resource handlers start) and kept current by
-  async event handlers on the same kinds, watched with the
+  ``ChildCache`` in kopf's memo: filled by one LIST per kind on its first read (the
+  first reconcile; not a startup activity, which kopf would retry forever before logging
+  in when the API server cannot be reached), kept current by async event handlers on the
+  same kinds, and re-listed every RELIST_SECONDS, watched with the
   ``app.kubernetes.io/managed-by=kustos`` selector (run.py sets it, so the API server
   filters). Keyed by (namespace, instance label); each value is a small :class:`Child`:
   name, uid, controller owner's uid, spec-hash, and for a Deployment what the status
@@ -20,7 +21,7 @@
 
 Both reach the code through :class:`Lookup`, built by startup handlers (kopf hands them
 its indexes, live views filled later) and kept in kopf's memo by the controllers that
-read them. A child deleted between the start-up LIST and the start of kopf's watch (or
+read them. A child deleted between the first LIST and the start of kopf's watch (or
 during a watch gap that ends in a re-list) sends no event: a re-list every RELIST_SECONDS
 finds it (ChildCache.relist).
 """
@@ -144,7 +145,11 @@ class ChildCache:
     """The labelled children as the watches show them: kind -> (namespace, instance) ->
     uid -> Child. Updated on kopf's event loop, read from threads: a lock guards it."""
 
-    def __init__(self) -> None:
+    def __init__(self, primer: Callable[[], object] | None = None) -> None:
+        # the first read LISTs every kind (primer): not a start-up activity, which kopf
+        # retries forever when the API server cannot be reached, before it even logs in
+        self._primer = primer
+        self._prime_lock = threading.Lock()
         self._lock = threading.Lock()
         self._by_kind: dict[str, dict[Key, dict[str, Child]]] = {k: {} for k in CHILD_RESOURCES}
         self._where: dict[str, tuple[str, Key]] = {}  # uid -> where it is filed
@@ -200,7 +205,17 @@ class ChildCache:
                           if uid in self._where or t >= began}
         return changed
 
+    def ensure_primed(self) -> None:
+        """Fill the cache with one LIST per kind before the first read (threads only)."""
+        if self._primer is None:
+            return
+        with self._prime_lock:
+            if self._primer is not None:
+                self._primer()  # an ApiError leaves it unprimed: the next read tries again
+                self._primer = None
+
     def get(self, kind: str, key: Key) -> list[Child]:
+        self.ensure_primed()
         with self._lock:
             return list(self._by_kind[kind].get(key, {}).values())
 
@@ -210,9 +225,19 @@ class ChildCache:
 
 
 def children_cache(memo: Any) -> ChildCache:
-    """This process's ChildCache, in kopf's operator-wide memo (created on first use)."""
-    found: ChildCache = memo.setdefault("kustos_children", ChildCache())
+    """This process's ChildCache, in kopf's operator-wide memo (created on first use,
+    filled by its first read)."""
+    found = memo.get("kustos_children")
+    if found is None:
+        found = memo.setdefault("kustos_children",
+                                ChildCache(primer=lambda: _prime(memo)))
+    assert isinstance(found, ChildCache)
     return found
+
+
+def _prime(memo: Any) -> None:
+    relist_children(memo)
+    log.info("%d children of Kustos resources listed", len(children_cache(memo)))
 
 
 def _scopes(memo: Any) -> list[str | None] | None:
@@ -278,16 +303,6 @@ async def stop_relisting(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-@kopf.on.startup()
-def prime_children(memo: kopf.Memo, **_: Any) -> None:
-    """Fill the ChildCache with one LIST per kind (per watched namespace) before kopf
-    starts its watches and handlers: the resumed reconciles then find every child there.
-    Namespace globs are not listed: their children come from the watch, and a reconcile
-    that does not find one reads it by name (children.sync)."""
-    relist_children(memo)
-    log.info("%d children of Kustos resources listed", len(children_cache(memo)))
 
 
 def _register_child_watches() -> None:
