@@ -176,6 +176,36 @@ def real_model(name: str, namespace: str, uri: str, digest: str, version: str = 
             "metadata": {"name": name, "namespace": namespace}, "spec": body}
 
 
+# the breast-cancer model of the local store, with its explainer background and drift
+# reference (hack/model_store.py)
+BC = "s3://models/breast-cancer/7"
+
+
+def breast_cancer_with_sidecars(name: str, namespace: str, store: dict[str, str],
+                                **explainer: Any) -> list[dict[str, Any]]:
+    """The breast-cancer model (one replica) with an ExplainerSpec (shap-tree, plus the
+    ``explainer`` spec fields given) and a DriftMonitor (ks) attached, to apply in order."""
+    md = real_model(name, namespace, f"{BC}/model.skops", store[f"{BC}/model.skops"],
+                    replicas=1)
+    md["spec"]["model"]["format"] = "sklearn"
+    target = {"targetRef": {"name": name}}
+    return [
+        md,
+        {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+         "metadata": {"name": name, "namespace": namespace},
+         "spec": {**target, "method": "shap-tree",
+                  "background": {"uri": f"{BC}/background.csv",
+                                 "digest": store[f"{BC}/background.csv"], "maxSamples": 50},
+                  **explainer}},
+        {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
+         "metadata": {"name": name, "namespace": namespace},
+         "spec": {**target, "detector": "ks",
+                  "reference": {"uri": f"{BC}/reference.csv",
+                                "digest": store[f"{BC}/reference.csv"], "maxSamples": 600},
+                  "window": {"size": 100, "maxAge": "1h"}, "pValue": 0.05}},
+    ]
+
+
 def cluster_ip(kube: Kube, name: str, namespace: str) -> str:
     svc = kube.get("service", name, namespace)
     assert svc is not None, f"no Service {namespace}/{name}"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cluster import REPO, in_ci
 from conftest import Kube, wait_for, wait_ready
-from realpods import RESTRICTED, ChartOperator, cluster_ip, live_pods, real_model
+from realpods import RESTRICTED, ChartOperator, breast_cancer_with_sidecars, cluster_ip, live_pods
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
@@ -30,7 +30,6 @@ pytest_plugins = ["realpods"]
 KUBE_ROUTER = REPO / "hack" / "kube-router.sh"
 BUSYBOX = "kustos.local/busybox:1"
 SERVING, EXPLAINER, DRIFT = 8080, 8090, 8091
-BC = "s3://models/breast-cancer/7"
 UID = uuid.uuid4().hex[:6]
 # The namespace Prometheus would run in: selected by name, like the default
 # (`kubernetes.io/metadata.name: monitoring`) but unique, so that no other test's
@@ -154,22 +153,7 @@ def model(chart_operator: ChartOperator, model_store: dict[str, str], enforcer: 
     """The breast-cancer model with an explainer and a drift sidecar, all containers
     ready: its (only) pod."""
     kube, ns = chart_operator.kube, chart_operator.models_ns
-    md = real_model("np", ns, f"{BC}/model.skops", model_store[f"{BC}/model.skops"],
-                    replicas=1)
-    explainer = {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
-                 "metadata": {"name": "np", "namespace": ns},
-                 "spec": {"targetRef": {"name": "np"}, "method": "shap-tree",
-                          "background": {"uri": f"{BC}/background.csv",
-                                         "digest": model_store[f"{BC}/background.csv"],
-                                         "maxSamples": 50}}}
-    monitor = {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
-               "metadata": {"name": "np", "namespace": ns},
-               "spec": {"targetRef": {"name": "np"}, "detector": "ks",
-                        "reference": {"uri": f"{BC}/reference.csv",
-                                      "digest": model_store[f"{BC}/reference.csv"],
-                                      "maxSamples": 600},
-                        "window": {"size": 100, "maxAge": "1h"}, "pValue": 0.05}}
-    for doc in (md, explainer, monitor):
+    for doc in breast_cancer_with_sidecars("np", ns, model_store):
         kube.apply(doc)
     try:
         wait_ready(kube, "np", ns, timeout=600)

@@ -30,9 +30,11 @@ import yaml
 from cluster import REPO, bin_dir, in_ci
 from conftest import OPERATOR_LOGS, free_port, stop_process, wait_for, wait_ready
 from realpods import (
+    BC,
     IRIS_V1,
     IRIS_V2,
     ChartOperator,
+    breast_cancer_with_sidecars,
     cluster_ip,
     live_pods,
     post_json,
@@ -48,7 +50,6 @@ RULES = REPO / "charts" / "kustos" / "files" / "prometheus-rules.yaml"
 SCRAPE_INTERVAL = 5
 # Grafana's $__rate_interval with a data source scrape interval of 15s (its default): 4x.
 RATE_INTERVAL = "1m"
-BC = "s3://models/breast-cancer/7"
 
 
 def promtool_dir() -> Path:
@@ -243,26 +244,10 @@ def workload(chart_operator: ChartOperator, model_store: dict[str, str],
 
     kube, ns = chart_operator.kube, chart_operator.models_ns
     started = time.time()
-    bc = real_model("bc", ns, f"{BC}/model.skops", model_store[f"{BC}/model.skops"],
-                    replicas=1)
-    bc["spec"]["model"]["format"] = "sklearn"
     docs: list[dict[str, Any]] = [
-        bc,
-        {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
-         "metadata": {"name": "bc", "namespace": ns},
-         "spec": {"targetRef": {"name": "bc"}, "method": "shap-tree",
-                  "background": {"uri": f"{BC}/background.csv",
-                                 "digest": model_store[f"{BC}/background.csv"],
-                                 "maxSamples": 50},
-                  # a global report once, at start (the run-time panel)
-                  "global": {"interval": "24h", "topK": 5}}},
-        {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
-         "metadata": {"name": "bc", "namespace": ns},
-         "spec": {"targetRef": {"name": "bc"}, "detector": "ks",
-                  "reference": {"uri": f"{BC}/reference.csv",
-                                "digest": model_store[f"{BC}/reference.csv"],
-                                "maxSamples": 600},
-                  "window": {"size": 100, "maxAge": "1h"}, "pValue": 0.05}},
+        # with a global report once, at start (the run-time panel)
+        *breast_cancer_with_sidecars("bc", ns, model_store,
+                                     **{"global": {"interval": "24h", "topK": 5}}),
         real_model("iris", ns, IRIS_V1, model_store[IRIS_V1], replicas=1),
         {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
          "metadata": {"name": "iris", "namespace": ns},

@@ -22,6 +22,7 @@ from realpods import (
     ROWS,
     ChartOperator,
     answered,
+    breast_cancer_with_sidecars,
     cluster_ip,
     live_pods,
     post_json,
@@ -269,7 +270,6 @@ def test_restricted_namespace_admits_canary_and_autoscaled_pods(
                  check=False)
 
 
-BC = "s3://models/breast-cancer/7"
 
 
 def test_explainer_and_drift_sidecars_run_as_real_containers(
@@ -279,23 +279,7 @@ def test_explainer_and_drift_sidecars_run_as_real_containers(
     from sklearn.datasets import load_breast_cancer
 
     kube, ns = chart_operator.kube, chart_operator.models_ns
-    md = real_model("bc", ns, f"{BC}/model.skops", model_store[f"{BC}/model.skops"],
-                    replicas=1)
-    md["spec"]["model"]["format"] = "sklearn"
-    explainer = {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
-                 "metadata": {"name": "bc", "namespace": ns},
-                 "spec": {"targetRef": {"name": "bc"}, "method": "shap-tree",
-                          "background": {"uri": f"{BC}/background.csv",
-                                         "digest": model_store[f"{BC}/background.csv"],
-                                         "maxSamples": 50}}}
-    monitor = {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
-               "metadata": {"name": "bc", "namespace": ns},
-               "spec": {"targetRef": {"name": "bc"}, "detector": "ks",
-                        "reference": {"uri": f"{BC}/reference.csv",
-                                      "digest": model_store[f"{BC}/reference.csv"],
-                                      "maxSamples": 600},
-                        "window": {"size": 100, "maxAge": "1h"}, "pValue": 0.05}}
-    for doc in (md, explainer, monitor):
+    for doc in breast_cancer_with_sidecars("bc", ns, model_store):
         kube.apply(doc)
     try:
         wait_ready(kube, "bc", ns, timeout=600)
