@@ -164,9 +164,14 @@ apply_upstream() {
   local src=$1
   kc kustomize "$src/config/crd" |
     kc apply --server-side --field-manager=kustos-keda --force-conflicts -f - >/dev/null
-  kc wait --for=condition=Established --timeout=60s \
-    crd/scaledobjects.keda.sh crd/scaledjobs.keda.sh crd/triggerauthentications.keda.sh \
-    crd/clustertriggerauthentications.keda.sh >/dev/null
+  # polled: on a fresh cluster `kubectl wait` meets CRDs without status yet and errors out
+  local crd deadline=$((SECONDS + 60))
+  for crd in scaledobjects scaledjobs triggerauthentications clustertriggerauthentications; do
+    until [ "$(kc get crd "$crd.keda.sh" -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]; do
+      ((SECONDS < deadline)) || die "CRD $crd.keda.sh not Established after 60 s"
+      sleep 0.5
+    done
+  done
   kc apply --server-side --field-manager=kustos-keda --force-conflicts \
     -f "$src/config/rbac/role.yaml" -f "$src/config/metrics-server/role.yaml" >/dev/null
 }
@@ -274,6 +279,20 @@ spec:
 EOF
 }
 
+# the authorizer has caught up with the bindings apply_registration made: the adapter reads
+# extension-apiserver-authentication at start-up and exits if it may not, and on a fresh
+# cluster the bindings are seconds old
+wait_rbac() {
+  local deadline=$((SECONDS + 60))
+  until kc auth can-i get configmaps/extension-apiserver-authentication -n kube-system \
+      --as "kustos:keda-adapter" >/dev/null 2>&1 &&
+      kc auth can-i list scaledobjects.keda.sh --as "kustos:keda-operator" >/dev/null 2>&1 &&
+      kc auth can-i list scaledobjects.keda.sh --as "kustos:keda-adapter" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "RBAC for KEDA's users not in effect after 60 s"
+    sleep 0.5
+  done
+}
+
 # every namespace watched; KEDA's own objects in $KEDA_NS; each process its kubeconfig
 keda_env() {
   export WATCH_NAMESPACE="" POD_NAMESPACE=$KEDA_NS KEDA_CLUSTER_OBJECT_NAMESPACE=$KEDA_NS \
@@ -326,9 +345,10 @@ cmd_start() {
   ensure_pki_keda
   ensure_namespace
   apply_upstream "$src"
-  apply_registration
   # a start that fails from here on leaves nothing registered nor running
   trap 'rc=$?; [ $rc = 0 ] || { log "start failed: unregistering and stopping"; deregister; stop_processes; }' EXIT
+  apply_registration
+  wait_rbac
   pid_of_keda "$OPERATOR" >/dev/null || (start_operator)
   wait_healthy "$OPERATOR" 120 health_operator
   pid_of_keda "$ADAPTER" >/dev/null || (start_adapter)
