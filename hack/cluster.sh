@@ -571,6 +571,10 @@ cmd_down() {
   lock
   # Argo CD's host processes (hack/argocd.sh), if a test or a developer left them running
   [ ! -d "$CLUSTER_DIR/argocd/run" ] || "$here/argocd.sh" stop || true
+  # KEDA's host processes (hack/keda.sh), its APIService first
+  if [ -f "$RUN/keda-operator.pid" ] || [ -f "$RUN/keda-adapter.pid" ]; then
+    "$here/keda.sh" stop || true
+  fi
   # the real node first (its kubelet talks to the apiserver; it restores the host)
   if [ -d "$CLUSTER_DIR/node" ] || [ -d "$CLUSTER_DIR/host" ]; then
     [ "$(id -u)" = 0 ] || die "the real node runs; stopping it needs root"

@@ -433,3 +433,32 @@ def test_a_relist_updates_a_stale_entry_and_leaves_other_kinds_alone() -> None:
                         time.monotonic()) == 1
     assert [c.spec_hash for c in cache.get("Service", (NS, NAME))] == ["new"]
     assert [c.name for c in cache.get("NetworkPolicy", (NS, NAME))] == [NAME]
+
+
+def test_the_first_read_lists_children_of_the_namespaces_the_patterns_match(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator on namespace globs lists cluster-wide and keeps what its patterns
+    match: a restart must find its children, or the status reads no Deployment."""
+    import kopf
+
+    from kustos.controllers import peering
+
+    calls: list[tuple[str, str | None]] = []
+
+    def list_objects(kind: str, namespace: str | None, labels: Any = None) -> list[Any]:
+        calls.append((kind, namespace))
+        mine = child_body(kind, NAME)
+        other = {**child_body(kind, "x"), "metadata": {**child_body(kind, "x")["metadata"],
+                                                       "namespace": "prod"}}
+        return [mine, other] if kind == "Deployment" else []
+
+    monkeypatch.setattr(client, "list_objects", list_objects)
+    memo = kopf.Memo()
+    memo.peering = peering.Peering(None, 0, clusterwide=False, namespaces=["m*"])
+    cache = indexes.children_cache(memo)
+    assert [c.name for c in cache.get("Deployment", (NS, NAME))] == [NAME]
+    assert cache.get("Deployment", ("prod", "x")) == []
+    assert {ns for _, ns in calls} == {None}   # one cluster-wide LIST per kind
+    assert len(calls) == len(CHILD_RESOURCES)
+    cache.get("Service", (NS, NAME))           # primed once
+    assert len(calls) == len(CHILD_RESOURCES)

@@ -240,31 +240,40 @@ def _prime(memo: Any) -> None:
     log.info("%d children of Kustos resources listed", len(children_cache(memo)))
 
 
-def _scopes(memo: Any) -> list[str | None] | None:
-    """Where to LIST children: everywhere, the exact watched namespaces, or (no peering
-    state yet) nowhere."""
-    from .peering import exact_namespaces
+def relist_children(memo: Any) -> int:
+    """One LIST per child kind, folded into the ChildCache (ChildCache.relist): everywhere
+    for a cluster-wide operator; for namespace patterns, everywhere and kept where a
+    pattern matches (or, if the operator may not list cluster-wide, in the exact
+    namespaces only: the others' children come from the watch, and a reconcile that does
+    not find one reads it by name)."""
+    from kustos.k8s import client
+
+    from .peering import exact_namespaces, match_namespace
 
     peers = getattr(memo, "peering", None)
     if peers is None:
-        return None
-    if peers.clusterwide:
-        return [None]
-    return list(sorted(exact_namespaces(peers.namespaces)))
-
-
-def relist_children(memo: Any) -> int:
-    """One LIST per child kind, folded into the ChildCache (ChildCache.relist)."""
-    from kustos.k8s import client
-
-    scopes = _scopes(memo)
-    if scopes is None:
         return 0
+    patterns = list(peers.namespaces)
+    exact = sorted(exact_namespaces(patterns))
     found, changed = children_cache(memo), 0
     for kind in CHILD_RESOURCES:
         began = time.monotonic()
-        listed = [obj for namespace in scopes
-                  for obj in client.list_objects(kind, namespace, {MANAGED: MANAGED_BY})]
+        if peers.clusterwide:
+            listed = client.list_objects(kind, None, {MANAGED: MANAGED_BY})
+        elif len(exact) == len(patterns):
+            listed = [obj for namespace in exact
+                      for obj in client.list_objects(kind, namespace, {MANAGED: MANAGED_BY})]
+        else:
+            try:
+                listed = [obj for obj in client.list_objects(kind, None, {MANAGED: MANAGED_BY})
+                          if any(match_namespace(obj["metadata"]["namespace"], pattern)
+                                 for pattern in patterns)]
+            except ApiError as err:
+                if err.status != 403:
+                    raise
+                listed = [obj for namespace in exact
+                          for obj in client.list_objects(kind, namespace,
+                                                         {MANAGED: MANAGED_BY})]
         changed += found.relist(kind, listed, began)
     return changed
 
