@@ -106,10 +106,39 @@ pid_of() {
   local name=$1 pid argv0
   [ -f "$RUN/$name.pid" ] || return 1
   pid=$(<"$RUN/$name.pid")
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  [ -n "$pid" ] && alive "$pid" || return 1
   argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || return 1
   [ "$argv0" = "$KUSTOS_BIN/$name" ] || return 1
   echo "$pid"
+}
+
+# For the scripts that source this one (metrics-server.sh, keda.sh, kube-router.sh):
+
+# script_lock NAME: a lock of NAME's own on fd 9 (cluster.sh up holds .cluster/run/lock and
+# may call the script); start() closes fd 9 for the processes it starts
+script_lock() {
+  mkdir -p "$RUN"
+  exec 9>"$RUN/$1.lock"
+  flock -w 600 9 || die "could not take $RUN/$1.lock"
+}
+
+# apiservice_available NAME: the aggregator reaches the APIService's server
+apiservice_available() {
+  [ "$(kc get apiservice "$1" -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}' 2>/dev/null)" = True ]
+}
+
+# wait_can_i WHAT 'CAN-I ARGS'...: the authorizer has caught up with bindings just applied
+# (a server that reads extension-apiserver-authentication at start-up exits if it may not)
+wait_can_i() {
+  local what=$1 check ok deadline=$((SECONDS + 60)); shift
+  while :; do
+    ok=1
+    # shellcheck disable=SC2086  # each check is a word list for kubectl auth can-i
+    for check in "$@"; do kc auth can-i $check >/dev/null 2>&1 || { ok=0; break; }; done
+    [ $ok = 1 ] && return 0
+    ((SECONDS < deadline)) || die "RBAC for $what not in effect after 60 s"
+    sleep 0.5
+  done
 }
 
 any_running() {

@@ -109,21 +109,11 @@ cmd_build() {
 
 # ---------------------------------------------------------------- start
 
-pid_of_keda() {
-  local name=$1 pid argv0
-  [ -f "$RUN/$name.pid" ] || return 1
-  pid=$(<"$RUN/$name.pid")
-  [ -n "$pid" ] && alive "$pid" || return 1
-  argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || return 1
-  [ "$argv0" = "$KUSTOS_BIN/$name" ] || return 1
-  echo "$pid"
-}
+pid_of_keda() { pid_of "$1"; }
 
 health_operator() { [ "$(curl -fsS --max-time 3 "http://127.0.0.1:$OP_PROBE_PORT/healthz")" = ok ]; }
 health_adapter() { [ "$(curl -fsS --max-time 3 --cacert "$PKI/ca.crt" "https://$BRIDGE_IP:$ADAPTER_PORT/livez")" = ok ]; }
-api_available() {
-  [ "$(kc get apiservice "$APISERVICE" -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}' 2>/dev/null)" = True ]
-}
+api_available() { apiservice_available "$APISERVICE"; }
 # discovery of external.metrics.k8s.io through the aggregator answers (the adapter is reached)
 api_discovers() { kc get --raw "/apis/external.metrics.k8s.io/v1beta1" >/dev/null 2>&1; }
 
@@ -283,14 +273,10 @@ EOF
 # extension-apiserver-authentication at start-up and exits if it may not, and on a fresh
 # cluster the bindings are seconds old
 wait_rbac() {
-  local deadline=$((SECONDS + 60))
-  until kc auth can-i get configmaps/extension-apiserver-authentication -n kube-system \
-      --as "kustos:keda-adapter" >/dev/null 2>&1 &&
-      kc auth can-i list scaledobjects.keda.sh --as "kustos:keda-operator" >/dev/null 2>&1 &&
-      kc auth can-i list scaledobjects.keda.sh --as "kustos:keda-adapter" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "RBAC for KEDA's users not in effect after 60 s"
-    sleep 0.5
-  done
+  wait_can_i "KEDA's users" \
+    "get configmaps/extension-apiserver-authentication -n kube-system --as kustos:keda-adapter" \
+    "list scaledobjects.keda.sh --as kustos:keda-operator" \
+    "list scaledobjects.keda.sh --as kustos:keda-adapter"
 }
 
 # every namespace watched; KEDA's own objects in $KEDA_NS; each process its kubeconfig
@@ -329,7 +315,7 @@ start_adapter() {
 }
 
 cmd_start() {
-  lock_keda
+  script_lock keda
   load_ports
   KUBECTL_BIN=$(find_kubectl)
   [ "$REAL_NODE_ENABLED" = 1 ] && [[ $(ip -4 -o addr show 2>/dev/null) == *" $BRIDGE_IP/"* ]] ||
@@ -364,7 +350,7 @@ cmd_start() {
 # ---------------------------------------------------------------- stop / status
 
 cmd_stop() {
-  lock_keda
+  script_lock keda
   load_ports
   KUBECTL_BIN=$(find_kubectl)
   deregister
@@ -402,13 +388,6 @@ cmd_status() {
     fi
   done
   return $rc
-}
-
-# its own lock, on fd 9, which cluster.sh's start() closes for the processes it starts
-lock_keda() {
-  mkdir -p "$RUN"
-  exec 9>"$RUN/keda.lock"
-  flock -w 600 9 || die "could not take $RUN/keda.lock"
 }
 
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0

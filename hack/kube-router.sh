@@ -108,15 +108,7 @@ record_before() {
 
 # ---------------------------------------------------------------- start
 
-kr_pid() {
-  local pid argv0
-  [ -f "$KR_PID" ] || return 1
-  pid=$(<"$KR_PID")
-  [ -n "$pid" ] && alive "$pid" || return 1
-  argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || return 1
-  [ "$argv0" = "$KR_BIN" ] || return 1
-  echo "$pid"
-}
+kr_pid() { pid_of kube-router; }
 
 kr_healthy() { curl -fsS --max-time 3 "http://127.0.0.1:$HEALTH_PORT/healthz" >/dev/null 2>&1; }
 # the controller has synced once: its top-level chains are hooked into the filter table

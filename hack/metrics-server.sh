@@ -74,20 +74,10 @@ EOF
 
 # ---------------------------------------------------------------- start
 
-ms_pid() {
-  local pid argv0
-  [ -f "$RUN/$NAME.pid" ] || return 1
-  pid=$(<"$RUN/$NAME.pid")
-  [ -n "$pid" ] && alive "$pid" || return 1
-  argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || return 1
-  [ "$argv0" = "$KUSTOS_BIN/$NAME" ] || return 1
-  echo "$pid"
-}
+ms_pid() { pid_of "$NAME"; }
 
 health_ms() { [ "$(curl -fsS --max-time 3 --cacert "$PKI/ca.crt" "https://$BRIDGE_IP:$MS_PORT/livez")" = ok ]; }
-api_available() {
-  [ "$(kc get apiservice v1beta1.metrics.k8s.io -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}' 2>/dev/null)" = True ]
-}
+api_available() { apiservice_available v1beta1.metrics.k8s.io; }
 # the real node's own figures (`kubectl top node`): the kubelet has been scraped through the
 # aggregated API (pods may not run yet, so not `top pods`)
 has_figures() {
@@ -196,19 +186,8 @@ spec:
 EOF
 }
 
-# wait_healthy_rbac: the authorizer has caught up with the bindings apply_registration made
-wait_healthy_rbac() {
-  local deadline=$((SECONDS + 60))
-  until kc auth can-i get configmaps/extension-apiserver-authentication -n kube-system \
-      --as "kustos:metrics-server" >/dev/null 2>&1 &&
-      kc auth can-i get nodes/metrics --as "kustos:metrics-server" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "RBAC for kustos:metrics-server not in effect after 60 s"
-    sleep 0.5
-  done
-}
-
 cmd_start() {
-  lock_ms
+  script_lock metrics-server
   load_ports
   KUBECTL_BIN=$(find_kubectl)
   [ "$REAL_NODE_ENABLED" = 1 ] && [[ $(ip -4 -o addr show 2>/dev/null) == *" $BRIDGE_IP/"* ]] ||
@@ -225,7 +204,9 @@ cmd_start() {
   apply_registration
   # its RBAC first: metrics-server reads extension-apiserver-authentication at start-up and
   # exits if it may not (on a fresh cluster the bindings above are seconds old)
-  wait_healthy_rbac
+  wait_can_i kustos:metrics-server \
+    "get configmaps/extension-apiserver-authentication -n kube-system --as kustos:metrics-server" \
+    "get nodes/metrics --as kustos:metrics-server"
   if ! ms_pid >/dev/null; then
     port_busy "$MS_PORT" && die "port $MS_PORT is in use by another process; set KUSTOS_METRICS_SERVER_PORT"
     log "starting metrics-server on https://$BRIDGE_IP:$MS_PORT (scrapes every $MS_RESOLUTION)"
@@ -254,7 +235,7 @@ cmd_start() {
 # ---------------------------------------------------------------- stop / status
 
 cmd_stop() {
-  lock_ms
+  script_lock metrics-server
   load_ports
   KUBECTL_BIN=$(find_kubectl)
   deregister
@@ -286,14 +267,6 @@ cmd_status() {
   else
     printf '%-24s running  pid %-8s UNHEALTHY\n' metrics-server "$pid"; return 1
   fi
-}
-
-# its own lock (cluster.sh up holds .cluster/run/lock while it runs, and may call `start`); on
-# fd 9, which cluster.sh's start() closes for the process it starts
-lock_ms() {
-  mkdir -p "$RUN"
-  exec 9>"$RUN/metrics-server.lock"
-  flock -w 600 9 || die "could not take $RUN/metrics-server.lock"
 }
 
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
