@@ -16,12 +16,12 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from cluster import REPO, in_ci
 from conftest import Kube, wait_for, wait_ready
+from loadgen import CONCURRENCY, LOAD_SECONDS, Load
 from realpods import (
     IRIS_V1,
     REAL_NODE,
@@ -46,7 +46,6 @@ RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "
 # The HPA's default scale-down stabilization is 300 s: the spec asks for a short one
 # (spec.autoscaling.scaleDownStabilizationSeconds, rendered into the HPA's behavior).
 SCALE_DOWN_WINDOW = 20
-LOAD_SECONDS, LOAD_REQUESTS, CONCURRENCY = 300.0, 200_000, 4
 
 
 def ms(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
@@ -110,62 +109,6 @@ def hpa_state(kube: Kube, ns: str) -> dict[str, Any]:
     return {"desired": st.get("desiredReplicas", 0), "current": st.get("currentReplicas", 0),
             "cpu": cpu, "ready": (dep.get("status") or {}).get("readyReplicas", 0),
             "conditions": {c["type"]: c for c in st.get("conditions") or []}}
-
-
-@dataclass
-class Load:
-    """A bounded load: CONCURRENCY workers posting V2 inference requests until stopped,
-    LOAD_SECONDS pass or LOAD_REQUESTS have been sent."""
-
-    host: str
-    path: str
-    body: bytes
-    ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def sent(self) -> int:
-        return self.ok + sum(self.errors.values())
-
-    def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    async def one(self) -> None:
-        t0 = time.monotonic()
-        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(self.body)}\r\n"
-                "Connection: close\r\n\r\n").encode()
-        try:
-            async with asyncio.timeout(15):
-                reader, writer = await asyncio.open_connection(self.host, 80)
-                try:
-                    writer.write(head + self.body)
-                    status = (await reader.readline()).split(b" ", 2)
-                    rest = await reader.read()
-                finally:
-                    writer.close()
-        except TimeoutError:
-            self.error("timeout")
-            return
-        except OSError as err:
-            self.error(type(err).__name__)
-            return
-        if len(status) < 2 or status[1] != b"200" or b'"outputs"' not in rest:
-            self.error(f"status {status[1].decode() if len(status) > 1 else '?'}")
-            return
-        self.ok += 1
-        self.latencies.append(time.monotonic() - t0)
-
-    async def worker(self, deadline: float) -> None:
-        while not self.stop.is_set() and time.monotonic() < deadline \
-                and self.sent < LOAD_REQUESTS:
-            await self.one()
-
-    async def run(self) -> None:
-        deadline = time.monotonic() + LOAD_SECONDS
-        await asyncio.gather(*(self.worker(deadline) for _ in range(CONCURRENCY)))
 
 
 # The first test's setup may build metrics-server (a few minutes on a fresh machine).

@@ -30,6 +30,7 @@ import pytest
 import yaml
 from cluster import REPO, in_ci
 from conftest import OPERATOR_LOGS, Kube, free_port, stop_process, wait_for, wait_ready
+from loadgen import Load
 from realpods import (
     IRIS_V1,
     ROWS,
@@ -40,7 +41,6 @@ from realpods import (
     real_model,
     v2_request,
 )
-from test_autoscaling_live import Load
 from test_prometheus_live import podmonitor_jobs, prometheus_binary
 
 pytestmark = pytest.mark.integration
