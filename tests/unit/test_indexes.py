@@ -381,22 +381,20 @@ def test_a_resumed_reconcile_of_an_unchanged_model_lists_and_applies_nothing(
 
 
 def test_events_before_this_process_reconciled_the_model_schedule_no_refresh() -> None:
-    """At start-up kopf lists every ModelDeployment and Deployment: the resumed reconcile
-    writes their status, so those events must not each cost a refresh (a GET)."""
+    """At start-up kopf lists every ModelDeployment (and the child watches every
+    Deployment): the resumed reconcile writes their status, so those events must not each
+    cost a refresh (a GET)."""
     import asyncio
-
-    import kopf
 
     async def test() -> None:
         state = modeldeployment.Models(lookup_of(Indexes()))
-        memo = kopf.Memo(kustos_models=state)
         body = md()
         dep = child_body("Deployment", NAME)
-        await modeldeployment.model_deployment_changed(body=body, type=None, memo=memo)
-        await modeldeployment.deployment_changed(body=dep, type=None, memo=memo)
+        modeldeployment.model_changed(state, body, None)
+        modeldeployment.deployment_changed(state, "ADDED", dep)
         assert state._due == {}
         state.record(UID, modeldeployment.Reconciled(1))
-        await modeldeployment.deployment_changed(body=dep, type="MODIFIED", memo=memo)
+        modeldeployment.deployment_changed(state, "MODIFIED", dep)
         assert set(state._due) == {(NS, NAME)}
         await state.stop()
 
@@ -435,30 +433,3 @@ def test_a_relist_updates_a_stale_entry_and_leaves_other_kinds_alone() -> None:
     assert [c.name for c in cache.get("NetworkPolicy", (NS, NAME))] == [NAME]
 
 
-def test_the_first_read_lists_children_of_the_namespaces_the_patterns_match(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """An operator on namespace globs lists cluster-wide and keeps what its patterns
-    match: a restart must find its children, or the status reads no Deployment."""
-    import kopf
-
-    from kustos.controllers import peering
-
-    calls: list[tuple[str, str | None]] = []
-
-    def list_objects(kind: str, namespace: str | None, labels: Any = None) -> list[Any]:
-        calls.append((kind, namespace))
-        mine = child_body(kind, NAME)
-        other = {**child_body(kind, "x"), "metadata": {**child_body(kind, "x")["metadata"],
-                                                       "namespace": "prod"}}
-        return [mine, other] if kind == "Deployment" else []
-
-    monkeypatch.setattr(client, "list_objects", list_objects)
-    memo = kopf.Memo()
-    memo.peering = peering.Peering(None, 0, clusterwide=False, namespaces=["m*"])
-    cache = indexes.children_cache(memo)
-    assert [c.name for c in cache.get("Deployment", (NS, NAME))] == [NAME]
-    assert cache.get("Deployment", ("prod", "x")) == []
-    assert {ns for _, ns in calls} == {None}   # one cluster-wide LIST per kind
-    assert len(calls) == len(CHILD_RESOURCES)
-    cache.get("Service", (NS, NAME))           # primed once
-    assert len(calls) == len(CHILD_RESOURCES)

@@ -306,7 +306,7 @@ def test_namespace_events_rejudge_only_on_a_label_change(
     monkeypatch.setattr(governance, "_rejudge_namespace",
                         lambda namespace, idx: judged.append(namespace))
     memo = kopf.Memo(kustos_governance=governance.Governance())
-    idx = {"memo": memo, "kustos_gov_models": {}}
+    idx = {"memo": memo}
     governance.namespace_changed(name="ns", labels={"a": "1"}, type=None, **idx)
     governance.namespace_changed(name="ns", labels={"a": "1"}, type="MODIFIED", **idx)
     assert judged == []  # first sight (the models judge themselves), then no change
@@ -324,8 +324,27 @@ def test_a_deleted_policy_is_forgotten() -> None:
     state.respec("p", {"namespaceSelector": {"matchLabels": {"x": "y"}}})
     body = {"metadata": {"name": "p"}, "spec": {}}
     governance.policy_changed(body=body, name="p", type="DELETED", memo=memo,
-                              kustos_gov_models={}, kustos_gov_namespaces={})
+                              kustos_gov_namespaces={})
     assert len(state) == 0
+
+
+def test_a_model_is_judged_again_only_when_its_spec_or_the_inputs_changed() -> None:
+    """Most ModelDeployment events are status writes: they re-judge nothing. A new
+    generation, or a change of a policy, a namespace's labels or an attachment's target,
+    does. The models seen are kept by namespace (what a policy change re-judges)."""
+    state = governance.Governance()
+    meta = {"name": "m", "namespace": "ns", "uid": "u", "generation": 1}
+    at = state.model_seen(meta, deleted=False)
+    assert at is not None
+    state.judged("u", at)
+    assert state.model_seen(meta, deleted=False) is None          # a status write
+    assert state.model_seen({**meta, "generation": 2}, deleted=False) is not None
+    state.judged("u", (2, at[1]))
+    state.respec("p", {"namespaceSelector": {}})                    # a policy changed
+    assert state.model_seen({**meta, "generation": 2}, deleted=False) is not None
+    assert state.models() == {"ns": ["m"]} and state.models("other") == {}
+    assert state.model_seen(meta, deleted=True) is None
+    assert state.models() == {}
 
 
 # --- run.py: the webhook server goes through the memo -----------------------------------

@@ -2,8 +2,9 @@
 the GovernancePolicies' own status.
 
 Kopf indexes keep the policies, namespace labels and the ExplainerSpecs / DriftMonitors
-by target in memory, so a ModelDeployment event (they are frequent: every status write)
-is judged without an API read. Compliance is re-judged when any of those change. Writes
+by target in memory, so a ModelDeployment event is judged without an API read, and only
+when its spec or one of those changed since it was last judged (most of its events are
+status writes). Compliance is re-judged when any of those change. Writes
 are governance's own part of the status (POLICY, server-side applied), only on a change.
 What the handlers last judged with (targets, namespace labels, policy specs) is one
 :class:`Governance` in kopf's memo (``memo.kustos_governance``), pruned on DELETED events.
@@ -56,6 +57,15 @@ class Governance:
         self._labels: dict[str, dict[str, str]] = {}
         # The spec each policy was last judged with: its own status writes re-judge nothing.
         self._policies: dict[str, dict[str, Any]] = {}
+        # The ModelDeployments by namespace (what a policy or namespace change re-judges),
+        # kept from their events: not a kopf index, which would hold every handler at
+        # start-up until all of them are indexed (controllers/indexes.py).
+        self._models: dict[str, set[str]] = {}
+        # uid -> (generation, inputs) a ModelDeployment was last judged at: its status
+        # writes (most of its events) re-judge nothing. ``_inputs`` counts the changes of
+        # what a verdict reads besides the spec (policies, namespace labels, attachments).
+        self._judged: dict[str, tuple[Any, int]] = {}
+        self._inputs = 0
 
     def retarget(self, key: tuple[str, str | None, str], target: str | None) -> str | None:
         """Record the target (None: deleted or untargeted); the one recorded before."""
@@ -63,7 +73,35 @@ class Governance:
             before = self._targets.pop(key, None)
             if target:
                 self._targets[key] = target
+            if before != target:
+                self._inputs += 1
             return before
+
+    def model_seen(self, meta: Mapping[str, Any], deleted: bool) -> tuple[Any, int] | None:
+        """Record a ModelDeployment's event; what to judge it at (its generation and the
+        inputs' count), None when it was judged at that already (or is deleted)."""
+        namespace, name, uid = meta.get("namespace") or "", meta["name"], meta["uid"]
+        with self._guard:
+            if deleted:
+                self._judged.pop(uid, None)
+                names = self._models.get(namespace, set())
+                names.discard(name)
+                if not names:
+                    self._models.pop(namespace, None)
+                return None
+            self._models.setdefault(namespace, set()).add(name)
+            now = (meta.get("generation"), self._inputs)
+            return None if self._judged.get(uid) == now else now
+
+    def judged(self, uid: str, at: tuple[Any, int]) -> None:
+        with self._guard:
+            self._judged[uid] = at
+
+    def models(self, namespace: str | None = None) -> dict[str, list[str]]:
+        """The ModelDeployments seen, by namespace (in ``namespace`` only, if given)."""
+        with self._guard:
+            return {ns: sorted(names) for ns, names in self._models.items()
+                    if namespace in (None, ns)}
 
     def relabel(self, namespace: str, labels: dict[str, str] | None) -> tuple[bool, bool]:
         """Record a namespace's labels (None: deleted): (changed, first time seen)."""
@@ -73,6 +111,8 @@ class Governance:
                 return False, False
             before = self._labels.get(namespace)
             self._labels[namespace] = labels
+            if before != labels:
+                self._inputs += 1
             return before != labels, before is None
 
     def respec(self, name: str, spec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -81,6 +121,8 @@ class Governance:
             before = self._policies.pop(name, None)
             if spec is not None:
                 self._policies[name] = spec
+            if before != spec:
+                self._inputs += 1
             return before
 
     def __len__(self) -> int:
@@ -125,11 +167,6 @@ def kustos_gov_drift_monitors(namespace: str | None, spec: kopf.Spec,
                               **_: Any) -> dict[Any, bool] | None:
     target = (spec.get("targetRef") or {}).get("name")
     return {(namespace, target): True} if target else None
-
-
-@kopf.index(GROUP, VERSION, "modeldeployments")
-def kustos_gov_models(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
-    return {namespace or "": name}
 
 
 def _policies(idx: Indices) -> list[Policy]:
@@ -208,11 +245,16 @@ def _safely(what: str, fn: Any, *args: Any) -> None:
         log.warning("governance: %s failed: %s", what, err.message)
 
 
-@kopf.on.event(GROUP, VERSION, "modeldeployments")
-def model_deployment_governance(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-    if type == "DELETED":
+def judge_event(md: dict[str, Any], at: tuple[Any, int], idx: Indices) -> None:
+    """Judge a ModelDeployment after its event (in a thread: controllers/model_events.py
+    calls this when Governance.model_seen says it is due)."""
+    try:
+        judge(md, idx)
+    except ApiError as err:
+        log.warning("governance: judging %s failed: %s", md["metadata"].get("name"),
+                    err.message)
         return
-    _safely(f"judging {body['metadata'].get('name')}", judge, dict(body), kwargs)
+    governance(idx["memo"]).judged(md["metadata"]["uid"], at)
 
 
 def _rejudge_target(namespace: str | None, target: str | None, idx: Indices) -> None:
@@ -247,7 +289,7 @@ def drift_monitor_changed(namespace: str | None, name: str, spec: kopf.Spec, typ
 
 
 def _rejudge_namespace(namespace: str, idx: Indices) -> None:
-    for name in list(idx["kustos_gov_models"].get(namespace, [])):
+    for name in governance(idx["memo"]).models(namespace).get(namespace, []):
         _safely(f"judging {namespace}/{name}", _rejudge_target, namespace, name, idx)
 
 
@@ -272,7 +314,7 @@ def policy_changed(body: kopf.Body, name: str, type: str | None, **kwargs: Any) 
     if old == new:
         return
     selectors = [s.get("namespaceSelector") for s in (old, new) if s is not None]
-    for namespace in list(kwargs["kustos_gov_models"]):
+    for namespace in governance(kwargs["memo"]).models():
         labels = _namespace_labels(kwargs, namespace)
         if any(selector_matches(sel, labels) for sel in selectors):
             _rejudge_namespace(namespace, kwargs)

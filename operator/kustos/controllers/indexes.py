@@ -1,19 +1,17 @@
 """What the reconcile reads of the cluster, kept in memory instead of LISTed per pass.
 
 - The children of Kustos resources (ServiceAccounts, Deployments, Services, ...), one
-  ``ChildCache`` in kopf's memo: filled by one LIST per kind on its first read (the
-  first reconcile; not a startup activity, which kopf would retry forever before logging
-  in when the API server cannot be reached), kept current by async event handlers on the
-  same kinds, and re-listed every RELIST_SECONDS, watched with the
-  ``app.kubernetes.io/managed-by=kustos`` selector (run.py sets it, so the API server
-  filters). Keyed by (namespace, instance label); each value is a small :class:`Child`:
-  name, uid, controller owner's uid, spec-hash, and for a Deployment what the status
-  computation reads of it (not the whole body).
-  Not kopf indexes: kopf holds every resource handler until every indexed object has
-  been indexed, and that wait grows with the square of the objects (each one indexed
-  wakes every waiting worker): 1000 indexed objects 2.7 s, 4000 58 s (measured with
-  tests/unit/test_kopf_contract.py's fake API server). Four children per model made the
-  resync of 1000 models slower, not faster.
+  ``ChildCache`` in kopf's memo, kept by plain LIST+WATCH threads of our own
+  (controllers/child_watches.py) with the ``app.kubernetes.io/managed-by=kustos``
+  selector (the API server filters). Keyed by (namespace, instance label); each value is
+  a small :class:`Child`: name, uid, controller owner's uid, spec-hash, and for a
+  Deployment what the status computation reads of it (not the whole body).
+  Neither kopf indexes nor kopf event handlers: kopf holds every resource handler until
+  every indexed object has been indexed, and that wait grows with the square of the
+  objects (1000 indexed objects 2.7 s, 4000 58 s, measured with
+  tests/unit/test_kopf_contract.py's fake API server); and kopf keeps a worker, state
+  and a handler task per watched object, which for 4000 children made a restart's
+  resync and memory the largest costs of the operator.
 - ExplainerSpecs and DriftMonitors (few) in kopf indexes keyed by (namespace, target
   ModelDeployment name), each value the resource without its status and managed fields.
   Kopf fills its indexes before it calls any resource handler (pinned in
@@ -21,15 +19,12 @@
 
 Both reach the code through :class:`Lookup`, built by startup handlers (kopf hands them
 its indexes, live views filled later) and kept in kopf's memo by the controllers that
-read them. A child deleted between the first LIST and the start of kopf's watch (or
-during a watch gap that ends in a re-list) sends no event: a re-list every RELIST_SECONDS
-finds it (ChildCache.relist).
+read them. A watch that ends is resumed from its last version, or listed again after
+410 Gone or an error, and a listing drops what the watch missed (ChildCache.relist).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -41,7 +36,7 @@ import kopf
 
 from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.k8s.client import ApiError
-from kustos.render.meta import INSTANCE, MANAGED, MANAGED_BY, SPEC_HASH
+from kustos.render.meta import INSTANCE, SPEC_HASH
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -141,21 +136,38 @@ def deployment_kept(deployment: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+class NotListedYet(ApiError):
+    """The children of a kind in a namespace are not listed yet (the watch's first LIST
+    has not answered): the caller retries later."""
+
+    def __init__(self, kind: str, namespace: str) -> None:
+        super().__init__(503, "NotListedYet",
+                         f"the {kind} objects in {namespace} are not listed yet")
+
+
+# How long a read waits for a kind's first listing before it gives up (and its
+# reconcile is retried): an API server that does not answer LISTs for this long.
+LIST_WAIT = 30.0
+
+
 class ChildCache:
     """The labelled children as the watches show them: kind -> (namespace, instance) ->
-    uid -> Child. Updated on kopf's event loop, read from threads: a lock guards it."""
+    uid -> Child. Written by the watch threads (controllers/child_watches.py), read by
+    kopf's handler threads: a lock guards it.
 
-    def __init__(self, primer: Callable[[], object] | None = None) -> None:
-        # the first read LISTs every kind (primer): not a start-up activity, which kopf
-        # retries forever when the API server cannot be reached, before it even logs in
-        self._primer = primer
-        self._prime_lock = threading.Lock()
-        self._lock = threading.Lock()
+    A read waits until its kind is listed for the namespace read, once a watch of that
+    scope is expected (``expect``): a reconcile must never take a child that exists for
+    missing (it would read it by name and find it, but the status would not see it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
         self._by_kind: dict[str, dict[Key, dict[str, Child]]] = {k: {} for k in CHILD_RESOURCES}
         self._where: dict[str, tuple[str, Key]] = {}  # uid -> where it is filed
         # uid -> when an event last said something of it (deletions included), so a re-list
         # does not undo what the watch told after the LIST began
         self._told: dict[str, float] = {}
+        # (kind, scope) -> listed yet; scope: a namespace, or None for every namespace
+        self._scopes: dict[tuple[str, str | None], bool] = {}
 
     def see(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> None:
         uid = body["metadata"]["uid"]
@@ -176,18 +188,21 @@ class ChildCache:
             self._by_kind[kind].setdefault(key, {})[uid] = child
             self._where[uid] = (kind, key)
 
-    def relist(self, kind: str, listed: Iterable[Mapping[str, Any]], began: float) -> int:
-        """Make ``kind``'s entries agree with a LIST begun at ``began`` (time.monotonic()):
-        a watch that restarts from a new listing reports no deletions it missed, so
-        without this a child deleted during an outage would stay here, and its owner's
-        reconcile would never re-create it. Entries the watch spoke of after ``began``
-        are left as the watch said. Returns how many entries changed."""
+    def relist(self, kind: str, listed: Iterable[Mapping[str, Any]], began: float,
+               namespace: str | None = None) -> int:
+        """Make ``kind``'s entries (in ``namespace``; None: all) agree with a LIST begun at
+        ``began`` (time.monotonic()): a watch that restarts from a new listing reports no
+        deletions it missed, so without this a child deleted during an outage would stay
+        here, and its owner's reconcile would never re-create it. Entries an event spoke
+        of after ``began`` are left as it said. Marks the scope listed. Returns how many
+        entries changed."""
         keep = deployment_kept if kind == "Deployment" else None
         bodies = {obj["metadata"]["uid"]: obj for obj in listed}
         changed = 0
         with self._lock:
-            for uid, (filed_kind, _) in list(self._where.items()):
-                if filed_kind == kind and uid not in bodies and self._told.get(uid, 0) < began:
+            for uid, (filed_kind, key) in list(self._where.items()):
+                if (filed_kind == kind and namespace in (None, key[0]) and uid not in bodies
+                        and self._told.get(uid, 0) < began):
                     self._file(kind, uid, None)
                     changed += 1
             for uid, obj in bodies.items():
@@ -203,20 +218,32 @@ class ChildCache:
             # what is neither filed nor recent is forgotten
             self._told = {uid: t for uid, t in self._told.items()
                           if uid in self._where or t >= began}
+            self._scopes[(kind, namespace)] = True
+            self._lock.notify_all()
         return changed
 
-    def ensure_primed(self) -> None:
-        """Fill the cache with one LIST per kind before the first read (threads only)."""
-        if self._primer is None:
-            return
-        with self._prime_lock:
-            if self._primer is not None:
-                self._primer()  # an ApiError leaves it unprimed: the next read tries again
-                self._primer = None
+    def expect(self, kind: str, namespace: str | None) -> None:
+        """A watch of ``kind`` in ``namespace`` (None: everywhere) starts: reads there wait
+        for its first listing."""
+        with self._lock:
+            self._scopes.setdefault((kind, namespace), False)
+
+    def drop(self, kind: str, namespace: str) -> None:
+        """The watch of ``kind`` in ``namespace`` ended (the namespace went out of scope):
+        forget its entries."""
+        with self._lock:
+            self._scopes.pop((kind, namespace), None)
+            for uid, (filed_kind, key) in list(self._where.items()):
+                if filed_kind == kind and key[0] == namespace:
+                    self._file(kind, uid, None)
+
+    def _listed(self, kind: str, namespace: str) -> bool:
+        return all(self._scopes.get((kind, scope), True) for scope in (None, namespace))
 
     def get(self, kind: str, key: Key) -> list[Child]:
-        self.ensure_primed()
         with self._lock:
+            if not self._lock.wait_for(lambda: self._listed(kind, key[0]), LIST_WAIT):
+                raise NotListedYet(kind, key[0])
             return list(self._by_kind[kind].get(key, {}).values())
 
     def __len__(self) -> int:
@@ -226,107 +253,12 @@ class ChildCache:
 
 def children_cache(memo: Any) -> ChildCache:
     """This process's ChildCache, in kopf's operator-wide memo (created on first use,
-    filled by its first read)."""
+    kept by the watches of controllers/child_watches.py)."""
     found = memo.get("kustos_children")
     if found is None:
-        found = memo.setdefault("kustos_children",
-                                ChildCache(primer=lambda: _prime(memo)))
+        found = memo.setdefault("kustos_children", ChildCache())
     assert isinstance(found, ChildCache)
     return found
-
-
-def _prime(memo: Any) -> None:
-    relist_children(memo)
-    log.info("%d children of Kustos resources listed", len(children_cache(memo)))
-
-
-def relist_children(memo: Any) -> int:
-    """One LIST per child kind, folded into the ChildCache (ChildCache.relist): everywhere
-    for a cluster-wide operator; for namespace patterns, everywhere and kept where a
-    pattern matches (or, if the operator may not list cluster-wide, in the exact
-    namespaces only: the others' children come from the watch, and a reconcile that does
-    not find one reads it by name)."""
-    from kustos.k8s import client
-
-    from .peering import exact_namespaces, match_namespace
-
-    peers = getattr(memo, "peering", None)
-    if peers is None:
-        return 0
-    patterns = list(peers.namespaces)
-    exact = sorted(exact_namespaces(patterns))
-    found, changed = children_cache(memo), 0
-    for kind in CHILD_RESOURCES:
-        began = time.monotonic()
-        if peers.clusterwide:
-            listed = client.list_objects(kind, None, {MANAGED: MANAGED_BY})
-        elif len(exact) == len(patterns):
-            listed = [obj for namespace in exact
-                      for obj in client.list_objects(kind, namespace, {MANAGED: MANAGED_BY})]
-        else:
-            try:
-                listed = [obj for obj in client.list_objects(kind, None, {MANAGED: MANAGED_BY})
-                          if any(match_namespace(obj["metadata"]["namespace"], pattern)
-                                 for pattern in patterns)]
-            except ApiError as err:
-                if err.status != 403:
-                    raise
-                listed = [obj for namespace in exact
-                          for obj in client.list_objects(kind, namespace,
-                                                         {MANAGED: MANAGED_BY})]
-        changed += found.relist(kind, listed, began)
-    return changed
-
-
-# How stale the ChildCache may get after a watch missed a deletion (an API server or etcd
-# outage, a 410 Gone re-list): seven LISTs every five minutes.
-RELIST_SECONDS = 300.0
-
-
-async def _relist_forever(memo: Any) -> None:
-    from .peering import active_check
-
-    active = active_check(memo)
-    while True:
-        await asyncio.sleep(RELIST_SECONDS)
-        if not active():
-            continue
-        try:
-            changed = await asyncio.to_thread(relist_children, memo)
-        except ApiError as err:
-            log.warning("re-listing Kustos' children failed: %s", err.message)
-            continue
-        if changed:
-            log.info("re-list: %d children differed from what the watches had told", changed)
-
-
-@kopf.on.startup()
-async def start_relisting(memo: kopf.Memo, **_: Any) -> None:
-    memo["kustos_children_relist"] = asyncio.create_task(_relist_forever(memo))
-
-
-@kopf.on.cleanup()
-async def stop_relisting(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("kustos_children_relist")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _register_child_watches() -> None:
-    for kind, (group, version, plural) in CHILD_RESOURCES.items():
-        def make(kind: str = kind) -> Any:
-            async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
-                                    **_: Any) -> None:
-                children_cache(memo).see(kind, body, deleted=type == "DELETED")
-            return child_changed
-
-        kopf.on.event(group, version, plural, id=f"kustos_child_{plural}",
-                      labels={MANAGED: MANAGED_BY})(make())
-
-
-_register_child_watches()
 
 
 @kopf.index(GROUP, VERSION, "explainerspecs", id=ATTACHMENT_INDEX["ExplainerSpec"])

@@ -21,12 +21,13 @@ from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
 from kustos.render import modeldeployment as render_md
 from kustos.render.keda import model_child_kinds
-from kustos.render.meta import COMPONENT, INSTANCE, MANAGED, MANAGED_BY, base_labels
+from kustos.render.meta import COMPONENT, INSTANCE, base_labels
 from kustos.status import modeldeployment as status_md
 from kustos.status import pods as status_pods
 from kustos.status.modeldeployment import Failure
 
 from .attachments import AttachmentPending, AttachmentProblem, gather
+from .child_watches import child_watches
 from .children import NameConflict, known, sync
 from .context import backoff, config
 from .indexes import Child, Lookup, lookup_from
@@ -365,34 +366,31 @@ def _refresh_by_name(namespace: str, name: str, uid: str | None, state: Models) 
         log.warning("status refresh of %s/%s failed: %s", namespace, name, err)
 
 
-@kopf.on.event(GROUP, VERSION, "modeldeployments")
-async def model_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
-                                   **_: Any) -> None:
-    """Every change of a ModelDeployment, its status included. A Deployment that became
-    Available between the reconcile's apply and its status write is seen here, so no
-    status is left behind by that race."""
+def model_changed(state: Models, body: Mapping[str, Any], type_: str | None) -> None:
+    """Every change of a ModelDeployment, its status included (controllers/model_events.py
+    calls this on kopf's loop). A Deployment that became Available between the
+    reconcile's apply and its status write is seen here, so no status is left behind by
+    that race."""
     meta = body["metadata"]
-    if type == "DELETED":
-        models(memo).forget(meta["uid"])
+    if type_ == "DELETED":
+        state.forget(meta["uid"])
         return
-    if models(memo).reconciled(meta["uid"]) is None:
+    if state.reconciled(meta["uid"]) is None:
         # Not reconciled by this process yet (the listing at start-up): the reconcile is
         # due and writes the status itself from what this event shows; a refresh would
         # only read the object to find that out (1000 GETs in a resync of 1000).
         return
-    models(memo).refresh_soon(meta["namespace"], meta["name"], meta["uid"])
+    state.refresh_soon(meta["namespace"], meta["name"], meta["uid"])
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={MANAGED: MANAGED_BY})
-async def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
-                             **_: Any) -> None:
+def deployment_changed(state: Models, type_: str, body: Mapping[str, Any]) -> None:
     """A serving Deployment changed (rollout progress, availability): refresh the owner's
-    status (the refresh reads the Deployments from their index, which kopf updated before
-    this handler runs). Event handlers store nothing on the object."""
+    status (the refresh reads the Deployments from the ChildCache, which has the change
+    before this runs)."""
     owner = _owner(body)
-    if owner is not None and models(memo).reconciled(owner["uid"]) is not None:
-        # (else the owner's reconcile is due: it reads this Deployment from the index)
-        models(memo).refresh_soon(body["metadata"]["namespace"], owner["name"], owner["uid"])
+    if owner is not None and state.reconciled(owner["uid"]) is not None:
+        # (else the owner's reconcile is due: it reads this Deployment from the cache)
+        state.refresh_soon(body["metadata"]["namespace"], owner["name"], owner["uid"])
 
 
 def _owner(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -400,13 +398,28 @@ def _owner(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
                  if ref.get("kind") == KIND and ref.get("controller")), None)
 
 
-@kopf.on.event("", "v1", "pods", labels={MANAGED: MANAGED_BY, COMPONENT: "predictor"})
-async def pod_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+def pod_changed(state: Models, type_: str, body: Mapping[str, Any]) -> None:
     """A serving pod reports a problem (the fetch failed, an image cannot be pulled, the
     server crashes): say why in the owner's status. Recovery shows in the Deployment,
     whose own events refresh the status, so healthy pods cost nothing here."""
-    if type == "DELETED" or status_pods.problem([body]) is None:
+    if type_ == "DELETED" or status_pods.problem([body]) is None:
         return
     name = (body["metadata"].get("labels") or {}).get(INSTANCE)
     if name:
-        models(memo).refresh_soon(body["metadata"]["namespace"], name, None)
+        state.refresh_soon(body["metadata"]["namespace"], name, None)
+
+
+@kopf.on.startup()
+async def listen_to_children(memo: kopf.Memo, **_: Any) -> None:
+    """Deployment and pod events (controllers/child_watches.py) refresh the status."""
+    def to(handler: Callable[[Models, str, Mapping[str, Any]], None],
+           ) -> Callable[[str, Mapping[str, Any]], None]:
+        def listener(type_: str, body: Mapping[str, Any]) -> None:
+            state = getattr(memo, "kustos_models", None)
+            if state is not None:  # (create_state has run)
+                handler(state, type_, body)
+        return listener
+
+    watches = child_watches(memo)
+    watches.listen("Deployment", to(deployment_changed))
+    watches.listen("Pod", to(pod_changed))

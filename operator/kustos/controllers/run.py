@@ -15,11 +15,9 @@ from prometheus_client import start_http_server
 
 from kustos import config as config_mod
 from kustos.k8s import config as k8s_config
-from kustos.render.meta import MANAGED, MANAGED_BY
 
 from . import peering
 from .context import set_config
-from .indexes import CHILD_RESOURCES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -108,11 +106,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kustos.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kustos.dev", key="last-handled-configuration")
-    # Watch only our own Deployments and pods: the API server filters, so other workloads'
-    # churn never reaches the operator.
-    # The same for the other kinds of children, which kopf indexes (controllers/indexes.py).
-    for group, version, plural in (*CHILD_RESOURCES.values(), ("", "v1", "pods")):
-        settings.watching.label_selectors[group, version, plural] = f"{MANAGED}={MANAGED_BY}"
+    # Children and serving pods are not kopf's to watch: controllers/child_watches.py.
     # Events are posted deliberately (kustos.k8s.events), not one per log line.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
@@ -141,6 +135,7 @@ def main(argv: list[str]) -> int:
         driftmonitor,
         explainerspec,
         governance,
+        model_events,
         modeldeployment,
         vault,
     )

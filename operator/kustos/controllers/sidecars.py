@@ -28,7 +28,7 @@ import kopf
 from pydantic import BaseModel, ValidationError
 
 from kustos import metrics
-from kustos.api.v1alpha1 import GROUP, VERSION, ModelDeploymentSpec
+from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.config import OperatorConfig
 from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
@@ -301,15 +301,20 @@ def refresh_targeting(md_name: str, namespace: str, lookup: Lookup,
                                 obj["metadata"]["name"], err)
 
 
-@kopf.on.event(GROUP, VERSION, "modeldeployments")
-def sidecar_target_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
-                           **_: Any) -> None:
+def attached_to_changed(body: Mapping[str, Any], type_: str | None, lookup: Lookup) -> bool:
+    """Did a ModelDeployment that ExplainerSpecs or DriftMonitors target appear or go
+    away? (In memory; then :func:`target_changed` tells them, in a thread.)"""
+    if type_ not in ("ADDED", "DELETED") or not _REFRESH:
+        return False
+    meta = body["metadata"]
+    return any(lookup.targeting(kind, meta["namespace"], meta["name"]) for kind in _REFRESH)
+
+
+def target_changed(body: Mapping[str, Any], type_: str | None, lookup: Lookup) -> None:
     """A ModelDeployment appeared or went away: its ExplainerSpecs and DriftMonitors
     learn at once (TargetNotFound resolves by itself)."""
-    if type not in ("ADDED", "DELETED") or not _REFRESH:
-        return
     try:
-        refresh_targeting(body["metadata"]["name"], body["metadata"]["namespace"],
-                          models(memo).lookup)
+        refresh_targeting(body["metadata"]["name"], body["metadata"]["namespace"], lookup)
     except ApiError as err:
-        log.warning("refresh after %s of md %s failed: %s", type, body["metadata"]["name"], err)
+        log.warning("refresh after %s of md %s failed: %s", type_, body["metadata"]["name"],
+                    err)

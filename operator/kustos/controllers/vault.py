@@ -34,7 +34,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kustos.api.v1alpha1 import GROUP, VERSION, ModelDeploymentSpec
+from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import VaultSpec
 from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
@@ -371,15 +371,15 @@ ROUND = 0.5  # seconds between looks at what is due
 Target = tuple[str, str, str]  # (namespace, name, uid)
 
 
-@kopf.on.event(GROUP, VERSION, "modeldeployments")
-async def vault_watch(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+def track(memo: Any, body: Mapping[str, Any], type_: str | None) -> None:
     """Keep the list of sync-mode ModelDeployments (the initial listing included, so a
     restarted operator picks up where status.secrets.lastSync says), and of those that
-    left sync mode with a Secret and status still to clean up."""
+    left sync mode with a Secret and status still to clean up (every ModelDeployment
+    event, on kopf's loop: controllers/model_events.py)."""
     entries: dict[Target, Entry] = memo.kustos_vault.entries
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"], meta["uid"])
-    live = type != "DELETED" and not meta.get("deletionTimestamp")
+    live = type_ != "DELETED" and not meta.get("deletionTimestamp")
     if not live or not (_sync_mode(body.get("spec") or {}) or _leftovers(body)):
         entries.pop(key, None)
         return

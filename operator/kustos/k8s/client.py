@@ -42,23 +42,33 @@ class Api:
         # As many keep-alive connections as threads that may call at once (kopf's
         # handler workers, the refreshes and loops run via asyncio.to_thread).
         self._pools = urllib3.PoolManager(num_pools=4, maxsize=32, **cfg.tls())
+        # Watches hold their connection for minutes: their own pool, so they never take
+        # the request threads' connections.
+        self._streams = urllib3.PoolManager(num_pools=4, maxsize=64, **cfg.tls())
 
     def __repr__(self) -> str:
         return f"Api({self.config.server!r})"
 
     def request(self, method: str, path: str, query: list[tuple[str, Any]], body: bytes | None,
-                headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
+                headers: Mapping[str, str], *, stream: urllib3.Timeout | None = None,
+                ) -> urllib3.BaseHTTPResponse:
+        """One request; ``stream``: a long-lived streamed response (a watch) with that
+        timeout, whose body the caller reads and releases."""
         target = self._prefix + path + (f"?{urlencode(query, quote_via=quote)}" if query else "")
         credentials = self.config.credentials
+        pools = self._pools if stream is None else self._streams
         for attempt in (0, 1):
             # After a 401, once: the token file may have rotated, the exec token expired.
             auth = credentials.auth(refresh=attempt > 0)
             pool_kw = {"cert_file": auth.cert[0], "key_file": auth.cert[1]} if auth.cert else {}
-            pool = self._pools.connection_from_url(self._origin, pool_kwargs=pool_kw)
+            pool = pools.connection_from_url(self._origin, pool_kwargs=pool_kw)
             response = pool.urlopen(method, target, body=body, headers={**headers, **auth.headers},
-                                    timeout=TIMEOUT, retries=RETRIES, redirect=False)
+                                    timeout=stream or TIMEOUT, retries=RETRIES, redirect=False,
+                                    preload_content=stream is None)
             if response.status != 401 or attempt or not credentials.refreshable:
                 break
+            response.drain_conn()
+            response.release_conn()
         return response
 
 
@@ -92,6 +102,17 @@ def resource_of(path: str) -> str:
     return "/".join([rest[0], *rest[2:3]])
 
 
+def _error(status: int, raw: bytes | None) -> ApiError:
+    reason, message = "Unknown", f"HTTP {status}"
+    try:
+        err = json.loads(raw or b"{}")
+        reason = err.get("reason") or reason
+        message = err.get("message") or message
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return ApiError(status, reason, message)
+
+
 def _call(method: str, path: str, *, body: Any = None, query: list[tuple[str, Any]] | None = None,
           content_type: str = "application/json") -> Any:
     if method != "GET":
@@ -103,14 +124,7 @@ def _call(method: str, path: str, *, body: Any = None, query: list[tuple[str, An
         {"Accept": "application/json", "Content-Type": content_type, "User-Agent": "kustos"})
     raw, status = response.data, response.status
     if status >= 300:
-        reason, message = "Unknown", f"HTTP {status}"
-        try:
-            err = json.loads(raw or b"{}")
-            reason = err.get("reason") or reason
-            message = err.get("message") or message
-        except (TypeError, ValueError, AttributeError):
-            pass
-        raise ApiError(status, reason, message)
+        raise _error(status, raw)
     return json.loads(raw) if raw else {}
 
 
@@ -138,14 +152,40 @@ def get(kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | 
     return obj
 
 
+def _selector(labels: Mapping[str, str] | None) -> list[tuple[str, Any]]:
+    return [("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items()))] if labels else []
+
+
 def list_objects(kind: str, namespace: str | None = None,
                  labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    query: list[tuple[str, Any]] = []
-    if labels:
-        query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
-    result = _call("GET", resource(kind).collection(namespace), query=query)
+    return list_with_version(kind, namespace, labels)[0]
+
+
+def list_with_version(kind: str, namespace: str | None = None,
+                      labels: Mapping[str, str] | None = None,
+                      ) -> tuple[list[dict[str, Any]], str]:
+    """The objects and the list's resourceVersion (where a watch of them starts)."""
+    result = _call("GET", resource(kind).collection(namespace), query=_selector(labels))
     items: list[dict[str, Any]] = result.get("items", [])
-    return items
+    return items, str((result.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def watch(kind: str, namespace: str | None, labels: Mapping[str, str] | None,
+          resource_version: str, timeout_seconds: int) -> urllib3.BaseHTTPResponse:
+    """Open a watch of ``kind`` from ``resource_version``: the streamed response, one JSON
+    event per line (kustos.k8s.watch reads it). The API server ends it after
+    ``timeout_seconds``; bookmarks keep the version current meanwhile."""
+    query = [*_selector(labels), ("watch", "true"), ("resourceVersion", resource_version),
+             ("allowWatchBookmarks", "true"), ("timeoutSeconds", timeout_seconds)]
+    response = api().request(
+        "GET", resource(kind).collection(namespace), query, None,
+        {"Accept": "application/json", "User-Agent": "kustos"},
+        stream=urllib3.Timeout(connect=15, read=timeout_seconds + 30))
+    if response.status >= 300:
+        raw = response.read()
+        response.release_conn()
+        raise _error(response.status, raw)
+    return response
 
 
 def delete(kind: str, name: str, namespace: str | None, uid: str) -> None:
