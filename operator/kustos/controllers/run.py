@@ -49,6 +49,15 @@ def parser() -> argparse.ArgumentParser:
                            "the self-signed certificate's SANs; the first is the URL's host)")
     hook.add_argument("--webhook-cert", help="serving certificate (PEM); self-signed if unset")
     hook.add_argument("--webhook-key", help="private key of --webhook-cert (PEM)")
+    hook.add_argument("--webhook-secret", metavar="NAME",
+                      help="keep the certificate in TLS Secret NAME (instead of --webhook-cert):"
+                           " read at start, created with a new CA and a serving certificate "
+                           "for the --webhook-host names when absent, renewed before expiry")
+    hook.add_argument("--webhook-secret-namespace", metavar="NS",
+                      help="namespace of --webhook-secret (default: $POD_NAMESPACE)")
+    hook.add_argument("--webhook-inject-ca", metavar="NAME",
+                      help="keep the caBundle of the installation's "
+                           "ValidatingWebhookConfiguration NAME equal to --webhook-secret's CA")
     hook.add_argument("--webhook-configuration", metavar="NAME",
                       help="register ValidatingWebhookConfiguration NAME pointing at "
                            "https://HOST:PORT with this certificate (without it, the "
@@ -180,23 +189,53 @@ def main(argv: list[str]) -> int:
 
 def _setup_webhook(args: argparse.Namespace, memo: kopf.Memo) -> str | None:
     """Configure the webhook server into ``memo.kustos_webhook_server`` (and register its
-    configuration if asked); an error message for a bad combination of flags."""
+    configuration if asked); an error message for a bad combination of flags, or for a
+    certificate Secret that cannot be read or created."""
+    import os
     from pathlib import Path
 
-    from kustos.governance import tls, webhook  # noqa: F401  (registers the handler)
+    from kustos.governance import certificate, tls, webhook  # noqa: F401  (registers the handler)
     from kustos.k8s import client
     from kustos.render.webhook import parse_selector, render_configuration
 
     if bool(args.webhook_cert) != bool(args.webhook_key):
         return "--webhook-cert and --webhook-key go together"
+    if args.webhook_secret and args.webhook_cert:
+        return "--webhook-secret and --webhook-cert exclude each other"
+    if args.webhook_inject_ca and not args.webhook_secret:
+        return "--webhook-inject-ca needs --webhook-secret"
     hosts = args.webhook_host or ["localhost"]
-    if args.webhook_cert:
+    ca_bundle: bytes
+    if args.webhook_secret:
+        namespace = args.webhook_secret_namespace or os.environ.get("POD_NAMESPACE", "")
+        if not namespace:
+            return "--webhook-secret needs --webhook-secret-namespace (or $POD_NAMESPACE)"
+        if not args.webhook_host:
+            return "--webhook-secret needs --webhook-host (the names in the certificate)"
+        try:
+            bundle, what = certificate.ensure(args.webhook_secret, namespace, hosts)
+        except (certificate.CertificateError, client.ApiError) as err:
+            return f"webhook certificate: {err}"
+        files = certificate.ServingFile()
+        files.write(bundle)
+        logging.getLogger("kustos.webhook").info(
+            "webhook certificate from Secret %s/%s (%s): %s, for %s", namespace,
+            args.webhook_secret, what, tls.describe(bundle), ", ".join(hosts))
+        # One file holds key and certificate: a renewal replaces both at once.
+        cert = key = files.path
+        ca_bundle = bundle.ca_cert
+        certificate.Keeper(args.webhook_secret, namespace, hosts, args.webhook_inject_ca,
+                           files, bundle).start()
+    elif args.webhook_cert:
         cert, key = Path(args.webhook_cert), Path(args.webhook_key)
+        ca_bundle = cert.read_bytes()
     else:
         cert, key = tls.write_self_signed(hosts)
+        ca_bundle = cert.read_bytes()
+    # cadata: what kopf would put in a client configuration, never the key file's content.
     memo.kustos_webhook_server = kopf.WebhookServer(
         addr=args.webhook_bind, port=args.webhook_port, host=hosts[0], certfile=str(cert),
-        pkeyfile=str(key))
+        pkeyfile=str(key), cadata=ca_bundle, file_check_interval=10)
     if args.webhook_configuration:
         try:
             selector = (parse_selector(args.webhook_namespace_selector)
@@ -205,6 +244,6 @@ def _setup_webhook(args: argparse.Namespace, memo: kopf.Memo) -> str | None:
             return f"--webhook-namespace-selector: {err}"
         host = hosts[0] if ":" not in hosts[0] else f"[{hosts[0]}]"
         client.apply(render_configuration(
-            args.webhook_configuration, ca_bundle=cert.read_bytes(),
+            args.webhook_configuration, ca_bundle=ca_bundle,
             url=f"https://{host}:{args.webhook_port}", namespace_selector=selector))
     return None
