@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Generates the kustomize install from the Helm chart (namespace kustos-system):
-#   manifests/install/                  default values; the webhook certificate from cert-manager
-#   manifests/install/without-webhook/  default values without the admission webhook, for
-#                                       clusters without cert-manager
-# A committed install must not carry a private key, so the chart's self-generated certificate
-# (Helm only) is not used here. tests/unit/test_chart.py fails when these are stale.
+#   manifests/install/                  default values: the operator makes and keeps the
+#                                       webhook certificate (webhook.certificate: operator)
+#   manifests/install/without-webhook/  default values without the admission webhook
+# Neither carries a private key (the operator creates its Secret in the cluster).
+# tests/unit/test_chart.py fails when these are stale.
 # Usage: hack/gen-manifests.sh [OUTDIR]   (default manifests/install)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -55,6 +55,6 @@ PY
 )
 
 out=${1:-$repo/manifests/install}
-render "$out" --set webhook.certManager.enabled=true
+render "$out"
 render "$out/without-webhook" --set webhook.enabled=false
 echo "gen-manifests: $out and $out/without-webhook written"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,10 +120,6 @@ CLUSTER_RULES: tuple[Rule, ...] = (
     Rule(("",), ("namespaces",), ("get", "list", "watch"),
          "policies select namespaces by label: kopf indexes namespaces, the webhook reads one",
          "pending: governance"),
-    Rule(("admissionregistration.k8s.io",), ("validatingwebhookconfigurations",),
-         ("create", "patch"),
-         "`kustos run --webhook-configuration` applies its webhook configuration (caBundle); "
-         "an apply that creates cannot be narrowed by resourceNames", "pending: governance"),
 )
 
 # --- Cluster-scoped, namespaced mode only ---
@@ -131,6 +127,37 @@ NAMESPACED_MODE_CLUSTER_RULES: tuple[Rule, ...] = (
     Rule(("",), ("namespaces",), ("list", "watch"),
          "kopf resolves --namespace globs and notices namespaces that appear"),
 )
+
+# --- The admission webhook's certificate, kept by the operator (`kustos run --webhook-secret
+# --webhook-inject-ca`, the chart's default). The names are placeholders the chart (and
+# manifests()) replace with the installation's Secret and ValidatingWebhookConfiguration.
+WEBHOOK_SECRET = "<webhook-secret>"
+WEBHOOK_CONFIGURATION = "<webhook-configuration>"
+# A Role in the operator's own namespace.
+WEBHOOK_SECRET_RULES: tuple[Rule, ...] = (
+    Rule(("",), ("secrets",), ("get", "patch"),
+         "the webhook's serving certificate: read at start and every 30 s, renewed (patched "
+         "with a resourceVersion precondition) before it expires; that one Secret only",
+         resource_names=(WEBHOOK_SECRET,)),
+    Rule(("",), ("secrets",), ("create",),
+         "the certificate's Secret is created when absent; a create cannot be narrowed by "
+         "resourceNames (the name is not known to authorization), so this Role is bound in "
+         "the operator's namespace only"),
+)
+# A ClusterRole: the configuration is cluster-scoped.
+WEBHOOK_CONFIGURATION_RULES: tuple[Rule, ...] = (
+    Rule(("admissionregistration.k8s.io",), ("validatingwebhookconfigurations",),
+         ("get", "patch"),
+         "the installation's webhook configuration: its caBundle kept equal to the "
+         "certificate's CA (a server-side apply of that field); that one configuration only",
+         resource_names=(WEBHOOK_CONFIGURATION,)),
+)
+# Not in the chart: `kustos run --webhook-configuration` registers a configuration of its
+# own (the local control plane, `make dev` without the chart).
+WEBHOOK_SELF_REGISTRATION = Rule(
+    ("admissionregistration.k8s.io",), ("validatingwebhookconfigurations",), ("create", "patch"),
+    "`kustos run --webhook-configuration` applies a webhook configuration of its own; an "
+    "apply that creates cannot be narrowed by resourceNames (not used by the chart)")
 
 PEERING_CLUSTER = Rule(("kopf.dev",), ("clusterkopfpeerings",), ("get", "list", "watch", "patch"),
                        "kopf peering (only with `kustos run --peering`), cluster-wide")
@@ -157,6 +184,14 @@ def rule_sets() -> dict[str, dict[str, tuple[Rule, ...]]]:
             "role": WORKLOAD_RULES + SECRET_RULES,
             # Appended to role when peering is on.
             "peering": (PEERING_NAMESPACED,),
+        },
+        "webhook": {
+            # Role + RoleBinding <name>-webhook in the operator's namespace (either mode).
+            "role": WEBHOOK_SECRET_RULES,
+            # ClusterRole + ClusterRoleBinding <name>-webhook.
+            "clusterRole": WEBHOOK_CONFIGURATION_RULES,
+            # Only for `kustos run --webhook-configuration`; the chart never binds it.
+            "selfRegistration": (WEBHOOK_SELF_REGISTRATION,),
         },
     }
 
@@ -190,7 +225,17 @@ def rules_yaml() -> str:
              " minimum)",
              "# namespaced.role          Role + RoleBinding in each watched namespace",
              "# */peering                appended to clusterRole / role with `kustos run"
-             " --peering`"]
+             " --peering`",
+             "# webhook.role             Role + RoleBinding <name>-webhook in the operator's"
+             " namespace, and",
+             "# webhook.clusterRole      ClusterRole + ClusterRoleBinding <name>-webhook, when"
+             " the operator keeps the",
+             "#                          webhook certificate (`kustos run --webhook-secret"
+             " --webhook-inject-ca`);",
+             f"#                          {WEBHOOK_SECRET} and {WEBHOOK_CONFIGURATION} stand"
+             " for the installation's names",
+             "# webhook.selfRegistration only for `kustos run --webhook-configuration` (not"
+             " bound by the chart)"]
     for mode, sets in rule_sets().items():
         lines.append(f"{mode}:")
         for key, rules in sets.items():
@@ -212,7 +257,13 @@ def rules_markdown() -> str:
               ("clusterWide", "peering"): "Cluster-wide mode: with --peering",
               ("namespaced", "clusterRole"): "Namespaced mode: ClusterRole",
               ("namespaced", "role"): "Namespaced mode: Role in each watched namespace",
-              ("namespaced", "peering"): "Namespaced mode: with --peering, in each Role"}
+              ("namespaced", "peering"): "Namespaced mode: with --peering, in each Role",
+              ("webhook", "role"): "Webhook certificate kept by the operator: Role in its "
+                                   "namespace",
+              ("webhook", "clusterRole"): "Webhook certificate kept by the operator: "
+                                          "ClusterRole",
+              ("webhook", "selfRegistration"): "Only with `kustos run "
+                                               "--webhook-configuration` (not in the chart)"}
     out: list[str] = []
     for mode, sets in rule_sets().items():
         for key, rules in sets.items():
@@ -220,8 +271,11 @@ def rules_markdown() -> str:
                     "| API group | resources | verbs | why | needed by |", "|---|---|---|---|---|"]
             for r in rules:
                 groups = ", ".join(g or "core" for g in r.api_groups)
-                out.append(f"| {groups} | {', '.join(r.resources)} | {', '.join(r.verbs)} | "
-                           f"{r.why.replace('|', '/')} | {r.needed_by} |")
+                names = (f" ({', '.join(f'`{n}`' for n in r.resource_names)} only)"
+                         if r.resource_names else "")
+                out.append(f"| {groups} | {', '.join(r.resources)}{names} | "
+                           f"{', '.join(r.verbs)} | {r.why.replace('|', '/')} | "
+                           f"{r.needed_by} |")
             out.append("")
     return "\n".join(out)
 
@@ -235,8 +289,13 @@ def with_docs(text: str) -> str:
     return f"{head}{DOC_BEGIN}\n{rules_markdown()}{DOC_END}{tail}"
 
 
-def _rules(rules: Iterable[Rule]) -> list[dict[str, Any]]:
-    return [r.manifest() for r in rules]
+def _rules(rules: Iterable[Rule], names: Mapping[str, str] | None = None,
+           ) -> list[dict[str, Any]]:
+    out = [r.manifest() for r in rules]
+    for rule in out:
+        if names and "resourceNames" in rule:
+            rule["resourceNames"] = [names.get(n, n) for n in rule["resourceNames"]]
+    return out
 
 
 def _subject(sa_namespace: str, sa_name: str) -> dict[str, str]:
@@ -254,27 +313,60 @@ def _binding(kind: str, name: str, role_kind: str, role: str, subject: dict[str,
             "subjects": [subject]}
 
 
-def _role(kind: str, name: str, rules: Iterable[Rule],
-          namespace: str | None = None) -> dict[str, Any]:
+def _role(kind: str, name: str, rules: Iterable[Rule], namespace: str | None = None,
+          names: Mapping[str, str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "kustos"}}
     if namespace:
         meta["namespace"] = namespace
-    return {"apiVersion": RBAC_API, "kind": kind, "metadata": meta, "rules": _rules(rules)}
+    return {"apiVersion": RBAC_API, "kind": kind, "metadata": meta,
+            "rules": _rules(rules, names)}
+
+
+@dataclass(frozen=True)
+class WebhookCertificate:
+    """Where the operator keeps the webhook certificate (`kustos run --webhook-secret`)."""
+
+    namespace: str  # the operator's
+    secret: str
+    configuration: str  # the ValidatingWebhookConfiguration whose caBundle it keeps
+
+
+def webhook_manifests(name: str, subject: dict[str, str], cert: WebhookCertificate | None,
+                      self_registration: bool = False) -> list[dict[str, Any]]:
+    """The Role/ClusterRole (and bindings) ``<name>-webhook`` of the webhook certificate
+    and, with ``self_registration``, of `kustos run --webhook-configuration`."""
+    sets = rule_sets()["webhook"]
+    names = ({WEBHOOK_SECRET: cert.secret, WEBHOOK_CONFIGURATION: cert.configuration}
+             if cert else {})
+    role = f"{name}-webhook"
+    out: list[dict[str, Any]] = []
+    if cert:
+        out += [_role("Role", role, sets["role"], cert.namespace, names),
+                _binding("RoleBinding", role, "Role", role, subject, cert.namespace)]
+    cluster_rules = (sets["clusterRole"] if cert else ()) + (
+        sets["selfRegistration"] if self_registration else ())
+    if cluster_rules:
+        out += [_role("ClusterRole", role, cluster_rules, names=names),
+                _binding("ClusterRoleBinding", role, "ClusterRole", role, subject)]
+    return out
 
 
 def manifests(*, name: str, sa_namespace: str, sa_name: str,
               namespaces: Sequence[str] = (), secret_namespaces: Sequence[str] = (),
               secrets_all_namespaces: bool = False,
-              peering: bool = False) -> list[dict[str, Any]]:
+              peering: bool = False, webhook: WebhookCertificate | None = None,
+              webhook_self_registration: bool = False) -> list[dict[str, Any]]:
     """Complete RBAC objects for the operator's ServiceAccount.
 
     Without ``namespaces``: cluster-wide mode; the Secret rules are bound in
     ``secret_namespaces`` only (or everywhere with ``secrets_all_namespaces``). With
-    ``namespaces``: namespaced mode, a Role + RoleBinding in each.
+    ``namespaces``: namespaced mode, a Role + RoleBinding in each. Either way ``webhook``
+    adds the rules of the operator-kept webhook certificate (``<name>-webhook``).
     """
     sets = rule_sets()
     subject = _subject(sa_namespace, sa_name)
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = webhook_manifests(name, subject, webhook,
+                                                  webhook_self_registration)
     if not namespaces:
         cw = sets["clusterWide"]
         rules = cw["clusterRole"] + (cw["peering"] if peering else ())
@@ -363,6 +455,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--secrets-all-namespaces", action="store_true",
                    help="cluster-wide mode: bind the Secret rules in every namespace")
     p.add_argument("--peering", action="store_true", help="add kopf peering rules")
+    p.add_argument("--webhook-secret", metavar="NAME",
+                   help="the operator keeps the webhook certificate in Secret NAME of "
+                        "--service-account-namespace (kustos run --webhook-secret)")
+    p.add_argument("--webhook-inject-ca", metavar="NAME",
+                   help="... and the caBundle of ValidatingWebhookConfiguration NAME")
+    p.add_argument("--webhook-self-registration", action="store_true",
+                   help="rules for kustos run --webhook-configuration")
     p.add_argument("--guard-label", metavar="KEY=VALUE",
                    help="cluster-wide mode: also print a ValidatingAdmissionPolicy that "
                         "refuses the operator's writes in namespaces without this label")
@@ -380,7 +479,12 @@ def main(argv: list[str] | None = None) -> int:
                          sa_name=args.service_account, namespaces=args.namespace,
                          secret_namespaces=args.secret_namespace,
                          secrets_all_namespaces=args.secrets_all_namespaces,
-                         peering=args.peering)
+                         peering=args.peering, webhook_self_registration=(
+                             args.webhook_self_registration),
+                         webhook=WebhookCertificate(
+                             args.service_account_namespace, args.webhook_secret,
+                             args.webhook_inject_ca or "kustos-webhook")
+                         if args.webhook_secret else None)
         if args.guard_label:
             objs += guard_manifests(name=args.name, sa_namespace=args.service_account_namespace,
                                     sa_name=args.service_account, label=args.guard_label)

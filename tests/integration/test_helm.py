@@ -7,7 +7,10 @@ ServiceAccount: whatever the chart's RBAC does not grant fails here as it would 
 
 The Kustos CRDs are shared with every other test session: they are installed only when
 missing (`--skip-crds` otherwise) and never deleted. The chart's webhook configuration is
-scoped to a namespace label no other test uses, and goes away with `helm uninstall`.
+scoped to a namespace label no other test uses, and goes away with `helm uninstall`. Its
+certificate is the operator's (the chart's default `webhook.certificate: operator`): the
+operator processes create the Secret, set the caBundle and serve with it, as the chart's
+ServiceAccount.
 """
 
 from __future__ import annotations
@@ -148,6 +151,18 @@ def test_helm_install_then_the_operator_as_its_service_account_serves_a_sample(
     assert can("create", "deployments.apps", "-n", WATCH_NS)
     assert not can("create", "deployments.apps", "-n", "default")
     assert not can("get", "secrets", "-n", "kube-system")
+    # The webhook certificate: its one Secret in the release namespace (create: any name,
+    # there only), its one webhook configuration's caBundle.
+    secret = f"{release}-webhook-cert"
+    assert can("get", f"secrets/{secret}", "-n", RELEASE_NS)
+    assert can("patch", f"secrets/{secret}", "-n", RELEASE_NS)
+    assert can("create", "secrets", "-n", RELEASE_NS)
+    assert not can("get", "secrets/other", "-n", RELEASE_NS)
+    assert not can("list", "secrets", "-n", RELEASE_NS)
+    assert not can("create", "secrets", "-n", "default")
+    assert can("patch", f"validatingwebhookconfigurations/{release}-webhook")
+    assert not can("patch", "validatingwebhookconfigurations/other")
+    assert not can("create", "validatingwebhookconfigurations")
 
     with chart_operators(kube, kubeconfig, release, "one") as ops:
         op = ops[0]
@@ -181,11 +196,6 @@ def chart_operators(kube: Kube, kubeconfig: Path, release: str, tag: str,
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.yaml"
         config.write_text(cm["data"]["config.yaml"])
-        # The webhook certificate as the pod would find it mounted from the chart's Secret.
-        secret = kube.get("secret", f"{release}-webhook-tls", RELEASE_NS)
-        assert secret is not None
-        for key, value in secret["data"].items():
-            (Path(tmp) / key).write_bytes(base64.b64decode(value))
         sa_kubeconfig = service_account_kubeconfig(kube, kubeconfig, RELEASE_NS, sa,
                                                    Path(tmp) / "kubeconfig")
         OPERATOR_LOGS.mkdir(parents=True, exist_ok=True)
@@ -249,15 +259,29 @@ def _serve_sample(kube: Kube, proc: subprocess.Popen[bytes], health: int,
     assert peering is not None and peering.get("status"), "no peer in the KopfPeering"
 
 
+def _operator_ca(kube: Kube, release: str) -> str:
+    """The caBundle the operator set in the chart's configuration, once it equals the CA in
+    the Secret it keeps."""
+    def current() -> str | None:
+        secret = kube.get("secret", f"{release}-webhook-cert", RELEASE_NS)
+        vwc = json.loads(kube.run("get", "validatingwebhookconfiguration",
+                                  f"{release}-webhook", "-o", "json").stdout)
+        ca = vwc["webhooks"][0]["clientConfig"].get("caBundle")
+        if secret is None or ca != secret["data"]["ca.crt"]:
+            return None
+        return base64.b64decode(ca).decode()
+    ca: str = wait_for("the operator's caBundle in the webhook configuration", current,
+                       timeout=60)
+    return ca
+
+
 def _webhook_answers_with_the_chart_certificate(kube: Kube, release: str, port: int) -> None:
-    """An AdmissionReview over TLS, verified against the chart's CA for the Service's name:
+    """An AdmissionReview over TLS, verified against the caBundle for the Service's name:
     what the API server would do through the Service (which nothing routes to here)."""
-    secret = kube.get("secret", f"{release}-webhook-tls", RELEASE_NS)
+    ca = _operator_ca(kube, release)
     vwc = json.loads(kube.run("get", "validatingwebhookconfiguration", f"{release}-webhook",
                               "-o", "json").stdout)
-    assert secret is not None
     hook = vwc["webhooks"][0]
-    ca = base64.b64decode(hook["clientConfig"]["caBundle"]).decode()
     service = hook["clientConfig"]["service"]
     server_name = f"{service['name']}.{service['namespace']}.svc"
     sample = yaml.safe_load(SAMPLE.read_text())
@@ -303,9 +327,8 @@ def test_the_chart_webhook_is_registered_and_scoped(kube: Kube, release: str) ->
     hook = json.loads(vwc.stdout)["webhooks"][0]
     assert hook["namespaceSelector"]["matchLabels"] == {WEBHOOK_LABEL: "on"}
     assert hook["clientConfig"]["service"]["path"] == "/validate-modeldeployment"
-    secret = kube.get("secret", f"{release}-webhook-tls", RELEASE_NS)
-    assert secret is not None
-    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    # The chart renders no certificate; the caBundle is the operator's (first test).
+    assert kube.get("secret", f"{release}-webhook-tls", RELEASE_NS) is None
     # In a labelled namespace the API server really consults it (and, unreachable here,
     # refuses: failurePolicy Fail). Other namespaces are not affected.
     ns = f"kh-{UID}-hooked"
@@ -329,11 +352,19 @@ def test_the_chart_webhook_is_registered_and_scoped(kube: Kube, release: str) ->
 
 def test_upgrade_keeps_the_webhook_certificate_and_rolls_on_config(
         helm: Helm, kube: Kube, release: str) -> None:
+    """The operator's Secret is not Helm's, and Helm's three-way merge leaves the caBundle
+    the operator set (the chart renders none)."""
     def secret() -> dict[str, str]:
-        s = kube.get("secret", f"{release}-webhook-tls", RELEASE_NS)
-        assert s is not None
+        s = kube.get("secret", f"{release}-webhook-cert", RELEASE_NS)
+        assert s is not None, "no webhook certificate: the operator of the first test makes it"
         data: dict[str, str] = s["data"]
         return data
+
+    def ca_bundle() -> str:
+        vwc = json.loads(kube.run("get", "validatingwebhookconfiguration",
+                                  f"{release}-webhook", "-o", "json").stdout)
+        value: str = vwc["webhooks"][0]["clientConfig"].get("caBundle", "")
+        return value
 
     def checksum() -> str:
         d = kube.get("deployment", release, RELEASE_NS)
@@ -341,10 +372,12 @@ def test_upgrade_keeps_the_webhook_certificate_and_rolls_on_config(
         value: str = d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
         return value
 
-    before, sum_before = secret(), checksum()
+    before, sum_before, ca_before = secret(), checksum(), ca_bundle()
+    assert ca_before == before["ca.crt"]
     helm.run("upgrade", release, str(CHART), "--namespace", RELEASE_NS, "--skip-crds",
              *values(), "--set", "config.history_limit=4", "--wait", "--timeout", "180s")
-    assert secret() == before, "helm upgrade generated a new webhook certificate"
+    assert secret() == before, "helm upgrade changed the webhook certificate"
+    assert ca_bundle() == ca_before, "helm upgrade removed the operator's caBundle"
     assert checksum() != sum_before
     cm = kube.get("configmap", f"{release}-config", RELEASE_NS)
     assert cm is not None and yaml.safe_load(cm["data"]["config.yaml"])["history_limit"] == 4
@@ -353,10 +386,20 @@ def test_upgrade_keeps_the_webhook_certificate_and_rolls_on_config(
 
 def test_two_peered_replicas_one_acts(kube: Kube, kubeconfig: Path, release: str) -> None:
     """replicaCount > 1: the peers see each other in the chart's KopfPeering with distinct
-    (random) priorities; exactly one, the highest, reconciles, the other stays paused."""
+    (random) priorities; exactly one, the highest, reconciles, the other stays paused. Both
+    start without a webhook certificate: they race to create it, and serve the same one."""
     sample = yaml.safe_load(SAMPLE.read_text())
     sample["metadata"].update(name="iris-peered", namespace=WATCH_NS)
+    kube.run("delete", "secret", f"{release}-webhook-cert", "-n", RELEASE_NS,
+             "--ignore-not-found")
     with chart_operators(kube, kubeconfig, release, "peer", replicas=2) as ops:
+        for r in ops:
+            _webhook_answers_with_the_chart_certificate(kube, release, r.webhook)
+        outcomes = [ln for r in ops for ln in r.log.read_text().splitlines()
+                    if "webhook certificate from Secret" in ln]
+        assert len(outcomes) == 2, outcomes
+        assert sum("(created)" in ln for ln in outcomes) == 1, outcomes
+        assert sum("(adopted)" in ln or "(read)" in ln for ln in outcomes) == 1, outcomes
 
         def peers() -> dict[str, Any] | None:
             p = kube.get("kopfpeering", "kustos", WATCH_NS)

@@ -140,6 +140,7 @@ def test_kopf_peering_crds_ship_with_the_chart() -> None:
     ("image.digest=md5:abc", "/image/digest"),
     ("peering.enabled=sometimes", "/peering/enabled"),
     ("webhook.certManager.issuerRef.kind=Vault", "/webhook/certManager/issuerRef/kind"),
+    ("webhook.certificate=vault", "/webhook/certificate"),
     ("replicas=2", "replicas"),  # a misspelt key: additional properties are refused
 ])
 def test_schema_refuses_bad_values(value: str, field: str) -> None:
@@ -192,6 +193,8 @@ def operator_args(objs: list[dict[str, Any]]) -> list[str]:
     [],
     ["--set", "watchNamespaces={a,b}", "--set", "replicaCount=2", "--set", "logging.verbose=true"],
     ["--set", "webhook.enabled=false", "--set", "peering.enabled=true"],
+    ["--set", "webhook.certificate=helm"],
+    ["--set", "webhook.certificate=cert-manager"],
 ])
 def test_operator_args_are_flags_kustos_run_accepts(values: list[str]) -> None:
     from kustos.controllers.run import parser
@@ -201,10 +204,18 @@ def test_operator_args_are_flags_kustos_run_accepts(values: list[str]) -> None:
     parsed = parser().parse_args(args[1:])  # exits (SystemExit) on an unknown flag
     assert parsed.config == "/etc/kustos/config/config.yaml"
     assert parsed.liveness == "http://0.0.0.0:8081/healthz"
-    if "--webhook" in args:
-        assert parsed.webhook_port == 9443
+    if "--webhook" not in args:
+        return
+    assert parsed.webhook_port == 9443
+    if "webhook.certificate=" in " ".join(values):
         assert (parsed.webhook_cert, parsed.webhook_key) == ("/etc/kustos/webhook/tls.crt",
                                                              "/etc/kustos/webhook/tls.key")
+        assert parsed.webhook_secret is None
+    else:
+        assert parsed.webhook_cert is None
+        assert (parsed.webhook_secret, parsed.webhook_secret_namespace,
+                parsed.webhook_inject_ca) == ("kustos-webhook-cert", "kustos-system",
+                                              "kustos-webhook")
 
 
 def test_operator_config_is_accepted_by_the_operator() -> None:
@@ -270,10 +281,18 @@ def _rbac(objs: list[dict[str, Any]]) -> list[tuple[str, str, str, Any]]:
     (["--set", "watchNamespaces={ml,ml-prod}"], {"namespaces": ["ml", "ml-prod"]}),
     (["--set", "watchNamespaces={ml}", "--set", "peering.enabled=true"],
      {"namespaces": ["ml"], "peering": True}),
+    (["--set", "webhook.certificate=helm"], {"webhook": None}),
+    (["--set", "webhook.certManager.enabled=true", "--set", "watchNamespaces={ml}"],
+     {"webhook": None, "namespaces": ["ml"]}),
+    (["--set", "webhook.enabled=false"], {"webhook": None}),
 ])
 def test_rbac_is_exactly_what_kustos_rbac_says(values: list[str], kwargs: dict[str, Any]) -> None:
     from kustos import rbac
 
+    # The operator keeps the webhook certificate by default: its one Secret, its one
+    # configuration.
+    kwargs = {"webhook": rbac.WebhookCertificate("kustos-system", "kustos-webhook-cert",
+                                                 "kustos-webhook"), **kwargs}
     expected = rbac.manifests(name="kustos", sa_namespace="kustos-system", sa_name="kustos",
                               **kwargs)
     assert _rbac(template(*values)) == _rbac(expected)
@@ -299,11 +318,44 @@ def test_peering_objects_follow_replicas_and_scope() -> None:
     assert the(objs, "Deployment")["spec"]["strategy"]["type"] == "Recreate"
 
 
+def test_the_operator_keeps_the_certificate_and_nothing_of_it_is_rendered() -> None:
+    """The default: renders are the same every time (Argo CD compares them with the
+    cluster on every refresh), with no Secret and no caBundle; the operator is told which
+    Secret to keep, for which names, and which configuration's caBundle to set."""
+    from kustos.controllers.run import parser
+
+    first = helm("template", "kustos", str(CHART), "--namespace", "ml-ops").stdout
+    assert first == helm("template", "kustos", str(CHART), "--namespace", "ml-ops").stdout
+    objs = [d for d in yaml.safe_load_all(first) if d]
+    assert not find(objs, "Secret") and not find(objs, "Certificate")
+    vwc = the(objs, "ValidatingWebhookConfiguration")
+    assert "caBundle" not in vwc["webhooks"][0]["clientConfig"]
+    assert "annotations" not in vwc["metadata"]
+    parsed = parser().parse_args(operator_args(objs)[1:])
+    assert (parsed.webhook_secret, parsed.webhook_secret_namespace) == \
+        ("kustos-webhook-cert", "ml-ops")
+    assert parsed.webhook_inject_ca == vwc["metadata"]["name"] == "kustos-webhook"
+    service = vwc["webhooks"][0]["clientConfig"]["service"]
+    # What the API server verifies the certificate for comes first (kopf's host).
+    assert parsed.webhook_host[0] == f"{service['name']}.{service['namespace']}.svc"
+    assert set(parsed.webhook_host) == {"kustos-webhook", "kustos-webhook.ml-ops",
+                                        "kustos-webhook.ml-ops.svc",
+                                        "kustos-webhook.ml-ops.svc.cluster.local"}
+    pod = the(objs, "Deployment")["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    # RBAC for exactly that Secret and that configuration.
+    role = the(objs, "Role", "kustos-webhook")
+    assert role["metadata"]["namespace"] == "ml-ops"
+    assert [r.get("resourceNames") for r in role["rules"]] == [["kustos-webhook-cert"], None]
+    assert the(objs, "ClusterRole", "kustos-webhook")["rules"][0]["resourceNames"] == \
+        ["kustos-webhook"]
+
+
 def test_self_generated_webhook_certificate_is_valid_for_the_service() -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-    objs = template(namespace="ml-ops")
+    objs = template("--set", "webhook.certificate=helm", namespace="ml-ops")
     secret = the(objs, "Secret")
     assert secret["type"] == "kubernetes.io/tls"
     cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
@@ -338,6 +390,8 @@ def test_self_generated_webhook_certificate_is_valid_for_the_service() -> None:
 
 
 def test_cert_manager_issues_the_webhook_certificate() -> None:
+    assert template("--set", "webhook.certManager.enabled=true") == \
+        template("--set", "webhook.certificate=cert-manager")
     objs = template("--set", "webhook.certManager.enabled=true")
     assert not find(objs, "Secret")
     cert = the(objs, "Certificate")
@@ -378,6 +432,8 @@ def test_no_webhook_no_certificate_no_flags() -> None:
     objs = template("--set", "webhook.enabled=false")
     assert not find(objs, "ValidatingWebhookConfiguration")
     assert not find(objs, "Secret")
+    assert not find(objs, "Role", "kustos-webhook")
+    assert not find(objs, "ClusterRole", "kustos-webhook")
     assert not [a for a in operator_args(objs) if a.startswith("--webhook")]
     container = the(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
@@ -435,8 +491,8 @@ def test_kubectl_kustomize_builds_the_install(sub: str) -> None:
                              "ClusterKopfPeering"):
             assert o["metadata"]["namespace"] == "kustos-system", o["metadata"]["name"]
         assert o["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") != "Helm"
-    # No private key is ever committed: the certificate comes from cert-manager.
-    assert "Secret" not in kinds
+    # No private key is ever committed: the operator makes its certificate in the cluster.
+    assert "Secret" not in kinds and "Certificate" not in kinds
 
 
 # --- samples ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ PACKAGE = REPO / "operator" / "kustos"
 
 # kustos.k8s.client function -> the verbs it needs on the kind's resource.
 CLIENT_VERBS = {"get": ("get",), "list_objects": ("list",), "apply": ("create", "patch"),
-                "delete": ("delete",), "create": ("create",)}
+                "delete": ("delete",), "create": ("create",), "patch": ("patch",)}
 
 
 def allows(rules: Iterable[rbac.Rule], group: str, res: str, verb: str) -> bool:
@@ -60,7 +60,7 @@ def test_file_parses_to_the_rule_sets() -> None:
 
 
 def test_no_wildcards_and_no_privilege_escalation() -> None:
-    for mode in ("clusterWide", "namespaced"):
+    for mode in ("clusterWide", "namespaced", "webhook"):
         for r in all_rules(mode):
             assert "*" not in r.api_groups + r.resources + r.verbs, r
             assert not {"escalate", "bind", "impersonate", "deletecollection",
@@ -75,7 +75,7 @@ def test_no_wildcards_and_no_privilege_escalation() -> None:
 
 
 def test_secrets_are_never_read_in_bulk_nor_bound_cluster_wide() -> None:
-    for mode in ("clusterWide", "namespaced"):
+    for mode in ("clusterWide", "namespaced", "webhook"):
         for r in all_rules(mode):
             if "secrets" in r.resources:
                 assert not {"list", "watch"} & set(r.verbs), r
@@ -105,15 +105,20 @@ def test_every_child_kind_is_covered() -> None:
                     (mode, kind, verb)
 
 
-def _client_calls() -> set[tuple[str, str]]:
-    """(function, kind) of every client call with a literal kind in the operator package."""
+# The webhook certificate's calls have rules of their own (rule_sets()["webhook"]).
+CERTIFICATE = PACKAGE / "governance" / "certificate.py"
+
+
+def _client_calls(only: Path | None = None) -> set[tuple[str, str]]:
+    """(function, kind) of every client call with a literal kind in the operator package
+    (but the webhook certificate's), or in the file ``only``."""
     calls: set[tuple[str, str]] = set()
     # Status writes go through kustos.k8s.status.write (a read, then an apply of the
     # status subresource), directly or through the sidecars' refresh_with.
-    pattern = re.compile(r"(?:client\.(get|list_objects|delete|create)|k8s_status\.(write)"
-                         r"|sidecars\.(refresh_with))\(\s*(\"?\w+)")
-    for path in PACKAGE.rglob("*.py"):
-        if "runtime" in path.parts:
+    pattern = re.compile(r"(?:client\.(get|list_objects|delete|create|patch)"
+                         r"|k8s_status\.(write)|sidecars\.(refresh_with))\(\s*(\"?\w+)")
+    for path in [only] if only else PACKAGE.rglob("*.py"):
+        if "runtime" in path.parts or (only is None and path == CERTIFICATE):
             continue  # the pods' processes, not the operator
         text = path.read_text()
         # Module constants such as KIND = "ModelDeployment".
@@ -151,6 +156,52 @@ def test_every_literal_client_call_is_allowed() -> None:
         assert allows(all_rules(mode), "", "events", "create")
         if "def create_token" in (PACKAGE / "k8s" / "client.py").read_text():
             assert allows(all_rules(mode), "", "serviceaccounts/token", "create")
+
+
+def test_the_webhook_certificate_gets_exactly_its_one_secret_and_configuration() -> None:
+    """`kustos run --webhook-secret --webhook-inject-ca`: get/patch of one Secret and one
+    configuration by name, create of Secrets (not narrowable) in its own namespace only."""
+    sets = rbac.rule_sets()["webhook"]
+    named = {(r.resources, r.verbs, r.resource_names) for r in sets["role"] + sets["clusterRole"]
+             if r.resource_names}
+    assert named == {(("secrets",), ("get", "patch"), (rbac.WEBHOOK_SECRET,)),
+                     (("validatingwebhookconfigurations",), ("get", "patch"),
+                      (rbac.WEBHOOK_CONFIGURATION,))}
+    unnamed = [r for r in sets["role"] + sets["clusterRole"] if not r.resource_names]
+    assert [(r.resources, r.verbs) for r in unnamed] == [(("secrets",), ("create",))]
+    assert unnamed[0] in sets["role"], "create only by a Role in the operator's namespace"
+    # What kustos.governance.certificate calls (get and patch by name, create, apply of the
+    # caBundle = a patch of the existing configuration: the uid in the body forbids a create).
+    text = CERTIFICATE.read_text()
+    assert set(re.findall(r"\bclient\.(\w+)\(", text)) == {"get", "create", "patch", "apply"}
+    assert _client_calls(CERTIFICATE) == {("get", "Secret"), ("patch", "Secret"),
+                                          ("get", "ValidatingWebhookConfiguration")}
+    assert 'client.create(secret_manifest(' in text and '"uid": current["metadata"]["uid"]' in text
+    # Nowhere else: the chart's main roles no longer carry webhook configuration rights.
+    for mode in ("clusterWide", "namespaced"):
+        assert not any("validatingwebhookconfigurations" in r.resources for r in all_rules(mode))
+
+
+def test_webhook_manifests_name_the_installations_objects() -> None:
+    cert = rbac.WebhookCertificate("ops", "k-webhook-cert", "k-webhook")
+    objs = _by_kind(rbac.manifests(name="k", sa_namespace="ops", sa_name="op", webhook=cert))
+    role = next(r for r in objs["Role"] if r["metadata"]["name"] == "k-webhook")
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"][0]["resourceNames"] == ["k-webhook-cert"]
+    cluster_role = next(r for r in objs["ClusterRole"] if r["metadata"]["name"] == "k-webhook")
+    assert cluster_role["rules"] == [{"apiGroups": ["admissionregistration.k8s.io"],
+                                      "resources": ["validatingwebhookconfigurations"],
+                                      "verbs": ["get", "patch"],
+                                      "resourceNames": ["k-webhook"]}]
+    assert {b["metadata"]["name"] for b in objs["RoleBinding"] + objs["ClusterRoleBinding"]} \
+        >= {"k-webhook"}
+    plain = rbac.manifests(name="k", sa_namespace="ops", sa_name="op")
+    assert not [o for o in plain if o["metadata"]["name"] == "k-webhook"]
+    selfreg = _by_kind(rbac.manifests(name="k", sa_namespace="ops", sa_name="op",
+                                      webhook_self_registration=True))
+    assert [r["rules"] for r in selfreg["ClusterRole"] if r["metadata"]["name"] == "k-webhook"] \
+        == [[{"apiGroups": ["admissionregistration.k8s.io"],
+              "resources": ["validatingwebhookconfigurations"], "verbs": ["create", "patch"]}]]
 
 
 def test_kopf_watches_are_allowed() -> None:

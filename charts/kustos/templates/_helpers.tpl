@@ -61,8 +61,24 @@ app.kubernetes.io/part-of: kustos
 {{- printf "%s-webhook" (include "kustos.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Who makes the webhook certificate: operator, helm or cert-manager. */}}
+{{- define "kustos.webhookCertificate" -}}
+{{- if .Values.webhook.certManager.enabled }}cert-manager{{ else }}{{ .Values.webhook.certificate }}{{ end }}
+{{- end }}
+
+{{/* The Secret of the webhook certificate: the operator's own name, so that switching from
+     helm or cert-manager never has the operator read a Secret that is about to be removed. */}}
 {{- define "kustos.webhookSecret" -}}
-{{- printf "%s-webhook-tls" (include "kustos.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- $suffix := ternary "webhook-cert" "webhook-tls" (eq (include "kustos.webhookCertificate" .) "operator") }}
+{{- printf "%s-%s" (include "kustos.fullname" .) $suffix | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The names the webhook certificate must carry: the Service's DNS names. */}}
+{{- define "kustos.webhookDNSNames" -}}
+{{- $svc := include "kustos.webhookName" . }}
+{{- $ns := .Release.Namespace }}
+{{- $domain := .Values.config.cluster_domain | default "cluster.local" }}
+{{- toJson (list (printf "%s.%s.svc" $svc $ns) $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns $domain)) }}
 {{- end }}
 
 {{/* The RBAC rule sets, from files/rbac-rules.yaml (`python -m kustos.rbac --write ...`):
