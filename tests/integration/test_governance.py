@@ -293,7 +293,7 @@ def test_policy_compliant_follows_explainer_and_drift_monitor(
     assert "approved by jane.doe, ticket RISK-1234" in messages
     assert "approved by sam.roe, ticket RISK-2000 (was jane.doe, ticket RISK-1234)" in messages
     reasons = {e["reason"] for e in kube.events(gov_ns, "scorer")}
-    assert {"PolicyViolation", "PolicyCompliant", "ModelDeployed"} <= reasons
+    assert {"PolicyViolation", "PolicyCompliant"} <= reasons
     described = kube.run("describe", "md", "scorer", "-n", gov_ns).stdout
     for text in ("Intended Use:", "credit scoring", "Limitations:", "not for mortgages",
                  "Owner:", "Risk Tier:", "PolicyCompliant"):

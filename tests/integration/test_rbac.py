@@ -277,17 +277,21 @@ def test_real_operator_runs_with_only_these_rules(env: Env, tmp_path: Path, mode
         assert md["status"]["readyReplicas"] == 2
         kinds = {o["kind"] for o in env.kube.list(",".join(CHILDREN), env.models_ns,
                                                    f"app.kubernetes.io/instance={name}")}
-        assert kinds == {"Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler",
+        assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler",
                          "PodDisruptionBudget", "NetworkPolicy"}
-        assert any(e["reason"] == "ModelDeployed" for e in env.kube.events(env.models_ns, name))
         # Removing autoscaling deletes the HPA and (one replica) the PDB: the delete verbs.
+        # A new version posts an Event: the events verb.
         env.kube.run("patch", "md", name, "-n", env.models_ns, "--type=json", "-p",
                      '[{"op":"remove","path":"/spec/autoscaling"},'
-                     '{"op":"add","path":"/spec/replicas","value":1}]')
+                     '{"op":"add","path":"/spec/replicas","value":1},'
+                     '{"op":"replace","path":"/spec/model/version","value":"2"}]')
         wait_ready(env.kube, name, env.models_ns, 2)
+        wait_for("the ModelVersionChanged Event", lambda: any(
+            e["reason"] == "ModelVersionChanged"
+            for e in env.kube.events(env.models_ns, name)), timeout=60)
         wait_for("HPA and PDB deleted", lambda: {o["kind"] for o in env.kube.list(
             ",".join(CHILDREN), env.models_ns, f"app.kubernetes.io/instance={name}")} ==
-            {"Deployment", "Service", "ServiceAccount", "NetworkPolicy"}, timeout=60)
+            {"Deployment", "Service", "NetworkPolicy"}, timeout=60)
     finally:
         op.stop()
         env.kube.run("delete", "md", name, "-n", env.models_ns, "--wait=false", check=False)

@@ -85,7 +85,9 @@ def test_predictions_through_the_service(chart_operator: ChartOperator, iris: st
         assert p["spec"]["nodeName"] == REAL_NODE
         init = p["status"]["initContainerStatuses"][0]
         assert init["name"] == "fetch-model" and init["state"]["terminated"]["exitCode"] == 0
-    assert len(ready_endpoints(kube, "iris", ns)) == 2
+    # Ready follows the pods; the EndpointSlice controller follows them on its own time
+    wait_for("both pods in the Service's endpoints",
+             lambda: len(ready_endpoints(kube, "iris", ns)) == 2, timeout=120)
     expected = local_predictions(IRIS_V1, ROWS)
     assert len(set(expected)) > 1  # rows of different classes: a constant answer fails
     ip = cluster_ip(kube, "iris", ns)

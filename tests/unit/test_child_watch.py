@@ -174,3 +174,21 @@ def test_dropping_a_namespace_forgets_its_children() -> None:
     cache.drop("Service", NS)
     assert cache.get("Service", (NS, "a")) == []
     assert [c.name for c in cache.get("Service", ("other", "x"))] == ["x"]
+
+
+def test_what_a_listing_keeps_files_a_child_as_the_whole_body_would() -> None:
+    from kustos.controllers.indexes import child_entry, deployment_kept, slim
+    from kustos.render.meta import SPEC_HASH
+
+    body = service("a", 3)
+    body["metadata"].update(annotations={SPEC_HASH: "h", "other": "x" * 1000},
+                            managedFields=[{"manager": "kustos"}], generation=4)
+    body["metadata"]["ownerReferences"].append({"uid": "not-controller"})
+    body["spec"] = {"replicas": 2, "template": {"metadata": {"annotations": {"v": "1"}},
+                                                "spec": {"containers": [{"name": "c"}]}}}
+    body["status"] = {"readyReplicas": 2, "observedGeneration": 4}
+    for kind in ("Service", "Deployment"):
+        keep = deployment_kept if kind == "Deployment" else None
+        assert child_entry(kind, slim(kind)(body), keep) == child_entry(kind, body, keep)
+    assert "managedFields" not in slim("Deployment")(body)["metadata"]
+    assert "spec" not in slim("Service")(body)

@@ -101,4 +101,4 @@ def test_pod_failure_makes_a_stuck_rollout_degraded_and_clears_when_done() -> No
     healthy, notices = compute(md(status=status), {"iris": deployment(2, 2)}, OperatorConfig(),
                                NOW, pod_failure=failure)
     assert cond(healthy, "Degraded")["status"] == "False"
-    assert [n.reason for n in notices] == ["Recovered", "ModelDeployed"]
+    assert [n.reason for n in notices] == ["Recovered"]

@@ -21,7 +21,7 @@ from kustos.k8s.client import ApiError
 from kustos.k8s.watch import Watch
 from kustos.render.meta import COMPONENT, MANAGED, MANAGED_BY
 
-from .indexes import CHILD_RESOURCES, children_cache
+from .indexes import CHILD_RESOURCES, children_cache, slim
 from .peering import exact_namespaces, match_namespace
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,10 @@ class ChildWatches:
         cache = self._cache
 
         def on_list(items: list[dict[str, Any]], began: float) -> None:
-            if cached:
-                changed = cache.relist(kind, items, began, namespace)
-                if changed:
-                    log.info("%s: %d %s objects listed", namespace or "all namespaces",
-                             changed, kind)
+            changed = cache.relist(kind, items, began, namespace)
+            if changed:
+                log.info("%s: %d %s objects listed", namespace or "all namespaces",
+                         changed, kind)
 
         def on_event(type_: str, obj: dict[str, Any]) -> None:
             if cached:
@@ -76,9 +75,10 @@ class ChildWatches:
             for listener in self._listeners.get(kind, ()):
                 self._loop.call_soon_threadsafe(_call, listener, type_, obj)
 
-        if cached:
-            cache.expect(kind, namespace)
-        return Watch(kind, namespace, labels, on_list, on_event)
+        if not cached:
+            return Watch(kind, namespace, labels, None, on_event)
+        cache.expect(kind, namespace)
+        return Watch(kind, namespace, labels, on_list, on_event, keep=slim(kind))
 
     async def stop_scope(self, namespace: str) -> None:
         watches = self._scopes.pop(namespace, [])

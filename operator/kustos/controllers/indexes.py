@@ -136,6 +136,29 @@ def deployment_kept(deployment: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def slim(kind: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """What a listing keeps of each child of ``kind`` until the ChildCache has filed it:
+    the fields child_entry (and for a Deployment, deployment_kept) read, not the whole
+    body (a thousand pod templates and managed fields in one listing)."""
+    def keep(body: Mapping[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        out: dict[str, Any] = {k: meta[k] for k in ("name", "namespace", "uid", "generation")
+                               if k in meta}
+        instance = (meta.get("labels") or {}).get(INSTANCE)
+        if instance:
+            out["labels"] = {INSTANCE: instance}
+        spec_hash = (meta.get("annotations") or {}).get(SPEC_HASH)
+        if spec_hash:
+            out["annotations"] = {SPEC_HASH: spec_hash}
+        out["ownerReferences"] = [dict(ref) for ref in meta.get("ownerReferences") or []
+                                  if ref.get("controller")]
+        if kind != "Deployment":
+            return {"metadata": out}
+        kept = deployment_kept(body)
+        return {**kept, "metadata": {**out, **kept["metadata"]}}
+    return keep
+
+
 class NotListedYet(ApiError):
     """The children of a kind in a namespace are not listed yet (the watch's first LIST
     has not answered): the caller retries later."""

@@ -8,7 +8,7 @@ and the credentials.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -162,12 +162,34 @@ def list_objects(kind: str, namespace: str | None = None,
 
 
 def list_with_version(kind: str, namespace: str | None = None,
-                      labels: Mapping[str, str] | None = None,
-                      ) -> tuple[list[dict[str, Any]], str]:
-    """The objects and the list's resourceVersion (where a watch of them starts)."""
-    result = _call("GET", resource(kind).collection(namespace), query=_selector(labels))
-    items: list[dict[str, Any]] = result.get("items", [])
-    return items, str((result.get("metadata") or {}).get("resourceVersion") or "")
+                      labels: Mapping[str, str] | None = None, *, page: int | None = None,
+                      keep: Callable[[dict[str, Any]], Any] | None = None,
+                      ) -> tuple[list[Any], str]:
+    """The objects and the list's resourceVersion (where a watch of them starts).
+    ``page``: list in pages of that many (one consistent snapshot: the continue token
+    pins it), each object reduced by ``keep`` before the next page is read, so a listing
+    of thousands is never held whole."""
+    query = _selector(labels) + ([("limit", page)] if page else [])
+    found: list[Any] = []
+    token = None
+    while True:
+        result = _call("GET", resource(kind).collection(namespace),
+                       query=query + ([("continue", token)] if token else []))
+        items: list[dict[str, Any]] = result.get("items", [])
+        found.extend(items if keep is None else (keep(item) for item in items))
+        meta = result.get("metadata") or {}
+        token = meta.get("continue")
+        if not token:
+            return found, str(meta.get("resourceVersion") or "")
+
+
+def current_version(kind: str, namespace: str | None = None,
+                    labels: Mapping[str, str] | None = None) -> str:
+    """The resourceVersion a watch of these objects starts from to see only what changes
+    from now on (a LIST of one: its version is the whole collection's)."""
+    result = _call("GET", resource(kind).collection(namespace),
+                   query=[*_selector(labels), ("limit", 1)])
+    return str((result.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def watch(kind: str, namespace: str | None, labels: Mapping[str, str] | None,

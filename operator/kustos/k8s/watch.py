@@ -32,9 +32,10 @@ from .client import ApiError
 log = logging.getLogger(__name__)
 
 SERVER_TIMEOUT = 300  # seconds the API server keeps one watch request open
+LIST_PAGE = 250  # objects per page of a listing: bounds what one listing holds at once
 MAX_BACKOFF = 30.0
 
-OnList = Callable[[list[dict[str, Any]], float], object]  # objects, when the LIST began
+OnList = Callable[[list[Any], float], object]  # objects (kept), when the LIST began
 OnEvent = Callable[[str, dict[str, Any]], None]  # type, object
 
 
@@ -44,10 +45,13 @@ class Gone(Exception):
 
 class Watch:
     def __init__(self, kind: str, namespace: str | None, labels: Mapping[str, str] | None,
-                 on_list: OnList, on_event: OnEvent, *,
-                 on_error: Callable[[ApiError], None] | None = None) -> None:
+                 on_list: OnList | None, on_event: OnEvent, *,
+                 keep: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        """``on_list`` None: only changes matter, the objects there are not read (a LIST
+        of one gives the version to watch from). ``keep`` reduces each listed object
+        (what ``on_list`` gets) while the pages are read."""
         self.kind, self.namespace, self.labels = kind, namespace, dict(labels or {})
-        self._on_list, self._on_event, self._on_error = on_list, on_event, on_error
+        self._on_list, self._on_event, self._keep = on_list, on_event, keep
         self._stopping = threading.Event()
         self._response: urllib3.BaseHTTPResponse | None = None
         self._lock = threading.Lock()
@@ -71,11 +75,14 @@ class Watch:
         version = ""
         while not self._stopping.is_set():
             try:
-                if not version:
+                on_list = self._on_list
+                if not version and on_list is None:
+                    version = client.current_version(self.kind, self.namespace, self.labels)
+                elif not version and on_list is not None:
                     began = time.monotonic()
-                    items, version = client.list_with_version(self.kind, self.namespace,
-                                                              self.labels)
-                    self._on_list(items, began)
+                    items, version = client.list_with_version(
+                        self.kind, self.namespace, self.labels, page=LIST_PAGE, keep=self._keep)
+                    on_list(items, began)
                 version = self._follow(version)
                 failures = 0
             except Gone:
@@ -83,8 +90,6 @@ class Watch:
             except ApiError as err:
                 version = ""
                 failures += 1
-                if self._on_error is not None:
-                    self._on_error(err)
                 log.warning("%s: %s (%s); listing again", self.name, err.message, err.status)
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
                 if self._stopping.is_set():

@@ -1,5 +1,5 @@
-"""ModelDeployment -> ServiceAccount, Deployment(s), Service, HPA (or KEDA ScaledObject),
-PDB. Pure: no I/O."""
+"""ModelDeployment -> Deployment(s), Service, HPA (or KEDA ScaledObject), PDB, and a
+ServiceAccount when the model authenticates as itself. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         "template": {
             "metadata": {"labels": pod_labels, "annotations": pod_annotations},
             "spec": {
-                "serviceAccountName": name,
+                **({"serviceAccountName": name} if needs_identity(spec) else {}),
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "terminationGracePeriodSeconds": 30,
@@ -266,6 +266,14 @@ def render_service(body: Mapping[str, Any]) -> dict[str, Any]:
                        "protocol": "TCP"}],
         },
     }
+
+
+def needs_identity(spec: ModelDeploymentSpec) -> bool:
+    """Does the model log in as itself? Vault (both modes) authenticates the model's own
+    ServiceAccount, so it gets one; any other model runs as its namespace's ``default``
+    account with no token mounted, which gives its pods no API identity at all (and
+    saves a write per model: docs/operator.md, "Writes per model")."""
+    return spec.secrets is not None and spec.secrets.vault is not None
 
 
 def render_service_account(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -350,8 +358,9 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     name = body["metadata"]["name"]
     # What the pods mount (the Vault agent's ConfigMap) exists before the pods do: the
     # children are applied in this order.
-    children: list[dict[str, Any] | None] = [render_service_account(body),
-                                             *(dict(c) for c in attachments.children)]
+    children: list[dict[str, Any] | None] = [
+        render_service_account(body) if needs_identity(spec) else None,
+        *(dict(c) for c in attachments.children)]
     autoscaled = spec.autoscaling is not None
     children += [render_deployment(body, spec, t, config, autoscaled, attachments)
                  for t in split_tracks(name, spec)]

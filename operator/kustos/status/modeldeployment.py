@@ -212,13 +212,13 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     # The served version changes when the stable rollout of a new version completes.
     if stable.done and (served.get("version"), served.get("digest")) != \
             (current["version"], current["digest"]):
+        # An Event for a version that replaces another; the first one is told by the
+        # status alone (model.deployedAt), not by one more write per model.
         if served.get("version"):
             history.insert(0, served)
             notices.append(Notice(
                 "ModelVersionChanged",
                 f"serving version {current['version']} (was {served.get('version')})"))
-        else:
-            notices.append(Notice("ModelDeployed", f"serving version {current['version']}"))
         served = {k: v for k, v in current.items() if v} | {"deployedAt": timestamp(now)}
     if served:
         status["model"] = served

@@ -30,7 +30,7 @@ def by_kind(objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def test_children_and_ownership() -> None:
     objs = render(body(replicas=1), OperatorConfig())
     kinds = by_kind(objs)
-    assert set(kinds) == {"ServiceAccount", "Deployment", "Service", "NetworkPolicy"}
+    assert set(kinds) == {"Deployment", "Service", "NetworkPolicy"}
     for o in objs:
         meta = o["metadata"]
         assert meta["namespace"] == "ml"
@@ -39,6 +39,23 @@ def test_children_and_ownership() -> None:
         ref = meta["ownerReferences"][0]
         assert (ref["kind"], ref["uid"], ref["controller"]) == ("ModelDeployment", "uid-1", True)
         assert len(meta["annotations"][SPEC_HASH]) == 32
+
+
+def test_a_service_account_only_for_a_model_that_logs_in_to_vault() -> None:
+    """Without Vault the pods run as the namespace's default account with no token (no
+    API identity): a ServiceAccount of its own would be one write per model for nothing.
+    With Vault, the model's own account is what Vault authenticates."""
+    plain = by_kind(render(body(replicas=1), OperatorConfig()))
+    assert "ServiceAccount" not in plain
+    assert "serviceAccountName" not in plain["Deployment"][0]["spec"]["template"]["spec"]
+    vaulted = body(replicas=1)
+    vaulted["spec"]["secrets"] = {"vault": {
+        "address": "https://vault.example:8200", "role": "iris",
+        "items": [{"path": "secret/data/iris", "key": "token", "file": "token"}]}}
+    kinds = by_kind(render(vaulted, OperatorConfig()))
+    assert [sa["metadata"]["name"] for sa in kinds["ServiceAccount"]] == ["iris"]
+    pod = kinds["Deployment"][0]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "iris" and pod["automountServiceAccountToken"] is False
 
 
 def test_deployment_pod_is_restricted_and_fetches_with_digest() -> None:
