@@ -21,6 +21,7 @@ import kopf
 from kustos.api.v1alpha1 import GROUP, VERSION
 
 from . import governance, sidecars, vault
+from .diffbase import diffbase
 from .modeldeployment import model_changed, models
 
 
@@ -28,6 +29,8 @@ from .modeldeployment import model_changed, models
 async def model_deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo,
                                  **kwargs: Any) -> None:
     deleted = type == "DELETED"
+    if deleted and (stored := diffbase(memo)) is not None:
+        stored.forget(body["metadata"]["uid"])
     state = models(memo)
     model_changed(state, body, type)
     vault.track(memo, body, type)

@@ -18,6 +18,7 @@ from kustos.k8s import config as k8s_config
 
 from . import peering
 from .context import set_config
+from .diffbase import MemoryDiffBase
 
 
 def parser() -> argparse.ArgumentParser:
@@ -113,8 +114,10 @@ def connection_info(cfg: k8s_config.Config) -> kopf.ConnectionInfo:
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf's own bookkeeping goes to annotations under our prefix, never to status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kustos.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kustos.dev", key="last-handled-configuration")
+    # The last handled state in memory: no annotation write per handled change
+    # (controllers/diffbase.py).
+    memo.kustos_diffbase = MemoryDiffBase()
+    settings.persistence.diffbase_storage = memo.kustos_diffbase
     # Children and serving pods are not kopf's to watch: controllers/child_watches.py.
     # Events are posted deliberately (kustos.k8s.events), not one per log line.
     settings.posting.enabled = False

@@ -42,6 +42,7 @@ from kustos.status.sidecars import PodReport, Wiring
 
 from . import peering
 from .context import backoff, config
+from .diffbase import diffbase
 from .indexes import Lookup, lookup_from
 from .modeldeployment import Models, models, rerender
 from .workloop import Entry, WorkLoop
@@ -213,6 +214,8 @@ async def on_event(kind: str, body: Mapping[str, Any], type: str | None,
     meta = body["metadata"]
     collector(memo).seen(kind, meta["namespace"], meta["name"], deleted=type == "DELETED")
     if type == "DELETED":
+        if (stored := diffbase(memo)) is not None:
+            stored.forget(meta["uid"])
         await asyncio.to_thread(_deleted, kind, body, models(memo))
 
 
