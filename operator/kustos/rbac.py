@@ -63,14 +63,16 @@ class Rule:
 # --- In the namespaces where ModelDeployments live (every namespace when cluster-wide) ---
 WORKLOAD_RULES: tuple[Rule, ...] = (
     Rule((GROUP,), ("modeldeployments",), ("get", "list", "watch", "patch"),
-         "kopf watches ModelDeployments and keeps its bookkeeping in their annotations; "
+         "kopf watches ModelDeployments and keeps a failing handler's retries in their "
+         "annotations; "
          "the status write re-reads the object"),
     Rule((GROUP,), ("modeldeployments/status",), ("patch",),
          "each concern server-side applies its part of the status subresource"),
     Rule(("apps",), ("deployments",), CHILD_VERBS,
-         "the serving Deployments (stable and canary); kopf watches them for status"),
+         "the serving Deployments (stable and canary); watched for the status"),
     Rule(("",), ("serviceaccounts", "services"), CHILD_VERBS,
-         "a ServiceAccount (no token mounted) and a Service per ModelDeployment"),
+         "a Service per ModelDeployment, and a ServiceAccount (no token mounted) for one "
+         "that logs in to Vault"),
     Rule(("autoscaling",), ("horizontalpodautoscalers",), CHILD_VERBS,
          "the HPA when spec.autoscaling is set"),
     Rule(("keda.sh",), ("scaledobjects",), ("get", "list", "create", "patch", "delete"),

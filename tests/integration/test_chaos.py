@@ -106,7 +106,7 @@ def test_operator_kills_and_control_plane_restarts_converge_without_duplicates(
 def _check_children(kube: Kube, ns: str, mds: list[dict[str, Any]], scaled: set[str]) -> None:
     uids = {md["metadata"]["uid"]: md["metadata"]["name"] for md in mds}
     # One of each child per model, owned by it; nothing Kustos labelled without a live owner.
-    for kind in ("deployments", "services", "serviceaccounts", "networkpolicies"):
+    for kind in ("deployments", "services", "networkpolicies"):
         per_owner: collections.Counter[str] = collections.Counter()
         for obj in kube.list(kind, ns, MANAGED):
             owners = [r for r in obj["metadata"].get("ownerReferences") or []
@@ -116,6 +116,8 @@ def _check_children(kube: Kube, ns: str, mds: list[dict[str, Any]], scaled: set[
             assert obj["metadata"]["name"] == uids[owners[0]["uid"]]
             per_owner[owners[0]["uid"]] += 1
         assert per_owner == {uid: 1 for uid in uids}, kind
+    # (no ServiceAccounts: these models do not log in to Vault)
+    assert kube.list("serviceaccounts", ns, MANAGED) == []
     deployments = {d["metadata"]["name"]: d for d in kube.list("deployments", ns, MANAGED)}
     for md in mds:
         name = md["metadata"]["name"]
