@@ -75,9 +75,9 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "that logs in to Vault"),
     Rule(("autoscaling",), ("horizontalpodautoscalers",), CHILD_VERBS,
          "the HPA when spec.autoscaling is set"),
-    Rule(("keda.sh",), ("scaledobjects",), ("get", "list", "create", "patch", "delete"),
+    Rule(("keda.sh",), ("scaledobjects",), CHILD_VERBS,
          "the KEDA ScaledObject instead of the HPA for a requests/s target when the operator "
-         "config says autoscaling.requests_backend: keda (listed per reconcile, not watched)"),
+         "config says autoscaling.requests_backend: keda (watched only then)"),
     Rule(("policy",), ("poddisruptionbudgets",), CHILD_VERBS,
          "the PodDisruptionBudget when there is more than one replica"),
     Rule(("networking.k8s.io",), ("networkpolicies",), CHILD_VERBS,

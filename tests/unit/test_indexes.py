@@ -31,6 +31,7 @@ from kustos.k8s import client
 from kustos.k8s.resources import MODEL_CHILD_KINDS, resource
 from kustos.render import modeldeployment as render_md
 from kustos.render.attachments import NONE
+from kustos.render.keda import model_child_kinds
 from kustos.render.meta import INSTANCE, MANAGED, SPEC_HASH
 
 NS, NAME, UID = "ml", "iris", "uid-iris"
@@ -107,9 +108,11 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
 # --- what the index handlers keep ---------------------------------------------------------
 
 
-def test_every_model_child_kind_has_an_index_that_matches_its_resource() -> None:
-    for kind in MODEL_CHILD_KINDS:
-        assert kind in CHILD_RESOURCES, f"{kind} is a child kind but kopf does not index it"
+def test_every_model_child_kind_is_watched_as_its_resource() -> None:
+    keda = OperatorConfig.model_validate({"autoscaling": {
+        "requests_backend": "keda", "prometheus_address": "http://prometheus:9090"}})
+    for kind in model_child_kinds(keda):
+        assert kind in CHILD_RESOURCES, f"{kind} is a child kind but is not watched"
     for kind, (group, version, plural) in CHILD_RESOURCES.items():
         res = resource(kind)
         assert res.api_version == (f"{group}/{version}" if group else version), kind

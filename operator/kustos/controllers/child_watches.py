@@ -19,8 +19,10 @@ import kopf
 
 from kustos.k8s.client import ApiError
 from kustos.k8s.watch import Watch
+from kustos.render.keda import model_child_kinds
 from kustos.render.meta import COMPONENT, MANAGED, MANAGED_BY
 
+from .context import config
 from .indexes import CHILD_RESOURCES, children_cache, slim
 from .peering import exact_namespaces, match_namespace
 
@@ -52,8 +54,9 @@ class ChildWatches:
         """Watch every child kind and the serving pods in ``namespace`` (None: all)."""
         if namespace in self._scopes:
             return
+        kinds = [k for k in CHILD_RESOURCES if k in model_child_kinds(config())]
         watches = [self._watch(kind, namespace, {MANAGED: MANAGED_BY}, cached=True)
-                   for kind in CHILD_RESOURCES]
+                   for kind in kinds]
         watches.append(self._watch("Pod", namespace, POD_LABELS, cached=False))
         self._scopes[namespace] = watches
         for watch in watches:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # kind -> (group, version, plural) of the kinds of the children Kustos labels (those of
-# kustos.k8s.resources.MODEL_CHILD_KINDS, a unit test keeps them in step; an
+# kustos.render.keda.model_child_kinds, a unit test keeps them in step; an
 # ExplainerSpec's report ConfigMap too). A kind missing here is LISTed instead.
 CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
     "ServiceAccount": ("", "v1", "serviceaccounts"),
@@ -52,6 +52,9 @@ CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+    # watched only with the operator config's autoscaling.requests_backend: keda (its CRD
+    # may be missing elsewhere): kustos.render.keda.model_child_kinds
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
 }
 # kind -> the index's name (kopf injects indexes into handlers' kwargs by this name).
 ATTACHMENT_INDEX = {"ExplainerSpec": "kustos_explainers_by_target",

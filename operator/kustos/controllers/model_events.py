@@ -20,8 +20,7 @@ import kopf
 
 from kustos.api.v1alpha1 import GROUP, VERSION
 
-from . import governance, sidecars, vault
-from .diffbase import diffbase
+from . import governance, handled, sidecars, vault
 from .modeldeployment import model_changed, models
 
 
@@ -29,8 +28,8 @@ from .modeldeployment import model_changed, models
 async def model_deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo,
                                  **kwargs: Any) -> None:
     deleted = type == "DELETED"
-    if deleted and (stored := diffbase(memo)) is not None:
-        stored.forget(body["metadata"]["uid"])
+    if deleted:
+        handled.forget(memo, body["metadata"]["uid"])
     state = models(memo)
     model_changed(state, body, type)
     vault.track(memo, body, type)

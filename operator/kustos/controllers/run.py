@@ -16,9 +16,8 @@ from prometheus_client import start_http_server
 from kustos import config as config_mod
 from kustos.k8s import config as k8s_config
 
-from . import peering
+from . import handled, peering
 from .context import set_config
-from .diffbase import MemoryDiffBase
 
 
 def parser() -> argparse.ArgumentParser:
@@ -112,12 +111,9 @@ def connection_info(cfg: k8s_config.Config) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Kopf's own bookkeeping goes to annotations under our prefix, never to status.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kustos.dev")
-    # The last handled state in memory: no annotation write per handled change
-    # (controllers/diffbase.py).
-    memo.kustos_diffbase = MemoryDiffBase()
-    settings.persistence.diffbase_storage = memo.kustos_diffbase
+    # What kopf remembers of each object in memory, not in annotations: no write per
+    # handled change (controllers/handled.py). Its touches go under our prefix.
+    handled.install(settings, memo, prefix="kustos.dev")
     # Children and serving pods are not kopf's to watch: controllers/child_watches.py.
     # Events are posted deliberately (kustos.k8s.events), not one per log line.
     settings.posting.enabled = False

@@ -40,9 +40,8 @@ from kustos.status.modeldeployment import Notice
 from kustos.status.owners import StatusOwner
 from kustos.status.sidecars import PodReport, Wiring
 
-from . import peering
+from . import handled, peering
 from .context import backoff, config
-from .diffbase import diffbase
 from .indexes import Lookup, lookup_from
 from .modeldeployment import Models, models, rerender
 from .workloop import Entry, WorkLoop
@@ -214,8 +213,7 @@ async def on_event(kind: str, body: Mapping[str, Any], type: str | None,
     meta = body["metadata"]
     collector(memo).seen(kind, meta["namespace"], meta["name"], deleted=type == "DELETED")
     if type == "DELETED":
-        if (stored := diffbase(memo)) is not None:
-            stored.forget(meta["uid"])
+        handled.forget(memo, meta["uid"])
         await asyncio.to_thread(_deleted, kind, body, models(memo))
 
 
