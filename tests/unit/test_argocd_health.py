@@ -205,5 +205,19 @@ def test_application_renders_the_chart_with_its_values(tmp_path: Path) -> None:
          "--namespace", app["spec"]["destination"]["namespace"], "-f", str(values)],
         capture_output=True, text=True, env=env, check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    kinds = {d["kind"] for d in yaml.safe_load_all(proc.stdout) if d}
-    assert {"Deployment", "Certificate"} <= kinds, kinds
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "ValidatingWebhookConfiguration"} <= kinds, kinds
+    # The operator keeps the webhook certificate: nothing of it rendered, so every render
+    # (every Argo CD refresh) is the same.
+    assert not {"Secret", "Certificate"} & kinds, kinds
+    again = subprocess.run(proc.args, capture_output=True, text=True, env=env, check=True,
+                           timeout=120)
+    assert again.stdout == proc.stdout
+    # What ignoreDifferences leaves out is the one field the operator sets.
+    (ignored,) = app["spec"]["ignoreDifferences"]
+    assert (ignored["group"], ignored["kind"]) == ("admissionregistration.k8s.io",
+                                                   "ValidatingWebhookConfiguration")
+    assert ignored["jsonPointers"] == ["/webhooks/0/clientConfig/caBundle"]
+    (vwc,) = [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
+    assert len(vwc["webhooks"]) == 1 and "caBundle" not in vwc["webhooks"][0]["clientConfig"]
