@@ -36,7 +36,8 @@ def test_create_reaches_ready_with_owned_children(kube: Kube, operator: Operator
     # with no token mounted
     assert set(kids) == {"Deployment/iris", "Service/iris", "PodDisruptionBudget/iris"}
     pod_spec = kids["Deployment/iris"]["spec"]["template"]["spec"]
-    assert "serviceAccountName" not in pod_spec and pod_spec["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod_spec
+    assert pod_spec["automountServiceAccountToken"] is False
     for obj in kids.values():
         refs = obj["metadata"]["ownerReferences"]
         assert refs[0]["uid"] == md["metadata"]["uid"] and refs[0]["controller"] is True

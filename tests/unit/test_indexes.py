@@ -436,3 +436,34 @@ def test_a_relist_updates_a_stale_entry_and_leaves_other_kinds_alone() -> None:
     assert [c.name for c in cache.get("NetworkPolicy", (NS, NAME))] == [NAME]
 
 
+
+
+def test_a_new_objects_first_status_waits_a_moment_for_its_rollout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose pods are ready within FIRST_STATUS_GRACE gets one status write
+    (Ready), not Progressing first; one that already has a status, or whose grace is
+    over, or that failed, is written at once."""
+    written: list[Any] = []
+    monkeypatch.setattr(modeldeployment, "write_status",
+                        lambda *args, **kwargs: written.append(args))
+    from kustos.render.meta import MODEL_DIGEST, MODEL_VERSION
+    from kustos.status.modeldeployment import Failure
+
+    idx = Indexes()
+    dep = child_body("Deployment", NAME)   # no status yet: the rollout is under way
+    model = md()["spec"]["model"]
+    dep["spec"] = {"replicas": 1, "template": {"metadata": {"annotations": {
+        MODEL_VERSION: model["version"], MODEL_DIGEST: model["digest"]}}}}
+    idx.add_child(dep)
+    state = modeldeployment.Models(lookup_of(idx))
+    state.record(UID, modeldeployment.Reconciled(1))
+    wait = modeldeployment.refresh_status(md(), state)
+    assert wait is not None and 0 < wait <= modeldeployment.FIRST_STATUS_GRACE
+    assert written == []
+    with_status = {**md(), "status": {"observedGeneration": 1}}
+    assert modeldeployment.refresh_status(with_status, state) is None and len(written) == 1
+    state.record(UID, modeldeployment.Reconciled(1, at=time.monotonic() - 60))
+    assert modeldeployment.refresh_status(md(), state) is None and len(written) == 2
+    failed = modeldeployment.Reconciled(1, Failure("ApiError", "x"))
+    state.record(UID, failed)
+    assert modeldeployment.refresh_status(md(), state) is None and len(written) == 3

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -37,6 +37,10 @@ KIND = "ModelDeployment"
 # How long a status refresh waits for more events of the same object: status is at most
 # this much behind the cluster, and a rollout step's burst of events costs one write.
 REFRESH_DELAY = 1.0
+# How long a new object's first status waits for its rollout to finish: a model whose pods
+# are ready within this costs one status write (Ready), not two (Progressing, then Ready).
+# A failure is written at once; a slower rollout shows Progressing after this.
+FIRST_STATUS_GRACE = 5.0
 
 
 def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
@@ -130,6 +134,7 @@ class Reconciled:
     generation: int | None
     failure: Failure | None = None
     waiting: str | None = None  # what the render waits for (no pods yet)
+    at: float = field(default_factory=time.monotonic)  # when it was recorded
 
 
 class Models:
@@ -149,7 +154,7 @@ class Models:
         self._locks: dict[str, threading.Lock] = {}
         self._reconciled: dict[str, Reconciled] = {}
         self._due: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._refreshing: set[asyncio.Task[None]] = set()
+        self._refreshing: set[asyncio.Task[float | None]] = set()
 
     def lock(self, uid: str) -> threading.Lock:
         with self._guard:
@@ -177,16 +182,16 @@ class Models:
 
     # -- the debounced status refresh (only touched on kopf's event loop)
 
-    def refresh_soon(self, namespace: str, name: str, uid: str | None) -> None:
-        """Refresh this object's status REFRESH_DELAY from now, unless one is due already:
+    def refresh_soon(self, namespace: str, name: str, uid: str | None,
+                     delay: float = REFRESH_DELAY) -> None:
+        """Refresh this object's status ``delay`` from now, unless one is due already:
         the burst of Deployment and pod events of a rollout step costs one read and at
         most one write. ``uid`` None: whichever object has that name."""
         key = (namespace, name)
         if key in self._due:
             return
         loop = asyncio.get_running_loop()
-        self._due[key] = loop.call_later(REFRESH_DELAY, self._start_refresh, namespace, name,
-                                         uid)
+        self._due[key] = loop.call_later(delay, self._start_refresh, namespace, name, uid)
 
     def _start_refresh(self, namespace: str, name: str, uid: str | None) -> None:
         self._due.pop((namespace, name), None)  # events from now on schedule the next one
@@ -194,6 +199,12 @@ class Models:
             asyncio.to_thread(_refresh_by_name, namespace, name, uid, self))
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
+
+        def again(done: asyncio.Task[float | None]) -> None:
+            # a first status held back (FIRST_STATUS_GRACE): look again when it ends
+            if not done.cancelled() and done.exception() is None and done.result():
+                self.refresh_soon(namespace, name, uid, delay=done.result() or REFRESH_DELAY)
+        task.add_done_callback(again)
 
     async def stop(self) -> None:
         for handle in self._due.values():
@@ -336,13 +347,14 @@ def _validation_message(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def refresh_status(md: dict[str, Any], state: Models) -> None:
+def refresh_status(md: dict[str, Any], state: Models) -> float | None:
     """Recompute a ModelDeployment's rollout status from its live Deployments, once this
-    process has reconciled its generation; writes only when something changed."""
+    process has reconciled its generation; writes only when something changed. Returns
+    the seconds after which to look again when it held a first status back."""
     meta = md["metadata"]
     done = state.reconciled(meta["uid"])
     if done is None or done.generation != meta.get("generation"):
-        return  # the reconcile is due; it writes the status itself
+        return None  # the reconcile is due; it writes the status itself
     deployments = state.deployments(meta["namespace"], meta["name"], meta["uid"])
     stale = status_md.stale_templates(md, deployments)
     if stale:
@@ -351,19 +363,27 @@ def refresh_status(md: dict[str, Any], state: Models) -> None:
         log.info("%s/%s: %s carry an older model version than the spec; re-rendering",
                  meta["namespace"], meta["name"], ", ".join(stale))
         _reconcile(md, 0, state)
-        return
+        return None
+    wait = done.at + FIRST_STATUS_GRACE - time.monotonic()
+    if (wait > 0 and not (md.get("status") or {}).get("observedGeneration")
+            and done.failure is None and done.waiting is None
+            and not status_md.settled(md, deployments)):
+        return wait  # no status yet and the rollout is under way: the next look may be Ready
     write_status(md, deployments, current=md,
                  reconciled=lambda: state.reconciled(meta["uid"]))
+    return None
 
 
-def _refresh_by_name(namespace: str, name: str, uid: str | None, state: Models) -> None:
+def _refresh_by_name(namespace: str, name: str, uid: str | None,
+                     state: Models) -> float | None:
     try:
         md = client.get(KIND, name, namespace)
         if md is not None and uid in (None, md["metadata"]["uid"]) and \
                 not md["metadata"].get("deletionTimestamp"):
-            refresh_status(md, state)
+            return refresh_status(md, state)
     except (ApiError, ValidationError) as err:
         log.warning("status refresh of %s/%s failed: %s", namespace, name, err)
+    return None
 
 
 def model_changed(state: Models, body: Mapping[str, Any], type_: str | None) -> None:

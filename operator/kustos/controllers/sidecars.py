@@ -213,7 +213,7 @@ async def on_event(kind: str, body: Mapping[str, Any], type: str | None,
     meta = body["metadata"]
     collector(memo).seen(kind, meta["namespace"], meta["name"], deleted=type == "DELETED")
     if type == "DELETED":
-        handled.forget(memo, meta["uid"])
+        handled.forget(memo, meta.get("uid") or "")
         await asyncio.to_thread(_deleted, kind, body, models(memo))
 
 
