@@ -31,6 +31,7 @@ import yaml
 from cluster import REPO, in_ci
 from conftest import OPERATOR_LOGS, Kube, free_port, stop_process, wait_for, wait_ready
 from loadgen import Load
+from promjobs import podmonitor_jobs, prometheus_binary
 from realpods import (
     IRIS_V1,
     ROWS,
@@ -41,7 +42,6 @@ from realpods import (
     real_model,
     v2_request,
 )
-from test_prometheus_live import podmonitor_jobs, prometheus_binary
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import time
@@ -27,8 +26,9 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import REPO, bin_dir, in_ci
+from cluster import REPO
 from conftest import OPERATOR_LOGS, free_port, stop_process, wait_for, wait_ready
+from promjobs import MONITORING, label_key, podmonitor_jobs, prometheus_binary
 from realpods import (
     BC,
     IRIS_V1,
@@ -45,67 +45,10 @@ from realpods import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 pytest_plugins = ["realpods"]
 
-MONITORING = REPO / "manifests" / "monitoring"
 RULES = REPO / "charts" / "kustos" / "files" / "prometheus-rules.yaml"
 SCRAPE_INTERVAL = 5
 # Grafana's $__rate_interval with a data source scrape interval of 15s (its default): 4x.
 RATE_INTERVAL = "1m"
-
-
-def promtool_dir() -> Path:
-    return Path(os.environ.get("PROMETHEUS_BIN_DIR") or bin_dir())
-
-
-def prometheus_binary() -> Path:
-    path = promtool_dir() / "prometheus"
-    if not path.is_file():
-        msg = f"{path} missing: run hack/prometheus.sh build"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
-def _label_key(name: str) -> str:
-    """A Kubernetes label name as kubernetes_sd's meta label suffix."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
-
-
-def podmonitor_jobs(kubeconfig: Path, namespace: str) -> list[dict[str, Any]]:
-    """The scrape jobs prometheus-operator generates from the PodMonitor we ship: one per
-    podMetricsEndpoint, keeping pods with its matchLabels and the container port of that
-    name, labelled namespace/pod/container/endpoint and job "<namespace>/<name>". Only
-    ``namespace`` is discovered (the PodMonitor says any namespace; other tests' pods
-    are not ours to scrape)."""
-    pm = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
-    name = pm["metadata"]["name"]
-    keep = [{"action": "keep",
-             "source_labels": [f"__meta_kubernetes_pod_label_{_label_key(k)}",
-                               f"__meta_kubernetes_pod_labelpresent_{_label_key(k)}"],
-             "regex": f"({re.escape(v)});true"}
-            for k, v in pm["spec"]["selector"]["matchLabels"].items()]
-    jobs = []
-    for i, ep in enumerate(pm["spec"]["podMetricsEndpoints"]):
-        jobs.append({
-            "job_name": f"podMonitor/{namespace}/{name}/{i}",
-            "metrics_path": ep["path"],
-            "honor_labels": bool(ep.get("honorLabels", False)),
-            "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig),
-                                       "namespaces": {"names": [namespace]}}],
-            "relabel_configs": [
-                {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"],
-                 "regex": "(Failed|Succeeded)"},
-                *keep,
-                {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                 "regex": ep["port"]},
-                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                {"source_labels": ["__meta_kubernetes_pod_container_name"],
-                 "target_label": "container"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                {"target_label": "job", "replacement": f"{namespace}/{name}"},
-                {"target_label": "endpoint", "replacement": ep["port"]},
-            ]})
-    return jobs
 
 
 def operator_job(kubeconfig: Path, op: ChartOperator) -> dict[str, Any]:
@@ -119,7 +62,7 @@ def operator_job(kubeconfig: Path, op: ChartOperator) -> dict[str, Any]:
                                    "namespaces": {"names": [op.system_ns]}}],
         "relabel_configs": [
             *[{"action": "keep",
-               "source_labels": [f"__meta_kubernetes_service_label_{_label_key(k)}"],
+               "source_labels": [f"__meta_kubernetes_service_label_{label_key(k)}"],
                "regex": re.escape(v)} for k, v in selector.items()],
             {"action": "keep", "source_labels": ["__meta_kubernetes_endpointslice_port_name"],
              "regex": "metrics"},
