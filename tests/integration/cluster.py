@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
@@ -57,6 +58,23 @@ class ClusterUnavailable(RuntimeError):
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(msg: str) -> NoReturn:
+    """Something a test needs is not here: a failure in CI (where a missing binary or
+    prerequisite is a broken set-up), a skip on a developer's machine."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def required_binary(path: Path, build: str) -> Path:
+    """``path``, if the project's scripts built it (``build`` says how), else unavailable."""
+    if not path.is_file():
+        unavailable(f"{path.name} missing at {path} ({build})")
+    return path
 
 
 def cluster_dir() -> Path:

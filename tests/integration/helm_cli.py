@@ -6,21 +6,14 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
-from cluster import REPO, bin_dir, in_ci
+from cluster import REPO, bin_dir, required_binary
 
 CHART = REPO / "charts" / "kustos"
 
 
 def helm_bin() -> Path:
-    path = bin_dir() / "helm"
-    if not path.is_file():
-        msg = f"helm missing at {path} (hack/build-tools.sh helm)"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return required_binary(bin_dir() / "helm", "hack/build-tools.sh helm")
 
 
 class Helm:

@@ -9,9 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from cluster import REPO, bin_dir, in_ci
+from cluster import REPO, bin_dir, required_binary
 
 MONITORING = REPO / "manifests" / "monitoring"
 
@@ -21,13 +20,7 @@ def promtool_dir() -> Path:
 
 
 def prometheus_binary() -> Path:
-    path = promtool_dir() / "prometheus"
-    if not path.is_file():
-        msg = f"{path} missing: run hack/prometheus.sh build"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return required_binary(promtool_dir() / "prometheus", "hack/prometheus.sh build")
 
 
 def label_key(name: str) -> str:

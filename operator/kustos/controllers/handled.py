@@ -18,24 +18,22 @@ Entries go with the object's DELETED event (``forget``).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import kopf
 
+T = TypeVar("T")
 
-class MemoryDiffBase(kopf.DiffBaseStorage):
-    def __init__(self) -> None:
-        super().__init__()
+
+class _ByUid(Generic[T]):
+    """Entries per object uid, under a lock (kopf calls from its loop and its threads)."""
+
+    _lock: threading.Lock
+    _by_uid: dict[str, T]
+
+    def _init_entries(self) -> None:
         self._lock = threading.Lock()
-        self._by_uid: dict[str, kopf.BodyEssence] = {}
-
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        with self._lock:
-            return self._by_uid.get(body.metadata.uid or "")
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        with self._lock:
-            self._by_uid[body.metadata.uid or ""] = essence
+        self._by_uid = {}
 
     def forget(self, uid: str) -> None:
         with self._lock:
@@ -46,14 +44,27 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
             return len(self._by_uid)
 
 
-class MemoryProgress(kopf.AnnotationsProgressStorage):
+class MemoryDiffBase(_ByUid[kopf.BodyEssence], kopf.DiffBaseStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self._init_entries()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        with self._lock:
+            return self._by_uid.get(body.metadata.uid or "")
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        with self._lock:
+            self._by_uid[body.metadata.uid or ""] = essence
+
+
+class MemoryProgress(_ByUid[dict[str, kopf.ProgressRecord]], kopf.AnnotationsProgressStorage):
     """Handlers' progress in memory; touches (and the clean-up of records an older
     Kustos left in annotations) through the annotations, as kopf does."""
 
     def __init__(self, prefix: str) -> None:
         super().__init__(prefix=prefix)
-        self._lock = threading.Lock()
-        self._by_uid: dict[str, dict[str, kopf.ProgressRecord]] = {}
+        self._init_entries()
 
     def fetch(self, *, key: Any, body: kopf.Body) -> kopf.ProgressRecord | None:
         with self._lock:
@@ -71,14 +82,6 @@ class MemoryProgress(kopf.AnnotationsProgressStorage):
             if not records:
                 self._by_uid.pop(body.metadata.uid or "", None)
         super().purge(key=key, body=body, patch=patch)  # patches only what is there
-
-    def forget(self, uid: str) -> None:
-        with self._lock:
-            self._by_uid.pop(uid, None)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._by_uid)
 
 
 def install(settings: kopf.OperatorSettings, memo: Any, prefix: str) -> None:
