@@ -7,9 +7,8 @@
 #
 #   docker build -f images/seldon.Dockerfile -t ghcr.io/kustos-dev/kustos-seldon:0.1.0 .
 #
-# LICENCE: seldon-core is under the Business Source License 1.1, not an open-source
-# licence; check its terms before you distribute or run this image in production.
-# That is why it never enters Kustos' own image or environment.
+# LICENCE: seldon-core 1.17.1 is the last release under Apache-2.0; 1.18.0 and later are
+# under the Business Source License 1.1, not an open-source licence (docs/licenses.md).
 #
 # Runs as a numeric non-root user with a read-only root filesystem: gunicorn's worker
 # heartbeat files and the metrics manager's socket go to TMPDIR=/tmp (an emptyDir).
@@ -32,7 +31,7 @@ RUN /opt/seldon/bin/python -m compileall -q /opt/seldon/adapter \
 FROM ${BASE}
 LABEL org.opencontainers.image.title="kustos-seldon" \
       org.opencontainers.image.description="seldon-core-microservice with the Kustos sklearn adapter" \
-      org.opencontainers.image.licenses="BUSL-1.1 AND Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/seldon /opt/seldon
 ENV PATH=/opt/seldon/bin:/usr/local/bin:/usr/bin:/bin \
     PYTHONPATH=/opt/seldon/adapter \
