@@ -20,6 +20,7 @@ from .common import (
 
 RuntimeKind = Literal["kustos", "seldon", "mlserver", "tfserving", "torchserve", "custom"]
 RiskTier = Literal["low", "medium", "high"]
+ModelFormat = Literal["sklearn", "onnx", "xgboost", "lightgbm"]
 
 
 class ModelSource(KModel):
@@ -31,6 +32,10 @@ class ModelSource(KModel):
         ("self.format != 'sklearn' || self.uri.endsWith('.skops') || self.uri.endsWith('.joblib')"
          " || self.uri.endsWith('.pkl')",
          "format sklearn needs a .skops, .joblib or .pkl file", ".uri"),
+        ("self.format != 'xgboost' || self.uri.endsWith('.ubj') || self.uri.endsWith('.json')",
+         "format xgboost needs a native .ubj or .json file", ".uri"),
+        ("self.format != 'lightgbm' || self.uri.endsWith('.txt')",
+         "format lightgbm needs a native text model (.txt) file", ".uri"),
         ("!(self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')) || has(self.digest)",
          "unpickling runs code: a .joblib/.pkl model needs a pinned digest", ".digest"),
     )
@@ -43,8 +48,9 @@ class ModelSource(KModel):
     """Model version, e.g. "7"; reported by the server and recorded in status.history."""
     uri: Uri
     """Where the model file lives: file:///, https://, s3://BUCKET/KEY or pvc://CLAIM/PATH."""
-    format: Literal["sklearn", "onnx"] = "sklearn"
-    """sklearn (.skops, or .joblib/.pkl with a pinned digest) or onnx."""
+    format: ModelFormat = "sklearn"
+    """sklearn (.skops, or .joblib/.pkl with a pinned digest), onnx, xgboost (native .ubj or
+    .json) or lightgbm (native text .txt); only the kustos runtime serves all four."""
     digest: Digest | None = None
     """sha256 of the model file (sha256:<64 hex>), verified before it is deserialized."""
     credentials_secret_ref: LocalObjectReference | None = None
@@ -270,7 +276,7 @@ class CanaryModel(KModel):
     """Canary model version."""
     uri: Uri
     """Where the canary model file lives."""
-    format: Literal["sklearn", "onnx"] | None = None
+    format: ModelFormat | None = None
     """Format; defaults to spec.model.format."""
     digest: Digest | None = None
     """sha256 of the canary model file."""

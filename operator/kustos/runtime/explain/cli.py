@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH",
                    help="model file, the one `kustos serve` loads (or its directory)")
     p.add_argument("--name", required=True, help="model name in URLs")
-    p.add_argument("--format", choices=("sklearn", "onnx"),
+    p.add_argument("--format", choices=("sklearn", "onnx", "xgboost", "lightgbm"),
                    help="model format (default: from the file extension)")
     p.add_argument("--digest", help="sha256:<hex> the model file must match")
     # No argparse choices: an unknown method is reported in the status, not a crash loop.
@@ -169,6 +169,7 @@ class Runtime:
         from kustos.runtime.explain.background import align, fetch_background, read_background
         from kustos.runtime.explain.methods import build
         from kustos.runtime.explain.problems import FEATURE_NAMES_INVALID, SetupProblem
+        from kustos.runtime.server.boosters import BoosterModel
         from kustos.runtime.server.models import SklearnModel
 
         args = self.args
@@ -181,10 +182,13 @@ class Runtime:
         path = fetch_background(args.background_uri, args.background_digest,
                                 Path(args.work_dir), args.credentials_dir)
         bg = read_background(path, args.max_samples, args.label_column)
-        n_features = model.n_features if isinstance(model, SklearnModel) else _onnx_width(model)
+        n_features = (model.n_features if isinstance(model, SklearnModel | BoosterModel)
+                      else _onnx_width(model))
         model_names = None
         if isinstance(model, SklearnModel) and hasattr(model.estimator, "feature_names_in_"):
             model_names = [str(n) for n in model.estimator.feature_names_in_]
+        elif isinstance(model, BoosterModel):
+            model_names = model.feature_names
         data, feature_names = align(bg, n_features, names, model_names)
         started = time.perf_counter()
         explainer = build(args.method, model, data, feature_names,

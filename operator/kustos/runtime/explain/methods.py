@@ -6,6 +6,10 @@ What is explained (the "target"):
 - shap-linear on a classifier: its linear output, ``decision_function`` (log-odds for
   LogisticRegression): the quantity a linear model is additive in;
 - regressors: the prediction.
+- XGBoost and LightGBM boosters (shap-tree): their margin, the raw sum of tree outputs
+  (log-odds for binary classifiers, one score per class for multi-class softmax, the
+  prediction for a regressor with an identity link), which the tree algorithm attributes
+  exactly; kernel and permutation explain their probabilities, as for sklearn.
 Every answer carries the base value (the expected output over the background) and the
 model output being explained, so ``base + sum(attributions) == output`` can be checked
 by the client.
@@ -26,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from kustos.runtime.explain.problems import METHOD_UNSUPPORTED, SetupProblem
+from kustos.runtime.server.boosters import BoosterModel
 from kustos.runtime.server.models import Model, SklearnModel
 from kustos.runtime.server.tensors import Array
 
@@ -43,7 +48,7 @@ class Target:
 
     fn: Callable[[Array], Array]
     names: list[str]
-    kind: str  # probability | prediction | log-odds | decision
+    kind: str  # probability | prediction | log-odds | decision | margin
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,17 @@ def model_target(model: Model, x: Array) -> Target:
             if hasattr(est, "decision_function"):
                 return _decision_target(est)
         return _regression_target(est, x)
+    if isinstance(model, BoosterModel):
+        if model.n_classes:
+            return Target(_as_2d(model.predict_proba), [str(c) for c in model.classes or []],
+                          "probability")
+        return Target(_booster_predict(model), ["prediction"], "prediction")
     return _onnx_target(model, x)
+
+
+def _booster_predict(model: BoosterModel) -> Callable[[Array], Array]:
+    name = model.inputs[0].name
+    return _as_2d(lambda x: model.predict({name: x}, ["predict"])["predict"])
 
 
 def _onnx_target(model: Model, x: Array) -> Target:
@@ -180,6 +195,8 @@ def _first_line(exc: BaseException) -> str:
 def _tree(model: Model, bg: Array) -> tuple[Target, Callable[[], Any], str]:
     import shap
 
+    if isinstance(model, BoosterModel):
+        return _booster_tree(model, bg)
     est = _sklearn_estimator(model, "shap-tree")
     kind = type(est).__name__
     advice = (f"shap-tree needs a tree model (RandomForest, ExtraTrees, DecisionTree, "
@@ -229,6 +246,36 @@ def _tree(model: Model, bg: Array) -> tuple[Target, Callable[[], Any], str]:
     classes = _class_names(est)
     positive = Target(lambda x: proba.fn(x)[:, 1:], classes[1:], "probability")
     return positive, interventional, "tree_interventional"
+
+
+def _booster_tree(model: BoosterModel, bg: Array) -> tuple[Target, Callable[[], Any], str]:
+    """shap's TreeExplainer on the booster itself, path-dependent (no background needed):
+    it attributes the margin exactly, so that is what is explained."""
+    import shap
+
+    booster = model.booster
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shap.TreeExplainer(booster)
+    except Exception as exc:
+        raise SetupProblem(
+            METHOD_UNSUPPORTED,
+            f"shap-tree cannot explain this {model.library} model ({_first_line(exc)}); "
+            "use shap-kernel or shap-permutation") from None
+    if model.n_classes == 2:
+        names, kind = [str(model.classes[1] if model.classes else 1)], "log-odds"
+    elif model.n_classes:
+        names, kind = [str(c) for c in model.classes or []], "margin"
+    else:
+        sample = bg[: min(5, len(bg))]
+        same = np.allclose(model.margin(sample), _booster_predict(model)(sample), atol=EXACT)
+        # An identity link (squared error...): the margin is the prediction itself.
+        width = model.margin(sample).shape[1]
+        names = ["prediction"] if width == 1 else [f"prediction_{i}" for i in range(width)]
+        kind = "prediction" if same else "margin"
+    return Target(model.margin, names, kind), lambda: shap.TreeExplainer(booster), \
+        "tree_path_dependent"
 
 
 def _linear(model: Model, bg: Array) -> tuple[Target, Callable[[], Any], str]:

@@ -30,11 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one model over the Open Inference Protocol (KServe V2), "
                     "KServe V1 and the Seldon protocol.")
     p.add_argument("--model", required=True, metavar="PATH",
-                   help="model file (.skops, .joblib/.pkl with --digest, .onnx) or a "
-                        "directory holding exactly one")
+                   help="model file (.skops, .joblib/.pkl with --digest, .onnx, xgboost "
+                        ".ubj/.json, lightgbm .txt) or a directory holding exactly one")
     p.add_argument("--name", required=True, help="model name in URLs and metadata")
     p.add_argument("--model-version", default="1", help="model version (default 1)")
-    p.add_argument("--format", choices=("sklearn", "onnx"),
+    p.add_argument("--format", choices=("sklearn", "onnx", "xgboost", "lightgbm"),
                    help="model format (default: from the file extension)")
     p.add_argument("--digest", help="sha256:<hex> the model file must match (required for "
                                      "pickled models)")
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra type a .skops file may contain (repeatable; env "
                         "KUSTOS_TRUSTED_TYPES, comma-separated)")
     p.add_argument("--onnx-threads", type=int, default=1,
-                   help="onnxruntime intra-op threads per worker (1)")
+                   help="onnxruntime intra-op threads per worker (1); xgboost and "
+                        "lightgbm predict with as many")
     process.add_log_level(p)
     return p
 

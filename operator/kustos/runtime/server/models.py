@@ -2,9 +2,11 @@
 
 Formats: ``.skops`` (sklearn via skops with an explicit allow-list of types), ``.joblib`` /
 ``.pkl`` (sklearn via pickle: only when a digest is pinned and matches, because unpickling
-runs code), ``.onnx`` (onnxruntime). Every model exposes the same small surface: tensor
-specs for metadata, ``prepare`` (request tensors -> model inputs, raising 422 on what the
-model cannot take) and ``predict`` (a batch of rows -> named outputs).
+runs code), ``.onnx`` (onnxruntime), ``.ubj`` / ``.json`` (XGBoost's native formats) and
+``.txt`` (LightGBM's text model); the last two in boosters.py. Every model exposes the
+same small surface: tensor specs for metadata, ``prepare`` (request tensors -> model
+inputs, raising 422 on what the model cannot take) and ``predict`` (a batch of rows ->
+named outputs).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from kustos.runtime.server.tensors import Array, ProtocolError, TensorSpec, data
 
 log = logging.getLogger("kustos.serve")
 
-FORMATS = ("sklearn", "onnx")
+FORMATS = ("sklearn", "onnx", "xgboost", "lightgbm")
 EXTENSIONS = {".skops": "sklearn", ".joblib": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn",
-              ".onnx": "onnx"}
+              ".onnx": "onnx", ".ubj": "xgboost", ".json": "xgboost", ".txt": "lightgbm"}
 PICKLE_EXTENSIONS = (".joblib", ".pkl", ".pickle")
 # Modules whose types a .skops file may contain. skops already trusts builtins and a core
 # set; anything else reported by get_untrusted_types must start with one of these.
@@ -364,8 +366,8 @@ def infer_format(path: Path, fmt: str | None) -> str:
     found = EXTENSIONS.get(path.suffix.lower())
     if found is None:
         raise ModelLoadError(
-            f"cannot tell the format of {path.name}: use .skops, .joblib, .pkl or .onnx, "
-            "or pass --format")
+            f"cannot tell the format of {path.name}: use .skops, .joblib, .pkl, .onnx, "
+            ".ubj/.json (xgboost) or .txt (lightgbm), or pass --format")
     return found
 
 
@@ -416,6 +418,10 @@ def load_model(
     model: Model
     if kind == "onnx":
         model = OnnxModel(file, name, version, onnx_threads)
+    elif kind in ("xgboost", "lightgbm"):
+        from kustos.runtime.server.boosters import load_booster
+
+        model = load_booster(kind, file, name, version, onnx_threads)
     else:
         suffix = file.suffix.lower()
         if suffix in PICKLE_EXTENSIONS:
@@ -433,9 +439,7 @@ def load_model(
 def _warm_up(model: Model) -> None:
     """One real prediction; output specs are read off its result (dim 0 -> -1)."""
     feeds = model.warmup_inputs()
-    names = model.default_outputs
-    if isinstance(model, SklearnModel):
-        names = model.methods
+    names: tuple[str, ...] = getattr(model, "methods", model.default_outputs)
     if feeds is None:
         log.warning("model %s: input width unknown, skipping warm-up", model.name)
         model.outputs = model.outputs or [TensorSpec(n, "FP64", (-1,)) for n in names]
