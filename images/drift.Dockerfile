@@ -3,7 +3,8 @@
 # The drift sidecar image (`kustos drift`): alibi-detect and the CPU-only TensorFlow build
 # (for mmd) from the exact lock images/drift-requirements.txt, then the kustos wheel. Its
 # own image because alibi-detect needs numpy < 2 (the main image and the explainer's have
-# numpy 2). alibi-detect is licensed BSL-1.1: see docs/drift.md before shipping this image.
+# numpy 2). alibi-detect 0.11.4 is its last Apache-2.0 release; 0.11.5 and later are under
+# the Business Source License 1.1 (docs/licenses.md).
 #
 #   python -m build --wheel            # -> dist/kustos-<version>-py3-none-any.whl
 #   docker build -f images/drift.Dockerfile -t ghcr.io/kustos-dev/kustos-drift:0.1.0 .
@@ -34,7 +35,7 @@ RUN set -eu; \
 FROM ${BASE}
 LABEL org.opencontainers.image.title="kustos-drift" \
       org.opencontainers.image.description="Kustos drift sidecar (alibi-detect)" \
-      org.opencontainers.image.licenses="Apache-2.0 AND BSL-1.1"
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/kustos /opt/kustos
 ENV PATH=/opt/kustos/bin:/usr/local/bin:/usr/bin:/bin \
     HOME=/tmp \
