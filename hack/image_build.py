@@ -507,15 +507,30 @@ def build_wheel(wheel_dir: Path | None, src_key: str) -> Path:
     return next(out.glob("kustos-*.whl"))
 
 
+# An entry this table does not produce is removed only when nothing has touched it for
+# this long: the cache is shared by every checkout on the machine (a CI clone, another
+# branch), and one of them may be building, or have mounted, an entry of its own table.
+PRUNE_AFTER = float(os.environ.get("KUSTOS_IMAGE_PRUNE_AFTER", 6 * 3600))
+
+
 def prune(keep: set[Path]) -> None:
-    """Remove cache entries this table no longer produces (superseded layers, archives)."""
+    """Remove cache entries this table no longer produces (superseded layers, archives)
+    that nothing has used for PRUNE_AFTER seconds; one that cannot be removed (mounted
+    by a build in progress) is left for a later prune."""
+    now = time.time()
     for p in cache_dir().iterdir():
-        if p.name.startswith(("base-", "deps-", "top-", "wheel-", "kustos")) and p not in keep:
+        if not p.name.startswith(("base-", "deps-", "top-", "wheel-", "kustos")) or p in keep:
+            continue
+        try:
+            if now - p.lstat().st_mtime < PRUNE_AFTER:
+                continue
             log(f"removing superseded {p.name}")
             if p.is_dir():
                 shutil.rmtree(p)
             else:
                 p.unlink()
+        except OSError as err:
+            log(f"leaving {p.name} for later: {err.strerror}")
 
 
 def build(names: list[str], wheel_dir: Path | None) -> int:
