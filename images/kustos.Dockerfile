@@ -42,6 +42,9 @@ LABEL org.opencontainers.image.title="${TITLE}" \
       org.opencontainers.image.description="Kustos operator, model fetcher and model server" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/kustos /opt/kustos
+# lightgbm's wheel links OpenMP (libgomp.so.1) from the system; the slim base lacks it.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/kustos/bin:/usr/local/bin:/usr/bin:/bin \
     HOME=/tmp \
     TMPDIR=/tmp \
