@@ -60,8 +60,6 @@ CLUSTER_NEEDS: list[tuple[str, str, str]] = [
     ("get", "namespaces", ""), ("list", "namespaces", ""), ("watch", "namespaces", ""),
     ("watch", "governancepolicies.kustos.dev", ""),
     ("patch", "governancepolicies.kustos.dev", "status"),
-    ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", ""),
-    ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io", ""),
 ]
 # What it must never be able to do, in a namespace it serves models in.
 NEVER_IN_NAMESPACE: list[tuple[str, str, str]] = [
@@ -90,6 +88,9 @@ NEVER_CLUSTER: list[tuple[str, str, str]] = [
     ("update", "customresourcedefinitions.apiextensions.k8s.io", ""),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io", ""),
     ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", ""),
+    # the chart's operator keeps the caBundle of its own configuration (get and patch by
+    # name, rbac.WEBHOOK_CONFIGURATION_RULES); it registers none of its own
+    ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", ""),
     ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io", ""),
     ("create", "certificatesigningrequests.certificates.k8s.io", ""),
     ("create", "persistentvolumes", ""),
