@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import contextlib
 import logging
 import secrets
 import sys
@@ -127,6 +129,23 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         settings.admission.server = server
 
 
+@kopf.on.startup()
+async def keep_webhook_certificate(memo: kopf.Memo, **_: Any) -> None:
+    """The webhook certificate's upkeep (--webhook-secret), a task of kopf's loop."""
+    keeper = getattr(memo, "kustos_webhook_keeper", None)
+    if keeper is not None:
+        memo.kustos_webhook_keeper_task = asyncio.create_task(keeper.loop())
+
+
+@kopf.on.cleanup()
+async def stop_keeping_webhook_certificate(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "kustos_webhook_keeper_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -223,8 +242,9 @@ def _setup_webhook(args: argparse.Namespace, memo: kopf.Memo) -> str | None:
         # One file holds key and certificate: a renewal replaces both at once.
         cert = key = files.path
         ca_bundle = bundle.ca_cert
-        certificate.Keeper(args.webhook_secret, namespace, hosts, args.webhook_inject_ca,
-                           files, bundle).start()
+        # started at kopf's startup, cancelled at its cleanup (keep_webhook_certificate)
+        memo.kustos_webhook_keeper = certificate.Keeper(
+            args.webhook_secret, namespace, hosts, args.webhook_inject_ca, files, bundle)
     elif args.webhook_cert:
         cert, key = Path(args.webhook_cert), Path(args.webhook_key)
         ca_bundle = cert.read_bytes()

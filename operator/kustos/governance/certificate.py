@@ -22,11 +22,11 @@ status, annotations or exception messages.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
 import tempfile
-import threading
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -211,7 +211,7 @@ class ServingFile:
 
 
 class Keeper:
-    """Keeps the served certificate and the configuration's caBundle current (a thread)."""
+    """Keeps the served certificate and the configuration's caBundle current."""
 
     def __init__(self, secret: str, namespace: str, hosts: list[str],
                  configuration: str | None, files: ServingFile, bundle: tls.Bundle) -> None:
@@ -220,7 +220,6 @@ class Keeper:
         self.files = files
         self.bundle = bundle
         self.injected = configuration is None
-        self._stop = threading.Event()
         self._warned_missing = False
 
     def tick(self) -> None:
@@ -250,21 +249,15 @@ class Keeper:
         self.injected = True
         self._warned_missing = False
 
-    def run(self) -> None:
-        while not self._stop.is_set():
+    async def loop(self) -> None:
+        """Tick every INTERVAL (RETRY while the caBundle is not in place), the blocking
+        calls in a thread; an asyncio task of kopf's loop (kustos run starts it at startup
+        and cancels it at cleanup)."""
+        while True:
             try:
-                self.tick()
+                await asyncio.to_thread(self.tick)
             except (CertificateError, ApiError, OSError, ValueError) as err:
                 # CertificateError and ApiError carry the API server's message only.
                 log.warning("webhook certificate upkeep failed (retrying): %s", err)
                 self.injected = False
-            self._stop.wait(INTERVAL if self.injected else RETRY)
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="kustos-webhook-certificate",
-                                  daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stop.set()
+            await asyncio.sleep(INTERVAL if self.injected else RETRY)

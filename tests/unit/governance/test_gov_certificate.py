@@ -358,8 +358,6 @@ def test_keeper_follows_the_secret_and_keeps_the_ca_bundle(
 
 def test_run_serves_from_the_secret_it_creates(api: FakeApi,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[certificate.Keeper] = []
-    monkeypatch.setattr(certificate.Keeper, "start", lambda self: started.append(self))
     args = run.parser().parse_args([
         "--webhook", "--webhook-secret", "hook-cert", "--webhook-secret-namespace", "ops",
         *[f"--webhook-host={h}" for h in HOSTS], "--webhook-inject-ca", "hook"])
@@ -371,7 +369,7 @@ def test_run_serves_from_the_secret_it_creates(api: FakeApi,
     assert Path(server.certfile).read_bytes() == bundle.key + bundle.cert
     assert server.cadata == bundle.ca_cert  # never the key file's content
     assert server.host == HOSTS[0]
-    (keeper,) = started
+    keeper = memo.kustos_webhook_keeper  # started by kopf's startup handler
     assert (keeper.configuration, keeper.namespace, keeper.hosts) == ("hook", "ops", HOSTS)
 
 
@@ -401,3 +399,39 @@ def test_run_reports_a_secret_it_may_not_read(api: FakeApi,
                                     "--webhook-host", "h"])
     problem = run._setup_webhook(args, kopf.Memo())
     assert problem == "webhook certificate: cannot read Secret ops/s: 403 Forbidden: forbidden"
+
+
+def test_the_upkeep_is_a_task_of_kopfs_loop_started_and_cancelled_by_its_handlers(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A failing round is retried after RETRY, a good one waits INTERVAL; the task starts
+    with kopf's startup handler and ends with its cleanup handler (no thread left)."""
+    import asyncio
+
+    monkeypatch.setattr(certificate, "RETRY", 0.01)
+    monkeypatch.setattr(certificate, "INTERVAL", 60.0)
+    first = tls.issue(HOSTS)
+    keeper = certificate.Keeper("s", "ops", HOSTS, "hook",
+                                certificate.ServingFile(tmp_path / "d"), first)
+    rounds: list[int] = []
+
+    def tick() -> None:
+        rounds.append(1)
+        if len(rounds) < 3:
+            raise ApiError(503, "ServiceUnavailable", "not yet")
+        keeper.injected = True
+
+    monkeypatch.setattr(keeper, "tick", tick)
+
+    async def test() -> None:
+        memo = kopf.Memo(kustos_webhook_keeper=keeper)
+        await run.keep_webhook_certificate(memo=memo)
+        for _ in range(500):
+            if len(rounds) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert len(rounds) == 3  # two retries, then it waits INTERVAL
+        await run.stop_keeping_webhook_certificate(memo=memo)
+        assert memo.kustos_webhook_keeper_task.done()
+
+    asyncio.run(test())
