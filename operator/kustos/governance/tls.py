@@ -49,13 +49,8 @@ def self_signed(hosts: list[str], days: int = 365) -> tuple[bytes, bytes]:
 
 
 def _sans(hosts: list[str]) -> list[x509.GeneralName]:
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    return sans
+    return [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h)
+            for h in hosts]
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -7,10 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import logging
-import socket
-import ssl
 import stat
-import threading
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +22,7 @@ from kustos.governance import certificate, tls
 from kustos.k8s import client
 from kustos.k8s.client import ApiError
 from kustos.render.webhook import WEBHOOK_NAME, render_configuration
+from tlsprobe import handshake
 
 HOSTS = ["kustos-webhook.ops.svc", "kustos-webhook", "kustos-webhook.ops"]
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -58,24 +56,8 @@ def test_a_tls_client_verifying_the_ca_accepts_the_served_certificate(tmp_path: 
     b = tls.issue(HOSTS)
     served = certificate.ServingFile(tmp_path / "d")
     served.write(b)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(served.path, served.path)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
-            tls_conn.sendall(b"ok")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    client_ctx = ssl.create_default_context(cadata=b.ca_cert.decode())
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            client_ctx.wrap_socket(raw, server_hostname="kustos-webhook.ops.svc") as conn:
-        assert conn.recv(2) == b"ok"
-    thread.join(5)
-    listener.close()
+    assert handshake(served.path, served.path, b.ca_cert.decode(),
+                     "kustos-webhook.ops.svc") == b"ok"
 
 
 def test_renew_keeps_the_ca_and_issues_a_new_serving_certificate() -> None:

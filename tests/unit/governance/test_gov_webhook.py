@@ -4,9 +4,6 @@ self-signed certificate (served by a real TLS socket), and the admission decisio
 from __future__ import annotations
 
 import base64
-import socket
-import ssl
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from kustos.governance.policy import Policy
 from kustos.governance.tls import self_signed, write_self_signed
 from kustos.governance.webhook import admission_check
 from kustos.render.webhook import WEBHOOK_PATH, parse_selector, render_configuration
+from tlsprobe import handshake
 
 SPEC = {"model": {"version": "1", "uri": "s3://m/model.skops"},
         "governance": {"riskTier": "high"}}
@@ -62,25 +60,8 @@ def test_self_signed_certificate_serves_tls_for_its_hosts(tmp_path: Path) -> Non
 
     certfile, keyfile = write_self_signed(["127.0.0.1"])
     assert keyfile.stat().st_mode & 0o077 == 0, "the key is private to its user"
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(certfile, keyfile)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with server_ctx.wrap_socket(conn, server_side=True) as tls:
-            tls.sendall(b"ok")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     # A client that trusts only the certificate itself (what caBundle does) verifies it.
-    client_ctx = ssl.create_default_context(cadata=certfile.read_text())
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-        assert tls.recv(2) == b"ok"
-    thread.join(timeout=5)
-    listener.close()
+    assert handshake(certfile, keyfile, certfile.read_text(), "127.0.0.1") == b"ok"
 
 
 def test_admission_decision() -> None:
