@@ -68,12 +68,13 @@ TEXTS = [(r"business source license|\bbusl\b|\bbsl[- ]?1\.1", "BUSL-1.1"),
          (r"mozilla public license", "MPL-2.0"), (r"python software foundation", "PSF-2.0")]
 
 # OSI-approved licences (https://opensource.org/licenses), as SPDX identifiers. "BSD" and
-# "LGPL" are the unversioned classifiers, all of whose versions are OSI-approved.
+# "LGPL" are the unversioned classifiers, all of whose versions are OSI-approved. MIT-CMU
+# (Pillow since 11) is the CMU License, OSI-approved.
 OSI_APPROVED = {
     "0BSD", "Apache-2.0", "Artistic-2.0", "BSD", "BSD-2-Clause", "BSD-3-Clause", "BSL-1.0",
     "CNRI-Python", "EPL-2.0", "GPL-2.0", "GPL-2.0-or-later", "GPL-3.0", "GPL-3.0-or-later",
     "HPND", "ISC", "LGPL", "LGPL-2.0-or-later", "LGPL-2.1", "LGPL-2.1-or-later", "LGPL-3.0",
-    "LGPL-3.0-or-later", "MIT", "MIT-0", "MPL-2.0", "PSF-2.0", "Python-2.0", "Unlicense",
+    "LGPL-3.0-or-later", "MIT", "MIT-0", "MIT-CMU", "MPL-2.0", "PSF-2.0", "Python-2.0", "Unlicense",
     "UPL-1.0", "Zlib", "ZPL-2.0", "ZPL-2.1", "ZPL",
 }
 # Not OSI-approved but accepted, each for a stated reason (reviewed, not a loophole).
