@@ -28,6 +28,7 @@ log = logging.getLogger("kustos.serve")
 
 Handler = Callable[[Request, Reply], None]
 PLAIN = b"text/plain; charset=utf-8"
+OCTETS = b"application/octet-stream"
 SELDON_PREFIX = "/api/v1.0/"
 # Seldon's model-microservice paths (what its executor calls inside a graph).
 SELDON_ALIASES = ("/predict", "/send-feedback", "/health/ping", "/health/status", "/metadata")
@@ -219,7 +220,11 @@ class ServingApp:
 
     # -- inference
     def _submit(self, request: Request, reply: Reply, inputs: dict[str, Array],
-                outputs: tuple[str, ...], render: Callable[[dict[str, Array]], bytes]) -> None:
+                outputs: tuple[str, ...],
+                render: Callable[[dict[str, Array]], bytes | tuple[bytes, bytes, bytes]]
+                ) -> None:
+        """Predict, then answer ``render(outputs)``: a JSON body, or (body, content type,
+        extra header lines) for a response that is not plain JSON."""
         assert self.batcher is not None
         rows = v2.batch_rows(inputs)
         if rows == 0:
@@ -233,12 +238,15 @@ class ServingApp:
                 reply(status, self._error(path, status, message), JSON, b"")
                 return
             try:
-                body = render(outcome)
+                rendered = render(outcome)
             except Exception as exc:  # an output the protocol cannot carry
                 log.warning("cannot encode outputs: %s", exc)
                 reply(500, self._error(path, 500, "cannot encode the model's outputs"), JSON, b"")
                 return
-            reply(200, body, JSON, b"")
+            if isinstance(rendered, tuple):
+                reply(200, *rendered)
+            else:
+                reply(200, rendered, JSON, b"")
             if drift is not None:
                 drift.offer(inputs)
 
@@ -250,12 +258,22 @@ class ServingApp:
             self._not_ready(request, reply)
             return
         try:
-            parsed = v2.parse_infer(request.body)
+            body = request.body
+            json_length = v2.header_length(request.headers.get(v2.HEADER_LENGTH), len(body))
+            parsed = v2.parse_infer(body, json_length)
             outputs = v2.select_outputs(model, parsed.outputs)
             inputs = model.prepare(parsed.tensors)
             rid = parsed.id
             responses = self.responses
-            self._submit(request, reply, inputs, outputs, lambda out: responses.infer(rid, out))
+            render: Callable[[dict[str, Array]], bytes | tuple[bytes, bytes, bytes]]
+            if parsed.any_binary:
+                def render(out: dict[str, Array]) -> tuple[bytes, bytes, bytes]:
+                    data, size = responses.infer_binary(rid, out, parsed)
+                    return data, OCTETS, b"inference-header-content-length: %d\r\n" % size
+            else:
+                def render(out: dict[str, Array]) -> bytes:
+                    return responses.infer(rid, out)
+            self._submit(request, reply, inputs, outputs, render)
         except ProtocolError as exc:
             reply(exc.status, error_body(exc.message), JSON, b"")
 

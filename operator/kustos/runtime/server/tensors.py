@@ -206,3 +206,85 @@ def to_jsonable(arr: Array) -> Any:
     if arr.dtype.kind == "S":
         return np.char.decode(arr, "utf-8", "replace").tolist()
     return arr.tolist()
+
+
+# ------------------------------------------------------------------ raw (binary) tensors
+# The binary tensor layout shared by the REST binary extension and gRPC raw contents:
+# numeric data little-endian, row-major; BOOL one byte per element; BYTES elements each
+# preceded by their length as a 4-byte little-endian unsigned integer.
+
+_LENGTH = 4
+
+
+def raw_size(arr: Array) -> int:
+    """Bytes ``arr`` takes in the raw layout (numeric only: BYTES needs its encoding)."""
+    return int(arr.size) * int(arr.dtype.itemsize)
+
+
+def decode_raw(raw: bytes | memoryview, shape: tuple[int, ...], datatype: str,
+               where: str) -> Array:
+    """Raw tensor bytes -> numpy array of ``shape``/``datatype``; every size is checked."""
+    dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise ProtocolError(f"{where}: unknown datatype {datatype!r}")
+    expected = math.prod(shape)
+    if datatype == "BYTES":
+        return _decode_raw_bytes(raw, shape, expected, where)
+    need = expected * dtype.itemsize
+    if len(raw) != need:
+        raise ProtocolError(
+            f"{where}: shape {list(shape)} of {datatype} needs {need} bytes, got {len(raw)}")
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    # numpy would read any non-zero byte as True; the layout allows only 0 and 1.
+    if dtype.kind == "b" and arr.size and arr.view(np.uint8).max() > 1:
+        raise ProtocolError(f"{where}: BOOL bytes must be 0 or 1")
+    try:
+        return arr.astype(dtype, copy=False).reshape(shape)
+    except ValueError:
+        raise ProtocolError(f"{where}: shape {list(shape)} is too large") from None
+
+
+def _decode_raw_bytes(raw: bytes | memoryview, shape: tuple[int, ...], expected: int,
+                      where: str) -> Array:
+    view = memoryview(raw)
+    total = len(view)
+    items: list[bytes] = []
+    off = 0
+    while off < total:
+        if len(items) >= expected:
+            raise ProtocolError(f"{where}: more BYTES elements than shape {list(shape)} holds")
+        if off + _LENGTH > total:
+            raise ProtocolError(f"{where}: BYTES element {len(items)} has a truncated length")
+        size = int.from_bytes(view[off:off + _LENGTH], "little")
+        off += _LENGTH
+        if off + size > total:
+            raise ProtocolError(
+                f"{where}: BYTES element {len(items)} claims {size} bytes, "
+                f"only {total - off} remain")
+        items.append(bytes(view[off:off + size]))
+        off += size
+    if len(items) != expected:
+        raise ProtocolError(
+            f"{where}: shape {list(shape)} needs {expected} BYTES elements, got {len(items)}")
+    arr = np.empty(expected, dtype=object)
+    arr[:] = items
+    try:
+        return arr.reshape(shape)
+    except ValueError:
+        raise ProtocolError(f"{where}: shape {list(shape)} is too large") from None
+
+
+def encode_raw(arr: Array) -> tuple[str, bytes]:
+    """numpy -> (V2 datatype, raw tensor bytes) in the layout :func:`decode_raw` reads."""
+    datatype = datatype_of(arr.dtype)
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for x in arr.reshape(-1).tolist():
+            item = x if isinstance(x, bytes) else str(x).encode("utf-8")
+            parts.append(len(item).to_bytes(_LENGTH, "little"))
+            parts.append(item)
+        return datatype, b"".join(parts)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"no V2 datatype carries numpy {arr.dtype}")
+    want = DATATYPES[datatype].newbyteorder("<")
+    return datatype, np.ascontiguousarray(arr, dtype=want).tobytes()
