@@ -333,10 +333,15 @@ def deps_layer(name: str, recipe: dict[str, Any], base: Layer, base_key: str,
             if loose:
                 raise SystemExit(f"image_build: {name}: not pinned by {recipe['lock']}: "
                                  + ", ".join(loose))
-        if prune:
+        inside = [a for a in prune if a != "strip"]
+        if inside:
             shutil.copy(PRUNE, merged / "tmp/prune.py")
-            log(in_chroot(merged, [f"{venv}/bin/python", "/tmp/prune.py", venv, *prune],
+            log(in_chroot(merged, [f"{venv}/bin/python", "/tmp/prune.py", venv, *inside],
                           stdout=subprocess.PIPE).stdout.strip())
+        if "strip" in prune:
+            # The image has no binutils: the host's strip edits the image tree in place.
+            log(run([sys.executable, str(PRUNE), str(merged / venv.lstrip("/")), "strip"],
+                    stdout=subprocess.PIPE).stdout.strip())
         in_chroot(merged, [f"{venv}/bin/python", "-m", "compileall", "-q", "-j0",
                            f"{venv}/lib"], stdout=subprocess.DEVNULL)
     check_upper(layer.tree)

@@ -31,8 +31,10 @@ RUN set -eu; \
     set -- /tmp/dist/kustos-*.whl; \
     [ "$#" -eq 1 ] && [ -f "$1" ] || { echo "need exactly one kustos wheel in dist/" >&2; exit 1; }; \
     /opt/kustos/bin/pip install -c /tmp/constraints.txt "$1[${EXTRAS}]"; \
-    # What the image never runs (the test suites): the same script as make images.
-    /opt/kustos/bin/python /tmp/prune.py /opt/kustos tests pip; \
+    # What the image never runs (the test suites, onnxruntime's C API library) and the
+    # shared objects' symbols: the same script as make images (strip needs binutils).
+    apt-get update -qq; apt-get install -y -qq --no-install-recommends binutils >/dev/null; \
+    /opt/kustos/bin/python /tmp/prune.py /opt/kustos tests pip ort strip; \
     # Byte-compile now: at run time the root filesystem is read-only.
     /opt/kustos/bin/python -m compileall -q /opt/kustos/lib
 
