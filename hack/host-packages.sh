@@ -18,8 +18,10 @@ NODE=(ctr:containerd containerd:containerd runc:runc socat:socat iptables:iptabl
       # pause.c is linked statically: libc.a
       /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev
       /usr/lib/cni/bridge:containernetworking-plugins)
-# hack/image_build.py: mmdebstrap runs apt with Debian's keyring; chroot/mount.
+# hack/image_build.py: mmdebstrap runs apt with Debian's keyring; chroot/mount; strip
+# (images/prune.py strip, run on the host against the image tree).
 IMAGES=(mmdebstrap:mmdebstrap tar:tar mount:mount chroot:coreutils python3:python3 gpgv:gpgv
+        strip:binutils
         /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring)
 # hack/kube-router.sh: the network-policy controller drives iptables and ipset.
 NETPOL=(iptables:iptables iptables-save:iptables ipset:ipset)
