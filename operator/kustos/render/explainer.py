@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kustos.api.v1alpha1 import ExplainerSpecSpec, ModelDeploymentSpec
+from kustos.api.v1alpha1.explainerspec import LimeSpec
 from kustos.config import OperatorConfig
 
 from .attachments import Attachments
@@ -63,6 +64,8 @@ def explain_args(spec: ExplainerSpecSpec, md_name: str, md: ModelDeploymentSpec,
         # canary's pods hold the canary's model.
         args += ["--digest", f"$({DIGEST_ENV})"]
     args += ["--method", spec.method, "--background-uri", background_uri]
+    if spec.method == "lime":
+        args += ["--lime-samples", str((spec.lime or LimeSpec()).num_samples)]
     if spec.background.digest:
         args += ["--background-digest", spec.background.digest]
     args += ["--max-samples", str(spec.background.max_samples)]

@@ -1,4 +1,4 @@
-"""ExplainerSpec: SHAP explanations for a ModelDeployment."""
+"""ExplainerSpec: SHAP or LIME explanations for a ModelDeployment."""
 
 from __future__ import annotations
 
@@ -7,27 +7,55 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .common import DataSource, Duration, KModel, LocalObjectReference, ResourceStatus
+from .common import (
+    DataSource,
+    Duration,
+    KModel,
+    LocalObjectReference,
+    ResourceStatus,
+    validations,
+)
 
-ExplainMethod = Literal["shap-tree", "shap-linear", "shap-kernel", "shap-permutation"]
+ExplainMethod = Literal["shap-tree", "shap-linear", "shap-kernel", "shap-permutation", "lime"]
+
+# The sidecar's --lime-samples bounds (kustos.runtime.explain.lime_method); a unit test
+# keeps them equal.
+LIME_DEFAULT_SAMPLES = 1000
+LIME_MIN_SAMPLES = 100
+LIME_MAX_SAMPLES = 20000
 
 
 class GlobalImportanceSpec(KModel):
     """Scheduled global interpretability."""
 
     interval: Duration = "1h"
-    """How often mean |SHAP|, permutation importance and partial dependence are computed."""
+    """How often mean |attribution|, permutation importance and partial dependence run."""
     top_k: int = Field(default=10, ge=1, le=100)
     """How many features go into status.globalImportance."""
+
+
+class LimeSpec(KModel):
+    """Settings of method lime (LIME tabular, quartile bins of the background)."""
+
+    num_samples: int = Field(default=LIME_DEFAULT_SAMPLES, ge=LIME_MIN_SAMPLES,
+                             le=LIME_MAX_SAMPLES)
+    """Perturbed rows the model predicts per explained row (cost grows linearly)."""
 
 
 class ExplainerSpecSpec(KModel):
     """Desired state of an ExplainerSpec."""
 
+    model_config = validations(
+        ("!has(self.lime) || self.method == 'lime'",
+         "lime settings are only for method lime", ".lime"),
+    )
+
     target_ref: LocalObjectReference
     """The ModelDeployment to explain (same namespace)."""
     method: ExplainMethod = "shap-tree"
-    """shap-tree | shap-linear | shap-kernel | shap-permutation."""
+    """shap-tree | shap-linear | shap-kernel | shap-permutation | lime."""
+    lime: LimeSpec | None = None
+    """method lime only: its settings (defaults when unset)."""
     background: DataSource
     """Background data for the explainer (CSV or .npy, features in model order)."""
     feature_names: list[str] | None = Field(default=None, max_length=10000)
@@ -42,7 +70,7 @@ class FeatureImportance(KModel):
     feature: str
     """Feature name."""
     value: float
-    """Mean |SHAP| value."""
+    """Mean |SHAP| value (mean |LIME weight| for method lime)."""
 
 
 class ExplainerSpecStatus(ResourceStatus):
@@ -51,7 +79,7 @@ class ExplainerSpecStatus(ResourceStatus):
     endpoint: str | None = None
     """Where explanations are served."""
     global_importance: list[FeatureImportance] | None = None
-    """Top-k features by mean |SHAP|."""
+    """Top-k features by mean |attribution|."""
     last_computed: datetime | None = None
     """When global importance was last computed."""
     report_config_map: str | None = None
@@ -59,7 +87,7 @@ class ExplainerSpecStatus(ResourceStatus):
 
 
 class ExplainerSpec(KModel):
-    """SHAP explanations served next to a ModelDeployment."""
+    """SHAP or LIME explanations served next to a ModelDeployment."""
 
     api_version: Literal["kustos.dev/v1alpha1"] = "kustos.dev/v1alpha1"
     kind: Literal["ExplainerSpec"] = "ExplainerSpec"

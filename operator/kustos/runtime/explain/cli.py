@@ -3,7 +3,7 @@
 Listens at once (liveness and status answer while the model and background load), then
 on a setup thread: loads the model (the same file and digest check as `kustos serve`),
 fetches the background data with kustos fetch, checks it against the model and builds
-the SHAP explainer. A problem never exits the process: it is published in
+the explainer (SHAP or LIME). A problem never exits the process: it is published in
 /v1/explainer/status with a reason and a message that says what to fix, explain requests
 get 503, and background problems are retried with backoff (the file may be fixed at its
 source). A global report is computed on its own thread shortly after start and then
@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from kustos.runtime import process
+from kustos.runtime.explain.lime_method import DEFAULT_SAMPLES as LIME_DEFAULT_SAMPLES
+from kustos.runtime.explain.lime_method import MAX_SAMPLES as LIME_MAX_SAMPLES
+from kustos.runtime.explain.lime_method import MIN_SAMPLES as LIME_MIN_SAMPLES
 
 log = logging.getLogger("kustos.explain")
 
@@ -29,7 +32,7 @@ log = logging.getLogger("kustos.explain")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kustos explain",
-        description="Serve SHAP explanations of one model (the explainer sidecar).")
+        description="Serve SHAP or LIME explanations of one model (the explainer sidecar).")
     p.add_argument("--model", required=True, metavar="PATH",
                    help="model file, the one `kustos serve` loads (or its directory)")
     p.add_argument("--name", required=True, help="model name in URLs")
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digest", help="sha256:<hex> the model file must match")
     # No argparse choices: an unknown method is reported in the status, not a crash loop.
     p.add_argument("--method", default="shap-tree",
-                   help="shap-tree | shap-linear | shap-kernel | shap-permutation")
+                   help="shap-tree | shap-linear | shap-kernel | shap-permutation | lime")
     p.add_argument("--background-uri", required=True, metavar="URI",
                    help="background data (.csv with a header row, or .npy): file://, a "
                         "local path, https:// or s3://")
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top features that get a partial dependence curve (3)")
     p.add_argument("--kernel-clusters", type=int, default=10,
                    help="k-means centres summarising the background for shap-kernel (10)")
+    p.add_argument("--lime-samples", type=int, default=LIME_DEFAULT_SAMPLES,
+                   help="perturbed rows LIME has the model predict per explained row "
+                        f"({LIME_DEFAULT_SAMPLES}; {LIME_MIN_SAMPLES}..{LIME_MAX_SAMPLES})")
     p.add_argument("--max-rows", type=int, default=1000,
                    help="most rows one explain request may hold (1000)")
     p.add_argument("--work-dir", default="/tmp/explain",
@@ -82,6 +88,8 @@ def _check(args: argparse.Namespace) -> str | None:
     for flag in ("max_samples", "top_k", "kernel_clusters", "max_rows", "global_rows"):
         if getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be >= 1"
+    if not LIME_MIN_SAMPLES <= args.lime_samples <= LIME_MAX_SAMPLES:
+        return f"--lime-samples must be {LIME_MIN_SAMPLES}..{LIME_MAX_SAMPLES}"
     if args.pd_features < 0 or args.global_interval < 0 or args.global_delay < 0:
         return "--pd-features, --global-interval and --global-delay must be >= 0"
     if args.retry_max <= 0 or args.max_body_bytes < 1024:
@@ -192,7 +200,8 @@ class Runtime:
         data, feature_names = align(bg, n_features, names, model_names)
         started = time.perf_counter()
         explainer = build(args.method, model, data, feature_names,
-                          kernel_clusters=args.kernel_clusters)
+                          kernel_clusters=args.kernel_clusters,
+                          lime_samples=args.lime_samples)
         self.state.background = data
         self.state.labels = bg.labels
         self.state.error = None

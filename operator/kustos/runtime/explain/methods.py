@@ -1,4 +1,4 @@
-"""The four SHAP methods behind one small interface: rows in, attributions out.
+"""The four SHAP methods and LIME behind one small interface: rows in, attributions out.
 
 What is explained (the "target"):
 - classifiers with ``predict_proba``: the predicted probability of each class
@@ -6,13 +6,16 @@ What is explained (the "target"):
 - shap-linear on a classifier: its linear output, ``decision_function`` (log-odds for
   LogisticRegression): the quantity a linear model is additive in;
 - regressors: the prediction.
+- lime: what kernel and permutation explain (probabilities, or the prediction); its
+  attributions are the weights of a local linear surrogate (see lime_method.py).
 - XGBoost and LightGBM boosters (shap-tree): their margin, the raw sum of tree outputs
   (log-odds for binary classifiers, one score per class for multi-class softmax, the
   prediction for a regressor with an identity link), which the tree algorithm attributes
   exactly; kernel and permutation explain their probabilities, as for sklearn.
 Every answer carries the base value (the expected output over the background) and the
 model output being explained, so ``base + sum(attributions) == output`` can be checked
-by the client.
+by the client. (For lime the base value is the surrogate's intercept and the sum is the
+surrogate's prediction, which only approximates the output.)
 
 A shap explainer object is not safe to share between threads (KernelExplainer keeps
 per-call state on itself): :meth:`Explainer.fresh` builds another one for the thread
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from kustos.runtime.explain.lime_method import DEFAULT_SAMPLES as LIME_SAMPLES
 from kustos.runtime.explain.problems import METHOD_UNSUPPORTED, SetupProblem
 from kustos.runtime.server.boosters import BoosterModel
 from kustos.runtime.server.models import Model, SklearnModel
@@ -36,7 +40,8 @@ from kustos.runtime.server.tensors import Array
 
 log = logging.getLogger("kustos.explain")
 
-METHODS = ("shap-tree", "shap-linear", "shap-kernel", "shap-permutation")
+SHAP_METHODS = ("shap-tree", "shap-linear", "shap-kernel", "shap-permutation")
+METHODS = (*SHAP_METHODS, "lime")
 # How close base + sum(attributions) must be to the model output for shap-tree's fast
 # path-dependent algorithm to count as explaining probabilities (it is exact when so).
 EXACT = 1e-6
@@ -307,14 +312,40 @@ def _linear(model: Model, bg: Array) -> tuple[Target, Callable[[], Any], str]:
 
 
 def build(method: str, model: Model, background: Array, feature_names: list[str], *,
-          kernel_clusters: int = 10, seed: int = 0) -> Explainer:
+          kernel_clusters: int = 10, lime_samples: int = LIME_SAMPLES, seed: int = 0) -> Explainer:
     """An explainer for ``method``; SetupProblem(MethodUnsupported) when it cannot work."""
-    import shap
-
     if method not in METHODS:
         raise SetupProblem(METHOD_UNSUPPORTED,
                            f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     bg = np.ascontiguousarray(background, dtype=np.float64)
+    target: Target
+    run: Callable[[Any, Array], tuple[Any, Any]]
+    make: Callable[[], Any]
+    if method == "lime":
+        # LIME needs no shap: imported lazily, and shap-only processes never import lime.
+        from kustos.runtime.explain.lime_method import lime_parts
+
+        target = model_target(model, bg)
+        make, run, algorithm = lime_parts(target.fn, len(target.names), bg, feature_names,
+                                          lime_samples, seed)
+    else:
+        target, make, run, algorithm = _shap_parts(method, model, bg, kernel_clusters, seed)
+    try:
+        explainer = Explainer(method, target, feature_names, make, run, algorithm)
+    except SetupProblem:
+        raise
+    except Exception as exc:
+        raise SetupProblem(METHOD_UNSUPPORTED,
+                           f"{method} cannot explain this model: {_first_line(exc)}") from None
+    _self_check(explainer, bg)
+    return explainer
+
+
+def _shap_parts(method: str, model: Model, bg: Array, kernel_clusters: int, seed: int
+                ) -> tuple[Target, Callable[[], Any], Callable[[Any, Array], tuple[Any, Any]],
+                           str]:
+    import shap
+
     target: Target
     run: Callable[[Any, Array], tuple[Any, Any]]
     if method == "shap-tree":
@@ -361,20 +392,13 @@ def build(method: str, model: Model, background: Array, feature_names: list[str]
             exp = impl(x, max_evals=max_evals, silent=True)
             return exp.values, exp.base_values
 
-    try:
-        explainer = Explainer(method, target, feature_names, make, run, algorithm)
-    except SetupProblem:
-        raise
-    except Exception as exc:
-        raise SetupProblem(METHOD_UNSUPPORTED,
-                           f"{method} cannot explain this model: {_first_line(exc)}") from None
-    _self_check(explainer, bg)
-    return explainer
+    return target, make, run, algorithm
 
 
 def _self_check(explainer: Explainer, bg: Array) -> None:
     """One real explanation at start: compiles shap's numba code (seconds, once) so the
-    first request does not pay for it, and checks the attributions add up."""
+    first request does not pay for it, and checks the attributions add up (SHAP only:
+    LIME's surrogate approximates the output, its gap is no fault)."""
     try:
         result = explainer.explain(bg[:1])
     except Exception as exc:
@@ -382,6 +406,6 @@ def _self_check(explainer: Explainer, bg: Array) -> None:
             METHOD_UNSUPPORTED,
             f"{explainer.method} failed on a background row: {_first_line(exc)}") from None
     gap = float(np.abs(result.values.sum(axis=1) + result.base_values - result.outputs).max())
-    if gap > 1e-2:
+    if explainer.method in SHAP_METHODS and gap > 1e-2:
         log.warning("%s: attributions miss the model output by %.3g on a background row",
                     explainer.method, gap)
