@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digest", help="sha256:<hex> the model file must match (required for "
                                      "pickled models)")
     process.add_listen_args(p, "127.0.0.1", 8080)
+    p.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+                   help="also serve the Open Inference Protocol over gRPC on this port, "
+                        "with grpc.health.v1 (off by default; 0 picks a free one)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes sharing the port with SO_REUSEPORT (1)")
     p.add_argument("--drift-url", default=os.environ.get("KUSTOS_DRIFT_URL") or None,
@@ -89,6 +92,12 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--workers must be >= 1"
     if args.workers > 1 and args.port == 0:
         return "--workers > 1 needs an explicit --port (the workers share it)"
+    if args.grpc_port is not None and not 0 <= args.grpc_port <= 65535:
+        return "--grpc-port must be 0..65535"
+    if args.workers > 1 and args.grpc_port == 0:
+        return "--workers > 1 needs an explicit --grpc-port (the workers share it)"
+    if args.grpc_port is not None and args.grpc_port == args.port != 0:
+        return "--grpc-port must differ from --port"
     if args.max_body_bytes < 1024:
         return "--max-body-bytes must be at least 1024"
     if args.max_batch_rows < 1:
@@ -133,6 +142,15 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
                         max_url_bytes=args.max_url_bytes,
                         max_header_bytes=args.max_header_bytes)
     app.peers = lambda: len(server.connections)
+    grpc_server = None
+    if args.grpc_port is not None:
+        from kustos.runtime.server.grpc_v2 import GrpcServer
+
+        grpc_server = GrpcServer(app, __version__, max_message_bytes=args.max_body_bytes)
+        # A gRPC connection multiplexes many calls: the ones in progress are the company
+        # a micro-batch may wait for.
+        service = grpc_server.service
+        app.peers = lambda: len(server.connections) + service.active
     loop = asyncio.get_running_loop()
     stop = process.stop_event(stop)
 
@@ -140,6 +158,14 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         port = await process.listen(server, log, args.host, args.port, reuse_port=reuse_port)
         if port is None:
             return False
+        if grpc_server is not None:
+            try:
+                bound = await grpc_server.start(args.host, args.grpc_port, reuse_port=reuse_port)
+            except OSError as exc:
+                log.error("cannot serve gRPC on %s:%d: %s", args.host, args.grpc_port, exc)
+                return False
+            log.info("gRPC (Open Inference Protocol) on %s:%d (pid %d)", args.host, bound,
+                     os.getpid())
         if on_listening is not None:
             on_listening(port, app)
         return True
@@ -148,6 +174,9 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
     # sharing a port listen only once loaded: the kernel would otherwise hand requests to
     # a worker that still loads, and they would get 503 from a pod that reports ready.
     if not reuse_port and not await listen():
+        await server.shutdown(0)
+        if grpc_server is not None:
+            await grpc_server.stop(0)
         app.close()
         return 1
     loading = loop.run_in_executor(None, lambda: load_model(
@@ -171,6 +200,8 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
             sklearn.set_config(assume_finite=True)
             warnings.filterwarnings("ignore", category=UserWarning)
             app.set_model(model)
+            if grpc_server is not None:
+                await grpc_server.update_health()
             gc.collect()
             gc.freeze()  # the model's objects never die: keep them out of GC scans
             log.info("model %s version %s ready (%s, loaded and warmed up in %.3fs)",
@@ -181,7 +212,12 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
                 await stopping
     log.info("shutting down: draining in-flight requests")
     app.begin_shutdown()
-    await server.shutdown(args.drain_timeout)
+    if grpc_server is None:
+        await server.shutdown(args.drain_timeout)
+    else:
+        await grpc_server.update_health()
+        await asyncio.gather(server.shutdown(args.drain_timeout),
+                             grpc_server.stop(args.drain_timeout))
     app.close()
     stopping.cancel()
     return code
