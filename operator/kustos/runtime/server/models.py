@@ -3,7 +3,9 @@
 Formats: ``.skops`` (sklearn via skops with an explicit allow-list of types), ``.joblib`` /
 ``.pkl`` (sklearn via pickle: only when a digest is pinned and matches, because unpickling
 runs code), ``.onnx`` (onnxruntime), ``.ubj`` / ``.json`` (XGBoost's native formats) and
-``.txt`` (LightGBM's text model); the last two in boosters.py. Every model exposes the
+``.txt`` (LightGBM's text model); the last two in boosters.py. MLflow ``MLmodel``
+directories and archives of them (format ``mlflow``) are read by mlflow_models.py through
+these same loaders. Every model exposes the
 same small surface: tensor specs for metadata, ``prepare`` (request tensors -> model
 inputs, raising 422 on what the model cannot take) and ``predict`` (a batch of rows ->
 named outputs).
@@ -27,7 +29,7 @@ from kustos.runtime.server.tensors import Array, ProtocolError, TensorSpec, data
 
 log = logging.getLogger("kustos.serve")
 
-FORMATS = ("sklearn", "onnx", "xgboost", "lightgbm")
+FORMATS = ("sklearn", "onnx", "xgboost", "lightgbm", "mlflow")
 EXTENSIONS = {".skops": "sklearn", ".joblib": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn",
               ".onnx": "onnx", ".ubj": "xgboost", ".json": "xgboost", ".txt": "lightgbm"}
 PICKLE_EXTENSIONS = (".joblib", ".pkl", ".pickle")
@@ -54,6 +56,10 @@ class Model:
     # Name of the output whose values are class labels, for kustos_predictions_total.
     label_output: str | None = None
     load_seconds: float = 0.0
+    # Model-level metadata parameters beyond classes (an MLflow model's signature).
+    extra_parameters: dict[str, Any] = field(default_factory=dict)
+    # Column names of a one-input model whose columns may also come as separate inputs.
+    columns: tuple[str, ...] | None = None
 
     @property
     def output_names(self) -> frozenset[str]:
@@ -82,8 +88,11 @@ class Model:
             "inputs": [t.as_dict() for t in self.inputs],
             "outputs": [t.as_dict() for t in self.outputs],
         }
+        params = dict(self.extra_parameters)
         if self.classes is not None:
-            meta["parameters"] = {"classes": self.classes}
+            params["classes"] = self.classes
+        if params:
+            meta["parameters"] = params
         return meta
 
 
@@ -93,9 +102,30 @@ def _single_input(model: Model, tensors: dict[str, Array]) -> Array:
         return tensors[spec.name]
     if len(tensors) == 1:  # one-input models accept any name, as KServe and MLServer do
         return next(iter(tensors.values()))
+    if model.columns and set(tensors) == set(model.columns):
+        return _stack_columns(model.columns, tensors)
     raise ProtocolError(
         f"model {model.name!r} takes one input {spec.name!r}, got {sorted(tensors)}", 422
     )
+
+
+def _stack_columns(columns: tuple[str, ...], tensors: dict[str, Array]) -> Array:
+    """One input per column ([rows] or [rows, 1] each) -> the [rows, columns] matrix."""
+    parts = []
+    for name in columns:
+        col = tensors[name]
+        if col.ndim == 2 and col.shape[1] == 1:
+            col = col[:, 0]
+        if col.ndim != 1:
+            raise ProtocolError(
+                f"column input {name!r} must have shape [rows] or [rows, 1], "
+                f"got {list(col.shape)}", 422)
+        if col.dtype.kind not in "biuf":
+            raise ProtocolError(f"column input {name!r} must hold numbers", 422)
+        parts.append(col)
+    if len({len(p) for p in parts}) != 1:
+        raise ProtocolError("column inputs must all have the same number of rows", 422)
+    return np.column_stack(parts)
 
 
 def _check_finite(x: Array, allow_nan: bool, name: str) -> None:
@@ -367,7 +397,8 @@ def infer_format(path: Path, fmt: str | None) -> str:
     if found is None:
         raise ModelLoadError(
             f"cannot tell the format of {path.name}: use .skops, .joblib, .pkl, .onnx, "
-            ".ubj/.json (xgboost) or .txt (lightgbm), or pass --format")
+            ".ubj/.json (xgboost), .txt (lightgbm), an MLmodel directory or a "
+            ".tar.gz/.tgz/.tar/.zip of one (mlflow), or pass --format")
     return found
 
 
@@ -402,7 +433,19 @@ def load_model(
     from kustos.runtime.fetch import parse_digest
 
     started = time.perf_counter()
-    file = resolve_model_file(Path(path))
+    source = Path(path)
+    if fmt == "mlflow" or (fmt is None and _mlflow_source(source)):
+        from kustos.runtime.server.mlflow_models import load_mlflow
+
+        try:
+            pinned = parse_digest(digest) if digest else None
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        served = load_mlflow(source, name, version, pinned, trusted_types, onnx_threads)
+        _warm_up(served)
+        served.load_seconds = time.perf_counter() - started
+        return served
+    file = resolve_model_file(source)
     if not file.is_file():
         raise ModelLoadError(f"model file {file} does not exist")
     try:
@@ -434,6 +477,13 @@ def load_model(
     _warm_up(model)
     model.load_seconds = time.perf_counter() - started
     return model
+
+
+def _mlflow_source(path: Path) -> bool:
+    """Without --format: an MLmodel directory or an archive (only MLflow models are)."""
+    from kustos.runtime.server.mlflow_models import is_archive, looks_like_mlflow
+
+    return looks_like_mlflow(path) or (path.is_file() and is_archive(path))
 
 
 def _warm_up(model: Model) -> None:

@@ -91,9 +91,15 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]  # -1 for a variable dimension (the batch)
+    # Extra description for metadata (MLServer's tensor parameters), e.g. column names.
+    parameters: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "datatype": self.datatype,
+                               "shape": list(self.shape)}
+        if self.parameters:
+            out["parameters"] = self.parameters
+        return out
 
 
 def check_shape(shape: Any, where: str) -> tuple[int, ...]:
