@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from kustos.runtime import process
+from kustos.runtime.server import tls as server_tls
 
 log = logging.getLogger("kustos.serve")
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-threads", type=int, default=1,
                    help="onnxruntime intra-op threads per worker (1); xgboost and "
                         "lightgbm predict with as many")
+    server_tls.add_tls_args(p)
     process.add_log_level(p)
     return p
 
@@ -114,7 +116,7 @@ def _check(args: argparse.Namespace) -> str | None:
     for url in (args.drift_url, args.explainer_url):
         if url and not url.startswith(("http://", "https://")):
             return f"expected an http(s) URL, got {url!r}"
-    return None
+    return server_tls.check_tls_args(args)
 
 
 async def serve(args: argparse.Namespace, reuse_port: bool = False,
@@ -125,9 +127,14 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
 
     from kustos import __version__
     from kustos.runtime.server.app import AppOptions, ServingApp
-    from kustos.runtime.server.http import HttpServer
+    from kustos.runtime.server.http import HttpServer, OnlyPaths
     from kustos.runtime.server.models import ModelLoadError, load_model
 
+    try:
+        tls = server_tls.from_args(args)
+    except server_tls.TlsConfigError as exc:
+        log.error("%s", exc)
+        return 1
     trusted = list(args.trust_type) + [
         t for t in os.environ.get("KUSTOS_TRUSTED_TYPES", "").split(",") if t.strip()]
     app = ServingApp(AppOptions(
@@ -140,7 +147,9 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
                         header_timeout=args.header_timeout, body_timeout=args.body_timeout,
                         max_connections=args.max_connections,
                         max_url_bytes=args.max_url_bytes,
-                        max_header_bytes=args.max_header_bytes)
+                        max_header_bytes=args.max_header_bytes, tls=tls)
+    health = (HttpServer(OnlyPaths(app, server_tls.HEALTH_PATHS), max_connections=256)
+              if args.health_port else None)
     app.peers = lambda: len(server.connections)
     grpc_server = None
     if args.grpc_port is not None:
@@ -155,8 +164,13 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
     stop = process.stop_event(stop)
 
     async def listen() -> bool:
-        port = await process.listen(server, log, args.host, args.port, reuse_port=reuse_port)
+        port = await process.listen(server, log, args.host, args.port, reuse_port=reuse_port,
+                                    detail=" (TLS)" if tls else "")
         if port is None:
+            return False
+        if health is not None and await process.listen(
+                health, log, args.host, args.health_port, reuse_port=reuse_port,
+                detail=" (health and metrics only)") is None:
             return False
         if grpc_server is not None:
             try:
@@ -218,6 +232,8 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         await grpc_server.update_health()
         await asyncio.gather(server.shutdown(args.drain_timeout),
                              grpc_server.stop(args.drain_timeout))
+    if health is not None:
+        await health.shutdown(0)
     app.close()
     stopping.cancel()
     return code

@@ -20,6 +20,15 @@ Limits against slow or hostile peers (all configurable on ``HttpServer``):
 * Malformed framing (which httptools/llhttp rejects: CL with TE, duplicate CL, obs-fold,
   bad chunk sizes) gets 400, an unsupported Transfer-Encoding 501, and then the
   connection is aborted rather than closed gracefully.
+
+TLS (``tls=`` a ``kustos.runtime.server.tls.ReloadingContext``): each accepted socket is
+wrapped with the context current at accept time, so a reloaded certificate serves the next
+connection and open ones keep theirs. The handshake must finish within
+``header_timeout``; it runs while the connection counts against ``max_connections``. A
+client that speaks plain HTTP to the TLS port (its first byte is a letter, not a TLS
+record) gets a plain 400 and the connection is closed. Handshake failures are counted,
+not logged (asyncio logs them at debug level only): a port scan must not flood the log.
+Without TLS the accept path is the same as before: one branch.
 """
 
 from __future__ import annotations
@@ -36,9 +45,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
+
+if TYPE_CHECKING:
+    from kustos.runtime.server.tls import ReloadingContext
 
 log = logging.getLogger("kustos.serve")
 
@@ -57,6 +69,10 @@ _ACCEPT_BATCH = 128  # accepts per wake-up, so one busy listener cannot starve t
 _FD_SPARE = 64  # descriptors kept for model files, sidecar clients, metrics files
 _ABORT_GRACE = 1.0  # seconds a final answer may take to leave before the socket is cut
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_PLAIN_TO_TLS_BODY = b'{"error":"this port speaks HTTPS: the client sent plain HTTP"}'
+_PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nserver: kustos\r\n"
+                 b"content-type: application/json\r\ncontent-length: %d\r\n"
+                 b"connection: close\r\n\r\n" % len(_PLAIN_TO_TLS_BODY)) + _PLAIN_TO_TLS_BODY
 
 # What a connection's deadline means when it passes.
 _NONE = 0  # waiting for the app: no deadline
@@ -86,6 +102,22 @@ Reply = Callable[[int, bytes, bytes, bytes], None]
 
 class App(Protocol):
     def handle(self, request: Request, reply: Reply) -> None: ...
+
+
+class OnlyPaths:
+    """An App that passes only ``paths`` on to ``app`` and answers 404 to the rest: the
+    plain-HTTP health port beside an mTLS port, which the kubelet's probes (they present
+    no client certificate) and Prometheus reach without serving inference in the clear."""
+
+    def __init__(self, app: App, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    def handle(self, request: Request, reply: Reply) -> None:
+        if request.path in self.paths:
+            self.app.handle(request, reply)
+        else:
+            reply(404, error_body("not served on this port"), JSON, b"")
 
 
 _HEADS: dict[tuple[int, bytes], bytes] = {}
@@ -513,8 +545,12 @@ class HttpServer:
                  body_timeout: float = DEFAULT_BODY_TIMEOUT,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_url_bytes: int = DEFAULT_MAX_URL_BYTES,
-                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
+                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                 tls: ReloadingContext | None = None) -> None:
         self.app = app
+        self.tls = tls
+        self.tls_failures = 0  # handshakes that failed or timed out (tests read it)
+        self.plain_to_tls = 0  # plain HTTP clients refused on the TLS port
         self.max_body = max_body
         self.keepalive_timeout = keepalive_timeout
         self.header_timeout = header_timeout
@@ -532,6 +568,7 @@ class HttpServer:
         self._cap_logged = -math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._tls_watch: asyncio.Task[None] | None = None
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -554,6 +591,8 @@ class HttpServer:
             self._listeners = _bind(host, port, reuse_port)
         self._resume_accepting()
         self._sweeper = loop.create_task(self._sweep())
+        if self.tls is not None:
+            self._tls_watch = loop.create_task(self.tls.watch())
         bound: int = self._listeners[0].getsockname()[1]
         return bound
 
@@ -593,14 +632,67 @@ class HttpServer:
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task: asyncio.Task[object] = loop.create_task(
-                loop.connect_accepted_socket(lambda: HttpProtocol(self), conn))
+            task: asyncio.Task[object]
+            if self.tls is None:
+                task = loop.create_task(
+                    loop.connect_accepted_socket(lambda: HttpProtocol(self), conn))
+            else:
+                task = loop.create_task(self._open_tls(conn))
             self._opening.add(task)
             task.add_done_callback(functools.partial(self._opened, conn))
+
+    async def _open_tls(self, conn: socket.socket) -> object:
+        """The TLS handshake on an accepted socket, after a look at its first byte."""
+        loop = self._loop
+        assert loop is not None and self.tls is not None
+        first = await self._peek(conn)
+        if not first:
+            raise ConnectionAbortedError("closed or silent before the TLS handshake")
+        if first.isalpha():  # a TLS client starts with a handshake record, 0x16
+            self._refuse_plain(conn)
+            return None
+        return await loop.connect_accepted_socket(
+            lambda: HttpProtocol(self), conn, ssl=self.tls.context,
+            ssl_handshake_timeout=self.header_timeout)
+
+    async def _peek(self, conn: socket.socket) -> bytes:
+        """The first byte the client sent, left in the socket; b"" on EOF or timeout."""
+        try:
+            return conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            pass
+        loop = self._loop
+        assert loop is not None
+        readable: asyncio.Future[None] = loop.create_future()
+        fd = conn.fileno()
+
+        def on_readable() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, on_readable)
+        try:
+            await asyncio.wait_for(readable, self.header_timeout)
+            return conn.recv(1, socket.MSG_PEEK)
+        except (TimeoutError, BlockingIOError, InterruptedError):
+            return b""
+        finally:
+            loop.remove_reader(fd)
+
+    def _refuse_plain(self, conn: socket.socket) -> None:
+        """Answer a plain-HTTP request on the TLS port with a plain 400, then close."""
+        self.plain_to_tls += 1
+        with contextlib.suppress(OSError):
+            conn.recv(65536)  # what arrived, so that closing does not reset the answer
+            conn.send(_PLAIN_TO_TLS)
+            conn.shutdown(socket.SHUT_WR)
+        conn.close()
 
     def _opened(self, conn: socket.socket, task: asyncio.Task[object]) -> None:
         self._opening.discard(task)
         if task.cancelled() or task.exception() is not None:
+            if self.tls is not None and not task.cancelled():
+                self.tls_failures += 1
             conn.close()
         # Until this callback runs, an opened connection counts twice (in connections and
         # in _opening), which may have paused accepting below the cap: look again.
@@ -658,7 +750,8 @@ class HttpServer:
                 conn.close_if_idle()
         for conn in list(self.connections):
             conn._close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._tls_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
