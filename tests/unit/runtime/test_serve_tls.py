@@ -268,9 +268,10 @@ def test_half_rotation_is_logged_and_old_certificate_kept(pki: Pki, tmp_path: Pa
 
 def test_mtls(models: Models, pki: Pki, tmp_path: Path) -> None:
     volume, _ = server_volume(tmp_path, pki)
-    health = free_port()
+    health, grpc_port = free_port(), free_port()
     with tls_server(models, volume, "--tls-client-ca", volume.path("ca.crt"),
-                    "--health-port", str(health)) as (port, proc):
+                    "--health-port", str(health), "--grpc-port", str(grpc_port)
+                    ) as (port, proc):
         good = client_context(pki, pki.client)
         wait_https_ready(port, proc, good)
         status, body = https(port, good, "POST", "/v2/models/iris/infer", INFER)
@@ -289,7 +290,28 @@ def test_mtls(models: Models, pki: Pki, tmp_path: Path) -> None:
         assert http_get(health, "/metrics")[0] == 200
         status, _ = http_get(health, "/v2/models/iris")
         assert status == 404
+
+        # The gRPC port takes the same files: mTLS there too.
+        assert grpc_health(grpc_port, pki, pki.client) == "SERVING"
+        for client in (None, pki.stranger):
+            assert grpc_health(grpc_port, pki, client) == "UNAVAILABLE"
         assert proc.poll() is None
+
+
+def grpc_health(port: int, pki: Pki, client: tuple[Path, Path] | None) -> str:
+    """grpc.health.v1 Check over TLS: the serving status, or the error's status code."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    key, chain = (client[1].read_bytes(), client[0].read_bytes()) if client else (None, None)
+    creds = grpc.ssl_channel_credentials(pki.ca.pem, key, chain)
+    with grpc.secure_channel(f"localhost:{port}", creds) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 def test_bad_files_fail_clearly(models: Models, pki: Pki, tmp_path: Path) -> None:

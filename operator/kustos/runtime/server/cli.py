@@ -174,7 +174,10 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
             return False
         if grpc_server is not None:
             try:
-                bound = await grpc_server.start(args.host, args.grpc_port, reuse_port=reuse_port)
+                bound = await grpc_server.start(
+                    args.host, args.grpc_port, reuse_port=reuse_port,
+                    credentials=server_tls.server_credentials(
+                        args.tls_cert, args.tls_key, args.tls_client_ca) if tls else None)
             except OSError as exc:
                 log.error("cannot serve gRPC on %s:%d: %s", args.host, args.grpc_port, exc)
                 return False
