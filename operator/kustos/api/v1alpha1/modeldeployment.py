@@ -23,6 +23,66 @@ RiskTier = Literal["low", "medium", "high"]
 ModelFormat = Literal["sklearn", "onnx", "xgboost", "lightgbm"]
 
 
+# A bundle location: as a model URI, but not pvc:// (the default bundle of a pvc:// model,
+# <model uri>.sig on the same claim, is mounted with the model).
+BUNDLE_URI_PATTERN = r"^(file:///|https://|s3://|http://(127\.0\.0\.1|localhost)[:/])\S+$"
+
+
+class KeySelector(KModel):
+    """One key of a ConfigMap or Secret in the ModelDeployment's namespace."""
+
+    kind: Literal["ConfigMap", "Secret"] = "ConfigMap"
+    """ConfigMap (public material) or Secret."""
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Name of the ConfigMap or Secret."""
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key holding the file."""
+
+
+class CertificateTrust(KModel):
+    """Verify a bundle signed with a certificate (`kustos sign --certificate`)."""
+
+    ca_chain: KeySelector
+    """CA certificates (PEM) the signing certificate must chain to."""
+    identity: str | None = Field(default=None, min_length=1, max_length=512)
+    """The signing certificate's expected subjectAltName (email, URI or DNS name); any
+    certificate issued under caChain when unset."""
+
+
+class SigstoreTrust(KModel):
+    """Verify a Sigstore (keyless) bundle offline, against a trust root given as a file."""
+
+    identity: str = Field(min_length=1, max_length=512)
+    """The expected signer identity in the Fulcio certificate (email or workflow URI)."""
+    issuer: str = Field(min_length=1, max_length=512, pattern=r"^https://\S+$")
+    """The expected OIDC issuer, e.g. https://token.actions.githubusercontent.com."""
+    trust_root: KeySelector
+    """A Sigstore trusted root (trusted_root.json) or ClientTrustConfig JSON: the Fulcio
+    CAs, Rekor and CT log keys verification uses; nothing is fetched at verify time."""
+
+
+class ModelSignature(KModel):
+    """An OpenSSF model-signing bundle the fetch init container verifies before the model
+    is written where the server loads it."""
+
+    model_config = validations(
+        ("(has(self.publicKey) ? 1 : 0) + (has(self.certificate) ? 1 : 0)"
+         " + (has(self.sigstore) ? 1 : 0) == 1",
+         "spec.model.signature needs exactly one of publicKey, certificate or sigstore",
+         None),
+    )
+
+    uri: str | None = Field(default=None, pattern=BUNDLE_URI_PATTERN, max_length=2048)
+    """Where the bundle lives; defaults to the model URI with .sig appended (what
+    `kustos sign` writes), fetched with the model's credentials."""
+    public_key: KeySelector | None = None
+    """An elliptic-curve public key (PEM) the bundle must be signed with."""
+    certificate: CertificateTrust | None = None
+    """The CA chain (and optionally the identity) of a certificate-signed bundle."""
+    sigstore: SigstoreTrust | None = None
+    """Identity, issuer and trust root of a Sigstore bundle."""
+
+
 class ModelSource(KModel):
     """Which model file to serve and how to check it."""
 
@@ -56,6 +116,9 @@ class ModelSource(KModel):
     credentials_secret_ref: LocalObjectReference | None = None
     """A Secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...)
     the fetch init container gets as environment, for s3:// and private https:// sources."""
+    signature: ModelSignature | None = None
+    """Verify an OpenSSF model-signing bundle before the model is used (the canary's
+    model is verified the same way, against its own bundle)."""
 
 
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -280,6 +343,10 @@ class CanaryModel(KModel):
     """Format; defaults to spec.model.format."""
     digest: Digest | None = None
     """sha256 of the canary model file."""
+    signature_uri: str | None = Field(default=None, pattern=BUNDLE_URI_PATTERN,
+                                      max_length=2048)
+    """The canary's bundle, verified as spec.model.signature says; defaults to the canary
+    URI with .sig appended."""
 
 
 class CanarySpec(KModel):
@@ -300,6 +367,10 @@ class ModelDeploymentSpec(KModel):
         ("!has(self.canary) || !has(self.governance) || self.governance.riskTier != 'high'"
          " || has(self.canary.model.digest)",
          "riskTier high needs a pinned canary model digest", ".canary.model.digest"),
+        ("!has(self.canary) || !has(self.canary.model.signatureUri) || "
+         "has(self.model.signature)",
+         "canary.model.signatureUri needs spec.model.signature (how to verify it)",
+         ".canary.model.signatureUri"),
         ("!has(self.canary) || self.replicas >= 2 || has(self.autoscaling)",
          "a canary needs at least 2 replicas", ".replicas"),
     )
@@ -330,6 +401,10 @@ class DeployedModel(KModel):
     """Model digest."""
     uri: str | None = None
     """Where the model file was fetched from (what `kustos rollback` restores)."""
+    signer: str | None = None
+    """Who signed the model, as the fetch verified it before serving: the public key's
+    ConfigMap/Secret, the certificate identity, or the Sigstore identity and issuer (the
+    key's sha256 fingerprint is in the fetch-model container's termination message)."""
     deployed_at: datetime | None = None
     """When this version was first rolled out."""
 
