@@ -164,7 +164,7 @@ def bench(port: int, proc: subprocess.Popen[bytes], rows: np.ndarray,
     if not np.array_equal(answers["json"], answers["binary"]) or len(answers["json"]) != ROWS:
         raise SystemExit("json and binary predictions differ")
     for _ in range(3):  # warm-up
-        for mode, (body, headers, _) in modes.items():
+        for body, headers, _ in modes.values():
             run(port, body, headers, 0.3, args.concurrency)
     results: dict[str, list[float]] = {m: [] for m in modes}
     wall: dict[str, float] = dict.fromkeys(modes, 0.0)
