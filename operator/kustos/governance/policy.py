@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # Rules the admission webhook can judge from the object alone.
-STATIC_RULES = ("requireOwner", "approvalRequiredFor", "digestRequiredFor", "allowedRegistries")
+STATIC_RULES = ("requireOwner", "approvalRequiredFor", "digestRequiredFor",
+                "signatureRequiredFor", "allowedRegistries")
 # Rules about other objects; only the PolicyCompliant condition reports them.
 EXISTENCE_RULES = ("explainerRequiredFor", "driftMonitorRequiredFor")
 
@@ -22,6 +23,7 @@ REASONS = {
     "requireOwner": "MissingOwner",
     "approvalRequiredFor": "MissingApproval",
     "digestRequiredFor": "DigestNotPinned",
+    "signatureRequiredFor": "SignatureMissing",
     "allowedRegistries": "RegistryNotAllowed",
     "explainerRequiredFor": "MissingExplainer",
     "driftMonitorRequiredFor": "MissingDriftMonitor",
@@ -120,6 +122,31 @@ def registry_allowed(image: str, allowed: Iterable[str]) -> bool:
     return any(ref == a.rstrip("/") or ref.startswith(a.rstrip("/") + "/") for a in allowed)
 
 
+def signature_problems(model: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for each part of spec.model.signature a signature rule misses.
+
+    The schema already asks for exactly one method with its fields; this holds for objects
+    judged outside the API server too. The canary is verified with the same settings
+    (against its own bundle), so spec.model.signature covers it."""
+    sig = model.get("signature")
+    field = "spec.model.signature"
+    if not sig:
+        return [(field, "must name how the model's signature bundle is verified (publicKey, "
+                        "certificate or sigstore)")]
+    if sig.get("publicKey"):
+        return [] if (sig["publicKey"].get("name") and sig["publicKey"].get("key")) else \
+            [(f"{field}.publicKey", "must name the ConfigMap/Secret and key")]
+    if sig.get("certificate"):
+        ca = sig["certificate"].get("caChain") or {}
+        return [] if (ca.get("name") and ca.get("key")) else \
+            [(f"{field}.certificate.caChain", "must name the CA chain")]
+    if sig.get("sigstore"):
+        store = sig["sigstore"]
+        return [(f"{field}.sigstore.{k}", "is required") for k in
+                ("identity", "issuer", "trustRoot") if not store.get(k)]
+    return [(field, "must set publicKey, certificate or sigstore")]
+
+
 def evaluate(spec: Mapping[str, Any], policies: Iterable[Policy], *,
              has_explainer: bool | None = None,
              has_drift_monitor: bool | None = None) -> list[Violation]:
@@ -154,6 +181,9 @@ def evaluate(spec: Mapping[str, Any], policies: Iterable[Policy], *,
             if canary and not canary.get("digest"):
                 broken("digestRequiredFor", "spec.canary.model.digest",
                        f"must pin the canary model's sha256 for riskTier {tier}")
+        if tier in (rules.get("signatureRequiredFor") or []):
+            for field, message in signature_problems(model):
+                broken("signatureRequiredFor", field, f"{message} for riskTier {tier}")
         allowed = rules.get("allowedRegistries")
         image = (spec.get("runtime") or {}).get("image")
         if allowed is not None and image and not registry_allowed(image, allowed):

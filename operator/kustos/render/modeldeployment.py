@@ -7,7 +7,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
@@ -27,12 +27,14 @@ from .meta import (
     with_hash,
 )
 from .networkpolicy import render_network_policy
-from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
+from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports, tls_volumes
 from .scaling import hpa_behavior
+from .signature import SIGNER_ANNOTATION, fetch_signature, signer
 
 PVC_MOUNT = "/mnt/pvc"
 NONROOT_UID = 65532
 SERVICE_PORT = 80
+SERVICE_TLS_PORT = 443
 PRESTOP_SECONDS = 5
 
 
@@ -55,8 +57,13 @@ def selector_string(instance: str, track: str = "stable") -> str:
     return ",".join(f"{k}={v}" for k, v in selector(instance, track).items())
 
 
-def service_url(name: str, namespace: str, config: OperatorConfig) -> str:
-    return f"http://{name}.{namespace}.svc.{config.cluster_domain}"
+def service_url(name: str, namespace: str, config: OperatorConfig, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"  # on the Service's default port: 443 or 80
+    return f"{scheme}://{name}.{namespace}.svc.{config.cluster_domain}"
+
+
+def serves_tls(spec: ModelDeploymentSpec) -> bool:
+    return spec.runtime.tls is not None and spec.runtime.kind == "kustos"
 
 
 def model_file_name(uri: str) -> str:
@@ -100,7 +107,20 @@ def _canary_model(stable: ModelSource, canary: CanarySpec) -> ModelSource:
         "uri": canary.model.uri,
         "format": canary.model.format or stable.format,
         "digest": canary.model.digest,
+        # Verified as spec.model.signature says, against the canary's own bundle.
+        "signature": stable.signature.model_copy(update={"uri": canary.model.signature_uri})
+        if stable.signature else None,
     })
+
+
+def bundle_uri(model: ModelSource) -> str | None:
+    """Where the model's signature bundle is: signature.uri, else <model uri>.sig."""
+    if model.signature is None:
+        return None
+    if model.signature.uri:
+        return model.signature.uri
+    parts = urlsplit(model.uri)
+    return urlunsplit(parts._replace(path=parts.path + ".sig"))
 
 
 def _security_context() -> dict[str, Any]:
@@ -142,7 +162,20 @@ def serving_spec(name: str, spec: ModelDeploymentSpec, model: ModelSource,
         port=spec.runtime.port,
         drift_url=attachments.drift_url,
         explainer_url=attachments.explainer_url,
+        **_tls_fields(spec),
     )
+
+
+def _tls_fields(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    tls = spec.runtime.tls
+    if tls is None or not serves_tls(spec):
+        return {}
+    ca = tls.client_ca
+    client_ca = None
+    if ca is not None:
+        client_ca = (("Secret", ca.secret_name, ca.key) if ca.secret_name
+                     else ("ConfigMap", str(ca.config_map_name), ca.key))
+    return {"tls_secret": tls.secret_name, "client_ca": client_ca}
 
 
 def _fetch_container(model: ModelSource, config: OperatorConfig) -> dict[str, Any]:
@@ -164,6 +197,11 @@ def _fetch_container(model: ModelSource, config: OperatorConfig) -> dict[str, An
         claim = urlparse(model.uri).netloc
         container["volumeMounts"].append(
             {"name": "source", "mountPath": f"{PVC_MOUNT}/{claim}", "readOnly": True})
+    uri = bundle_uri(model)
+    if uri is not None:
+        signed = fetch_signature(model, fetch_source(uri))
+        container["args"] += signed.args
+        container["volumeMounts"] += signed.volume_mounts
     if model.credentials_secret_ref:
         container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
     return container
@@ -194,6 +232,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         {"name": "model", "emptyDir": {"sizeLimit": config.model_volume_size}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         *attachments.volumes,
+        *tls_volumes(sspec)[0],
     ]
     if urlparse(track.model.uri).scheme == "pvc":
         claim = urlparse(track.model.uri).netloc
@@ -206,6 +245,9 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     }
     if track.model.digest:
         pod_annotations[MODEL_DIGEST] = track.model.digest
+    if track.model.signature is not None:
+        pod_annotations[SIGNER_ANNOTATION] = str(signer(track.model.signature))
+        volumes += fetch_signature(track.model, "").volumes
     pod_annotations.update(attachments.pod_annotations)
     ports = runtime_ports(sspec)
     if ports.metrics is not None:
@@ -213,6 +255,8 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         pod_annotations.update({"prometheus.io/scrape": "true",
                                 "prometheus.io/port": str(ports.metrics),
                                 "prometheus.io/path": ports.metrics_path})
+        if ports.metrics_scheme != "http":
+            pod_annotations["prometheus.io/scheme"] = ports.metrics_scheme
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": sel},
         "revisionHistoryLimit": 5,
@@ -252,9 +296,15 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     }
 
 
-def render_service(body: Mapping[str, Any]) -> dict[str, Any]:
-    """One Service over both tracks, on port 80 -> the runtime's http port."""
+def render_service(body: Mapping[str, Any], tls: bool = False) -> dict[str, Any]:
+    """One Service over both tracks, on port 80 -> the runtime's http port; with TLS
+    443 (named https, appProtocol https, which meshes and gateways read) -> https."""
     name = body["metadata"]["name"]
+    port: dict[str, Any] = {"name": "http", "port": SERVICE_PORT, "targetPort": "http",
+                            "protocol": "TCP"}
+    if tls:
+        port = {"name": "https", "port": SERVICE_TLS_PORT, "targetPort": "https",
+                "protocol": "TCP", "appProtocol": "https"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -262,8 +312,7 @@ def render_service(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": {INSTANCE: name, COMPONENT: "predictor"},
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http",
-                       "protocol": "TCP"}],
+            "ports": [port],
         },
     }
 
@@ -364,7 +413,7 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     autoscaled = spec.autoscaling is not None
     children += [render_deployment(body, spec, t, config, autoscaled, attachments)
                  for t in split_tracks(name, spec)]
-    children += [render_service(body), render_autoscaler(body, spec, config),
+    children += [render_service(body, serves_tls(spec)), render_autoscaler(body, spec, config),
                  render_pdb(body, spec)]
     children.append(render_network_policy(body, config, runtime_ports(
         serving_spec(name, spec, spec.model, config, attachments)), attachments.sidecars))

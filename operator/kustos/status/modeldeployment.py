@@ -12,6 +12,7 @@ from kustos.api.v1alpha1.modeldeployment import ModelSource
 from kustos.config import OperatorConfig
 from kustos.render.meta import MODEL_DIGEST, MODEL_VERSION
 from kustos.render.modeldeployment import selector_string, service_url, split_tracks
+from kustos.render.signature import SIGNER_ANNOTATION, signer
 
 from .conditions import get_condition, set_condition, timestamp
 from .owners import StatusOwner
@@ -76,7 +77,8 @@ def rollout(deployment: Mapping[str, Any] | None, wanted: int | None,
     notes = template.get("annotations") or {}
     current = model is None or (
         notes.get(MODEL_VERSION) == model.version
-        and notes.get(MODEL_DIGEST) == (model.digest or None))
+        and notes.get(MODEL_DIGEST) == (model.digest or None)
+        and notes.get(SIGNER_ANNOTATION) == signer(model.signature))
     spec_replicas = int(deployment.get("spec", {}).get("replicas", 1))
     st = deployment.get("status") or {}
     r = Rollout(
@@ -208,7 +210,9 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     served = dict(old.get("model") or {})
     history = [dict(h) for h in old.get("history") or []]
     # uri too: `kustos rollback` restores a history entry as it was deployed.
-    current = {"version": spec.model.version, "digest": spec.model.digest, "uri": spec.model.uri}
+    # signer: the fetch of every pod of a finished rollout verified it (render/signature.py).
+    current = {"version": spec.model.version, "digest": spec.model.digest, "uri": spec.model.uri,
+               "signer": signer(spec.model.signature)}
     # The served version changes when the stable rollout of a new version completes.
     if stable.done and (served.get("version"), served.get("digest")) != \
             (current["version"], current["digest"]):
@@ -220,6 +224,11 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
                 "ModelVersionChanged",
                 f"serving version {current['version']} (was {served.get('version')})"))
         served = {k: v for k, v in current.items() if v} | {"deployedAt": timestamp(now)}
+    elif stable.done and served.get("version") and served.get("signer") != current["signer"]:
+        # Same model, signature requirement added or changed: record it once rolled out.
+        served = {k: v for k, v in served.items() if k != "signer"}
+        if current["signer"]:
+            served["signer"] = current["signer"]
     if served:
         status["model"] = served
     if history:

@@ -1,7 +1,8 @@
 """GovernancePolicy: cluster-wide rules a ModelDeployment must follow (cluster-scoped).
 
 The admission webhook served by the operator refuses a ModelDeployment that breaks a
-static rule (owner, approval, pinned digest, image registry); the rules that depend on
+static rule (owner, approval, pinned digest, model signature, image
+registry); the rules that depend on
 other objects (an ExplainerSpec, a DriftMonitor targeting the model) are reported by the
 operator as the ModelDeployment's PolicyCompliant condition, because objects may be
 applied in any order.
@@ -62,6 +63,9 @@ class GovernancePolicySpec(KModel):
     """Risk tiers that need spec.governance.approval (approvedBy and ticket)."""
     digest_required_for: list[RiskTier] = Field(default_factory=list, max_length=3)
     """Risk tiers that need a pinned spec.model.digest (and spec.canary.model.digest)."""
+    signature_required_for: list[RiskTier] = Field(default_factory=list, max_length=3)
+    """Risk tiers that need spec.model.signature (a bundle verified by the fetch init
+    container with a public key, a certificate chain or a Sigstore identity and issuer)."""
     explainer_required_for: list[RiskTier] = Field(default_factory=list, max_length=3)
     """Risk tiers that need an ExplainerSpec targeting the model (PolicyCompliant stays
     False with reason MissingExplainer until one exists)."""
