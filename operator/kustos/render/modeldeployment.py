@@ -27,14 +27,13 @@ from .meta import (
     with_hash,
 )
 from .networkpolicy import render_network_policy
-from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports, tls_volumes
+from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
 from .scaling import hpa_behavior
 from .signature import SIGNER_ANNOTATION, fetch_signature, signer
 
 PVC_MOUNT = "/mnt/pvc"
 NONROOT_UID = 65532
 SERVICE_PORT = 80
-SERVICE_TLS_PORT = 443
 PRESTOP_SECONDS = 5
 
 
@@ -57,13 +56,8 @@ def selector_string(instance: str, track: str = "stable") -> str:
     return ",".join(f"{k}={v}" for k, v in selector(instance, track).items())
 
 
-def service_url(name: str, namespace: str, config: OperatorConfig, tls: bool = False) -> str:
-    scheme = "https" if tls else "http"  # on the Service's default port: 443 or 80
-    return f"{scheme}://{name}.{namespace}.svc.{config.cluster_domain}"
-
-
-def serves_tls(spec: ModelDeploymentSpec) -> bool:
-    return spec.runtime.tls is not None and spec.runtime.kind == "kustos"
+def service_url(name: str, namespace: str, config: OperatorConfig) -> str:
+    return f"http://{name}.{namespace}.svc.{config.cluster_domain}"
 
 
 def model_file_name(uri: str) -> str:
@@ -162,20 +156,7 @@ def serving_spec(name: str, spec: ModelDeploymentSpec, model: ModelSource,
         port=spec.runtime.port,
         drift_url=attachments.drift_url,
         explainer_url=attachments.explainer_url,
-        **_tls_fields(spec),
     )
-
-
-def _tls_fields(spec: ModelDeploymentSpec) -> dict[str, Any]:
-    tls = spec.runtime.tls
-    if tls is None or not serves_tls(spec):
-        return {}
-    ca = tls.client_ca
-    client_ca = None
-    if ca is not None:
-        client_ca = (("Secret", ca.secret_name, ca.key) if ca.secret_name
-                     else ("ConfigMap", str(ca.config_map_name), ca.key))
-    return {"tls_secret": tls.secret_name, "client_ca": client_ca}
 
 
 def _fetch_container(model: ModelSource, config: OperatorConfig) -> dict[str, Any]:
@@ -232,7 +213,6 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         {"name": "model", "emptyDir": {"sizeLimit": config.model_volume_size}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         *attachments.volumes,
-        *tls_volumes(sspec)[0],
     ]
     if urlparse(track.model.uri).scheme == "pvc":
         claim = urlparse(track.model.uri).netloc
@@ -255,8 +235,6 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         pod_annotations.update({"prometheus.io/scrape": "true",
                                 "prometheus.io/port": str(ports.metrics),
                                 "prometheus.io/path": ports.metrics_path})
-        if ports.metrics_scheme != "http":
-            pod_annotations["prometheus.io/scheme"] = ports.metrics_scheme
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": sel},
         "revisionHistoryLimit": 5,
@@ -296,15 +274,9 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     }
 
 
-def render_service(body: Mapping[str, Any], tls: bool = False) -> dict[str, Any]:
-    """One Service over both tracks, on port 80 -> the runtime's http port; with TLS
-    443 (named https, appProtocol https, which meshes and gateways read) -> https."""
+def render_service(body: Mapping[str, Any]) -> dict[str, Any]:
+    """One Service over both tracks, on port 80 -> the runtime's http port."""
     name = body["metadata"]["name"]
-    port: dict[str, Any] = {"name": "http", "port": SERVICE_PORT, "targetPort": "http",
-                            "protocol": "TCP"}
-    if tls:
-        port = {"name": "https", "port": SERVICE_TLS_PORT, "targetPort": "https",
-                "protocol": "TCP", "appProtocol": "https"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -312,7 +284,8 @@ def render_service(body: Mapping[str, Any], tls: bool = False) -> dict[str, Any]
         "spec": {
             "type": "ClusterIP",
             "selector": {INSTANCE: name, COMPONENT: "predictor"},
-            "ports": [port],
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http",
+                       "protocol": "TCP"}],
         },
     }
 
@@ -413,7 +386,7 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     autoscaled = spec.autoscaling is not None
     children += [render_deployment(body, spec, t, config, autoscaled, attachments)
                  for t in split_tracks(name, spec)]
-    children += [render_service(body, serves_tls(spec)), render_autoscaler(body, spec, config),
+    children += [render_service(body), render_autoscaler(body, spec, config),
                  render_pdb(body, spec)]
     children.append(render_network_policy(body, config, runtime_ports(
         serving_spec(name, spec, spec.model, config, attachments)), attachments.sidecars))
