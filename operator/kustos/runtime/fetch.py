@@ -3,7 +3,9 @@
 The file is written to a temporary name in the destination's directory and renamed into
 place only after the digest matched, so nothing can ever deserialize unverified bytes
 from ``DEST``. Sources: ``file://``, a plain local path (a mounted volume), ``https://``
-(``http://`` for loopback only), and ``s3://bucket/key`` signed with AWS Signature V4.
+(``http://`` for loopback only; redirects followed, never from https down to http), and
+``s3://bucket/key`` signed with AWS Signature V4 (runtime/s3.py; credentials from the AWS
+SDKs' provider chain in runtime/aws_credentials.py).
 
 The library entry point :func:`fetch` is reused by the explainer and drift sidecars.
 """
@@ -14,7 +16,6 @@ import argparse
 import contextlib
 import errno
 import hashlib
-import hmac
 import http.client
 import ipaddress
 import os
@@ -31,13 +32,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
-CREDENTIAL_NAMES = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_REGION",
-    "AWS_SESSION_TOKEN",
-)
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class FetchError(Exception):
@@ -55,6 +51,18 @@ class DigestMismatch(FetchError):
         )
         self.expected = expected
         self.actual = actual
+
+
+class HTTPStatusError(FetchError):
+    """A non-200 answer. ``code`` is S3's error code; ``region`` the bucket's region when
+    S3 said it (x-amz-bucket-region or <Region>), for runtime/s3.py's region redirect."""
+
+    def __init__(self, message: str, *, status: int, code: str, region: str | None,
+                 transient: bool) -> None:
+        super().__init__(message, transient=transient)
+        self.status = status
+        self.code = code
+        self.region = region
 
 
 @dataclass(frozen=True)
@@ -132,31 +140,53 @@ def _http_open(
     headers: Mapping[str, str] | None = None,
     ssl_context: ssl.SSLContext | None = None,
     allow_http: bool = False,
+    redirects: int = 0,
 ) -> _Stream:
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme == "http" and not (allow_http or _is_loopback(host)):
-        raise FetchError(f"refusing plain http for {display}: use https")
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        ctx = ssl_context or ssl.create_default_context()
-        conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=ctx)
-    else:
-        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    try:
-        conn.request("GET", target, headers=dict(headers or {}))
-        resp = conn.getresponse()
-    except (OSError, http.client.HTTPException) as exc:
-        conn.close()
-        raise FetchError(f"network error fetching {display}: {_describe(exc)}",
-                         transient=True) from None
-    if resp.status != 200:
-        body = resp.read(2048)
-        conn.close()
-        raise _status_error(resp.status, display, body)
+    hops = 0
+    while True:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme not in ("http", "https"):
+            raise FetchError(f"redirected to an unsupported scheme fetching {display}")
+        if parts.scheme == "http" and not (allow_http or _is_loopback(host)):
+            raise FetchError(f"refusing plain http for {display}: use https")
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            ctx = ssl_context or ssl.create_default_context()
+            conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        try:
+            conn.request("GET", target, headers=dict(headers or {}))
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise FetchError(f"network error fetching {display}: {_describe(exc)}",
+                             transient=True) from None
+        if resp.status in REDIRECTS and redirects:
+            location = resp.getheader("location")
+            resp.read(2048)
+            conn.close()
+            if hops >= redirects:
+                raise FetchError(f"more than {redirects} redirects fetching {display}")
+            if not location:
+                raise FetchError(f"HTTP {resp.status} without a Location fetching {display}")
+            new = urllib.parse.urljoin(url, location)
+            if parts.scheme == "https" and urllib.parse.urlsplit(new).scheme == "http":
+                raise FetchError(f"refusing a redirect from https to plain http for {display}")
+            if urllib.parse.urlsplit(new).netloc != parts.netloc:
+                headers = None  # whatever authorised us here is not for another host
+            url, hops = new, hops + 1
+            continue
+        if resp.status != 200:
+            body = resp.read(2048)
+            region = resp.getheader("x-amz-bucket-region")
+            conn.close()
+            raise _status_error(resp.status, display, body, region)
+        break
     length = resp.getheader("content-length")
     size = int(length) if length and length.isdigit() else None
 
@@ -185,136 +215,61 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _status_error(status: int, display: str, body: bytes) -> FetchError:
-    code = ""
-    if b"<Code>" in body:  # S3 error document: show its code, never the request details
-        code = body.split(b"<Code>", 1)[1].split(b"</Code>", 1)[0].decode("utf-8", "replace")
+def _xml_field(body: bytes, tag: str) -> str:
+    start, end = f"<{tag}>".encode(), f"</{tag}>".encode()
+    if start not in body:
+        return ""
+    return body.split(start, 1)[1].split(end, 1)[0].decode("utf-8", "replace")[:64]
+
+
+def _status_error(status: int, display: str, body: bytes,
+                  region: str | None = None) -> HTTPStatusError:
+    # S3 error document: show its code, never the request details.
+    code = _xml_field(body, "Code")
+    region = region or _xml_field(body, "Region") or None
     what = f"HTTP {status}" + (f" {code}" if code else "")
     if status == 404:
-        return FetchError(f"not found: {display} ({what})")
-    if status in (401, 403):
-        return FetchError(f"permission denied fetching {display} ({what})")
+        message = f"not found: {display} ({what})"
+    elif status in (401, 403):
+        message = f"permission denied fetching {display} ({what})"
+    else:
+        message = f"{what} fetching {display}"
     transient = status >= 500 or status in (408, 429)
-    return FetchError(f"{what} fetching {display}", transient=transient)
+    return HTTPStatusError(message, status=status, code=code, region=region,
+                           transient=transient)
 
 
-# ------------------------------------------------------------------------------ S3
-
-
-@dataclass(frozen=True)
-class S3Credentials:
-    access_key: str | None
-    secret_key: str | None
-    region: str
-    endpoint: str | None
-    session_token: str | None
-
-    def __repr__(self) -> str:  # never leak secrets into logs or tracebacks
-        return f"S3Credentials(region={self.region!r}, endpoint={self.endpoint!r})"
-
-    @classmethod
-    def load(
-        cls, env: Mapping[str, str] | None = None, credentials_dir: str | None = None
-    ) -> S3Credentials:
-        values = {k: v for k, v in (os.environ if env is None else env).items() if v}
-        if credentials_dir:
-            # A mounted Secret: one file per variable; files win over the environment.
-            for name in CREDENTIAL_NAMES:
-                path = Path(credentials_dir, name)
-                if path.is_file():
-                    values[name] = path.read_text().strip()
-        return cls(
-            access_key=values.get("AWS_ACCESS_KEY_ID"),
-            secret_key=values.get("AWS_SECRET_ACCESS_KEY"),
-            region=values.get("AWS_REGION") or values.get("AWS_DEFAULT_REGION") or "us-east-1",
-            endpoint=values.get("AWS_ENDPOINT_URL_S3") or values.get("AWS_ENDPOINT_URL"),
-            session_token=values.get("AWS_SESSION_TOKEN"),
-        )
-
-
-def _s3_url(bucket: str, key: str, creds: S3Credentials) -> str:
-    quoted = urllib.parse.quote(key, safe="/~")
-    if creds.endpoint:
-        # Custom endpoints (MinIO, Ceph, moto) speak path-style.
-        return f"{creds.endpoint.rstrip('/')}/{bucket}/{quoted}"
-    if "." in bucket:  # dotted names break the wildcard certificate of virtual hosts
-        return f"https://s3.{creds.region}.amazonaws.com/{bucket}/{quoted}"
-    return f"https://{bucket}.s3.{creds.region}.amazonaws.com/{quoted}"
-
-
-def sigv4_headers(
-    method: str,
-    url: str,
-    creds: S3Credentials,
-    now: time.struct_time | None = None,
-    service: str = "s3",
-) -> dict[str, str]:
-    """AWS Signature Version 4 headers for a body-less request (UNSIGNED-PAYLOAD is not
-    needed: the empty body's hash is known)."""
-    parts = urllib.parse.urlsplit(url)
-    t = now or time.gmtime()
-    amz_date = time.strftime("%Y%m%dT%H%M%SZ", t)
-    day = amz_date[:8]
-    payload_hash = hashlib.sha256(b"").hexdigest()
-    host = parts.netloc
-    headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
-    if creds.session_token:
-        headers["x-amz-security-token"] = creds.session_token
-    if not (creds.access_key and creds.secret_key):
-        return {k: v for k, v in headers.items() if k != "host"}  # anonymous (public bucket)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    canonical_query = "&".join(
-        f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
-        for k, v in sorted(query)
-    )
-    signed = sorted(headers)
-    canonical_headers = "".join(f"{k}:{headers[k].strip()}\n" for k in signed)
-    signed_headers = ";".join(signed)
-    canonical = "\n".join(
-        [method, parts.path or "/", canonical_query, canonical_headers, signed_headers,
-         payload_hash]
-    )
-    scope = f"{day}/{creds.region}/{service}/aws4_request"
-    to_sign = "\n".join(
-        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-    )
-
-    def _hmac(key: bytes, msg: str) -> bytes:
-        return hmac.new(key, msg.encode(), hashlib.sha256).digest()
-
-    key = _hmac(("AWS4" + creds.secret_key).encode(), day)
-    for part in (creds.region, service, "aws4_request"):
-        key = _hmac(key, part)
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
-        f"SignedHeaders={signed_headers}, Signature={signature}"
-    )
-    del headers["host"]  # http.client sends the same Host itself
-    return headers
+def _tls_context(ca_bundle: str | None) -> ssl.SSLContext | None:
+    """--ca-bundle: trust these CAs (instead of the system's) for https and S3."""
+    if not ca_bundle:
+        return None
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except FileNotFoundError:
+        raise FetchError(f"CA bundle {ca_bundle} does not exist") from None
+    except (OSError, ssl.SSLError):
+        raise FetchError(f"cannot load CA bundle {ca_bundle}") from None
 
 
 # ------------------------------------------------------------------------------ fetch
 
 
-def _open(uri: str, timeout: float, credentials_dir: str | None) -> _Stream:
+def _open(uri: str, timeout: float, credentials_dir: str | None,
+          ca_bundle: str | None = None) -> _Stream:
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme == "file":
         return _local_open(urllib.parse.unquote(parts.path), uri)
     if scheme in ("http", "https"):
-        return _http_open(uri, _redact(uri), timeout)
+        return _http_open(uri, _redact(uri), timeout, ssl_context=_tls_context(ca_bundle),
+                          redirects=MAX_REDIRECTS)
     if scheme == "s3":
         bucket, key = parts.netloc, parts.path.lstrip("/")
         if not bucket or not key:
             raise FetchError(f"s3 URI must be s3://bucket/key, got {uri!r}")
-        creds = S3Credentials.load(credentials_dir=credentials_dir)
-        url = _s3_url(bucket, key, creds)
-        # An endpoint written out in the credentials (in-cluster MinIO, Ceph) is used as
-        # given, http included, like KServe's s3-usehttps=0; the digest still guards the
-        # bytes. Without one, AWS itself is reached over https only.
-        return _http_open(url, uri, timeout, headers=sigv4_headers("GET", url, creds),
-                          allow_http=bool(creds.endpoint))
+        from . import s3  # imports this module: loaded on first use
+
+        return s3.open_object(bucket, key, uri, timeout, credentials_dir, ca_bundle)
     if scheme and len(scheme) > 1:  # "c:" style drive letters are not a concern on Linux
         raise FetchError(f"unsupported URI scheme {scheme!r} in {_redact(uri)}")
     return _local_open(uri, uri)
@@ -352,8 +307,9 @@ def _fetch_once(
     timeout: float,
     credentials_dir: str | None,
     log: Callable[[str], None] | None,
+    ca_bundle: str | None = None,
 ) -> tuple[str, int]:
-    stream = _open(uri, timeout, credentials_dir)
+    stream = _open(uri, timeout, credentials_dir, ca_bundle)
     digest = hashlib.sha256()
     size = 0
     tmp_name: str | None = None
@@ -408,6 +364,7 @@ def fetch(
     log: Callable[[str], None] | None = None,
     backoff: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
+    ca_bundle: str | None = None,
 ) -> FetchResult:
     """Download ``uri`` to ``dest`` (a file path; a directory gets the URI's base name).
 
@@ -427,7 +384,8 @@ def fetch(
     while True:
         attempt += 1
         try:
-            sha, size = _fetch_once(uri, target, expected, timeout, credentials_dir, log)
+            sha, size = _fetch_once(uri, target, expected, timeout, credentials_dir, log,
+                                    ca_bundle)
             return FetchResult(target, sha, size, attempt, time.monotonic() - started)
         except FetchError as exc:
             if not exc.transient or attempt > retries:
@@ -454,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=4, help="retries for transient errors (4)")
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout in seconds (30)")
     p.add_argument("--credentials-dir", help="directory with AWS_* files (a mounted Secret)")
+    p.add_argument("--ca-bundle", help="PEM CA certificates to trust (instead of the system's) "
+                   "for https and S3; AWS_CA_BUNDLE does the same for S3 and STS")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     sig = p.add_argument_group(
         "model signature (OpenSSF model signing; runtime/signing.py)",
@@ -493,6 +453,7 @@ def main(argv: list[str]) -> int:
                 timeout=args.timeout,
                 credentials_dir=args.credentials_dir,
                 log=None if args.quiet else log,
+                ca_bundle=args.ca_bundle,
             )
     except ValueError as exc:
         print(f"kustos fetch: {exc}", file=sys.stderr)
