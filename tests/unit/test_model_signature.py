@@ -176,7 +176,7 @@ POLICY = Policy("signed-high", {"signatureRequiredFor": ["high"]})
 
 
 def governed(signature: dict[str, Any] | None, tier: str = "high") -> dict[str, Any]:
-    spec = body(signature)["spec"]
+    spec: dict[str, Any] = body(signature)["spec"]
     spec["governance"] = {"riskTier": tier}
     return spec
 
