@@ -98,6 +98,15 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
      ["spec.secrets.vault.refreshInterval", "should match"]),
     ("unknown field is rejected strictly", variant("spec.replicaz", 3),
      ["spec.replicaz", "unknown field"]),
+    ("tls on another runtime", variant("spec.runtime", {
+        "kind": "mlserver", "tls": {"secretName": "iris-tls"}}),
+     ["spec.runtime.tls", "tls is served by runtime kind kustos only"]),
+    ("tls without a secret", variant("spec.runtime", {"tls": {}}),
+     ["spec.runtime.tls.secretName", "Required value"]),
+    ("client CA from two places", variant("spec.runtime", {"tls": {
+        "secretName": "iris-tls", "clientCA": {"secretName": "ca", "configMapName": "ca"}}}),
+     ["spec.runtime.tls.clientCA",
+      "clientCA needs exactly one of secretName and configMapName"]),
 ]
 
 

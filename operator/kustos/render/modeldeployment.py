@@ -14,6 +14,7 @@ from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
 from kustos.config import OperatorConfig
 
 from .attachments import NONE, Attachments
+from .aws_identity import session_name, web_identity_env, web_identity_mount, web_identity_volume
 from .keda import render_scaled_object, uses_keda
 from .meta import (
     COMPONENT,
@@ -27,13 +28,14 @@ from .meta import (
     with_hash,
 )
 from .networkpolicy import render_network_policy
-from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports
+from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports, tls_volumes
 from .scaling import hpa_behavior
 from .signature import SIGNER_ANNOTATION, fetch_signature, signer
 
 PVC_MOUNT = "/mnt/pvc"
 NONROOT_UID = 65532
 SERVICE_PORT = 80
+SERVICE_TLS_PORT = 443
 PRESTOP_SECONDS = 5
 
 
@@ -56,8 +58,13 @@ def selector_string(instance: str, track: str = "stable") -> str:
     return ",".join(f"{k}={v}" for k, v in selector(instance, track).items())
 
 
-def service_url(name: str, namespace: str, config: OperatorConfig) -> str:
-    return f"http://{name}.{namespace}.svc.{config.cluster_domain}"
+def service_url(name: str, namespace: str, config: OperatorConfig, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"  # on the Service's default port: 443 or 80
+    return f"{scheme}://{name}.{namespace}.svc.{config.cluster_domain}"
+
+
+def serves_tls(spec: ModelDeploymentSpec) -> bool:
+    return spec.runtime.tls is not None and spec.runtime.kind == "kustos"
 
 
 def model_file_name(uri: str) -> str:
@@ -156,10 +163,24 @@ def serving_spec(name: str, spec: ModelDeploymentSpec, model: ModelSource,
         port=spec.runtime.port,
         drift_url=attachments.drift_url,
         explainer_url=attachments.explainer_url,
+        **_tls_fields(spec),
     )
 
 
-def _fetch_container(model: ModelSource, config: OperatorConfig) -> dict[str, Any]:
+def _tls_fields(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    tls = spec.runtime.tls
+    if tls is None or not serves_tls(spec):
+        return {}
+    ca = tls.client_ca
+    client_ca = None
+    if ca is not None:
+        client_ca = (("Secret", ca.secret_name, ca.key) if ca.secret_name
+                     else ("ConfigMap", str(ca.config_map_name), ca.key))
+    return {"tls_secret": tls.secret_name, "client_ca": client_ca}
+
+
+def _fetch_container(model: ModelSource, config: OperatorConfig,
+                     session: str = "kustos-fetch") -> dict[str, Any]:
     args = ["fetch", fetch_source(model.uri), f"{MODEL_DIR}/{model_file_name(model.uri)}"]
     if model.digest:
         args += ["--digest", model.digest]
@@ -185,6 +206,10 @@ def _fetch_container(model: ModelSource, config: OperatorConfig) -> dict[str, An
         container["volumeMounts"] += signed.volume_mounts
     if model.credentials_secret_ref:
         container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
+    if model.web_identity:
+        container["env"] = [*container.get("env", []),
+                            *web_identity_env(model.web_identity, session)]
+        container["volumeMounts"].append(web_identity_mount())
     return container
 
 
@@ -213,11 +238,14 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         {"name": "model", "emptyDir": {"sizeLimit": config.model_volume_size}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         *attachments.volumes,
+        *tls_volumes(sspec)[0],
     ]
     if urlparse(track.model.uri).scheme == "pvc":
         claim = urlparse(track.model.uri).netloc
         volumes.append({"name": "source",
                         "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    if track.model.web_identity:
+        volumes.append(web_identity_volume(track.model.web_identity))
     pod_labels = {**sel, MANAGED: "kustos", NAME: "kustos-model"}
     pod_annotations = {
         "kubectl.kubernetes.io/default-container": "server",
@@ -235,6 +263,8 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         pod_annotations.update({"prometheus.io/scrape": "true",
                                 "prometheus.io/port": str(ports.metrics),
                                 "prometheus.io/path": ports.metrics_path})
+        if ports.metrics_scheme != "http":
+            pod_annotations["prometheus.io/scheme"] = ports.metrics_scheme
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": sel},
         "revisionHistoryLimit": 5,
@@ -256,7 +286,8 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
                     "fsGroup": NONROOT_UID,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
-                "initContainers": [_fetch_container(track.model, config),
+                "initContainers": [_fetch_container(track.model, config, session_name(
+                    body["metadata"].get("namespace", ""), name)),
                                    *attachments.init_containers],
                 "containers": [server, *attachments.sidecars],
                 "volumes": volumes,
@@ -274,9 +305,16 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     }
 
 
-def render_service(body: Mapping[str, Any]) -> dict[str, Any]:
-    """One Service over both tracks, on port 80 -> the runtime's http port."""
+def render_service(body: Mapping[str, Any], tls: bool = False,
+                   grpc_port: int | None = None) -> dict[str, Any]:
+    """One Service over both tracks, on port 80 -> the runtime's http port; with TLS
+    443 (named https, appProtocol https, which meshes and gateways read) -> https."""
     name = body["metadata"]["name"]
+    port: dict[str, Any] = {"name": "http", "port": SERVICE_PORT, "targetPort": "http",
+                            "protocol": "TCP"}
+    if tls:
+        port = {"name": "https", "port": SERVICE_TLS_PORT, "targetPort": "https",
+                "protocol": "TCP", "appProtocol": "https"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -284,18 +322,28 @@ def render_service(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": {INSTANCE: name, COMPONENT: "predictor"},
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http",
-                       "protocol": "TCP"}],
+            "ports": [port, *_grpc_service_ports(grpc_port)],
         },
     }
+
+
+def _grpc_service_ports(grpc_port: int | None) -> list[dict[str, Any]]:
+    """The runtime's gRPC port, on the same number; h2c tells meshes and gateways it is
+    cleartext HTTP/2."""
+    if grpc_port is None:
+        return []
+    return [{"name": "grpc", "port": grpc_port, "targetPort": "grpc", "protocol": "TCP",
+             "appProtocol": "kubernetes.io/h2c"}]
 
 
 def needs_identity(spec: ModelDeploymentSpec) -> bool:
     """Does the model log in as itself? Vault (both modes) authenticates the model's own
     ServiceAccount, so it gets one; any other model runs as its namespace's ``default``
     account with no token mounted, which gives its pods no API identity at all (and
-    saves a write per model: docs/operator.md, "Writes per model")."""
-    return spec.secrets is not None and spec.secrets.vault is not None
+    saves a write per model: docs/operator.md, "Writes per model"). A model fetched with
+    webIdentity gets one too: its token is what the IAM role's trust policy names."""
+    return (spec.secrets is not None and spec.secrets.vault is not None) or (
+        spec.model.web_identity is not None)
 
 
 def render_service_account(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -386,8 +434,8 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     autoscaled = spec.autoscaling is not None
     children += [render_deployment(body, spec, t, config, autoscaled, attachments)
                  for t in split_tracks(name, spec)]
-    children += [render_service(body), render_autoscaler(body, spec, config),
-                 render_pdb(body, spec)]
-    children.append(render_network_policy(body, config, runtime_ports(
-        serving_spec(name, spec, spec.model, config, attachments)), attachments.sidecars))
+    ports = runtime_ports(serving_spec(name, spec, spec.model, config, attachments))
+    children += [render_service(body, serves_tls(spec), ports.grpc),
+                 render_autoscaler(body, spec, config), render_pdb(body, spec)]
+    children.append(render_network_policy(body, config, ports, attachments.sidecars))
     return [with_hash(c) for c in children if c is not None]

@@ -20,6 +20,8 @@ from typing import Any
 # Where the fetch init container writes the model inside every serving pod.
 MODEL_DIR = "/mnt/models"
 HTTP_PORT_NAME = "http"
+HTTPS_PORT_NAME = "https"
+HEALTH_PORT_NAME = "health"
 METRICS_PORT_NAME = "metrics"
 GRPC_PORT_NAME = "grpc"
 MANAGEMENT_PORT_NAME = "management"
@@ -41,6 +43,13 @@ MLSERVER_METRICS_PORT = 8082
 MLSERVER_SKLEARN = "mlserver_sklearn.SKLearnModel"
 
 KUSTOS_HTTP_PORT = 8080
+# The Open Inference Protocol over gRPC: always served, on the port KServe and MLServer use.
+KUSTOS_GRPC_PORT = 8081
+# With mTLS: plain HTTP for probes and the scrape only (kustos serve --health-port).
+KUSTOS_HEALTH_PORT = 8090
+# Where the TLS Secret and the client CA are mounted (read-only, updated in place).
+TLS_DIR = "/etc/kustos/tls"
+CLIENT_CA_DIR = "/etc/kustos/client-ca"
 
 TFSERVING_GRPC_PORT = 8500
 TFSERVING_REST_PORT = 8501
@@ -82,6 +91,10 @@ class ServingSpec:
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     port: int | None = None
+    # kustos only: the kubernetes.io/tls Secret to serve HTTPS from, and the client CA
+    # (kind "Secret" or "ConfigMap", name, key) that makes it mutual TLS.
+    tls_secret: str | None = None
+    client_ca: tuple[str, str, str] | None = None
 
     @property
     def model_path(self) -> str:
@@ -102,6 +115,11 @@ class RuntimePorts:
     metrics_path: str = "/metrics"
     http_name: str = HTTP_PORT_NAME
     extra: tuple[tuple[str, int], ...] = ()  # other (name, port) pairs: grpc, management
+    # A gRPC inference port served like ``http``: in the Service and open in the
+    # NetworkPolicy to the same clients (kustos serve's; the others stay in ``extra``).
+    grpc: int | None = None
+    metrics_name: str = METRICS_PORT_NAME  # when metrics is a port of its own
+    metrics_scheme: str = "http"  # https when the scrape goes through TLS
 
 
 def kustos_serve_args(spec: ServingSpec, host: str = "0.0.0.0", port: int = 8080) -> list[str]:
@@ -116,21 +134,67 @@ def kustos_serve_args(spec: ServingSpec, host: str = "0.0.0.0", port: int = 8080
         "--port", str(port),
         "--workers", str(spec.workers),
     ]
+    grpc_port = kustos_grpc_port(spec)
+    if grpc_port is not None:
+        args += ["--grpc-port", str(grpc_port)]
     if spec.digest:
         args += ["--digest", spec.digest]
     if spec.drift_url:
         args += ["--drift-url", spec.drift_url]
     if spec.explainer_url:
         args += ["--explainer-url", spec.explainer_url]
+    if spec.tls_secret:
+        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+        if spec.client_ca:
+            args += ["--tls-client-ca", f"{CLIENT_CA_DIR}/ca.crt",
+                     "--health-port", str(KUSTOS_HEALTH_PORT)]
     return args
+
+
+def tls_volumes(spec: ServingSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, server volume mounts) for the TLS Secret and client CA. Whole-volume
+    mounts, never subPath: the kubelet updates those in place when the Secret changes."""
+    if not spec.tls_secret:
+        return [], []
+    # 0440 with the pod's fsGroup: readable by the server's group, by no one else.
+    volumes: list[dict[str, Any]] = [{"name": "tls", "secret": {
+        "secretName": spec.tls_secret, "defaultMode": 0o440,
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+    }}]
+    mounts: list[dict[str, Any]] = [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
+    if spec.client_ca:
+        kind, name, key = spec.client_ca
+        items = [{"key": key, "path": "ca.crt"}]
+        source = ({"secret": {"secretName": name, "defaultMode": 0o444, "items": items}}
+                  if kind == "Secret" else
+                  {"configMap": {"name": name, "defaultMode": 0o444, "items": items}})
+        volumes.append({"name": "client-ca", **source})
+        mounts.append({"name": "client-ca", "mountPath": CLIENT_CA_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def kustos_grpc_port(spec: ServingSpec) -> int | None:
+    """The port `kustos serve` answers gRPC on, None for none."""
+    # gRPC does not serve the HTTP side's certificate yet: a TLS model gets no
+    # plaintext gRPC port beside its HTTPS one.
+    return None if spec.tls_secret else KUSTOS_GRPC_PORT
 
 
 def runtime_ports(spec: ServingSpec) -> RuntimePorts:
     """The serving and metrics ports of ``spec.kind``, matching `runtime_container`."""
     kind = spec.kind
     if kind == "kustos":
-        # kustos serve exposes /metrics on its serving port.
-        return RuntimePorts(http=KUSTOS_HTTP_PORT, metrics=KUSTOS_HTTP_PORT)
+        # kustos serve exposes /metrics on its serving port; with mTLS on a plain port
+        # of its own that answers only health and /metrics (Prometheus has no client
+        # certificate either).
+        if spec.tls_secret and spec.client_ca:
+            return RuntimePorts(http=KUSTOS_HTTP_PORT, metrics=KUSTOS_HEALTH_PORT,
+                                http_name=HTTPS_PORT_NAME, metrics_name=HEALTH_PORT_NAME)
+        if spec.tls_secret:
+            return RuntimePorts(http=KUSTOS_HTTP_PORT, metrics=KUSTOS_HTTP_PORT,
+                                http_name=HTTPS_PORT_NAME, metrics_scheme="https")
+        return RuntimePorts(http=KUSTOS_HTTP_PORT, metrics=KUSTOS_HTTP_PORT,
+                            grpc=kustos_grpc_port(spec))
     if kind == "seldon":
         return RuntimePorts(
             http=SELDON_HTTP_PORT,
@@ -188,15 +252,29 @@ def runtime_container(spec: ServingSpec) -> dict[str, Any]:
 
 
 def _kustos(spec: ServingSpec) -> dict[str, Any]:
-    return {
+    ports = runtime_ports(spec)
+    if spec.tls_secret and spec.client_ca:
+        # The kubelet cannot present a client certificate: probe the plain health port.
+        probes = _http_probes("/v2/health/ready", "/v2/health/live", port=HEALTH_PORT_NAME)
+    elif spec.tls_secret:
+        # The kubelet does not verify the certificate; HTTPS probes also prove TLS works.
+        probes = _http_probes("/v2/health/ready", "/v2/health/live", port=HTTPS_PORT_NAME,
+                              scheme="HTTPS")
+    else:
+        probes = _http_probes(ready="/v2/health/ready", live="/v2/health/live")
+    container = {
         "name": CONTAINER_NAME,
         "image": spec.image,
         "command": ["kustos"],
         "args": kustos_serve_args(spec, port=KUSTOS_HTTP_PORT),
         "env": _merge_env(_model_env(spec), spec.env),
-        "ports": _ports(runtime_ports(spec)),
-        **_http_probes(ready="/v2/health/ready", live="/v2/health/live"),
+        "ports": _ports(ports),
+        **probes,
     }
+    mounts = tls_volumes(spec)[1]
+    if mounts:
+        container["volumeMounts"] = mounts
+    return container
 
 
 def _seldon(spec: ServingSpec) -> dict[str, Any]:
@@ -377,7 +455,10 @@ def _merge_env(ours: Mapping[str, str], user: Iterable[Mapping[str, Any]]) -> li
 def _ports(ports: RuntimePorts) -> list[dict[str, Any]]:
     out = [{"name": ports.http_name, "containerPort": ports.http, "protocol": "TCP"}]
     if ports.metrics is not None and ports.metrics != ports.http:
-        out.append({"name": METRICS_PORT_NAME, "containerPort": ports.metrics, "protocol": "TCP"})
+        out.append({"name": ports.metrics_name, "containerPort": ports.metrics,
+                    "protocol": "TCP"})
+    if ports.grpc is not None:
+        out.append({"name": GRPC_PORT_NAME, "containerPort": ports.grpc, "protocol": "TCP"})
     out += [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports.extra]
     return out
 
@@ -393,10 +474,16 @@ def _startup(handler: dict[str, Any]) -> dict[str, Any]:
     return {**handler, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 150}
 
 
-def _http_probes(ready: str, live: str) -> dict[str, dict[str, Any]]:
+def _http_probes(ready: str, live: str, port: str = HTTP_PORT_NAME,
+                 scheme: str | None = None) -> dict[str, dict[str, Any]]:
+    def get(path: str) -> dict[str, Any]:
+        handler: dict[str, Any] = {"path": path, "port": port}
+        if scheme:
+            handler["scheme"] = scheme
+        return {"httpGet": handler}
+
     return {
-        "readinessProbe": _probe({"httpGet": {"path": ready, "port": HTTP_PORT_NAME}}),
-        "livenessProbe": _probe({"httpGet": {"path": live, "port": HTTP_PORT_NAME}},
-                                failure_threshold=6),
-        "startupProbe": _startup({"httpGet": {"path": live, "port": HTTP_PORT_NAME}}),
+        "readinessProbe": _probe(get(ready)),
+        "livenessProbe": _probe(get(live), failure_threshold=6),
+        "startupProbe": _startup(get(live)),
     }

@@ -11,7 +11,12 @@ from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import ModelSource
 from kustos.config import OperatorConfig
 from kustos.render.meta import MODEL_DIGEST, MODEL_VERSION
-from kustos.render.modeldeployment import selector_string, service_url, split_tracks
+from kustos.render.modeldeployment import (
+    selector_string,
+    serves_tls,
+    service_url,
+    split_tracks,
+)
 from kustos.render.signature import SIGNER_ANNOTATION, signer
 
 from .conditions import get_condition, set_condition, timestamp
@@ -205,7 +210,7 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
         "replicas": sum(r.replicas for r in rollouts),
         "readyReplicas": total_ready,
         "selector": selector_string(name),
-        "url": service_url(name, namespace, config),
+        "url": service_url(name, namespace, config, serves_tls(spec)),
     }
     served = dict(old.get("model") or {})
     history = [dict(h) for h in old.get("history") or []]

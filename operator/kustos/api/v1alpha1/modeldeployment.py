@@ -83,6 +83,28 @@ class ModelSignature(KModel):
     """Identity, issuer and trust root of a Sigstore bundle."""
 
 
+class WebIdentity(KModel):
+    """Fetch an s3:// model as an IAM role, assumed with the pod's own ServiceAccount token
+    (STS AssumeRoleWithWebIdentity, as EKS's IRSA): no static keys in the cluster. The
+    model gets its own ServiceAccount (named after the ModelDeployment); the role's trust
+    policy must name the cluster's OIDC issuer as a federated principal, this audience
+    (aud) and system:serviceaccount:NAMESPACE:NAME (sub)."""
+
+    role_arn: str = Field(max_length=2048,
+                          pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$")
+    """The role to assume, arn:aws:iam::ACCOUNT:role/NAME."""
+    audience: str = Field(default="sts.amazonaws.com", min_length=1, max_length=256)
+    """The audience of the projected token; the OIDC provider in IAM must list it."""
+    region: str | None = Field(default=None, max_length=32, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+    """The region of STS and of the bucket (AWS_REGION); a bucket elsewhere is followed
+    by its region redirect."""
+    sts_endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https://\S+$")
+    """An STS endpoint other than the regional one (AWS_ENDPOINT_URL_STS): a VPC endpoint,
+    or an S3-compatible store's STS."""
+    token_expiration_seconds: int = Field(default=3600, ge=600, le=86400)
+    """Lifetime of the projected token; the kubelet renews it at 80%."""
+
+
 class ModelSource(KModel):
     """Which model file to serve and how to check it."""
 
@@ -98,6 +120,8 @@ class ModelSource(KModel):
          "format lightgbm needs a native text model (.txt) file", ".uri"),
         ("!(self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')) || has(self.digest)",
          "unpickling runs code: a .joblib/.pkl model needs a pinned digest", ".digest"),
+        ("!has(self.webIdentity) || self.uri.startsWith('s3://')",
+         "webIdentity is for s3:// models", ".webIdentity"),
     )
 
 
@@ -116,6 +140,9 @@ class ModelSource(KModel):
     credentials_secret_ref: LocalObjectReference | None = None
     """A Secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...)
     the fetch init container gets as environment, for s3:// and private https:// sources."""
+    web_identity: WebIdentity | None = None
+    """Assume an IAM role with the pod's ServiceAccount token instead of static keys (static
+    keys in credentialsSecretRef, if any, still come first, as in the AWS SDKs)."""
     signature: ModelSignature | None = None
     """Verify an OpenSSF model-signing bundle before the model is used (the canary's
     model is verified the same way, against its own bundle)."""
@@ -158,6 +185,41 @@ class EnvVar(KModel):
     """Variable value. Use spec.secrets for anything secret."""
 
 
+DNS_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+class ClientCASource(KModel):
+    """Where the CA that signs client certificates is: a Secret or a ConfigMap key."""
+
+    model_config = validations(
+        ("has(self.secretName) != has(self.configMapName)",
+         "clientCA needs exactly one of secretName and configMapName", None),
+    )
+
+    secret_name: str | None = Field(default=None, min_length=1, max_length=253,
+                                    pattern=DNS_NAME)
+    """A Secret holding the CA certificate(s) (PEM)."""
+    config_map_name: str | None = Field(default=None, min_length=1, max_length=253,
+                                        pattern=DNS_NAME)
+    """A ConfigMap holding the CA certificate(s) (PEM): CA certificates are public."""
+    key: str = Field(default="ca.crt", min_length=1, max_length=253,
+                     pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key holding the PEM (default ca.crt, as cert-manager writes it)."""
+
+
+class ServerTLS(KModel):
+    """HTTPS (and gRPC over TLS) at the model server itself, end to end in the pod."""
+
+    secret_name: str = Field(min_length=1, max_length=253, pattern=DNS_NAME)
+    """A kubernetes.io/tls Secret (tls.crt, tls.key) in the namespace, e.g. written by
+    cert-manager or synced from Vault PKI. Mounted read-only; a renewed certificate is
+    served to new connections without a restart."""
+    client_ca: ClientCASource | None = Field(default=None, alias="clientCA")
+    """When set, mutual TLS: every client must present a certificate this CA signed.
+    Probes and the Prometheus scrape then use a plain port that serves only health and
+    /metrics (the kubelet cannot present a client certificate)."""
+
+
 class RuntimeSpec(KModel):
     """Which server runs the model."""
 
@@ -166,6 +228,8 @@ class RuntimeSpec(KModel):
          "runtime kind custom needs image and port", ".kind"),
         ("self.kind == 'custom' || !(has(self.command) || has(self.args) || has(self.port))",
          "command, args and port are only for runtime kind custom", ".kind"),
+        ("!has(self.tls) || self.kind == 'kustos'",
+         "tls is served by runtime kind kustos only", ".tls"),
     )
 
 
@@ -188,6 +252,9 @@ class RuntimeSpec(KModel):
     """custom runtime only: the container arguments."""
     port: int | None = Field(default=None, ge=1, le=65535)
     """custom runtime only: the HTTP port the container serves on."""
+    tls: ServerTLS | None = None
+    """kustos runtime only: serve HTTPS from a certificate Secret, optionally requiring
+    client certificates (mTLS). The Service port becomes https (443)."""
 
 
 class AutoscalingSpec(KModel):
