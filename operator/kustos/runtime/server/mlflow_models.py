@@ -258,19 +258,24 @@ def _load_flavour(root: Path, spec: dict[str, Any], name: str, version: str,
                             name, version, threads)
     if chosen == "lightgbm":
         file = _data_file(root, chosen, conf, "data", digest_hex)
+        suffix = file.suffix.lower()
         fmt = str(conf.get("serialization_format") or "").lower()
-        if file.suffix.lower() == ".skops" or fmt == "skops":
+        # A native Booster is saved as its text model (model.lgb) whatever
+        # serialization_format says; the scikit-learn wrappers as skops or pickle.
+        if conf.get("model_class") == "lightgbm.basic.Booster" or suffix in (".lgb", ".txt"):
+            from kustos.runtime.server.boosters import LightGBMModel
+
+            return LightGBMModel(_as(scratch, file, ".txt"), name, version, threads)
+        if suffix == ".skops":
             est = load_skops(file, (*LIGHTGBM_SKOPS_TYPES, *trusted_types))
             model = SklearnModel(est, name, version)
             model.platform = f"lightgbm-{_version('lightgbm')}"
             return model
-        if file.suffix.lower() in (".pkl", ".pickle") or fmt in PICKLE_FORMATS:
+        if suffix in (".pkl", ".pickle") or fmt in PICKLE_FORMATS:
             _pinned(file, digest_hex, chosen, fmt or "pickle")
             return SklearnModel(_unpickle(file), name, version)
-        from kustos.runtime.server.boosters import LightGBMModel
-
-        # mlflow.lightgbm saves a native Booster as its text model (model.lgb).
-        return LightGBMModel(_as(scratch, file, ".txt"), name, version, threads)
+        raise ModelLoadError(f"MLflow lightgbm data file {file.name} is not served "
+                             "(native text .lgb/.txt, skops, or pickle with a digest)")
     file = _data_file(root, chosen, conf, "pickled_model", digest_hex)
     fmt = str(conf.get("serialization_format") or "cloudpickle").lower()
     if fmt == "skops":
