@@ -193,7 +193,7 @@ def _binary_request(header: dict[str, Any], blob: bytes, length: int | None = No
         len(head) if length is None else length), "content-type": "application/octet-stream"}
 
 
-def _input(shape: list[int], datatype: str, size: int) -> dict[str, Any]:
+def _input(shape: list[int], datatype: str, size: Any) -> dict[str, Any]:
     return {"inputs": [{"name": "input-0", "shape": shape, "datatype": datatype,
                         "parameters": {"binary_data_size": size}}]}
 

@@ -214,6 +214,7 @@ def test_zip_archive(saved: dict[str, Saved], tmp_path: Path) -> None:
             zf.write(f, f"m/{f.name}")
     model = load_model(archive, "m", fmt="mlflow")
     rows = m.x[:20]
+    assert m.proba is not None
     out = model.predict(model.prepare({"input-0": rows}), ["predict_proba"])
     np.testing.assert_allclose(out["predict_proba"], m.proba(rows), atol=1e-6)
 
