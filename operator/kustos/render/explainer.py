@@ -16,7 +16,7 @@ from kustos.config import OperatorConfig
 
 from .attachments import Attachments
 from .meta import COMPONENT, MODEL_DIGEST, SPEC_HASH, child_meta, spec_hash
-from .modeldeployment import model_file_name, service_url
+from .modeldeployment import model_file_name, serves_tls, service_url
 from .runtimes import MODEL_DIR
 from .sidecars import (
     EXPLAIN_PORT,
@@ -45,7 +45,7 @@ def model_name(md_name: str, md: ModelDeploymentSpec) -> str:
 def endpoint(md_name: str, namespace: str, md: ModelDeploymentSpec,
              config: OperatorConfig) -> str:
     """Where the target's Service serves explanations (KServe V1 :explain)."""
-    return (f"{service_url(md_name, namespace, config)}/v1/models/"
+    return (f"{service_url(md_name, namespace, config, serves_tls(md))}/v1/models/"
             f"{model_name(md_name, md)}:explain")
 
 
