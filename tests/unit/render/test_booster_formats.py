@@ -58,7 +58,8 @@ def test_the_crd_ties_each_format_to_its_extensions() -> None:
                           / "crds/kustos.dev_modeldeployments.yaml").read_text())
     model = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
         "properties"]["model"]
-    assert model["properties"]["format"]["enum"] == ["sklearn", "onnx", "xgboost", "lightgbm"]
+    assert model["properties"]["format"]["enum"] == ["sklearn", "onnx", "xgboost", "lightgbm",
+                                                     "mlflow"]
     rules = {r["message"]: r["rule"] for r in model["x-kubernetes-validations"]}
     assert "'.ubj'" in rules["format xgboost needs a native .ubj or .json file"]
     assert "'.txt'" in rules["format lightgbm needs a native text model (.txt) file"]
