@@ -2,14 +2,15 @@
 
 Selected: every serving pod of the model (stable and canary). Allowed in:
 
-- the serving port (the Service's target): from every source by default, or from the
-  namespaces of ``network_policy.serving_namespace_selector`` plus the model's own;
+- the serving ports (the Service's targets: http, and grpc for kustos serve): from every
+  source by default, or from the namespaces of ``network_policy.serving_namespace_selector``
+  plus the model's own;
 - the metrics port and the sidecars' ports (their /metrics): from the monitoring
   namespaces (``network_policy.monitoring_namespace_selector``);
 - the sidecars' ports (explainer 8090, drift 8091): from the operator's namespace, which
   reads their status endpoints.
 
-Nothing else: a runtime's gRPC or management port (TorchServe can register models on
+Nothing else: another runtime's gRPC port or a management port (TorchServe can register models on
 it) and the sidecars are closed to everyone else; inside the pod, the model server
 reaches its sidecars over loopback, which no NetworkPolicy filters. Egress is not
 restricted (the model fetch goes to S3 or https sources that are not known in advance).
@@ -46,7 +47,8 @@ def render_network_policy(body: Mapping[str, Any], config: OperatorConfig, ports
         return None
     name = body["metadata"]["name"]
     ingress: list[dict[str, Any]] = []
-    serving: dict[str, Any] = {"ports": _ports([ports.http])}
+    serving: dict[str, Any] = {"ports": _ports(
+        [ports.http] + ([ports.grpc] if ports.grpc is not None else []))}
     if settings.serving_namespace_selector is not None:
         # Same-namespace pods, and pods in the selected namespaces.
         serving["from"] = [{"podSelector": {}},

@@ -53,10 +53,11 @@ def test_default_policy_opens_only_the_serving_port() -> None:
     assert spec["policyTypes"] == ["Ingress"], "egress stays open for the model fetch"
     assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/instance": "iris",
                                                    "app.kubernetes.io/component": "predictor"}}
-    # kustos serve: /metrics is on the serving port, so one port for everyone, and the
-    # monitoring namespace gets that same port.
+    # kustos serve: /metrics is on the serving port, so one port for everyone (with the
+    # gRPC one beside it), and the monitoring namespace gets that same HTTP port.
     (serving, scrape) = spec["ingress"]
-    assert serving == {"ports": [{"protocol": "TCP", "port": 8080}]}
+    assert serving == {"ports": [{"protocol": "TCP", "port": 8080},
+                                 {"protocol": "TCP", "port": 8081}]}
     assert scrape == {"from": [{"namespaceSelector": MONITORING}],
                       "ports": [{"protocol": "TCP", "port": 8080}]}
 
@@ -77,7 +78,7 @@ def test_sidecar_ports_only_from_operator_and_monitoring() -> None:
     att = Attachments(sidecars=(sidecar("explainer", 8090), sidecar("drift", 8091)))
     np = policy(render(body(), config(), att))
     serving, scrape, operator = np["spec"]["ingress"]
-    assert ports(serving) == [8080] and "from" not in serving
+    assert ports(serving) == [8080, 8081] and "from" not in serving
     assert ports(scrape) == [8080, 8090, 8091]
     assert scrape["from"] == [{"namespaceSelector": MONITORING}]
     assert operator == {"from": [OPERATOR_NS], "ports": [
@@ -90,10 +91,10 @@ def test_serving_namespaces_restricted_by_selector() -> None:
                                       monitoring_namespace_selector=None)))
     (serving,) = np["spec"]["ingress"]
     assert serving["from"] == [{"podSelector": {}}, {"namespaceSelector": sel}]
-    assert ports(serving) == [8080]
+    assert ports(serving) == [8080, 8081]  # gRPC reaches the same clients as HTTP
 
 
-def test_grpc_and_management_ports_stay_closed() -> None:
+def test_other_runtimes_grpc_and_management_ports_stay_closed() -> None:
     for kind, http, metrics, closed in (("mlserver", 8080, 8082, 8081),
                                         ("torchserve", 8080, 8082, 8081),
                                         ("seldon", 9000, 6000, 5000),

@@ -47,7 +47,9 @@ def test_plain_http_is_unchanged() -> None:
     assert "--tls-cert" not in server["args"]
     assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert objs["Service"]["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP",
+         "appProtocol": "kubernetes.io/h2c"}]
     assert all(v["name"] != "tls" for v in
                objs["Deployment"]["spec"]["template"]["spec"]["volumes"])
 
@@ -74,8 +76,11 @@ def test_tls_mounts_the_secret_and_probes_https() -> None:
     assert objs["Service"]["spec"]["ports"] == [
         {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP",
          "appProtocol": "https"}]
-    # The NetworkPolicy admits the same container port as without TLS.
+    # The NetworkPolicy admits the same container port as without TLS, and no plaintext
+    # gRPC port (gRPC does not serve the certificate yet, so it is not rendered).
+    assert "--grpc-port" not in args
     plain_np = children(None)["NetworkPolicy"]["spec"]
+    plain_np["ingress"][0]["ports"].remove({"protocol": "TCP", "port": 8081})
     assert objs["NetworkPolicy"]["spec"]["ingress"] == plain_np["ingress"]
 
 

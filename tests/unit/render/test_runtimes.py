@@ -123,11 +123,13 @@ def test_kustos_runs_kustos_serve_on_8080_with_v2_probes() -> None:
     assert args[args.index("--workers") + 1] == "3"
     assert args[args.index("--digest") + 1] == "sha256:" + "ab" * 32
     assert args[args.index("--drift-url") + 1] == "http://127.0.0.1:8091"
-    assert ports_of(c) == {"http": 8080}
+    assert args[args.index("--grpc-port") + 1] == "8081"
+    assert ports_of(c) == {"http": 8080, "grpc": 8081}
     assert http_probe(c, "readinessProbe") == ("/v2/health/ready", 8080)
     assert http_probe(c, "livenessProbe") == ("/v2/health/live", 8080)
     assert http_probe(c, "startupProbe") == ("/v2/health/live", 8080)
-    assert runtime_ports(s) == RuntimePorts(http=8080, metrics=8080, metrics_path="/metrics")
+    assert runtime_ports(s) == RuntimePorts(http=8080, metrics=8080, metrics_path="/metrics",
+                                            grpc=8081)
 
 
 def test_kustos_without_digest_passes_no_digest_flag() -> None:
