@@ -46,7 +46,7 @@ KUSTOS_HTTP_PORT = 8080
 # The Open Inference Protocol over gRPC: always served, on the port KServe and MLServer use.
 KUSTOS_GRPC_PORT = 8081
 # With mTLS: plain HTTP for probes and the scrape only (kustos serve --health-port).
-KUSTOS_HEALTH_PORT = 8090
+KUSTOS_HEALTH_PORT = 8082  # not 8090/8091: the explainer and drift sidecars in the same pod
 # Where the TLS Secret and the client CA are mounted (read-only, updated in place).
 TLS_DIR = "/etc/kustos/tls"
 CLIENT_CA_DIR = "/etc/kustos/client-ca"

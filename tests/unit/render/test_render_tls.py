@@ -113,6 +113,16 @@ def test_mtls_probes_and_scrapes_the_plain_health_port(source: dict[str, str]) -
     assert {8080, KUSTOS_HEALTH_PORT} <= ingress_ports  # clients; Prometheus on health
 
 
+def test_health_port_collides_with_no_other_port_of_the_pod() -> None:
+    from kustos.render.runtimes import KUSTOS_HTTP_PORT
+    from kustos.render.sidecars import DRIFT_PORT, EXPLAIN_PORT
+
+    objs = children({"secretName": "t", "clientCA": {"secretName": "c"}})
+    server_ports = [p["containerPort"] for p in server_of(objs)["ports"]]
+    assert len(server_ports) == len(set(server_ports))
+    assert KUSTOS_HEALTH_PORT not in (KUSTOS_HTTP_PORT, EXPLAIN_PORT, DRIFT_PORT)
+
+
 def test_rendered_flags_parse_and_check() -> None:
     """What the operator renders is what `kustos serve` accepts (files aside)."""
     args = server_of(children({"secretName": "t", "clientCA": {"secretName": "c"}}))["args"]
