@@ -238,7 +238,9 @@ def verify(model: Path, bundle: Path, trust: Trust, *,
                                      "the model does not match the signed manifest") from None
             raise SignatureError(_reason(trust), text) from None
         except Exception as exc:  # cryptography, sigstore, pyOpenSSL errors
-            raise SignatureError(_reason(trust), _one_line(exc)) from None
+            text = _one_line(exc)
+            raise SignatureError(_sigstore_reason(text) if trust.method == "sigstore"
+                                 else _reason(trust), text) from None
     return Verified(trust.method, signer)
 
 
@@ -251,6 +253,16 @@ def _reason(trust: Trust) -> str:
         "sigstore": "Sigstore bundle does not verify against the trust root, identity "
                     "and issuer (or was tampered with)",
     }[trust.method]
+
+
+def _sigstore_reason(text: str) -> str:
+    """Name the failed check from sigstore-python's message (4.5.1 wording)."""
+    if "SANs do not match" in text or "OIDCIssuer does not match" in text or \
+            "does not contain OIDCIssuer" in text:
+        return "wrong identity"
+    if "not valid at validation time" in text or "expired at time of signing" in text:
+        return "expired certificate"
+    return _reason(Trust("sigstore"))
 
 
 def _one_line(exc: BaseException) -> str:

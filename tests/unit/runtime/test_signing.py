@@ -27,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kustos.runtime import signing
 
+from . import fake_sigstore
 from .conftest import Models
 
 
@@ -334,42 +335,117 @@ def test_key_bundle_is_not_a_certificate_bundle(tmp_path: Path, published: Path,
 
 # ---------------------------------------------------------------------- sigstore
 
-
-def trusted_root(pki: Pki, log_key: ec.EllipticCurvePrivateKey) -> dict[str, object]:
-    """A TrustedRoot JSON naming the test CA as Fulcio and a test key as Rekor."""
-    der = x509.load_pem_x509_certificate(pki.root.read_bytes()).public_bytes(
-        serialization.Encoding.DER)
-    spki = log_key.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-    start = {"start": "2020-01-01T00:00:00Z"}
-    log = {"baseUrl": "https://rekor.invalid", "hashAlgorithm": "SHA2_256",
-           "publicKey": {"rawBytes": base64.b64encode(spki).decode(),
-                         "keyDetails": "PKIX_ECDSA_P256_SHA_256", "validFor": start},
-           "logId": {"keyId": base64.b64encode(hashlib.sha256(spki).digest()).decode()}}
-    return {"mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
-            "tlogs": [log], "ctlogs": [log],
-            "certificateAuthorities": [{
-                "subject": {"organization": "test", "commonName": "Kustos Test Root"},
-                "uri": "https://fulcio.invalid",
-                "certChain": {"certificates": [{"rawBytes": base64.b64encode(der).decode()}]},
-                "validFor": start}],
-            "timestampAuthorities": []}
+ISSUER = "https://oidc.kustos.test"
+IDENTITY = "release-bot@acme.example"
 
 
-def test_sigstore_method_runs_offline_and_refuses_what_it_cannot_verify(
-        tmp_path: Path, published: Path, pki: Pki) -> None:
-    """The trust root is a file (no TUF, no network); a bundle without Sigstore's log
-    entry is refused with the reason. A full positive Sigstore run needs a Fulcio
-    certificate with an SCT and a Rekor inclusion proof, which this test cannot mint."""
+@dataclass
+class Keyless:
+    instance: fake_sigstore.Instance
+    root: Path  # trusted_root.json
+    statement: bytes  # what model_signing signs for the published model
+
+
+@pytest.fixture
+def keyless(tmp_path: Path, published: Path) -> Keyless:
+    instance = fake_sigstore.Instance.create()
     root = tmp_path / "trusted_root.json"
-    root.write_text(json.dumps(trusted_root(pki, ec.generate_private_key(ec.SECP256R1()))))
+    root.write_text(json.dumps(instance.trusted_root()))
+    return Keyless(instance, root,
+                   fake_sigstore.model_statement(published / "iris.skops", tmp_path))
+
+
+def keyless_sign(k: Keyless, published: Path, *, identity: str = IDENTITY,
+                 expired_at_signing: bool = False) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = datetime.now(UTC) - timedelta(minutes=5)
+    cert = k.instance.issue(key, identity, ISSUER, issued, minutes=10)
+    # A Fulcio certificate lives minutes; what counts is that the log integrated the
+    # signature while it was valid (here: after it expired, when asked).
+    integrated = issued + timedelta(minutes=20 if expired_at_signing else 1)
+    bundle = k.instance.bundle(k.statement, key, cert, integrated)
+    (published / "iris.skops.sig").write_text(json.dumps(bundle))
+
+
+def sigstore_fetch(url: str, dest: Path, root: Path, identity: str = IDENTITY,
+                   issuer: str = ISSUER) -> subprocess.CompletedProcess[str]:
+    return kustos("fetch", f"{url}/iris.skops", str(dest), "--signature-method", "sigstore",
+                  "--signature-identity", identity, "--signature-issuer", issuer,
+                  "--signature-trust-root", str(root),
+                  "--signer-file", str(dest.parent / "signer"))
+
+
+def test_sigstore_bundle_verifies_offline_with_a_trust_root_file(
+        tmp_path: Path, published: Path, web: str, keyless: Keyless) -> None:
+    """The trust root is a file (no TUF, no network: the only server here is the loopback
+    one holding the model); Fulcio chain, SCT, log inclusion proof, checkpoint and SET,
+    identity and issuer are all checked by sigstore-python."""
+    keyless_sign(keyless, published)
+    dest = tmp_path / "models"
+    dest.mkdir()
+    r = sigstore_fetch(web, dest, keyless.root)
+    assert r.returncode == 0, r.stderr
+    assert only_model_or_nothing(dest) == ["iris.skops"]
+    assert (tmp_path / "signer").read_text() == \
+        f"verified signer: sigstore {IDENTITY} (issuer {ISSUER})\n"
+    # The same root wrapped as a ClientTrustConfig is read as such.
+    wrapped = tmp_path / "trust_config.json"
+    wrapped.write_text(json.dumps({
+        "mediaType": "application/vnd.dev.sigstore.clienttrustconfig.v0.1+json",
+        "trustedRoot": json.loads(keyless.root.read_text()),
+        "signingConfig": {"mediaType": "application/vnd.dev.sigstore.signingconfig.v0.2+json"}}))
+    (dest / "iris.skops").unlink()
+    r = sigstore_fetch(web, dest, wrapped)
+    assert r.returncode == 0, r.stderr
+
+
+def test_sigstore_wrong_identity_or_issuer_is_refused(
+        tmp_path: Path, published: Path, web: str, keyless: Keyless) -> None:
+    keyless_sign(keyless, published)
+    dest = tmp_path / "models"
+    dest.mkdir()
+    r = sigstore_fetch(web, dest, keyless.root, identity="someone@acme.example")
+    assert r.returncode == 1
+    assert "(wrong identity)" in r.stderr
+    assert "do not match someone@acme.example" in r.stderr
+    r = sigstore_fetch(web, dest, keyless.root, issuer="https://other-idp.example")
+    assert r.returncode == 1 and "(wrong identity)" in r.stderr
+    assert "https://other-idp.example" in r.stderr
+    assert only_model_or_nothing(dest) == []
+
+
+def test_sigstore_untrusted_instance_late_log_entry_and_tampered_model_are_refused(
+        tmp_path: Path, published: Path, web: str, keyless: Keyless) -> None:
+    dest = tmp_path / "models"
+    dest.mkdir()
+    # Signed by another instance: its CA and logs are not in the trust root.
+    other = Keyless(fake_sigstore.Instance.create(), keyless.root, keyless.statement)
+    keyless_sign(other, published)
+    r = sigstore_fetch(web, dest, keyless.root)
+    assert r.returncode == 1 and "Sigstore bundle does not verify" in r.stderr
+    # Logged after the certificate expired.
+    keyless_sign(keyless, published, expired_at_signing=True)
+    r = sigstore_fetch(web, dest, keyless.root)
+    assert r.returncode == 1 and "(expired certificate)" in r.stderr
+    # A valid bundle for other bytes.
+    keyless_sign(keyless, published)
+    data = bytearray((published / "iris.skops").read_bytes())
+    data[-1] ^= 0x01
+    (published / "iris.skops").write_bytes(bytes(data))
+    r = sigstore_fetch(web, dest, keyless.root)
+    assert r.returncode == 1 and "(tampered model)" in r.stderr
+    assert only_model_or_nothing(dest) == []
+
+
+def test_sigstore_method_refuses_other_bundles_and_bad_roots(
+        tmp_path: Path, published: Path, pki: Pki, keyless: Keyless) -> None:
     cert_sign(pki, published / "iris.skops", pki.leaf_key, pki.leaf)
-    trust = signing.Trust("sigstore", identity="ml-publisher@acme.example",
-                          issuer="https://accounts.example", trust_root=root)
+    trust = signing.Trust("sigstore", identity=IDENTITY, issuer=ISSUER,
+                          trust_root=keyless.root)
     with pytest.raises(signing.SignatureError) as err:
         signing.verify(published / "iris.skops", published / "iris.skops.sig", trust)
-    assert "expected certificate in bundle" in str(err.value)  # sigstore-python 4.5.1
     assert "Sigstore bundle does not verify against the trust root" in str(err.value)
+    assert "expected certificate in bundle" in str(err.value)  # sigstore-python 4.5.1
     (tmp_path / "broken.json").write_text("[]")
     with pytest.raises(signing.SignatureError, match="invalid trust root"):
         signing.verify(published / "iris.skops", published / "iris.skops.sig",
