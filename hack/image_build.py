@@ -10,6 +10,8 @@ and one OCI image-layout tar per image (`ctr images import` takes it). A rerun w
 nothing changed rebuilds nothing; a code change rebuilds only the thin top layers.
 
   image_build.py build [--wheel-dir DIR] [NAME...]   build; print NAME REF ARCHIVE DIGEST
+                                                     (and write ARCHIVE's SBOM beside it,
+                                                     <name>-<hash>.cdx.json)
   image_build.py list                                the table (name, ref, archive) as JSON
 """
 
@@ -36,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "images" / "images.toml"
 # Run in each venv after its install (the Dockerfiles run the same script).
 PRUNE = ROOT / "images" / "prune.py"
+# Writes each image's CycloneDX SBOM next to its archive.
+GEN_SBOM = ROOT / "hack" / "gen-sbom.py"
 # Bump when the way a layer is made changes, so that old cache entries are not reused.
 RECIPE_VERSION = "2"
 ARCH = "amd64"
@@ -538,6 +542,17 @@ def prune(keep: set[Path]) -> None:
             log(f"leaving {p.name} for later: {err.strerror}")
 
 
+def write_sbom(name: str, out: Path, base: Layer) -> None:
+    """<name>-<hash>.cdx.json beside the archive: the Python packages of the image's lock
+    closure (hack/gen-sbom.py) and the Debian packages of the base layer's dpkg status.
+    Rewritten only when its content changes."""
+    cmd = [sys.executable, str(GEN_SBOM), "--out", str(out), name]
+    status = base.tree / "var" / "lib" / "dpkg" / "status"
+    if status.is_file():
+        cmd += ["--dpkg-status", str(status)]
+    run(cmd)
+
+
 def build(names: list[str], wheel_dir: Path | None) -> int:
     """Build (or with CHECK_ONLY, only find) the images; one line per image on stdout."""
     if os.geteuid() != 0 and not CHECK_ONLY:
@@ -577,6 +592,10 @@ def build(names: list[str], wheel_dir: Path | None) -> int:
             out.with_suffix(".digest").write_text(digest + "\n")
             log(f"{name}: archive {out.name} in {time.monotonic() - t0:.1f}s")
         digest = out.with_suffix(".digest").read_text().strip()
+        sbom = cache_dir() / f"{name}-{sha(config)[:16]}.cdx.json"
+        keep.add(sbom)
+        if not CHECK_ONLY:
+            write_sbom(name, sbom, base)
         print(f"{name} {ref} {out} {digest}", flush=True)
     keep |= {w.parent for w in wheels}
     # The wheel of the current sources stays (the next top layer build reuses it).
