@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kustos.runtime.server.tensors import DATATYPES, ProtocolError, decode_raw, encode_raw
 
@@ -309,3 +311,37 @@ def test_raw_bytes_layout() -> None:
         decode_raw(raw + b"\0\0\0\0", (3,), "BYTES", "t")
     with pytest.raises(ProtocolError):
         decode_raw(raw, (3,), "STRING", "t")
+
+
+def test_decoded_raw_arrays_are_aligned_and_owned() -> None:
+    from kustos.runtime.server.v2 import parse_infer
+
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    for pad in range(8):  # every alignment of the raw part after the JSON header
+        head = orjson.dumps({"id": "x" * pad, "inputs": [{
+            "name": "a", "shape": [3, 4], "datatype": "FP64",
+            "parameters": {"binary_data_size": x.nbytes}}]})
+        got = parse_infer(head + x.tobytes(), len(head)).tensors["a"]
+        assert got.flags.aligned and got.flags.writeable and np.array_equal(got, x)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=64), size=st.integers(-2, 80), cut=st.integers(-5, 5),
+       datatype=st.sampled_from(sorted(DATATYPES)), shape=st.lists(st.integers(0, 4),
+                                                                  max_size=3))
+def test_binary_parsing_only_ever_refuses_with_a_protocol_error(
+        raw: bytes, size: int, cut: int, datatype: str, shape: list[int]) -> None:
+    from kustos.runtime.server.v2 import header_length, parse_infer
+
+    head = orjson.dumps({"inputs": [{"name": "a", "shape": shape, "datatype": datatype,
+                                     "parameters": {"binary_data_size": size}}],
+                         "parameters": {"binary_data_output": True}})
+    body = head + raw
+    try:
+        length = header_length(str(len(head) + cut).encode(), len(body))
+        request = parse_infer(body, length)
+    except ProtocolError as exc:
+        assert exc.status == 400 and exc.message
+        return
+    (tensor,) = request.tensors.values()
+    assert list(tensor.shape) == shape and request.any_binary

@@ -245,7 +245,9 @@ def decode_raw(raw: bytes | memoryview, shape: tuple[int, ...], datatype: str,
     if dtype.kind == "b" and arr.size and arr.view(np.uint8).max() > 1:
         raise ProtocolError(f"{where}: BOOL bytes must be 0 or 1")
     try:
-        return arr.astype(dtype, copy=False).reshape(shape)
+        # A copy: the view into the body may be unaligned (the JSON header has any length)
+        # and is read-only; native libraries get an aligned, owned array.
+        return arr.astype(dtype).reshape(shape)
     except ValueError:
         raise ProtocolError(f"{where}: shape {list(shape)} is too large") from None
 
