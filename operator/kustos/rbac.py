@@ -72,7 +72,7 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "the serving Deployments (stable and canary); watched for the status"),
     Rule(("",), ("serviceaccounts", "services"), CHILD_VERBS,
          "a Service per ModelDeployment, and a ServiceAccount (no token mounted) for one "
-         "that logs in to Vault"),
+         "that logs in to Vault or fetches from S3 with webIdentity"),
     Rule(("autoscaling",), ("horizontalpodautoscalers",), CHILD_VERBS,
          "the HPA when spec.autoscaling is set"),
     Rule(("keda.sh",), ("scaledobjects",), CHILD_VERBS,

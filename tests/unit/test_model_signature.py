@@ -112,6 +112,17 @@ def test_key_signature_mounts_the_key_into_the_fetch_only() -> None:
         "key in ConfigMap ml-signing/key.pub"
 
 
+def test_pinned_key_fingerprint_is_passed_and_is_the_signer() -> None:
+    pinned = "sha256:" + "12" * 32
+    (dep,) = deployments(body({"publicKey": {**KEY["publicKey"], "fingerprint": pinned}}))
+    assert parsed(fetch_of(dep)).signature_key_fingerprint == pinned
+    assert dep["spec"]["template"]["metadata"]["annotations"][SIGNER_ANNOTATION] == \
+        f"key {pinned}"
+    with pytest.raises(pydantic.ValidationError, match="fingerprint"):
+        ModelDeploymentSpec.model_validate(body(
+            {"publicKey": {**KEY["publicKey"], "fingerprint": "md5:00"}})["spec"])
+
+
 def test_certificate_and_sigstore_flags() -> None:
     (dep,) = deployments(body({**CERT, "uri": "https://models.example/iris/3.sig"}))
     args = parsed(fetch_of(dep))

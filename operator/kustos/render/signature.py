@@ -44,6 +44,8 @@ def signer(sig: ModelSignature | None) -> str | None:
         return None
     if sig.public_key is not None:
         ref = sig.public_key
+        if ref.fingerprint:
+            return f"key {ref.fingerprint}"
         return f"key in {ref.kind} {ref.name}/{ref.key}"
     if sig.certificate is not None:
         if sig.certificate.identity:
@@ -64,6 +66,8 @@ def fetch_signature(model: ModelSource, fetch_source: str) -> FetchSignature:
     args = ["--signature", fetch_source, "--signer-file", TERMINATION_LOG]
     if sig.public_key is not None:
         args += ["--signature-method", "key", "--signature-key", f"{MOUNT}/key.pub"]
+        if sig.public_key.fingerprint:
+            args += ["--signature-key-fingerprint", sig.public_key.fingerprint]
         sources = [_source(sig.public_key, "key.pub")]
     elif sig.certificate is not None:
         args += ["--signature-method", "certificate",

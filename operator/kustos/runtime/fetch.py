@@ -421,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     sig.add_argument("--signature-method", choices=("key", "certificate", "sigstore"))
     sig.add_argument("--signature", metavar="URI", help="the bundle (default: URI + .sig)")
     sig.add_argument("--signature-key", help="elliptic-curve public key (PEM) file")
+    sig.add_argument("--signature-key-fingerprint", help="sha256:<hex> the key must have")
     sig.add_argument("--signature-ca-chain", help="CA certificates (PEM) file")
     sig.add_argument("--signature-identity", help="expected signer identity (SAN)")
     sig.add_argument("--signature-issuer", help="expected OIDC issuer (sigstore)")

@@ -67,4 +67,15 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     print(f"kustos sign: wrote {output}", file=sys.stderr)
+    if args.certificate is None:
+        # What spec.model.signature.publicKey.fingerprint pins (the key's public half).
+        from cryptography.hazmat.primitives import serialization
+
+        from .signing import key_fingerprint
+
+        private = serialization.load_pem_private_key(
+            Path(args.key).read_bytes(), password.encode() if password else None)
+        public = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        print(f"kustos sign: public key fingerprint {key_fingerprint(public)}", file=sys.stderr)
     return 0

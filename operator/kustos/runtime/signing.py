@@ -65,6 +65,7 @@ class Trust:
 
     method: Method
     public_key: Path | None = None  # key
+    key_fingerprint: str | None = None  # key (optional): sha256:<hex> of its SPKI
     ca_chain: Path | None = None  # certificate
     identity: str | None = None  # certificate (optional) and sigstore
     issuer: str | None = None  # sigstore
@@ -201,6 +202,9 @@ def verify(model: Path, bundle: Path, trust: Trust, *,
                     raise ValueError("not an elliptic-curve key")
             except ValueError as exc:
                 raise SignatureError("invalid public key", str(exc)) from None
+            if trust.key_fingerprint and signer != trust.key_fingerprint.lower():
+                raise SignatureError("wrong key", f"the public key has fingerprint {signer}, "
+                                     f"expected {trust.key_fingerprint}")
             if "publicKey" not in (data.get("verificationMaterial") or {}):
                 raise SignatureError("wrong signature kind",
                                      "the bundle was not signed with a bare key")
@@ -325,6 +329,7 @@ def trust_from_args(args: argparse.Namespace) -> Trust:
         return Path(value) if value else None
 
     trust = Trust(method=args.signature_method, public_key=path(args.signature_key),
+                  key_fingerprint=args.signature_key_fingerprint,
                   ca_chain=path(args.signature_ca_chain), identity=args.signature_identity,
                   issuer=args.signature_issuer, trust_root=path(args.signature_trust_root))
     trust.check()

@@ -180,8 +180,10 @@ def tls_server(models: Models, volume: SecretVolume, *extra: str
         yield port, proc
     finally:
         out, err = stop_process(proc)
-        # Whatever happened, no key material reached the log.
+        # Whatever happened, no key material reached the log, and refused handshakes
+        # and plain-HTTP clients left no tracebacks or errors there either.
         assert b"PRIVATE KEY" not in err and b"PRIVATE KEY" not in out
+        assert b"Traceback" not in err and b" ERROR " not in err, err.decode()[-3000:]
 
 
 def wait_https_ready(port: int, proc: subprocess.Popen[bytes], ctx: ssl.SSLContext) -> None:

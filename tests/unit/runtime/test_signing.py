@@ -160,9 +160,9 @@ def key_fetch(url: str, dest: Path, pub: Path, *extra: str) -> subprocess.Comple
 def test_key_signed_model_verifies_and_records_the_signer(
         tmp_path: Path, published: Path, web: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    r = kustos("sign", str(published / "iris.skops"), "--key",
-               str(write_key(tmp_path / "k.pem", key)))
-    assert r.returncode == 0, r.stderr
+    signed = kustos("sign", str(published / "iris.skops"), "--key",
+                    str(write_key(tmp_path / "k.pem", key)))
+    assert signed.returncode == 0, signed.stderr
     assert (published / "iris.skops.sig").is_file()
     pub = write_public(tmp_path / "k.pub", key)
     dest = tmp_path / "models"
@@ -175,6 +175,7 @@ def test_key_signed_model_verifies_and_records_the_signer(
     fingerprint = signing.key_fingerprint(pub.read_bytes())
     assert (tmp_path / "signer").read_text() == f"verified signer: key {fingerprint}\n"
     assert fingerprint in r.stderr
+    assert f"public key fingerprint {fingerprint}" in signed.stderr  # what the spec pins
     # What `kustos serve` then loads is the verified model itself.
     import skops.io as sio
     model = sio.load(dest / "iris.skops", trusted=sio.get_untrusted_types(
@@ -241,6 +242,27 @@ def test_wrong_public_key_is_refused(tmp_path: Path, published: Path, web: str) 
     r = key_fetch(web, dest, write_public(tmp_path / "other.pub", other))
     assert r.returncode == 1
     assert "(bundle signature does not verify with the given key" in r.stderr
+    assert only_model_or_nothing(dest) == []
+
+
+def test_pinned_key_fingerprint(tmp_path: Path, published: Path, web: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert kustos("sign", str(published / "iris.skops"), "--key",
+                  str(write_key(tmp_path / "k.pem", key))).returncode == 0
+    pub = write_public(tmp_path / "k.pub", key)
+    dest = tmp_path / "models"
+    dest.mkdir()
+    pinned = signing.key_fingerprint(pub.read_bytes())
+    r = key_fetch(web, dest, pub, "--signature-key-fingerprint", pinned)
+    assert r.returncode == 0, r.stderr
+    (dest / "iris.skops").unlink()
+    # The mounted key was swapped (for one that did sign this bundle): still refused.
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert kustos("sign", str(published / "iris.skops"), "--key",
+                  str(write_key(tmp_path / "o.pem", other))).returncode == 0
+    r = key_fetch(web, dest, write_public(tmp_path / "o.pub", other),
+                  "--signature-key-fingerprint", pinned)
+    assert r.returncode == 1 and "(wrong key)" in r.stderr and pinned in r.stderr
     assert only_model_or_nothing(dest) == []
 
 

@@ -39,6 +39,15 @@ class KeySelector(KModel):
     """The key holding the file."""
 
 
+class PublicKeyReference(KeySelector):
+    """The public key a bundle must be signed with, optionally pinned by fingerprint."""
+
+    fingerprint: Digest | None = None
+    """sha256 of the key's DER SubjectPublicKeyInfo (`kustos sign` prints it): the fetch
+    refuses a mounted key with another fingerprint, so editing the ConfigMap/Secret cannot
+    swap the trusted key; status.model.signer then names this fingerprint."""
+
+
 class CertificateTrust(KModel):
     """Verify a bundle signed with a certificate (`kustos sign --certificate`)."""
 
@@ -75,7 +84,7 @@ class ModelSignature(KModel):
     uri: str | None = Field(default=None, pattern=BUNDLE_URI_PATTERN, max_length=2048)
     """Where the bundle lives; defaults to the model URI with .sig appended (what
     `kustos sign` writes), fetched with the model's credentials."""
-    public_key: KeySelector | None = None
+    public_key: PublicKeyReference | None = None
     """An elliptic-curve public key (PEM) the bundle must be signed with."""
     certificate: CertificateTrust | None = None
     """The CA chain (and optionally the identity) of a certificate-signed bundle."""
