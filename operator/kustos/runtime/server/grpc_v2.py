@@ -30,6 +30,12 @@ from kustos.runtime.server.tensors import Array, ProtocolError
 log = logging.getLogger("kustos.serve")
 
 SERVICE = "inference.GRPCInferenceService"
+# How long a call may wait for company before it goes to the Batcher (see _submit); the
+# event loop's timers have a resolution of a millisecond.
+GATHER_SECONDS = 0.001
+# Calls one at a time (a sequential client) never wait; every this many calls one waits
+# to see whether the load has become concurrent.
+PROBE_EVERY = 1000
 # HTTP status of a refusal (what REST answers and the metrics record) -> gRPC code.
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
           413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
@@ -64,6 +70,14 @@ class InferenceService:
         self.app = app
         self.server_version = server_version
         self.active = 0  # ModelInfer calls in progress: tells the Batcher company may come
+        self.window = GATHER_SECONDS
+        self._gathered: list[tuple[dict[str, Array], tuple[str, ...], int, Callable[[Outcome],
+                                                                                  None]]] = []
+        self._gather_timer: asyncio.TimerHandle | None = None
+        self._gathered_rows = 0
+        self._gathering = False  # do windows gather company (fewer than two lone ones)
+        self._lone = 0  # windows in a row that gathered one call only
+        self._probe_in = PROBE_EVERY
 
     # -- helpers
     def _check_model(self, name: str, version: str) -> None:
@@ -142,7 +156,7 @@ class InferenceService:
             if not future.done():  # the client may have cancelled meanwhile
                 future.set_result(outcome)
 
-        batcher.submit(inputs, outputs, rows, done)
+        self._submit(inputs, outputs, rows, done)
         outcome = await future
         if isinstance(outcome, BaseException):
             raise _prediction_error(outcome)
@@ -150,6 +164,49 @@ class InferenceService:
         if app.drift is not None:
             app.drift.offer(inputs)
         return response
+
+    def _submit(self, inputs: dict[str, Array], outputs: tuple[str, ...], rows: int,
+                done: Callable[[Outcome], None]) -> None:
+        """To the Batcher, after a short gathering window when other calls are in flight.
+
+        grpc.aio accepts one new call per turn of the event loop and a call's handler runs
+        to its end in one turn, so calls never overlap and the Batcher's one-turn merge
+        would always see one request. Holding calls for up to ``window`` seconds lets
+        those of concurrent streams arrive and reach the Batcher in one turn, which makes
+        them one model call. Only while windows do gather company: a sequential client
+        is answered at once (bar one probing call every PROBE_EVERY).
+        """
+        batcher = self.app.batcher
+        assert batcher is not None
+        if self.window <= 0 or (self.active <= 1 and not self._gathering
+                                and not self._gather_timer):
+            self._probe_in -= 1
+            if self._probe_in > 0:
+                batcher.submit(inputs, outputs, rows, done)
+                return
+            self._probe_in = PROBE_EVERY
+        self._gathered.append((inputs, outputs, rows, done))
+        self._gathered_rows += rows
+        if self._gathered_rows >= batcher.max_batch_rows:
+            self._release()
+        elif self._gather_timer is None:
+            self._gather_timer = asyncio.get_running_loop().call_later(self.window,
+                                                                       self._release)
+
+    def _release(self) -> None:
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
+            self._gather_timer = None
+        items, self._gathered, self._gathered_rows = self._gathered, [], 0
+        self._lone = 0 if len(items) > 1 else self._lone + 1
+        self._gathering = self._lone < 2
+        batcher = self.app.batcher
+        if batcher is None:
+            for *_, done in items:
+                done(RuntimeError("the model is gone"))
+            return
+        for inputs, outputs, rows, done in items:
+            batcher.submit(inputs, outputs, rows, done)
 
     def _response(self, request: Any, outcome: dict[str, Array]) -> Any:
         # As Triton does: raw outputs to a client that sent raw inputs (and for FP16,
