@@ -343,7 +343,8 @@ def fetch_and_report(args: argparse.Namespace,
     result, verified = fetch_verified(
         args.uri, args.dest, args.digest, args.signature or default_bundle_uri(args.uri),
         trust, retries=args.retries, timeout=args.timeout,
-        credentials_dir=args.credentials_dir, log=log)
+        credentials_dir=args.credentials_dir, log=log,
+        ca_bundle=getattr(args, "ca_bundle", None))
     line = f"verified signer: {verified}"
     if log:
         log(f"kustos fetch: {result.path}: {line}")
