@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from kustos.api.v1alpha1.modeldeployment import ModelSource
 
 from .attachments import Attachments
+from .aws_identity import web_identity_env, web_identity_mount
 from .modeldeployment import PVC_MOUNT, _security_context
 
 EXPLAIN_PORT = 8090
@@ -91,6 +92,11 @@ def sidecar_attachments(container: dict[str, Any], model: ModelSource, data_uri:
     if model.credentials_secret_ref and data_uri.startswith("s3://"):
         # Data next to the model: the same credentials reach it.
         container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
+    if model.web_identity and data_uri.startswith("s3://"):
+        # The pod's projected token (render/aws_identity.py) reaches the data as well.
+        container["env"] = [*container.get("env", []),
+                            *web_identity_env(model.web_identity, f"kustos-{container['name']}")]
+        container["volumeMounts"] = [*container.get("volumeMounts", []), web_identity_mount()]
     return Attachments(sidecars=(container,), volumes=tuple(volumes), drift_url=drift_url,
                        explainer_url=explainer_url, pod_annotations=dict(annotations))
 

@@ -116,3 +116,36 @@ def test_schema_keeps_web_identity_to_s3() -> None:
 def test_session_name_fits_sts() -> None:
     name = session_name("a" * 63, "b" * 63)
     assert len(name) == 64 and name.startswith("kustos.")
+
+
+def test_sidecars_reading_s3_data_get_the_identity_too() -> None:
+    from kustos.render import drift, explainer
+
+    cfg = OperatorConfig.model_validate(
+        {"images": {"explain": "reg/explain:1", "drift": "reg/drift:1"}})
+    md = body({"roleArn": ROLE})
+    monitor = {"apiVersion": "kustos.dev/v1alpha1", "kind": "DriftMonitor",
+               "metadata": {"name": "iris-drift", "namespace": "ml", "uid": "dm-uid"},
+               "spec": {"targetRef": {"name": "iris"}, "detector": "chisquare",
+                        "reference": {"uri": "s3://data/iris/ref.npy",
+                                      "digest": "sha256:" + "cd" * 32}}}
+    spec = kinds(render(md, cfg, drift.attachments(monitor, md, cfg)))["Deployment"][0]
+    pod = spec["spec"]["template"]["spec"]
+    side = next(c for c in pod["containers"] if c["name"] == "drift")
+    env = {e["name"]: e.get("value") for e in side["env"]}
+    assert env["AWS_ROLE_ARN"] == ROLE and env["AWS_WEB_IDENTITY_TOKEN_FILE"] == TOKEN_FILE
+    assert any(m["name"] == "aws-web-identity" for m in side["volumeMounts"])
+    assert any(v["name"] == "aws-web-identity" for v in pod["volumes"])
+    # Data elsewhere (https): no token for the sidecar.
+    explainer_spec = {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
+                      "metadata": {"name": "iris-x", "namespace": "ml", "uid": "x-uid",
+                                   "creationTimestamp": "2026-11-23T10:00:00Z"},
+                      "spec": {"targetRef": {"name": "iris"}, "method": "shap-kernel",
+                               "background": {"uri": "https://data.example/bg.csv",
+                                              "digest": "sha256:" + "ab" * 32},
+                               "featureNames": ["a", "b", "c", "d"]}}
+    pod = kinds(render(md, cfg, explainer.attachments(explainer_spec, md, cfg)))[
+        "Deployment"][0]["spec"]["template"]["spec"]
+    side = next(c for c in pod["containers"] if c["name"] == "explainer")
+    assert all(e["name"] != "AWS_ROLE_ARN" for e in side.get("env", []))
+    assert all(m["name"] != "aws-web-identity" for m in side["volumeMounts"])
