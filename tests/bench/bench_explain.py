@@ -9,6 +9,10 @@ Models, trained here and now with scikit-learn's defaults unless said:
           explained with shap-tree (target: <= 20 ms per row)
   logreg  StandardScaler + LogisticRegression on breast_cancer, explained with
           shap-kernel (10 k-means centres) and shap-permutation (max_evals 500)
+Both models are also explained with lime (quartile bins) at the sidecar's default 1000
+samples per row and at LIME's own default of 5000: its cost is compared with the SHAP
+methods on the same model, batch and path in a ratio table at the end, followed by how
+far LIME's surrogate lands from the model's output (SHAP's attributions add up to it).
 Background: 100 rows of the training data, as the sidecar's default --max-samples.
 
 For each (model, method) and batch sizes 1 and 32, the same rows are explained
@@ -44,11 +48,15 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from ports import free_port  # noqa: E402
 
-# (label, model key, method, reps for batch 1, reps for batch 32)
+# (label, model key, method, reps for batch 1, reps for batch 32, lime samples)
 CASES = [
-    ("RandomForest, 100 trees", "forest", "shap-tree", 300, 60),
-    ("LogisticRegression", "logreg", "shap-kernel", 30, 4),
-    ("LogisticRegression", "logreg", "shap-permutation", 30, 4),
+    ("RandomForest, 100 trees", "forest", "shap-tree", 300, 60, None),
+    ("RandomForest, 100 trees", "forest", "lime", 30, 3, 1000),
+    ("RandomForest, 100 trees", "forest", "lime", 10, 3, 5000),
+    ("LogisticRegression", "logreg", "shap-kernel", 30, 4, None),
+    ("LogisticRegression", "logreg", "shap-permutation", 30, 4, None),
+    ("LogisticRegression", "logreg", "lime", 30, 3, 1000),
+    ("LogisticRegression", "logreg", "lime", 10, 3, 5000),
 ]
 BATCHES = (1, 32)
 
@@ -97,7 +105,8 @@ def timed(call: Callable[[], Any], reps: int, rows: int) -> list[float]:
 
 
 def in_process(model_file: Path, method: str, background: Path, x: np.ndarray,
-               batch: int, reps: int) -> list[float]:
+               batch: int, reps: int, lime_samples: int | None,
+               gaps: dict[str, float] | None = None) -> list[float]:
     from kustos.runtime.explain.background import align, read_background
     from kustos.runtime.explain.methods import build
     from kustos.runtime.server.models import load_model
@@ -105,21 +114,30 @@ def in_process(model_file: Path, method: str, background: Path, x: np.ndarray,
     model = load_model(model_file, "bench")
     bg = read_background(background, 100)
     data, names = align(bg, x.shape[1], None, None)
-    explainer = build(method, model, data, names)
+    explainer = build(method, model, data, names, lime_samples=lime_samples or 1000)
     rows = x[:batch]
-    return timed(lambda: explainer.explain(rows), reps, batch)
+    samples = timed(lambda: explainer.explain(rows), reps, batch)
+    if gaps is not None:
+        # How far LIME's surrogate (base + sum of weights) lands from the model's output,
+        # over 64 rows: the price of a local fit, which SHAP does not pay.
+        r = explainer.explain(x[:64])
+        miss = np.abs(r.base_values + r.values.sum(axis=1) - r.outputs)
+        gaps["median"], gaps["p90"] = (float(np.percentile(miss, q)) for q in (50, 90))
+    return samples
 
 
 @contextlib.contextmanager
-def sidecar(model_file: Path, method: str, background: Path, workdir: Path) -> Iterator[int]:
+def sidecar(model_file: Path, method: str, background: Path, workdir: Path,
+            lime_samples: int | None) -> Iterator[int]:
     port = free_port()
+    extra = ["--lime-samples", str(lime_samples)] if lime_samples else []
     digest = "sha256:" + hashlib.sha256(background.read_bytes()).hexdigest()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kustos.cli", "explain", "--model", str(model_file),
          "--name", "bench", "--method", method, "--background-uri", background.as_uri(),
          "--background-digest", digest, "--host", "127.0.0.1", "--port", str(port),
          "--global-interval", "0", "--work-dir", str(workdir / f"work-{port}"),
-         "--log-level", "warning"],
+         "--log-level", "warning", *extra],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -173,22 +191,31 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| model | method | batch | where | per-row p50 ms | per-row p99 ms | reps |",
              "|---|---|---|---|---|---|---|"]
     load_before = os.getloadavg()[0]
+    medians: dict[tuple[str, str, int, str], float] = {}
+    fits = ["| model | lime | surrogate miss, median | p90 |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="kustos-bench-explain-") as tmp:
         workdir = Path(tmp)
         files, background, x, _ = train(workdir)
-        for label, key, method, reps1, reps32 in CASES:
+        for label, key, method, reps1, reps32, lime_samples in CASES:
+            shown = f"{method} ({lime_samples} samples)" if lime_samples else method
             plan = [(b, max(3, r // scale)) for b, r in zip(BATCHES, (reps1, reps32),
                                                                strict=True)]
             results: list[tuple[int, str, list[float]]] = []
+            gaps: dict[str, float] = {}
             for batch, reps in plan:
                 results.append((batch, "in-process",
-                                in_process(files[key], method, background, x, batch, reps)))
-            with sidecar(files[key], method, background, workdir) as port:
+                                in_process(files[key], method, background, x, batch, reps,
+                                           lime_samples, gaps if method == "lime" else None)))
+            if gaps:
+                fits.append(f"| {label} | {shown} | {gaps['median']:.3f} | "
+                            f"{gaps['p90']:.3f} |")
+            with sidecar(files[key], method, background, workdir, lime_samples) as port:
                 for batch, reps in plan:
                     results.append((batch, "http", over_http(port, x, batch, reps)))
             for batch, where, samples in sorted(results, key=lambda r: r[0]):
                 p50, p99 = percentiles(samples)
-                line = (f"| {label} | {method} | {batch} | {where} | {p50:.2f} | "
+                medians[label, shown, batch, where] = p50
+                line = (f"| {label} | {shown} | {batch} | {where} | {p50:.2f} | "
                         f"{p99:.2f} | {len(samples)} |")
                 lines.append(line)
                 print(line, file=sys.stderr, flush=True)
@@ -196,7 +223,25 @@ def main(argv: list[str] | None = None) -> int:
           f"Python {platform.python_version()}, 1-minute load average {load_before:.1f} "
           f"before and {os.getloadavg()[0]:.1f} after the run\n")
     print("\n".join(lines))
+    print("\n" + "\n".join(ratios(medians)))
+    print("\n|base + sum(attributions) - output| of lime, 64 rows x outputs (probabilities)\n")
+    print("\n".join(fits))
     return 0
+
+
+def ratios(medians: dict[tuple[str, str, int, str], float]) -> list[str]:
+    """lime's per-row p50 over each SHAP method's on the same model, batch and path."""
+    out = ["| model | lime | peer | batch | where | lime / peer (per-row p50) |",
+           "|---|---|---|---|---|---|"]
+    for (label, shown, batch, where), p50 in medians.items():
+        if not shown.startswith("lime"):
+            continue
+        for (peer_label, peer, peer_batch, peer_where), peer_p50 in medians.items():
+            if (peer_label, peer_batch, peer_where) == (label, batch, where) and \
+                    peer.startswith("shap"):
+                out.append(f"| {label} | {shown} | {peer} | {batch} | {where} | "
+                           f"{p50 / peer_p50:.1f}x |")
+    return out
 
 
 if __name__ == "__main__":
