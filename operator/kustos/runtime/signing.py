@@ -49,6 +49,7 @@ Method = Literal["key", "certificate", "sigstore"]
 
 CLIENT_TRUST_CONFIG = "application/vnd.dev.sigstore.clienttrustconfig.v0.1+json"
 SIGNING_CONFIG = "application/vnd.dev.sigstore.signingconfig.v0.2+json"
+STAGE_PREFIX = ".kustos-verify-"
 
 
 class SignatureError(FetchError):
@@ -302,8 +303,13 @@ def fetch_verified(
         if not base:
             raise FetchError(f"cannot name a file inside {target} after the model URI")
         target = target / base
+    # A fetch killed mid-way (OOM, node drain) leaves its staging directory in the pod's
+    # emptyDir; a restarted init container removes it, unverified bytes included.
+    with contextlib.suppress(OSError):
+        for stale in target.parent.glob(f"{STAGE_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=".kustos-verify-", dir=target.parent))
+        stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=target.parent))
     except FileNotFoundError:
         raise FetchError(f"destination directory {target.parent} does not exist") from None
     except PermissionError:

@@ -266,6 +266,22 @@ def test_pinned_key_fingerprint(tmp_path: Path, published: Path, web: str) -> No
     assert only_model_or_nothing(dest) == []
 
 
+def test_a_killed_fetch_leaves_no_unverified_bytes_behind(tmp_path: Path,
+                                                           published: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert kustos("sign", str(published / "iris.skops"), "--key",
+                  str(write_key(tmp_path / "k.pem", key))).returncode == 0
+    dest = tmp_path / "models"
+    stale = dest / f"{signing.STAGE_PREFIX}killed" / "model"
+    stale.mkdir(parents=True)
+    (stale / "iris.skops").write_bytes(b"unverified")
+    r = kustos("fetch", str(published / "iris.skops"), str(dest), "--quiet",
+               "--signature-method", "key", "--signature-key",
+               str(write_public(tmp_path / "k.pub", key)))
+    assert r.returncode == 0, r.stderr
+    assert only_model_or_nothing(dest) == ["iris.skops"]
+
+
 def test_explicit_bundle_uri_and_local_source(tmp_path: Path, published: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     bundles = tmp_path / "bundles"
