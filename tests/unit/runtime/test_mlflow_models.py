@@ -309,3 +309,33 @@ def test_tensor_signature_in_metadata(saved: dict[str, Saved]) -> None:
     assert tensor["type"] == "tensor"
     assert tensor["tensor-spec"] == {"dtype": "float32", "shape": [-1, 30]}
     assert meta["parameters"]["classes"] == [0, 1]
+
+
+def test_xgb_model_format_and_a_fetch_directory(saved: dict[str, Saved],
+                                                tmp_path: Path) -> None:
+    import warnings
+
+    import mlflow.xgboost
+    from sklearn.datasets import load_wine
+
+    wine = load_wine()
+    est = xgb.XGBClassifier(n_estimators=6, max_depth=2).fit(wine.data, wine.target)
+    with warnings.catch_warnings():  # XGBoost warns that it writes "xgb" as UBJSON
+        warnings.simplefilter("ignore")
+        mlflow.xgboost.save_model(est, tmp_path / "xgbold", model_format="xgb")
+    assert (tmp_path / "xgbold" / "model.xgb").is_file()
+    model = load_model(tmp_path / "xgbold", "m")
+    out = model.predict(model.prepare({"input-0": wine.data}), ["predict", "predict_proba"])
+    assert np.array_equal(out["predict"], est.predict(wine.data))
+    np.testing.assert_allclose(out["predict_proba"], est.predict_proba(wine.data), atol=1e-6)
+    # What `kustos fetch` leaves: a directory holding the one archive.
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    archive = _tar(saved["lightgbm-booster"].path, fetched / "model.tgz")
+    model = load_model(fetched, "m", fmt="mlflow", digest=_sha(archive))
+    rows = saved["lightgbm-booster"].x[::7]
+    out = model.predict(model.prepare({"input-0": rows}), ["predict"])
+    assert np.array_equal(out["predict"], saved["lightgbm-booster"].predict(rows))
+    (fetched / "other.zip").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="not exactly one archive"):
+        load_model(fetched, "m", fmt="mlflow")
