@@ -310,3 +310,35 @@ print("lime.lime_tabular" in sys.modules, "shap" in sys.modules,
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().split() == ["True", "False", "False", "False"]
+
+
+@pytest.mark.parametrize("kind", ["onnx", "xgboost"])
+def test_lime_explains_onnx_and_booster_probabilities(kind: str, tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from kustos.runtime.server.models import load_model
+
+    data = load_iris()
+    x, y = data.data, data.target
+    if kind == "onnx":
+        from skl2onnx import to_onnx
+
+        est: Any = LogisticRegression(max_iter=2000).fit(x, y)
+        onx = to_onnx(est, x[:1].astype(np.float32), options={"zipmap": False})
+        (tmp_path / "iris.onnx").write_bytes(onx.SerializeToString())
+        model = load_model(tmp_path / "iris.onnx", "iris")
+    else:
+        import xgboost
+
+        est = xgboost.XGBClassifier(n_estimators=10, max_depth=2).fit(x, y)
+        est.save_model(tmp_path / "iris.ubj")
+        model = load_model(tmp_path / "iris.ubj", "iris", "1", "xgboost")
+    explainer = build("lime", model, x[::3], list(data.feature_names), lime_samples=300)
+    rows = x[[0, 60, 120]]
+    result = explainer.explain(rows)
+    assert result.values.shape == (3, 4, 3) and explainer.target.kind == "probability"
+    np.testing.assert_allclose(result.outputs, est.predict_proba(rows), atol=1e-5)
+    for row, cls in enumerate((0, 1, 2)):
+        top = int(np.abs(result.values[row, :, cls]).argmax())
+        assert data.feature_names[top].startswith("petal"), (kind, row, top)

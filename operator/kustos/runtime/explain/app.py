@@ -2,8 +2,8 @@
 
 Requests are parsed and validated on the event loop with the model server's own decoders
 (so a request the server accepts for :predict/infer is accepted here for :explain, and a
-malformed one gets the same 4xx); the SHAP computation runs on a worker thread so health
-and status keep answering during a long explanation.
+malformed one gets the same 4xx); the SHAP or LIME computation runs on a worker thread so
+health and status keep answering during a long explanation.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ class ExplainApp:
         self.max_rows = max_rows
         self.max_pending = max_pending
         self.pending = 0
-        # One thread: SHAP is CPU-bound and mostly holds the GIL; more threads would only
-        # make every request slower.
+        # One thread: SHAP and LIME are CPU-bound and mostly hold the GIL; more threads
+        # would only make every request slower.
         self.pool = concurrent.futures.ThreadPoolExecutor(1, "kustos-explain")
         self.stopping = False
         self._durations = m.DURATION.labels(self.name, state.method)

@@ -2,8 +2,8 @@
 partial dependence.
 
 - ``meanAbsShap``: mean over the background rows (and over the explained outputs) of the
-  absolute attribution of each feature. Its top-k is the ExplainerSpec's
-  ``status.globalImportance``.
+  absolute attribution of each feature (LIME weights for method lime; the key keeps its
+  name). Its top-k is the ExplainerSpec's ``status.globalImportance``.
 - ``permutationImportance``: scikit-learn's ``permutation_importance``. It needs labels:
   with ``--label-column`` they come from the background file; otherwise the model's own
   predictions on the background are the target, which measures how much the model's
