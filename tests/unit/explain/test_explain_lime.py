@@ -342,3 +342,22 @@ def test_lime_explains_onnx_and_booster_probabilities(kind: str, tmp_path: Path)
     for row, cls in enumerate((0, 1, 2)):
         top = int(np.abs(result.values[row, :, cls]).argmax())
         assert data.feature_names[top].startswith("petal"), (kind, row, top)
+
+
+def test_an_unused_varying_column_gets_only_small_weights() -> None:
+    # Unlike a constant column (exactly 0), a column the model ignores but that varies
+    # gets the ridge fit's sampling noise: small next to the features the model uses.
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    data = load_iris()
+    x = np.hstack([data.data, np.random.default_rng(0).normal(size=(len(data.data), 1))])
+    est = make_pipeline(ColumnTransformer([("used", "passthrough", [0, 1, 2, 3])]),
+                        LogisticRegression(max_iter=2000)).fit(x, data.target)
+    explainer = build("lime", SklearnModel(est, "iris", "1"), x[::2],
+                      ["sl", "sw", "pl", "pw", "noise"])
+    mean_abs = np.abs(explainer.explain(x[::10]).values).mean(axis=(0, 2))
+    assert 0 < mean_abs[4] < 0.1 * mean_abs[:4].max(), mean_abs
+    assert int(mean_abs.argmax()) == 2  # petal length, iris' deciding feature
