@@ -20,7 +20,7 @@ from .common import (
 
 RuntimeKind = Literal["kustos", "seldon", "mlserver", "tfserving", "torchserve", "custom"]
 RiskTier = Literal["low", "medium", "high"]
-ModelFormat = Literal["sklearn", "onnx", "xgboost", "lightgbm"]
+ModelFormat = Literal["sklearn", "onnx", "xgboost", "lightgbm", "mlflow"]
 
 
 # A bundle location: as a model URI, but not pvc:// (the default bundle of a pvc:// model,
@@ -127,6 +127,10 @@ class ModelSource(KModel):
          "format xgboost needs a native .ubj or .json file", ".uri"),
         ("self.format != 'lightgbm' || self.uri.endsWith('.txt')",
          "format lightgbm needs a native text model (.txt) file", ".uri"),
+        ("self.format != 'mlflow' || self.uri.endsWith('.tar.gz') || self.uri.endsWith('.tgz')"
+         " || self.uri.endsWith('.tar') || self.uri.endsWith('.zip')",
+         "format mlflow needs a .tar.gz, .tgz, .tar or .zip archive of an MLmodel directory",
+         ".uri"),
         ("!(self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')) || has(self.digest)",
          "unpickling runs code: a .joblib/.pkl model needs a pinned digest", ".digest"),
         ("!has(self.webIdentity) || self.uri.startsWith('s3://')",
@@ -143,7 +147,9 @@ class ModelSource(KModel):
     """Where the model file lives: file:///, https://, s3://BUCKET/KEY or pvc://CLAIM/PATH."""
     format: ModelFormat = "sklearn"
     """sklearn (.skops, or .joblib/.pkl with a pinned digest), onnx, xgboost (native .ubj or
-    .json) or lightgbm (native text .txt); only the kustos runtime serves all four."""
+    .json), lightgbm (native text .txt) or mlflow (a .tar.gz/.tgz/.tar/.zip of an MLmodel
+    directory of flavour sklearn, xgboost, lightgbm or onnx; pickled flavours need a pinned
+    digest); only the kustos runtime serves them all."""
     digest: Digest | None = None
     """sha256 of the model file (sha256:<64 hex>), verified before it is deserialized."""
     credentials_secret_ref: LocalObjectReference | None = None
