@@ -11,10 +11,17 @@ Each is pinned to CPU 0 and wrk to CPU 1. wrk sends the same single-row KServe V
 request, in two shapes:
 
   keep-alive   connections opened once and reused (how a client pool or a mesh talks)
-  new conn     `Connection: close`: a TCP connect, and for HTTPS a full TLS handshake,
-               for every request (the worst case: clients without pooling)
+  new conn     `Connection: close`: a TCP connect, and for HTTPS a TLS handshake, for
+               every request (clients without pooling); wrk resumes the TLS session
+               from the server's ticket, so these are resumed TLS 1.3 handshakes
 
-at concurrency 1 and 16, alternating plain and HTTPS for ``--rounds`` rounds; the table
+at concurrency 1 and 16, and a third shape, from a Python client at concurrency 1:
+
+  full hs      a new connection per request with a full handshake every time (no
+               session resumption: Python's ssl resumes only when told to), timed from
+               connect to the end of the answer, client costs included on both sides
+
+alternating plain and HTTPS for ``--rounds`` rounds; the table
 shows each point's best round (the least disturbed by the other processes on the machine)
 and the HTTPS/plain ratios. Any non-2xx answer or socket error fails the run. Before the
 load, an HTTPS request that verifies the certificate against the CA checks the answer.
@@ -56,6 +63,7 @@ from kustos.governance.tls import issue  # noqa: E402
 from ports import free_port  # noqa: E402
 
 SHAPES = ("keep-alive", "new conn")
+FULL = "full hs"
 CONCURRENCY = (1, 16)
 SERVER_CPU, CLIENT_CPU = "0", "1"
 
@@ -114,12 +122,43 @@ def check(url: str, body: bytes, ctx: ssl.SSLContext | None, expected: int) -> N
         raise BenchError(f"{url}: predicted {got}, the model says {[expected]}")
 
 
+def full_handshakes(port: int, ctx: ssl.SSLContext | None, body: bytes,
+                    seconds: float) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) of one client opening a connection per request; for
+    HTTPS each is a full handshake (a fresh SSLSocket is given no session to resume)."""
+    import socket
+
+    request = (b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+               b"content-type: application/json\r\nconnection: close\r\n"
+               b"content-length: %d\r\n\r\n" % len(body)) + body
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = ctx.wrap_socket(sock, server_hostname="127.0.0.1") if ctx else sock
+        with conn:
+            if isinstance(conn, ssl.SSLSocket) and conn.session_reused:
+                raise BenchError("the client resumed a TLS session")
+            conn.sendall(request)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        if not answer.startswith(b"HTTP/1.1 200"):
+            raise BenchError(f"answer: {answer[:200]!r}")
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return (len(times) / sum(times), times[len(times) // 2] * 1e3,
+            times[int(len(times) * 0.99)] * 1e3)
+
+
 def table(points: list[Point]) -> str:
     rows = ["| requests | concurrency | plain req/s | HTTPS req/s | HTTPS/plain | "
             "plain p50 / p99 ms | HTTPS p50 / p99 ms |",
             "|---|---:|---:|---:|---:|---:|---:|"]
-    for shape in SHAPES:
-        for c in CONCURRENCY:
+    for shape in (*SHAPES, FULL):
+        for c in (CONCURRENCY if shape != FULL else (1,)):
             best = {}
             for scheme in ("http", "https"):
                 runs = [p for p in points
@@ -181,6 +220,17 @@ def main(argv: list[str] | None = None) -> int:
                         points.append(Point(scheme, shape, c, rps, p50, p99))
                         print(f"{scheme:5} {shape:10} c={c:<3} {rps:10,.0f} req/s  "
                               f"p50 {p50:.2f} ms  p99 {p99:.2f} ms", flush=True)
+            os.sched_setaffinity(0, {int(CLIENT_CPU)})  # the client's core, as wrk's
+            try:
+                for server, verify, scheme in ((plain, None, "http"), (tls, ctx, "https")):
+                    full_handshakes(server.port, verify, body.encode(), 1)  # warm-up
+                    rps, p50, p99 = full_handshakes(server.port, verify, body.encode(),
+                                                    args.seconds)
+                    points.append(Point(scheme, FULL, 1, rps, p50, p99))
+                    print(f"{scheme:5} {FULL:10} c=1   {rps:10,.0f} req/s  "
+                          f"p50 {p50:.2f} ms  p99 {p99:.2f} ms", flush=True)
+            finally:
+                os.sched_setaffinity(0, range(os.cpu_count() or 1))
         info = machine()
         print(f"\n{info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
               f"OpenSSL {ssl.OPENSSL_VERSION.split()[1]}; {args.rounds} round(s) of "
