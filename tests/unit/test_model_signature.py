@@ -207,6 +207,11 @@ def test_signature_required_for_a_risk_tier() -> None:
                                            "trustRoot": {"name": "r", "key": "k"}}}),
                     [POLICY])
     assert v.field == "spec.model.signature.sigstore.identity"
+    # A certificate without an identity trusts anyone the CA certified.
+    (v,) = evaluate(governed({"certificate": {"caChain": CERT["certificate"]["caChain"]}}),
+                    [POLICY])
+    assert v.field == "spec.model.signature.certificate.identity"
+    assert "must name the signing certificate's identity for riskTier high" in str(v)
 
 
 def test_admission_refuses_an_unsigned_high_risk_model() -> None:

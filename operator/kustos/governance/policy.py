@@ -137,9 +137,15 @@ def signature_problems(model: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [] if (sig["publicKey"].get("name") and sig["publicKey"].get("key")) else \
             [(f"{field}.publicKey", "must name the ConfigMap/Secret and key")]
     if sig.get("certificate"):
+        # Without an identity any certificate under the CA chain would do: a policy asks
+        # for the signer to be named, as it is for a key or a Sigstore identity.
         ca = sig["certificate"].get("caChain") or {}
-        return [] if (ca.get("name") and ca.get("key")) else \
+        out = [] if (ca.get("name") and ca.get("key")) else \
             [(f"{field}.certificate.caChain", "must name the CA chain")]
+        if not str(sig["certificate"].get("identity") or "").strip():
+            out.append((f"{field}.certificate.identity",
+                        "must name the signing certificate's identity"))
+        return out
     if sig.get("sigstore"):
         store = sig["sigstore"]
         return [(f"{field}.sigstore.{k}", "is required") for k in
