@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     sig.add_argument("--signature-trust-root", help="Sigstore trust root JSON file")
     sig.add_argument("--signer-file", help="write the verified signer here (e.g. "
                      "/dev/termination-log, which the pod status keeps)")
+    from . import decrypt  # --transit-key and the Vault login flags (runtime/decrypt.py)
+
+    decrypt.add_arguments(p)
     return p
 
 
@@ -441,7 +444,11 @@ def main(argv: list[str]) -> int:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        if args.signature_method:
+        if args.transit_key:
+            from . import decrypt
+
+            result = decrypt.fetch_and_decrypt(args, log=None if args.quiet else log)
+        elif args.signature_method:
             from . import signing  # sigstore loads only when a signature is asked for
 
             result = signing.fetch_and_report(args, log=None if args.quiet else log)
