@@ -322,18 +322,22 @@ def render_service(body: Mapping[str, Any], tls: bool = False,
         "spec": {
             "type": "ClusterIP",
             "selector": {INSTANCE: name, COMPONENT: "predictor"},
-            "ports": [port, *_grpc_service_ports(grpc_port)],
+            "ports": [port, *_grpc_service_ports(grpc_port, tls)],
         },
     }
 
 
-def _grpc_service_ports(grpc_port: int | None) -> list[dict[str, Any]]:
+def _grpc_service_ports(grpc_port: int | None, tls: bool = False) -> list[dict[str, Any]]:
     """The runtime's gRPC port, on the same number; h2c tells meshes and gateways it is
-    cleartext HTTP/2."""
+    cleartext HTTP/2. Over TLS no appProtocol (there is no standard name for gRPC over
+    TLS; h2c would be wrong): they pass it through as TCP."""
     if grpc_port is None:
         return []
-    return [{"name": "grpc", "port": grpc_port, "targetPort": "grpc", "protocol": "TCP",
-             "appProtocol": "kubernetes.io/h2c"}]
+    port: dict[str, Any] = {"name": "grpc", "port": grpc_port, "targetPort": "grpc",
+                            "protocol": "TCP"}
+    if not tls:
+        port["appProtocol"] = "kubernetes.io/h2c"
+    return [port]
 
 
 def needs_identity(spec: ModelDeploymentSpec) -> bool:

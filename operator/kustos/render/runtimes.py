@@ -174,10 +174,10 @@ def tls_volumes(spec: ServingSpec) -> tuple[list[dict[str, Any]], list[dict[str,
 
 
 def kustos_grpc_port(spec: ServingSpec) -> int | None:
-    """The port `kustos serve` answers gRPC on, None for none."""
-    # gRPC does not serve the HTTP side's certificate yet: a TLS model gets no
-    # plaintext gRPC port beside its HTTPS one.
-    return None if spec.tls_secret else KUSTOS_GRPC_PORT
+    """The port `kustos serve` answers gRPC on, None for none. With spec.runtime.tls it
+    serves the same certificate (and client CA) as HTTPS: cli passes the --tls-* files
+    to tls.server_credentials."""
+    return KUSTOS_GRPC_PORT
 
 
 def runtime_ports(spec: ServingSpec) -> RuntimePorts:
@@ -189,10 +189,12 @@ def runtime_ports(spec: ServingSpec) -> RuntimePorts:
         # certificate either).
         if spec.tls_secret and spec.client_ca:
             return RuntimePorts(http=KUSTOS_HTTP_PORT, metrics=KUSTOS_HEALTH_PORT,
-                                http_name=HTTPS_PORT_NAME, metrics_name=HEALTH_PORT_NAME)
+                                http_name=HTTPS_PORT_NAME, metrics_name=HEALTH_PORT_NAME,
+                                grpc=kustos_grpc_port(spec))
         if spec.tls_secret:
             return RuntimePorts(http=KUSTOS_HTTP_PORT, metrics=KUSTOS_HTTP_PORT,
-                                http_name=HTTPS_PORT_NAME, metrics_scheme="https")
+                                http_name=HTTPS_PORT_NAME, metrics_scheme="https",
+                                grpc=kustos_grpc_port(spec))
         return RuntimePorts(http=KUSTOS_HTTP_PORT, metrics=KUSTOS_HTTP_PORT,
                             grpc=kustos_grpc_port(spec))
     if kind == "seldon":

@@ -67,7 +67,7 @@ def test_tls_mounts_the_secret_and_probes_https() -> None:
     assert volume["secret"]["defaultMode"] == 0o440  # group-readable via fsGroup only
     assert {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in server["volumeMounts"]
     assert all("subPath" not in m for m in server["volumeMounts"])  # subPath never updates
-    assert [p["name"] for p in server["ports"]] == ["https"]
+    assert [p["name"] for p in server["ports"]] == ["https", "grpc"]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert server[probe]["httpGet"]["scheme"] == "HTTPS"
         assert server[probe]["httpGet"]["port"] == "https"
@@ -75,12 +75,12 @@ def test_tls_mounts_the_secret_and_probes_https() -> None:
     assert annotations["prometheus.io/scheme"] == "https"
     assert objs["Service"]["spec"]["ports"] == [
         {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP",
-         "appProtocol": "https"}]
-    # The NetworkPolicy admits the same container port as without TLS, and no plaintext
-    # gRPC port (gRPC does not serve the certificate yet, so it is not rendered).
-    assert "--grpc-port" not in args
+         "appProtocol": "https"},
+        # gRPC serves the same certificate; not h2c (cleartext) any more.
+        {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP"}]
+    assert flag(args, "--grpc-port") == "8081"
+    # The NetworkPolicy admits the same container ports as without TLS (HTTP and gRPC).
     plain_np = children(None)["NetworkPolicy"]["spec"]
-    plain_np["ingress"][0]["ports"].remove({"protocol": "TCP", "port": 8081})
     assert objs["NetworkPolicy"]["spec"]["ingress"] == plain_np["ingress"]
 
 
@@ -101,7 +101,7 @@ def test_mtls_probes_and_scrapes_the_plain_health_port(source: dict[str, str]) -
         assert volume["secret"]["secretName"] == "clients-ca"
         assert volume["secret"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
-    assert ports == {"https": 8080, "health": KUSTOS_HEALTH_PORT}
+    assert ports == {"https": 8080, "health": KUSTOS_HEALTH_PORT, "grpc": 8081}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert server[probe]["httpGet"]["port"] == "health"
         assert "scheme" not in server[probe]["httpGet"]  # plain HTTP: no client cert needed
