@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="model file (or, with --rewrap, envelope)")
     p.add_argument("--transit-key", required=True, help="the Transit key's name")
     p.add_argument("--output", "-o", help="envelope path (default: MODEL.enc)")
+    p.add_argument("--chunk-size", type=int, default=1 << 20,
+                   help="plaintext bytes per encrypted chunk (1 MiB); what a reader holds "
+                        "in memory at a time")
     p.add_argument("--rewrap", action="store_true",
                    help="MODEL is an envelope: re-wrap its data key with the newest Transit "
                         "key version, in place (or to --output)")
@@ -95,14 +98,17 @@ def _write_atomically(target: Path) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
 
 
-def encrypt_file(model: Path, output: Path, client: hvac.Client, mount: str, key: str
-                 ) -> Header:
+def encrypt_file(model: Path, output: Path, client: hvac.Client, mount: str, key: str,
+                 chunk_size: int = 1 << 20) -> Header:
     """Encrypt ``model`` to ``output`` (atomically); returns the envelope.Header."""
     from . import envelope, transit
 
+    if not 0 < chunk_size <= envelope.MAX_CHUNK:
+        raise ValueError(f"--chunk-size must be 1..{envelope.MAX_CHUNK}")
     sha, size = envelope.plaintext_digest(model)
     data_key, wrapped = transit.new_data_key(client, mount, key)
-    header = envelope.Header(key_name=key, wrapped_key=wrapped, sha256=sha, size=size)
+    header = envelope.Header(key_name=key, wrapped_key=wrapped, sha256=sha, size=size,
+                             chunk_size=chunk_size)
     fd, tmp = _write_atomically(output)
     try:
         with os.fdopen(fd, "wb") as out, model.open("rb") as src:
@@ -178,10 +184,13 @@ def main(argv: list[str]) -> int:
                                      args.transit_key)
             else:
                 header = encrypt_file(model, output, client, args.transit_mount,
-                                      args.transit_key)
+                                      args.transit_key, args.chunk_size)
     except (VaultError, envelope.EnvelopeError) as exc:
         print(f"kustos encrypt: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"kustos encrypt: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"kustos encrypt: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
         return 1
