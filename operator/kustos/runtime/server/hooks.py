@@ -11,12 +11,10 @@ them. A full deque or a failed POST drops the inputs and counts them in
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import http.client
 import logging
 import math
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -26,42 +24,34 @@ import numpy as np
 import orjson
 
 from kustos.runtime.server import metrics as m
+from kustos.runtime.server.sender import BoundedSender, HttpPoster, SendError, check_url
 from kustos.runtime.server.tensors import Array, encode
+
+__all__ = ["DriftSender", "ExplainForwarder", "check_url", "sample_every"]
 
 log = logging.getLogger("kustos.serve")
 
 
 def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL, got {url!r}")
+    parts = urllib.parse.urlsplit(check_url(url))
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname, parts.port, timeout=timeout)
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
     return conn, parts.path.rstrip("/")
 
 
-def check_url(url: str) -> str:
-    _connection(url, 1.0)
-    return url
-
-
-class DriftSender:
+class DriftSender(BoundedSender[dict[str, Array]]):
     """Bounded, lossy, batched hand-off of request inputs to the drift sidecar."""
 
     def __init__(self, url: str, model_name: str, model_version: str, maxsize: int = 8192,
                  max_requests_per_post: int = 1024, timeout: float = 2.0,
                  flush_interval: float = 0.05, max_rows_per_second: float = 0) -> None:
-        check_url(url)
+        super().__init__("kustos-drift", maxsize, flush_interval, max_requests_per_post)
         self.url = url
         self.model_name = model_name
         self.model_version = model_version
         self.timeout = timeout
         self.max_requests_per_post = max_requests_per_post
-        self.flush_interval = flush_interval
-        # A deque, not a queue.Queue: append and popleft are atomic under the GIL, so the
-        # request path pays no lock or condition variable per request (at ~30k requests/s
-        # queue.Queue's put alone cost several percent of the serving core).
-        self.maxsize = maxsize
+        self._poster = HttpPoster(url, timeout)
         # Above max_rows_per_second the sidecar gets a systematic sample: every n-th
         # request, n adapted once a second by the sender thread from the rate offered. The
         # hand-off costs the serving process CPU per row under the GIL; a drift window needs
@@ -72,15 +62,14 @@ class DriftSender:
         self._countdown = 1
         self._offered = 0  # requests offered (written by offer only)
         self._skipped = 0  # requests left out of the sample (written by offer only)
-        self._pending: collections.deque[dict[str, Array]] = collections.deque()
-        self._closing = threading.Event()
         self._full = m.DRIFT_DROPPED.labels(model_name, "queue_full")
         self._failed = m.DRIFT_DROPPED.labels(model_name, "send_failed")
         self._sent = m.DRIFT_SENT.labels(model_name)
         self._sampled = m.DRIFT_SAMPLED_OUT.labels(model_name)
-        self._conn: http.client.HTTPConnection | None = None
-        self._thread = threading.Thread(target=self._run, name="kustos-drift", daemon=True)
-        self._thread.start()
+        self._since = time.monotonic()
+        self._offered_then = self._skipped_reported = 0
+        self._rows_kept = self._requests_kept = 0
+        self.start()
 
     def offer(self, inputs: dict[str, Array]) -> None:
         self._offered += 1
@@ -90,48 +79,31 @@ class DriftSender:
                 self._skipped += 1
                 return
             self._countdown = self._every
-        if len(self._pending) >= self.maxsize:
+        if not self.enqueue(inputs):
             self._full.inc()
-        else:
-            self._pending.append(inputs)
 
-    def close(self, timeout: float = 2.0) -> None:
-        self._closing.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
+    def tick(self, now: float) -> None:
         # Collect for one interval, then post what has arrived: one POST per request cost
         # the serving process ~40% of its throughput on cheap models (GIL, JSON, syscalls).
         # Drift needs no low latency. On close, what is pending is still sent.
-        since, offered_then, skipped_reported = time.monotonic(), 0, 0
-        rows_kept = requests_kept = 0
-        while True:
-            closing = self._closing.wait(self.flush_interval)
-            now = time.monotonic()
-            if self.max_rows_per_second and now - since >= 1.0:
-                offered = self._offered
-                rate = (offered - offered_then) / (now - since) \
-                    * (rows_kept / requests_kept if requests_kept else 1.0)
-                self._every = sample_every(rate, self.max_rows_per_second)
-                since, offered_then, rows_kept, requests_kept = now, offered, 0, 0
-            skipped = self._skipped
-            if skipped > skipped_reported:
-                self._sampled.inc(skipped - skipped_reported)
-                skipped_reported = skipped
-            # What is pending now; later arrivals wait for the next round (a slow sidecar
-            # must not keep this loop from adapting the sample).
-            left = len(self._pending)
-            while left > 0:
-                batch: list[dict[str, Array]] = []
-                while left > 0 and len(batch) < self.max_requests_per_post:
-                    batch.append(self._pending.popleft())
-                    left -= 1
-                requests_kept += len(batch)
-                rows_kept += sum(_rows(b) for b in batch)
-                for group in _groups(batch):
-                    self._post(group)
-            if closing:
-                return
+        if self.max_rows_per_second and now - self._since >= 1.0:
+            offered = self._offered
+            kept = self._requests_kept
+            rate = (offered - self._offered_then) / (now - self._since) \
+                * (self._rows_kept / kept if kept else 1.0)
+            self._every = sample_every(rate, self.max_rows_per_second)
+            self._since, self._offered_then = now, offered
+            self._rows_kept = self._requests_kept = 0
+        skipped = self._skipped
+        if skipped > self._skipped_reported:
+            self._sampled.inc(skipped - self._skipped_reported)
+            self._skipped_reported = skipped
+
+    def deliver(self, batch: list[dict[str, Array]]) -> None:
+        self._requests_kept += len(batch)
+        self._rows_kept += sum(_rows(b) for b in batch)
+        for group in _groups(batch):
+            self._post(group)
 
     def payload(self, group: list[dict[str, Array]]) -> bytes:
         inputs = []
@@ -145,25 +117,9 @@ class DriftSender:
 
     def _post(self, group: list[dict[str, Array]]) -> None:
         try:
-            body = self.payload(group)
-            for attempt in (1, 2):  # a kept-alive connection may have been closed: retry once
-                try:
-                    if self._conn is None:
-                        self._conn, path = _connection(self.url, self.timeout)
-                        self._path = path or "/"
-                    self._conn.request("POST", self._path, body,
-                                       {"content-type": "application/json"})
-                    resp = self._conn.getresponse()
-                    resp.read()
-                    break
-                except (OSError, http.client.HTTPException):
-                    if self._conn is not None:
-                        self._conn.close()
-                    self._conn = None
-                    if attempt == 2:
-                        raise
-            if resp.status >= 300:
-                raise RuntimeError(f"drift sidecar answered HTTP {resp.status}")
+            status = self._poster.post(self.payload(group), b"content-type: application/json\r\n")
+            if status >= 300:
+                raise SendError(f"drift sidecar answered HTTP {status}")
             self._sent.inc(len(group))
         except Exception as exc:
             self._failed.inc(len(group))

@@ -1,0 +1,199 @@
+"""The one way the model server hands data to another service without slowing predictions.
+
+``BoundedSender.offer`` is what the request path calls: an append to a bounded deque, or,
+when the deque is full, a dropped item counted by the subclass (drop newest: what is
+already queued is older and goes first; a prediction never waits). A daemon thread wakes
+every ``flush_interval``, takes what is pending and hands it to ``deliver``. The drift
+hand-off (hooks.DriftSender) and the payload logger (payload_log.PayloadSink) are
+subclasses; ``HttpPoster`` is the kept-alive HTTP/1.1 client both post with.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import ssl
+import threading
+import urllib.parse
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class SendError(Exception):
+    """A POST that did not reach the peer or was not accepted (no secret in the text)."""
+
+
+def check_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL, got {url!r}")
+    return url
+
+
+class HttpPoster:
+    """POSTs to one URL over a kept-alive connection, with the least Python per request.
+
+    It runs on a sender thread that shares the GIL with the event loop serving
+    predictions, so it builds the request bytes itself and reads only the status line,
+    content-length and chunked framing of the answer (http.client's header parsing cost
+    several times more per POST). A connection the peer closed is reopened once.
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        check_url(url)
+        parts = urllib.parse.urlsplit(url)
+        self.host = parts.hostname or ""
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.timeout = timeout
+        netloc = self.host if parts.port is None else f"{self.host}:{parts.port}"
+        if ":" in self.host:
+            netloc = f"[{self.host}]" + (f":{parts.port}" if parts.port else "")
+        self._head = (f"POST {self.path} HTTP/1.1\r\nhost: {netloc}\r\n").encode("latin-1")
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._buf = b""
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        return sock
+
+    def post(self, body: bytes, headers: bytes) -> int:
+        """POST ``body`` with ``headers`` (ready-made ``name: value\\r\\n`` lines); the
+        answer's status code. Raises SendError when no answer came."""
+        request = b"".join((self._head, headers, b"content-length: %d\r\n\r\n" % len(body),
+                            body))
+        for attempt in (1, 2):  # a kept-alive connection may have been closed: retry once
+            fresh = self._sock is None
+            try:
+                if self._sock is None:
+                    self._sock = self._connect()
+                self._sock.sendall(request)
+                return self._answer()
+            except (OSError, ValueError, SendError) as exc:
+                self.close()
+                if attempt == 2 or fresh:
+                    raise SendError(f"POST to {self.host}:{self.port} failed: "
+                                    f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise AssertionError("unreachable")
+
+    def _recv(self) -> bytes:
+        assert self._sock is not None
+        data = self._sock.recv(65536)
+        if not data:
+            raise SendError("connection closed by the peer")
+        return data
+
+    def _answer(self) -> int:
+        buf = self._buf
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            if len(buf) > 65536:
+                raise SendError("response header too large")
+            buf += self._recv()
+        head, buf = buf[:end].split(b"\r\n"), buf[end + 4:]
+        status_line = head[0].split(None, 2)
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            raise SendError("malformed response status line")
+        status = int(status_line[1])
+        length, chunked, close = None, False, False
+        for line in head[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value.strip())
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                close = b"close" in value.lower()
+        if chunked:
+            while True:
+                while (eol := buf.find(b"\r\n")) < 0:
+                    buf += self._recv()
+                size = int(buf[:eol].split(b";")[0], 16)
+                while len(buf) < eol + 2 + size + 2:
+                    buf += self._recv()
+                buf = buf[eol + 2 + size + 2:]
+                if size == 0:
+                    break
+        elif length is not None:
+            while len(buf) < length:
+                buf += self._recv()
+            buf = buf[length:]
+        elif status not in (204, 304) and not 100 <= status < 200:
+            close = True  # body delimited by the close: not reusable
+        self._buf = buf
+        if close:
+            self.close()
+        return status
+
+
+class BoundedSender(Generic[T]):
+    """A bounded deque drained by a daemon thread; subclasses say what delivery means."""
+
+    def __init__(self, name: str, maxsize: int, flush_interval: float = 0.05,
+                 max_batch: int = 1024) -> None:
+        # A deque, not a queue.Queue: append and popleft are atomic under the GIL, so the
+        # request path pays no lock or condition variable per request (at ~30k requests/s
+        # queue.Queue's put alone cost several percent of the serving core).
+        self.maxsize = maxsize
+        self.flush_interval = flush_interval
+        self.max_batch = max_batch
+        self._pending: collections.deque[T] = collections.deque()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def enqueue(self, item: T) -> bool:
+        """Queue ``item`` unless the queue is full (then False: the caller counts the drop)."""
+        if len(self._pending) >= self.maxsize:
+            return False
+        self._pending.append(item)
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop after sending what is pending (for at most ``timeout`` seconds)."""
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    def tick(self, now: float) -> None:
+        """Called once per round before delivery (sampling, metrics)."""
+
+    def deliver(self, batch: list[T]) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        import time
+
+        while True:
+            closing = self._closing.wait(self.flush_interval)
+            self.tick(time.monotonic())
+            # What is pending now; later arrivals wait for the next round (a slow peer
+            # must not keep this loop from its per-round work).
+            left = len(self._pending)
+            while left > 0:
+                batch: list[T] = []
+                while left > 0 and len(batch) < self.max_batch:
+                    batch.append(self._pending.popleft())
+                    left -= 1
+                self.deliver(batch)
+            if closing:
+                return
