@@ -384,3 +384,56 @@ def test_grpc_server_credentials_mtls_and_rotation(pki: Pki, tmp_path: Path) -> 
         assert check(pki.client) == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop(0)
+
+
+# --- the TLS accept path in-process, on both event loops ---------------------------------
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_silent_and_stalled_handshakes_are_cut_and_counted(loop_kind: str, pki: Pki,
+                                                          tmp_path: Path) -> None:
+    from .test_http_limits import start_toy
+
+    volume, _ = server_volume(tmp_path, pki)
+    reloading = server_tls.ReloadingContext(volume.path("tls.crt"), volume.path("tls.key"))
+    toy = start_toy(loop_kind, header_timeout=0.5, tls=reloading)
+    server = toy.server
+    try:
+        ctx = client_context(pki)
+        ctx.check_hostname = False  # the toy listens on a random 127.x.y.z
+        silent = socket.create_connection(toy.addr, timeout=10)
+        stalled = socket.create_connection(toy.addr, timeout=10)
+        stalled.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
+        for sock in (silent, stalled):
+            with sock, contextlib.suppress(ConnectionResetError):
+                assert sock.recv(100) == b""  # closed by the server, no answer
+        assert wait_for(lambda: server.tls_failures >= 2 and server.open_connections == 0, 10)
+
+        # Plain HTTP gets the plain 400; a real client still gets served.
+        with socket.create_connection(toy.addr, timeout=10) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = b""
+            while chunk := raw.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"HTTPS" in answer
+        assert server.plain_to_tls == 1
+        with socket.create_connection(toy.addr, timeout=10) as raw, \
+                ctx.wrap_socket(raw) as conn:
+            conn.sendall(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"ok":true}')
+        assert wait_for(lambda: server.open_connections == 0, 10)
+    finally:
+        toy.stop()
+
+
+def test_workers_share_the_tls_port(models: Models, pki: Pki, tmp_path: Path) -> None:
+    volume, _ = server_volume(tmp_path, pki)
+    ctx = client_context(pki)
+    with tls_server(models, volume, "--workers", "2") as (port, proc):
+        wait_https_ready(port, proc, ctx)
+        for _ in range(8):  # spread over both workers by the kernel
+            status, body = https(port, ctx, "POST", "/v2/models/iris/infer", INFER)
+            assert status == 200, body
