@@ -13,6 +13,7 @@ from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
 from kustos.config import OperatorConfig
 
+from . import encryption
 from .attachments import NONE, Attachments
 from .aws_identity import session_name, web_identity_env, web_identity_mount, web_identity_volume
 from .keda import render_scaled_object, uses_keda
@@ -257,6 +258,11 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         pod_annotations[SIGNER_ANNOTATION] = str(signer(track.model.signature))
         volumes += fetch_signature(track.model, "").volumes
     pod_annotations.update(attachments.pod_annotations)
+    fetch = _fetch_container(track.model, config,
+                             session_name(body["metadata"].get("namespace", ""), name))
+    # spec.model.encryption: decrypt into memory (render/encryption.py).
+    volumes = encryption.apply(fetch, volumes, track.model,
+                               spec.secrets.vault if spec.secrets else None, config)
     ports = runtime_ports(sspec)
     if ports.metrics is not None:
         # The conventional scrape annotations, for Prometheus set-ups without a PodMonitor.
@@ -286,9 +292,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
                     "fsGroup": NONROOT_UID,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
-                "initContainers": [_fetch_container(track.model, config, session_name(
-                    body["metadata"].get("namespace", ""), name)),
-                                   *attachments.init_containers],
+                "initContainers": [fetch, *attachments.init_containers],
                 "containers": [server, *attachments.sidecars],
                 "volumes": volumes,
             },

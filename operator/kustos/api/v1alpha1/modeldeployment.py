@@ -161,6 +161,9 @@ class ModelSource(KModel):
     signature: ModelSignature | None = None
     """Verify an OpenSSF model-signing bundle before the model is used (the canary's
     model is verified the same way, against its own bundle)."""
+    encryption: ModelEncryption | None = None
+    """The model file is encrypted (`kustos encrypt`) with a Vault/OpenBao Transit key;
+    needs spec.secrets.vault. The canary's model must be encrypted with the same key."""
 
 
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -180,6 +183,34 @@ Quantity = Annotated[
     WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}],
                     "pattern": QUANTITY_PATTERN}),
 ]
+
+
+class TransitKey(KModel):
+    """A Vault/OpenBao Transit key."""
+
+    mount: str = Field(default="transit", min_length=1, max_length=256,
+                       pattern=r"^[-_a-zA-Z0-9]+(/[-_a-zA-Z0-9]+)*$")
+    """Where the Transit secrets engine is mounted (without a leading or trailing /)."""
+    key_name: str = Field(min_length=1, max_length=128, pattern=r"^[-_.a-zA-Z0-9]+$")
+    """The Transit key that wraps the model's data key (`kustos encrypt --transit-key`)."""
+
+
+class ModelEncryption(KModel):
+    """The model file is an envelope written by `kustos encrypt`: AES-256-GCM with a data
+    key wrapped by a Transit key. The fetch init container logs in to Vault as the model's
+    own ServiceAccount (spec.secrets.vault: address, authPath, namespace, audience), unwraps
+    the data key with transit/decrypt and decrypts into an in-memory model volume;
+    spec.model.digest then pins the decrypted model."""
+
+    transit: TransitKey
+    """The Transit key the data key is wrapped with."""
+    role: str | None = Field(default=None, min_length=1, max_length=256,
+                             pattern=r"^[-._a-zA-Z0-9@]+$")
+    """Kubernetes auth role for the decryption; defaults to spec.secrets.vault.role. Its
+    policy needs only update on MOUNT/decrypt/KEYNAME."""
+    size_limit: str | None = Field(default=None, max_length=64, pattern=QUANTITY_PATTERN)
+    """Size of the in-memory (tmpfs) model volume; it counts against the pod's memory.
+    Defaults to the operator config's modelVolumeSize."""
 
 
 class ResourceRequirements(KModel):
@@ -455,6 +486,13 @@ class ModelDeploymentSpec(KModel):
          ".canary.model.signatureUri"),
         ("!has(self.canary) || self.replicas >= 2 || has(self.autoscaling)",
          "a canary needs at least 2 replicas", ".replicas"),
+        ("!has(self.model.encryption) || (has(self.secrets) && has(self.secrets.vault))",
+         "spec.model.encryption needs spec.secrets.vault (the Vault the model logs in to)",
+         ".model.encryption"),
+        ("!has(self.model.encryption) || !has(self.secrets) || !has(self.secrets.vault)"
+         " || self.secrets.vault.mode != 'injector' || has(self.secrets.vault.address)",
+         "spec.model.encryption with injector mode needs spec.secrets.vault.address (the "
+         "fetch init container logs in itself)", ".secrets.vault.address"),
     )
 
 
