@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import logging
 import os
 import socket
 import ssl
@@ -257,6 +258,7 @@ def test_https_infer_rotation_and_plain_http(models: Models, pki: Pki, tmp_path:
 def test_half_rotation_is_logged_and_old_certificate_kept(pki: Pki, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture
                                                          ) -> None:
+    caplog.set_level(logging.INFO, "kustos.serve")
     volume, _ = server_volume(tmp_path, pki)
     reloading = server_tls.ReloadingContext(volume.path("tls.crt"), volume.path("tls.key"))
     before = reloading.context
@@ -264,6 +266,7 @@ def test_half_rotation_is_logged_and_old_certificate_kept(pki: Pki, tmp_path: Pa
     volume.update({"tls.crt": cert, "tls.key": (volume.root / "..data/tls.key").read_bytes()})
     assert reloading.check() is False and reloading.context is before
     assert "do not load" in caplog.text and "PRIVATE" not in caplog.text
+    assert "TLS certificate" in caplog.text and "valid until" in caplog.text
     assert reloading.check() is False  # retried, logged once
     assert caplog.text.count("do not load") == 1
 
@@ -370,15 +373,21 @@ def test_grpc_server_credentials_mtls_and_rotation(pki: Pki, tmp_path: Path) -> 
                 check(client)
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
 
-        # Rotation: gRPC asks before each handshake; the next channel sees the new serial.
-        cert, key, serial = make_leaf(pki.ca, "iris")
-        assert serial != first_serial
-        volume.update({"tls.crt": cert, "tls.key": key, "ca.crt": pki.ca.pem})
-
         def serial_now() -> int:
             ctx = client_context(pki, pki.client)
             ctx.set_alpn_protocols(["h2"])
             return served_serial(port, ctx)
+
+        # A half-rotated pair is not loaded: the old certificate stays in service.
+        cert, key, serial = make_leaf(pki.ca, "iris")
+        assert serial != first_serial
+        old_key = (volume.root / "..data" / "tls.key").read_bytes()
+        volume.update({"tls.crt": cert, "tls.key": old_key, "ca.crt": pki.ca.pem})
+        assert serial_now() == first_serial
+        assert check(pki.client) == health_pb2.HealthCheckResponse.SERVING
+
+        # Rotation: gRPC asks before each handshake; the next channel sees the new serial.
+        volume.update({"tls.crt": cert, "tls.key": key, "ca.crt": pki.ca.pem})
 
         assert wait_for(lambda: serial_now() == serial, 30, 0.2)
         assert check(pki.client) == health_pb2.HealthCheckResponse.SERVING

@@ -16,10 +16,10 @@ Nothing here logs or raises with key material: OpenSSL's errors name files and r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +77,30 @@ def server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSL
     return ctx
 
 
+def describe(cert: str) -> tuple[str, bool]:
+    """("serial S, valid until T", expired?) of the first certificate in a PEM file, for
+    the log: names and dates only. ("unreadable", False) when it does not parse."""
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    except (OSError, ValueError):
+        return "unreadable", False
+    until = leaf.not_valid_after_utc
+    return (f"serial {leaf.serial_number:x}, valid until {until:%Y-%m-%d %H:%M} UTC",
+            until <= datetime.now(UTC))
+
+
+def _log_loaded(what: str, cert: str) -> None:
+    text, expired = describe(cert)
+    if expired:
+        log.warning("%s %s: %s, EXPIRED", what, cert, text)
+    else:
+        log.info("%s %s: %s", what, cert, text)
+
+
 def _reason(exc: BaseException) -> str:
     """OpenSSL's reason or the OS error, without echoing anything read from the files."""
     if isinstance(exc, ssl.SSLError):
@@ -99,6 +123,7 @@ class ReloadingContext:
         self._paths = (cert, key) + ((client_ca,) if client_ca else ())
         self._seen = _signature(self._paths)
         self.context = build(cert, key, client_ca)
+        _log_loaded("TLS certificate", cert)
         self.reloads = 0  # successful reloads (tests and logs read it)
         self._failed: Signature | None = None  # the signature whose load failed, logged once
 
@@ -124,7 +149,7 @@ class ReloadingContext:
         self._seen, self._failed = now, None
         self.context = context
         self.reloads += 1
-        log.info("TLS certificate reloaded from %s", self.cert)
+        _log_loaded("TLS certificate reloaded from", self.cert)
         return True
 
     async def watch(self) -> None:
@@ -155,19 +180,31 @@ def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grp
         return grpc.ssl_server_certificate_configuration([(private, chain)], roots)
 
     paths = (cert, key) + ((client_ca,) if client_ca else ())
-    state = {"seen": _signature(paths)}
+    seen: list[Signature] = [_signature(paths)]
+    failed: dict[Signature, float] = {}  # a pair that did not load: when to try again
     initial = load()
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
         now = _signature(paths)
-        if now == state["seen"] or None in now:
+        if now == seen[0] or None in now:
             return None  # None: keep the current configuration
-        with contextlib.suppress(TlsConfigError):
+        # Called before every handshake: a broken pair is retried every few seconds,
+        # not on each connection.
+        if time.monotonic() < failed.get(now, 0.0):
+            return None
+        try:
             config = load()
-            state["seen"] = now
-            log.info("gRPC TLS certificate reloaded from %s", cert)
-            return config
-        return None
+        except TlsConfigError as exc:
+            if now not in failed:
+                log.warning("TLS files changed but do not load, gRPC keeps the previous "
+                            "certificate: %s", exc)
+            failed.clear()
+            failed[now] = time.monotonic() + DEFAULT_RELOAD_INTERVAL
+            return None
+        seen[0] = now
+        failed.clear()
+        _log_loaded("gRPC TLS certificate reloaded from", cert)
+        return config
 
     return grpc.dynamic_ssl_server_credentials(
         initial, fetch, require_client_authentication=client_ca is not None)
