@@ -50,6 +50,7 @@ tools: ## build etcd, the Kubernetes binaries (kubelet, kube-proxy too), kwok, h
 	@bash hack/kube-router.sh build
 	@bash hack/argocd.sh build
 	@bash hack/keda.sh build
+	@bash hack/traefik.sh build
 
 .PHONY: host-packages
 host-packages: ## the Debian packages of the real node, the image builds, kube-router and Argo CD (apt-get, only what is missing)

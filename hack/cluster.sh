@@ -604,6 +604,8 @@ cmd_down() {
   if [ -f "$RUN/keda-operator.pid" ] || [ -f "$RUN/keda-adapter.pid" ]; then
     "$here/keda.sh" stop || true
   fi
+  # Traefik's host process (hack/traefik.sh), the Gateway API implementation
+  [ ! -f "$RUN/traefik.pid" ] || "$here/traefik.sh" stop || true
   # the real node first (its kubelet talks to the apiserver; it restores the host)
   if [ -d "$CLUSTER_DIR/node" ] || [ -d "$CLUSTER_DIR/host" ]; then
     [ "$(id -u)" = 0 ] || die "the real node runs; stopping it needs root"
