@@ -80,6 +80,9 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "config says autoscaling.requests_backend: keda (watched only then)"),
     Rule(("policy",), ("poddisruptionbudgets",), CHILD_VERBS,
          "the PodDisruptionBudget when there is more than one replica"),
+    Rule(("gateway.networking.k8s.io",), ("httproutes",), CHILD_VERBS,
+         "the HTTPRoute of a ModelDeployment with spec.gateway, when the cluster serves the "
+         "Gateway API (watched only then)"),
     Rule(("networking.k8s.io",), ("networkpolicies",), CHILD_VERBS,
          "the NetworkPolicy of each ModelDeployment's pods"),
     Rule(("",), ("events",), ("create",),

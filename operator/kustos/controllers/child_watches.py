@@ -23,6 +23,7 @@ from kustos.render.keda import model_child_kinds
 from kustos.render.meta import COMPONENT, MANAGED, MANAGED_BY
 
 from .context import config
+from .gateway import gateway_api
 from .indexes import CHILD_RESOURCES, children_cache, slim
 from .peering import exact_namespaces, match_namespace
 
@@ -37,6 +38,7 @@ class ChildWatches:
     """This process's watches of children and serving pods, in kopf's memo."""
 
     def __init__(self, memo: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._memo = memo
         self._cache = children_cache(memo)
         self._loop = loop
         self._scopes: dict[str | None, list[Watch]] = {}
@@ -54,7 +56,8 @@ class ChildWatches:
         """Watch every child kind and the serving pods in ``namespace`` (None: all)."""
         if namespace in self._scopes:
             return
-        kinds = [k for k in CHILD_RESOURCES if k in model_child_kinds(config())]
+        kinds = [k for k in CHILD_RESOURCES
+                 if k in model_child_kinds(config(), gateway_api(self._memo))]
         watches = [self._watch(kind, namespace, {MANAGED: MANAGED_BY}, cached=True)
                    for kind in kinds]
         watches.append(self._watch("Pod", namespace, POD_LABELS, cached=False))
@@ -117,6 +120,7 @@ def child_watches(memo: Any) -> ChildWatches:
 @kopf.on.startup()
 async def start_child_watches(memo: kopf.Memo, **_: Any) -> None:
     watches = child_watches(memo)
+    await asyncio.to_thread(gateway_api, memo)  # before start(), off the event loop
     peers = getattr(memo, "peering", None)
     if peers is None or peers.clusterwide:
         watches.start(None)

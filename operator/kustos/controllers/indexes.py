@@ -55,6 +55,8 @@ CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
     # watched only with the operator config's autoscaling.requests_backend: keda (its CRD
     # may be missing elsewhere): kustos.render.keda.model_child_kinds
     "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
+    # watched only when the cluster serves the Gateway API (controllers/gateway.py)
+    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
 }
 # kind -> the index's name (kopf injects indexes into handlers' kwargs by this name).
 ATTACHMENT_INDEX = {"ExplainerSpec": "kustos_explainers_by_target",

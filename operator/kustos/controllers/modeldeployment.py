@@ -30,6 +30,7 @@ from .attachments import AttachmentPending, AttachmentProblem, gather
 from .child_watches import child_watches
 from .children import NameConflict, known, sync
 from .context import backoff, config
+from .gateway import gateway_api
 from .indexes import Child, Lookup, lookup_from
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ FIRST_STATUS_GRACE = 5.0
 def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
                  failure: Failure | None = None, waiting: str | None = None, *,
                  current: dict[str, Any] | None = None,
-                 reconciled: Callable[[], Reconciled | None] | None = None) -> None:
+                 reconciled: Callable[[], Reconciled | None] | None = None,
+                 gateway_api: bool = False) -> None:
     """Write the rollout's part of the status (status_md.ROLLOUT) from what the cluster
     reports, judged against ``body``'s spec and generation (the ones this pass rendered; a
     newer spec gets its own reconcile). ``current`` is a recent read to start from.
@@ -72,7 +74,7 @@ def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str,
                 "Pod", meta["namespace"],
                 {**base_labels(meta["name"]), COMPONENT: "predictor"}))
         new, found = status_md.compute(fresh, deployments, config(), datetime.now(UTC),
-                                       failure, pod_failure, waiting)
+                                       failure, pod_failure, waiting, gateway_api)
         notices[:] = found
         return new
 
@@ -148,8 +150,10 @@ class Models:
     loop and the ExplainerSpec/DriftMonitor handlers re-render too, and a render that
     gathered its attachments earlier must not apply after (and undo) a newer one."""
 
-    def __init__(self, lookup: Lookup) -> None:
+    def __init__(self, lookup: Lookup, gateway_api: bool = False) -> None:
         self.lookup = lookup
+        # the cluster serves HTTPRoutes (controllers/gateway.py), looked up at start-up
+        self.gateway_api = gateway_api
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._reconciled: dict[str, Reconciled] = {}
@@ -224,7 +228,7 @@ def models(memo: Any) -> Models:
 def create_state(memo: kopf.Memo, **kwargs: Any) -> None:
     # kopf hands startup handlers its indexes, still empty: live views it fills before
     # any resource handler runs (controllers/indexes.py).
-    memo.kustos_models = Models(lookup_from(memo, kwargs))
+    memo.kustos_models = Models(lookup_from(memo, kwargs), gateway_api(memo))
 
 
 @kopf.on.cleanup()
@@ -246,14 +250,14 @@ def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> Non
     except AttachmentPending as err:
         state.record(meta["uid"], Reconciled(meta.get("generation"), waiting=err.message))
         write_status(body, state.deployments(meta["namespace"], meta["name"], meta["uid"]),
-                     waiting=err.message)
+                     waiting=err.message, gateway_api=state.gateway_api)
         log.info("%s/%s waits: %s", body["metadata"]["namespace"], body["metadata"]["name"],
                  err.message)
         return
     except AttachmentProblem as err:
         _fail(state, body, err.reason, err.message, permanent=False, retry=retry)
     try:
-        desired = render_md.render(body, config(), attachments)
+        desired = render_md.render(body, config(), attachments, state.gateway_api)
     except ValidationError as err:
         # The schema should have refused this; an older CRD or a manual status edit can
         # still get here. Say so, don't retry until the spec changes.
@@ -270,7 +274,7 @@ def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> Non
         before = state.reconciled(uid)
         standing = before.failure if before and before.generation == generation else None
         state.record(uid, Reconciled(generation, standing))
-        kinds = model_child_kinds(config())
+        kinds = model_child_kinds(config(), state.gateway_api)
         live = known(body, kinds, state.lookup)
         applied = sync(body, desired, kinds, live)
         state.record(uid, Reconciled(generation))
@@ -278,7 +282,8 @@ def _reconcile_locked(body: Mapping[str, Any], retry: int, state: Models) -> Non
             # Compared with the body kopf handed us (fresh from its listing on a resume),
             # not a GET: a stale one fails the write's resourceVersion precondition and is
             # read again, and any later change of the object schedules a refresh anyway.
-            write_status(body, _deployments(desired, applied, live), current=body)
+            write_status(body, _deployments(desired, applied, live), current=body,
+                         gateway_api=state.gateway_api)
         # else: the applied Deployment's watch event refreshes the status in a moment,
         # from what its controller reports by then (one write instead of two).
     except NameConflict as err:
@@ -331,7 +336,7 @@ def _fail(state: Models, body: Mapping[str, Any], reason: str, message: str, *,
     try:
         meta = body["metadata"]
         write_status(body, state.deployments(meta["namespace"], meta["name"], meta["uid"]),
-                     failure)
+                     failure, gateway_api=state.gateway_api)
     except ApiError as err:
         log.warning("could not record %s on %s: %s", reason, body["metadata"]["name"], err)
     if permanent:
@@ -370,7 +375,8 @@ def refresh_status(md: dict[str, Any], state: Models) -> float | None:
             and not status_md.settled(md, deployments)):
         return wait  # no status yet and the rollout is under way: the next look may be Ready
     write_status(md, deployments, current=md,
-                 reconciled=lambda: state.reconciled(meta["uid"]))
+                 reconciled=lambda: state.reconciled(meta["uid"]),
+                 gateway_api=state.gateway_api)
     return None
 
 

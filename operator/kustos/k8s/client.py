@@ -128,6 +128,19 @@ def _call(method: str, path: str, *, body: Any = None, query: list[tuple[str, An
     return json.loads(raw) if raw else {}
 
 
+def served_resources(group_version: str) -> list[str] | None:
+    """The resources (plurals, subresources too) the API serves in ``group_version``
+    (e.g. gateway.networking.k8s.io/v1), from discovery; None when it serves no such
+    group version."""
+    try:
+        found = _call("GET", f"/apis/{group_version}")
+    except ApiError as err:
+        if err.status == 404:
+            return None
+        raise
+    return [str(r.get("name")) for r in found.get("resources") or []]
+
+
 def apply(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Server-side apply ``manifest`` as field manager ``kustos`` (forcing conflicts: we own
     what we render)."""

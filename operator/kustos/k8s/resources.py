@@ -38,10 +38,13 @@ _ALL = [
     # with the operator config autoscaling.requests_backend keda (kustos.render.keda)
     Resource("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
     Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    # with spec.gateway, when the cluster serves the Gateway API (kustos.render.httproute)
+    Resource("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
     Resource("batch/v1", "Job", "jobs"),
     Resource("kustos.dev/v1alpha1", "ModelDeployment", "modeldeployments"),
     Resource("kustos.dev/v1alpha1", "ExplainerSpec", "explainerspecs"),
     Resource("kustos.dev/v1alpha1", "DriftMonitor", "driftmonitors"),
+    Resource("kustos.dev/v1alpha1", "BatchInference", "batchinferences"),
     Resource("kustos.dev/v1alpha1", "GovernancePolicy", "governancepolicies", namespaced=False),
     Resource("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration",
              "validatingwebhookconfigurations", namespaced=False),

@@ -35,14 +35,18 @@ def uses_keda(autoscaling: AutoscalingSpec | None, config: OperatorConfig) -> bo
             and config.autoscaling.requests_backend == "keda")
 
 
-def model_child_kinds(config: OperatorConfig) -> list[str]:
+def model_child_kinds(config: OperatorConfig, gateway_api: bool = False) -> list[str]:
     """The child kinds of a ModelDeployment this operator manages (lists, deletes when no
-    longer rendered): ScaledObjects only with the keda backend, whose CRD may be missing
+    longer rendered): ScaledObjects only with the keda backend, HTTPRoutes only when the
+    cluster serves the Gateway API (``gateway_api``): their CRDs may be missing
     elsewhere."""
-    if config.autoscaling.requests_backend != "keda":
-        return list(MODEL_CHILD_KINDS)
-    at = MODEL_CHILD_KINDS.index("HorizontalPodAutoscaler") + 1
-    return [*MODEL_CHILD_KINDS[:at], KIND, *MODEL_CHILD_KINDS[at:]]
+    kinds = list(MODEL_CHILD_KINDS)
+    if config.autoscaling.requests_backend == "keda":
+        at = kinds.index("HorizontalPodAutoscaler") + 1
+        kinds[at:at] = [KIND]
+    if gateway_api:
+        kinds.append("HTTPRoute")
+    return kinds
 
 
 def pods_regex(deployment: str) -> str:

@@ -16,6 +16,7 @@ from kustos.config import OperatorConfig
 from . import encryption
 from .attachments import NONE, Attachments
 from .aws_identity import session_name, web_identity_env, web_identity_mount, web_identity_volume
+from .httproute import render_route, traffic_split
 from .keda import render_scaled_object, uses_keda
 from .meta import (
     COMPONENT,
@@ -298,8 +299,8 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
             },
         },
     }
-    # With autoscaling the HPA owns .spec.replicas of the stable track; leave it out.
-    if not (autoscaled and track.track == "stable"):
+    # With autoscaling an HPA owns .spec.replicas of the track; leave it out.
+    if not autoscaled:
         deployment_spec["replicas"] = track.replicas
     return {
         "apiVersion": "apps/v1",
@@ -365,10 +366,38 @@ def render_service_account(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_hpa(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any] | None:
-    auto = spec.autoscaling
-    if auto is None:
+    """The stable track's HPA."""
+    if spec.autoscaling is None:
         return None
     name = body["metadata"]["name"]
+    return _hpa(body, spec, name, *autoscaled_bounds(name, spec))
+
+
+def canary_autoscaled(spec: ModelDeploymentSpec, config: OperatorConfig,
+                      gateway_api: bool) -> bool:
+    """Whether the canary track scales by itself: when the route's weights split the
+    traffic (the canary's load is then its weight's share, whatever its pod count) and
+    the operator's HPA scales (a KEDA ScaledObject covers the stable track only)."""
+    return (spec.canary is not None and spec.autoscaling is not None
+            and traffic_split(spec, gateway_api) == "gateway"
+            and not uses_keda(spec.autoscaling, config))
+
+
+def render_canary_hpa(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The canary track's HPA (gateway split): from its starting pods up to its weight's
+    share of spec.autoscaling.maxReplicas, on the same targets as the stable track."""
+    assert spec.autoscaling is not None and spec.canary is not None
+    name = body["metadata"]["name"]
+    canary = split_tracks(name, spec)[1]
+    high = max(canary.replicas,
+               -(-spec.autoscaling.max_replicas * spec.canary.traffic_percent // 100))
+    return _hpa(body, spec, canary.name, canary.replicas, high)
+
+
+def _hpa(body: Mapping[str, Any], spec: ModelDeploymentSpec, target: str, low: int,
+         high: int) -> dict[str, Any]:
+    auto = spec.autoscaling
+    assert auto is not None
     metrics: list[dict[str, Any]] = []
     cpu = auto.target_cpu_utilization
     if cpu is None and auto.target_requests_per_second is None:
@@ -381,13 +410,12 @@ def render_hpa(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, 
             "metric": {"name": "kustos_requests_per_second"},
             "target": {"type": "AverageValue",
                        "averageValue": str(auto.target_requests_per_second)}}})
-    low, high = autoscaled_bounds(name, spec)
     hpa: dict[str, Any] = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": child_meta(body, name),
+        "metadata": child_meta(body, target),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
             "minReplicas": low,
             "maxReplicas": high,
             "metrics": metrics,
@@ -430,8 +458,9 @@ def render_pdb(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, 
 
 
 def render(body: Mapping[str, Any], config: OperatorConfig,
-           attachments: Attachments = NONE) -> list[dict[str, Any]]:
-    """Every child of a ModelDeployment, each with its spec-hash annotation."""
+           attachments: Attachments = NONE, gateway_api: bool = False) -> list[dict[str, Any]]:
+    """Every child of a ModelDeployment, each with its spec-hash annotation.
+    ``gateway_api``: the cluster serves the HTTPRoute CRD (render/httproute.py)."""
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     name = body["metadata"]["name"]
     # What the pods mount (the Vault agent's ConfigMap) exists before the pods do: the
@@ -439,11 +468,15 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     children: list[dict[str, Any] | None] = [
         render_service_account(body) if needs_identity(spec) else None,
         *(dict(c) for c in attachments.children)]
-    autoscaled = spec.autoscaling is not None
-    children += [render_deployment(body, spec, t, config, autoscaled, attachments)
+    scaled = {"stable": spec.autoscaling is not None,
+              "canary": canary_autoscaled(spec, config, gateway_api)}
+    children += [render_deployment(body, spec, t, config, scaled[t.track], attachments)
                  for t in split_tracks(name, spec)]
     ports = runtime_ports(serving_spec(name, spec, spec.model, config, attachments))
     children += [render_service(body, serves_tls(spec), ports.grpc),
-                 render_autoscaler(body, spec, config), render_pdb(body, spec)]
+                 *render_route(body, spec, gateway_api),
+                 render_autoscaler(body, spec, config),
+                 render_canary_hpa(body, spec) if scaled["canary"] else None,
+                 render_pdb(body, spec)]
     children.append(render_network_policy(body, config, ports, attachments.sidecars))
     return [with_hash(c) for c in children if c is not None]

@@ -10,6 +10,7 @@ from typing import Any
 from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import ModelSource
 from kustos.config import OperatorConfig
+from kustos.render.httproute import traffic_split
 from kustos.render.meta import MODEL_DIGEST, MODEL_VERSION
 from kustos.render.modeldeployment import (
     selector_string,
@@ -27,7 +28,7 @@ from .owners import StatusOwner
 ROLLOUT = StatusOwner(
     "kustos-rollout",
     fields=("observedGeneration", "replicas", "readyReplicas", "selector", "url", "model",
-            "history"),
+            "history", "canary"),
     conditions=("Progressing", "Ready", "Degraded"))
 
 
@@ -113,8 +114,12 @@ def _rollouts(name: str, spec: ModelDeploymentSpec,
               deployments: Mapping[str, Mapping[str, Any]]) -> list[Rollout]:
     out = []
     for t in split_tracks(name, spec):
-        # Under autoscaling the HPA decides the stable track's size: judge against it.
-        wanted = None if (spec.autoscaling and t.track == "stable") else t.replicas
+        # Under autoscaling the HPA decides the stable track's size: judge against it; the
+        # canary's too when a route splits the traffic (its own HPA, render/httproute.py;
+        # without the Gateway API its Deployment's replicas are the rendered ones anyway).
+        scaled = spec.autoscaling is not None and (
+            t.track == "stable" or spec.gateway is not None)
+        wanted = None if scaled else t.replicas
         out.append(rollout(deployments.get(t.name), wanted, t.model))
     return out
 
@@ -137,13 +142,15 @@ def stale_templates(body: Mapping[str, Any],
 def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
             config: OperatorConfig, now: datetime, failure: Failure | None = None,
             pod_failure: Failure | None = None,
-            waiting: str | None = None) -> tuple[dict[str, Any], list[Notice]]:
+            waiting: str | None = None,
+            gateway_api: bool = False) -> tuple[dict[str, Any], list[Notice]]:
     """The ROLLOUT part of the status and the Events to post, from the live Deployments
     by name.
 
     ``failure`` is a problem the reconcile ran into; ``pod_failure`` one the pods report
     (status/pods.py), which clears by itself when the pods recover; ``waiting`` what the
-    render waits for before it creates the pods (the first Vault sync)."""
+    render waits for before it creates the pods (the first Vault sync); ``gateway_api``
+    whether the cluster serves HTTPRoutes (which split a canary's traffic)."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
@@ -212,6 +219,13 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
         "selector": selector_string(name),
         "url": service_url(name, namespace, config, serves_tls(spec)),
     }
+    split = traffic_split(spec, gateway_api)
+    if split == "gateway" and spec.canary is not None:
+        status["canary"] = {"trafficSplit": split, "trafficPercent": spec.canary.traffic_percent}
+    elif split == "replicas" and len(rollouts) == 2:
+        pods = rollouts[0].wanted + rollouts[1].wanted
+        status["canary"] = {"trafficSplit": split} | (
+            {"trafficPercent": round(100 * rollouts[1].wanted / pods)} if pods else {})
     served = dict(old.get("model") or {})
     history = [dict(h) for h in old.get("history") or []]
     # uri too: `kustos rollback` restores a history entry as it was deployed.

@@ -468,7 +468,54 @@ class CanarySpec(KModel):
     model: CanaryModel
     """The canary model."""
     traffic_percent: int = Field(ge=1, le=99)
-    """Share of traffic for the canary, 1..99 (split by replica ratio of the two Deployments)."""
+    """Share of traffic for the canary, 1..99: the weight of its HTTPRoute backend with
+    spec.gateway and the Gateway API installed, else the replica ratio of the two
+    Deployments (status.canary.trafficSplit says which)."""
+
+
+# A Gateway API hostname: a DNS name, optionally with one leading wildcard label.
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+Hostname = Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME_PATTERN)]
+
+
+class GatewayParentRef(KModel):
+    """A Gateway (Gateway API) the model's HTTPRoute attaches to."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_NAME)
+    """The Gateway's name."""
+    namespace: str | None = Field(default=None, min_length=1, max_length=63,
+                                  pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """The Gateway's namespace; the ModelDeployment's when unset (the Gateway's listener
+    must allow routes from this namespace)."""
+    section_name: str | None = Field(default=None, min_length=1, max_length=253,
+                                     pattern=DNS_NAME)
+    """One listener of the Gateway, by name; all of them when unset."""
+
+
+class GatewayRouteSpec(KModel):
+    """Serve the model through a Gateway API implementation: Kustos renders an HTTPRoute
+    whose backends are the stable track (and the canary's, weighted by
+    spec.canary.trafficPercent) when the cluster serves the HTTPRoute CRD."""
+
+    model_config = validations(
+        ("self.parentRefs.all(a, self.parentRefs.exists_one(b, b.name == a.name && "
+         "(has(b.namespace) ? b.namespace : '') == (has(a.namespace) ? a.namespace : '') && "
+         "(has(b.sectionName) ? b.sectionName : '') == "
+         "(has(a.sectionName) ? a.sectionName : '')))",
+         "spec.gateway.parentRefs must not name the same Gateway listener twice",
+         ".parentRefs"),
+        ("!has(self.hostnames) || self.hostnames.all(h, self.hostnames.exists_one(x, x == h))",
+         "spec.gateway.hostnames must be distinct", ".hostnames"),
+    )
+
+    parent_refs: list[GatewayParentRef] = Field(min_length=1, max_length=8)
+    """The Gateways (or their listeners) the route attaches to."""
+    hostnames: list[Hostname] | None = Field(default=None, max_length=16)
+    """Host names the route answers (the Host header); every host the listener accepts
+    when unset."""
+    path_prefix: str = Field(default="/", min_length=1, max_length=1024, pattern=r"^/\S*$")
+    """The path prefix routed to the model (kept as is: the model server sees the full
+    path, e.g. /v2/models/<name>/infer)."""
 
 
 class ModelDeploymentSpec(KModel):
@@ -486,6 +533,11 @@ class ModelDeploymentSpec(KModel):
          ".canary.model.signatureUri"),
         ("!has(self.canary) || self.replicas >= 2 || has(self.autoscaling)",
          "a canary needs at least 2 replicas", ".replicas"),
+        # An HTTPRoute backend speaks plain HTTP unless a BackendTLSPolicy says otherwise,
+        # which Kustos does not render (yet).
+        ("!has(self.gateway) || !has(self.runtime.tls)",
+         "spec.gateway routes plain HTTP: it cannot be combined with spec.runtime.tls",
+         ".gateway"),
         ("!has(self.model.encryption) || (has(self.secrets) && has(self.secrets.vault))",
          "spec.model.encryption needs spec.secrets.vault (the Vault the model logs in to)",
          ".model.encryption"),
@@ -510,6 +562,9 @@ class ModelDeploymentSpec(KModel):
     """Ownership, risk tier, approval and model card."""
     canary: CanarySpec | None = None
     """Optional canary."""
+    gateway: GatewayRouteSpec | None = None
+    """Serve through a Gateway API Gateway (an HTTPRoute): the canary's share is then the
+    exact weight of its backend, not the replica ratio."""
 
 
 class DeployedModel(KModel):
@@ -552,6 +607,17 @@ class SecretsStatus(KModel):
     """Last successful sync."""
 
 
+class CanaryStatus(KModel):
+    """How the canary's share of the traffic is made."""
+
+    traffic_split: Literal["gateway", "replicas"] | None = None
+    """gateway: the weights of the HTTPRoute's backends (exact, for requests through the
+    Gateway); replicas: the ratio of the two Deployments' pods behind one Service."""
+    traffic_percent: int | None = None
+    """The canary's share in effect, in percent: the backend weight, or the canary's part
+    of the pods."""
+
+
 class ModelDeploymentStatus(ResourceStatus):
     """Observed state of a ModelDeployment.
 
@@ -573,6 +639,8 @@ class ModelDeploymentStatus(ResourceStatus):
     """Secret sync state."""
     history: list[DeployedModel] | None = None
     """The last deployed versions, newest first."""
+    canary: CanaryStatus | None = None
+    """How the canary's traffic is split (unset without a canary)."""
     approval: Approval | None = None
     """The approval last recorded in the audit trail (an ApprovalChanged Event is posted
     when spec.governance.approval differs from it)."""
