@@ -162,7 +162,7 @@ def plaintext_digest(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 def encrypt(src: BinaryIO, out: BinaryIO, key: bytearray, header: Header) -> None:
     """Write the envelope of ``src`` (whose digest and size ``header`` holds) to ``out``."""
-    aead = AESGCM(bytes(key))
+    aead = AESGCM(key)  # copied into OpenSSL; no extra Python bytes copy
     bound = header.bound_digest()
     out.write(header.to_bytes())
     digest, done = hashlib.sha256(), 0
@@ -179,7 +179,7 @@ def encrypt(src: BinaryIO, out: BinaryIO, key: bytearray, header: Header) -> Non
 def decrypt_chunks(fh: BinaryIO, key: bytearray, header: Header) -> Iterator[bytes]:
     """The plaintext chunks of the envelope body at ``fh``'s position, each authenticated
     before it is yielded; the digest and size are checked after the last chunk."""
-    aead = AESGCM(bytes(key))
+    aead = AESGCM(key)  # copied into OpenSSL; no extra Python bytes copy
     bound = header.bound_digest()
     digest, done = hashlib.sha256(), 0
     for index in range(header.chunks):

@@ -326,6 +326,38 @@ def test_truncation_at_a_chunk_boundary_fails_on_the_final_flag() -> None:
     assert ok == plain
 
 
+def test_empty_model_is_one_empty_final_chunk() -> None:
+    key = bytearray(os.urandom(32))
+    header = envelope.Header(KEY, "vault:v1:x", hashlib.sha256(b"").hexdigest(), 0, 100)
+    out = io.BytesIO()
+    envelope.encrypt(io.BytesIO(b""), out, key, header)
+    assert len(out.getvalue()) == header.encoded_size + 16 and header.chunks == 1
+    src = io.BytesIO(out.getvalue())
+    assert envelope.read_header(src) == header
+    assert b"".join(envelope.decrypt_chunks(src, key, header)) == b""
+    # Extra bytes after the final chunk are refused.
+    src = io.BytesIO(out.getvalue() + b"x")
+    envelope.read_header(src)
+    with pytest.raises(envelope.EnvelopeError, match="after the final chunk"):
+        list(envelope.decrypt_chunks(src, key, header))
+    envelope.wipe(key)
+    assert key == bytearray(32)
+
+
+def test_malformed_headers_are_refused() -> None:
+    good = envelope.Header(KEY, "vault:v1:x", "0" * 64, 10, 100).to_bytes()
+    for data, fragment in [
+        (b"PK\x03\x04 a zip", "not a Kustos encrypted model"),
+        (good[:20], "truncated envelope header"),
+        (good.replace(b'"version":1', b'"version":9'), "format version 9 is not supported"),
+        (good.replace(b"vault:v1:x", b"plain-text"), "not Transit ciphertext"),
+        (envelope.Header(KEY, "vault:v1:x", "0" * 64, 10, 0).to_bytes(), "chunk size"),
+        (envelope.MAGIC + (10 ** 6).to_bytes(4, "big"), "larger than allowed"),
+    ]:
+        with pytest.raises(envelope.EnvelopeError, match=fragment):
+            envelope.read_header(io.BytesIO(data))
+
+
 def test_swapped_wrapped_key_is_refused(sealed: Path, models: Models, bao: Bao,
                                         memdir: Path, tmp_path: Path,
                                         captured: Captured) -> None:
