@@ -285,6 +285,13 @@ def vault_attachments(body: Mapping[str, Any], _lookup: object = None) -> Attach
     if vault is None:
         return NONE
     if vault.mode == "injector":
+        if (body["spec"].get("model") or {}).get("encryption"):
+            # The fetch init container logs in itself (spec.model.encryption): the same
+            # address rules as the modes in which Kustos renders the login.
+            try:
+                _address(vault)
+            except VaultError as err:
+                raise AttachmentProblem(err.reason, err.message) from None
         return render_vault.attachments(body, config().vault.audience)
     if vault.mode == "agent":
         return _agent_attachments(body, vault)

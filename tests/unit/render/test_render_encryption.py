@@ -153,3 +153,28 @@ def test_cel_rules_name_the_field() -> None:
 def test_schema_refuses_bad_fields(enc: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         ModelDeploymentSpec.model_validate(body(enc)["spec"])
+
+
+def test_injector_mode_spec_address_must_be_allowed() -> None:
+    """In injector mode Kustos renders no login of its own, except the fetch's for an
+    encrypted model: its address obeys vault.allowedAddresses as in sync and agent mode."""
+    from kustos.config import VaultSettings
+    from kustos.controllers import context
+    from kustos.controllers.attachments import AttachmentProblem
+    from kustos.controllers.vault import vault_attachments
+
+    injector = {**VAULT, "mode": "injector", "address": "http://elsewhere:8200"}
+    saved = context.config()
+    try:
+        context.set_config(OperatorConfig(vault=VaultSettings(
+            address="https://vault.example:8200",
+            allowed_addresses=["https://vault.example:8200"])))
+        with pytest.raises(AttachmentProblem) as err:
+            vault_attachments(body(vault=injector))
+        assert err.value.reason == "AddressNotAllowed"
+        # Without encryption the injector's annotations are all Kustos renders: no check.
+        assert vault_attachments(body(None, vault=injector)).pod_annotations
+        allowed = {**injector, "address": "https://vault.example:8200"}
+        assert vault_attachments(body(vault=allowed)).pod_annotations
+    finally:
+        context.set_config(saved)
