@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import orjson
 
+from kustos.runtime.server import ids, openapi, seldon, v1, v2
 from kustos.runtime.server import metrics as m
-from kustos.runtime.server import openapi, seldon, v1, v2
 from kustos.runtime.server.batching import Batcher, Outcome
 from kustos.runtime.server.hooks import DriftSender, ExplainForwarder
 from kustos.runtime.server.http import JSON, Reply, Request, error_body
 from kustos.runtime.server.models import Model
+from kustos.runtime.server.payload_log import PayloadLogConfig, PayloadLogger
 from kustos.runtime.server.tensors import Array, ProtocolError
 
 log = logging.getLogger("kustos.serve")
@@ -32,6 +33,9 @@ OCTETS = b"application/octet-stream"
 SELDON_PREFIX = "/api/v1.0/"
 # Seldon's model-microservice paths (what its executor calls inside a graph).
 SELDON_ALIASES = ("/predict", "/send-feedback", "/health/ping", "/health/status", "/metadata")
+# What a protocol's render gives back: a JSON body, or (body, content type, extra header
+# lines, length of the body's JSON header when the rest is binary tensor data).
+Rendered = bytes | tuple[bytes, bytes, bytes, int | None]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class AppOptions:
     max_batch_rows: int = 256
     drift_queue: int = 8192
     drift_max_rows_per_second: float = 2000
+    payload_log: PayloadLogConfig | None = None
 
 
 def _seldon_path(path: str) -> bool:
@@ -64,6 +69,8 @@ class ServingApp:
                                   maxsize=opts.drift_queue,
                                   max_rows_per_second=opts.drift_max_rows_per_second)
                       if opts.drift_url else None)
+        self.payload_log = (PayloadLogger(opts.payload_log, opts.name)
+                            if opts.payload_log else None)
         self.explainer = (ExplainForwarder(opts.explainer_url, opts.explainer_timeout)
                           if opts.explainer_url else None)
         self.stopping = False
@@ -83,6 +90,8 @@ class ServingApp:
         self._openapi = orjson.dumps(openapi.document(model, self.responses.server))
         m.LOAD_SECONDS.labels(self.name, self.version).set(model.load_seconds)
         self.model = model
+        if self.payload_log is not None and model.inputs:
+            self.payload_log.set_input_name(model.inputs[0].name)
         self._ready_gauge.set(1)
 
     @property
@@ -96,6 +105,8 @@ class ServingApp:
     def close(self) -> None:
         if self.drift is not None:
             self.drift.close()
+        if self.payload_log is not None:
+            self.payload_log.close()
         if self.explainer is not None:
             self.explainer.close()
 
@@ -220,35 +231,43 @@ class ServingApp:
 
     # -- inference
     def _submit(self, request: Request, reply: Reply, inputs: dict[str, Array],
-                outputs: tuple[str, ...],
-                render: Callable[[dict[str, Array]], bytes | tuple[bytes, bytes, bytes]]
+                outputs: tuple[str, ...], render: Callable[[dict[str, Array]], Rendered],
+                rid: str, kind: str, logged: bytes, logged_json_length: int | None = None
                 ) -> None:
-        """Predict, then answer ``render(outputs)``: a JSON body, or (body, content type,
-        extra header lines) for a response that is not plain JSON."""
+        """Predict, then answer ``render(outputs)`` with the inference id ``rid`` in an
+        ``x-request-id`` header; ``logged`` (the request body as parsed) and the answer go
+        to the payload log."""
         assert self.batcher is not None
         rows = v2.batch_rows(inputs)
         if rows == 0:
             raise ProtocolError("the request holds no rows", 422)
         drift = self.drift
+        payload_log = self.payload_log
         path = request.path
+        id_header = ids.header_line(rid)
 
         def done(outcome: Outcome) -> None:
             if isinstance(outcome, BaseException):
                 status, message = _prediction_error(outcome)
-                reply(status, self._error(path, status, message), JSON, b"")
+                reply(status, self._error(path, status, message), JSON, id_header)
                 return
             try:
                 rendered = render(outcome)
             except Exception as exc:  # an output the protocol cannot carry
                 log.warning("cannot encode outputs: %s", exc)
-                reply(500, self._error(path, 500, "cannot encode the model's outputs"), JSON, b"")
+                reply(500, self._error(path, 500, "cannot encode the model's outputs"), JSON,
+                      id_header)
                 return
             if isinstance(rendered, tuple):
-                reply(200, *rendered)
+                body, ctype, extra, json_length = rendered
+                reply(200, body, ctype, extra + id_header)
             else:
-                reply(200, rendered, JSON, b"")
+                body, json_length = rendered, None
+                reply(200, body, JSON, id_header)
             if drift is not None:
                 drift.offer(inputs)
+            if payload_log is not None:
+                payload_log.offer(rid, kind, logged, logged_json_length, body, json_length)
 
         self.batcher.submit(inputs, outputs, rows, done)
 
@@ -263,17 +282,19 @@ class ServingApp:
             parsed = v2.parse_infer(body, json_length)
             outputs = v2.select_outputs(model, parsed.outputs)
             inputs = model.prepare(parsed.tensors)
-            rid = parsed.id
+            rid = parsed.id or ids.from_headers(request.headers) or ids.new_id()
             responses = self.responses
-            render: Callable[[dict[str, Array]], bytes | tuple[bytes, bytes, bytes]]
+            render: Callable[[dict[str, Array]], Rendered]
             if parsed.any_binary:
-                def render(out: dict[str, Array]) -> tuple[bytes, bytes, bytes]:
+                def render(out: dict[str, Array]) -> Rendered:
                     data, size = responses.infer_binary(rid, out, parsed)
-                    return data, OCTETS, b"inference-header-content-length: %d\r\n" % size
+                    return (data, OCTETS, b"inference-header-content-length: %d\r\n" % size,
+                            size)
             else:
-                def render(out: dict[str, Array]) -> bytes:
+                def render(out: dict[str, Array]) -> Rendered:
                     return responses.infer(rid, out)
-            self._submit(request, reply, inputs, outputs, render)
+            self._submit(request, reply, inputs, outputs, render, rid, "v2", body,
+                         json_length)
         except ProtocolError as exc:
             reply(exc.status, error_body(exc.message), JSON, b"")
 
@@ -291,8 +312,10 @@ class ServingApp:
         try:
             inputs = model.prepare(v1.parse_predict(request.body, model))
             outputs = model.default_outputs
+            rid = ids.from_headers(request.headers) or ids.new_id()
             self._submit(request, reply, inputs, outputs,
-                         lambda out: v1.predictions(out, outputs))
+                         lambda out: v1.predictions(out, outputs), rid, "v1",
+                         request.body)
         except ProtocolError as exc:
             reply(exc.status, error_body(exc.message), JSON, b"")
 
@@ -314,11 +337,17 @@ class ServingApp:
             self._not_ready(request, reply)
             return
         try:
-            req = seldon.parse_predict(self._seldon_body(request), model)
+            body = self._seldon_body(request)
+            req = seldon.parse_predict(body, model)
             inputs = model.prepare(req.tensors)
             name, _ = seldon.output_for(model)
+            puid = req.meta.get("puid")
+            rid = (puid if isinstance(puid, str) and puid
+                   else ids.from_headers(request.headers) or ids.new_id())
+            req.meta["puid"] = rid  # echoed in the response's meta
             self._submit(request, reply, inputs, (name,),
-                         lambda out: seldon.response(model, req, out))
+                         lambda out: seldon.response(model, req, out), rid, "seldon",
+                         body)
         except ProtocolError as exc:
             reply(exc.status, seldon.error_body(exc.status, exc.message), JSON, b"")
 

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from kustos.runtime import process
+from kustos.runtime.server import payload_log_config
 from kustos.runtime.server import tls as server_tls
 
 log = logging.getLogger("kustos.serve")
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-threads", type=int, default=1,
                    help="onnxruntime intra-op threads per worker (1); xgboost and "
                         "lightgbm predict with as many")
+    payload_log_config.add_args(p)
     server_tls.add_tls_args(p)
     process.add_log_level(p)
     return p
@@ -116,7 +118,7 @@ def _check(args: argparse.Namespace) -> str | None:
     for url in (args.drift_url, args.explainer_url):
         if url and not url.startswith(("http://", "https://")):
             return f"expected an http(s) URL, got {url!r}"
-    return server_tls.check_tls_args(args)
+    return payload_log_config.check_args(args) or server_tls.check_tls_args(args)
 
 
 async def serve(args: argparse.Namespace, reuse_port: bool = False,
@@ -141,7 +143,8 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         name=args.name, version=args.model_version, drift_url=args.drift_url,
         explainer_url=args.explainer_url, explainer_timeout=args.explainer_timeout,
         batching=not args.no_batching, max_batch_rows=args.max_batch_rows,
-        drift_max_rows_per_second=args.drift_max_rows_per_second), __version__)
+        drift_max_rows_per_second=args.drift_max_rows_per_second,
+        payload_log=payload_log_config.from_args(args)), __version__)
     server = HttpServer(app, max_body=args.max_body_bytes,
                         keepalive_timeout=args.keepalive_timeout,
                         header_timeout=args.header_timeout, body_timeout=args.body_timeout,

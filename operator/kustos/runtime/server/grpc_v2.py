@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kustos.runtime.server import grpc_tensors as gt
-from kustos.runtime.server import v2
+from kustos.runtime.server import ids, v2
 from kustos.runtime.server.app import ServingApp
 from kustos.runtime.server.batching import Outcome
 from kustos.runtime.server.oip_grpc import grpc_predict_v2_pb2 as pb
@@ -161,8 +161,12 @@ class InferenceService:
         if isinstance(outcome, BaseException):
             raise _prediction_error(outcome)
         response = self._response(request, outcome)
+        if not response.id:  # every prediction carries an id: the client's, else a new one
+            response.id = ids.new_id()
         if app.drift is not None:
             app.drift.offer(inputs)
+        if app.payload_log is not None:
+            app.payload_log.offer(response.id, "grpc", request, None, response, None)
         return response
 
     def _submit(self, inputs: dict[str, Array], outputs: tuple[str, ...], rows: int,

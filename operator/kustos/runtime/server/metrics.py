@@ -56,6 +56,13 @@ DRIFT_DROPPED = Counter(
     "kustos_drift_handoff_dropped",
     "Requests whose inputs were not handed to the drift sidecar (queue full or send failed)",
     ["model", "reason"])
+PAYLOAD_LOG_EVENTS = Counter(
+    "kustos_payload_log_events",
+    "Payload log CloudEvents by outcome, per sink: sent, dropped (queue full: the newest "
+    "prediction's events) or failed (after every retry)",
+    ["model", "outcome"])
+PAYLOAD_LOG_RETRIES = Counter(
+    "kustos_payload_log_retries", "Payload log POSTs tried again after a failure", ["model"])
 FEEDBACK = Counter("kustos_feedback", "Seldon feedback messages received", ["model"])
 FEEDBACK_REWARD = Counter("kustos_feedback_reward", "Sum of Seldon feedback rewards", ["model"])
 EXPLAIN_FORWARD_DURATION = Histogram(

@@ -1,0 +1,219 @@
+"""Payload logging: each sampled prediction's request and response, as CloudEvents.
+
+The events are KServe's inference logger's: types ``org.kubeflow.serving.inference.request``
+and ``...response``, ``id`` the inference id (the same in both events and in the response
+the client got), extensions ``inferenceservicename``, ``namespace``, ``component`` and
+``endpoint``; sent over HTTP in binary content mode (attributes as ``ce-`` headers, the
+body as the JSON payload), so a consumer of KServe's logger reads them unchanged.
+
+Never slows a prediction: ``offer`` draws the sample and appends one item per sink to
+that sink's bounded queue (sender.BoundedSender). A full queue drops the newest
+prediction (both its events count as ``dropped``). Each sink has its own thread: a stalled
+sink fills its own queue, not the others'. A failed POST (no answer, 408, 429 or 5xx) is
+retried with exponential backoff; after the last retry its event counts as ``failed``.
+Redaction and JSON encoding happen on the sender thread, before the event is sent.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from kustos.runtime.server import ids
+from kustos.runtime.server import metrics as m
+from kustos.runtime.server.payload_log_config import PayloadLogConfig
+from kustos.runtime.server.sender import BoundedSender, HttpPoster, SendError
+
+__all__ = ["PayloadLogConfig", "PayloadLogger", "redact"]
+
+log = logging.getLogger("kustos.serve")
+
+REQUEST_TYPE = "org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+REDACTED = "[redacted]"
+# Statuses worth another try: the sink was busy or broken, not refusing the event.
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One logged prediction. A payload is the body as bytes (``json_length`` set when
+    only its first bytes are JSON: the V2 binary tensor extension), or a protobuf message
+    (gRPC), encoded as JSON on the sender thread."""
+
+    id: str
+    kind: str  # "v2", "v1", "seldon" or "grpc"
+    request: Any
+    request_json_length: int | None
+    response: Any
+    response_json_length: int | None
+    time: float = field(default_factory=time.time)
+
+
+def redact(value: Any, names: frozenset[str]) -> Any:
+    """``value`` with every object field named in ``names`` replaced by "[redacted]", and
+    the data of V2 tensors (``inputs``/``outputs`` entries, with their raw gRPC contents)
+    and of Seldon ``data.names`` columns so named."""
+    if isinstance(value, list):
+        return [redact(v, names) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: (REDACTED if k in names else redact(v, names)) for k, v in value.items()}
+    for key, raw_key in (("inputs", "raw_input_contents"), ("outputs", "raw_output_contents")):
+        tensors = out.get(key)
+        if not isinstance(tensors, list):
+            continue
+        raw = out.get(raw_key)
+        for i, tensor in enumerate(tensors):
+            if isinstance(tensor, dict) and tensor.get("name") in names:
+                for data_key in ("data", "contents"):
+                    if data_key in tensor:
+                        tensor[data_key] = REDACTED
+                if isinstance(raw, list) and i < len(raw):
+                    raw[i] = REDACTED
+    columns = out.get("names")
+    rows = out.get("ndarray")
+    if isinstance(columns, list) and isinstance(rows, list) and names.intersection(
+            c for c in columns if isinstance(c, str)):
+        hidden = {j for j, c in enumerate(columns) if c in names}
+        out["ndarray"] = [[REDACTED if j in hidden else v for j, v in enumerate(row)]
+                          if isinstance(row, list) else row for row in rows]
+    return out
+
+
+def redact_unnamed(doc: Any, kind: str) -> Any:
+    """The model's (only) input sent without its name: V1 rows, Seldon ndarray/tensor."""
+    if not isinstance(doc, dict):
+        return doc
+    if kind == "v1":
+        for key in ("instances", "inputs"):
+            rows = doc.get(key)
+            if isinstance(rows, list) and not all(isinstance(r, dict) for r in rows):
+                doc[key] = REDACTED
+    elif kind == "seldon" and isinstance(doc.get("data"), dict):
+        data = doc["data"]
+        if "ndarray" in data and not data.get("names"):
+            data["ndarray"] = REDACTED
+        if isinstance(data.get("tensor"), dict):
+            data["tensor"]["values"] = REDACTED
+    return doc
+
+
+def event_data(payload: Any, json_length: int | None, names: frozenset[str],
+               kind: str = "v2", unnamed: bool = False) -> bytes:
+    """The JSON the event carries. Binary tensor data is left out (only the JSON header of
+    such a body is logged: raw bytes cannot be redacted by name)."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        if json_length is None and not names:
+            return bytes(payload)
+        doc = orjson.loads(bytes(payload[:json_length] if json_length is not None
+                                 else payload))
+    else:
+        from google.protobuf import json_format
+
+        doc = json_format.MessageToDict(payload, preserving_proto_field_name=True)
+    if names:
+        doc = redact(doc, names)
+    if unnamed:
+        doc = redact_unnamed(doc, kind)
+    return orjson.dumps(doc)
+
+
+class PayloadSink(BoundedSender[Exchange]):
+    """One sink URL: its queue, its thread, its kept-alive connection."""
+
+    def __init__(self, url: str, model: str, config: PayloadLogConfig) -> None:
+        # One prediction at a time off the queue: what waits stays in the bounded deque.
+        super().__init__("kustos-payload-log", config.queue, flush_interval=0.02, max_batch=1)
+        self.config = config
+        self._poster = HttpPoster(url, config.timeout)
+        self.sent = m.PAYLOAD_LOG_EVENTS.labels(model, "sent")
+        self.dropped = m.PAYLOAD_LOG_EVENTS.labels(model, "dropped")
+        self.failed = m.PAYLOAD_LOG_EVENTS.labels(model, "failed")
+        self.retried = m.PAYLOAD_LOG_RETRIES.labels(model)
+        # Set when the model's input name is redacted: its unnamed V1/Seldon rows are too.
+        self.unnamed = False
+        c = config
+        self._common = b"".join(
+            b"ce-%s: %s\r\n" % (k.encode(), ids.ce_value(v)) for k, v in (
+                ("specversion", "1.0"), ("source", c.source),
+                ("inferenceservicename", c.service), ("namespace", c.namespace),
+                ("component", c.component), ("endpoint", c.endpoint)))
+        self._common += b"content-type: application/json\r\n"
+        self.start()
+
+    def deliver(self, batch: list[Exchange]) -> None:
+        names = self.config.redact
+        for ex in batch:
+            stamp = datetime.datetime.fromtimestamp(ex.time, datetime.UTC).isoformat() \
+                .replace("+00:00", "Z").encode()
+            rid = ids.ce_value(ex.id)
+            for ce_type, payload, length in (
+                    (REQUEST_TYPE, ex.request, ex.request_json_length),
+                    (RESPONSE_TYPE, ex.response, ex.response_json_length)):
+                try:
+                    body = event_data(payload, length, names, ex.kind, self.unnamed and
+                                      payload is ex.request)
+                except Exception as exc:  # an unreadable payload: never the sender's end
+                    log.warning("payload log: cannot encode an event: %s", exc)
+                    self.failed.inc()
+                    continue
+                headers = b"ce-id: %s\r\nce-type: %s\r\nce-time: %s\r\n%s" % (
+                    rid, ce_type.encode(), stamp, self._common)
+                self._send(body, headers)
+
+    def _send(self, body: bytes, headers: bytes) -> None:
+        delay = self.config.backoff
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                self.retried.inc()
+                self._closing.wait(delay)  # on shutdown: retry without waiting
+                delay = min(delay * 2, self.config.max_backoff)
+            try:
+                status = self._poster.post(body, headers)
+            except SendError as exc:
+                log.debug("payload log: %s", exc)
+                continue
+            if status < 300:
+                self.sent.inc()
+                return
+            if status not in RETRY_STATUSES:
+                break
+        self.failed.inc()
+
+
+class PayloadLogger:
+    """The request path's side: sampling, then one non-blocking hand-off per sink."""
+
+    def __init__(self, config: PayloadLogConfig, model: str) -> None:
+        if not config.urls:
+            raise ValueError("payload logging needs at least one sink URL")
+        if not 0.0 <= config.sample <= 1.0:
+            raise ValueError("the payload log sample rate must be within 0..1")
+        self.config = config
+        self.sample = config.sample
+        self.sinks = [PayloadSink(url, model, config) for url in config.urls]
+
+    def set_input_name(self, name: str) -> None:
+        for sink in self.sinks:
+            sink.unnamed = name in self.config.redact
+
+    def offer(self, rid: str, kind: str, request: Any, request_json_length: int | None,
+              response: Any, response_json_length: int | None = None) -> None:
+        if self.sample < 1.0 and random.random() >= self.sample:
+            return
+        ex = Exchange(rid, kind, request, request_json_length, response,
+                      response_json_length)
+        for sink in self.sinks:
+            if not sink.enqueue(ex):
+                sink.dropped.inc(2)  # both its events
+
+    def close(self, timeout: float = 2.0) -> None:
+        for sink in self.sinks:
+            sink.close(timeout)

@@ -1,0 +1,86 @@
+"""`kustos serve --payload-log-*`: the flags and what they configure (no heavy imports:
+the CLI parses flags before the metrics registry may be set up)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import urllib.parse
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PayloadLogConfig:
+    urls: tuple[str, ...]
+    sample: float = 1.0
+    redact: frozenset[str] = frozenset()
+    queue: int = 10_000  # predictions per sink
+    retries: int = 3
+    backoff: float = 0.1  # seconds before the first retry; doubles up to max_backoff
+    max_backoff: float = 5.0
+    timeout: float = 5.0
+    # CloudEvents attributes (KServe's names).
+    source: str = ""
+    service: str = ""
+    namespace: str = ""
+    component: str = "predictor"
+    endpoint: str = "default"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("payload logging (off unless --payload-log-url is given)")
+    g.add_argument("--payload-log-url", action="append", default=[], metavar="URL",
+                   help="send each sampled prediction's request and response as CloudEvents "
+                        "(HTTP binary mode, KServe's event types) to this URL (repeatable)")
+    g.add_argument("--payload-log-sample", type=float, default=1.0, metavar="RATE",
+                   help="share of predictions logged, 0..1 (1)")
+    g.add_argument("--payload-log-redact", action="append", default=[], metavar="NAMES",
+                   help="comma-separated input tensor / JSON field names whose values are "
+                        "replaced by \"[redacted]\" before an event is sent (repeatable)")
+    g.add_argument("--payload-log-queue", type=int, default=10_000, metavar="N",
+                   help="predictions waiting per sink; when full the newest is dropped "
+                        "(10000)")
+    g.add_argument("--payload-log-retries", type=int, default=3, metavar="N",
+                   help="retries of a failed POST, with exponential backoff (3)")
+    g.add_argument("--payload-log-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds to wait for a sink's answer (5)")
+    g.add_argument("--payload-log-service", default=None, metavar="NAME",
+                   help="ce-inferenceservicename (default: --name)")
+    g.add_argument("--payload-log-namespace", default=os.environ.get("POD_NAMESPACE", ""),
+                   metavar="NS", help="ce-namespace (env POD_NAMESPACE)")
+    g.add_argument("--payload-log-component", default="predictor", metavar="NAME",
+                   help="ce-component (predictor)")
+    g.add_argument("--payload-log-endpoint", default="default", metavar="NAME",
+                   help="ce-endpoint (default)")
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    for url in args.payload_log_url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"--payload-log-url: expected an http(s) URL, got {url!r}"
+    if not 0.0 <= args.payload_log_sample <= 1.0:
+        return "--payload-log-sample must be within 0..1"
+    if args.payload_log_queue < 1:
+        return "--payload-log-queue must be >= 1"
+    if args.payload_log_retries < 0:
+        return "--payload-log-retries must be >= 0"
+    if args.payload_log_timeout <= 0:
+        return "--payload-log-timeout must be positive"
+    return None
+
+
+def from_args(args: argparse.Namespace) -> PayloadLogConfig | None:
+    if not args.payload_log_url:
+        return None
+    service = args.payload_log_service or args.name
+    namespace = args.payload_log_namespace
+    redact = frozenset(n.strip() for item in args.payload_log_redact
+                       for n in item.split(",") if n.strip())
+    return PayloadLogConfig(
+        urls=tuple(args.payload_log_url), sample=args.payload_log_sample, redact=redact,
+        queue=args.payload_log_queue, retries=args.payload_log_retries,
+        timeout=args.payload_log_timeout,
+        source=f"/kustos/{namespace or '-'}/{service}/{args.payload_log_component}",
+        service=service, namespace=namespace, component=args.payload_log_component,
+        endpoint=args.payload_log_endpoint)

@@ -1,0 +1,340 @@
+"""Inference ids and payload logging: a real `kustos serve` process on 127.0.0.1 and a
+loopback HTTP sink in this process that collects the CloudEvents it is sent."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+
+from kustos.runtime.server.oip_grpc import grpc_predict_v2_pb2 as pb
+from kustos.runtime.server.oip_grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from .conftest import Models, free_port, spawn_cli, stop_process, wait_for, wait_http_ready
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+SECRET_ROW = [6.25, 2.75, 4.875, 1.625]  # values that must never reach the sink
+HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Event:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def id(self) -> str:
+        return self.headers["ce-id"]
+
+    @property
+    def type(self) -> str:
+        return self.headers["ce-type"]
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Sink:
+    """Collects CloudEvents. ``fail_next`` POSTs answer 503; ``always_fail`` answers 500;
+    while ``stall`` is clear every POST waits for it."""
+
+    events: list[Event] = field(default_factory=list)
+    posts: int = 0
+    fail_next: int = 0
+    always_fail: bool = False
+    stall: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/events"
+
+    def by_id(self) -> dict[str, dict[str, Event]]:
+        out: dict[str, dict[str, Event]] = {}
+        with self.lock:
+            for e in self.events:
+                out.setdefault(e.id, {})[e.type] = e
+        return out
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    state = Sink()
+    state.stall.set()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            assert state.stall.wait(60)
+            with state.lock:
+                state.posts += 1
+                status = 200
+                if state.always_fail:
+                    status = 500
+                elif state.fail_next > 0:
+                    state.fail_next -= 1
+                    status = 503
+                else:
+                    state.events.append(Event({k.lower(): v for k, v in self.headers.items()},
+                                              body))
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    state.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.server.daemon_threads = True
+    thread = threading.Thread(target=state.server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    state.stall.set()
+    state.server.shutdown()
+    state.server.server_close()
+
+
+@dataclass
+class Serve:
+    port: int
+    grpc_port: int
+    proc: subprocess.Popen[bytes]
+
+    def post(self, path: str, body: Any, headers: dict[str, str] | None = None
+             ) -> tuple[int, Any, dict[str, str]]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("POST", path, body if isinstance(body, bytes) else orjson.dumps(body),
+                         {"content-type": "application/json", **(headers or {})})
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, orjson.loads(data), {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+
+    def v2(self, rows: list[list[float]], rid: str | None = None,
+           headers: dict[str, str] | None = None, **extra: Any) -> tuple[int, Any, dict[str, str]]:
+        body: dict[str, Any] = {"inputs": [{"name": "input-0", "shape": [len(rows), 4],
+                                            "datatype": "FP64", "data": rows}], **extra}
+        if rid is not None:
+            body["id"] = rid
+        return self.post("/v2/models/iris/infer", body, headers)
+
+    def metric(self, name: str) -> float:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name))
+
+
+def events(outcome: str) -> str:
+    return f'kustos_payload_log_events_total{{model="iris",outcome="{outcome}"}}'
+
+
+def start(models: Models, *extra: str) -> Serve:
+    port, grpc_port = free_port(), free_port()
+    proc = spawn_cli("serve", "--model", str(models.iris_lr), "--name", "iris", "--port",
+                     str(port), "--grpc-port", str(grpc_port), "--log-level", "warning", *extra)
+    wait_http_ready(port, proc)
+    return Serve(port, grpc_port, proc)
+
+
+@pytest.fixture
+def logged(models: Models, sink: Sink) -> Iterator[Serve]:
+    serve = start(models, "--payload-log-url", sink.url, "--payload-log-redact",
+                  "input-0,customer", "--payload-log-namespace", "team-a")
+    yield serve
+    stop_process(serve.proc)
+
+
+def grpc_infer(serve: Serve, rid: str) -> Any:
+    request = pb.ModelInferRequest(model_name="iris", id=rid)
+    tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+    tensor.contents.fp64_contents.extend(SECRET_ROW)
+    with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as channel:
+        return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+
+
+def test_every_protocol_carries_an_inference_id(logged: Serve) -> None:
+    # V2: the body's id wins, then X-Request-Id, then ce-id, else a new uuid4 (hex).
+    status, body, headers = logged.v2([ROW], rid="from-body",
+                                      headers={"x-request-id": "from-header"})
+    assert status == 200 and body["id"] == "from-body" and headers["x-request-id"] == "from-body"
+    status, body, headers = logged.v2([ROW], headers={"x-request-id": "from-header"})
+    assert body["id"] == "from-header" == headers["x-request-id"]
+    status, body, headers = logged.v2([ROW], headers={"ce-id": "from-ce"})
+    assert body["id"] == "from-ce" == headers["x-request-id"]
+    status, body, headers = logged.v2([ROW])
+    assert HEX_ID.match(body["id"]) and headers["x-request-id"] == body["id"]
+    assert logged.v2([ROW])[1]["id"] != body["id"]
+    # An id no header can carry is echoed in the body only: no header injection.
+    status, body, headers = logged.v2([ROW], rid="a\r\nx-evil: 1")
+    assert status == 200 and body["id"] == "a\r\nx-evil: 1"
+    assert "x-evil" not in headers and "x-request-id" not in headers
+    # V1: a response header.
+    status, body, headers = logged.post("/v1/models/iris:predict", {"instances": [ROW]},
+                                        {"x-request-id": "v1-id"})
+    assert status == 200 and body == {"predictions": [0]} and headers["x-request-id"] == "v1-id"
+    status, body, headers = logged.post("/v1/models/iris:predict", {"instances": [ROW]})
+    assert HEX_ID.match(headers["x-request-id"])
+    # Seldon: meta.puid and the header.
+    msg = {"data": {"ndarray": [ROW]}}
+    status, body, headers = logged.post("/api/v1.0/predictions",
+                                        {**msg, "meta": {"puid": "seldon-1"}})
+    assert status == 200 and body["meta"]["puid"] == "seldon-1" == headers["x-request-id"]
+    status, body, headers = logged.post("/api/v1.0/predictions", msg, {"ce-id": "seldon-ce"})
+    assert body["meta"]["puid"] == "seldon-ce" == headers["x-request-id"]
+    status, body, headers = logged.post("/api/v1.0/predictions", msg)
+    assert HEX_ID.match(body["meta"]["puid"]) and headers["x-request-id"] == body["meta"]["puid"]
+    # gRPC: the response's id.
+    assert grpc_infer(logged, "grpc-1").id == "grpc-1"
+    assert HEX_ID.match(grpc_infer(logged, "").id)
+
+
+def test_each_prediction_logs_request_and_response_events(logged: Serve, sink: Sink) -> None:
+    answered: dict[str, str] = {}  # inference id -> protocol
+    for i in range(5):
+        _, body, _ = logged.v2([SECRET_ROW], parameters={"customer": f"alice-{i}"})
+        answered[body["id"]] = "v2"
+        _, _, headers = logged.post("/v1/models/iris:predict", {"instances": [SECRET_ROW]})
+        answered[headers["x-request-id"]] = "v1"
+        _, body, _ = logged.post("/api/v1.0/predictions", {
+            "data": {"names": ["a", "b", "c", "input-0"], "ndarray": [[*ROW[:3], 6.25]]},
+            "meta": {"tags": {"customer": "bob"}}})
+        answered[body["meta"]["puid"]] = "seldon"
+        answered[grpc_infer(logged, f"g-{i}").id] = "grpc"
+    # Refused requests are not predictions: nothing logged.
+    assert logged.post("/v2/models/iris/infer", {"inputs": []})[0] == 400
+    assert wait_for(lambda: len(sink.events) >= 2 * len(answered), 30)
+    assert wait_for(lambda: logged.metric(events("sent")) == 2 * len(answered), 10)
+    got = sink.by_id()
+    assert set(got) == set(answered) and len(sink.events) == 2 * len(answered)
+    for rid, protocol in answered.items():
+        pair = got[rid]
+        assert set(pair) == {"org.kubeflow.serving.inference.request",
+                             "org.kubeflow.serving.inference.response"}, protocol
+        for e in pair.values():
+            h = e.headers
+            assert h["ce-specversion"] == "1.0" and h["content-type"] == "application/json"
+            assert h["ce-source"] == "/kustos/team-a/iris/predictor"
+            assert (h["ce-inferenceservicename"], h["ce-namespace"], h["ce-component"],
+                    h["ce-endpoint"]) == ("iris", "team-a", "predictor", "default")
+            assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$", h["ce-time"])
+            # Redacted before it left the process: neither the input values nor the
+            # customer field.
+            text = e.body.decode()
+            assert "6.25" not in text and "alice" not in text and "bob" not in text
+        request = pair["org.kubeflow.serving.inference.request"].json()
+        response = pair["org.kubeflow.serving.inference.response"].json()
+        if protocol == "v2":
+            assert request["inputs"][0]["data"] == "[redacted]"
+            assert request["parameters"]["customer"] == "[redacted]"
+            assert response["id"] == rid and response["outputs"][0]["name"] == "predict"
+        elif protocol == "v1":
+            assert request == {"instances": "[redacted]"}
+            assert response == {"predictions": [response["predictions"][0]]}
+        elif protocol == "seldon":
+            assert request["data"]["ndarray"] == [[*ROW[:3], "[redacted]"]]
+            assert request["meta"]["tags"]["customer"] == "[redacted]"
+            assert response["meta"]["puid"] == rid
+        else:
+            assert request["inputs"][0]["contents"] == "[redacted]"
+            assert response["id"] == rid and response["outputs"][0]["name"] == "predict"
+    assert logged.metric(events("dropped")) == 0 and logged.metric(events("failed")) == 0
+
+
+def test_a_stalled_sink_drops_the_newest_and_never_blocks(models: Models, sink: Sink) -> None:
+    serve = start(models, "--payload-log-url", sink.url, "--payload-log-queue", "3",
+                  "--payload-log-timeout", "60")
+    try:
+        sink.stall.clear()
+        for _ in range(20):  # each is answered while the sink holds the first event
+            assert serve.v2([ROW])[0] == 200
+        # 1 prediction in flight, 3 queued: the other 16 dropped (both their events), or
+        # 17 if the sender had not taken the first one off the queue yet.
+        assert wait_for(lambda: serve.metric(events("dropped")) >= 32, 10)
+        dropped = serve.metric(events("dropped"))
+        assert dropped in (32, 34), dropped
+        sink.stall.set()
+        assert wait_for(lambda: serve.metric(events("sent")) == 40 - dropped, 30)
+        assert len(sink.by_id()) == (40 - dropped) / 2
+        assert serve.metric(events("failed")) == 0
+    finally:
+        sink.stall.set()
+        stop_process(serve.proc)
+
+
+def test_sink_failures_are_retried_then_counted(models: Models, sink: Sink) -> None:
+    serve = start(models, "--payload-log-url", sink.url, "--payload-log-retries", "2")
+    retries = 'kustos_payload_log_retries_total{model="iris"}'
+    try:
+        sink.fail_next = 2  # the request event fails twice, the third try gets through
+        _, body, _ = serve.v2([ROW])
+        assert wait_for(lambda: serve.metric(events("sent")) == 2, 20)
+        assert serve.metric(retries) == 2 and serve.metric(events("failed")) == 0
+        assert set(sink.by_id()[body["id"]]) == {"org.kubeflow.serving.inference.request",
+                                                 "org.kubeflow.serving.inference.response"}
+        sink.always_fail = True  # 3 tries per event, then failed
+        posts = sink.posts
+        assert serve.v2([ROW])[0] == 200
+        assert wait_for(lambda: serve.metric(events("failed")) == 2, 20)
+        assert sink.posts - posts == 6 and serve.metric(retries) == 2 + 4
+        assert serve.metric(events("sent")) == 2
+    finally:
+        stop_process(serve.proc)
+    # A sink nobody listens on: refused connections are failures too.
+    serve = start(models, "--payload-log-url", f"http://127.0.0.1:{free_port()}/",
+                  "--payload-log-retries", "1")
+    try:
+        assert serve.v2([ROW])[0] == 200
+        assert wait_for(lambda: serve.metric(events("failed")) == 2, 20)
+        assert serve.metric(retries) == 2
+    finally:
+        stop_process(serve.proc)
+
+
+def test_the_sample_rate_is_respected(models: Models, sink: Sink) -> None:
+    serve = start(models, "--payload-log-url", sink.url, "--payload-log-sample", "0.25")
+    try:
+        n = 400
+        ids = {serve.v2([ROW])[1]["id"] for _ in range(n)}
+        # SIGTERM: the server drains and its sender sends what is still queued.
+        serve.proc.send_signal(signal.SIGTERM)
+        serve.proc.wait(60)
+        # Every sampled prediction has both its events; the count is Binomial(400, 0.25):
+        # mean 100, sd 8.7, so 60..140 fails about once in 10^5 runs.
+        got = sink.by_id()
+        assert set(got) <= ids and all(len(pair) == 2 for pair in got.values())
+        assert 60 <= len(got) <= 140, len(got)
+    finally:
+        stop_process(serve.proc)
+
+
+def test_bad_payload_log_flags_are_refused(models: Models) -> None:
+    for flags, message in ((["--payload-log-url", "ftp://x"], "expected an http(s) URL"),
+                           (["--payload-log-url", "http://x", "--payload-log-sample", "1.5"],
+                            "within 0..1"),
+                           (["--payload-log-url", "http://x", "--payload-log-queue", "0"],
+                            ">= 1")):
+        proc = spawn_cli("serve", "--model", str(models.iris_lr), "--name", "iris", *flags)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and message in err.decode(), err.decode()[-500:]
