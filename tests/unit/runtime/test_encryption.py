@@ -533,6 +533,51 @@ def test_usage_errors(sealed: Path, memdir: Path, captured: Captured) -> None:
     assert r.returncode == 2 and "is not a file" in r.stderr
 
 
+def _peak_rss_kib(*argv: str) -> tuple[int, str]:
+    """Run `kustos ARGV` in a fresh interpreter; its exit code must be 0; returns the
+    process's peak resident set (KiB) and its stderr."""
+    code = ("import resource, sys\nfrom kustos.cli import main\nrc = main(sys.argv[1:])\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)\n")
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[-1]), r.stderr
+
+
+def test_encrypt_and_decrypt_stream_in_bounded_memory(bao: Bao, memdir: Path,
+                                                      tmp_path: Path,
+                                                      captured: Captured) -> None:
+    """A 48 MiB model costs no more resident memory than a 1 KiB one (within 16 MiB):
+    one 1 MiB chunk at a time, never the whole model (the tmpfs pages the plaintext
+    lands in are not the process's)."""
+    peaks: dict[str, tuple[int, int]] = {}
+    for label, size in (("small", 1024), ("large", 48 << 20)):
+        model = tmp_path / f"{label}.bin"
+        with model.open("wb") as fh:
+            for _ in range(max(1, size // (1 << 20))):
+                fh.write(os.urandom(min(size, 1 << 20)))
+        sealed = tmp_path / f"{label}.bin.enc"
+        enc, err = _peak_rss_kib("encrypt", str(model), "-o", str(sealed), "--transit-key", KEY,
+                               "--vault-address", bao.address,
+                               "--vault-token-file", str(bao.token_file("publisher")))
+        captured.text.append(err)
+        digest = sha(model)
+        model.unlink()
+        dec, err = _peak_rss_kib("fetch", str(sealed), str(memdir / f"{label}.bin"),
+                                 "--transit-key", KEY, "--vault-address", bao.address,
+                                 "--vault-token-file", str(bao.token_file("reader")),
+                                 "--require-memory", "--digest", digest, "--quiet")
+        captured.text.append(err)
+        assert (memdir / f"{label}.bin").stat().st_size == size
+        (memdir / f"{label}.bin").unlink()
+        sealed.unlink()
+        peaks[label] = (enc, dec)
+    print(f"\npeak RSS KiB (encrypt, decrypt): 1 KiB model {peaks['small']}, "
+          f"48 MiB model {peaks['large']}")
+    for i in (0, 1):
+        assert peaks["large"][i] - peaks["small"][i] < 16 * 1024, peaks
+
+
 def test_no_data_key_or_token_in_output_logs_or_exceptions(
         sealed: Path, bao: Bao, memdir: Path, tmp_path: Path, captured: Captured,
         caplog: pytest.LogCaptureFixture) -> None:
