@@ -77,7 +77,7 @@ class InferenceService:
         self._gathered_rows = 0
         self._gathering = False  # do windows gather company (fewer than two lone ones)
         self._lone = 0  # windows in a row that gathered one call only
-        self._probe_in = PROBE_EVERY
+        self._probe_in = 1  # the first call looks for company
 
     # -- helpers
     def _check_model(self, name: str, version: str) -> None:
