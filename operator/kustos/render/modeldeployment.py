@@ -3,6 +3,7 @@ ServiceAccount when the model authenticates as itself. Pure: no I/O."""
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .meta import (
     with_hash,
 )
 from .networkpolicy import render_network_policy
+from .payload_logging import payload_log_args
 from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports, tls_volumes
 from .scaling import hpa_behavior
 from .signature import SIGNER_ANNOTATION, fetch_signature, signer
@@ -222,6 +224,9 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     name = body["metadata"]["name"]
     sel = selector(name, track.track)
     sspec = serving_spec(name, spec, track.model, config, attachments)
+    if spec.logging is not None and sspec.kind == "kustos":
+        sspec = dataclasses.replace(sspec, payload_log_args=payload_log_args(
+            spec.logging, name, body["metadata"].get("namespace", ""), track.track))
     server = runtime_container(sspec)
     server["securityContext"] = _security_context()
     server["terminationMessagePolicy"] = "FallbackToLogsOnError"

@@ -95,6 +95,8 @@ class ServingSpec:
     # (kind "Secret" or "ConfigMap", name, key) that makes it mutual TLS.
     tls_secret: str | None = None
     client_ca: tuple[str, str, str] | None = None
+    # kustos only: the --payload-log-* flags (render/payload_logging.py).
+    payload_log_args: tuple[str, ...] = ()
 
     @property
     def model_path(self) -> str:
@@ -143,6 +145,7 @@ def kustos_serve_args(spec: ServingSpec, host: str = "0.0.0.0", port: int = 8080
         args += ["--drift-url", spec.drift_url]
     if spec.explainer_url:
         args += ["--explainer-url", spec.explainer_url]
+    args += spec.payload_log_args
     if spec.tls_secret:
         args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
         if spec.client_ca:

@@ -517,6 +517,39 @@ class GatewayRouteSpec(KModel):
     path, e.g. /v2/models/<name>/infer)."""
 
 
+class PayloadLogSink(KModel):
+    """Where payload log events go."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s/?#]+\S*$")
+    """An HTTP(S) endpoint that accepts CloudEvents in binary content mode (e.g. a Knative
+    broker, KServe's message-dumper, a log collector)."""
+
+
+class PayloadLoggingSpec(KModel):
+    """Payload logging: each sampled prediction's request and response, sent as
+    CloudEvents (KServe's event types and extensions) by the kustos model server."""
+
+    model_config = validations(
+        ("self.sinks.all(a, self.sinks.exists_one(b, b.url == a.url))",
+         "spec.logging.sinks must not name the same url twice", ".sinks"),
+        ("!has(self.redact) || self.redact.all(n, self.redact.exists_one(x, x == n))",
+         "spec.logging.redact must not name a field twice", ".redact"),
+    )
+
+    sinks: list[PayloadLogSink] = Field(min_length=1, max_length=8)
+    """The event sinks; every sampled prediction goes to each (a queue per sink)."""
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    """Share of predictions logged, 0..1 (default 1: all)."""
+    redact: list[Annotated[str, Field(min_length=1, max_length=253,
+                                      pattern=r"^[^,\s]+$")]] | None = Field(
+        default=None, max_length=64)
+    """Input tensor and JSON field names whose values are replaced by "[redacted]" in the
+    server before an event leaves it (PII)."""
+    queue_size: int = Field(default=10000, ge=1, le=1000000)
+    """Predictions waiting per sink; when full the newest is dropped (counted in
+    kustos_payload_log_events_total{outcome="dropped"}): a prediction never waits."""
+
+
 class ModelDeploymentSpec(KModel):
     """Desired state of a ModelDeployment."""
 
@@ -544,6 +577,8 @@ class ModelDeploymentSpec(KModel):
          " || self.secrets.vault.mode != 'injector' || has(self.secrets.vault.address)",
          "spec.model.encryption with injector mode needs spec.secrets.vault.address (the "
          "fetch init container logs in itself)", ".secrets.vault.address"),
+        ("!has(self.logging) || self.runtime.kind == 'kustos'",
+         "spec.logging is served by runtime kind kustos only", ".logging"),
     )
 
 
@@ -564,6 +599,9 @@ class ModelDeploymentSpec(KModel):
     gateway: GatewayRouteSpec | None = None
     """Serve through a Gateway API Gateway (an HTTPRoute): the canary's share is then the
     exact weight of its backend, not the replica ratio."""
+    logging: PayloadLoggingSpec | None = None
+    """Payload logging of predictions as CloudEvents (kustos runtime only); off when
+    unset."""
 
 
 class DeployedModel(KModel):
