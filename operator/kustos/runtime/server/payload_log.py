@@ -16,7 +16,6 @@ Redaction and JSON encoding happen on the sender thread, before the event is sen
 
 from __future__ import annotations
 
-import datetime
 import logging
 import random
 import time
@@ -28,7 +27,7 @@ import orjson
 from kustos.runtime.server import ids
 from kustos.runtime.server import metrics as m
 from kustos.runtime.server.payload_log_config import PayloadLogConfig
-from kustos.runtime.server.sender import BoundedSender, HttpPoster, SendError
+from kustos.runtime.server.sender import BoundedSender, HttpPoster
 
 __all__ = ["PayloadLogConfig", "PayloadLogger", "redact"]
 
@@ -129,8 +128,8 @@ class PayloadSink(BoundedSender[Exchange]):
     """One sink URL: its queue, its thread, its kept-alive connection."""
 
     def __init__(self, url: str, model: str, config: PayloadLogConfig) -> None:
-        # One prediction at a time off the queue: what waits stays in the bounded deque.
-        super().__init__("kustos-payload-log", config.queue, flush_interval=0.02, max_batch=1)
+        # Up to 32 predictions (64 events) pipelined per write.
+        super().__init__("kustos-payload-log", config.queue, flush_interval=0.02, max_batch=32)
         self.config = config
         self._poster = HttpPoster(url, config.timeout)
         self.sent = m.PAYLOAD_LOG_EVENTS.labels(model, "sent")
@@ -150,9 +149,10 @@ class PayloadSink(BoundedSender[Exchange]):
 
     def deliver(self, batch: list[Exchange]) -> None:
         names = self.config.redact
+        events: list[tuple[bytes, bytes]] = []
         for ex in batch:
-            stamp = datetime.datetime.fromtimestamp(ex.time, datetime.UTC).isoformat() \
-                .replace("+00:00", "Z").encode()
+            stamp = b"%s.%06dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ex.time))
+                                   .encode(), int(ex.time % 1 * 1e6))
             rid = ids.ce_value(ex.id)
             for ce_type, payload, length in (
                     (REQUEST_TYPE, ex.request, ex.request_json_length),
@@ -164,28 +164,37 @@ class PayloadSink(BoundedSender[Exchange]):
                     log.warning("payload log: cannot encode an event: %s", exc)
                     self.failed.inc()
                     continue
-                headers = b"ce-id: %s\r\nce-type: %s\r\nce-time: %s\r\n%s" % (
-                    rid, ce_type.encode(), stamp, self._common)
-                self._send(body, headers)
+                events.append((body, b"ce-id: %s\r\nce-type: %s\r\nce-time: %s\r\n%s" % (
+                    rid, ce_type.encode(), stamp, self._common)))
+        self._send(events)
 
-    def _send(self, body: bytes, headers: bytes) -> None:
+    def _send(self, events: list[tuple[bytes, bytes]]) -> None:
+        """Pipelined POSTs; those without an answer or with a retryable status are tried
+        again (exponential backoff) up to ``retries`` times, then counted as failed."""
         delay = self.config.backoff
+        sent = failed = 0
         for attempt in range(self.config.retries + 1):
             if attempt:
-                self.retried.inc()
+                self.retried.inc(len(events))
                 self._closing.wait(delay)  # on shutdown: retry without waiting
                 delay = min(delay * 2, self.config.max_backoff)
-            try:
-                status = self._poster.post(body, headers)
-            except SendError as exc:
-                log.debug("payload log: %s", exc)
-                continue
-            if status < 300:
-                self.sent.inc()
-                return
-            if status not in RETRY_STATUSES:
+            again = []
+            for event, status in zip(events, self._poster.post_many(events), strict=True):
+                if status is not None and status < 300:
+                    sent += 1
+                elif status is None or status in RETRY_STATUSES:
+                    again.append(event)
+                else:
+                    failed += 1  # the sink refused this event: another try changes nothing
+            events = again
+            if not events:
                 break
-        self.failed.inc()
+        failed += len(events)
+        if sent:
+            self.sent.inc(sent)
+        if failed:
+            self.failed.inc(failed)
+            log.debug("payload log: %d event(s) not delivered", failed)
 
 
 class PayloadLogger:
