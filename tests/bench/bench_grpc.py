@@ -159,11 +159,35 @@ def run_client(target: str, model: str, row: list[float], args: argparse.Namespa
     return result
 
 
+def _server_class() -> Any:
+    from bench_serving import Server
+
+    class SameSession(Server):  # type: ignore[misc]
+        """bench_serving's Server in a process group of its own but in this session.
+
+        With the kernel's autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled)
+        a new session is a new CPU-share group: on a machine shared with other work the
+        servers' CPU share then depends on how many sessions compete, not on this run.
+        Both servers are started this same way.
+        """
+
+        def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int,
+                     ready_path: str, log: Path, cwd: Path) -> None:
+            self.name, self.port, self.log = name, port, log
+            self.ready_url = f"http://127.0.0.1:{port}{ready_path}"
+            self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._out,
+                                         stderr=subprocess.STDOUT, process_group=0)
+
+    return SameSession
+
+
 def start(kind: str, model: str, work: Path, cpu: str | None) -> tuple[Any, str]:
-    from bench_serving import Server, mlserver_command, pinned
+    from bench_serving import mlserver_command, pinned
 
     from ports import free_port
 
+    Server = _server_class()
     scratch = work / "scratch" / kind
     scratch.mkdir(parents=True, exist_ok=True)
     model_dir = work / model
