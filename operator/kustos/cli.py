@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("kustos.runtime.fetch", "download a model or data file and verify its digest"),
     "sign": ("kustos.runtime.sign", "sign a model for publishing (OpenSSF model signing)"),
     "encrypt": ("kustos.runtime.encrypt", "encrypt a model with a Vault/OpenBao Transit key"),
+    "batch": ("kustos.runtime.batch.cli", "predict a whole file in chunks (BatchInference)"),
     "serve": ("kustos.runtime.server.cli", "serve one model over KServe V2/V1 and Seldon"),
     "explain": ("kustos.runtime.explain.cli", "the explainer sidecar: SHAP attributions"),
     "drift": ("kustos.runtime.drift.cli", "the drift sidecar: alibi-detect on the served inputs"),

@@ -97,6 +97,15 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "pending: ExplainerSpec"),
     Rule(("batch",), ("jobs",), ("list", "create"),
          "a DriftMonitor's retraining Job", "pending: DriftMonitor"),
+    Rule((GROUP,), ("batchinferences",), ("get", "list", "watch", "patch"),
+         "kopf watches BatchInferences (a retried reconcile's backoff in annotations); the "
+         "status write re-reads the object"),
+    Rule((GROUP,), ("batchinferences/status",), ("patch",),
+         "a BatchInference's status, from its Job and the Job's pods"),
+    Rule(("batch",), ("jobs",), ("get", "patch"),
+         "a BatchInference's indexed Job: read by name, created by a server-side apply (a "
+         "PATCH, with the create of the rule below); the spec is immutable, so it is never "
+         "changed after"),
     Rule(("",), ("pods",), ("list", "watch"),
          "pod IPs, to read the sidecars' status endpoints; the serving pods' container "
          "states, to say why a rollout is stuck (watch filtered by label)"),

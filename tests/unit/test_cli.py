@@ -26,7 +26,8 @@ def test_crds_prints_all_three(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["crds"]) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert sorted(d["spec"]["names"]["kind"] for d in docs) == [
-        "DriftMonitor", "ExplainerSpec", "GovernancePolicy", "ModelDeployment"]
+        "BatchInference", "DriftMonitor", "ExplainerSpec", "GovernancePolicy",
+        "ModelDeployment"]
 
 
 def test_serve_does_not_import_the_api_client() -> None:

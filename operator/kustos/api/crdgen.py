@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from kustos.api.v1alpha1 import (
     GROUP,
     VERSION,
+    BatchInference,
     DriftMonitor,
     ExplainerSpec,
     GovernancePolicy,
@@ -112,6 +113,22 @@ KINDS: list[Kind] = [
             AGE,
         ],
         scope="Cluster",
+    ),
+    Kind(
+        BatchInference,
+        "batchinferences",
+        ["bi"],
+        [
+            _column("Phase", "string", ".status.phase", "Pending, Running, Complete or Failed"),
+            _column("Done", "integer", ".status.rowsDone", "Rows predicted"),
+            _column("Total", "integer", ".status.rowsTotal", "Rows in the input"),
+            _column("Rows/s", "integer", ".status.rowsPerSecond", "Rows per second"),
+            _column("Model", "string", ".spec.modelRef.name", "The ModelDeployment used",
+                    priority=1),
+            _column("Output", "string", ".status.outputUri", "Where the predictions are",
+                    priority=1),
+            AGE,
+        ],
     ),
 ]
 

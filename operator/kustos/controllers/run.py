@@ -159,6 +159,7 @@ def main(argv: list[str]) -> int:
     set_config(config_mod.load(args.config))
     # Handlers register themselves on import.
     from . import (  # noqa: F401
+        batchinference,
         driftmonitor,
         explainerspec,
         governance,

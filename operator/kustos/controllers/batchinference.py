@@ -1,0 +1,178 @@
+"""BatchInference handlers: gate the model, create the indexed Job, report its progress.
+
+The gate is the ModelDeployment's: a modelRef is used only while its ModelDeployment
+exists and is not PolicyCompliant=False, and the GovernancePolicies with enforcement Deny
+are evaluated on the model (the referenced ModelDeployment's spec, or spec.model with
+spec.governance) as the admission webhook evaluates a ModelDeployment. A blocked run is
+retried with backoff (an approval or a policy change lets it start). The spec is
+immutable (CEL), so the Job is created once and never patched; the operator alone writes
+the status, from the Job and its pods, on a timer until the run has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kustos.api.v1alpha1 import GROUP, VERSION
+from kustos.api.v1alpha1.batchinference import BatchInferenceSpec
+from kustos.api.v1alpha1.modeldeployment import ModelSource
+from kustos.governance.policy import applicable, evaluate, policies_from, summary
+from kustos.k8s import client
+from kustos.k8s import status as k8s_status
+from kustos.k8s.client import ApiError
+from kustos.render import batchinference as render_bi
+from kustos.status import batchinference as status_bi
+from kustos.status.conditions import get_condition
+from kustos.status.owners import StatusOwner
+
+from .children import owned_by
+from .context import backoff, config
+
+log = logging.getLogger(__name__)
+KIND = "BatchInference"
+PLURAL = "batchinferences"
+OWNER = StatusOwner("kustos-batch", fields=status_bi.FIELDS, conditions=status_bi.CONDITIONS)
+REFRESH_SECONDS = 5.0
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+class Blocked(Exception):
+    def __init__(self, blocked: status_bi.Blocked) -> None:
+        super().__init__(f"{blocked.reason}: {blocked.message}")
+        self.blocked = blocked
+
+
+def _deny_policies(namespace: str) -> list[Any]:
+    policies = policies_from(client.list_objects("GovernancePolicy"))
+    if not policies:
+        return []
+    ns = client.get("Namespace", namespace) or {}
+    labels = {"kubernetes.io/metadata.name": namespace,
+              **((ns.get("metadata") or {}).get("labels") or {})}
+    return [p for p in applicable(policies, labels) if p.enforcement != "Warn"]
+
+
+def resolve(body: Mapping[str, Any], spec: BatchInferenceSpec
+            ) -> tuple[ModelSource, str, str | None, dict[str, Any]]:
+    """(model, model name, ServiceAccount, status.model) once the gate lets the run
+    start; raises Blocked otherwise."""
+    namespace = body["metadata"]["namespace"]
+    if spec.model_ref is not None:
+        ref = spec.model_ref.name
+        md = client.get("ModelDeployment", ref, namespace)
+        if md is None:
+            raise Blocked(status_bi.Blocked("ModelNotFound",
+                                            f"ModelDeployment {ref} does not exist"))
+        compliant = get_condition(md, "PolicyCompliant")
+        if compliant is not None and compliant.get("status") == "False":
+            raise Blocked(status_bi.Blocked(
+                "PolicyViolation", f"ModelDeployment {ref} is not PolicyCompliant: "
+                                   f"{compliant.get('message') or compliant.get('reason')}"))
+        judged_spec: Mapping[str, Any] = md.get("spec") or {}
+        model = ModelSource.model_validate(judged_spec.get("model") or {})
+        account = ref if model.web_identity else None
+        name = ref
+    else:
+        assert spec.model is not None  # CEL: exactly one of modelRef and model
+        model = spec.model
+        judged_spec = {"model": model.wire(),
+                       **({"governance": spec.governance.wire()} if spec.governance else {})}
+        account = None
+        name = body["metadata"]["name"]
+    found = evaluate(judged_spec, _deny_policies(namespace))
+    if found:
+        what = f"ModelDeployment {name}" if spec.model_ref else "spec.model"
+        raise Blocked(status_bi.Blocked("PolicyViolation", f"{what}: {summary(found)}"))
+    for ref_ in (model.credentials_secret_ref, spec.input.credentials_secret_ref):
+        if ref_ is not None and client.get("Secret", ref_.name, namespace) is None:
+            raise Blocked(status_bi.Blocked("CredentialsNotFound",
+                                            f"Secret {ref_.name} does not exist"))
+    used = {"version": model.version, "digest": model.digest, "uri": model.uri,
+            "modelDeployment": spec.model_ref.name if spec.model_ref else None}
+    return model, name, account, {k: v for k, v in used.items() if v is not None}
+
+
+def _pods(namespace: str, job: str) -> list[dict[str, Any]]:
+    return client.list_objects("Pod", namespace, {JOB_NAME_LABEL: job})
+
+
+def write_status(body: Mapping[str, Any], spec: BatchInferenceSpec | None,
+                 job: Mapping[str, Any] | None, blocked: status_bi.Blocked | None = None,
+                 model: dict[str, Any] | None = None) -> None:
+    meta = body["metadata"]
+    pods = _pods(meta["namespace"], job["metadata"]["name"]) if job is not None else []
+    shards = render_bi.shards(spec) if spec is not None else 0
+    output = spec.output.uri if spec is not None else ""
+
+    def update(current: dict[str, Any]) -> dict[str, Any]:
+        return status_bi.compute(current, job, pods, shards=shards, output_uri=output,
+                                 model=model, blocked=blocked, now=datetime.now(UTC))
+
+    k8s_status.write(KIND, meta["name"], meta["namespace"], meta["uid"], OWNER, update,
+                     current=dict(body))
+
+
+def _own_job(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Job, if it exists and is ours; NameConflict-blocked when the name is taken."""
+    meta = body["metadata"]
+    job = client.get("Job", render_bi.job_name(meta["name"]), meta["namespace"])
+    if job is not None and not owned_by(job, meta["uid"]):
+        raise Blocked(status_bi.Blocked(
+            "NameConflict", f"Job {job['metadata']['name']} exists and is not owned by this "
+                            "BatchInference; rename or delete it", final=True))
+    return job
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
+    """Create the Job once the model may run; then report."""
+    try:
+        spec = BatchInferenceSpec.model_validate(body["spec"])
+    except ValidationError as err:
+        message = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                            for e in err.errors()[:5])
+        write_status(body, None, None, status_bi.Blocked("InvalidSpec", message, final=True))
+        raise kopf.PermanentError(f"InvalidSpec: {message}") from None
+    try:
+        job = _own_job(body)
+        if job is None:
+            model, name, account, used = resolve(body, spec)
+            [manifest] = render_bi.render(body, model, config(), name, account)
+            log.info("creating Job %s/%s", body["metadata"]["namespace"],
+                     manifest["metadata"]["name"])
+            job = client.apply(manifest)
+            write_status(body, spec, job, model=used)
+        else:
+            write_status(body, spec, job)
+    except Blocked as err:
+        write_status(body, spec, None, err.blocked)
+        if err.blocked.final:
+            raise kopf.PermanentError(str(err)) from None
+        raise kopf.TemporaryError(str(err), delay=backoff(retry, base=5.0, cap=300.0)) from None
+    except ApiError as err:
+        if err.status in (400, 422):
+            write_status(body, spec, None, status_bi.Blocked(
+                "InvalidChild", f"the API server refused the Job: {err.message}", final=True))
+            raise kopf.PermanentError(f"InvalidChild: {err.message}") from None
+        raise kopf.TemporaryError(f"ApiError: {err}", delay=backoff(retry)) from None
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=REFRESH_SECONDS, initial_delay=REFRESH_SECONDS)
+def refresh(body: kopf.Body, **_: Any) -> None:
+    """Progress from the Job and its pods, until the run has finished (then nothing)."""
+    status = body.get("status") or {}
+    if status.get("phase") in ("Complete", "Failed") or not status.get("jobName"):
+        return  # finished, or not started: the reconcile writes those
+    spec = BatchInferenceSpec.model_validate(body["spec"])
+    meta = body["metadata"]
+    job = client.get("Job", status["jobName"], meta["namespace"])
+    if job is None or not owned_by(job, meta["uid"]):
+        return
+    write_status(body, spec, job)

@@ -1,0 +1,230 @@
+"""BatchInference -> one indexed Job. Pure: no I/O.
+
+The pod fetches and verifies the model exactly as a ModelDeployment's pod does (the same
+fetch init container, render.modeldeployment), fetches an s3:// or https:// input the same
+way, and runs `kustos batch` on its shard ($JOB_COMPLETION_INDEX).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from kustos.api.v1alpha1.batchinference import BatchInferenceSpec
+from kustos.api.v1alpha1.modeldeployment import ModelSource
+from kustos.config import OperatorConfig
+
+from .aws_identity import session_name, web_identity_volume
+from .meta import (
+    COMPONENT,
+    INSTANCE,
+    MANAGED,
+    MODEL_DIGEST,
+    MODEL_VERSION,
+    NAME,
+    child_meta,
+    with_hash,
+)
+from .modeldeployment import (
+    NONROOT_UID,
+    PVC_MOUNT,
+    _fetch_container,
+    _security_context,
+    model_file_name,
+)
+from .runtimes import MODEL_DIR
+from .signature import fetch_signature
+
+COMPONENT_BATCH = "batch"
+DATA_DIR = "/mnt/data"
+CONTAINER = "batch"
+
+
+def job_name(name: str) -> str:
+    return name
+
+
+def claim_path(uri: str) -> tuple[str, str]:
+    """(claim, path inside it) of pvc://CLAIM/PATH."""
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def input_path(spec: BatchInferenceSpec) -> str:
+    """Where the batch container reads the input: the fetched copy, or the mounted claim."""
+    if urlparse(spec.input.uri).scheme == "pvc":
+        claim, path = claim_path(spec.input.uri)
+        return f"{PVC_MOUNT}/{claim}/{path}"
+    return f"{DATA_DIR}/input.{spec.input.format}"
+
+
+def output_path(spec: BatchInferenceSpec) -> str:
+    claim, path = claim_path(spec.output.uri)
+    return f"{PVC_MOUNT}/{claim}/{path}".rstrip("/")
+
+
+def shards(spec: BatchInferenceSpec) -> int:
+    return spec.shards or spec.parallelism
+
+
+def _claims(spec: BatchInferenceSpec) -> dict[str, bool]:
+    """The claims the batch container mounts: name -> read-only."""
+    out_claim, _ = claim_path(spec.output.uri)
+    claims = {out_claim: False}
+    if urlparse(spec.input.uri).scheme == "pvc":
+        in_claim, _ = claim_path(spec.input.uri)
+        claims.setdefault(in_claim, True)
+    return claims
+
+
+def _fetch_input(spec: BatchInferenceSpec, config: OperatorConfig) -> dict[str, Any] | None:
+    """An s3:// or https:// input is fetched (and its digest checked) into the pod."""
+    if urlparse(spec.input.uri).scheme == "pvc":
+        return None
+    args = ["fetch", spec.input.uri, input_path(spec)]
+    if spec.input.digest:
+        args += ["--digest", spec.input.digest]
+    container: dict[str, Any] = {
+        "name": "fetch-input",
+        "image": config.images.fetch,
+        "args": args,
+        "resources": dict(config.fetch_resources),
+        "securityContext": _security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if spec.input.credentials_secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": spec.input.credentials_secret_ref.name}}]
+    return container
+
+
+def batch_args(spec: BatchInferenceSpec, model: ModelSource, model_name: str) -> list[str]:
+    """The exact `kustos batch` arguments of the batch container."""
+    args = ["batch",
+            "--model", f"{MODEL_DIR}/{model_file_name(model.uri)}",
+            "--name", model.name or model_name,
+            "--model-version", model.version,
+            "--format", model.format]
+    if model.digest:
+        args += ["--digest", model.digest]
+    args += ["--input", input_path(spec), "--input-format", spec.input.format]
+    for column in spec.input.feature_columns or ():
+        args += ["--feature", column]
+    if spec.input.id_column:
+        args += ["--id-field", spec.input.id_column]
+    args += ["--output", output_path(spec), "--output-format", spec.output.format,
+             "--id-column", spec.output.id_column]
+    for output in spec.output.predictions or ():
+        args += ["--prediction", output]
+    args += ["--chunk-size", str(spec.chunk_size), "--shards", str(shards(spec)), "--quiet"]
+    return args
+
+
+def _resources(spec: BatchInferenceSpec, config: OperatorConfig) -> dict[str, Any]:
+    res = spec.resources
+    if res is None:
+        return dict(config.default_resources)
+    return {k: v for k, v in (("requests", res.requests), ("limits", res.limits)) if v}
+
+
+def render_job(body: Mapping[str, Any], spec: BatchInferenceSpec, model: ModelSource,
+               config: OperatorConfig, model_name: str,
+               service_account: str | None = None) -> dict[str, Any]:
+    """The indexed Job. ``model``: spec.model, or the referenced ModelDeployment's
+    (``model_name`` its name, ``service_account`` its account for webIdentity)."""
+    name = body["metadata"]["name"]
+    namespace = body["metadata"].get("namespace", "")
+    claims = _claims(spec)
+    mounts: list[dict[str, Any]] = [
+        {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "model", "emptyDir": {"sizeLimit": config.model_volume_size}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+    for i, (claim, read_only) in enumerate(sorted(claims.items())):
+        mounts.append({"name": f"claim-{i}", "mountPath": f"{PVC_MOUNT}/{claim}",
+                       "readOnly": read_only})
+        volumes.append({"name": f"claim-{i}", "persistentVolumeClaim": {
+            "claimName": claim, "readOnly": read_only}})
+    # The model's own claim, for the fetch container (as in a ModelDeployment's pod).
+    if urlparse(model.uri).scheme == "pvc":
+        volumes.append({"name": "source", "persistentVolumeClaim": {
+            "claimName": urlparse(model.uri).netloc, "readOnly": True}})
+    if model.signature is not None:
+        volumes += fetch_signature(model, "").volumes
+    if model.web_identity:
+        volumes.append(web_identity_volume(model.web_identity))
+    init = [_fetch_container(model, config, session_name(namespace, model_name))]
+    fetch_input = _fetch_input(spec, config)
+    if fetch_input is not None:
+        init.append(fetch_input)
+        volumes.append({"name": "data", "emptyDir": {}})
+        mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
+    batch = {
+        "name": CONTAINER,
+        "image": config.images.kustos,
+        "args": batch_args(spec, model, model_name),
+        "resources": _resources(spec, config),
+        "securityContext": _security_context(),
+        # The last line of `kustos batch` (its report, or the error) stays in the pod's
+        # status: the operator sums the shards' reports from there.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    annotations = {MODEL_VERSION: model.version}
+    if model.digest:
+        annotations[MODEL_DIGEST] = model.digest
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NONROOT_UID,
+            "runAsGroup": NONROOT_UID,
+            "fsGroup": NONROOT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": init,
+        "containers": [batch],
+        "volumes": volumes,
+    }
+    if service_account:
+        pod_spec = {"serviceAccountName": service_account, **pod_spec}
+    labels = {COMPONENT: COMPONENT_BATCH}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_meta(body, job_name(name), labels),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": shards(spec),
+            "parallelism": spec.parallelism,
+            # A failed shard is retried alone; the run fails once one shard is out of
+            # retries (its rows would never be written).
+            "backoffLimitPerIndex": spec.backoff_limit_per_index,
+            "maxFailedIndexes": 0,
+            # A shard's next pod starts once the last one is gone: never two writers.
+            "podReplacementPolicy": "Failed",
+            "template": {
+                "metadata": {
+                    "labels": {INSTANCE: name, COMPONENT: COMPONENT_BATCH, MANAGED: "kustos",
+                               NAME: "kustos-batch"},
+                    "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER,
+                                    **annotations},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render(body: Mapping[str, Any], model: ModelSource, config: OperatorConfig,
+           model_name: str, service_account: str | None = None) -> list[dict[str, Any]]:
+    """The children of a BatchInference (the Job), with their spec-hash annotation."""
+    spec = BatchInferenceSpec.model_validate(body["spec"])
+    return [with_hash(render_job(body, spec, model, config, model_name, service_account))]

@@ -1,0 +1,101 @@
+"""One shard of a batch run: its chunks predicted and written, those already written
+skipped (a restarted pod resumes where the killed one stopped)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kustos.runtime.server.models import Model
+
+from . import sink, source
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one shard does."""
+
+    input: Path
+    input_format: str
+    output: Path
+    output_format: str
+    chunk_size: int
+    shard: int
+    shards: int
+    features: tuple[str, ...] | None = None
+    id_field: str | None = None
+    id_column: str = "inference_id"
+    predictions: tuple[str, ...] | None = None
+
+
+@dataclass
+class Report:
+    """What the shard did; the pod's termination message (the operator sums them)."""
+
+    shard: int
+    rows: int = 0  # rows of this shard, written now or by an earlier pod
+    rows_total: int = 0  # data rows in the input
+    chunks: int = 0
+    chunks_resumed: int = 0  # already written when this pod started
+    seconds: float = 0.0
+
+    def wire(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["rowsTotal"] = out.pop("rows_total")
+        out["chunksResumed"] = out.pop("chunks_resumed")
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+Progress = Callable[[Report, int], None]
+
+
+def outputs_of(model: Model, asked: Sequence[str] | None) -> tuple[str, ...]:
+    if not asked:
+        return tuple(model.default_outputs) or tuple(o.name for o in model.outputs[:1])
+    known = model.output_names
+    unknown = [o for o in asked if known and o not in known]
+    if unknown:
+        raise source.InputError(f"model {model.name!r} has no output {', '.join(unknown)} "
+                                f"(it has {', '.join(sorted(known))})")
+    return tuple(asked)
+
+
+def run(job: Job, model: Model, progress: Progress | None = None) -> Report:
+    """Predict and write every chunk of ``job.shard`` not written yet."""
+    started = time.perf_counter()
+    outputs = outputs_of(model, job.predictions)
+    lay = source.layout(job.input, job.input_format, job.features, job.id_field)
+    sink.prepare(job.output, {
+        "chunkSize": job.chunk_size, "format": job.output_format, "idColumn": job.id_column,
+        "predictions": list(outputs), "features": list(lay.features)})
+    report = Report(job.shard)
+    mine: set[int] = set()
+    name = job.input.name
+    input_name = model.inputs[0].name
+    for chunk in source.chunks(job.input, job.input_format, job.chunk_size):
+        report.rows_total += len(chunk.lines)
+        if chunk.index % job.shards != job.shard:
+            continue
+        mine.add(chunk.index)
+        report.chunks += 1
+        report.rows += len(chunk.lines)
+        if sink.done(job.output, chunk.index, job.output_format):
+            report.chunks_resumed += 1
+            continue
+        parsed = source.parse(chunk, job.input_format, lay, name)
+        # The same preparation and prediction as a request to `kustos serve`.
+        inputs = model.prepare({input_name: parsed.x})
+        predicted = model.predict(inputs, outputs)
+        columns = sink.flatten(predicted, model.classes)
+        sink.write_chunk(job.output, chunk.index, job.output_format,
+                         sink.encode(job.id_column, parsed.ids, columns, job.output_format))
+        if progress is not None:
+            progress(report, chunk.index)
+    # Every chunk of ours is written: a temporary file of ours is a killed pod's leftover.
+    sink.remove_stale(job.output, mine, job.output_format)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,197 @@
+"""Reading the input file: its columns, and its rows in chunks of one shard.
+
+Chunk k holds data rows [k * chunk_size, (k + 1) * chunk_size) of the file, in file order,
+whatever the shard count; shard i of n takes the chunks with k % n == i. Every shard reads
+through the whole file (skipping is cheap next to parsing and predicting), so each knows
+the total row count when it is done.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+FORMATS = ("csv", "jsonl")
+
+
+class InputError(Exception):
+    """The input cannot be read as asked; the message names the file, rows and columns
+    (never a cell's value)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which fields of a row are the features (in model order) and which is the id."""
+
+    features: tuple[str, ...]
+    id_field: str | None
+    # csv: column positions of the features and of the id; jsonl: None.
+    feature_positions: tuple[int, ...] | None = None
+    id_position: int | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Raw lines of one chunk, not parsed yet."""
+
+    index: int
+    first_row: int
+    lines: list[str]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A chunk as arrays: features (rows x features, float64) and one id per row."""
+
+    x: np.ndarray[Any, Any]
+    ids: list[str]
+
+
+def _data_lines(handle: io.TextIOBase) -> Iterator[str]:
+    return (line for line in handle if line.strip())
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        for line in handle:
+            if line.strip():
+                return [c.strip() for c in line.rstrip("\r\n").split(",")]
+    raise InputError(f"{path.name}: empty file (a CSV input starts with a header row)")
+
+
+def _first_object(path: Path) -> Any:
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    return orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise InputError(f"{path.name}: row 0 is not JSON") from None
+    raise InputError(f"{path.name}: no rows")
+
+
+def layout(path: Path, fmt: str, features: Sequence[str] | None,
+           id_field: str | None) -> Layout:
+    """The features and id of ``path``: ``features`` (all fields but the id when None)."""
+    if fmt == "csv":
+        header = _header(path)
+        position = {name: i for i, name in enumerate(header)}
+        missing = [c for c in [*(features or ()), *([id_field] if id_field else [])]
+                   if c not in position]
+        if missing:
+            raise InputError(f"{path.name}: no column {', '.join(missing)} in the header")
+        chosen = tuple(features) if features else tuple(c for c in header if c != id_field)
+        return Layout(chosen, id_field, tuple(position[c] for c in chosen),
+                      position[id_field] if id_field else None)
+    if fmt == "jsonl":
+        first = _first_object(path)
+        if isinstance(first, list):
+            if features or id_field:
+                raise InputError(f"{path.name}: rows are JSON arrays; featureColumns and "
+                                 "idColumn need JSON objects")
+            return Layout(tuple(str(i) for i in range(len(first))), None)
+        if not isinstance(first, dict):
+            raise InputError(f"{path.name}: a row must be a JSON object or array")
+        keys = list(first)
+        chosen = tuple(features) if features else tuple(k for k in keys if k != id_field)
+        return Layout(chosen, id_field)
+    raise InputError(f"input format {fmt!r} is not supported (csv, jsonl)")
+
+
+def chunks(path: Path, fmt: str, chunk_size: int) -> Iterator[Chunk]:
+    """Every chunk of the file, in order (the CSV header skipped)."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        lines = _data_lines(handle)
+        if fmt == "csv":
+            next(lines, None)
+        for index in itertools.count():
+            batch = list(itertools.islice(lines, chunk_size))
+            if not batch:
+                return
+            yield Chunk(index, index * chunk_size, batch)
+
+
+def parse(chunk: Chunk, fmt: str, lay: Layout, name: str) -> Parsed:
+    """The chunk's features and ids. A bad row fails with its row number and field."""
+    if fmt == "csv":
+        return _parse_csv(chunk, lay, name)
+    return _parse_jsonl(chunk, lay, name)
+
+
+def _parse_csv(chunk: Chunk, lay: Layout, name: str) -> Parsed:
+    assert lay.feature_positions is not None
+    try:
+        x = np.loadtxt(chunk.lines, delimiter=",", dtype=np.float64,
+                       usecols=lay.feature_positions, ndmin=2)
+    except ValueError:
+        raise _bad_csv_row(chunk, lay, name) from None
+    if lay.id_position is not None:
+        pos = lay.id_position
+        ids = [line.rstrip("\r\n").split(",")[pos].strip() for line in chunk.lines]
+    else:
+        ids = [str(chunk.first_row + i) for i in range(len(chunk.lines))]
+    return Parsed(x, ids)
+
+
+def _bad_csv_row(chunk: Chunk, lay: Layout, name: str) -> InputError:
+    assert lay.feature_positions is not None
+    width = max(*lay.feature_positions, lay.id_position or 0) + 1
+    for i, line in enumerate(chunk.lines):
+        cells = line.rstrip("\r\n").split(",")
+        row = chunk.first_row + i
+        if len(cells) < width:
+            return InputError(f"{name}: row {row} has {len(cells)} columns, needs {width}")
+        for column, pos in zip(lay.features, lay.feature_positions, strict=True):
+            try:
+                float(cells[pos])
+            except ValueError:
+                return InputError(f"{name}: row {row}, column {column}: not a number")
+    return InputError(f"{name}: rows {chunk.first_row}..{chunk.first_row + len(chunk.lines) - 1}"
+                      " cannot be read as numbers")
+
+
+def _parse_jsonl(chunk: Chunk, lay: Layout, name: str) -> Parsed:
+    rows: list[list[Any]] = []
+    ids: list[str] = []
+    for i, line in enumerate(chunk.lines):
+        row = chunk.first_row + i
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise InputError(f"{name}: row {row} is not JSON") from None
+        if isinstance(obj, list):
+            if len(obj) != len(lay.features):
+                raise InputError(f"{name}: row {row} has {len(obj)} values, needs "
+                                 f"{len(lay.features)}")
+            rows.append(obj)
+            ids.append(str(row))
+            continue
+        if not isinstance(obj, dict):
+            raise InputError(f"{name}: row {row} is not a JSON object")
+        try:
+            rows.append([obj[c] for c in lay.features])
+        except KeyError as missing:
+            raise InputError(f"{name}: row {row} has no field {missing}") from None
+        if lay.id_field is not None:
+            if lay.id_field not in obj:
+                raise InputError(f"{name}: row {row} has no field {lay.id_field!r}")
+            ids.append(str(obj[lay.id_field]))
+        else:
+            ids.append(str(row))
+    try:
+        x = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        for i, values in enumerate(rows):
+            for column, value in zip(lay.features, values, strict=True):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise InputError(f"{name}: row {chunk.first_row + i}, field {column}: "
+                                     "not a number") from None
+        raise InputError(f"{name}: rows cannot be read as numbers") from None
+    return Parsed(x.reshape(len(rows), len(lay.features)), ids)
