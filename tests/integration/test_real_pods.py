@@ -127,6 +127,51 @@ def test_tritonclient_http_through_the_service(chart_operator: ChartOperator,
     assert [int(v) for v in result.as_numpy("predict")] == local_predictions(IRIS_V1, ROWS)
 
 
+def test_tritonclient_binary_tensors_through_the_service(chart_operator: ChartOperator,
+                                                         iris: str) -> None:
+    """The V2 binary tensor extension (tritonclient's default for outputs) end to end."""
+    import tritonclient.http as triton
+
+    ip = cluster_ip(chart_operator.kube, "iris", chart_operator.models_ns)
+    client = triton.InferenceServerClient(url=f"{ip}:80", connection_timeout=10,
+                                          network_timeout=10)
+    data = np.array(ROWS, dtype=np.float64)
+    inp = triton.InferInput("input-0", list(data.shape), "FP64")
+    inp.set_data_from_numpy(data, binary_data=True)
+    out = triton.InferRequestedOutput("predict", binary_data=True)
+    result = client.infer("iris", [inp], outputs=[out])
+    assert [int(v) for v in result.as_numpy("predict")] == local_predictions(IRIS_V1, ROWS)
+
+
+def test_tritonclient_grpc_through_the_service(chart_operator: ChartOperator,
+                                               iris: str) -> None:
+    """OIP V2 over gRPC: the Service's grpc port reaches kustos serve --grpc-port (and the
+    NetworkPolicy lets the client in)."""
+    import tritonclient.grpc as triton_grpc
+
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    svc = kube.get("service", "iris", ns)
+    assert svc is not None
+    grpc_ports = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc_ports, svc["spec"]["ports"]
+    ip = cluster_ip(kube, "iris", ns)
+    client = triton_grpc.InferenceServerClient(url=f"{ip}:{grpc_ports[0]['port']}")
+    try:
+        assert client.is_server_live() and client.is_model_ready("iris")
+        meta = client.get_model_metadata("iris")
+        assert meta.name == "iris" and meta.inputs
+        data = np.array(ROWS, dtype=np.float64)
+        inp = triton_grpc.InferInput("input-0", list(data.shape), "FP64")
+        inp.set_data_from_numpy(data)
+        result = client.infer("iris", [inp], outputs=[triton_grpc.InferRequestedOutput("predict")],
+                              request_id="real-node-1", client_timeout=30)
+        assert [int(v) for v in result.as_numpy("predict")] == \
+            local_predictions(IRIS_V1, ROWS)
+        assert result.get_response().id == "real-node-1"
+    finally:
+        client.close()
+
+
 def test_kubectl_port_forward_to_the_service(chart_operator: ChartOperator, iris: str) -> None:
     """What a new user tries first (it failed with "no preferred addresses" under kwok)."""
     exe = kubectl_path()
