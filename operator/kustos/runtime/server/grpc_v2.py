@@ -30,9 +30,12 @@ from kustos.runtime.server.tensors import Array, ProtocolError
 log = logging.getLogger("kustos.serve")
 
 SERVICE = "inference.GRPCInferenceService"
-# How long a call may wait for company before it goes to the Batcher (see _submit); the
-# event loop's timers have a resolution of a millisecond.
+# How long a call may wait for company before it goes to the Batcher (see _submit): half
+# a model call, within these bounds (the event loop's timers count milliseconds).
 GATHER_SECONDS = 0.001
+MAX_GATHER_SECONDS = 0.005
+# This many windows in a row with one call each and the calls go straight on.
+LONE_LIMIT = 4
 # Calls one at a time (a sequential client) never wait; every this many calls one waits
 # to see whether the load has become concurrent.
 PROBE_EVERY = 1000
@@ -71,6 +74,7 @@ class InferenceService:
         self.server_version = server_version
         self.active = 0  # ModelInfer calls in progress: tells the Batcher company may come
         self.window = GATHER_SECONDS
+        self._call_seconds = 0.0  # moving average of a window's model call
         self._gathered: list[tuple[dict[str, Array], tuple[str, ...], int, Callable[[Outcome],
                                                                                   None]]] = []
         self._gather_timer: asyncio.TimerHandle | None = None
@@ -178,12 +182,13 @@ class InferenceService:
         would always see one request. Holding calls for up to ``window`` seconds lets
         those of concurrent streams arrive and reach the Batcher in one turn, which makes
         them one model call. Only while windows do gather company: a sequential client
-        is answered at once (bar one probing call every PROBE_EVERY).
+        is answered at once (bar one probing call every PROBE_EVERY). A slow model (a
+        forest) blocks the loop for its call, and calls queue meanwhile; half its call
+        time lets them be accepted before the next one.
         """
         batcher = self.app.batcher
         assert batcher is not None
-        if self.window <= 0 or (self.active <= 1 and not self._gathering
-                                and not self._gather_timer):
+        if self.active <= 1 and not self._gathering and not self._gather_timer:
             self._probe_in -= 1
             if self._probe_in > 0:
                 batcher.submit(inputs, outputs, rows, done)
@@ -203,12 +208,23 @@ class InferenceService:
             self._gather_timer = None
         items, self._gathered, self._gathered_rows = self._gathered, [], 0
         self._lone = 0 if len(items) > 1 else self._lone + 1
-        self._gathering = self._lone < 2
+        self._gathering = self._lone < LONE_LIMIT
         batcher = self.app.batcher
         if batcher is None:
             for *_, done in items:
                 done(RuntimeError("the model is gone"))
             return
+        started = time.perf_counter()
+        first = items[0][3]
+
+        def timed(outcome: Outcome) -> None:
+            # The Batcher answers the first call of a window once its model call is done.
+            took = time.perf_counter() - started
+            self._call_seconds += (took - self._call_seconds) * 0.2
+            self.window = min(MAX_GATHER_SECONDS, max(GATHER_SECONDS, self._call_seconds / 2))
+            first(outcome)
+
+        items[0] = (*items[0][:3], timed)
         for inputs, outputs, rows, done in items:
             batcher.submit(inputs, outputs, rows, done)
 
