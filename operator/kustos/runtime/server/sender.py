@@ -14,6 +14,7 @@ import collections
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from typing import Generic, TypeVar
 
@@ -87,6 +88,10 @@ class HttpPoster:
                 if self._sock is None:
                     self._sock = self._connect()
                 self._sock.sendall(b"".join(self._request(b, h) for b, h in items))
+                if len(items) > 1:
+                    # Let the answers gather: read them in a few large reads, not one
+                    # wake-up (and GIL hand-over) per answer. ~20 us per POST, <= 5 ms.
+                    time.sleep(min(0.005, 0.00002 * len(items)))
                 while len(statuses) < len(items):
                     statuses.append(self._answer())
                     if self._sock is None:  # the peer closed after this answer
@@ -211,8 +216,6 @@ class BoundedSender(Generic[T]):
         raise NotImplementedError
 
     def _run(self) -> None:
-        import time
-
         while True:
             closing = self._closing.wait(self.flush_interval)
             self.tick(time.monotonic())
