@@ -334,7 +334,12 @@ def test_bad_payload_log_flags_are_refused(models: Models) -> None:
                            (["--payload-log-url", "http://x", "--payload-log-sample", "1.5"],
                             "within 0..1"),
                            (["--payload-log-url", "http://x", "--payload-log-queue", "0"],
-                            ">= 1")):
+                            ">= 1"),
+                           (["--payload-log-kafka", "k:9092"], "go together"),
+                           (["--payload-log-kafka", "k", "--payload-log-topic", "t"],
+                            "expected host:port"),
+                           (["--payload-log-kafka", "k:9092", "--payload-log-topic", "a b"],
+                            "topic name")):
         proc = spawn_cli("serve", "--model", str(models.iris_lr), "--name", "iris", *flags)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and message in err.decode(), err.decode()[-500:]

@@ -26,6 +26,7 @@ import orjson
 
 from kustos.runtime.server import ids
 from kustos.runtime.server import metrics as m
+from kustos.runtime.server.kafka import KafkaError, KafkaProducer
 from kustos.runtime.server.payload_log_config import PayloadLogConfig
 from kustos.runtime.server.sender import BoundedSender, HttpPoster
 
@@ -33,8 +34,8 @@ __all__ = ["PayloadLogConfig", "PayloadLogger", "redact"]
 
 log = logging.getLogger("kustos.serve")
 
-REQUEST_TYPE = "org.kubeflow.serving.inference.request"
-RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+REQUEST_TYPE = b"org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = b"org.kubeflow.serving.inference.response"
 REDACTED = "[redacted]"
 # Statuses worth another try: the sink was busy or broken, not refusing the event.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -124,38 +125,87 @@ def event_data(payload: Any, json_length: int | None, names: frozenset[str],
     return orjson.dumps(doc)
 
 
-class PayloadSink(BoundedSender[Exchange]):
-    """One sink URL: its queue, its thread, its kept-alive connection."""
+# One event: body, inference id, ce-type, ce-time.
+Event = tuple[bytes, str, bytes, bytes]
 
-    def __init__(self, url: str, model: str, config: PayloadLogConfig) -> None:
-        # Every 50 ms, up to 256 predictions (512 events) pipelined per write: each wake-up
-        # of this thread takes the GIL from the loop serving predictions.
+
+def _attributes(config: PayloadLogConfig) -> list[tuple[str, str]]:
+    c = config
+    return [("specversion", "1.0"), ("source", c.source), ("inferenceservicename", c.service),
+            ("namespace", c.namespace), ("component", c.component), ("endpoint", c.endpoint)]
+
+
+class HttpTransport:
+    """CloudEvents HTTP binding, binary content mode, POSTs pipelined."""
+
+    def __init__(self, url: str, config: PayloadLogConfig) -> None:
+        self._poster = HttpPoster(url, config.timeout)
+        self._common = b"".join(b"ce-%s: %s\r\n" % (k.encode(), ids.ce_value(v))
+                                for k, v in _attributes(config))
+        self._common += b"content-type: application/json\r\n"
+
+    def send(self, events: list[Event]) -> list[int | None]:
+        return self._poster.post_many([
+            (body, b"ce-id: %s\r\nce-type: %s\r\nce-time: %s\r\n%s" % (
+                ids.ce_value(rid), ce_type, stamp, self._common))
+            for body, rid, ce_type, stamp in events])
+
+    def close(self) -> None:
+        self._poster.close()
+
+
+class KafkaTransport:
+    """CloudEvents Kafka binding, binary content mode: attributes as ``ce_`` record
+    headers, the payload as the value, the inference id as the key."""
+
+    def __init__(self, bootstrap: str, topic: str, config: PayloadLogConfig) -> None:
+        self._producer = KafkaProducer(bootstrap, topic, config.timeout)
+        self._common = [(f"ce_{k}", v.encode()) for k, v in _attributes(config)]
+        self._common.append(("content-type", b"application/json"))
+
+    def send(self, events: list[Event]) -> list[int | None]:
+        records = [(rid.encode(), body,
+                    [("ce_id", rid.encode()), ("ce_type", ce_type), ("ce_time", stamp),
+                     *self._common])
+                   for body, rid, ce_type, stamp in events]
+        try:
+            acked = self._producer.send(records)
+        except (KafkaError, OSError) as exc:
+            log.debug("payload log: %s", exc)
+            return [None] * len(events)
+        return [200 if ok else None for ok in acked]
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+Transport = HttpTransport | KafkaTransport
+
+
+class PayloadSink(BoundedSender[Exchange]):
+    """One sink: its queue, its thread, its connection(s)."""
+
+    def __init__(self, transport: Transport, model: str, config: PayloadLogConfig) -> None:
+        # Every 50 ms, up to 256 predictions (512 events) per write: each wake-up of this
+        # thread takes the GIL from the loop serving predictions.
         super().__init__("kustos-payload-log", config.queue, flush_interval=0.05,
                          max_batch=256)
         self.config = config
-        self._poster = HttpPoster(url, config.timeout)
+        self.transport = transport
         self.sent = m.PAYLOAD_LOG_EVENTS.labels(model, "sent")
         self.dropped = m.PAYLOAD_LOG_EVENTS.labels(model, "dropped")
         self.failed = m.PAYLOAD_LOG_EVENTS.labels(model, "failed")
         self.retried = m.PAYLOAD_LOG_RETRIES.labels(model)
         # Set when the model's input name is redacted: its unnamed V1/Seldon rows are too.
         self.unnamed = False
-        c = config
-        self._common = b"".join(
-            b"ce-%s: %s\r\n" % (k.encode(), ids.ce_value(v)) for k, v in (
-                ("specversion", "1.0"), ("source", c.source),
-                ("inferenceservicename", c.service), ("namespace", c.namespace),
-                ("component", c.component), ("endpoint", c.endpoint)))
-        self._common += b"content-type: application/json\r\n"
         self.start()
 
     def deliver(self, batch: list[Exchange]) -> None:
         names = self.config.redact
-        events: list[tuple[bytes, bytes]] = []
+        events: list[Event] = []
         for ex in batch:
             stamp = b"%s.%06dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ex.time))
                                    .encode(), int(ex.time % 1 * 1e6))
-            rid = ids.ce_value(ex.id)
             for ce_type, payload, length in (
                     (REQUEST_TYPE, ex.request, ex.request_json_length),
                     (RESPONSE_TYPE, ex.response, ex.response_json_length)):
@@ -166,13 +216,12 @@ class PayloadSink(BoundedSender[Exchange]):
                     log.warning("payload log: cannot encode an event: %s", exc)
                     self.failed.inc()
                     continue
-                events.append((body, b"ce-id: %s\r\nce-type: %s\r\nce-time: %s\r\n%s" % (
-                    rid, ce_type.encode(), stamp, self._common)))
+                events.append((body, ex.id, ce_type, stamp))
         self._send(events)
 
-    def _send(self, events: list[tuple[bytes, bytes]]) -> None:
-        """Pipelined POSTs; those without an answer or with a retryable status are tried
-        again (exponential backoff) up to ``retries`` times, then counted as failed."""
+    def _send(self, events: list[Event]) -> None:
+        """Send; events without an answer or with a retryable status are tried again
+        (exponential backoff) up to ``retries`` times, then counted as failed."""
         delay = self.config.backoff
         sent = failed = 0
         for attempt in range(self.config.retries + 1):
@@ -181,7 +230,7 @@ class PayloadSink(BoundedSender[Exchange]):
                 self._closing.wait(delay)  # on shutdown: retry without waiting
                 delay = min(delay * 2, self.config.max_backoff)
             again = []
-            for event, status in zip(events, self._poster.post_many(events), strict=True):
+            for event, status in zip(events, self.transport.send(events), strict=True):
                 if status is not None and status < 300:
                     sent += 1
                 elif status is None or status in RETRY_STATUSES:
@@ -198,18 +247,26 @@ class PayloadSink(BoundedSender[Exchange]):
             self.failed.inc(failed)
             log.debug("payload log: %d event(s) not delivered", failed)
 
+    def close(self, timeout: float = 2.0) -> None:
+        super().close(timeout)
+        if not self._thread.is_alive():
+            self.transport.close()
+
 
 class PayloadLogger:
     """The request path's side: sampling, then one non-blocking hand-off per sink."""
 
     def __init__(self, config: PayloadLogConfig, model: str) -> None:
-        if not config.urls:
-            raise ValueError("payload logging needs at least one sink URL")
+        if not config.urls and not config.kafka:
+            raise ValueError("payload logging needs at least one sink")
         if not 0.0 <= config.sample <= 1.0:
             raise ValueError("the payload log sample rate must be within 0..1")
         self.config = config
         self.sample = config.sample
-        self.sinks = [PayloadSink(url, model, config) for url in config.urls]
+        transports: list[Transport] = [HttpTransport(url, config) for url in config.urls]
+        if config.kafka and config.kafka_topic:
+            transports.append(KafkaTransport(config.kafka, config.kafka_topic, config))
+        self.sinks = [PayloadSink(t, model, config) for t in transports]
 
     def set_input_name(self, name: str) -> None:
         for sink in self.sinks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ class PayloadLogConfig:
     backoff: float = 0.1  # seconds before the first retry; doubles up to max_backoff
     max_backoff: float = 5.0
     timeout: float = 5.0
+    kafka: str | None = None  # bootstrap servers, host:port[,host:port]
+    kafka_topic: str | None = None
     # CloudEvents attributes (KServe's names).
     source: str = ""
     service: str = ""
@@ -28,10 +31,15 @@ class PayloadLogConfig:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("payload logging (off unless --payload-log-url is given)")
+    g = p.add_argument_group("payload logging (off unless a sink is given)")
     g.add_argument("--payload-log-url", action="append", default=[], metavar="URL",
                    help="send each sampled prediction's request and response as CloudEvents "
                         "(HTTP binary mode, KServe's event types) to this URL (repeatable)")
+    g.add_argument("--payload-log-kafka", default=None, metavar="HOST:PORT[,HOST:PORT]",
+                   help="also send the events to Kafka (these bootstrap servers; plaintext, "
+                        "CloudEvents Kafka binding, binary mode)")
+    g.add_argument("--payload-log-topic", default=None, metavar="TOPIC",
+                   help="the Kafka topic (with --payload-log-kafka)")
     g.add_argument("--payload-log-sample", type=float, default=1.0, metavar="RATE",
                    help="share of predictions logged, 0..1 (1)")
     g.add_argument("--payload-log-redact", action="append", default=[], metavar="NAMES",
@@ -59,6 +67,17 @@ def check_args(args: argparse.Namespace) -> str | None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return f"--payload-log-url: expected an http(s) URL, got {url!r}"
+    if (args.payload_log_kafka is None) != (args.payload_log_topic is None):
+        return "--payload-log-kafka and --payload-log-topic go together"
+    if args.payload_log_kafka is not None:
+        from kustos.runtime.server.kafka import parse_servers
+
+        try:
+            parse_servers(args.payload_log_kafka)
+        except ValueError as exc:
+            return f"--payload-log-kafka: {exc}"
+        if not re.fullmatch(r"[a-zA-Z0-9._-]{1,249}", args.payload_log_topic):
+            return "--payload-log-topic: a Kafka topic name is 1-249 of [a-zA-Z0-9._-]"
     if not 0.0 <= args.payload_log_sample <= 1.0:
         return "--payload-log-sample must be within 0..1"
     if args.payload_log_queue < 1:
@@ -71,7 +90,7 @@ def check_args(args: argparse.Namespace) -> str | None:
 
 
 def from_args(args: argparse.Namespace) -> PayloadLogConfig | None:
-    if not args.payload_log_url:
+    if not args.payload_log_url and not args.payload_log_kafka:
         return None
     service = args.payload_log_service or args.name
     namespace = args.payload_log_namespace
@@ -80,7 +99,8 @@ def from_args(args: argparse.Namespace) -> PayloadLogConfig | None:
     return PayloadLogConfig(
         urls=tuple(args.payload_log_url), sample=args.payload_log_sample, redact=redact,
         queue=args.payload_log_queue, retries=args.payload_log_retries,
-        timeout=args.payload_log_timeout,
+        timeout=args.payload_log_timeout, kafka=args.payload_log_kafka,
+        kafka_topic=args.payload_log_topic,
         source=f"/kustos/{namespace or '-'}/{service}/{args.payload_log_component}",
         service=service, namespace=namespace, component=args.payload_log_component,
         endpoint=args.payload_log_endpoint)

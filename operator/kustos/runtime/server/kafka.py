@@ -1,0 +1,348 @@
+"""A minimal Kafka producer over the Kafka wire protocol (no client library is installed).
+
+What the payload log needs and no more: ApiVersions to pick versions, Metadata for the
+topic's partition leaders, Produce (v3..v8) of RecordBatch v2 (uncompressed, with record
+headers: the CloudEvents Kafka binding puts the attributes there), ``acks=all``. No
+idempotence, transactions, compression, SASL or TLS. Records go to partitions as Kafka's
+default partitioner puts keyed records (murmur2 of the key), so both events of a
+prediction (key: the inference id) land in one partition, in order.
+
+Blocking sockets, used from one sender thread.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+API_PRODUCE, API_METADATA, API_VERSIONS = 0, 3, 18
+PRODUCE_VERSIONS = (3, 8)  # RecordBatch v2 and the same request layout
+METADATA_VERSIONS = (1, 8)  # non-flexible layouts
+# Errors after which fresh metadata (a new leader) may help.
+RETRIABLE = frozenset({3, 5, 6, 7, 13, 14, 15, 19, 20, 46, 47, 57})
+
+Header = tuple[str, bytes]
+Record = tuple[bytes | None, bytes, Sequence[Header]]  # key, value, headers
+
+
+class KafkaError(Exception):
+    """The broker cannot be reached or answered with an error (no secret in the text)."""
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as RecordBatch v2 checksums its contents."""
+    crc, table = 0xFFFFFFFF, _CRC32C
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (signed 32-bit), the default partitioner's hash of a record key."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    length = len(data)
+    h = (0x9747B28C ^ length) & mask
+    end = length - length % 4
+    for i in range(0, end, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    rest = length % 4
+    if rest == 3:
+        h ^= data[end + 2] << 16
+    if rest >= 2:
+        h ^= data[end + 1] << 8
+    if rest >= 1:
+        h ^= data[end]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def varint(value: int) -> bytes:
+    """Zigzag varint (Kafka's record fields)."""
+    v = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while v & ~0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _string(s: str | None) -> bytes:
+    if s is None:
+        return struct.pack(">h", -1)
+    b = s.encode()
+    return struct.pack(">h", len(b)) + b
+
+
+def record_batch(records: Sequence[Record], timestamp_ms: int) -> bytes:
+    body = []
+    for delta, (key, value, headers) in enumerate(records):
+        parts = [b"\x00", varint(0), varint(delta)]
+        parts += [varint(-1)] if key is None else [varint(len(key)), key]
+        parts += [varint(len(value)), value, varint(len(headers))]
+        for name, hvalue in headers:
+            hname = name.encode()
+            parts += [varint(len(hname)), hname, varint(len(hvalue)), hvalue]
+        rec = b"".join(parts)
+        body.append(varint(len(rec)) + rec)
+    # attributes .. records: what the CRC covers.
+    tail = struct.pack(">hiqqqhii", 0, len(records) - 1, timestamp_ms, timestamp_ms, -1, -1,
+                       -1, len(records)) + b"".join(body)
+    after_length = struct.pack(">ibI", -1, 2, crc32c(tail)) + tail
+    return struct.pack(">qi", 0, len(after_length)) + after_length
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+class Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def take(self, fmt: str) -> int:
+        (value,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return int(value)
+
+    def string(self) -> str | None:
+        n = self.take(">h")
+        if n < 0:
+            return None
+        s = self.data[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
+    def int32s(self) -> list[int]:
+        return [self.take(">i") for _ in range(self.take(">i"))]
+
+
+@dataclass
+class Metadata:
+    brokers: dict[int, tuple[str, int]]
+    leaders: list[int]  # partition index -> leader node id (-1: none)
+
+
+def parse_metadata(data: bytes, version: int, topic: str) -> Metadata:
+    r = Reader(data)
+    if version >= 3:
+        r.take(">i")  # throttle
+    brokers = {}
+    for _ in range(r.take(">i")):
+        node = r.take(">i")
+        host = r.string() or ""
+        port = r.take(">i")
+        r.string()  # rack
+        brokers[node] = (host, port)
+    if version >= 2:
+        r.string()  # cluster id
+    r.take(">i")  # controller
+    leaders: dict[int, int] = {}
+    for _ in range(r.take(">i")):
+        error = r.take(">h")
+        name = r.string()
+        r.take(">b")  # internal
+        for _ in range(r.take(">i")):
+            perror = r.take(">h")
+            index = r.take(">i")
+            leader = r.take(">i")
+            if version >= 7:
+                r.take(">i")  # leader epoch
+            r.int32s()
+            r.int32s()
+            if version >= 5:
+                r.int32s()
+            if name == topic:
+                leaders[index] = leader if perror in (0, 9) else -1  # 9: replica missing
+        if version >= 8:
+            r.take(">i")
+        if name == topic and error not in (0,):
+            raise KafkaError(f"metadata for topic {topic!r}: error code {error}")
+    if not leaders:
+        raise KafkaError(f"topic {topic!r} has no partitions")
+    return Metadata(brokers, [leaders.get(i, -1) for i in range(max(leaders) + 1)])
+
+
+# -- the producer --------------------------------------------------------------------------
+
+class Connection:
+    def __init__(self, host: str, port: int, timeout: float, client_id: str) -> None:
+        self.sock = socket.create_connection((host, port), timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client_id = client_id
+        self.correlation = 0
+
+    def call(self, api: int, version: int, body: bytes) -> bytes:
+        self.correlation += 1
+        header = struct.pack(">hhi", api, version, self.correlation) + _string(self.client_id)
+        msg = header + body
+        self.sock.sendall(struct.pack(">i", len(msg)) + msg)
+        size = struct.unpack(">i", self._read(4))[0]
+        data = self._read(size)
+        if struct.unpack_from(">i", data)[0] != self.correlation:
+            raise KafkaError("response out of order")
+        return data[4:]
+
+    def _read(self, n: int) -> bytes:
+        chunks, left = [], n
+        while left:
+            chunk = self.sock.recv(min(left, 1 << 20))
+            if not chunk:
+                raise KafkaError("connection closed by the broker")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _pick(supported: dict[int, tuple[int, int]], api: int, mine: tuple[int, int]) -> int:
+    lo, hi = supported.get(api, (0, -1))
+    version = min(hi, mine[1])
+    if version < max(lo, mine[0]):
+        raise KafkaError(f"the broker supports API {api} versions {lo}..{hi}, "
+                         f"this producer {mine[0]}..{mine[1]}")
+    return version
+
+
+def parse_servers(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {item.strip()!r}")
+        out.append((host.strip("[]"), int(port)))
+    if not out:
+        raise ValueError("no bootstrap server given")
+    return out
+
+
+class KafkaProducer:
+    def __init__(self, bootstrap: str, topic: str, timeout: float = 5.0,
+                 client_id: str = "kustos-serve") -> None:
+        self.bootstrap = parse_servers(bootstrap)
+        self.topic = topic
+        self.timeout = timeout
+        self.client_id = client_id
+        self._conns: dict[tuple[str, int], Connection] = {}
+        self._meta: Metadata | None = None
+        self._versions: dict[int, int] = {}
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def _conn(self, address: tuple[str, int]) -> Connection:
+        conn = self._conns.get(address)
+        if conn is None:
+            conn = self._conns[address] = Connection(*address, self.timeout, self.client_id)
+            if not self._versions:
+                self._negotiate(conn)
+        return conn
+
+    def _drop(self, address: tuple[str, int]) -> None:
+        conn = self._conns.pop(address, None)
+        if conn is not None:
+            conn.close()
+
+    def _negotiate(self, conn: Connection) -> None:
+        r = Reader(conn.call(API_VERSIONS, 0, b""))
+        error = r.take(">h")
+        if error:
+            raise KafkaError(f"ApiVersions: error code {error}")
+        supported = {}
+        for _ in range(r.take(">i")):
+            api, lo, hi = r.take(">h"), r.take(">h"), r.take(">h")
+            supported[api] = (lo, hi)
+        self._versions = {API_METADATA: _pick(supported, API_METADATA, METADATA_VERSIONS),
+                          API_PRODUCE: _pick(supported, API_PRODUCE, PRODUCE_VERSIONS)}
+
+    def metadata(self) -> Metadata:
+        last: Exception | None = None
+        for address in self.bootstrap:
+            try:
+                conn = self._conn(address)
+                version = self._versions[API_METADATA]
+                body = struct.pack(">i", 1) + _string(self.topic)
+                if version >= 4:
+                    body += b"\x00"  # allow_auto_topic_creation: no
+                if version >= 8:
+                    body += b"\x00\x00"
+                self._meta = parse_metadata(conn.call(API_METADATA, version, body), version,
+                                            self.topic)
+                return self._meta
+            except (OSError, KafkaError, struct.error) as exc:
+                self._drop(address)
+                last = exc
+        raise KafkaError(f"no bootstrap server answered: {last}")
+
+    def send(self, records: Sequence[Record]) -> list[bool]:
+        """Produce ``records`` (keyed records to the key's partition); per record whether
+        the broker acknowledged it. One Produce request per partition."""
+        meta = self._meta or self.metadata()
+        groups: dict[int, list[int]] = {}
+        for i, (key, _, _) in enumerate(records):
+            part = partition_for(key, len(meta.leaders)) if key is not None else \
+                i % len(meta.leaders)
+            groups.setdefault(part, []).append(i)
+        ok = [False] * len(records)
+        stale = False
+        now = int(time.time() * 1000)
+        for part, indexes in groups.items():
+            leader = meta.leaders[part]
+            address = meta.brokers.get(leader)
+            if address is None:
+                stale = True
+                continue
+            batch = record_batch([records[i] for i in indexes], now)
+            version = self._versions[API_PRODUCE]
+            body = (_string(None) + struct.pack(">hii", -1, int(self.timeout * 1000), 1)
+                    + _string(self.topic) + struct.pack(">iii", 1, part, len(batch)) + batch)
+            try:
+                r = Reader(self._conn(address).call(API_PRODUCE, version, body))
+                r.take(">i")
+                r.string()
+                r.take(">i")
+                r.take(">i")  # partition index
+                error = r.take(">h")
+            except (OSError, KafkaError, struct.error):
+                self._drop(address)
+                stale = True
+                continue
+            if error == 0:
+                for i in indexes:
+                    ok[i] = True
+            elif error in RETRIABLE:
+                stale = True
+        if stale:
+            self._meta = None  # ask again before the retry
+        return ok

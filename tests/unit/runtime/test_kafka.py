@@ -1,0 +1,212 @@
+"""The minimal Kafka producer: its encodings against published vectors, and `kustos serve`
+sending payload log events to a loopback listener that decodes the Kafka wire protocol
+(ApiVersions, Metadata, Produce with RecordBatch v2) as a broker does. Not a real broker:
+the broker test belongs with the cluster integration."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from kustos.runtime.server.kafka import Reader, crc32c, murmur2, parse_servers, varint
+
+from .conftest import Models, free_port, spawn_cli, stop_process, wait_for, wait_http_ready
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def test_crc32c_check_value() -> None:
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
+    assert crc32c(b"") == 0
+
+
+def test_murmur2_matches_kafkas_partitioner() -> None:
+    # Kafka's own test vectors for Utils.murmur2 (clients' UtilsTest).
+    cases = {b"21": -973932308, b"foobar": -790332482,
+             b"a-little-bit-long-string": -985981536,
+             b"a-little-bit-longer-string": -1486304829,
+             b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+             b"abc": 479470107}
+    assert {k: murmur2(k) for k in cases} == cases
+
+
+def test_varint_is_zigzag() -> None:
+    assert [varint(v) for v in (0, -1, 1, -2, 63, -64, 64, 300)] == [
+        b"\x00", b"\x01", b"\x02", b"\x03", b"\x7e", b"\x7f", b"\x80\x01", b"\xd8\x04"]
+
+
+def test_parse_servers() -> None:
+    assert parse_servers("a:9092, b:9093") == [("a", 9092), ("b", 9093)]
+    for bad in ("a", "a:x", ":9092", "a:0"):
+        with pytest.raises(ValueError):
+            parse_servers(bad)
+
+
+# -- a loopback listener speaking the broker's side ----------------------------------------
+
+def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (value >> 1) ^ -(value & 1), pos
+        shift += 7
+
+
+def decode_batch(batch: bytes) -> list[dict[str, Any]]:
+    base_offset, length, _epoch, magic, crc = struct.unpack_from(">qiibI", batch)
+    assert base_offset == 0 and magic == 2 and length == len(batch) - 12
+    tail = batch[21:]
+    assert crc32c(tail) == crc, "batch CRC"
+    (_attrs, last_delta, _ts, _max_ts, _pid, _pepoch, _seq,
+     count) = struct.unpack_from(">hiqqqhii", tail)
+    assert last_delta == count - 1
+    pos, out = struct.calcsize(">hiqqqhii"), []
+    for i in range(count):
+        size, pos = _uvarint(tail, pos)
+        end = pos + size
+        pos += 1  # attributes
+        _, pos = _uvarint(tail, pos)  # timestamp delta
+        delta, pos = _uvarint(tail, pos)
+        assert delta == i
+        klen, pos = _uvarint(tail, pos)
+        key = tail[pos:pos + klen] if klen >= 0 else None
+        pos += max(klen, 0)
+        vlen, pos = _uvarint(tail, pos)
+        value = tail[pos:pos + vlen]
+        pos += vlen
+        nheaders, pos = _uvarint(tail, pos)
+        headers = {}
+        for _ in range(nheaders):
+            hk, pos = _uvarint(tail, pos)
+            name = tail[pos:pos + hk].decode()
+            pos += hk
+            hv, pos = _uvarint(tail, pos)
+            headers[name] = tail[pos:pos + hv].decode()
+            pos += hv
+        assert pos == end
+        out.append({"key": key, "value": value, "headers": headers})
+    return out
+
+
+def _s(text: str | None) -> bytes:
+    if text is None:
+        return struct.pack(">h", -1)
+    return struct.pack(">h", len(text)) + text.encode()
+
+
+@dataclass
+class Broker:
+    topic: str = "inference"
+    partitions: int = 2
+    records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (partition, rec)
+    versions: list[tuple[int, int]] = field(default_factory=list)  # (api, version) asked
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    port: int = 0
+
+    def answer(self, api: int, version: int, r: Reader) -> bytes:
+        self.versions.append((api, version))
+        if api == 18:
+            return struct.pack(">hi", 0, 3) + struct.pack(">hhh", 0, 3, 9) + \
+                struct.pack(">hhh", 3, 1, 12) + struct.pack(">hhh", 18, 0, 3)
+        if api == 3:
+            assert version == 8
+            assert r.take(">i") == 1 and r.string() == self.topic
+            parts = b"".join(struct.pack(">hiii", 0, i, 1, 0) + struct.pack(">ii", 1, 1)
+                             + struct.pack(">ii", 1, 1) + struct.pack(">i", 0)
+                             for i in range(self.partitions))
+            return (struct.pack(">i", 0) + struct.pack(">ii", 1, 1) + _s("127.0.0.1")
+                    + struct.pack(">i", self.port) + _s(None) + _s(None) + struct.pack(">i", 1)
+                    + struct.pack(">i", 1) + struct.pack(">h", 0) + _s(self.topic) + b"\x00"
+                    + struct.pack(">i", self.partitions) + parts + struct.pack(">ii", 0, 0))
+        assert api == 0 and version == 8
+        assert r.string() is None  # transactional id
+        acks, _timeout = r.take(">h"), r.take(">i")
+        assert acks == -1
+        assert r.take(">i") == 1 and r.string() == self.topic
+        assert r.take(">i") == 1
+        index, size = r.take(">i"), r.take(">i")
+        batch = r.data[r.pos:r.pos + size]
+        with self.lock:
+            self.records += [(index, rec) for rec in decode_batch(batch)]
+        return (struct.pack(">i", 1) + _s(self.topic) + struct.pack(">i", 1)
+                + struct.pack(">ihqqq", index, 0, 0, -1, 0) + struct.pack(">i", 0) + _s(None)
+                + struct.pack(">i", 0))
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    state = Broker()
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            sock: socket.socket = self.request
+            f = sock.makefile("rb")
+            while True:
+                head = f.read(4)
+                if len(head) < 4:
+                    return
+                data = f.read(struct.unpack(">i", head)[0])
+                r = Reader(data)
+                api, version, corr = r.take(">h"), r.take(">h"), r.take(">i")
+                r.string()  # client id
+                body = struct.pack(">i", corr) + state.answer(api, version, r)
+                sock.sendall(struct.pack(">i", len(body)) + body)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def test_serve_logs_cloudevents_to_kafka(models: Models, broker: Broker) -> None:
+    port = free_port()
+    proc = spawn_cli("serve", "--model", str(models.iris_lr), "--name", "iris", "--port",
+                     str(port), "--log-level", "warning", "--payload-log-kafka",
+                     f"127.0.0.1:{broker.port}", "--payload-log-topic", broker.topic,
+                     "--payload-log-namespace", "team-a", "--payload-log-redact", "input-0")
+    try:
+        wait_http_ready(port, proc)
+        import http.client
+
+        answered = []
+        for _ in range(6):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/v2/models/iris/infer", orjson.dumps({"inputs": [
+                {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}))
+            resp = conn.getresponse()
+            answered.append(orjson.loads(resp.read())["id"])
+            conn.close()
+        assert wait_for(lambda: len(broker.records) >= 12, 30)
+        assert len(broker.records) == 12
+        by_id: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
+        for part, rec in broker.records:
+            h = rec["headers"]
+            assert rec["key"] == h["ce_id"].encode()
+            assert h["ce_specversion"] == "1.0" and h["content-type"] == "application/json"
+            assert (h["ce_inferenceservicename"], h["ce_namespace"], h["ce_component"],
+                    h["ce_endpoint"]) == ("iris", "team-a", "predictor", "default")
+            assert part == (murmur2(rec["key"]) & 0x7FFFFFFF) % broker.partitions
+            by_id.setdefault(h["ce_id"], {})[h["ce_type"]] = (part, rec)
+        assert set(by_id) == set(answered)
+        for rid, pair in by_id.items():
+            request = pair["org.kubeflow.serving.inference.request"][1]
+            response = pair["org.kubeflow.serving.inference.response"][1]
+            assert orjson.loads(request["value"])["inputs"][0]["data"] == "[redacted]"
+            assert orjson.loads(response["value"])["id"] == rid
+        assert (3, 8) in broker.versions and (0, 8) in broker.versions
+    finally:
+        stop_process(proc)
