@@ -14,7 +14,11 @@ def payload_log_args(logging: PayloadLoggingSpec | None, service: str, namespace
         return ()
     args: list[str] = []
     for sink in logging.sinks:
-        args += ["--payload-log-url", sink.url]
+        if sink.url is not None:
+            args += ["--payload-log-url", sink.url]
+        elif sink.kafka is not None:
+            args += ["--payload-log-kafka", ",".join(sink.kafka.bootstrap_servers),
+                     "--payload-log-topic", sink.kafka.topic]
     args += ["--payload-log-sample", f"{logging.sample_rate:g}",
              "--payload-log-queue", str(logging.queue_size),
              "--payload-log-service", service,

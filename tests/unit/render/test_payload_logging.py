@@ -29,7 +29,9 @@ def by_kind(objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 LOGGING = {"sinks": [{"url": "http://collector.logs:8080/events"},
-                     {"url": "https://broker.example/ns/default"}],
+                     {"url": "https://broker.example/ns/default"},
+                     {"kafka": {"bootstrapServers": ["kafka-0.kafka:9092", "kafka-1.kafka:9092"],
+                                "topic": "inference-log"}}],
            "sampleRate": 0.25, "redact": ["input-0", "ssn"], "queueSize": 500}
 
 
@@ -53,6 +55,8 @@ def test_logging_renders_the_flags_kustos_serve_takes() -> None:
     ns = parsed(server_args(objs))
     assert ns.payload_log_url == ["http://collector.logs:8080/events",
                                   "https://broker.example/ns/default"]
+    assert ns.payload_log_kafka == "kafka-0.kafka:9092,kafka-1.kafka:9092"
+    assert ns.payload_log_topic == "inference-log"
     assert ns.payload_log_sample == 0.25 and ns.payload_log_queue == 500
     assert ns.payload_log_redact == ["input-0,ssn"]
     assert (ns.payload_log_service, ns.payload_log_namespace, ns.payload_log_endpoint) == \
@@ -99,7 +103,12 @@ def test_cel_rules_name_their_fields() -> None:
     kind = rules_of(ModelDeploymentSpec)["spec.logging is served by runtime kind kustos only"]
     assert kind["fieldPath"] == ".logging" and "self.runtime.kind" in kind["rule"]
     rules = rules_of(PayloadLoggingSpec)
-    assert rules["spec.logging.sinks must not name the same url twice"]["fieldPath"] == ".sinks"
+    assert rules["spec.logging.sinks must not name the same sink twice"]["fieldPath"] == ".sinks"
+    assert rules["spec.logging allows one kafka sink"]["fieldPath"] == ".sinks"
+    from kustos.api.v1alpha1.modeldeployment import PayloadLogSink
+
+    assert "has(self.url) != has(self.kafka)" in {
+        r["rule"] for r in rules_of(PayloadLogSink).values()}
     assert rules["spec.logging.redact must not name a field twice"]["fieldPath"] == ".redact"
 
 
@@ -112,6 +121,9 @@ def test_cel_rules_name_their_fields() -> None:
     ({"sinks": [{"url": "http://x"}], "redact": ["a,b"]}, "redact"),
     ({"sinks": [{"url": "http://x"}], "queueSize": 0}, "queueSize"),
     ({"sinks": [{"url": "http://x"}], "kafka": {}}, "kafka"),
+    ({"sinks": [{"kafka": {"bootstrapServers": ["k"], "topic": "t"}}]}, "bootstrapServers"),
+    ({"sinks": [{"kafka": {"bootstrapServers": [], "topic": "t"}}]}, "bootstrapServers"),
+    ({"sinks": [{"kafka": {"bootstrapServers": ["k:9092"], "topic": "a b"}}]}, "topic"),
 ])
 def test_schema_refuses_bad_logging(logging: dict[str, Any], field: str) -> None:
     with pytest.raises(pydantic.ValidationError, match=field):

@@ -517,12 +517,31 @@ class GatewayRouteSpec(KModel):
     path, e.g. /v2/models/<name>/infer)."""
 
 
-class PayloadLogSink(KModel):
-    """Where payload log events go."""
+class KafkaSink(KModel):
+    """A Kafka topic (plaintext listener; the CloudEvents Kafka binding, binary mode)."""
 
-    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s/?#]+\S*$")
+    bootstrap_servers: list[Annotated[str, Field(
+        min_length=3, max_length=261, pattern=r"^[^\s,:]+:[0-9]{1,5}$")]] = Field(
+        min_length=1, max_length=16)
+    """Brokers to ask for the topic's partition leaders, as host:port."""
+    topic: str = Field(min_length=1, max_length=249, pattern=r"^[a-zA-Z0-9._-]+$")
+    """The topic; each event is a record keyed by the inference id."""
+
+
+class PayloadLogSink(KModel):
+    """Where payload log events go: an HTTP(S) URL or a Kafka topic."""
+
+    model_config = validations(
+        ("has(self.url) != has(self.kafka)",
+         "a spec.logging sink needs exactly one of url and kafka", None),
+    )
+
+    url: str | None = Field(default=None, min_length=1, max_length=2048,
+                            pattern=r"^https?://[^\s/?#]+\S*$")
     """An HTTP(S) endpoint that accepts CloudEvents in binary content mode (e.g. a Knative
     broker, KServe's message-dumper, a log collector)."""
+    kafka: KafkaSink | None = None
+    """A Kafka topic."""
 
 
 class PayloadLoggingSpec(KModel):
@@ -530,8 +549,10 @@ class PayloadLoggingSpec(KModel):
     CloudEvents (KServe's event types and extensions) by the kustos model server."""
 
     model_config = validations(
-        ("self.sinks.all(a, self.sinks.exists_one(b, b.url == a.url))",
-         "spec.logging.sinks must not name the same url twice", ".sinks"),
+        ("self.sinks.all(a, self.sinks.exists_one(b, b == a))",
+         "spec.logging.sinks must not name the same sink twice", ".sinks"),
+        ("self.sinks.filter(s, has(s.kafka)).size() <= 1",
+         "spec.logging allows one kafka sink", ".sinks"),
         ("!has(self.redact) || self.redact.all(n, self.redact.exists_one(x, x == n))",
          "spec.logging.redact must not name a field twice", ".redact"),
     )
