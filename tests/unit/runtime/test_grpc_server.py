@@ -489,3 +489,21 @@ def test_before_the_model_loads_and_while_draining_infer_is_unavailable(
 
     asyncio.run(scenario(models.iris_lr))
 
+
+
+def test_output_parameters_come_back_on_their_tensor(server: Server) -> None:
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP64",
+                                                   shape=[1, 4])
+    tensor.contents.fp64_contents.extend(ROWS[0].tolist())
+    request = pb.ModelInferRequest(model_name="iris", inputs=[tensor])
+    request.parameters["trace"].string_param = "ignored but accepted"
+    out = request.outputs.add(name="predict_proba")
+    out.parameters["content_type"].string_param = "np"
+    out.parameters["top"].int64_param = 3
+    with grpc.insecure_channel(server.target) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    (tensor_out,) = response.outputs
+    assert tensor_out.name == "predict_proba" and list(tensor_out.shape) == [1, 3]
+    assert tensor_out.parameters["content_type"].string_param == "np"
+    assert tensor_out.parameters["top"].int64_param == 3
+    assert len(tensor_out.contents.fp64_contents) == 3
