@@ -61,8 +61,6 @@ def test_kustos_serve_is_rendered_with_the_format() -> None:
     assert args[args.index("--model") + 1].endswith("/model.tar.gz")
 
 
-@pytest.mark.xfail(strict=True, reason="kustos serve's --format choices (runtime/server/cli.py, "
-                   "another change's file) do not list mlflow yet")
 def test_the_serve_parser_takes_the_rendered_args() -> None:
     args = build_parser().parse_args(kustos_serve_args(BASE, port=8080)[1:])
     assert args.format == "mlflow"

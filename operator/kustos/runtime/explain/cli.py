@@ -25,6 +25,7 @@ from kustos.runtime import process
 from kustos.runtime.explain.lime_method import DEFAULT_SAMPLES as LIME_DEFAULT_SAMPLES
 from kustos.runtime.explain.lime_method import MAX_SAMPLES as LIME_MAX_SAMPLES
 from kustos.runtime.explain.lime_method import MIN_SAMPLES as LIME_MIN_SAMPLES
+from kustos.runtime.server.formats import FORMATS
 
 log = logging.getLogger("kustos.explain")
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH",
                    help="model file, the one `kustos serve` loads (or its directory)")
     p.add_argument("--name", required=True, help="model name in URLs")
-    p.add_argument("--format", choices=("sklearn", "onnx", "xgboost", "lightgbm"),
+    p.add_argument("--format", choices=FORMATS,
                    help="model format (default: from the file extension)")
     p.add_argument("--digest", help="sha256:<hex> the model file must match")
     # No argparse choices: an unknown method is reported in the status, not a crash loop.

@@ -22,6 +22,7 @@ from typing import Any
 from kustos.runtime import process
 from kustos.runtime.server import payload_log_config
 from kustos.runtime.server import tls as server_tls
+from kustos.runtime.server.formats import FORMATS
 
 log = logging.getLogger("kustos.serve")
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ".ubj/.json, lightgbm .txt) or a directory holding exactly one")
     p.add_argument("--name", required=True, help="model name in URLs and metadata")
     p.add_argument("--model-version", default="1", help="model version (default 1)")
-    p.add_argument("--format", choices=("sklearn", "onnx", "xgboost", "lightgbm"),
+    p.add_argument("--format", choices=FORMATS,
                    help="model format (default: from the file extension)")
     p.add_argument("--digest", help="sha256:<hex> the model file must match (required for "
                                      "pickled models)")

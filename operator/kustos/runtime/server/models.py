@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from kustos.runtime.server.formats import FORMATS
 from kustos.runtime.server.tensors import Array, ProtocolError, TensorSpec, datatype_of
 
 log = logging.getLogger("kustos.serve")
 
-FORMATS = ("sklearn", "onnx", "xgboost", "lightgbm", "mlflow")
 EXTENSIONS = {".skops": "sklearn", ".joblib": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn",
               ".onnx": "onnx", ".ubj": "xgboost", ".json": "xgboost", ".txt": "lightgbm"}
 PICKLE_EXTENSIONS = (".joblib", ".pkl", ".pickle")
