@@ -127,10 +127,11 @@ def iris_model() -> Any:
     return skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def results(kube: Kube, chart_operator: ChartOperator) -> Iterator[Path]:
     """A claim `results` in the models namespace, bound to a directory of this host (the
-    real node), writable by the pods' user."""
+    real node), writable by the pods' user; one for the module (each run writes its own
+    directory in it)."""
     ns = chart_operator.models_ns
     pv = f"{ns}-results"
     host = Path(f"/tmp/{pv}")
