@@ -1,0 +1,188 @@
+"""Payload logging benchmark: `kustos serve` throughput with payload logging to a loopback
+HTTP sink vs without, same model, side by side.
+
+Not a test (not part of `make test`). Run from the repository, with wrk installed:
+
+    nice .venv/bin/python tests/bench/bench_payload_log.py [--duration 5] [--rounds 5]
+
+LogisticRegression on iris (the cheapest model, so the logging's cost shows most), one
+`kustos serve` worker pinned to CPU 0; wrk (1 thread, single-row V2 requests) and the sink
+(a minimal asyncio HTTP server answering 200, in its own process) pinned to CPU 1, as a
+log collector runs elsewhere. Modes: "without", "with" (every prediction logged: two
+CloudEvents each) and "sampled" (--payload-log-sample 0.1), in alternating order,
+`--rounds` times. Target: "with" within 5% of "without" requests/s. Each run also reports
+the events serve counted as sent / dropped (queue full) / failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+MODES = {"without": [], "with": ["--payload-log-sample", "1"],
+         "sampled": ["--payload-log-sample", "0.1"]}
+
+
+def run_sink(port: int) -> None:
+    """A CloudEvents sink that reads each POST and answers 200 (no parsing beyond framing)."""
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            out = []
+            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+                head = self.buf[:end].lower()
+                i = head.find(b"content-length:")
+                length = int(head[i + 15:].split(b"\r\n", 1)[0]) if i >= 0 else 0
+                if len(self.buf) < end + 4 + length:
+                    break
+                self.buf = self.buf[end + 4 + length:]
+                out.append(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            if out:
+                self.transport.write(b"".join(out))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Sink, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (its threads included)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def counted(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    out = {"sent": 0.0, "dropped": 0.0, "failed": 0.0}
+    for line in text.splitlines():
+        if line.startswith("kustos_payload_log_events_total{"):
+            for k in out:
+                if f'outcome="{k}"' in line:
+                    out[k] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up (2)")
+    p.add_argument("--rounds", type=int, default=5, help="runs per mode (5)")
+    p.add_argument("--concurrency", type=int, default=8, help="wrk connections (8)")
+    p.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.sink is not None:
+        run_sink(args.sink)
+        return 0
+
+    sys.path.insert(0, str(HERE))
+    from bench_serving import LUA, Server, free_port, loadavg, parse_wrk, pinned, run_wrk
+    from train_model import save, train
+
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-payload-log-") as tmp:
+        work = Path(tmp)
+        model, X = train("logreg")  # LogisticRegression on iris
+        save(model, str(work / "model.skops"))
+        row = X[len(X) // 2].tolist()
+        script = work / "request.lua"
+        body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, len(row)],
+                                       "datatype": "FP64", "data": row}]})
+        script.write_text(LUA.format(body=json.dumps(body)))
+        kustos = str(REPO / ".venv" / "bin" / "kustos")
+        sink_port = free_port()
+        sink = Server("sink", pinned("1", [sys.executable, __file__, "--sink", str(sink_port)]),
+                      {}, sink_port, "/", work / "sink.log", work)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(urllib.request.Request(
+                        f"http://127.0.0.1:{sink_port}/", data=b"x"), timeout=2).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            order = list(MODES)
+            for rnd in range(args.rounds):
+                for mode in order if rnd % 2 == 0 else order[::-1]:
+                    port = free_port()
+                    argv = [kustos, "serve", "--model", str(work / "model.skops"), "--name",
+                            "iris", "--port", str(port), "--log-level", "warning"]
+                    if MODES[mode]:
+                        argv += ["--payload-log-url", f"http://127.0.0.1:{sink_port}/events",
+                                 *MODES[mode]]
+                    server = Server(f"serve-{mode}", pinned("0", argv), {}, port,
+                                    "/v2/health/ready", work / f"serve-{mode}.log", work)
+                    try:
+                        server.wait_ready()
+                        url = f"http://127.0.0.1:{port}/v2/models/iris/infer"
+                        run_wrk(url, script, args.concurrency, args.warmup, "1")
+                        before = counted(port)
+                        cpu = cpu_seconds(server.proc.pid)
+                        rps, p50, p99, n = parse_wrk(
+                            run_wrk(url, script, args.concurrency, args.duration, "1"))
+                        time.sleep(1.0)  # let the sender drain before counting
+                        # The server's CPU per request, the sender's included: what the
+                        # logging costs, whatever else loads the machine.
+                        cpu = cpu_seconds(server.proc.pid) - cpu
+                        after = counted(port)
+                        results.append({"round": rnd + 1, "mode": mode, "rps": rps,
+                                        "p50_ms": p50, "p99_ms": p99, "requests": n,
+                                        "cpu_us_per_request": cpu / n * 1e6,
+                                        **{k: after[k] - before[k] for k in after}})
+                        print(json.dumps(results[-1]), file=sys.stderr)
+                    finally:
+                        server.stop()
+        finally:
+            sink.stop()
+    print(f"load average at the end: {loadavg()}")
+    best = max(r["rps"] for r in results if r["mode"] == "without")
+    without = {r["round"]: r["rps"] for r in results if r["mode"] == "without"}
+    # On a shared machine other load comes and goes: the ratio to the "without" run of
+    # the same round (minutes apart at most) is steadier than ratios of medians, and the
+    # best run of each mode shows it least disturbed (other load only ever lowers a run).
+    cpu_without = statistics.median(r["cpu_us_per_request"] for r in results
+                                    if r["mode"] == "without")
+    print("| mode | requests/s (median) | median of per-round ratios | best | best vs best "
+          "without | server CPU us/request (median) | vs without | p50 ms | p99 ms | "
+          "events sent | dropped | failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode in MODES:
+        rs = [r for r in results if r["mode"] == mode]
+        rps = statistics.median(r["rps"] for r in rs)
+        ratio = statistics.median(r["rps"] / without[r["round"]] for r in rs)
+        top = max(r["rps"] for r in rs)
+        cpu = statistics.median(r["cpu_us_per_request"] for r in rs)
+        print(f"| {mode} | {rps:,.0f} | {ratio:.3f} | {top:,.0f} | {top / best:.3f} | "
+              f"{cpu:.1f} | {cpu / cpu_without:.3f} | "
+              f"{statistics.median(r['p50_ms'] for r in rs):.2f} | "
+              f"{statistics.median(r['p99_ms'] for r in rs):.2f} | "
+              f"{sum(r['sent'] for r in rs):,.0f} | {sum(r['dropped'] for r in rs):,.0f} | "
+              f"{sum(r['failed'] for r in rs):,.0f} |")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
