@@ -7,26 +7,11 @@ from typing import Any
 
 import pydantic
 import pytest
+from test_modeldeployment import body, by_kind
 
 from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.config import OperatorConfig
 from kustos.render.modeldeployment import render
-
-
-def body(**spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"model": {"version": "3", "uri": "s3://m/iris/model.skops"}}
-    base.update(spec)
-    return {"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
-            "metadata": {"name": "iris", "namespace": "ml", "uid": "uid-1", "generation": 1},
-            "spec": base}
-
-
-def by_kind(objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for o in objs:
-        out.setdefault(o["kind"], []).append(o)
-    return out
-
 
 LOGGING = {"sinks": [{"url": "http://collector.logs:8080/events"},
                      {"url": "https://broker.example/ns/default"},
