@@ -55,6 +55,8 @@ class HttpPoster:
         self._head = (f"POST {self.path} HTTP/1.1\r\nhost: {netloc}\r\n").encode("latin-1")
         self._sock: socket.socket | None = None
         self._buf = b""
+        self._pos = 0
+        self._heads: dict[bytes, tuple[int, int | None, bool, bool]] = {}
 
     def close(self) -> None:
         if self._sock is not None:
@@ -63,6 +65,7 @@ class HttpPoster:
             finally:
                 self._sock = None
                 self._buf = b""
+                self._pos = 0
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), self.timeout)
@@ -129,47 +132,71 @@ class HttpPoster:
             raise SendError("connection closed by the peer")
         return data
 
+    def _more(self, buf: bytes, pos: int) -> tuple[bytes, int]:
+        """``buf[pos:]`` plus what the socket has next (the consumed prefix dropped)."""
+        return buf[pos:] + self._recv(), 0
+
     def _answer(self) -> int:
-        buf = self._buf
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            if len(buf) > 65536:
+        # buf/pos: answers to pipelined POSTs arrive together; an offset, not a slice per
+        # answer (that copied the rest of the buffer each time).
+        buf, pos = self._buf, self._pos
+        while (end := buf.find(b"\r\n\r\n", pos)) < 0:
+            if len(buf) - pos > 65536:
                 raise SendError("response header too large")
-            buf += self._recv()
-        head, buf = buf[:end].split(b"\r\n"), buf[end + 4:]
-        status_line = head[0].split(None, 2)
-        if len(status_line) < 2 or not status_line[1].isdigit():
-            raise SendError("malformed response status line")
-        status = int(status_line[1])
-        length, chunked, close = None, False, False
-        for line in head[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value.strip())
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                close = b"close" in value.lower()
+            buf, pos = self._more(buf, pos)
+        head = buf[pos:end]
+        pos = end + 4
+        # A sink answers with the same header block again and again: parse it once.
+        known = self._heads.get(head)
+        if known is None:
+            known = _parse_head(head)
+            if len(self._heads) < 64:
+                self._heads[head] = known
+        status, length, chunked, close = known
         if chunked:
             while True:
-                while (eol := buf.find(b"\r\n")) < 0:
-                    buf += self._recv()
-                size = int(buf[:eol].split(b";")[0], 16)
+                while (eol := buf.find(b"\r\n", pos)) < 0:
+                    buf, pos = self._more(buf, pos)
+                size = int(buf[pos:eol].split(b";")[0], 16)
                 while len(buf) < eol + 2 + size + 2:
-                    buf += self._recv()
-                buf = buf[eol + 2 + size + 2:]
+                    buf, pos = self._more(buf, pos)
+                    eol = buf.find(b"\r\n")
+                pos = eol + 2 + size + 2
                 if size == 0:
                     break
         elif length is not None:
-            while len(buf) < length:
-                buf += self._recv()
-            buf = buf[length:]
+            while len(buf) - pos < length:
+                buf, pos = self._more(buf, pos)
+            pos += length
         elif status not in (204, 304) and not 100 <= status < 200:
             close = True  # body delimited by the close: not reusable
-        self._buf = buf
+        if pos >= len(buf):
+            buf, pos = b"", 0
+        self._buf, self._pos = buf, pos
         if close:
             self.close()
         return status
+
+
+def _parse_head(head: bytes) -> tuple[int, int | None, bool, bool]:
+    """(status, content-length, chunked, connection: close) of a response header block."""
+    lines = head.split(b"\r\n")
+    status_line = lines[0].split(None, 2)
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise SendError("malformed response status line")
+    length, chunked, close = None, False, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            if not value.strip().isdigit():
+                raise SendError("malformed content-length")
+            length = int(value.strip())
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            close = b"close" in value.lower()
+    return int(status_line[1]), length, chunked, close
 
 
 class BoundedSender(Generic[T]):
