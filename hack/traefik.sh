@@ -309,12 +309,13 @@ start_traefik() {
   start "$TRAEFIK" \
     --global.checknewversion=false --global.sendanonymoususage=false \
     --entrypoints.web.address="$BRIDGE_IP:$WEB_PORT" \
+    --entrypoints.web.http.aliasheadersstrategy=delete \
     --entrypoints.traefik.address="127.0.0.1:$PING_PORT" \
     --ping=true --ping.entrypoint=traefik \
     --providers.kubernetesgateway=true \
     --providers.kubernetesgateway.statusaddress.ip="$BRIDGE_IP" \
     --providers.kubernetesgateway.throttleduration=0s \
-    --log.level="${KUSTOS_TRAEFIK_LOG_LEVEL:-INFO}" --accesslog=false
+    --log.level="${KUSTOS_TRAEFIK_LOG_LEVEL:-INFO}" --log.nocolor=true --accesslog=false
 }
 
 cmd_start() {
