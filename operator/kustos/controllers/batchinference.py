@@ -23,7 +23,7 @@ from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.api.v1alpha1.batchinference import BatchInferenceSpec
 from kustos.api.v1alpha1.modeldeployment import ModelSource
 from kustos.governance.policy import applicable, evaluate, policies_from, summary
-from kustos.k8s import client
+from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
 from kustos.render import batchinference as render_bi
@@ -110,12 +110,28 @@ def write_status(body: Mapping[str, Any], spec: BatchInferenceSpec | None,
     shards = render_bi.shards(spec) if spec is not None else 0
     output = spec.output.uri if spec is not None else ""
 
-    def update(current: dict[str, Any]) -> dict[str, Any]:
-        return status_bi.compute(current, job, pods, shards=shards, output_uri=output,
-                                 model=model, blocked=blocked, now=datetime.now(UTC))
+    wanted: dict[str, Any] = {}
 
-    k8s_status.write(KIND, meta["name"], meta["namespace"], meta["uid"], OWNER, update,
-                     current=dict(body))
+    def update(current: dict[str, Any]) -> dict[str, Any]:
+        wanted.clear()
+        wanted.update(status_bi.compute(current, job, pods, shards=shards, output_uri=output,
+                                        model=model, blocked=blocked, now=datetime.now(UTC)))
+        return wanted
+
+    written = k8s_status.write(KIND, meta["name"], meta["namespace"], meta["uid"], OWNER,
+                               update, current=dict(body))
+    if written is None or not written.wrote:
+        return
+    before = (written.before.get("status") or {}).get("phase")
+    after = wanted.get("phase")
+    # One Event per finished run: the status write that records the end posts it (a
+    # kill between the two loses the Event, never doubles it).
+    if after != before and after in ("Complete", "Failed"):
+        failed: dict[str, Any] = next(
+            (c for c in wanted.get("conditions") or [] if c["type"] == "Failed"), {})
+        message = (f"{wanted.get('rowsDone')} rows predicted to {output}" if after == "Complete"
+                   else str(failed.get("message") or "the run failed"))
+        events.post(written.before, f"Batch{after}", message, warning=after == "Failed")
 
 
 def _own_job(body: Mapping[str, Any]) -> dict[str, Any] | None:
