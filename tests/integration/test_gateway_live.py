@@ -219,8 +219,8 @@ def gone(kube: Kube, kind: str, name: str, namespace: str) -> Callable[[], bool]
     return lambda: kube.get(kind, name, namespace) is None
 
 
-def canary_status(kube: Kube, namespace: str) -> Any:
-    md = kube.get("md", NAME, namespace) or {}
+def canary_status(kube: Kube, namespace: str, name: str = NAME) -> Any:
+    md = kube.get("md", name, namespace) or {}
     return (md.get("status") or {}).get("canary")
 
 
@@ -288,6 +288,44 @@ def test_removing_the_canary_then_the_gateway(chart_operator: ChartOperator,
              "-p", json.dumps({"spec": {"gateway": None}}))
     wait_for("the HTTPRoute deleted", lambda: kube.get("httproute", NAME, ns) is None,
              timeout=120)
+
+
+@pytest.mark.timeout(900)
+def test_both_tracks_autoscale_behind_the_route(chart_operator: ChartOperator,
+                                                model_store: dict[str, str]) -> None:
+    """With spec.autoscaling and a route, the canary gets an HPA of its own (its load is
+    its weight's share): the kube-controller-manager scales both, reading the pods' CPU
+    from metrics-server."""
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    md = gateway_model(ns, model_store, 20)
+    md["metadata"]["name"] = name = f"{NAME}-auto"
+    md["spec"].pop("replicas")
+    md["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 6,
+                                 "targetCPUUtilization": 80}
+    md["spec"]["gateway"]["hostnames"] = [f"auto.{host_of(ns)}"]
+    kube.apply(md)
+    try:
+        wait_ready(kube, name, ns, timeout=300)
+        for target, bounds in ((name, (1, 5)), (f"{name}-canary", (1, 2))):
+            hpa = wait_for(f"HPA {target} ScalingActive", scaling_active(kube, target, ns),
+                           timeout=180, interval=2)
+            assert hpa["spec"]["scaleTargetRef"]["name"] == target
+            assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == bounds
+            dep = kube.get("deployment", target, ns) or {}
+            assert dep["spec"]["replicas"] == hpa["status"]["desiredReplicas"]
+        assert canary_status(kube, ns, name) == {"trafficSplit": "gateway",
+                                                 "trafficPercent": 20}
+    finally:
+        kube.run("delete", "md", name, "-n", ns, "--wait=false", check=False)
+
+
+def scaling_active(kube: Kube, name: str, namespace: str) -> Callable[[], Any]:
+    def check() -> Any:
+        hpa = kube.get("hpa", name, namespace) or {}
+        conds = {c["type"]: c["status"]
+                 for c in (hpa.get("status") or {}).get("conditions") or []}
+        return hpa if conds.get("ScalingActive") == "True" else None
+    return check
 
 
 # --------------------------------------------------------------- the API server's rules
