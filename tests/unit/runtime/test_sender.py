@@ -4,8 +4,10 @@ sink may use: content-length, chunked, none (closes), and a close mid-batch."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,7 @@ class Server:
         self.port = self.sock.getsockname()[1]
         self.requests: list[bytes] = []
         self.close_after = 0  # close the connection after this many answers (0: never)
+        self.tls: ssl.SSLContext | None = None
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -33,7 +36,16 @@ class Server:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._wrapped, args=(conn,), daemon=True).start()
+
+    def _wrapped(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                conn.close()
+                return
+        self._conn(conn)
 
     def _conn(self, conn: socket.socket) -> None:
         buf, answered = b"", 0
@@ -97,3 +109,30 @@ def test_nobody_listening_is_no_answer() -> None:
     s.close()
     poster = HttpPoster(f"http://127.0.0.1:{port}/", timeout=2)
     assert poster.post_many([(b"x", b""), (b"y", b"")]) == [None, None]
+
+
+def test_https_sink_is_verified(server: Server, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An https sink: the certificate is checked against the system's trust store (here
+    SSL_CERT_FILE, as a CA bundle mounted into the pod would be)."""
+    from .test_serve_tls import make_ca, make_leaf
+
+    ca = make_ca("sink-ca")
+    cert, key, _ = make_leaf(ca, "sink")
+    (tmp_path / "tls.crt").write_bytes(cert)
+    (tmp_path / "tls.key").write_bytes(key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server.tls = context
+    url = f"https://localhost:{server.port}/length"
+    # Not trusted: no answer, so the events would be retried and then counted as failed.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "tls.crt"))  # not a CA
+    assert HttpPoster(url, timeout=10).post_many([(b"x", b"")]) == [None]
+    (tmp_path / "ca.crt").write_bytes(ca.pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.crt"))
+    poster = HttpPoster(url, timeout=10)
+    try:
+        assert poster.post_many([(b"a", b""), (b"b", b"")]) == [202, 202]
+        assert server.requests[-2:] == [b"a", b"b"]
+    finally:
+        poster.close()
