@@ -193,7 +193,7 @@ class PayloadSink(BoundedSender[Exchange]):
 
     def __init__(self, transport: Transport, model: str, config: PayloadLogConfig) -> None:
         # Every 50 ms, up to 256 predictions (512 events) per write: each wake-up of this
-        # thread takes the GIL from the loop serving predictions.
+        # thread costs the core that serves predictions.
         super().__init__("kustos-payload-log", config.queue, flush_interval=0.05,
                          max_batch=256)
         self.config = config

@@ -82,8 +82,8 @@ class HttpPoster:
         """POST each (body, headers) pipelined on one connection: one write for them all,
         then the answers in order. Each answer's status, None for those that got none
         (the connection failed or was closed first). One write and a few reads per batch
-        instead of per POST: every blocking call hands the GIL back and forth with the
-        event loop serving predictions, which cost more than the bytes themselves."""
+        instead of per POST: a round trip per POST (system calls, thread wake-ups on the
+        serving core) cost more than the bytes themselves."""
         return self.send_requests([self._request(b, h) for b, h in items])
 
     @property
