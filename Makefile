@@ -51,6 +51,7 @@ tools: ## build etcd, the Kubernetes binaries (kubelet, kube-proxy too), kwok, h
 	@bash hack/argocd.sh build
 	@bash hack/keda.sh build
 	@bash hack/traefik.sh build
+	@bash hack/kafka.sh build
 
 .PHONY: host-packages
 host-packages: ## the Debian packages of the real node, the image builds, kube-router and Argo CD (apt-get, only what is missing)
