@@ -144,8 +144,17 @@ def _untar(archive: Path, dest: Path) -> None:
             if not (m.isfile() or m.isdir()):
                 raise ModelLoadError(
                     f"{archive.name}: {m.name!r} is not a regular file or directory")
-        # The "data" filter refuses absolute names, '..' and anything leaving dest.
-        tar.extractall(dest, filter="data")
+            pure = PurePosixPath(m.name)
+            if pure.is_absolute() or ".." in pure.parts:
+                raise ModelLoadError(f"{archive.name}: refusing member {m.name!r}")
+        # The "data" filter refuses absolute names, '..' and anything leaving dest; the
+        # images' Python (Debian bookworm's 3.11.2) predates extraction filters (3.11.4),
+        # where the checks above (regular files and directories, no absolute or '..'
+        # names) are what keeps the members inside dest.
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)
 
 
 def _unzip(archive: Path, dest: Path) -> None:
