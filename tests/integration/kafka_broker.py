@@ -74,11 +74,49 @@ class KafkaBroker:
     jars: Path
     port: int
     dir: Path
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def start(self, deadline: float = 180) -> None:
+        """Start the (formatted) node and wait until it answers metadata requests."""
+        assert self.proc is None or self.proc.poll() is not None, "the broker runs"
+        with open(self.dir / "broker.log", "ab") as log:
+            proc = self.proc = subprocess.Popen(
+                ["java", HEAP, "-Xms64m",
+                 f"-Dlog4j2.configurationFile={self.dir / 'broker-log4j2.properties'}",
+                 "-cp", f"{self.jars}/*", "kafka.Kafka", str(self.dir / "server.properties")],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Observed progress: the listener accepts, then Kafka's own admin client gets a
+        # metadata answer (the broker has caught up with the controller and is unfenced).
+        end = time.monotonic() + deadline
+
+        def alive(what: str) -> None:
+            assert proc.poll() is None, (
+                f"the broker exited ({proc.returncode}): {self.log_tail()}")
+            assert time.monotonic() < end, f"{what} in {deadline}s: {self.log_tail()}"
+
+        while not _port_open(self.port):
+            alive("the broker did not listen")
+            time.sleep(0.2)
+        while True:
+            listed = self.java("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
+                               self.bootstrap, "--list", timeout=60)
+            if listed.returncode == 0:
+                return
+            alive(f"no metadata answer ({listed.stderr[-1000:]})")
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: the log dir stays for a restart."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def java(self, main: str, *args: str, timeout: float = 120,
              stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -98,6 +136,14 @@ class KafkaBroker:
                          self.bootstrap, "--create", "--topic", topic, "--partitions",
                          str(partitions), "--replication-factor", "1")
         assert done.returncode == 0, f"TopicCommand --create {topic}: {done.stderr[-2000:]}"
+
+    def leaders(self, topic: str) -> list[int]:
+        """Each partition's leader as Kafka's TopicCommand describes it (-1: none)."""
+        done = self.java("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
+                         self.bootstrap, "--describe", "--topic", topic)
+        assert done.returncode == 0, f"TopicCommand --describe {topic}: {done.stderr[-2000:]}"
+        return [int(line.split("Leader:")[1].split()[0]) for line in done.stdout.splitlines()
+                if "Partition:" in line and "Leader:" in line]
 
     def produce_keyed(self, topic: str, lines: list[tuple[str, str]]) -> None:
         """Keyed records through Kafka's own producer (its default partitioner)."""
@@ -193,36 +239,9 @@ def kafka_broker(tmp: Path, deadline: float = 180) -> Iterator[KafkaBroker]:
          "--config", str(props), "--standalone"],
         capture_output=True, text=True, timeout=120)
     assert fmt.returncode == 0, f"StorageTool format: {fmt.stdout[-1000:]}{fmt.stderr[-2000:]}"
-    with open(tmp / "broker.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["java", HEAP, "-Xms64m",
-             f"-Dlog4j2.configurationFile={tmp / 'broker-log4j2.properties'}",
-             "-cp", f"{jars}/*", "kafka.Kafka", str(props)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    broker = KafkaBroker(jars, port, tmp, proc)
+    broker = KafkaBroker(jars, port, tmp, None)
     try:
-        # Observed progress: the listener accepts, then Kafka's own admin client gets a
-        # metadata answer (the broker has caught up with the controller and is unfenced).
-        end = time.monotonic() + deadline
-
-        def alive(what: str) -> None:
-            assert proc.poll() is None, (
-                f"the broker exited ({proc.returncode}): {broker.log_tail()}")
-            assert time.monotonic() < end, f"{what} in {deadline}s: {broker.log_tail()}"
-
-        while not _port_open(port):
-            alive("the broker did not listen")
-            time.sleep(0.2)
-        while True:
-            listed = broker.java("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
-                                 broker.bootstrap, "--list", timeout=60)
-            if listed.returncode == 0:
-                break
-            alive(f"no metadata answer ({listed.stderr[-1000:]})")
-            time.sleep(0.5)
+        broker.start(deadline)
         yield broker
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        broker.kill()
