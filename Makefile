@@ -55,7 +55,7 @@ tools: ## build etcd, the Kubernetes binaries (kubelet, kube-proxy too), kwok, h
 
 .PHONY: host-packages
 host-packages: ## the Debian packages of the real node, the image builds, kube-router and Argo CD (apt-get, only what is missing)
-	@bash hack/host-packages.sh node images netpol argocd
+	@bash hack/host-packages.sh node images netpol argocd kafka
 
 .PHONY: crds
 crds: venv ## regenerate crds/ from the pydantic models

@@ -6,6 +6,7 @@
 #   hack/host-packages.sh images    mmdebstrap and what the image builds chroot with
 #   hack/host-packages.sh netpol    ipset, for kube-router's NetworkPolicy enforcement
 #   hack/host-packages.sh argocd    redis-server and git, for hack/argocd.sh (Argo CD's cache, the local Git repo)
+#   hack/host-packages.sh kafka     a JRE and Maven, for hack/kafka.sh (the payload-log broker tests)
 #   hack/host-packages.sh WHAT:PACKAGE ...
 #                                   WHAT: a command, or an absolute path that must exist
 set -euo pipefail
@@ -27,6 +28,8 @@ IMAGES=(mmdebstrap:mmdebstrap tar:tar mount:mount chroot:coreutils python3:pytho
 NETPOL=(iptables:iptables iptables-save:iptables ipset:ipset)
 # hack/argocd.sh: Argo CD's cache (redis, no persistence) and the Git repository it syncs from.
 ARGOCD=(redis-server:redis-server git:git /usr/lib/git-core/git-daemon:git)
+# hack/kafka.sh: Maven resolves the broker's jars; the tests run it on a JRE (17 or later).
+KAFKA=(java:openjdk-17-jre-headless mvn:maven)
 
 wanted=()
 for arg in "$@"; do
@@ -35,6 +38,7 @@ for arg in "$@"; do
     images) wanted+=("${IMAGES[@]}") ;;
     netpol) wanted+=("${NETPOL[@]}") ;;
     argocd) wanted+=("${ARGOCD[@]}") ;;
+    kafka) wanted+=("${KAFKA[@]}") ;;
     *:*) wanted+=("$arg") ;;
     *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
