@@ -82,7 +82,11 @@ def diagnose(kube: Kube, name: str, ns: str) -> str:
                     "-o", "wide", check=False).stdout
     logs = kube.run("logs", "-n", ns, f"deploy/{name}", "-c", "server", "--tail=30",
                     check=False)
-    return f"pods:\n{pods}\nserver log:\n{logs.stdout}{logs.stderr}"
+    # A restarted container's own log may be empty yet: the one before it says why.
+    previous = kube.run("logs", "-n", ns, f"deploy/{name}", "-c", "server", "--previous",
+                        "--tail=30", check=False)
+    return (f"pods:\n{pods}\nserver log:\n{logs.stdout}{logs.stderr}"
+            f"\nprevious server log:\n{previous.stdout}{previous.stderr}")
 
 
 class CrashLooping(Exception):
