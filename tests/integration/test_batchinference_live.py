@@ -229,6 +229,7 @@ def test_batch_inference_runs_to_complete_on_the_real_node(
         assert pod["spec"]["automountServiceAccountToken"] is False
 
 
+@pytest.mark.timeout(1200)  # the chart's operator may be installed first (minutes)
 def test_a_model_a_policy_refuses_does_not_run_in_batch(
         kube: Kube, chart_operator: ChartOperator, model_store: dict[str, str],
         results: Path) -> None:
