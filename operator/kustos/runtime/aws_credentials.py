@@ -169,7 +169,8 @@ def _parse_time(value: str, what: str) -> float:
         raise CredentialsError(f"{what}: unreadable Expiration") from None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost or a loopback address (where plain http leaves nothing on the wire)."""
     if host == "localhost":
         return True
     try:
@@ -295,7 +296,7 @@ class ContainerProvider:
         host = (parts.hostname or "").strip("[]")
         if parts.scheme == "https":
             return full
-        if parts.scheme == "http" and (host in CONTAINER_HTTP_HOSTS or _is_loopback(host)):
+        if parts.scheme == "http" and (host in CONTAINER_HTTP_HOSTS or is_loopback(host)):
             return full
         raise CredentialsError("container credentials: AWS_CONTAINER_CREDENTIALS_FULL_URI must "
                                "be https, or http to loopback or the ECS/EKS link-local hosts")

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import hashlib
 import http.client
-import ipaddress
 import os
 import random
 import socket
@@ -30,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from kustos.runtime.aws_credentials import is_loopback
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 5
@@ -124,15 +125,6 @@ def _local_open(path: str, uri: str) -> _Stream:
     return _Stream(chunks(), size, fh.close)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _http_open(
     url: str,
     display: str,
@@ -148,7 +140,7 @@ def _http_open(
         host = parts.hostname or ""
         if parts.scheme not in ("http", "https"):
             raise FetchError(f"redirected to an unsupported scheme fetching {display}")
-        if parts.scheme == "http" and not (allow_http or _is_loopback(host)):
+        if parts.scheme == "http" and not (allow_http or is_loopback(host)):
             raise FetchError(f"refusing plain http for {display}: use https")
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
