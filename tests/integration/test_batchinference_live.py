@@ -249,7 +249,7 @@ def test_a_model_a_policy_refuses_does_not_run_in_batch(
                    "credentialsSecretRef": {"name": "model-store"}},
             governance={"owner": "e2e", "riskTier": "high"},
             input={"uri": uri, "digest": digest,
-                   "credentialsSecretRef": {"name": "model-store"}},
+                   "credentialsSecretRef": {"name": "model-store"}, "idColumn": "key"},
             output={"uri": "pvc://results/gated"}))
 
         def blocked() -> dict[str, Any] | None:
