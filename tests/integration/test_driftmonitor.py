@@ -182,7 +182,7 @@ def test_schema_refuses_unknown_detector_and_method(kube: Kube, namespace: str,
     assert proc.returncode != 0 and "categoricalFeatures" in proc.stderr, proc.stderr
     proc = kube.apply({"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
                        "metadata": {"name": "odd", "namespace": namespace},
-                       "spec": {"targetRef": {"name": "iris"}, "method": "lime",
+                       "spec": {"targetRef": {"name": "iris"}, "method": "anchors",
                                 "background": {"uri": f"file://{iris['csv']}",
                                                "digest": "sha256:short"}}}, check=False)
     assert proc.returncode != 0 and "spec.method" in proc.stderr, proc.stderr

@@ -30,6 +30,7 @@ pytest_plugins = ["realpods"]
 KUBE_ROUTER = REPO / "hack" / "kube-router.sh"
 BUSYBOX = "kustos.local/busybox:1"
 SERVING, EXPLAINER, DRIFT = 8080, 8090, 8091
+GRPC = 8081  # kustos serve --grpc-port: open to the same clients as HTTP
 UID = uuid.uuid4().hex[:6]
 # The namespace Prometheus would run in: selected by name, like the default
 # (`kubernetes.io/metadata.name: monitoring`) but unique, so that no other test's
@@ -182,7 +183,7 @@ def test_the_rendered_policy_is_the_one_enforced(chart_operator: ChartOperator,
              for r in policy["spec"]["ingress"]}
     name = "kubernetes.io/metadata.name"
     assert rules == {
-        (SERVING,): [],
+        (SERVING, GRPC): [],
         (SERVING, EXPLAINER, DRIFT): [{"matchLabels": {name: MONITORING_NS}}],
         (EXPLAINER, DRIFT): [{"matchLabels": {name: chart_operator.system_ns}}],
     }, policy["spec"]

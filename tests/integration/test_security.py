@@ -92,7 +92,9 @@ def test_network_policy_is_a_child_and_goes_with_the_model(
             if m["operation"] == "Apply"} == {"kustos"}
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress"]
-    assert spec["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
+    # HTTP and kustos serve's gRPC port, to the same clients
+    assert spec["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080},
+                                           {"protocol": "TCP", "port": 8081}]
     # The policy selects exactly the model's pods.
     selector = ",".join(f"{k}={v}" for k, v in spec["podSelector"]["matchLabels"].items())
     selected = {p["metadata"]["name"] for p in kube.list("pods", namespace, selector)}

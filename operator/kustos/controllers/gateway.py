@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import urllib3
+
 from kustos.k8s import client
 from kustos.k8s.client import ApiError
+from kustos.k8s.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,13 @@ def detect() -> bool:
         # Discovery is open to every authenticated user; a failure here is the apiserver's.
         log.warning("Gateway API discovery failed (%s); going on without HTTPRoutes",
                     err.message)
+        return False
+    except (ConfigError, OSError, urllib3.exceptions.HTTPError) as err:
+        # No cluster to reach (no kubeconfig, connection refused): this runs in a startup
+        # handler, which kopf would retry forever; going on lets kopf's own login report
+        # the problem and stop.
+        log.warning("Gateway API discovery impossible (%s); going on without HTTPRoutes",
+                    type(err).__name__)
         return False
     return served is not None and PLURAL in served
 
