@@ -29,9 +29,9 @@ from .meta import (
 from .modeldeployment import (
     NONROOT_UID,
     PVC_MOUNT,
-    _fetch_container,
-    _security_context,
+    fetch_container,
     model_file_name,
+    security_context,
 )
 from .runtimes import MODEL_DIR
 from .signature import fetch_signature
@@ -90,7 +90,7 @@ def _fetch_input(spec: BatchInferenceSpec, config: OperatorConfig) -> dict[str, 
         "image": config.images.fetch,
         "args": args,
         "resources": dict(config.fetch_resources),
-        "securityContext": _security_context(),
+        "securityContext": security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR},
                          {"name": "tmp", "mountPath": "/tmp"}],
@@ -158,7 +158,7 @@ def render_job(body: Mapping[str, Any], spec: BatchInferenceSpec, model: ModelSo
         volumes += fetch_signature(model, "").volumes
     if model.web_identity:
         volumes.append(web_identity_volume(model.web_identity))
-    init = [_fetch_container(model, config, session_name(namespace, model_name))]
+    init = [fetch_container(model, config, session_name(namespace, model_name))]
     fetch_input = _fetch_input(spec, config)
     if fetch_input is not None:
         init.append(fetch_input)
@@ -169,7 +169,7 @@ def render_job(body: Mapping[str, Any], spec: BatchInferenceSpec, model: ModelSo
         "image": config.images.kustos,
         "args": batch_args(spec, model, model_name),
         "resources": _resources(spec, config),
-        "securityContext": _security_context(),
+        "securityContext": security_context(),
         # The last line of `kustos batch` (its report, or the error) stays in the pod's
         # status: the operator sums the shards' reports from there.
         "terminationMessagePolicy": "FallbackToLogsOnError",

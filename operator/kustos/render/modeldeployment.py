@@ -128,7 +128,7 @@ def bundle_uri(model: ModelSource) -> str | None:
     return urlunsplit(parts._replace(path=parts.path + ".sig"))
 
 
-def _security_context() -> dict[str, Any]:
+def security_context() -> dict[str, Any]:
     """Pod Security Standards `restricted`, plus a read-only root file system."""
     return {
         "allowPrivilegeEscalation": False,
@@ -183,7 +183,7 @@ def _tls_fields(spec: ModelDeploymentSpec) -> dict[str, Any]:
     return {"tls_secret": tls.secret_name, "client_ca": client_ca}
 
 
-def _fetch_container(model: ModelSource, config: OperatorConfig,
+def fetch_container(model: ModelSource, config: OperatorConfig,
                      session: str = "kustos-fetch") -> dict[str, Any]:
     args = ["fetch", fetch_source(model.uri), f"{MODEL_DIR}/{model_file_name(model.uri)}"]
     if model.digest:
@@ -193,7 +193,7 @@ def _fetch_container(model: ModelSource, config: OperatorConfig,
         "image": config.images.fetch,
         "args": args,
         "resources": dict(config.fetch_resources),
-        "securityContext": _security_context(),
+        "securityContext": security_context(),
         # The fetcher's last line says what went wrong; the status shows it (status/pods).
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR},
@@ -228,7 +228,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         sspec = dataclasses.replace(sspec, payload_log_args=payload_log_args(
             spec.logging, name, body["metadata"].get("namespace", ""), track.track))
     server = runtime_container(sspec)
-    server["securityContext"] = _security_context()
+    server["securityContext"] = security_context()
     server["terminationMessagePolicy"] = "FallbackToLogsOnError"
     # A terminating pod leaves the Service's endpoints while kube-proxy (or a mesh) still
     # routes to it for a moment: keep serving that long before the server drains.
@@ -264,7 +264,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         pod_annotations[SIGNER_ANNOTATION] = str(signer(track.model.signature))
         volumes += fetch_signature(track.model, "").volumes
     pod_annotations.update(attachments.pod_annotations)
-    fetch = _fetch_container(track.model, config,
+    fetch = fetch_container(track.model, config,
                              session_name(body["metadata"].get("namespace", ""), name))
     # spec.model.encryption: decrypt into memory (render/encryption.py).
     volumes = encryption.apply(fetch, volumes, track.model,

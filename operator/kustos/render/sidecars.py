@@ -11,7 +11,7 @@ from kustos.api.v1alpha1.modeldeployment import ModelSource
 
 from .attachments import Attachments
 from .aws_identity import web_identity_env, web_identity_mount
-from .modeldeployment import PVC_MOUNT, _security_context
+from .modeldeployment import PVC_MOUNT, security_context
 
 EXPLAIN_PORT = 8090
 DRIFT_PORT = 8091
@@ -71,7 +71,7 @@ def sidecar_container(name: str, image: str, args: list[str], port: int, port_na
         "args": args,
         "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
         "resources": dict(resources),
-        "securityContext": _security_context(),
+        "securityContext": security_context(),
         "readinessProbe": {**probe, "failureThreshold": 3},
         "livenessProbe": {**probe, "failureThreshold": 6},
         "volumeMounts": [dict(m) for m in mounts],

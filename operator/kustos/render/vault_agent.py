@@ -30,7 +30,7 @@ from kustos.api.v1alpha1.modeldeployment import VaultSpec
 
 from .attachments import Attachments
 from .meta import COMPONENT, child_meta
-from .modeldeployment import _security_context
+from .modeldeployment import security_context
 from .sidecars import duration_seconds
 from .vault import FILE_MODE, SECRET_MOUNT, TOKEN_VOLUME, VOLUME, default_template
 
@@ -121,7 +121,7 @@ def _container(name: str, image: str, config_file: str, resources: Mapping[str, 
         "imagePullPolicy": "IfNotPresent",
         "args": ["agent", f"-config={CONFIG_DIR}/{config_file}"],
         "resources": dict(resources),
-        "securityContext": _security_context(),
+        "securityContext": security_context(),
         # The agent's last log line says why a login or a template failed (status/pods).
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
