@@ -13,6 +13,7 @@ Loaded as a pytest plugin by the test modules that use it (``pytest_plugins``).
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import subprocess
@@ -149,6 +150,40 @@ def chart_operator(kube: Kube, kubeconfig: Path, model_store: dict[str, str],
 # The iris models the store publishes (hack/model_store.py), and rows of different classes.
 IRIS_V1, IRIS_V2 = "s3://models/iris/1/model.skops", "s3://models/iris/2/model.skops"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.9, 3.0, 5.1, 1.8]]
+
+
+def store_module() -> Any:
+    """hack/model_store.py as a module: the store's endpoint, credentials and region."""
+    spec = importlib.util.spec_from_file_location("model_store", MODEL_STORE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def s3() -> Any:
+    """A client of the local S3 store, as the tests reach it from this host."""
+    import boto3
+
+    ms = store_module()
+    return boto3.client("s3", endpoint_url=ms.ENDPOINT, aws_access_key_id=ms.ACCESS_KEY,
+                        aws_secret_access_key=ms.SECRET_KEY, region_name=ms.REGION)
+
+
+def stored_model(uri: str) -> Any:
+    """The published skops model at `uri`, loaded here from the store."""
+    import skops.io
+
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    blob = s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
+
+
+def local_predictions(uri: str, rows: list[list[float]]) -> list[int]:
+    """What the published model itself predicts."""
+    import numpy as np
+
+    return [int(v) for v in stored_model(uri).predict(np.array(rows))]
 
 
 def v2_request(rows: list[list[float]]) -> dict[str, Any]:

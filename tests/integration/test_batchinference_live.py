@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
-import importlib.util
 import io
 import shutil
 import uuid
@@ -18,9 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from cluster import REPO
 from conftest import Kube, wait_for
-from realpods import IRIS_V1, ChartOperator, real_model
+from realpods import IRIS_V1, ChartOperator, real_model, s3, stored_model
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
@@ -103,30 +101,6 @@ def test_the_valid_base_is_accepted_and_its_spec_is_immutable(kube: Kube,
 # --- a real run on the real node ------------------------------------------------------
 
 
-def _store() -> Any:
-    spec = importlib.util.spec_from_file_location("model_store", REPO / "hack" / "model_store.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _s3() -> Any:
-    import boto3
-
-    ms = _store()
-    return boto3.client("s3", endpoint_url=ms.ENDPOINT, aws_access_key_id=ms.ACCESS_KEY,
-                        aws_secret_access_key=ms.SECRET_KEY, region_name=ms.REGION)
-
-
-def iris_model() -> Any:
-    import skops.io
-
-    bucket, key = IRIS_V1.removeprefix("s3://").split("/", 1)
-    blob = _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
-    return skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
-
-
 @pytest.fixture(scope="module")
 def results(kube: Kube, chart_operator: ChartOperator) -> Iterator[Path]:
     """A claim `results` in the models namespace, bound to a directory of this host (the
@@ -163,7 +137,7 @@ def upload_input(rows: np.ndarray[Any, Any]) -> tuple[str, str]:
     writer.writerows([f"r{i}", *map(repr, row.tolist())] for i, row in enumerate(rows))
     blob = buf.getvalue().encode()
     key = f"batch/{uuid.uuid4().hex[:8]}/in.csv"
-    _s3().put_object(Bucket="models", Key=key, Body=blob)
+    s3().put_object(Bucket="models", Key=key, Body=blob)
     return f"s3://models/{key}", "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
@@ -221,7 +195,7 @@ def test_batch_inference_runs_to_complete_on_the_real_node(
         with part.open(newline="") as f:
             out += list(csv.DictReader(f))
     assert [r["inference_id"] for r in out] == [f"r{i}" for i in range(len(rows))]
-    model = iris_model()
+    model = stored_model(IRIS_V1)
     assert [int(r["predict"]) for r in out] == model.predict(rows).tolist()
     proba = np.array([[float(r[f"predict_proba_{c}"]) for c in range(3)] for r in out])
     np.testing.assert_allclose(proba, model.predict_proba(rows))

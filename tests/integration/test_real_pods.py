@@ -3,7 +3,6 @@ model's Service, with the operator itself a pod installed by the Helm chart."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import threading
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cluster import REPO, kubectl_path
+from cluster import kubectl_path
 from conftest import wait_for, wait_ready
 from realpods import (
     IRIS_V1,
@@ -25,6 +24,7 @@ from realpods import (
     breast_cancer_with_sidecars,
     cluster_ip,
     live_pods,
+    local_predictions,
     post_json,
     ready_endpoints,
     real_model,
@@ -34,28 +34,6 @@ from realpods import (
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
-
-
-def _store_module() -> Any:
-    spec = importlib.util.spec_from_file_location("model_store", REPO / "hack" / "model_store.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def local_predictions(uri: str, rows: list[list[float]]) -> list[int]:
-    """What the published model itself predicts, loaded here from the store."""
-    import boto3
-    import skops.io
-
-    ms = _store_module()
-    s3 = boto3.client("s3", endpoint_url=ms.ENDPOINT, aws_access_key_id=ms.ACCESS_KEY,
-                      aws_secret_access_key=ms.SECRET_KEY, region_name=ms.REGION)
-    bucket, key = uri.removeprefix("s3://").split("/", 1)
-    blob = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    model = skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
-    return [int(v) for v in model.predict(np.array(rows))]
 
 
 @pytest.fixture(scope="module")

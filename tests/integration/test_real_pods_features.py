@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib.util
 import json
 import socket
 import ssl
@@ -20,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cluster import REPO
 from conftest import Kube, wait_for, wait_ready
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,8 +32,10 @@ from realpods import (
     answered,
     cluster_ip,
     live_pods,
+    local_predictions,
     post_json,
     real_model,
+    s3,
     v2_request,
 )
 
@@ -43,32 +43,6 @@ from kustos.governance import tls
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
-
-
-def _store_module() -> Any:
-    spec = importlib.util.spec_from_file_location("model_store", REPO / "hack" / "model_store.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _s3() -> Any:
-    import boto3
-
-    ms = _store_module()
-    return boto3.client("s3", endpoint_url=ms.ENDPOINT, aws_access_key_id=ms.ACCESS_KEY,
-                        aws_secret_access_key=ms.SECRET_KEY, region_name=ms.REGION)
-
-
-def local_predictions(uri: str, rows: list[list[float]]) -> list[int]:
-    """What the published model itself predicts, loaded here from the store."""
-    import skops.io
-
-    bucket, key = uri.removeprefix("s3://").split("/", 1)
-    blob = _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
-    model = skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
-    return [int(v) for v in model.predict(np.array(rows))]
 
 
 def delete(kube: Kube, ns: str, *objects: str) -> None:
@@ -425,7 +399,7 @@ def test_mlflow_archive_served_from_the_store(chart_operator: ChartOperator,
     blob = archive.read_bytes()
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     uri = "s3://models/mlflow-iris/1/model.tar.gz"
-    _s3().put_object(Bucket="models", Key=uri.removeprefix("s3://models/"), Body=blob)
+    s3().put_object(Bucket="models", Key=uri.removeprefix("s3://models/"), Body=blob)
 
     kube, ns, name = chart_operator.kube, chart_operator.models_ns, "iris-mlflow"
     md = real_model(name, ns, uri, digest, replicas=1)
