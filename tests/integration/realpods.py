@@ -161,7 +161,7 @@ def store_module() -> Any:
     return module
 
 
-def s3() -> Any:
+def s3_client() -> Any:
     """A client of the local S3 store, as the tests reach it from this host."""
     import boto3
 
@@ -175,7 +175,7 @@ def stored_model(uri: str) -> Any:
     import skops.io
 
     bucket, key = uri.removeprefix("s3://").split("/", 1)
-    blob = s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+    blob = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     return skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import Kube, wait_for
-from realpods import IRIS_V1, ChartOperator, real_model, s3, stored_model
+from realpods import IRIS_V1, ChartOperator, real_model, s3_client, stored_model
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
@@ -137,7 +137,7 @@ def upload_input(rows: np.ndarray[Any, Any]) -> tuple[str, str]:
     writer.writerows([f"r{i}", *map(repr, row.tolist())] for i, row in enumerate(rows))
     blob = buf.getvalue().encode()
     key = f"batch/{uuid.uuid4().hex[:8]}/in.csv"
-    s3().put_object(Bucket="models", Key=key, Body=blob)
+    s3_client().put_object(Bucket="models", Key=key, Body=blob)
     return f"s3://models/{key}", "sha256:" + hashlib.sha256(blob).hexdigest()
 
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cluster import REPO
 from conftest import NS_PREFIX, OPERATOR_LOGS, Kube, Operator, wait_ready
 from openbao import OpenBao, reviewed_openbao
 from realpods import (
@@ -35,6 +34,7 @@ from realpods import (
     ready_endpoints,
     real_model,
     require_real_node,
+    s3_client,
     store,
     v2_request,
     wait_degraded,
@@ -66,23 +66,13 @@ def real_ns(kube: Kube, operator: Operator, model_store: dict[str, str]) -> Iter
     kube.run("delete", "namespace", name, "--wait=false", check=False)
 
 
-def _s3() -> Any:
-    import boto3
-
-    sys.path.insert(0, str(REPO / "hack"))
-    import model_store as ms
-
-    return boto3.client("s3", endpoint_url=ms.ENDPOINT, aws_access_key_id=ms.ACCESS_KEY,
-                        aws_secret_access_key=ms.SECRET_KEY, region_name=ms.REGION)
-
-
 @pytest.fixture(scope="module")
 def published(bao: OpenBao, model_store: dict[str, str],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The iris model (plaintext, for the expected predictions), its envelope in the
     store; the root token file is deleted right after encrypting."""
     d = tmp_path_factory.mktemp("encrypted")
-    s3 = _s3()
+    s3 = s3_client()
     bucket, key = IRIS_V1.removeprefix("s3://").split("/", 1)
     (d / "iris.skops").write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     token = d / "root.token"

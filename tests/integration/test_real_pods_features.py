@@ -35,7 +35,7 @@ from realpods import (
     local_predictions,
     post_json,
     real_model,
-    s3,
+    s3_client,
     v2_request,
 )
 
@@ -399,7 +399,7 @@ def test_mlflow_archive_served_from_the_store(chart_operator: ChartOperator,
     blob = archive.read_bytes()
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     uri = "s3://models/mlflow-iris/1/model.tar.gz"
-    s3().put_object(Bucket="models", Key=uri.removeprefix("s3://models/"), Body=blob)
+    s3_client().put_object(Bucket="models", Key=uri.removeprefix("s3://models/"), Body=blob)
 
     kube, ns, name = chart_operator.kube, chart_operator.models_ns, "iris-mlflow"
     md = real_model(name, ns, uri, digest, replicas=1)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cluster import REPO
 from conftest import wait_for, wait_ready
 from realpods import (
     IRIS_V1,
@@ -25,6 +24,7 @@ from realpods import (
     live_pods,
     ready_endpoints,
     real_model,
+    s3_client,
     v2_request,
     wait_degraded,
 )
@@ -43,16 +43,6 @@ class Published:
     tampered_digest: str
 
 
-def _s3() -> Any:
-    import boto3
-
-    sys.path.insert(0, str(REPO / "hack"))
-    import model_store as ms
-
-    return boto3.client("s3", endpoint_url=ms.ENDPOINT, aws_access_key_id=ms.ACCESS_KEY,
-                        aws_secret_access_key=ms.SECRET_KEY, region_name=ms.REGION)
-
-
 def _put(s3: Any, uri: str, blob: bytes) -> None:
     bucket, key = uri.removeprefix("s3://").split("/", 1)
     s3.put_object(Bucket=bucket, Key=key, Body=blob)
@@ -67,7 +57,7 @@ def published(chart_operator: ChartOperator, model_store: dict[str, str],
     from kustos.runtime.signing import key_fingerprint
 
     d = tmp_path_factory.mktemp("signed")
-    s3 = _s3()
+    s3 = s3_client()
     bucket, key = IRIS_V1.removeprefix("s3://").split("/", 1)
     blob = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     (d / "iris.skops").write_bytes(blob)
