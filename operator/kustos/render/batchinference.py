@@ -27,10 +27,10 @@ from .meta import (
     with_hash,
 )
 from .modeldeployment import (
-    NONROOT_UID,
     PVC_MOUNT,
     fetch_container,
     model_file_name,
+    pod_security_context,
     security_context,
 )
 from .runtimes import MODEL_DIR
@@ -182,13 +182,7 @@ def render_job(body: Mapping[str, Any], spec: BatchInferenceSpec, model: ModelSo
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": NONROOT_UID,
-            "runAsGroup": NONROOT_UID,
-            "fsGroup": NONROOT_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "initContainers": init,
         "containers": [batch],
         "volumes": volumes,

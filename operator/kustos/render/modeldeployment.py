@@ -139,6 +139,17 @@ def security_context() -> dict[str, Any]:
     }
 
 
+def pod_security_context() -> dict[str, Any]:
+    """The pod's: a non-root user, and files of mounted volumes owned by its group."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NONROOT_UID,
+        "runAsGroup": NONROOT_UID,
+        "fsGroup": NONROOT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _resources(spec: ModelDeploymentSpec, config: OperatorConfig) -> dict[str, Any]:
     res = spec.runtime.resources
     if res is None:
@@ -291,13 +302,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "terminationGracePeriodSeconds": 30,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": NONROOT_UID,
-                    "runAsGroup": NONROOT_UID,
-                    "fsGroup": NONROOT_UID,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": pod_security_context(),
                 "initContainers": [fetch, *attachments.init_containers],
                 "containers": [server, *attachments.sidecars],
                 "volumes": volumes,
