@@ -19,8 +19,9 @@ import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     import hvac
@@ -94,8 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_atomically(target: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+@contextlib.contextmanager
+def _atomic_output(target: Path) -> Iterator[BinaryIO]:
+    """A file that replaces ``target`` (mode 0644, fsynced) once the block completes; on
+    an error the partial file is removed and ``target`` is left as it was."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def encrypt_file(model: Path, output: Path, client: hvac.Client, mount: str, key: str,
@@ -109,20 +124,11 @@ def encrypt_file(model: Path, output: Path, client: hvac.Client, mount: str, key
     data_key, wrapped = transit.new_data_key(client, mount, key)
     header = envelope.Header(key_name=key, wrapped_key=wrapped, sha256=sha, size=size,
                              chunk_size=chunk_size)
-    fd, tmp = _write_atomically(output)
     try:
-        with os.fdopen(fd, "wb") as out, model.open("rb") as src:
+        with _atomic_output(output) as out, model.open("rb") as src:
             envelope.encrypt(src, out, data_key, header)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-        tmp = ""
     finally:
         envelope.wipe(data_key)
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
     return header
 
 
@@ -143,20 +149,9 @@ def rewrap_file(path: Path, output: Path, client: hvac.Client, mount: str, key: 
         fresh = envelope.Header(key_name=header.key_name, wrapped_key=new,
                                 sha256=header.sha256, size=header.size,
                                 chunk_size=header.chunk_size)
-        fd, tmp = _write_atomically(output)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(fresh.to_bytes())
-                shutil.copyfileobj(src, out, envelope.CHUNK_SIZE)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, output)
-            tmp = ""
-        finally:
-            if tmp:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+        with _atomic_output(output) as out:
+            out.write(fresh.to_bytes())
+            shutil.copyfileobj(src, out, envelope.CHUNK_SIZE)
     return fresh
 
 
