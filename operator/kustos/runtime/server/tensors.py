@@ -139,12 +139,7 @@ def decode(data: Any, shape: tuple[int, ...], datatype: str, where: str) -> Arra
             raise ProtocolError(
                 f"{where}: shape {list(shape)} needs {expected} elements, data has {len(flat)}"
             )
-        arr = np.empty(expected, dtype=object)
-        arr[:] = flat
-        try:
-            return arr.reshape(shape)
-        except ValueError:
-            raise ProtocolError(f"{where}: shape {list(shape)} is too large") from None
+        return _objects(flat, shape, where)
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError):
@@ -274,7 +269,12 @@ def _decode_raw_bytes(raw: bytes | memoryview, shape: tuple[int, ...], expected:
     if len(items) != expected:
         raise ProtocolError(
             f"{where}: shape {list(shape)} needs {expected} BYTES elements, got {len(items)}")
-    arr = np.empty(expected, dtype=object)
+    return _objects(items, shape, where)
+
+
+def _objects(items: list[Any], shape: tuple[int, ...], where: str) -> Array:
+    """BYTES elements (already counted against ``shape``) -> an object array of ``shape``."""
+    arr = np.empty(len(items), dtype=object)
     arr[:] = items
     try:
         return arr.reshape(shape)
