@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from kustos.runtime.server.formats import FORMATS
+
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH", help="the model file")
     p.add_argument("--name", default="model", help="model name (in errors)")
     p.add_argument("--model-version", default="1")
-    p.add_argument("--format", choices=("sklearn", "onnx", "xgboost", "lightgbm", "mlflow"),
+    p.add_argument("--format", choices=FORMATS,
                    help="model format (default: from the file name)")
     p.add_argument("--digest", help="sha256:<hex> the model file must match")
     p.add_argument("--trust-type", action="append", default=[], metavar="TYPE",
