@@ -129,6 +129,21 @@ class Seen:
     refuse_tokens: bool = False  # answer STS as AWS does an untrusted token (moto never does)
 
 
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    """A test server's handler: ``_answer`` sends a whole response; no access log."""
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def _serve(handler: type[http.server.BaseHTTPRequestHandler],
            context: ssl.SSLContext | None = None) -> tuple[http.server.ThreadingHTTPServer, str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -150,7 +165,7 @@ def _gateway(moto: Moto,
     seen = Seen()
     upstream = urllib.parse.urlsplit(moto.endpoint)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(_Quiet):
         def _any(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             auth = self.headers.get("authorization") or ""
@@ -209,18 +224,7 @@ def _gateway(moto: Moto,
                 del self.headers[name]
                 self.headers[name] = req.headers[name]
 
-        def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
         do_GET = do_POST = do_PUT = _any
-
-        def log_message(self, *args: object) -> None:
-            pass
 
     server, url = _serve(Handler, context)
     try:
@@ -249,7 +253,7 @@ def metadata(moto: Moto) -> Iterator[Metadata]:
         "Token": t["SessionToken"], "Expiration": t["Expiration"].isoformat()})
     role_path = "/latest/meta-data/iam/security-credentials/"
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(_Quiet):
         def do_GET(self) -> None:
             state.hits.append(f"GET {self.path}")
             if self.path == "/creds":
@@ -271,15 +275,6 @@ def metadata(moto: Moto) -> Iterator[Metadata]:
                     "x-aws-ec2-metadata-token-ttl-seconds"):
                 return self._answer(400, b"")
             self._answer(200, state.imds_token.encode())
-
-        def _answer(self, status: int, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
 
     server, state.url = _serve(Handler)
     try:
@@ -558,7 +553,7 @@ def test_sigv4_matches_the_aws_example() -> None:
 def hops() -> Iterator[tuple[str, list[str]]]:
     paths: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(_Quiet):
         def do_GET(self) -> None:
             paths.append(self.path)
             if self.path.startswith("/loop"):
@@ -570,17 +565,6 @@ def hops() -> Iterator[tuple[str, list[str]]]:
             if self.path == "/bare":
                 return self._answer(302, b"", {})
             self._answer(200, PAYLOAD, {})
-
-        def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
 
     server, url = _serve(Handler)
     try:
