@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from kustos.runtime.server.tensors import DATATYPES, MAX_RANK, Array, ProtocolError, datatype_of
+from kustos.runtime.server.tensors import (
+    DATATYPES,
+    MAX_RANK,
+    Array,
+    ProtocolError,
+    datatype_of,
+    encode_raw,
+)
 
 # V2 datatype -> the field of InferTensorContents that carries it.
 TYPED_FIELD = {
@@ -154,13 +161,9 @@ def _as_bytes(value: Any) -> bytes:
     return str(value).encode("utf-8")
 
 
-def raw_bytes(arr: Array, datatype: str) -> bytes:
-    """An output's raw_output_contents entry."""
-    flat = arr.reshape(-1)
-    if datatype == "BYTES":
-        return b"".join(_LENGTH.pack(len(b)) + b for b in map(_as_bytes, flat.tolist()))
-    dtype = DATATYPES[datatype].newbyteorder("<")
-    return np.ascontiguousarray(flat, dtype=dtype).tobytes()
+def raw_bytes(arr: Array) -> bytes:
+    """An output's raw_output_contents entry: the layout the REST binary extension uses."""
+    return encode_raw(arr)[1]
 
 
 def fill_contents(contents: Any, arr: Array, datatype: str) -> None:

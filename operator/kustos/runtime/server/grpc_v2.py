@@ -243,7 +243,7 @@ class InferenceService:
                     for key, value in params[name].items():
                         out.parameters[key].CopyFrom(value)
                 if raw:
-                    response.raw_output_contents.append(gt.raw_bytes(arr, datatype))
+                    response.raw_output_contents.append(gt.raw_bytes(arr))
                 else:
                     gt.fill_contents(out.contents, arr, datatype)
         except Exception as exc:  # an output the protocol cannot carry
