@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from unit_support import loopback_server
 
 from .conftest import Models, free_port, start_server, wait_for
 
@@ -51,13 +51,8 @@ def sidecar() -> Iterator[Sidecar]:
         def log_message(self, *args: object) -> None:
             pass
 
-    state.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.server.daemon_threads = True
-    thread = threading.Thread(target=state.server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    state.server.shutdown()
-    state.server.server_close()
+    with loopback_server(Handler) as state.server:
+        yield state
 
 
 def metric(server: Any, prefix: str) -> float:

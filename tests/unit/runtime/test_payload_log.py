@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
+from unit_support import loopback_server
 
 from kustos.runtime.server.oip_grpc import grpc_predict_v2_pb2 as pb
 from kustos.runtime.server.oip_grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -99,14 +100,9 @@ def sink() -> Iterator[Sink]:
         def log_message(self, *args: object) -> None:
             pass
 
-    state.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.server.daemon_threads = True
-    thread = threading.Thread(target=state.server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    state.stall.set()
-    state.server.shutdown()
-    state.server.server_close()
+    with loopback_server(Handler) as state.server:
+        yield state
+        state.stall.set()
 
 
 @dataclass
