@@ -293,24 +293,20 @@ class GrpcServer:
 
     def _handlers(self) -> dict[str, Any]:
         s = self.service
-        table: list[tuple[str, Rpc, str, Any, Any]] = [
-            ("ServerLive", s.server_live, "grpc_health", pb.ServerLiveRequest,
-             pb.ServerLiveResponse),
-            ("ServerReady", s.server_ready, "grpc_health", pb.ServerReadyRequest,
-             pb.ServerReadyResponse),
-            ("ModelReady", s.model_ready, "grpc_ready", pb.ModelReadyRequest,
-             pb.ModelReadyResponse),
-            ("ServerMetadata", s.server_metadata, "grpc_server", pb.ServerMetadataRequest,
-             pb.ServerMetadataResponse),
-            ("ModelMetadata", s.model_metadata, "grpc_metadata", pb.ModelMetadataRequest,
-             pb.ModelMetadataResponse),
-            ("ModelInfer", s.model_infer, "grpc_infer", pb.ModelInferRequest,
-             pb.ModelInferResponse),
+        # Each method <Name> takes pb.<Name>Request and answers pb.<Name>Response.
+        table: list[tuple[str, Rpc, str]] = [
+            ("ServerLive", s.server_live, "grpc_health"),
+            ("ServerReady", s.server_ready, "grpc_health"),
+            ("ModelReady", s.model_ready, "grpc_ready"),
+            ("ServerMetadata", s.server_metadata, "grpc_server"),
+            ("ModelMetadata", s.model_metadata, "grpc_metadata"),
+            ("ModelInfer", s.model_infer, "grpc_infer"),
         ]
         return {name: grpc.unary_unary_rpc_method_handler(
-                    self._metered(rpc, endpoint), request_deserializer=req.FromString,
-                    response_serializer=resp.SerializeToString)
-                for name, rpc, endpoint, req, resp in table}
+                    self._metered(rpc, endpoint),
+                    request_deserializer=getattr(pb, f"{name}Request").FromString,
+                    response_serializer=getattr(pb, f"{name}Response").SerializeToString)
+                for name, rpc, endpoint in table}
 
     async def start(self, host: str, port: int, reuse_port: bool = False,
                     credentials: Any = None) -> int:
