@@ -38,6 +38,7 @@ TYPED_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+_FIELDS = frozenset(TYPED_FIELD.values())
 # Types narrower than their field: the values must be range-checked before the cast.
 _NARROW = frozenset({"UINT8", "UINT16", "INT8", "INT16"})
 _LENGTH = struct.Struct("<I")
@@ -55,7 +56,7 @@ def _shape(tensor: Any, where: str) -> tuple[int, ...]:
 def _has_contents(tensor: Any) -> bool:
     if not tensor.HasField("contents"):
         return False
-    return any(len(getattr(tensor.contents, f)) for f in set(TYPED_FIELD.values()))
+    return any(len(getattr(tensor.contents, f)) for f in _FIELDS)
 
 
 def decode_input(tensor: Any, raw: bytes | None, where: str) -> Array:
