@@ -128,7 +128,7 @@ unit: venv ## unit tests (no cluster)
 .PHONY: test
 test: venv tools host-packages lint drift-env images ## lint, unit, image, runtime and integration tests (real node and kwok)
 	@echo "==> tests"
-	@$(BIN)/pytest tests/unit tests/monitoring tests/images tests/runtimes tests/drift tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
+	@$(BIN)/pytest tests/unit tests/monitoring tests/images tests/runtimes tests/drift tests/truth tests/registry tests/integration -q -rfE --durations=15 $(PYTEST_ARGS)
 
 .PHONY: drift-env
 drift-env: ## the drift sidecar's own venv (alibi-detect needs numpy < 2), in ~/.cache/kustos

@@ -1,0 +1,1 @@
+"""Tests of the registry parts against real processes on loopback."""

@@ -1,0 +1,1 @@
+"""Tests of the truth parts against real processes on loopback."""
