@@ -17,6 +17,7 @@ from .common import (
     Uri,
     validations,
 )
+from .rollout import RolloutSpec, RolloutStatus
 
 RuntimeKind = Literal["kustos", "seldon", "mlserver", "tfserving", "torchserve", "custom"]
 RiskTier = Literal["low", "medium", "high"]
@@ -600,6 +601,9 @@ class ModelDeploymentSpec(KModel):
          "fetch init container logs in itself)", ".secrets.vault.address"),
         ("!has(self.logging) || self.runtime.kind == 'kustos'",
          "spec.logging is served by runtime kind kustos only", ".logging"),
+        ("!has(self.rollout) || !has(self.canary)",
+         "spec.rollout and spec.canary are mutually exclusive (a rollout makes its own "
+         "canary)", ".rollout"),
     )
 
 
@@ -623,6 +627,10 @@ class ModelDeploymentSpec(KModel):
     logging: PayloadLoggingSpec | None = None
     """Payload logging of predictions as CloudEvents (kustos runtime only); off when
     unset."""
+    rollout: RolloutSpec | None = None
+    """Gated progressive delivery: a change of spec.model goes through shadow and canary
+    steps, each judged against the stable model, then is promoted or rolled back
+    (docs/rollouts.md)."""
 
 
 class DeployedModel(KModel):
@@ -702,6 +710,9 @@ class ModelDeploymentStatus(ResourceStatus):
     approval: Approval | None = None
     """The approval last recorded in the audit trail (an ApprovalChanged Event is posted
     when spec.governance.approval differs from it)."""
+    rollout: RolloutStatus | None = None
+    """Where a spec.rollout stands: phase, step, weight, the stable and candidate models
+    and the last analysis."""
 
 
 class ModelDeployment(KModel):
