@@ -1,4 +1,5 @@
-"""S3 GetObject for `kustos fetch`: URL, AWS Signature V4, the region redirect.
+"""S3 GetObject for `kustos fetch`: URL, AWS Signature V4, the region redirect; and
+small whole-object requests (PUT, HEAD, GET) for `kustos batch`'s output.
 
 Credentials come from the provider chain of :mod:`.aws_credentials` (static keys, web
 identity, container credentials, IMDSv2). A bucket in another region than the one
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ssl
 import threading
 import time
@@ -21,6 +23,7 @@ from .aws_credentials import (
     Credentials,
     CredentialsError,
     default_chain,
+    is_loopback,
     load_settings,
     region_of,
     ssl_context,
@@ -55,15 +58,16 @@ def sigv4_headers(
     region: str,
     now: time.struct_time | None = None,
     service: str = "s3",
+    payload: bytes = b"",
 ) -> dict[str, str]:
-    """AWS Signature Version 4 headers for a body-less request. A session token (temporary
-    credentials) travels as X-Amz-Security-Token and is signed. Without credentials the
-    request goes out anonymous (a public bucket)."""
+    """AWS Signature Version 4 headers for a request with body ``payload`` (none by
+    default). A session token (temporary credentials) travels as X-Amz-Security-Token and
+    is signed. Without credentials the request goes out anonymous (a public bucket)."""
     parts = urllib.parse.urlsplit(url)
     t = now or time.gmtime()
     amz_date = time.strftime("%Y%m%dT%H%M%SZ", t)
     day = amz_date[:8]
-    payload_hash = hashlib.sha256(b"").hexdigest()
+    payload_hash = hashlib.sha256(payload).hexdigest()
     headers = {"host": parts.netloc, "x-amz-content-sha256": payload_hash,
                "x-amz-date": amz_date}
     if creds is None:
@@ -139,3 +143,74 @@ def open_object(bucket: str, key: str, uri: str, timeout: float,
             raise
         moved = exc.region
     return get(moved)  # once: a second redirect is an error like any other
+
+
+def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float = 60.0,
+                   credentials_dir: str | None = None,
+                   ca_bundle: str | None = None) -> tuple[int, bytes]:
+    """One PUT, HEAD or GET of a whole small object (``s3://bucket/key``): (status, body).
+    200 and 404 are answers; another status raises HTTPStatusError (transient for 5xx and
+    429), after the region redirect is followed once as for GetObject. The body is signed
+    (its sha256 in x-amz-content-sha256), so S3 refuses a PUT that arrives altered."""
+    parts = urllib.parse.urlsplit(uri)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if parts.scheme != "s3" or not bucket or not key:
+        raise FetchError(f"s3 URI must be s3://bucket/key, got {uri!r}")
+    settings = load_settings(credentials_dir=credentials_dir)
+    bundle = ca_bundle or settings.get("AWS_CA_BUNDLE")
+    try:
+        context = ssl_context(bundle) if bundle else None
+        creds = chain_for(settings, bundle, context).get()
+    except CredentialsError as exc:
+        raise FetchError(f"no credentials for {uri}: {exc}", transient=exc.transient) from None
+    region = region_of(settings) or DEFAULT_REGION
+    endpoint = settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL")
+
+    def send(in_region: str) -> tuple[int, bytes]:
+        url = s3_url(bucket, key, in_region, endpoint)
+        target = urllib.parse.urlsplit(url)
+        host = target.hostname or ""
+        if target.scheme != "https" and not (endpoint or is_loopback(host)):
+            raise FetchError(f"refusing plain http for {uri}: use https")
+        headers = sigv4_headers(method, url, creds, in_region, payload=body)
+        if method == "PUT":
+            headers["content-length"] = str(len(body))
+        conn: http.client.HTTPConnection
+        if target.scheme == "https":
+            conn = http.client.HTTPSConnection(host, target.port, timeout=timeout,
+                                               context=context or ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(host, target.port, timeout=timeout)
+        try:
+            conn.request(method, target.path, body=body if method == "PUT" else None,
+                         headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise FetchError(f"network error on {method} {uri}: {type(exc).__name__}",
+                             transient=True) from None
+        finally:
+            conn.close()
+        if resp.status in (200, 404):
+            return resp.status, data
+        code = _xml_text(data, "Code")
+        moved = resp.getheader("x-amz-bucket-region") or _xml_text(data, "Region") or None
+        what = f"HTTP {resp.status}" + (f" {code}" if code else "")
+        raise HTTPStatusError(f"{what} on {method} {uri}", status=resp.status, code=code,
+                              region=moved,
+                              transient=resp.status >= 500 or resp.status in (408, 429))
+
+    try:
+        return send(region)
+    except HTTPStatusError as exc:
+        if exc.status not in REDIRECT_STATUSES or not exc.region or exc.region == region:
+            raise
+        moved = exc.region
+    return send(moved)  # once, as for GetObject
+
+
+def _xml_text(body: bytes, tag: str) -> str:
+    start, end = f"<{tag}>".encode(), f"</{tag}>".encode()
+    if start not in body:
+        return ""
+    return body.split(start, 1)[1].split(end, 1)[0].decode("utf-8", "replace")[:64]

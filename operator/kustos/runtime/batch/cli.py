@@ -31,13 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a type a .skops file may contain beyond the defaults (repeatable)")
     p.add_argument("--onnx-threads", type=int, default=1)
     p.add_argument("--input", required=True, type=Path, metavar="FILE")
-    p.add_argument("--input-format", choices=("csv", "jsonl"), default="csv")
+    p.add_argument("--input-format", choices=("csv", "jsonl", "parquet"), default="csv")
     p.add_argument("--feature", action="append", default=[], metavar="COLUMN",
                    help="a feature column, in model order (repeatable; default: all but the id)")
     p.add_argument("--id-field", metavar="COLUMN",
                    help="input column with each row's inference id (default: the row number)")
-    p.add_argument("--output", required=True, type=Path, metavar="DIR")
-    p.add_argument("--output-format", choices=("csv", "jsonl"), default="csv")
+    p.add_argument("--output", required=True, metavar="DIR|s3://BUCKET/PREFIX",
+                   help="a directory, or an S3 prefix (credentials: AWS_* as for kustos fetch)")
+    p.add_argument("--output-format", choices=("csv", "jsonl", "parquet"), default="csv")
     p.add_argument("--id-column", default="inference_id", help="output id column name")
     p.add_argument("--prediction", action="append", default=[], metavar="OUTPUT",
                    help="model output to write (repeatable; default: the model's default)")

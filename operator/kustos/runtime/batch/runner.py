@@ -20,7 +20,7 @@ class Job:
 
     input: Path
     input_format: str
-    output: Path
+    output: Path | str  # a directory, or s3://bucket/prefix
     output_format: str
     chunk_size: int
     shard: int
@@ -69,21 +69,30 @@ def run(job: Job, model: Model, progress: Progress | None = None) -> Report:
     started = time.perf_counter()
     outputs = outputs_of(model, job.predictions)
     lay = source.layout(job.input, job.input_format, job.features, job.id_field)
-    sink.prepare(job.output, {
+    out = sink.open_output(job.output, job.output_format)
+    out.prepare({
         "chunkSize": job.chunk_size, "format": job.output_format, "idColumn": job.id_column,
         "predictions": list(outputs), "features": list(lay.features)})
     report = Report(job.shard)
     mine: set[int] = set()
     name = job.input.name
     input_name = model.inputs[0].name
-    for chunk in source.chunks(job.input, job.input_format, job.chunk_size):
-        report.rows_total += len(chunk.lines)
-        if chunk.index % job.shards != job.shard:
+
+    def wanted(index: int) -> bool:
+        # Asked once per chunk, in order: ours and not written yet (by an earlier pod).
+        if index % job.shards != job.shard:
+            return False
+        mine.add(index)
+        return not out.done(index)
+
+    read = [*lay.features, *([job.id_field] if job.id_field else [])]
+    for chunk in source.chunks(job.input, job.input_format, job.chunk_size, wanted, read):
+        report.rows_total += chunk.rows
+        if chunk.index not in mine:
             continue
-        mine.add(chunk.index)
         report.chunks += 1
-        report.rows += len(chunk.lines)
-        if sink.done(job.output, chunk.index, job.output_format):
+        report.rows += chunk.rows
+        if not chunk.wanted:
             report.chunks_resumed += 1
             continue
         parsed = source.parse(chunk, job.input_format, lay, name)
@@ -91,11 +100,10 @@ def run(job: Job, model: Model, progress: Progress | None = None) -> Report:
         inputs = model.prepare({input_name: parsed.x})
         predicted = model.predict(inputs, outputs)
         columns = sink.flatten(predicted, model.classes)
-        sink.write_chunk(job.output, chunk.index, job.output_format,
-                         sink.encode(job.id_column, parsed.ids, columns, job.output_format))
+        out.write(chunk.index,
+                  sink.encode(job.id_column, parsed.ids, columns, job.output_format))
         if progress is not None:
             progress(report, chunk.index)
-    # Every chunk of ours is written: a temporary file of ours is a killed pod's leftover.
-    sink.remove_stale(job.output, mine, job.output_format)
+    out.finish(mine)
     report.seconds = time.perf_counter() - started
     return report

@@ -1,24 +1,36 @@
 """Writing predictions: one file per chunk, named by the chunk's index, written atomically.
 
-A chunk file is written under a temporary name, synced, then renamed to
+In a directory, a chunk file is written under a temporary name, synced, then renamed to
 ``part-NNNNNN.<ext>``: a file with the final name is always complete, so a pod killed at
 any moment resumes at its first missing chunk and no row is written twice (the rename
 replaces; two pods racing on one chunk write the same bytes).
+
+Under an ``s3://bucket/prefix``, a chunk is one PUT of ``prefix/part-NNNNNN.<ext>``: S3
+makes an object visible whole or not at all, so an existing part object is a done chunk
+(asked with HEAD) and a killed pod's PUT leaves nothing behind.
+
+Parquet parts are written with fastparquet (imported on first use; the kustos-explain
+image has it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
 
 MANIFEST = "_chunking.json"
+FORMATS = ("csv", "jsonl", "parquet")
+S3_ATTEMPTS = 4
+T = TypeVar("T")
 
 
 class OutputError(Exception):
@@ -103,7 +115,35 @@ def encode(id_column: str, ids: Sequence[str], columns: Mapping[str, np.ndarray[
         rows = (orjson.dumps({id_column: i, **dict(zip(names, vals, strict=True))})
                 for i, *vals in zip(ids, *values, strict=True))
         return b"\n".join(rows) + b"\n"
-    raise OutputError(f"output format {fmt!r} is not supported (csv, jsonl)")
+    if fmt == "parquet":
+        return _parquet_bytes(id_column, ids, columns)
+    raise OutputError(f"output format {fmt!r} is not supported ({', '.join(FORMATS)})")
+
+
+class _Kept(io.BytesIO):
+    """A buffer fastparquet may close: the bytes stay readable."""
+
+    def close(self) -> None:
+        pass
+
+
+def _parquet_bytes(id_column: str, ids: Sequence[str],
+                   columns: Mapping[str, np.ndarray[Any, Any]]) -> bytes:
+    try:
+        import fastparquet
+        import pandas as pd
+    except ImportError:
+        raise OutputError("Parquet needs the fastparquet package, which is in the "
+                          "kustos-explain image (pip install 'kustos[explain]'), not in the "
+                          "kustos image") from None
+    if id_column in columns:
+        raise OutputError(f"output column {id_column!r} is both the id and a prediction")
+    frame = pd.DataFrame({id_column: pd.Series(list(ids), dtype=object),
+                          **{name: np.asarray(c) for name, c in columns.items()}})
+    buffer = _Kept()
+    fastparquet.write("part.parquet", frame, compression="SNAPPY", write_index=False,
+                      open_with=lambda _path, _mode: buffer)
+    return buffer.getvalue()
 
 
 def _atomic_write(directory: Path, name: str, data: bytes) -> None:
@@ -128,3 +168,109 @@ def _atomic_write(directory: Path, name: str, data: bytes) -> None:
 
 def write_chunk(directory: Path, index: int, fmt: str, data: bytes) -> None:
     _atomic_write(directory, chunk_name(index, fmt), data)
+
+
+class Output(Protocol):
+    """Where a run's chunks go: a directory (a claim) or an S3 prefix."""
+
+    fmt: str
+
+    def prepare(self, settings: Mapping[str, Any]) -> None: ...
+
+    def done(self, index: int) -> bool: ...
+
+    def write(self, index: int, data: bytes) -> None: ...
+
+    def finish(self, indexes: set[int]) -> None: ...
+
+
+class DirectoryOutput:
+    def __init__(self, directory: Path, fmt: str) -> None:
+        self.directory, self.fmt = directory, fmt
+
+    def prepare(self, settings: Mapping[str, Any]) -> None:
+        prepare(self.directory, settings)
+
+    def done(self, index: int) -> bool:
+        return done(self.directory, index, self.fmt)
+
+    def write(self, index: int, data: bytes) -> None:
+        write_chunk(self.directory, index, self.fmt, data)
+
+    def finish(self, indexes: set[int]) -> None:
+        # Every chunk of ours is written: a temporary file of ours is a killed pod's leftover.
+        remove_stale(self.directory, indexes, self.fmt)
+
+
+class S3Output:
+    """Parts under ``s3://bucket/prefix/``; credentials as for `kustos fetch` (AWS_* in
+    the environment: the output's credentialsSecretRef)."""
+
+    def __init__(self, uri: str, fmt: str, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.prefix, self.fmt, self._sleep = uri.rstrip("/"), fmt, sleep
+
+    def _uri(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def _call(self, method: str, name: str, body: bytes = b"") -> tuple[int, bytes]:
+        from kustos.runtime import s3
+        from kustos.runtime.fetch import FetchError
+
+        def once() -> tuple[int, bytes]:
+            return s3.object_request(method, self._uri(name), body)
+
+        try:
+            return _retried(once, self._sleep)
+        except FetchError as err:
+            raise OutputError(str(err)) from None
+
+    def prepare(self, settings: Mapping[str, Any]) -> None:
+        want = dict(settings)
+        status, body = self._call("GET", MANIFEST)
+        if status == 200:
+            try:
+                have = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                have = None
+            if have != want:
+                raise OutputError(f"{self.prefix} holds the output of another run ({MANIFEST} "
+                                  f"differs: {have} != {want}); use a new output prefix")
+            return
+        # Shards racing here PUT the same bytes.
+        self._call("PUT", MANIFEST, orjson.dumps(want, option=orjson.OPT_SORT_KEYS))
+
+    def done(self, index: int) -> bool:
+        return self._call("HEAD", chunk_name(index, self.fmt))[0] == 200
+
+    def write(self, index: int, data: bytes) -> None:
+        status, _ = self._call("PUT", chunk_name(index, self.fmt), data)
+        if status != 200:
+            raise OutputError(f"PUT {self._uri(chunk_name(index, self.fmt))}: HTTP {status}")
+
+    def finish(self, indexes: set[int]) -> None:
+        pass  # a PUT that did not finish left no object
+
+
+def _retried(call: Callable[[], T], sleep: Callable[[float], None]) -> T:
+    from kustos.runtime.fetch import FetchError
+
+    for attempt in range(S3_ATTEMPTS):
+        try:
+            return call()
+        except FetchError as err:
+            if not err.transient or attempt == S3_ATTEMPTS - 1:
+                raise
+        sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def open_output(target: str | Path, fmt: str) -> Output:
+    """The output at ``target``: ``s3://bucket/prefix``, else a local directory."""
+    if fmt not in FORMATS:
+        raise OutputError(f"output format {fmt!r} is not supported ({', '.join(FORMATS)})")
+    text = str(target)
+    if text.startswith("s3://"):
+        if not text[5:].split("/", 1)[0]:
+            raise OutputError(f"an S3 output is s3://bucket/prefix, got {text!r}")
+        return S3Output(text, fmt)
+    return DirectoryOutput(Path(text), fmt)

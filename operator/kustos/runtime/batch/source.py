@@ -4,13 +4,18 @@ Chunk k holds data rows [k * chunk_size, (k + 1) * chunk_size) of the file, in f
 whatever the shard count; shard i of n takes the chunks with k % n == i. Every shard reads
 through the whole file (skipping is cheap next to parsing and predicting), so each knows
 the total row count when it is done.
+
+Parquet (fastparquet, imported on first use: it is in the kustos-explain image, not the
+kustos image) is cut the same way, from the row groups: the row counts come from the
+footer, so a shard reads only the row groups that hold its missing chunks, one at a time
+(memory: one row group plus one chunk).
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-FORMATS = ("csv", "jsonl")
+FORMATS = ("csv", "jsonl", "parquet")
 
 
 class InputError(Exception):
@@ -32,18 +37,26 @@ class Layout:
 
     features: tuple[str, ...]
     id_field: str | None
-    # csv: column positions of the features and of the id; jsonl: None.
+    # csv: column positions of the features and of the id; jsonl and parquet: None.
     feature_positions: tuple[int, ...] | None = None
     id_position: int | None = None
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """Raw lines of one chunk, not parsed yet."""
+    """One chunk, not parsed yet: raw lines (csv, jsonl), or a Parquet chunk's columns
+    (only when the chunk is wanted: a Parquet chunk that is not is never read)."""
 
     index: int
     first_row: int
     lines: list[str]
+    count: int | None = None  # rows, for Parquet (no lines)
+    frame: Any = None  # pandas.DataFrame of a wanted Parquet chunk
+    wanted: bool = True
+
+    @property
+    def rows(self) -> int:
+        return len(self.lines) if self.count is None else self.count
 
 
 @dataclass(frozen=True)
@@ -102,11 +115,55 @@ def layout(path: Path, fmt: str, features: Sequence[str] | None,
         keys = list(first)
         chosen = tuple(features) if features else tuple(k for k in keys if k != id_field)
         return Layout(chosen, id_field)
-    raise InputError(f"input format {fmt!r} is not supported (csv, jsonl)")
+    if fmt == "parquet":
+        return _parquet_layout(path, features, id_field)
+    raise InputError(f"input format {fmt!r} is not supported ({', '.join(FORMATS)})")
 
 
-def chunks(path: Path, fmt: str, chunk_size: int) -> Iterator[Chunk]:
-    """Every chunk of the file, in order (the CSV header skipped)."""
+def fastparquet() -> Any:
+    """The fastparquet module, or a clear error where it is not installed."""
+    try:
+        import fastparquet as module
+    except ImportError:
+        raise InputError("Parquet needs the fastparquet package, which is in the "
+                         "kustos-explain image (pip install 'kustos[explain]'), not in the "
+                         "kustos image") from None
+    return module
+
+
+def _parquet_file(path: Path) -> Any:
+    try:
+        return fastparquet().ParquetFile(str(path))
+    except (OSError, ValueError, TypeError, IndexError) as err:
+        raise InputError(f"{path.name}: not a Parquet file ({type(err).__name__})") from None
+
+
+def _parquet_layout(path: Path, features: Sequence[str] | None,
+                    id_field: str | None) -> Layout:
+    pf = _parquet_file(path)
+    dtypes = dict(pf.dtypes)
+    missing = [c for c in [*(features or ()), *([id_field] if id_field else [])]
+               if c not in dtypes]
+    if missing:
+        raise InputError(f"{path.name}: no column {', '.join(missing)} in the schema")
+    chosen = tuple(features) if features else tuple(c for c in pf.columns if c != id_field)
+    for column in chosen:
+        kind = getattr(dtypes[column], "kind", "O")
+        if kind not in "biuf":  # bool, integers, floats (nullable ones included)
+            raise InputError(f"{path.name}: column {column} is {dtypes[column]}, not numeric")
+    return Layout(chosen, id_field)
+
+
+def chunks(path: Path, fmt: str, chunk_size: int,
+           wanted: Callable[[int], bool] | None = None,
+           columns: Sequence[str] | None = None) -> Iterator[Chunk]:
+    """Every chunk of the file, in order (the CSV header skipped), each asked ``wanted``
+    once. Parquet: only the wanted chunks are read (their ``columns``), the others only
+    counted."""
+    wanted = wanted or (lambda _: True)
+    if fmt == "parquet":
+        yield from _parquet_chunks(path, chunk_size, wanted, columns)
+        return
     with path.open(encoding="utf-8", newline="") as handle:
         lines = _data_lines(handle)
         if fmt == "csv":
@@ -115,14 +172,70 @@ def chunks(path: Path, fmt: str, chunk_size: int) -> Iterator[Chunk]:
             batch = list(itertools.islice(lines, chunk_size))
             if not batch:
                 return
-            yield Chunk(index, index * chunk_size, batch)
+            yield Chunk(index, index * chunk_size, batch, wanted=wanted(index))
+
+
+def _parquet_chunks(path: Path, chunk_size: int, wanted: Callable[[int], bool],
+                    columns: Sequence[str] | None) -> Iterator[Chunk]:
+    import pandas as pd  # comes with fastparquet
+
+    pf = _parquet_file(path)
+    sizes = [int(rg.num_rows) for rg in pf.row_groups]
+    starts = list(itertools.accumulate([0, *sizes]))
+    total = starts[-1]
+    cols = list(columns) if columns is not None else None
+    held: tuple[int, Any] | None = None  # the last row group read (chunks may share it)
+
+    def group(g: int) -> Any:
+        nonlocal held
+        if held is None or held[0] != g:
+            held = None  # let the previous one go before reading the next
+            try:
+                held = (g, pf[g].to_pandas(columns=cols, index=False))
+            except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
+                raise InputError(f"{path.name}: row group {g} cannot be read "
+                                 f"({type(err).__name__})") from None
+        return held[1]
+
+    for index in range(-(-total // chunk_size)):
+        first, end = index * chunk_size, min(total, (index + 1) * chunk_size)
+        if not wanted(index):
+            yield Chunk(index, first, [], end - first, wanted=False)
+            continue
+        parts = []
+        for g, (lo, hi) in enumerate(itertools.pairwise(starts)):
+            if hi > first and lo < end:
+                parts.append(group(g).iloc[max(first, lo) - lo:min(end, hi) - lo])
+        frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        yield Chunk(index, first, [], end - first, frame)
 
 
 def parse(chunk: Chunk, fmt: str, lay: Layout, name: str) -> Parsed:
     """The chunk's features and ids. A bad row fails with its row number and field."""
     if fmt == "csv":
         return _parse_csv(chunk, lay, name)
+    if fmt == "parquet":
+        return _parse_parquet(chunk, lay, name)
     return _parse_jsonl(chunk, lay, name)
+
+
+def _parse_parquet(chunk: Chunk, lay: Layout, name: str) -> Parsed:
+    frame = chunk.frame
+    assert frame is not None, "a Parquet chunk is parsed only when it was read"
+    try:
+        x = frame[list(lay.features)].to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: rows {chunk.first_row}..{chunk.first_row + chunk.rows - 1}"
+                         " cannot be read as numbers") from None
+    if lay.id_field is not None:
+        values = frame[lay.id_field]
+        if values.isna().any():
+            row = chunk.first_row + int(values.isna().to_numpy().argmax())
+            raise InputError(f"{name}: row {row}, column {lay.id_field}: no id")
+        ids = values.astype(str).tolist()
+    else:
+        ids = [str(chunk.first_row + i) for i in range(chunk.rows)]
+    return Parsed(x.reshape(chunk.rows, len(lay.features)), ids)
 
 
 def _parse_csv(chunk: Chunk, lay: Layout, name: str) -> Parsed:
