@@ -38,6 +38,7 @@ from fairlearn.metrics import (
     selection_rate,
     true_positive_rate,
 )
+from numpy.typing import NDArray
 from sklearn.metrics import accuracy_score
 
 Source = Literal["input", "label"]
@@ -48,6 +49,8 @@ GAPS = {"demographicParityDifference": "maxDemographicParityDifference",
         "accuracyGap": "maxAccuracyGap"}
 DEFAULT_MIN_SLICE_SIZE = 30
 SPEC_PATH = "spec.groundTruth.fairness"
+# Labels, predictions or a feature's values: a list, or a numpy array.
+Values = Sequence[Any] | NDArray[Any]
 
 
 class FairnessConfigError(ValueError):
@@ -142,8 +145,8 @@ def _fraction(value: Any, where: str) -> float | None:
     return float(value)
 
 
-def fairness_report(y_true: Sequence[Any], y_pred: Sequence[Any],
-                    sensitive: Mapping[str, Sequence[Any]], cfg: FairnessConfig,
+def fairness_report(y_true: Values, y_pred: Values, sensitive: Mapping[str, Values],
+                    cfg: FairnessConfig,
                     positive_label: Any = None) -> dict[str, Any]:
     """Per-slice metrics, gaps and violations of ``cfg``'s thresholds (see the module
     docstring). ``sensitive`` maps each configured feature's name to its value on each
@@ -179,7 +182,7 @@ def fairness_report(y_true: Sequence[Any], y_pred: Sequence[Any],
             "minSliceSize": cfg.min_slice_size}
 
 
-def _labels(y_true: Sequence[Any], y_pred: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _labels(y_true: Values, y_pred: Values) -> tuple[np.ndarray, np.ndarray]:
     """Both label sequences in one comparable type: integers when every label is an
     integral number (1 == 1.0 == True), else strings (a label "1" and a prediction 1 are
     then the same class)."""
