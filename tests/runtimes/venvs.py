@@ -1,4 +1,5 @@
-"""Separate virtual environments for third-party runtimes (seldon-core, MLServer).
+"""Separate virtual environments for third-party runtimes (seldon-core, MLServer) and
+servers the tests talk to (an MLflow tracking server with its Model Registry).
 
 They live outside the repository, under ``${KUSTOS_CACHE:-~/.cache/kustos}/venvs/<name>``,
 are built once and reused while their pinned requirements (and the Python that built
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = {
     "seldon": REPO / "images" / "seldon-requirements.txt",
     "mlserver": REPO / "tests" / "runtimes" / "mlserver-requirements.txt",
+    "mlflow": REPO / "tests" / "runtimes" / "mlflow-requirements.txt",
 }
 MARKER = ".kustos-venv.json"
 

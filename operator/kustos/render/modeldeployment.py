@@ -13,6 +13,7 @@ from urllib.parse import urlparse, urlsplit, urlunsplit
 from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
 from kustos.config import OperatorConfig
+from kustos.registry.resolution import served_spec
 
 from . import encryption
 from .attachments import NONE, Attachments
@@ -178,6 +179,7 @@ def serving_spec(name: str, spec: ModelDeploymentSpec, model: ModelSource,
         port=spec.runtime.port,
         drift_url=attachments.drift_url,
         explainer_url=attachments.explainer_url,
+        truth_url=attachments.truth_url,
         **_tls_fields(spec),
     )
 
@@ -471,7 +473,9 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
            attachments: Attachments = NONE, gateway_api: bool = False) -> list[dict[str, Any]]:
     """Every child of a ModelDeployment, each with its spec-hash annotation.
     ``gateway_api``: the cluster serves the HTTPRoute CRD (render/httproute.py)."""
-    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    # A models:/ URI is served as status.registry resolved it (the registry controller's
+    # contributor holds the render back until it is resolved).
+    spec = served_spec(body)
     name = body["metadata"]["name"]
     # What the pods mount (the Vault agent's ConfigMap) exists before the pods do: the
     # children are applied in this order.

@@ -10,6 +10,7 @@ from typing import Any
 from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import ModelSource
 from kustos.config import OperatorConfig
+from kustos.registry.resolution import served_spec
 from kustos.render.httproute import traffic_split
 from kustos.render.meta import MODEL_DIGEST, MODEL_VERSION
 from kustos.render.modeldeployment import (
@@ -126,7 +127,7 @@ def _rollouts(name: str, spec: ModelDeploymentSpec,
 
 def settled(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]]) -> bool:
     """Whether every track's rollout is complete (then the pods need no reading)."""
-    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    spec = served_spec(body)  # a models:/ URI as status.registry resolved it
     return all(r.done for r in _rollouts(body["metadata"]["name"], spec, deployments))
 
 
@@ -134,7 +135,7 @@ def stale_templates(body: Mapping[str, Any],
                     deployments: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Deployments whose pod template serves another model version or digest than the spec
     asks for: a render of an older spec is live (a writer that died or lost a race)."""
-    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    spec = served_spec(body)  # a models:/ URI as status.registry resolved it
     return [r.name for r in _rollouts(body["metadata"]["name"], spec, deployments)
             if r.exists and not r.current]
 
@@ -155,7 +156,7 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
     old: Mapping[str, Any] = body.get("status") or {}
-    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    spec = served_spec(body)  # a models:/ URI as status.registry resolved it
     rollouts = _rollouts(name, spec, deployments)
     stable = rollouts[0]
     notices: list[Notice] = []

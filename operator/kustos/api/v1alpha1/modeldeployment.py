@@ -17,6 +17,7 @@ from .common import (
     Uri,
     validations,
 )
+from .registry import ModelRegistry, ModelUri, RegistryStatus
 from .rollout import RolloutSpec, RolloutStatus
 
 RuntimeKind = Literal["kustos", "seldon", "mlserver", "tfserving", "torchserve", "custom"]
@@ -115,27 +116,37 @@ class WebIdentity(KModel):
     """Lifetime of the projected token; the kubelet renews it at 80%."""
 
 
+# A models:/ URI's file is checked when it is resolved (kustos.registry.resolution).
+RESOLVED = "self.uri.startsWith('models:/') || "
+
+
 class ModelSource(KModel):
     """Which model file to serve and how to check it."""
 
     model_config = validations(
-        ("self.format != 'onnx' || self.uri.endsWith('.onnx')",
+        (RESOLVED + "self.format != 'onnx' || self.uri.endsWith('.onnx')",
          "format onnx needs a .onnx file", ".uri"),
-        ("self.format != 'sklearn' || self.uri.endsWith('.skops') || self.uri.endsWith('.joblib')"
-         " || self.uri.endsWith('.pkl')",
+        (RESOLVED + "self.format != 'sklearn' || self.uri.endsWith('.skops')"
+         " || self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')",
          "format sklearn needs a .skops, .joblib or .pkl file", ".uri"),
-        ("self.format != 'xgboost' || self.uri.endsWith('.ubj') || self.uri.endsWith('.json')",
+        (RESOLVED + "self.format != 'xgboost' || self.uri.endsWith('.ubj')"
+         " || self.uri.endsWith('.json')",
          "format xgboost needs a native .ubj or .json file", ".uri"),
-        ("self.format != 'lightgbm' || self.uri.endsWith('.txt')",
+        (RESOLVED + "self.format != 'lightgbm' || self.uri.endsWith('.txt')",
          "format lightgbm needs a native text model (.txt) file", ".uri"),
-        ("self.format != 'mlflow' || self.uri.endsWith('.tar.gz') || self.uri.endsWith('.tgz')"
-         " || self.uri.endsWith('.tar') || self.uri.endsWith('.zip')",
+        (RESOLVED + "self.format != 'mlflow' || self.uri.endsWith('.tar.gz')"
+         " || self.uri.endsWith('.tgz') || self.uri.endsWith('.tar') || self.uri.endsWith('.zip')",
          "format mlflow needs a .tar.gz, .tgz, .tar or .zip archive of an MLmodel directory",
          ".uri"),
         ("!(self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')) || has(self.digest)",
          "unpickling runs code: a .joblib/.pkl model needs a pinned digest", ".digest"),
         ("!has(self.webIdentity) || self.uri.startsWith('s3://')",
          "webIdentity is for s3:// models", ".webIdentity"),
+        ("!self.uri.startsWith('models:/') || has(self.registry)",
+         "a models:/ URI needs spec.model.registry (the MLflow registry to resolve it in)",
+         ".registry"),
+        ("!has(self.registry) || self.uri.startsWith('models:/')",
+         "spec.model.registry is for models:/ URIs", ".registry"),
     )
 
 
@@ -144,8 +155,10 @@ class ModelSource(KModel):
     """Model name in the inference protocols; defaults to metadata.name."""
     version: str = Field(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*)?$")
     """Model version, e.g. "7"; reported by the server and recorded in status.history."""
-    uri: Uri
-    """Where the model file lives: file:///, https://, s3://BUCKET/KEY or pvc://CLAIM/PATH."""
+    uri: ModelUri
+    """Where the model file lives: file:///, https://, s3://BUCKET/KEY or pvc://CLAIM/PATH;
+    or a registered model, models:/NAME@ALIAS or models:/NAME/VERSION, resolved in
+    spec.model.registry (status.registry says to what)."""
     format: ModelFormat = "sklearn"
     """sklearn (.skops, or .joblib/.pkl with a pinned digest), onnx, xgboost (native .ubj or
     .json), lightgbm (native text .txt) or mlflow (a .tar.gz/.tgz/.tar/.zip of an MLmodel
@@ -165,6 +178,8 @@ class ModelSource(KModel):
     encryption: ModelEncryption | None = None
     """The model file is encrypted (`kustos encrypt`) with a Vault/OpenBao Transit key;
     needs spec.secrets.vault. The canary's model must be encrypted with the same key."""
+    registry: ModelRegistry | None = None
+    """The MLflow Model Registry a models:/ URI is resolved in (docs/registry.md)."""
 
 
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -710,6 +725,8 @@ class ModelDeploymentStatus(ResourceStatus):
     approval: Approval | None = None
     """The approval last recorded in the audit trail (an ApprovalChanged Event is posted
     when spec.governance.approval differs from it)."""
+    registry: RegistryStatus | None = None
+    """What a models:/ spec.model.uri resolved to in the registry (docs/registry.md)."""
     rollout: RolloutStatus | None = None
     """Where a spec.rollout stands: phase, step, weight, the stable and candidate models
     and the last analysis."""
