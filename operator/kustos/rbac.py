@@ -102,10 +102,10 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "status write re-reads the object"),
     Rule((GROUP,), ("batchinferences/status",), ("patch",),
          "a BatchInference's status, from its Job and the Job's pods"),
-    Rule(("batch",), ("jobs",), ("get", "patch"),
+    Rule(("batch",), ("jobs",), ("get", "create", "patch"),
          "a BatchInference's indexed Job: read by name, created by a server-side apply (a "
-         "PATCH, with the create of the rule below); the spec is immutable, so it is never "
-         "changed after"),
+         "PATCH that creates, so create too); the spec is immutable, so it is never changed "
+         "after"),
     Rule(("",), ("pods",), ("list", "watch"),
          "pod IPs, to read the sidecars' status endpoints; the serving pods' container "
          "states, to say why a rollout is stuck (watch filtered by label)"),

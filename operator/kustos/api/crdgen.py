@@ -127,6 +127,8 @@ KINDS: list[Kind] = [
                     priority=1),
             _column("Output", "string", ".status.outputUri", "Where the predictions are",
                     priority=1),
+            _column("Image", "string", ".status.image",
+                    "kustos, or kustos-explain for Parquet", priority=1),
             AGE,
         ],
     ),

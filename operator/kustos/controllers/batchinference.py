@@ -89,7 +89,8 @@ def resolve(body: Mapping[str, Any], spec: BatchInferenceSpec
     if found:
         what = f"ModelDeployment {name}" if spec.model_ref else "spec.model"
         raise Blocked(status_bi.Blocked("PolicyViolation", f"{what}: {summary(found)}"))
-    for ref_ in (model.credentials_secret_ref, spec.input.credentials_secret_ref):
+    for ref_ in (model.credentials_secret_ref, spec.input.credentials_secret_ref,
+                 spec.output.credentials_secret_ref):
         if ref_ is not None and client.get("Secret", ref_.name, namespace) is None:
             raise Blocked(status_bi.Blocked("CredentialsNotFound",
                                             f"Secret {ref_.name} does not exist"))

@@ -2,7 +2,9 @@
 
 The pod fetches and verifies the model exactly as a ModelDeployment's pod does (the same
 fetch init container, render.modeldeployment), fetches an s3:// or https:// input the same
-way, and runs `kustos batch` on its shard ($JOB_COMPLETION_INDEX).
+way, and runs `kustos batch` on its shard ($JOB_COMPLETION_INDEX). Parquet needs
+fastparquet, which only the kustos-explain image has: a run that reads or writes Parquet
+runs that image.
 """
 
 from __future__ import annotations
@@ -60,8 +62,20 @@ def input_path(spec: BatchInferenceSpec) -> str:
 
 
 def output_path(spec: BatchInferenceSpec) -> str:
+    """The mounted claim's directory, or the s3:// prefix as given."""
+    if urlparse(spec.output.uri).scheme == "s3":
+        return spec.output.uri
     claim, path = claim_path(spec.output.uri)
     return f"{PVC_MOUNT}/{claim}/{path}".rstrip("/")
+
+
+def uses_parquet(spec: BatchInferenceSpec) -> bool:
+    return "parquet" in (spec.input.format, spec.output.format)
+
+
+def image(spec: BatchInferenceSpec, config: OperatorConfig) -> str:
+    """The batch container's image: kustos-explain (fastparquet) for Parquet, else kustos."""
+    return config.images.explain if uses_parquet(spec) else config.images.kustos
 
 
 def shards(spec: BatchInferenceSpec) -> int:
@@ -70,8 +84,10 @@ def shards(spec: BatchInferenceSpec) -> int:
 
 def _claims(spec: BatchInferenceSpec) -> dict[str, bool]:
     """The claims the batch container mounts: name -> read-only."""
-    out_claim, _ = claim_path(spec.output.uri)
-    claims = {out_claim: False}
+    claims: dict[str, bool] = {}
+    if urlparse(spec.output.uri).scheme == "pvc":
+        out_claim, _ = claim_path(spec.output.uri)
+        claims[out_claim] = False
     if urlparse(spec.input.uri).scheme == "pvc":
         in_claim, _ = claim_path(spec.input.uri)
         claims.setdefault(in_claim, True)
@@ -166,7 +182,7 @@ def render_job(body: Mapping[str, Any], spec: BatchInferenceSpec, model: ModelSo
         mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
     batch = {
         "name": CONTAINER,
-        "image": config.images.kustos,
+        "image": image(spec, config),
         "args": batch_args(spec, model, model_name),
         "resources": _resources(spec, config),
         "securityContext": security_context(),
@@ -175,6 +191,9 @@ def render_job(body: Mapping[str, Any], spec: BatchInferenceSpec, model: ModelSo
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
+    if spec.output.credentials_secret_ref:
+        # An s3:// output's keys: the batch container PUTs the parts itself.
+        batch["envFrom"] = [{"secretRef": {"name": spec.output.credentials_secret_ref.name}}]
     annotations = {MODEL_VERSION: model.version}
     if model.digest:
         annotations[MODEL_DIGEST] = model.digest

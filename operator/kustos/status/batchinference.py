@@ -20,7 +20,7 @@ READY, COMPLETE, FAILED = "Ready", "Complete", "Failed"
 CONDITIONS = (READY, COMPLETE, FAILED)
 FIELDS = ("observedGeneration", "phase", "jobName", "model", "shards", "shardsDone",
           "rowsDone", "rowsTotal", "rowsPerSecond", "startTime", "completionTime",
-          "outputUri")
+          "outputUri", "image")
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 CONTAINER = "batch"
 
@@ -88,6 +88,16 @@ def last_error(pods: Iterable[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def job_image(job: Mapping[str, Any]) -> str | None:
+    """The batch container's image (kustos-explain when the run reads or writes Parquet)."""
+    pod = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in pod.get("containers") or []:
+        if container.get("name") == CONTAINER:
+            image = container.get("image")
+            return str(image) if image else None
+    return None
+
+
 def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == type_ and cond.get("status") == "True":
@@ -125,6 +135,7 @@ def compute(body: Mapping[str, Any], job: Mapping[str, Any] | None,
     reports = shard_reports(pods)
     start = _parse_time(js.get("startTime"))
     out["jobName"] = job["metadata"]["name"]
+    out["image"] = job_image(job)
     out["startTime"] = js.get("startTime")
     out["shardsDone"] = len(reports)
     out["rowsDone"] = sum(int(r.get("rows") or 0) for r in reports.values())

@@ -17,14 +17,16 @@ from .common import (
 )
 from .modeldeployment import GovernanceSpec, ModelSource, ResourceRequirements
 
-# What `kustos batch` reads and writes without extra dependencies. Parquet needs pyarrow,
-# which is not in the kustos image (docs/batch.md).
-InputFormat = Literal["csv", "jsonl"]
-OutputFormat = Literal["csv", "jsonl"]
+# What `kustos batch` reads and writes. Parquet needs fastparquet, in the kustos-explain
+# image only: the Job runs that image when the input or the output is Parquet.
+InputFormat = Literal["csv", "jsonl", "parquet"]
+OutputFormat = Literal["csv", "jsonl", "parquet"]
 BatchPhase = Literal["Pending", "Running", "Complete", "Failed"]
 
-# Output on a PersistentVolumeClaim: pvc://CLAIM/PATH (a directory, created if missing).
-OUTPUT_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/\S*$"
+# Output on a PersistentVolumeClaim: pvc://CLAIM/PATH (a directory, created if missing),
+# or under an S3 prefix: s3://BUCKET/PREFIX.
+OUTPUT_URI_PATTERN = (r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/\S*"
+                      r"|s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/\S*)?)$")
 COLUMN_PATTERN = r"^[^\s,\"]+$"
 Column = Annotated[str, Field(pattern=COLUMN_PATTERN, max_length=256)]
 OutputName = Annotated[str, Field(pattern=r"^[-_.a-zA-Z0-9]+$", max_length=63)]
@@ -46,7 +48,9 @@ class BatchInput(KModel):
     """Where the file lives: s3://BUCKET/KEY or https:// (fetched by `kustos fetch` into
     the pod, digest checked), or pvc://CLAIM/PATH (read in place, mounted read-only)."""
     format: InputFormat = "csv"
-    """csv (a header row naming the columns) or jsonl (one JSON object per line)."""
+    """csv (a header row naming the columns), jsonl (one JSON object per line) or parquet
+    (read by row groups; the Job then runs the kustos-explain image, which has
+    fastparquet)."""
     digest: str | None = Field(default=None, pattern=DIGEST_PATTERN, max_length=71)
     """sha256 of the file, verified before it is read (s3:// and https:// only)."""
     credentials_secret_ref: LocalObjectReference | None = None
@@ -63,12 +67,19 @@ class BatchInput(KModel):
 class BatchOutput(KModel):
     """Where the predictions go."""
 
+    model_config = validations(
+        ("!has(self.credentialsSecretRef) || self.uri.startsWith('s3://')",
+         "credentialsSecretRef is for an s3:// output", ".credentialsSecretRef"),
+    )
+
     uri: str = Field(pattern=OUTPUT_URI_PATTERN, max_length=2048)
-    """A directory on a PersistentVolumeClaim, pvc://CLAIM/PATH: one file per chunk
-    (part-NNNNNN.csv), written atomically, so a restarted pod resumes at the first missing
-    chunk."""
+    """A directory on a PersistentVolumeClaim, pvc://CLAIM/PATH, or an S3 prefix,
+    s3://BUCKET/PREFIX: one file (object) per chunk, part-NNNNNN.csv, written whole, so a
+    restarted pod resumes at the first missing chunk."""
     format: OutputFormat = "csv"
-    """csv or jsonl."""
+    """csv, jsonl or parquet (the Job then runs the kustos-explain image)."""
+    credentials_secret_ref: LocalObjectReference | None = None
+    """A Secret with AWS_* keys for an s3:// output (given to the batch container)."""
     predictions: list[OutputName] | None = Field(default=None, min_length=1, max_length=8)
     """The model outputs to write (as the inference protocol names them: predict,
     predict_proba, or an ONNX model's outputs); the model's default output when unset."""
@@ -161,10 +172,14 @@ class BatchInferenceStatus(ResourceStatus):
     """When the Job completed or failed."""
     output_uri: str | None = None
     """Where the predictions are (spec.output.uri)."""
+    image: str | None = None
+    """The image the Job's pods run: the kustos image, or kustos-explain (it has
+    fastparquet) when the input or the output is Parquet."""
 
 
 class BatchInference(KModel):
-    """Predict a whole file (CSV or JSONL) with a model, in parallel shards, resumable."""
+    """Predict a whole file (CSV, JSONL or Parquet) with a model, in parallel shards,
+    resumable."""
 
     api_version: Literal["kustos.dev/v1alpha1"] = "kustos.dev/v1alpha1"
     kind: Literal["BatchInference"] = "BatchInference"
