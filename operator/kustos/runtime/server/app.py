@@ -23,6 +23,7 @@ from kustos.runtime.server.hooks import DriftSender, ExplainForwarder
 from kustos.runtime.server.http import JSON, Reply, Request, error_body
 from kustos.runtime.server.models import Model
 from kustos.runtime.server.payload_log import PayloadLogConfig, PayloadLogger
+from kustos.runtime.server.shadow import ShadowMirror
 from kustos.runtime.server.tensors import Array, ProtocolError
 
 log = logging.getLogger("kustos.serve")
@@ -50,6 +51,9 @@ class AppOptions:
     drift_queue: int = 8192
     drift_max_rows_per_second: float = 2000
     payload_log: PayloadLogConfig | None = None
+    shadow_url: str | None = None
+    shadow_percent: float = 100.0
+    shadow_queue: int = 1024
 
 
 def _seldon_path(path: str) -> bool:
@@ -71,6 +75,9 @@ class ServingApp:
                       if opts.drift_url else None)
         self.payload_log = (PayloadLogger(opts.payload_log, opts.name)
                             if opts.payload_log else None)
+        self.shadow = (ShadowMirror(opts.shadow_url, opts.name, opts.shadow_percent,
+                                    opts.shadow_queue)
+                       if opts.shadow_url and opts.shadow_percent > 0 else None)
         self.explainer = (ExplainForwarder(opts.explainer_url, opts.explainer_timeout)
                           if opts.explainer_url else None)
         self.stopping = False
@@ -107,6 +114,8 @@ class ServingApp:
             self.drift.close()
         if self.payload_log is not None:
             self.payload_log.close()
+        if self.shadow is not None:
+            self.shadow.close()
         if self.explainer is not None:
             self.explainer.close()
 
@@ -243,6 +252,7 @@ class ServingApp:
             raise ProtocolError("the request holds no rows", 422)
         drift = self.drift
         payload_log = self.payload_log
+        shadow = self.shadow
         path = request.path
         id_header = ids.header_line(rid)
 
@@ -268,6 +278,9 @@ class ServingApp:
                 drift.offer(inputs)
             if payload_log is not None:
                 payload_log.offer(rid, kind, logged, logged_json_length, body, json_length)
+            if shadow is not None:  # after the answer is written: a copy to the candidate
+                shadow.offer(path, kind, request.body, request.headers, rid, body,
+                             json_length)
 
         self.batcher.submit(inputs, outputs, rows, done)
 

@@ -121,4 +121,5 @@ class Batcher:
         self._batch_hist.observe(rows)
         self.stats.count_predictions(self.model.labels(result) if self.model.label_output
                                      else None, rows)
+        self.stats.observe_values(self.model, result)
         return result

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-threads", type=int, default=1,
                    help="onnxruntime intra-op threads per worker (1); xgboost and "
                         "lightgbm predict with as many")
+    p.add_argument("--shadow-url", default=None, metavar="URL",
+                   help="candidate model server to mirror a sample of predictions to "
+                        "(same path and body; its answers are compared, never returned)")
+    p.add_argument("--shadow-percent", type=float, default=None, metavar="N",
+                   help="percentage of prediction requests mirrored, 0..100 (100 when "
+                        "--shadow-url is set)")
     payload_log_config.add_args(p)
     server_tls.add_tls_args(p)
     process.add_log_level(p)
@@ -119,6 +125,17 @@ def _check(args: argparse.Namespace) -> str | None:
     for url in (args.drift_url, args.explainer_url):
         if url and not url.startswith(("http://", "https://")):
             return f"expected an http(s) URL, got {url!r}"
+    if args.shadow_percent is not None and not args.shadow_url:
+        return "--shadow-percent needs --shadow-url"
+    if args.shadow_url:
+        from kustos.runtime.server.sender import check_url  # stdlib only
+
+        try:
+            check_url(args.shadow_url)
+        except ValueError as exc:
+            return f"--shadow-url: {exc}"
+    if args.shadow_percent is not None and not 0 <= args.shadow_percent <= 100:
+        return "--shadow-percent must be within 0..100"
     return payload_log_config.check_args(args) or server_tls.check_tls_args(args)
 
 
@@ -145,7 +162,9 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         explainer_url=args.explainer_url, explainer_timeout=args.explainer_timeout,
         batching=not args.no_batching, max_batch_rows=args.max_batch_rows,
         drift_max_rows_per_second=args.drift_max_rows_per_second,
-        payload_log=payload_log_config.from_args(args)), __version__)
+        payload_log=payload_log_config.from_args(args), shadow_url=args.shadow_url,
+        shadow_percent=100.0 if args.shadow_percent is None else args.shadow_percent),
+        __version__)
     server = HttpServer(app, max_body=args.max_body_bytes,
                         keepalive_timeout=args.keepalive_timeout,
                         header_timeout=args.header_timeout, body_timeout=args.body_timeout,

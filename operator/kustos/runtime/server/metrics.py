@@ -7,6 +7,7 @@ module is imported and ``/metrics`` aggregates every worker.
 
 from __future__ import annotations
 
+import bisect
 import os
 from typing import Any
 
@@ -63,6 +64,30 @@ PAYLOAD_LOG_EVENTS = Counter(
     ["model", "outcome"])
 PAYLOAD_LOG_RETRIES = Counter(
     "kustos_payload_log_retries", "Payload log POSTs tried again after a failure", ["model"])
+# Prediction distribution, for comparing a candidate with the stable model: a
+# regressor's values, or a binary classifier's positive-class score when the request
+# asked for probabilities. Fixed buckets (the same on every track, so the rollout analysis
+# can compare bucket shares): 0..1 in steps of 0.05 for scores, 1-2-5 decades for values.
+VALUE_BUCKETS = (-1000.0, -500.0, -200.0, -100.0, -50.0, -20.0, -10.0, -5.0, -2.0, -1.0,
+                 *(round(i * 0.05, 2) for i in range(0, 21)),
+                 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+                 10000.0)
+PREDICTION_VALUE = Histogram(
+    "kustos_prediction_value",
+    "Predicted values per row: a regressor's value or a binary classifier's positive-class "
+    "score (when probabilities were asked for)", ["model"], buckets=VALUE_BUCKETS)
+SHADOW_REQUESTS = Counter(
+    "kustos_shadow_requests",
+    "Requests mirrored to the shadow candidate: sent (answered 2xx), dropped (queue full, "
+    "the newest) or failed (no answer or not 2xx)", ["model", "outcome"])
+SHADOW_ROWS = Counter(
+    "kustos_shadow_rows",
+    "Rows of mirrored requests whose candidate answer agrees or disagrees with the stable's",
+    ["model", "agreement"])
+SHADOW_DURATION = Histogram(
+    "kustos_shadow_duration_seconds",
+    "Time from a pipelined batch of mirrored requests written to the candidate's answer read",
+    ["model"], buckets=LATENCY_BUCKETS)
 FEEDBACK = Counter("kustos_feedback", "Seldon feedback messages received", ["model"])
 FEEDBACK_REWARD = Counter("kustos_feedback_reward", "Sum of Seldon feedback rewards", ["model"])
 EXPLAIN_FORWARD_DURATION = Histogram(
@@ -79,6 +104,7 @@ class RequestMetrics:
         self._counters: dict[tuple[str, int], Any] = {}
         self._histograms: dict[str, Any] = {}
         self._classes: dict[str, Any] = {}
+        self._value_hist: Any = None
         self.inflight = INFLIGHT.labels(model)
 
     def observe(self, endpoint: str, model: str, code: int, seconds: float) -> None:
@@ -95,6 +121,28 @@ class RequestMetrics:
             if model == self.model:
                 self._histograms[endpoint] = hist
         hist.observe(seconds)
+
+    def observe_values(self, model: Any, result: dict[str, Any]) -> None:
+        """Feed kustos_prediction_value from one model call's outputs: a regressor's 1-D
+        float output, or column 1 of a two-column float output (a binary classifier's
+        probabilities). One searchsorted for the whole batch, not one observe per row."""
+        values = None
+        for out in result.values():
+            if getattr(out, "dtype", None) is None or out.dtype.kind != "f":
+                continue
+            if model.label_output is None and (out.ndim == 1 or (
+                    out.ndim == 2 and out.shape[1] == 1)):
+                values = out.reshape(-1)
+                break
+            if model.label_output is not None and out.ndim == 2 and out.shape[1] == 2:
+                values = out[:, 1]
+                break
+        if values is None or values.size == 0:
+            return
+        hist = self._value_hist
+        if hist is None:
+            hist = self._value_hist = PREDICTION_VALUE.labels(self.model)
+        observe_many(hist, values)
 
     def count_predictions(self, labels: Any, rows: int) -> None:
         if labels is None:
@@ -120,6 +168,35 @@ class RequestMetrics:
                 child = self._classes.get(key) or PREDICTIONS.labels(self.model, key)
                 self._classes[key] = child
             child.inc(count)
+
+
+_BOUNDS = np.asarray((*VALUE_BUCKETS, float("inf")))
+_BOUNDS_LIST = _BOUNDS.tolist()
+
+
+def observe_many(hist: Any, values: Any) -> None:
+    """``hist.observe(v)`` for every value, batched: each bucket's count is added once.
+    prometheus_client's histogram child keeps one value per bucket (the cumulative sums
+    are formed at scrape time); without them (another client version) observe one by one.
+    NaN is left out."""
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if buckets is None or total is None or len(buckets) != len(_BOUNDS_LIST):
+        for v in values.tolist():
+            if v == v:
+                hist.observe(v)
+        return
+    if values.size <= 8:  # a few rows: bisect on a list beats numpy's call overhead
+        for v in values.tolist():
+            if v == v:
+                buckets[bisect.bisect_left(_BOUNDS_LIST, v)].inc(1)
+                total.inc(v)
+        return
+    finite = values[~np.isnan(values)]
+    counts = np.bincount(np.searchsorted(_BOUNDS, finite), minlength=len(_BOUNDS))
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
+    total.inc(float(finite.sum()))
 
 
 def render() -> tuple[bytes, str]:

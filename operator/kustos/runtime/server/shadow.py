@@ -1,0 +1,344 @@
+"""Shadow traffic: a sampled copy of live predictions mirrored to a candidate model server.
+
+The caller is served by the stable model as always. After its answer is written,
+``ShadowMirror.offer`` draws the sample and appends one item to a bounded deque
+(sender.BoundedSender: drop newest when full, counted as ``dropped``; never waits). The
+sender thread POSTs each item to the candidate at the same path with the same body bytes
+and the inference id as ``x-request-id``, pipelined on one kept-alive connection, reads the
+candidate's answers, and compares them row by row with the stable's answer to the same
+request: class labels (or the argmax of a probability row) must be equal, numbers (a
+regressor's values) equal within a relative tolerance. The caller never sees any of it.
+
+sender.HttpPoster reads only answer statuses, and the comparison needs the bodies, so
+``PipelinedClient`` here is a small HTTP/1.1 client in the same spirit: one write for a
+batch of requests, then the answers in order, status and content-length (or chunked) only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import socket
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from kustos.runtime.server import metrics as m
+from kustos.runtime.server.sender import BoundedSender, SendError, check_url
+
+log = logging.getLogger("kustos.serve")
+
+# Two regression values agree when they differ by at most this share of the larger one
+# (float32 vs float64 models, a retrained model with tiny numeric drift).
+RELATIVE_TOLERANCE = 1e-3
+ABSOLUTE_TOLERANCE = 1e-9
+# Request headers passed on besides the body (the V2 binary extension's framing).
+FORWARDED = (b"content-type", b"inference-header-content-length")
+
+
+@dataclass(slots=True)
+class Mirrored:
+    """One sampled prediction: what the caller sent and what the stable answered."""
+
+    path: str
+    kind: str  # "v2", "v1" or "seldon": how to read the answers' rows
+    body: bytes
+    headers: bytes  # ready-made header lines: forwarded ones plus x-request-id
+    stable: bytes  # the stable's answer body as sent to the caller
+    stable_json_length: int | None
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    body: bytes
+    json_length: int | None
+    seconds: float
+
+
+class PipelinedClient:
+    """POSTs to one origin over a kept-alive HTTP/1.1 connection, pipelined, and returns
+    each answer's status and body (None for those that got no answer)."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        check_url(url)
+        parts = urllib.parse.urlsplit(url)
+        self.host = parts.hostname or ""
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.timeout = timeout
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        self._host_line = b"host: " + netloc.encode("idna") + b"\r\n"
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._buf = b""
+
+    def request_bytes(self, path: str, headers: bytes, body: bytes) -> bytes:
+        return b"".join((b"POST ", (self.prefix + path).encode("latin-1"), b" HTTP/1.1\r\n",
+                         self._host_line, headers, b"content-length: %d\r\n\r\n" % len(body),
+                         body))
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        return sock
+
+    def send(self, requests: list[bytes]) -> list[Answer | None]:
+        """Write all ``requests`` at once, then read their answers in order. A kept-alive
+        connection the peer had closed is reopened once (nothing answered yet)."""
+        answers: list[Answer | None] = []
+        for attempt in (1, 2):
+            fresh = self._sock is None
+            try:
+                if self._sock is None:
+                    self._sock = self._connect()
+                started = time.perf_counter()
+                self._sock.sendall(b"".join(requests))
+                while len(answers) < len(requests):
+                    status, body, json_length, close = self._answer()
+                    answers.append(Answer(status, body, json_length,
+                                          time.perf_counter() - started))
+                    if close:
+                        self.close()
+                        break
+            except (OSError, ValueError, SendError):
+                self.close()
+                if attempt == 1 and not fresh and not answers:
+                    continue
+            break
+        return answers + [None] * (len(requests) - len(answers))
+
+    def _recv(self) -> None:
+        assert self._sock is not None
+        data = self._sock.recv(262144)
+        if not data:
+            raise SendError("connection closed by the peer")
+        self._buf += data
+
+    def _answer(self) -> tuple[int, bytes, int | None, bool]:
+        while (end := self._buf.find(b"\r\n\r\n")) < 0:
+            if len(self._buf) > 65536:
+                raise SendError("response header too large")
+            self._recv()
+        lines = self._buf[:end].split(b"\r\n")
+        status_line = lines[0].split(None, 2)
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            raise SendError("malformed response status line")
+        status = int(status_line[1])
+        length: int | None = None
+        chunked = close = False
+        json_length: int | None = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                close = b"close" in value.lower()
+            elif name == b"inference-header-content-length":
+                json_length = int(value)
+        self._buf = self._buf[end + 4:]
+        if chunked:
+            parts = []
+            while True:
+                while (eol := self._buf.find(b"\r\n")) < 0:
+                    self._recv()
+                size = int(self._buf[:eol].split(b";")[0], 16)
+                while len(self._buf) < eol + 2 + size + 2:
+                    self._recv()
+                parts.append(self._buf[eol + 2:eol + 2 + size])
+                self._buf = self._buf[eol + 2 + size + 2:]
+                if size == 0:
+                    break
+            body = b"".join(parts)
+        elif length is not None:
+            while len(self._buf) < length:
+                self._recv()
+            body, self._buf = self._buf[:length], self._buf[length:]
+        else:
+            raise SendError("answer without content-length")
+        return status, body, json_length, close
+
+
+# ---------------------------------------------------------------- reading answers' rows
+
+Row = Any  # a label (str/int/bool), a number (float), or None when unreadable
+
+
+def _row(value: Any) -> Row:
+    """One row of an answer as a comparable value: a probability (or score) row becomes
+    the index of its largest entry, a one-element row its element."""
+    while isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, list):
+        if value and all(isinstance(v, int | float) and not isinstance(v, bool)
+                         for v in value):
+            return ("argmax", max(range(len(value)), key=value.__getitem__))
+        return tuple(_row(v) for v in value)
+    if isinstance(value, dict):  # V1 rows of a multi-output model: the first output
+        return _row(next(iter(value.values()))) if value else None
+    return value
+
+
+def _rows_of_tensor(data: list[Any], shape: list[int]) -> list[Row]:
+    """A V2 / Seldon tensor's flat data split into rows by its shape."""
+    if not shape:
+        return [_row(data)]
+    n = shape[0]
+    if n <= 0:
+        return []
+    width = len(data) // n if len(data) % n == 0 else 0
+    if width <= 1:
+        return [_row(v) for v in data[:n]]
+    return [_row(data[i * width:(i + 1) * width]) for i in range(n)]
+
+
+def rows(kind: str, body: bytes, json_length: int | None = None) -> list[Row] | None:
+    """The rows of one answer (V2, V1 or Seldon JSON), None when it cannot be read
+    (binary tensor data, an error object, an unknown shape)."""
+    if json_length is not None:
+        return None  # binary tensor data: not compared
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if kind == "v2":
+        outputs = doc.get("outputs")
+        if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
+            return None
+        first = outputs[0]
+        data, shape = first.get("data"), first.get("shape")
+        if not isinstance(data, list) or not isinstance(shape, list):
+            return None
+        return _rows_of_tensor(data, shape)
+    if kind == "v1":
+        preds = doc.get("predictions", doc.get("outputs"))
+        return [_row(p) for p in preds] if isinstance(preds, list) else None
+    data = doc.get("data")
+    if isinstance(data, dict):
+        if isinstance(data.get("ndarray"), list):
+            return [_row(r) for r in data["ndarray"]]
+        tensor = data.get("tensor")
+        if isinstance(tensor, dict) and isinstance(tensor.get("values"), list):
+            return _rows_of_tensor(tensor["values"], list(tensor.get("shape") or []))
+    if "strData" in doc or "jsonData" in doc:
+        return [_row(doc.get("strData", doc.get("jsonData")))]
+    return None
+
+
+def same(a: Row, b: Row, rel: float = RELATIVE_TOLERANCE) -> bool:
+    """Whether two rows agree: labels exactly, numbers within the relative tolerance."""
+    if (isinstance(a, float) or isinstance(b, float)) and isinstance(a, int | float) \
+            and isinstance(b, int | float) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return abs(a - b) <= max(rel * max(abs(a), abs(b)), ABSOLUTE_TOLERANCE)
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) \
+            and not (a and a[0] == "argmax"):
+        return all(same(x, y, rel) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def agreement(stable: list[Row], candidate: list[Row],
+              rel: float = RELATIVE_TOLERANCE) -> tuple[int, int]:
+    """(agreeing, disagreeing) rows; rows only one side has count as disagreeing."""
+    agree = sum(1 for a, b in zip(stable, candidate, strict=False) if same(a, b, rel))
+    return agree, max(len(stable), len(candidate)) - agree
+
+
+# ---------------------------------------------------------------- the mirror
+
+
+class ShadowMirror(BoundedSender[Mirrored]):
+    """The request path's ``offer`` plus the sender thread that mirrors and compares."""
+
+    def __init__(self, url: str, model: str, percent: float = 100.0, queue: int = 1024,
+                 timeout: float = 5.0, max_batch: int = 64,
+                 rel_tolerance: float = RELATIVE_TOLERANCE,
+                 flush_interval: float = 0.02) -> None:
+        if not 0.0 <= percent <= 100.0:
+            raise ValueError("the shadow percentage must be within 0..100")
+        if queue < 1:
+            raise ValueError("the shadow queue must hold at least one request")
+        super().__init__("kustos-shadow", queue, flush_interval=flush_interval,
+                         max_batch=max_batch)
+        self.client = PipelinedClient(url, timeout)
+        self.fraction = percent / 100.0
+        self.rel = rel_tolerance
+        self.sent = m.SHADOW_REQUESTS.labels(model, "sent")
+        self.dropped = m.SHADOW_REQUESTS.labels(model, "dropped")
+        self.failed = m.SHADOW_REQUESTS.labels(model, "failed")
+        self.agree = m.SHADOW_ROWS.labels(model, "agree")
+        self.disagree = m.SHADOW_ROWS.labels(model, "disagree")
+        self.duration = m.SHADOW_DURATION.labels(model)
+        self.start()
+
+    def offer(self, path: str, kind: str, body: bytes, headers: dict[bytes, bytes], rid: str,
+              stable: bytes, stable_json_length: int | None) -> None:
+        """Called after the caller's answer is written: sample, then a deque append."""
+        if self.fraction < 1.0 and random.random() >= self.fraction:
+            return
+        if "/versions/" in path:  # the candidate serves another version of the model
+            head, _, rest = path.partition("/versions/")
+            path = head + rest[rest.find("/"):] if "/" in rest else head
+        lines = [b"%s: %s\r\n" % (name, headers[name]) for name in FORWARDED
+                 if name in headers]
+        if rid.isascii() and rid.isprintable() and len(rid) <= 256:
+            lines.append(b"x-request-id: " + rid.encode("ascii") + b"\r\n")
+        item = Mirrored(path, kind, body, b"".join(lines), stable, stable_json_length)
+        if not self.enqueue(item):
+            self.dropped.inc()
+
+    def deliver(self, batch: list[Mirrored]) -> None:
+        client = self.client
+        answers = client.send([client.request_bytes(it.path, it.headers, it.body)
+                               for it in batch])
+        sent = failed = agree = disagree = 0
+        for item, answer in zip(batch, answers, strict=True):
+            if answer is None or not 200 <= answer.status < 300:
+                failed += 1
+                continue
+            sent += 1
+            self.duration.observe(answer.seconds)
+            mine = rows(item.kind, item.stable, item.stable_json_length)
+            theirs = rows(item.kind, answer.body, answer.json_length)
+            if mine is None or theirs is None:
+                continue  # not comparable (binary tensors): counted as sent only
+            a, d = agreement(mine, theirs, self.rel)
+            agree += a
+            disagree += d
+        if sent:
+            self.sent.inc(sent)
+        if failed:
+            self.failed.inc(failed)
+            log.debug("shadow: %d request(s) got no answer from the candidate", failed)
+        if agree:
+            self.agree.inc(agree)
+        if disagree:
+            self.disagree.inc(disagree)
+
+    def close(self, timeout: float = 2.0) -> None:
+        super().close(timeout)
+        if not self._thread.is_alive():
+            self.client.close()
