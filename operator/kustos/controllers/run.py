@@ -165,6 +165,7 @@ def main(argv: list[str]) -> int:
         governance,
         model_events,
         modeldeployment,
+        registry,
         vault,
     )
 
