@@ -97,6 +97,9 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
          "pending: ExplainerSpec"),
     Rule(("batch",), ("jobs",), ("list", "create"),
          "a DriftMonitor's retraining Job", "pending: DriftMonitor"),
+    Rule(("",), ("persistentvolumeclaims",), ("get", "create", "patch"),
+         "the ground-truth monitor's store when spec.groundTruth.storage.size is set (read "
+         "by name, applied; never deleted by the operator: it goes with its DriftMonitor)"),
     Rule((GROUP,), ("batchinferences",), ("get", "list", "watch", "patch"),
          "kopf watches BatchInferences (a retried reconcile's backoff in annotations); the "
          "status write re-reads the object"),

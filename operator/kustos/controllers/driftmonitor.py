@@ -15,21 +15,25 @@ from kustos.api.v1alpha1.driftmonitor import DriftMonitorStatus
 from kustos.k8s import client, events
 from kustos.k8s.client import ApiError
 from kustos.render import drift as render_dm
+from kustos.render import truth as render_truth
 from kustos.render.attachments import Attachments
 from kustos.render.sidecars import DRIFT_PORT
 from kustos.status import driftmonitor as status_dm
 from kustos.status.driftmonitor import RetrainJob
 from kustos.status.modeldeployment import Failure, Notice
+from kustos.status.sidecars import PodReport
 
 from . import sidecars
 from .attachments import contributor
-from .children import owned_by
+from .children import NameConflict, known, owned_by, sync
+from .context import config
 from .indexes import Lookup
 from .modeldeployment import models
 
 log = logging.getLogger(__name__)
 KIND = "DriftMonitor"
-OWNER = sidecars.owner_of(DriftMonitorStatus, ("Ready", "DriftDetected", "Degraded"))
+OWNER = sidecars.owner_of(DriftMonitorStatus, ("Ready", "DriftDetected", "Degraded",
+                                                "PerformanceDegraded", "FairnessViolated"))
 STATUS_PATH = "/v1/drift/status"
 
 
@@ -61,23 +65,82 @@ def refresh(namespace: str, name: str, lookup: Lookup) -> None:
 
 
 def _compute(body: dict[str, Any], lookup: Lookup) -> tuple[dict[str, Any], list[Notice]]:
-    wiring, _, reports = sidecars.poll(KIND, body, render_dm.CONTAINER, DRIFT_PORT,
-                                       STATUS_PATH, lookup)
-    now = datetime.now(UTC)
     spec = DriftMonitorSpec.model_validate(body["spec"])
+    if spec.reference is not None:
+        wiring, target, reports = sidecars.poll(KIND, body, render_dm.CONTAINER, DRIFT_PORT,
+                                                STATUS_PATH, lookup)
+    else:
+        (wiring, target), reports = sidecars.wiring(KIND, body, lookup), []
+    failure = _sync_truth(body, target, lookup)
+    truth_report = _poll_truth(body) if spec.ground_truth is not None else None
+    now = datetime.now(UTC)
     previous = last_job(body) if spec.on_drift.retrain_job else None
-    result = status_dm.compute(body, wiring, reports, now, previous)
+
+    def judge(failure: Failure | None) -> status_dm.Result:
+        return status_dm.compute(body, wiring, reports, now, previous, failure, truth_report)
+
+    result = judge(failure)
     if result.create_job and spec.on_drift.retrain_job:
         features = result.status["lastDrift"]["features"]
-        failure = _create_job(body, result.create_job, spec, features)
-        if failure is not None:
-            result = status_dm.compute(body, wiring, reports, now, previous, failure)
+        job_failure = _create_job(body, result.create_job, spec, features)
+        if job_failure is not None:
+            result = judge(failure or job_failure)
             result.status.get("lastDrift", {})["job"] = None
+    if result.create_truth_job and spec.on_drift.retrain_job:
+        last = result.status["groundTruth"]["lastDegraded"]
+        job_failure = _create_job(body, result.create_truth_job, spec,
+                                  last.get("violations") or [])
+        if job_failure is not None:
+            result = judge(failure or job_failure)
+            result.status["groundTruth"]["lastDegraded"]["job"] = None
     return result.status, result.notices
+
+
+def _sync_truth(body: Mapping[str, Any], target: Mapping[str, Any] | None,
+                lookup: Lookup) -> Failure | None:
+    """Bring the ground-truth monitor's children to the render (none without
+    spec.groundTruth); children.sync writes only what differs."""
+    try:
+        desired = render_truth.children(body, target, config())
+        live = known(body, render_truth.SYNCED_KINDS, lookup)
+        sync(body, desired, kinds=render_truth.SYNCED_KINDS,
+             live={k: v for k, v in live.items() if _is_truth(k, body)})
+    except NameConflict as err:
+        return Failure("NameConflict", str(err))
+    except ApiError as err:
+        if err.status in (400, 403, 422):
+            return Failure("Forbidden" if err.status == 403 else "TruthMonitorInvalid",
+                           f"ground-truth monitor not applied: {err.message}")
+        raise
+    return None
+
+
+def _is_truth(key: tuple[str, str], body: Mapping[str, Any]) -> bool:
+    return key[1] == render_truth.name(body["metadata"]["name"])
+
+
+def _poll_truth(body: Mapping[str, Any]) -> PodReport | None:
+    """The monitor's /v1/truth/status, from its Ready pod (as the sidecars' are read)."""
+    meta = body["metadata"]
+    pods = [p for p in client.list_objects("Pod", meta["namespace"],
+                                           render_truth.labels(meta["name"]))
+            if _ready(p)]
+    found = sidecars.collect([(p["metadata"]["name"], str(p["status"]["podIP"]))
+                              for p in pods], render_truth.PORT, render_truth.STATUS_PATH)
+    return found[0] if found else None
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    st = pod.get("status") or {}
+    return bool(st.get("podIP")) and not pod["metadata"].get("deletionTimestamp") and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in st.get("conditions") or [])
 
 
 def _create_job(body: Mapping[str, Any], name: str, spec: DriftMonitorSpec,
                 features: list[str]) -> Failure | None:
+    """The retraining Job (a drift episode's features, or a ground-truth episode's
+    version/metric list, in its annotation)."""
     assert spec.on_drift.retrain_job is not None
     job = render_dm.retrain_job(body, spec.on_drift.retrain_job.template, name, features)
     try:

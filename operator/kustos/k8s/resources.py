@@ -31,6 +31,8 @@ _ALL = [
     Resource("v1", "ConfigMap", "configmaps"),
     Resource("v1", "Event", "events"),
     Resource("v1", "Pod", "pods"),
+    # the ground-truth monitor's store (kustos.render.truth), when storage.size is set
+    Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     Resource("v1", "Namespace", "namespaces", namespaced=False),
     Resource("apps/v1", "Deployment", "deployments"),
     Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),

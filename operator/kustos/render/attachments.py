@@ -28,6 +28,8 @@ class Attachments:
     # Where `kustos serve` sends request inputs / forwards :explain (kustos runtime only).
     drift_url: str | None = None
     explainer_url: str | None = None
+    # Where `kustos serve` sends payload CloudEvents and forwards labels (ground truth).
+    truth_url: str | None = None
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
     # Extra children of the ModelDeployment (their kinds must be in MODEL_CHILD_KINDS).
     children: tuple[dict[str, Any], ...] = ()
@@ -41,6 +43,7 @@ class Attachments:
             server_env=self.server_env + other.server_env,
             drift_url=other.drift_url or self.drift_url,
             explainer_url=other.explainer_url or self.explainer_url,
+            truth_url=other.truth_url or self.truth_url,
             pod_annotations={**self.pod_annotations, **other.pod_annotations},
             children=self.children + other.children,
         )

@@ -13,7 +13,7 @@ from typing import Any
 from kustos.api.v1alpha1 import DriftMonitorSpec, ModelDeploymentSpec
 from kustos.config import OperatorConfig
 
-from .attachments import Attachments
+from .attachments import NONE, Attachments
 from .meta import COMPONENT, base_labels, owner_reference
 from .sidecars import (
     DRIFT_PORT,
@@ -25,6 +25,7 @@ from .sidecars import (
     sidecar_attachments,
     sidecar_container,
 )
+from .truth import url as truth_url
 
 CONTAINER = "drift"
 PORT_NAME = "drift"
@@ -38,6 +39,7 @@ FEATURES_ANNOTATION = "kustos.dev/drift-features"
 
 def drift_args(spec: DriftMonitorSpec, model_name: str, reference_uri: str) -> list[str]:
     """`kustos drift` arguments, as CONTRACTS.md fixes them."""
+    assert spec.reference is not None
     args = ["drift", "--detector", spec.detector, "--reference-uri", reference_uri]
     if spec.reference.digest:
         args += ["--reference-digest", spec.reference.digest]
@@ -55,8 +57,12 @@ def drift_args(spec: DriftMonitorSpec, model_name: str, reference_uri: str) -> l
 
 def attachments(dm: Mapping[str, Any], md_body: Mapping[str, Any],
                 config: OperatorConfig) -> Attachments:
-    """The drift sidecar and the server's --drift-url for the target's pods."""
+    """The drift sidecar and the server's --drift-url for the target's pods (with
+    spec.reference), and --truth-url (with spec.groundTruth)."""
     spec = DriftMonitorSpec.model_validate(dm["spec"])
+    truth = Attachments(truth_url=truth_url(dm)) if spec.ground_truth is not None else NONE
+    if spec.reference is None:
+        return truth + Attachments(pod_annotations={ANNOTATION: dm["metadata"]["name"]})
     md = ModelDeploymentSpec.model_validate(md_body["spec"])
     uri, volumes, mounts = data_source(spec.reference.uri, DATA_VOLUME)
     container = sidecar_container(
@@ -64,7 +70,7 @@ def attachments(dm: Mapping[str, Any], md_body: Mapping[str, Any],
         drift_args(spec, md.model.name or md_body["metadata"]["name"], uri),
         DRIFT_PORT, PORT_NAME, config.sidecars.drift_resources,
         [{"name": TMP_VOLUME, "mountPath": SCRATCH}, *mounts])
-    return sidecar_attachments(
+    return truth + sidecar_attachments(
         container, md.model, uri,
         (scratch_volume(TMP_VOLUME, config.sidecars.scratch_size), *volumes),
         {ANNOTATION: dm["metadata"]["name"]}, drift_url=INPUTS_URL)

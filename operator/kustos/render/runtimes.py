@@ -87,6 +87,7 @@ class ServingSpec:
     resources: dict[str, Any] = field(default_factory=dict)
     drift_url: str | None = None
     explainer_url: str | None = None
+    truth_url: str | None = None  # kustos only: the ground-truth monitor (--truth-url)
     # custom runtime only: the user's command/args/port.
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
@@ -145,6 +146,8 @@ def kustos_serve_args(spec: ServingSpec, host: str = "0.0.0.0", port: int = 8080
         args += ["--drift-url", spec.drift_url]
     if spec.explainer_url:
         args += ["--explainer-url", spec.explainer_url]
+    if spec.truth_url:
+        args += ["--truth-url", spec.truth_url]
     args += spec.payload_log_args
     if spec.tls_secret:
         args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]

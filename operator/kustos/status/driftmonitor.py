@@ -18,6 +18,7 @@ from kustos.api.v1alpha1 import DriftMonitorSpec
 from kustos.render.drift import job_name
 from kustos.render.sidecars import duration_seconds
 
+from . import truth as truth_dm
 from .conditions import timestamp
 from .modeldeployment import Failure, Notice
 from .sidecars import Conditions, PodReport, Wiring, readiness, sidecar_failure
@@ -74,6 +75,8 @@ class Result:
     notices: list[Notice]
     # Create a retraining Job of this name (from spec.onDrift.retrainJob.template).
     create_job: str | None = None
+    # The same, for a ground-truth degradation episode (spec.groundTruth.onDegraded).
+    create_truth_job: str | None = None
 
 
 def _parse(ts: str | None) -> datetime | None:
@@ -82,29 +85,73 @@ def _parse(ts: str | None) -> datetime | None:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
+def _unused(c: Conditions, spec: DriftMonitorSpec) -> None:
+    """Drop the conditions of parts the spec no longer has."""
+    gone = set()
+    if spec.reference is None:
+        gone.add("DriftDetected")
+    if spec.ground_truth is None:
+        gone |= {"PerformanceDegraded", "FairnessViolated"}
+    elif spec.ground_truth.fairness is None:
+        gone.add("FairnessViolated")
+    c.conds = [x for x in c.conds if x.get("type") not in gone]
+
+
 def compute(body: Mapping[str, Any], wiring: Wiring, reports: list[PodReport], now: datetime,
-            last_job: RetrainJob | None = None, failure: Failure | None = None) -> Result:
+            last_job: RetrainJob | None = None, failure: Failure | None = None,
+            truth_report: PodReport | None = None) -> Result:
+    """The whole status. ``truth_report``: the ground-truth monitor's answer (None: no
+    Ready monitor pod, or no spec.groundTruth)."""
     meta = body["metadata"]
     name = meta["name"]
     spec = DriftMonitorSpec.model_validate(body["spec"])
     old: Mapping[str, Any] = body.get("status") or {}
     c = Conditions(old, meta.get("generation"), now)
+    _unused(c, spec)
     status: dict[str, Any] = {"observedGeneration": meta.get("generation")}
+    if spec.ground_truth is None and old.get("groundTruth") is not None:
+        status["groundTruth"] = None  # the merge patch removes it
     create_job: str | None = None
-    problem = wiring.problem(KIND, name, "drift")
+    part = ("drift sidecar and ground-truth monitor"
+            if spec.reference is not None and spec.ground_truth is not None
+            else "drift sidecar" if spec.reference is not None else "ground-truth monitor")
+    problem = wiring.problem(KIND, name, part)
     if problem is not None:
         reason, message, degraded = problem
         c.set("Ready", False, reason, message)
         c.degraded(failure or (Failure(reason, message) if degraded else None),
                    "the DriftMonitor is no longer degraded")
-        if not c.old_condition("DriftDetected"):
+        if spec.reference is not None and not c.old_condition("DriftDetected"):
             c.set("DriftDetected", "Unknown", reason, "no window tested yet")
+        if spec.ground_truth is not None and not c.old_condition("PerformanceDegraded"):
+            c.set("PerformanceDegraded", "Unknown", reason, "no evaluation yet")
         status["conditions"] = c.conds
         return Result(status, c.notices)
 
-    ready, reason, message = readiness(reports, "drift", "Monitoring", "inputs monitored")
+    truth = None
+    if spec.ground_truth is not None:
+        previous = (truth_dm.Previous(last_job.name, last_job.created)
+                    if last_job is not None else None)
+        truth = truth_dm.compute(body, spec, c, truth_report, now, previous)
+        if truth.summary is not None:
+            status["groundTruth"] = truth.summary
+    parts = []
+    if spec.reference is not None:
+        parts.append(readiness(reports, "drift", "Monitoring", "inputs monitored"))
+    if truth is not None:
+        parts.append(truth.ready)
+    bad = [p for p in parts if not p[0]]
+    ready, reason, message = bad[0] if bad else parts[0]
+    if len(parts) > 1:
+        message = "; ".join(p[2] for p in parts)
     c.set("Ready", ready, reason, message)
-    c.degraded(failure or sidecar_failure(reports), "the DriftMonitor is no longer degraded")
+    c.degraded(failure or sidecar_failure(reports) or (truth.failure if truth else None),
+               "the DriftMonitor is no longer degraded")
+    if truth is not None:
+        c.notices += truth.notices
+    if spec.reference is None:
+        status["conditions"] = c.conds
+        return Result(status, c.notices, None, truth.create_job if truth else None)
     agg = aggregate(reports)
     old_drift = c.old_condition("DriftDetected")
     was = old_drift.get("status") == "True"
@@ -149,7 +196,7 @@ def compute(body: Mapping[str, Any], wiring: Wiring, reports: list[PodReport], n
         if was and spec.on_drift.event:
             c.notices.append(Notice("DriftResolved", "the inputs no longer drift"))
     status["conditions"] = c.conds
-    return Result(status, c.notices, create_job)
+    return Result(status, c.notices, create_job, truth.create_job if truth else None)
 
 
 def _same_features(old: Mapping[str, Any], agg: Aggregate) -> bool:
