@@ -22,7 +22,13 @@ import kopf
 
 from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.governance import compliance
-from kustos.governance.policy import Policy, applicable, policies_from, selector_matches
+from kustos.governance.policy import (
+    Policy,
+    applicable,
+    monitors_fairness,
+    policies_from,
+    selector_matches,
+)
 from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
@@ -51,6 +57,9 @@ class Governance:
         # The target each ExplainerSpec / DriftMonitor had when last seen: a retargeted or
         # deleted one re-judges its former target too.
         self._targets: dict[tuple[str, str | None, str], str] = {}
+        # The DriftMonitors that monitored fairness when last seen (only those): one that
+        # starts or stops doing so re-judges its target (requireFairnessMonitoring).
+        self._fairness: set[tuple[str, str | None, str]] = set()
         # Labels each namespace was last judged with: a namespace event without a label
         # change (they come for every namespace at start-up and on every status change)
         # costs nothing.
@@ -76,6 +85,19 @@ class Governance:
             if before != target:
                 self._inputs += 1
             return before
+
+    def fairness_seen(self, key: tuple[str, str | None, str], monitors: bool) -> bool:
+        """Record whether a DriftMonitor monitors fairness (False when deleted); whether
+        that changed."""
+        with self._guard:
+            before = key in self._fairness
+            if monitors:
+                self._fairness.add(key)
+            else:
+                self._fairness.discard(key)
+            if before != monitors:
+                self._inputs += 1
+            return before != monitors
 
     def model_seen(self, meta: Mapping[str, Any], deleted: bool) -> tuple[Any, int] | None:
         """Record a ModelDeployment's event; what to judge it at (its generation and the
@@ -127,7 +149,8 @@ class Governance:
 
     def __len__(self) -> int:
         with self._guard:
-            return len(self._targets) + len(self._labels) + len(self._policies)
+            return (len(self._targets) + len(self._labels) + len(self._policies)
+                    + len(self._fairness))
 
 
 def governance(memo: Any) -> Governance:
@@ -165,8 +188,9 @@ def kustos_gov_explainers(namespace: str | None, spec: kopf.Spec,
 @kopf.index(GROUP, VERSION, "driftmonitors")
 def kustos_gov_drift_monitors(namespace: str | None, spec: kopf.Spec,
                               **_: Any) -> dict[Any, bool] | None:
+    """By (namespace, target): whether the DriftMonitor monitors fairness."""
     target = (spec.get("targetRef") or {}).get("name")
-    return {(namespace, target): True} if target else None
+    return {(namespace, target): monitors_fairness(spec)} if target else None
 
 
 def _policies(idx: Indices) -> list[Policy]:
@@ -191,6 +215,18 @@ def _approval(spec: Mapping[str, Any]) -> dict[str, Any] | None:
     return out or None
 
 
+def verdict(spec: Mapping[str, Any], namespace: str, name: str,
+            idx: Indices) -> compliance.Verdict | None:
+    """PolicyCompliant's verdict for the ModelDeployment ``namespace/name`` with ``spec``,
+    from the indexes (no API read)."""
+    policies = applicable(_policies(idx), _namespace_labels(idx, namespace))
+    key = (namespace, name)
+    monitors = idx["kustos_gov_drift_monitors"]
+    return compliance.verdict(spec, policies, has_explainer=key in idx["kustos_gov_explainers"],
+                              has_drift_monitor=key in monitors,
+                              has_fairness_monitor=any(monitors.get(key, [])))
+
+
 def judge(md: Mapping[str, Any], idx: Indices) -> None:
     """Recompute PolicyCompliant and the recorded approval of one ModelDeployment and write
     them (governance's part of the status, POLICY) only if they changed."""
@@ -204,11 +240,7 @@ def judge(md: Mapping[str, Any], idx: Indices) -> None:
         if fresh["metadata"].get("deletionTimestamp"):
             return None
         spec = fresh.get("spec") or {}
-        policies = applicable(_policies(idx), _namespace_labels(idx, namespace))
-        key = (namespace, name)
-        found["verdict"] = v = compliance.verdict(
-            spec, policies, has_explainer=key in idx["kustos_gov_explainers"],
-            has_drift_monitor=key in idx["kustos_gov_drift_monitors"])
+        found["verdict"] = v = verdict(spec, namespace, name, idx)
         cond = compliance.condition(fresh.get("status"), v, fresh["metadata"].get("generation"),
                                     datetime.now(UTC))
         found["approval"] = approval = _approval(spec)
@@ -268,8 +300,12 @@ def _rejudge_target(namespace: str | None, target: str | None, idx: Indices) -> 
 def _attachment_changed(kind: str, namespace: str | None, name: str, spec: kopf.Spec,
                         type_: str | None, idx: Indices) -> None:
     target = None if type_ == "DELETED" else (spec.get("targetRef") or {}).get("name")
-    before = governance(idx["memo"]).retarget((kind, namespace, name), target)
-    if before == target:
+    state = governance(idx["memo"])
+    before = state.retarget((kind, namespace, name), target)
+    # A DriftMonitor that starts or stops monitoring fairness changes its target's verdict.
+    refair = kind == "DriftMonitor" and state.fairness_seen(
+        (kind, namespace, name), bool(target) and monitors_fairness(spec))
+    if before == target and not refair:
         return  # a status or other change: which model it targets is what matters here
     for md_name in {before, target} - {None}:
         _safely(f"judging {namespace}/{md_name}", _rejudge_target, namespace, md_name, idx)

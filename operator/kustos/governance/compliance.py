@@ -25,14 +25,17 @@ class Verdict:
 
 
 def verdict(spec: Mapping[str, Any], policies: Iterable[Policy], *, has_explainer: bool,
-            has_drift_monitor: bool) -> Verdict | None:
+            has_drift_monitor: bool, has_fairness_monitor: bool | None = None
+            ) -> Verdict | None:
     """The condition for a ModelDeployment under the policies that apply to its namespace;
-    None when no policy applies (the condition is then not written at all)."""
+    None when no policy applies (the condition is then not written at all).
+    ``has_fairness_monitor`` None leaves requireFairnessMonitoring unjudged."""
     policies = list(policies)
     if not policies:
         return None
     violations = evaluate(spec, policies, has_explainer=has_explainer,
-                          has_drift_monitor=has_drift_monitor)
+                          has_drift_monitor=has_drift_monitor,
+                          has_fairness_monitor=has_fairness_monitor)
     names = ", ".join(p.name for p in policies)
     if not violations:
         return Verdict(True, "Compliant", f"meets GovernancePolicy {names}")

@@ -16,7 +16,8 @@ from typing import Any
 STATIC_RULES = ("requireOwner", "approvalRequiredFor", "digestRequiredFor",
                 "signatureRequiredFor", "allowedRegistries")
 # Rules about other objects; only the PolicyCompliant condition reports them.
-EXISTENCE_RULES = ("explainerRequiredFor", "driftMonitorRequiredFor")
+EXISTENCE_RULES = ("explainerRequiredFor", "driftMonitorRequiredFor",
+                   "requireFairnessMonitoring")
 
 # Condition reason for each rule (the first violation's reason becomes the condition's).
 REASONS = {
@@ -27,6 +28,7 @@ REASONS = {
     "allowedRegistries": "RegistryNotAllowed",
     "explainerRequiredFor": "MissingExplainer",
     "driftMonitorRequiredFor": "MissingDriftMonitor",
+    "requireFairnessMonitoring": "MissingFairnessMonitoring",
 }
 
 
@@ -153,13 +155,22 @@ def signature_problems(model: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(field, "must set publicKey, certificate or sigstore")]
 
 
+def monitors_fairness(drift_monitor_spec: Mapping[str, Any]) -> bool:
+    """Whether a DriftMonitor's spec (wire form) slices its ground truth by at least one
+    sensitive feature: what requireFairnessMonitoring asks for."""
+    ground_truth = drift_monitor_spec.get("groundTruth") or {}
+    return bool((ground_truth.get("fairness") or {}).get("sensitiveFeatures"))
+
+
 def evaluate(spec: Mapping[str, Any], policies: Iterable[Policy], *,
              has_explainer: bool | None = None,
-             has_drift_monitor: bool | None = None) -> list[Violation]:
+             has_drift_monitor: bool | None = None,
+             has_fairness_monitor: bool | None = None) -> list[Violation]:
     """Every rule of ``policies`` that the ModelDeployment ``spec`` breaks.
 
     ``has_explainer`` / ``has_drift_monitor`` say whether an ExplainerSpec / DriftMonitor
-    targets the model; None (the webhook's case) skips those rules.
+    targets the model, ``has_fairness_monitor`` whether one of those DriftMonitors
+    monitors fairness (monitors_fairness); None (the webhook's case) skips those rules.
     """
     out: list[Violation] = []
     tier = risk_tier(spec)
@@ -201,6 +212,11 @@ def evaluate(spec: Mapping[str, Any], policies: Iterable[Policy], *,
         if has_drift_monitor is False and tier in (rules.get("driftMonitorRequiredFor") or []):
             broken("driftMonitorRequiredFor", "DriftMonitor",
                    f"targeting this model is required for riskTier {tier}")
+        if has_fairness_monitor is False and tier in (rules.get("requireFairnessMonitoring")
+                                                      or []):
+            broken("requireFairnessMonitoring", "DriftMonitor",
+                   "targeting this model with spec.groundTruth.fairness.sensitiveFeatures "
+                   f"is required for riskTier {tier}")
     return out
 
 

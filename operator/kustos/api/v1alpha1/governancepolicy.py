@@ -3,7 +3,8 @@
 The admission webhook served by the operator refuses a ModelDeployment that breaks a
 static rule (owner, approval, pinned digest, model signature, image
 registry); the rules that depend on
-other objects (an ExplainerSpec, a DriftMonitor targeting the model) are reported by the
+other objects (an ExplainerSpec, a DriftMonitor targeting the model, one that monitors
+fairness) are reported by the
 operator as the ModelDeployment's PolicyCompliant condition, because objects may be
 applied in any order.
 """
@@ -72,6 +73,10 @@ class GovernancePolicySpec(KModel):
     drift_monitor_required_for: list[RiskTier] = Field(default_factory=list, max_length=3)
     """Risk tiers that need a DriftMonitor targeting the model (PolicyCompliant stays
     False with reason MissingDriftMonitor until one exists)."""
+    require_fairness_monitoring: list[RiskTier] = Field(default_factory=list, max_length=3)
+    """Risk tiers that need fairness monitoring: a DriftMonitor targeting the model with
+    spec.groundTruth.fairness.sensitiveFeatures (PolicyCompliant stays False with reason
+    MissingFairnessMonitoring until one exists)."""
     allowed_registries: list[Registry] | None = Field(default=None, max_length=64)
     """Registries (ghcr.io) or registry path prefixes (ghcr.io/acme) that a user-set
     spec.runtime.image may come from; any registry when unset. The operator's own
