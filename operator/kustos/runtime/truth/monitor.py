@@ -1,0 +1,208 @@
+"""The monitor: events and labels into the store, the evaluation on an interval, the status.
+
+Events arrive in pairs (request, response) with one inference id. The prediction is
+stored when the response arrives; the request's features join it then (the request came
+first: held in memory, bounded by ``maxPending``, oldest dropped) or update it later
+(the request came second).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from kustos.runtime.truth import evaluate, parse
+from kustos.runtime.truth.config import TruthConfig
+from kustos.runtime.truth.metrics import TruthMetrics
+from kustos.runtime.truth.store import Joined, Label, Prediction, Store
+
+log = logging.getLogger("kustos.truth")
+
+try:  # written in parallel by another change; the monitor runs without it
+    from kustos.runtime.truth.fairness import fairness_report
+except ImportError:  # pragma: no cover
+    fairness_report = None  # type: ignore[assignment]
+
+# A prediction's time from ce-time when plausible, else its arrival: a clock that runs
+# ahead in the model's pod must not make label delays negative or predictions immortal.
+CLOCK_SKEW = 300.0
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Monitor:
+    def __init__(self, cfg: TruthConfig, store: Store, metrics: TruthMetrics) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics
+        self._pending: collections.OrderedDict[str, list[dict[str, Any] | None]] = \
+            collections.OrderedDict()
+        self._status: dict[str, Any] = self._empty_status()
+        self._status_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.sources: dict[str, dict[str, Any]] = {}  # bulk source status, by URI
+        self._thread = threading.Thread(target=self._run, name="kustos-truth-eval",
+                                        daemon=True)
+
+    def _empty_status(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        return {"ready": True, "error": None, "model": self.cfg.model, "task": self.cfg.task,
+                **counts, "versions": {}, "violations": [], "lastEvaluation": None,
+                "bulk": []}
+
+    # -- ingestion (the event loop)
+    def event(self, ev: parse.Event, now: float | None = None) -> int:
+        """Store one event; the rows it held."""
+        now = time.time() if now is None else now
+        cfg = self.cfg
+        if ev.kind == "request":
+            rows = parse.request_features(ev.body, cfg.feature_names)
+            updated = self.store.add_features(ev.id, rows)
+            if not updated:
+                self._pending[ev.id] = rows
+                self._pending.move_to_end(ev.id)
+                while len(self._pending) > cfg.max_pending:
+                    self._pending.popitem(last=False)
+            return len(rows)
+        answers, body_version = parse.response_predictions(ev.body, cfg.task, cfg.classes,
+                                                           cfg.model)
+        version = ev.version or body_version or cfg.default_version
+        ts = ev.time if ev.time is not None and now - cfg.retention_seconds <= ev.time \
+            <= now + CLOCK_SKEW else now
+        ts = min(ts, now)
+        features: list[dict[str, Any] | None] | None = self._pending.pop(ev.id, None)
+        if features is not None and len(features) != len(answers):
+            features = None  # not the same inference after all
+        preds = [Prediction(ev.id, i, version, ts, a.label, a.value, a.proba, a.classes,
+                            features[i] if features is not None else None)
+                 for i, a in enumerate(answers)]
+        for p, label_ts in self.store.add_predictions(preds):
+            self.metrics.delay.observe(max(0.0, label_ts - p.ts))
+        return len(preds)
+
+    def labels(self, items: Sequence[parse.LabelIn], source: str,
+               now: float | None = None) -> int:
+        """Store labels; how many joined a prediction already stored."""
+        now = time.time() if now is None else now
+        labels = [Label(x.id, x.row, x.label, x.value, x.metadata,
+                        x.time if x.time is not None and x.time <= now else now, source)
+                  for x in items]
+        joined = self.store.add_labels(labels)
+        for lb, pred_ts in joined:
+            self.metrics.delay.observe(max(0.0, lb.ts - pred_ts))
+        self.metrics.labels.labels(source, "accepted").inc(len(labels))
+        return len(joined)
+
+    # -- evaluation (its own thread)
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.evaluate()
+            except Exception:  # keep the monitor up; the log says what broke
+                log.exception("evaluation failed")
+            self._wake.wait(self.cfg.evaluation_interval)
+            self._wake.clear()
+
+    def status(self) -> dict[str, Any]:
+        with self._status_lock:
+            status = dict(self._status)
+        status["bulk"] = list(self.sources.values())
+        failing = [s for s in status["bulk"] if s.get("lastError")]
+        if failing:
+            status["error"] = {"reason": "BulkSourceFailed",
+                               "message": f"{failing[0]['uri']}: {failing[0]['lastError']}"}
+        return status
+
+    def evaluate(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        cfg, m = self.cfg, self.metrics
+        self.store.expire(now)
+        by_version: dict[str, list[Joined]] = collections.defaultdict(list)
+        for row in self.store.window(now - cfg.window_seconds):
+            by_version[row.version].append(row)
+        versions: dict[str, Any] = {}
+        found: list[dict[str, Any]] = []
+        metric_values: dict[tuple[str, ...], float] = {}
+        coverage: dict[tuple[str, ...], float] = {}
+        gaps: dict[tuple[str, ...], float] = {}
+        slices: dict[tuple[str, ...], float] = {}
+        for version, rows in sorted(by_version.items()):
+            entry, _, labelled = evaluate.version_report(rows, cfg, now)
+            found += evaluate.violations(version, entry, cfg)
+            if cfg.fairness is not None and not entry["inconclusive"]:
+                entry["fairness"] = self._fairness(version, labelled, found, gaps, slices)
+            versions[version] = entry
+            for name, value in entry["metrics"].items():
+                if value is not None:
+                    metric_values[(cfg.model, version, name)] = value
+            if entry["coverage"] is not None:
+                coverage[(cfg.model, version)] = entry["coverage"]
+        m.replace(m.metric, metric_values)
+        m.replace(m.coverage, coverage)
+        m.replace(m.fairness_gap, gaps)
+        m.replace(m.fairness_slice, slices)
+        for kind in ("performance", "fairness"):
+            m.violations.labels(cfg.model, kind).set(sum(v["kind"] == kind for v in found))
+        for table, n in self.store.table_counts().items():
+            m.store_rows.labels(cfg.model, table).set(n)
+        status = {"ready": True, "error": None, "model": cfg.model, "task": cfg.task,
+                  **self.store.counts(), "versions": versions, "violations": found,
+                  "lastEvaluation": rfc3339(now), "evicted": dict(self.store.evicted)}
+        with self._status_lock:
+            self._status = status
+        return self.status()
+
+    def _fairness(self, version: str, labelled: list[Joined], found: list[dict[str, Any]],
+                  gaps: dict[tuple[str, ...], float], slices: dict[tuple[str, ...], float]
+                  ) -> dict[str, Any] | None:
+        fair = self.cfg.fairness
+        if fair is None or fair.config is None or fairness_report is None:
+            return None
+        sensitive: dict[str, list[Any]] = {}
+        for feature in fair.features:
+            values: list[Any] = []
+            for r in labelled:
+                source = r.features if feature.source == "input" else r.metadata
+                value = (source or {}).get(feature.name)
+                values.append(None if value is None else str(value))
+            sensitive[feature.name] = values
+        try:
+            report: dict[str, Any] = fairness_report(
+                [r.true_label for r in labelled], [r.label for r in labelled], sensitive,
+                fair.config)
+        except ValueError as exc:
+            log.warning("fairness of version %s: %s", version, exc)
+            return {"error": str(exc)}
+        model = self.cfg.model
+        for v in report.get("violations", []):
+            found.append({"version": version, "metric": v["metric"], "value": v["value"],
+                          "threshold": v["threshold"], "kind": "fairness",
+                          "feature": v["feature"]})
+        for name, feat in report.get("features", {}).items():
+            for gap in ("demographicParityDifference", "equalizedOddsDifference",
+                        "accuracyGap"):
+                if feat.get(gap) is not None:
+                    gaps[(model, version, name, gap)] = float(feat[gap])
+            for value, sl in feat.get("slices", {}).items():
+                for metric in ("accuracy", "selectionRate", "truePositiveRate",
+                               "falsePositiveRate", "count"):
+                    if isinstance(sl.get(metric), int | float):
+                        slices[(model, version, name, str(value), metric)] = float(sl[metric])
+        return report

@@ -1,0 +1,266 @@
+"""The monitor's store of predictions and labels: SQLite (stdlib sqlite3) in WAL mode, one
+file in the monitor's volume (/var/lib/kustos-truth).
+
+Why SQLite: the monitor is one process (one Deployment, one replica, Recreate), so there
+is exactly one writer and no server is needed; the file survives restarts of the process
+(on a PVC, of the pod too), so labels that arrive days later still find their
+predictions; sqlite3 is in the standard library, so the image needs no extra dependency;
+the join of predictions and labels by inference id is one indexed SQL join. WAL lets the
+evaluation read on its own connection while events are written.
+
+Bounded: predictions and labels are each kept to ``max_rows`` rows and ``retention``
+seconds; beyond that the oldest rows (by arrival time) are evicted first. A label whose
+prediction has not been seen is kept like any other label (it counts against the same
+bound) and joins when the prediction arrives: the join happens at query time, so the
+order of arrival does not matter. A second label for the same id replaces the first.
+
+A prediction or label is addressed by (inference id, row): row r of a request of N rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+FILE = "truth.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id TEXT NOT NULL, row INTEGER NOT NULL, version TEXT NOT NULL, ts REAL NOT NULL,
+    label TEXT, value REAL, proba TEXT, classes TEXT, features TEXT,
+    PRIMARY KEY (id, row));
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+CREATE TABLE IF NOT EXISTS labels (
+    id TEXT NOT NULL, row INTEGER NOT NULL, label TEXT NOT NULL, value REAL,
+    metadata TEXT, ts REAL NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (id, row));
+CREATE INDEX IF NOT EXISTS labels_ts ON labels (ts);
+CREATE TABLE IF NOT EXISTS bulk_files (
+    uri TEXT PRIMARY KEY, size INTEGER NOT NULL, stamp TEXT NOT NULL, loaded REAL NOT NULL,
+    rows INTEGER NOT NULL, bad INTEGER NOT NULL, error TEXT);
+"""
+# Evict down to this share of max_rows at once: not one DELETE per insert at the bound.
+EVICT_TO = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    id: str
+    row: int
+    version: str
+    ts: float
+    label: str | None  # class label (classification)
+    value: float | None  # predicted value (regression)
+    proba: Sequence[float] | None
+    classes: Sequence[str] | None  # the labels of proba's columns
+    features: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    id: str
+    row: int
+    label: str  # canonical text (see parse.canonical)
+    value: float | None  # the label as a number, when it is one
+    metadata: dict[str, Any] | None
+    ts: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """One prediction of the window with its label, if one arrived."""
+
+    version: str
+    ts: float
+    label: str | None
+    value: float | None
+    proba: list[float] | None
+    classes: list[str] | None
+    features: dict[str, Any] | None
+    true_label: str | None
+    true_value: float | None
+    metadata: dict[str, Any] | None
+    label_ts: float | None
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+class Store:
+    """One writer connection (behind a lock: the event loop and the bulk loader write)
+    and one reader connection for the evaluation thread."""
+
+    def __init__(self, directory: str | Path, max_rows: int, retention: float) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path / FILE
+        self.max_rows = max_rows
+        self.retention = retention
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL: a power loss may lose the last commits, never corrupt the file.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._reader = sqlite3.connect(self.path, check_same_thread=False)
+        self._read_lock = threading.Lock()
+        self._counts = {t: self._count(t) for t in ("predictions", "labels")}
+        self.evicted = {"predictions": 0, "labels": 0}
+
+    def _count(self, table: str) -> int:
+        return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock, self._read_lock:
+            self._reader.close()
+            self._db.close()
+
+    # -- writes
+    def add_predictions(self, preds: Sequence[Prediction]) -> list[tuple[Prediction, float]]:
+        """Store ``preds`` (a prediction logged again replaces the earlier one); returns
+        those that joined a label already present, with the label's arrival time."""
+        rows = [(p.id, p.row, p.version, p.ts, p.label, p.value, _dumps(p.proba),
+                 _dumps(p.classes), _dumps(p.features)) for p in preds]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                joined = []
+                for p in preds:
+                    hit = self._db.execute("SELECT ts FROM labels WHERE id=? AND row=?",
+                                           (p.id, p.row)).fetchone()
+                    if hit is not None:
+                        joined.append((p, float(hit[0])))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._counts["predictions"] += len(rows)
+            self._bound("predictions")
+        return joined
+
+    def add_features(self, rid: str, features: Sequence[dict[str, Any] | None]) -> int:
+        """Features of a request whose response arrived first; rows updated."""
+        with self._lock:
+            cur = self._db.executemany(
+                "UPDATE predictions SET features=? WHERE id=? AND row=? AND features IS NULL",
+                [(_dumps(f), rid, i) for i, f in enumerate(features)])
+            return cur.rowcount
+
+    def add_labels(self, labels: Sequence[Label]) -> list[tuple[Label, float]]:
+        """Store ``labels`` (replacing earlier labels of the same id and row); returns those
+        that joined a prediction already present, with the prediction's time."""
+        rows = [(lb.id, lb.row, lb.label, lb.value, _dumps(lb.metadata), lb.ts, lb.source)
+                for lb in labels]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO labels VALUES (?,?,?,?,?,?,?)",
+                                     rows)
+                joined = []
+                for lb in labels:
+                    hit = self._db.execute("SELECT ts FROM predictions WHERE id=? AND row=?",
+                                           (lb.id, lb.row)).fetchone()
+                    if hit is not None:
+                        joined.append((lb, float(hit[0])))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._counts["labels"] += len(rows)
+            self._bound("labels")
+        return joined
+
+    def _bound(self, table: str) -> None:
+        """Evict the oldest rows of ``table`` beyond max_rows (under the lock)."""
+        # The count is an upper bound (a replaced row was counted again): exact only here.
+        if self._counts[table] <= self.max_rows:
+            return
+        count = self._counts[table] = self._count(table)
+        if count <= self.max_rows:
+            return
+        excess = count - int(self.max_rows * EVICT_TO)
+        self._db.execute(f"DELETE FROM {table} WHERE rowid IN "
+                         f"(SELECT rowid FROM {table} ORDER BY ts LIMIT ?)", (excess,))
+        self.evicted[table] += excess
+        self._counts[table] = self._count(table)
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop rows older than the retention; how many."""
+        cutoff = (time.time() if now is None else now) - self.retention
+        dropped = 0
+        with self._lock:
+            for table in ("predictions", "labels"):
+                cur = self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,))
+                dropped += max(cur.rowcount, 0)
+                self._counts[table] = self._count(table)
+        return dropped
+
+    # -- bulk files loaded
+    def bulk_seen(self, uri: str, size: int, stamp: str) -> bool:
+        with self._lock:
+            hit = self._db.execute("SELECT 1 FROM bulk_files WHERE uri=? AND size=? AND "
+                                   "stamp=?", (uri, size, stamp)).fetchone()
+        return hit is not None
+
+    def bulk_done(self, uri: str, size: int, stamp: str, rows: int, bad: int,
+                  error: str | None) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO bulk_files VALUES (?,?,?,?,?,?,?)",
+                             (uri, size, stamp, time.time(), rows, bad, error))
+
+    def bulk_files(self) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute("SELECT uri, size, stamp, loaded, rows, bad, error "
+                                   "FROM bulk_files ORDER BY loaded")
+            return [dict(zip(("uri", "size", "stamp", "loaded", "rows", "badRows", "error"),
+                             r, strict=True)) for r in cur.fetchall()]
+
+    # -- reads (the evaluation thread)
+    def counts(self) -> dict[str, int]:
+        with self._read_lock:
+            db = self._reader
+            joined = db.execute("SELECT COUNT(*) FROM predictions p JOIN labels l "
+                                "ON p.id = l.id AND p.row = l.row").fetchone()[0]
+            preds = db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+            labels = db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        return {"predictions": int(preds), "labels": int(labels), "joined": int(joined)}
+
+    def window(self, since: float) -> Iterator[Joined]:
+        """The predictions made since ``since``, each with its label if any."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT p.version, p.ts, p.label, p.value, p.proba, p.classes, p.features, "
+                "l.label, l.value, l.metadata, l.ts FROM predictions p LEFT JOIN labels l "
+                "ON p.id = l.id AND p.row = l.row WHERE p.ts >= ? ORDER BY p.ts",
+                (since,)).fetchall()
+        for r in rows:
+            yield Joined(r[0], r[1], r[2], r[3], _loads(r[4]), _loads(r[5]), _loads(r[6]),
+                         r[7], r[8], _loads(r[9]), r[10])
+
+    def table_counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
