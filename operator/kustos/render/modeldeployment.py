@@ -14,6 +14,13 @@ from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import CanarySpec, ModelSource
 from kustos.config import OperatorConfig
 from kustos.registry.resolution import served_spec
+from kustos.rollout.tracks import (
+    CANDIDATE_SUFFIX,
+    effective_spec,
+    rollout_status,
+    shadow_target,
+    shadowing,
+)
 
 from . import encryption
 from .attachments import NONE, Attachments
@@ -323,10 +330,14 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
 
 
 def render_service(body: Mapping[str, Any], tls: bool = False,
-                   grpc_port: int | None = None) -> dict[str, Any]:
+                   grpc_port: int | None = None, track: str | None = None,
+                   name: str | None = None) -> dict[str, Any]:
     """One Service over both tracks, on port 80 -> the runtime's http port; with TLS
-    443 (named https, appProtocol https, which meshes and gateways read) -> https."""
-    name = body["metadata"]["name"]
+    443 (named https, appProtocol https, which meshes and gateways read) -> https.
+    ``track``: over that track's pods only (a shadowing rollout keeps its candidate out
+    of the model's Service, and gives it its own, ``name``)."""
+    instance = body["metadata"]["name"]
+    name = name or instance
     port: dict[str, Any] = {"name": "http", "port": SERVICE_PORT, "targetPort": "http",
                             "protocol": "TCP"}
     if tls:
@@ -338,7 +349,8 @@ def render_service(body: Mapping[str, Any], tls: bool = False,
         "metadata": child_meta(body, name, {COMPONENT: "predictor"}),
         "spec": {
             "type": "ClusterIP",
-            "selector": {INSTANCE: name, COMPONENT: "predictor"},
+            "selector": {INSTANCE: instance, COMPONENT: "predictor",
+                         **({TRACK: track} if track else {})},
             "ports": [port, *_grpc_service_ports(grpc_port, tls)],
         },
     }
@@ -469,13 +481,24 @@ def render_pdb(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, 
     }
 
 
+def _add_args(children: list[dict[str, Any] | None], deployment: str,
+              args: list[str]) -> None:
+    """Append ``args`` to the server container of the Deployment named ``deployment``."""
+    for child in children:
+        if child and child["kind"] == "Deployment" and child["metadata"]["name"] == deployment:
+            server = child["spec"]["template"]["spec"]["containers"][0]
+            server["args"] = [*server.get("args", []), *args]
+
+
 def render(body: Mapping[str, Any], config: OperatorConfig,
            attachments: Attachments = NONE, gateway_api: bool = False) -> list[dict[str, Any]]:
     """Every child of a ModelDeployment, each with its spec-hash annotation.
     ``gateway_api``: the cluster serves the HTTPRoute CRD (render/httproute.py)."""
     # A models:/ URI is served as status.registry resolved it (the registry controller's
     # contributor holds the render back until it is resolved).
-    spec = served_spec(body)
+    asked = served_spec(body)
+    # spec.rollout: the stable and candidate models as a canary (kustos/rollout/tracks.py)
+    spec = effective_spec(asked, rollout_status(body))
     name = body["metadata"]["name"]
     # What the pods mount (the Vault agent's ConfigMap) exists before the pods do: the
     # children are applied in this order.
@@ -487,7 +510,17 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     children += [render_deployment(body, spec, t, config, scaled[t.track], attachments)
                  for t in split_tracks(name, spec)]
     ports = runtime_ports(serving_spec(name, spec, spec.model, config, attachments))
-    children += [render_service(body, serves_tls(spec), ports.grpc),
+    shadow = shadowing(asked, rollout_status(body))
+    if shadow and rollout_status(body).get("phase") == "Shadow" and asked.rollout \
+            and asked.rollout.shadow and spec.runtime.kind == "kustos":
+        _add_args(children, name, shadow_target(  # the stable track mirrors to the candidate
+            name, body["metadata"].get("namespace", ""), config.cluster_domain,
+            asked.rollout.shadow.sample_percent))
+    if shadow:
+        children.append(render_service(body, serves_tls(spec), ports.grpc, "canary",
+                                        name + CANDIDATE_SUFFIX))
+    children += [render_service(body, serves_tls(spec), ports.grpc,
+                                "stable" if shadow else None),
                  *render_route(body, spec, gateway_api),
                  render_autoscaler(body, spec, config),
                  render_canary_hpa(body, spec) if scaled["canary"] else None,

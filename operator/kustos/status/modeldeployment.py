@@ -10,7 +10,6 @@ from typing import Any
 from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.api.v1alpha1.modeldeployment import ModelSource
 from kustos.config import OperatorConfig
-from kustos.registry.resolution import served_spec
 from kustos.render.httproute import traffic_split
 from kustos.render.meta import MODEL_DIGEST, MODEL_VERSION
 from kustos.render.modeldeployment import (
@@ -23,6 +22,7 @@ from kustos.render.signature import SIGNER_ANNOTATION, signer
 
 from .conditions import get_condition, set_condition, timestamp
 from .owners import StatusOwner
+from .rollout import progressing, rendered_spec, rolled_back
 
 # The reconcile's part of a ModelDeployment's status (Vault's and governance's parts are
 # theirs: controllers/vault.py, controllers/governance.py).
@@ -127,7 +127,7 @@ def _rollouts(name: str, spec: ModelDeploymentSpec,
 
 def settled(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]]) -> bool:
     """Whether every track's rollout is complete (then the pods need no reading)."""
-    spec = served_spec(body)  # a models:/ URI as status.registry resolved it
+    spec = rendered_spec(body)  # models:/ as status.registry resolved it; a rollout's tracks
     return all(r.done for r in _rollouts(body["metadata"]["name"], spec, deployments))
 
 
@@ -135,7 +135,7 @@ def stale_templates(body: Mapping[str, Any],
                     deployments: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Deployments whose pod template serves another model version or digest than the spec
     asks for: a render of an older spec is live (a writer that died or lost a race)."""
-    spec = served_spec(body)  # a models:/ URI as status.registry resolved it
+    spec = rendered_spec(body)  # models:/ as status.registry resolved it; a rollout's tracks
     return [r.name for r in _rollouts(body["metadata"]["name"], spec, deployments)
             if r.exists and not r.current]
 
@@ -156,7 +156,7 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
     old: Mapping[str, Any] = body.get("status") or {}
-    spec = served_spec(body)  # a models:/ URI as status.registry resolved it
+    spec = rendered_spec(body)  # models:/ as status.registry resolved it; a rollout's tracks
     rollouts = _rollouts(name, spec, deployments)
     stable = rollouts[0]
     notices: list[Notice] = []
@@ -181,6 +181,10 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
     else:
         cond("Progressing", False, "RolloutComplete",
              f"{total_wanted} replica(s) serving version {spec.model.version}")
+
+    analysed = progressing(body)  # spec.rollout: the step under analysis
+    if analysed is not None:
+        cond("Progressing", True, *analysed)
 
     if total_wanted == 0 and stable.exists:
         cond("Ready", False, "ScaledToZero", "replicas is 0")
@@ -207,6 +211,9 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
         cond("Degraded", True, problem[1], problem[0])
         if not was_degraded or old_degraded.get("reason") != problem[1]:
             notices.append(Notice(problem[1], problem[0], warning=True))
+    elif rolled_back(body) is not None:
+        # the rollout controller posted the Warning Event naming the failed gate
+        cond("Degraded", True, "RolledBack", str(rolled_back(body)))
     else:
         cond("Degraded", False, "AsExpected", "")
         if was_degraded:
