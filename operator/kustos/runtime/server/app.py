@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from kustos.runtime.server import ids, openapi, seldon, v1, v2
+from kustos.runtime.server import ids, openapi, seldon, truth_link, v1, v2
 from kustos.runtime.server import metrics as m
 from kustos.runtime.server.batching import Batcher, Outcome
 from kustos.runtime.server.hooks import DriftSender, ExplainForwarder
@@ -54,6 +54,7 @@ class AppOptions:
     shadow_url: str | None = None
     shadow_percent: float = 100.0
     shadow_queue: int = 1024
+    truth_url: str | None = None  # the ground-truth monitor (runtime/server/truth_link.py)
 
 
 def _seldon_path(path: str) -> bool:
@@ -75,6 +76,11 @@ class ServingApp:
                       if opts.drift_url else None)
         self.payload_log = (PayloadLogger(opts.payload_log, opts.name)
                             if opts.payload_log else None)
+        self.truth: truth_link.FeedbackForwarder | None = None
+        if opts.truth_url:  # every prediction and all feedback to the monitor
+            self.payload_log = truth_link.TruthLogger(opts.truth_url, opts.name,
+                                                      self.payload_log)
+            self.truth = truth_link.FeedbackForwarder(opts.truth_url, opts.name)
         self.shadow = (ShadowMirror(opts.shadow_url, opts.name, opts.shadow_percent,
                                     opts.shadow_queue)
                        if opts.shadow_url and opts.shadow_percent > 0 else None)
@@ -116,6 +122,8 @@ class ServingApp:
             self.payload_log.close()
         if self.shadow is not None:
             self.shadow.close()
+        if self.truth is not None:
+            self.truth.close()
         if self.explainer is not None:
             self.explainer.close()
 
@@ -151,6 +159,7 @@ class ServingApp:
             table[base + "/ready"] = {get: (self._v2_model_ready, "v2_ready")}
             table[base + "/infer"] = {post: (self._v2_infer, "v2_infer")}
             table[base + "/explain"] = {post: (self._explain, "v2_explain")}
+            table[base + "/feedback"] = {post: (self._v2_feedback, "v2_feedback")}
         return table
 
     def handle(self, request: Request, reply: Reply) -> None:
@@ -370,7 +379,12 @@ class ServingApp:
             self._not_ready(request, reply)
             return
         try:
-            reward = seldon.parse_feedback(self._seldon_body(request), model)
+            body = self._seldon_body(request)
+            reward = seldon.parse_feedback(body, model)
+            rid = ids.from_headers(request.headers)
+            if self.truth is not None and truth_link.check_feedback(
+                    truth_link.SELDON_PATH, body, rid, model.classes):
+                self.truth.forward(truth_link.SELDON_PATH, body, rid)
         except ProtocolError as exc:
             reply(exc.status, seldon.error_body(exc.status, exc.message), JSON, b"")
             return
@@ -379,6 +393,21 @@ class ServingApp:
             m.FEEDBACK_REWARD.labels(self.name).inc(max(reward, 0.0))
         reply(200, orjson.dumps({"data": {"names": [], "ndarray": []},
                                  "meta": {"requestPath": {self.name: self.version}}}), JSON, b"")
+
+    def _v2_feedback(self, request: Request, reply: Reply) -> None:
+        """Labels by inference id, checked and forwarded to the ground-truth monitor."""
+        if self.truth is None:
+            reply(404, error_body(f"no ground-truth monitor is configured for model "
+                                  f"{self.name!r} (kustos serve --truth-url)"), JSON, b"")
+            return
+        try:
+            truth_link.check_feedback(request.path, request.body, None,
+                                      self.model.classes if self.model else None)
+        except ProtocolError as exc:
+            reply(exc.status, error_body(exc.message), JSON, b"")
+            return
+        self.truth.forward(f"/v2/models/{self.name}/feedback", request.body)
+        reply(202, b'{"forwarded":true}', JSON, b"")
 
     def _seldon_metadata(self, request: Request, reply: Reply) -> None:
         if self.model is None:

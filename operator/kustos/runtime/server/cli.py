@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow-percent", type=float, default=None, metavar="N",
                    help="percentage of prediction requests mirrored, 0..100 (100 when "
                         "--shadow-url is set)")
+    p.add_argument("--truth-url", default=os.environ.get("KUSTOS_TRUTH_URL") or None,
+                   metavar="URL",
+                   help="ground-truth monitor (kustos truth) base URL: every prediction is "
+                        "logged to URL/v1/events (100%%, unredacted) and feedback is "
+                        "forwarded to it (env KUSTOS_TRUTH_URL)")
     payload_log_config.add_args(p)
     server_tls.add_tls_args(p)
     process.add_log_level(p)
@@ -122,7 +127,7 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--max-url-bytes must be at least 256 and --max-header-bytes at least 1024"
     if args.drift_max_rows_per_second < 0:
         return "--drift-max-rows-per-second must be >= 0"
-    for url in (args.drift_url, args.explainer_url):
+    for url in (args.drift_url, args.explainer_url, args.truth_url):
         if url and not url.startswith(("http://", "https://")):
             return f"expected an http(s) URL, got {url!r}"
     if args.shadow_percent is not None and not args.shadow_url:
@@ -163,7 +168,8 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         batching=not args.no_batching, max_batch_rows=args.max_batch_rows,
         drift_max_rows_per_second=args.drift_max_rows_per_second,
         payload_log=payload_log_config.from_args(args), shadow_url=args.shadow_url,
-        shadow_percent=100.0 if args.shadow_percent is None else args.shadow_percent),
+        shadow_percent=100.0 if args.shadow_percent is None else args.shadow_percent,
+        truth_url=args.truth_url),
         __version__)
     server = HttpServer(app, max_body=args.max_body_bytes,
                         keepalive_timeout=args.keepalive_timeout,
