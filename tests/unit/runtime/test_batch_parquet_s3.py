@@ -1,0 +1,359 @@
+"""`kustos batch` with Parquet (fastparquet) and an s3:// output on a real moto server on
+loopback that checks every request's signature; a forest trained here on breast_cancer.
+
+CSV in / Parquet out, Parquet in / JSONL out, S3 in (through `kustos fetch`, as the pod
+does) / S3 out, and a run SIGKILLed after observed progress then run again: every row
+once, equal to the estimator's own predictions."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from unit_support import wait_for
+
+from kustos.runtime.batch import runner, source
+from kustos.runtime.server.models import load_model
+from ports import free_port
+
+fastparquet = pytest.importorskip("fastparquet")
+pd = pytest.importorskip("pandas")
+
+KUSTOS = [sys.executable, "-m", "kustos.cli"]
+FEATURES = [f"f{i}" for i in range(30)]
+ROW_GROUP = 700  # not a multiple of the chunk sizes below: chunks straddle row groups
+ALL = """{"Version": "2012-10-17", "Statement": [
+  {"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}]}"""
+
+
+@dataclass
+class Data:
+    model: Path
+    estimator: Any
+    x: np.ndarray[Any, Any]
+    ids: list[str]
+    csv: Path
+    parquet: Path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    import skops.io as sio
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    d = tmp_path_factory.mktemp("batch-pq")
+    x, y = load_breast_cancer(return_X_y=True)
+    est = RandomForestClassifier(n_estimators=30, random_state=0).fit(x, y)
+    sio.dump(est, d / "model.skops")
+    big = np.tile(x, (8, 1))  # 4552 rows
+    ids = [f"k{i}" for i in range(len(big))]
+    with (d / "in.csv").open("w") as f:
+        f.write(",".join(["row_key", *FEATURES]) + "\n")
+        for key, row in zip(ids, big, strict=True):
+            f.write(",".join([key, *map(repr, row.tolist())]) + "\n")
+    frame = pd.DataFrame({"row_key": ids, **{c: big[:, i] for i, c in enumerate(FEATURES)}})
+    fastparquet.write(str(d / "in.parquet"), frame, write_index=False,
+                      row_group_offsets=list(range(0, len(big), ROW_GROUP)))
+    return Data(d / "model.skops", est, big, ids, d / "in.csv", d / "in.parquet")
+
+
+@dataclass
+class Moto:
+    endpoint: str
+    env: dict[str, str]  # what the output's credentialsSecretRef gives the container
+    boto: Any
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[Moto]:
+    import boto3
+
+    port = free_port()
+    # The 3 IAM calls below go unauthenticated; moto checks every later request.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                return True
+            except OSError:
+                return False
+
+        assert wait_for(up, 30, 0.1), "moto server did not start"
+        kw: dict[str, Any] = {"endpoint_url": endpoint, "region_name": "us-east-1",
+                              "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+        iam = boto3.client("iam", **kw)
+        iam.create_user(UserName="batch")
+        key = iam.create_access_key(UserName="batch")["AccessKey"]
+        iam.put_user_policy(UserName="batch", PolicyName="all", PolicyDocument=ALL)
+        creds = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                 "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        s3c = boto3.client("s3", **{**kw, "aws_access_key_id": creds["AWS_ACCESS_KEY_ID"],
+                                    "aws_secret_access_key": creds["AWS_SECRET_ACCESS_KEY"]})
+        s3c.create_bucket(Bucket="data")
+        s3c.create_bucket(Bucket="results")
+        yield Moto(endpoint, {**creds, "AWS_ENDPOINT_URL": endpoint,
+                              "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"},
+                   s3c)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def env_without_aws(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+            "AWS_EC2_METADATA_DISABLED": "true", **(extra or {})}
+
+
+def batch(data: Data, out: str | Path, *extra: str, input_: Path | None = None,
+          env: dict[str, str] | None = None,
+          check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*KUSTOS, "batch", "--model", str(data.model), "--input",
+                           str(input_ or data.parquet), "--output", str(out), "--quiet",
+                           "--id-field", "row_key", *extra],
+                          capture_output=True, text=True, timeout=300,
+                          env=env or env_without_aws())
+    if check:
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc
+
+
+def report(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def parquet_rows(blobs: list[bytes]) -> Any:
+    frames = [fastparquet.ParquetFile(io.BytesIO(b)).to_pandas() for b in blobs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def s3_parts(moto: Moto, prefix: str) -> dict[str, bytes]:
+    listed = moto.boto.list_objects_v2(Bucket="results", Prefix=prefix + "/")
+    return {o["Key"].rsplit("/", 1)[1]: moto.boto.get_object(Bucket="results", Key=o["Key"])[
+        "Body"].read() for o in listed.get("Contents", [])}
+
+
+def assert_all_rows_once(data: Data, frame: Any, proba: bool = True) -> None:
+    assert frame["inference_id"].tolist() == data.ids, "every row once, in file order"
+    assert frame["predict"].tolist() == data.estimator.predict(data.x).tolist()
+    if proba:
+        got = frame[["predict_proba_0", "predict_proba_1"]].to_numpy()
+        np.testing.assert_array_equal(got, data.estimator.predict_proba(data.x))
+
+
+def test_csv_in_parquet_out_across_shards(data: Data, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    reports = [report(batch(data, out, "--input-format", "csv", "--output-format", "parquet",
+                            "--chunk-size", "500", "--shards", "3", "--shard", str(i),
+                            "--prediction", "predict", "--prediction", "predict_proba",
+                            input_=data.csv))
+               for i in range(3)]
+    n = len(data.x)
+    assert sum(r["rows"] for r in reports) == n and {r["rowsTotal"] for r in reports} == {n}
+    parts = sorted(out.glob("part-*"))
+    assert [p.name for p in parts] == [f"part-{k:06d}.parquet" for k in range(-(-n // 500))]
+    frame = parquet_rows([p.read_bytes() for p in parts])
+    assert_all_rows_once(data, frame)
+    assert frame["predict_proba_1"].dtype == np.float64  # numbers stay numbers
+    assert json.loads((out / "_chunking.json").read_text())["format"] == "parquet"
+
+
+def test_parquet_in_jsonl_out_equal_to_csv_in(data: Data, tmp_path: Path) -> None:
+    """Chunks of 500 rows over row groups of 700: cut by row number, as a CSV's are."""
+    out = tmp_path / "out"
+    reports = [report(batch(data, out, "--input-format", "parquet", "--output-format",
+                            "jsonl", "--chunk-size", "500", "--shards", "2", "--shard", str(i)))
+               for i in range(2)]
+    assert [r["chunks"] for r in reports] == [5, 5]
+    rows = [json.loads(line) for p in sorted(out.glob("part-*.jsonl"))
+            for line in p.read_text().splitlines()]
+    assert [r["inference_id"] for r in rows] == data.ids
+    assert [r["predict"] for r in rows] == data.estimator.predict(data.x).tolist()
+    csv_out = tmp_path / "csv"
+    batch(data, csv_out, "--input-format", "csv", "--output-format", "jsonl",
+          "--chunk-size", "500", input_=data.csv)
+    for k in range(10):
+        name = f"part-{k:06d}.jsonl"
+        assert (out / name).read_bytes() == (csv_out / name).read_bytes(), name
+
+
+def test_a_shard_reads_only_the_row_groups_of_its_missing_chunks(data: Data,
+                                                                 tmp_path: Path) -> None:
+    read: list[int] = []
+    wanted = {3}  # rows 1500..1999: row groups 2 (1400..2099) only
+    for chunk in source.chunks(data.parquet, "parquet", 500, lambda k: k in wanted,
+                               ["row_key", "f0"]):
+        read.append(chunk.index) if chunk.frame is not None else None
+        assert chunk.wanted == (chunk.index in wanted)
+        if chunk.index == 3:
+            assert chunk.first_row == 1500 and len(chunk.frame) == 500
+            assert chunk.frame["row_key"].tolist() == data.ids[1500:2000]
+            assert list(chunk.frame.columns) == ["row_key", "f0"]
+    assert read == [3]
+    # the in-process runner: the same Model as `kustos serve`
+    model = load_model(data.model, "bc")
+    job = runner.Job(input=data.parquet, input_format="parquet", output=tmp_path / "o",
+                     output_format="parquet", chunk_size=1000, shard=1, shards=3,
+                     id_field="row_key")
+    done = runner.run(job, model)
+    # chunks 1 and 4 (the last, 552 rows) of 0..4
+    assert (done.chunks, done.rows, done.rows_total) == (2, 1552, len(data.x))
+
+
+def test_s3_in_through_fetch_and_s3_out(data: Data, moto: Moto) -> None:
+    """The pod's path: `kustos fetch` brings the input (digest checked), `kustos batch`
+    PUTs one object per chunk under the prefix; a second run finds them all done."""
+    import hashlib
+
+    body = data.parquet.read_bytes()
+    moto.boto.put_object(Bucket="data", Key="in/rows.parquet", Body=body)
+    env = env_without_aws(moto.env)
+    local = data.model.parent / "fetched.parquet"
+    fetched = subprocess.run([*KUSTOS, "fetch", "s3://data/in/rows.parquet", str(local),
+                              "--digest", "sha256:" + hashlib.sha256(body).hexdigest()],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    first = report(batch(data, "s3://results/run-a", "--input-format", "parquet",
+                         "--output-format", "parquet", "--chunk-size", "1000",
+                         "--prediction", "predict", "--prediction", "predict_proba",
+                         input_=local, env=env))
+    assert (first["rows"], first["chunks"], first["chunksResumed"]) == (len(data.x), 5, 0)
+    parts = s3_parts(moto, "run-a")
+    assert sorted(parts) == ["_chunking.json", *(f"part-{k:06d}.parquet" for k in range(5))]
+    assert_all_rows_once(data, parquet_rows([parts[f"part-{k:06d}.parquet"]
+                                             for k in range(5)]))
+    again = report(batch(data, "s3://results/run-a", "--input-format", "parquet",
+                         "--output-format", "parquet", "--chunk-size", "1000",
+                         "--prediction", "predict", "--prediction", "predict_proba",
+                         input_=local, env=env))
+    assert again["chunksResumed"] == 5
+    # other settings into the same prefix: refused, nothing mixed
+    other = batch(data, "s3://results/run-a", "--input-format", "parquet",
+                  "--output-format", "parquet", "--chunk-size", "999", input_=local,
+                  env=env, check=False)
+    assert other.returncode == 1 and "holds the output of another run" in report(other)["error"]
+
+
+def test_s3_out_refused_with_wrong_keys_says_so_without_the_secret(data: Data,
+                                                                  moto: Moto) -> None:
+    secret = "wrong-secret-value-1234"
+    env = env_without_aws({**moto.env, "AWS_SECRET_ACCESS_KEY": secret})
+    proc = batch(data, "s3://results/run-denied", "--input-format", "parquet",
+                 "--chunk-size", "1000", env=env, check=False)
+    assert proc.returncode == 1
+    error = report(proc)["error"]
+    assert "HTTP 403" in error and "s3://results/run-denied/_chunking.json" in error
+    assert secret not in proc.stdout + proc.stderr
+    assert s3_parts(moto, "run-denied") == {}
+
+
+def killed_after_progress(args: list[str], env: dict[str, str], chunks: int) -> int:
+    """Start `kustos batch`, SIGKILL it once it reported ``chunks`` written chunks (its
+    per-chunk lines come after each write); the chunk indexes it reported."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    seen: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if b'"chunk"' in line:
+                seen.append(json.loads(line)["chunk"])
+            if len(seen) >= chunks:
+                break
+        assert len(seen) >= chunks, "the run ended before it reported progress"
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return len(seen)
+
+
+def test_killed_mid_run_to_s3_resumes_without_duplicates(data: Data, moto: Moto) -> None:
+    env = env_without_aws(moto.env)
+    args = [*KUSTOS, "batch", "--model", str(data.model), "--input", str(data.parquet),
+            "--input-format", "parquet", "--output", "s3://results/run-kill",
+            "--output-format", "parquet", "--chunk-size", "40", "--id-field", "row_key",
+            "--prediction", "predict", "--prediction", "predict_proba"]
+    chunks = -(-len(data.x) // 40)
+    reported = killed_after_progress(args, env, 3)
+    written = [k for k in s3_parts(moto, "run-kill") if k.startswith("part-")]
+    assert reported <= len(written) < chunks
+    rerun = report(batch(data, "s3://results/run-kill", "--input-format", "parquet",
+                         "--output-format", "parquet", "--chunk-size", "40",
+                         "--prediction", "predict", "--prediction", "predict_proba", env=env))
+    assert rerun["chunksResumed"] >= len(written) and rerun["chunks"] == chunks
+    assert rerun["chunksResumed"] < chunks, "the rerun wrote the missing chunks"
+    parts = s3_parts(moto, "run-kill")
+    names = [f"part-{k:06d}.parquet" for k in range(chunks)]
+    assert sorted(k for k in parts if k.startswith("part-")) == names
+    frame = parquet_rows([parts[n] for n in names])
+    assert not frame["inference_id"].duplicated().any(), "no row written twice"
+    assert_all_rows_once(data, frame)
+
+
+def test_killed_mid_run_to_a_directory_resumes_without_duplicates(data: Data,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [*KUSTOS, "batch", "--model", str(data.model), "--input", str(data.csv),
+            "--output", str(out), "--output-format", "parquet", "--chunk-size", "40",
+            "--id-field", "row_key"]
+    chunks = -(-len(data.x) // 40)
+    killed_after_progress(args, env_without_aws(), 3)
+    written = len(list(out.glob("part-*.parquet")))
+    assert 3 <= written < chunks
+    rerun = report(batch(data, out, "--output-format", "parquet", "--chunk-size", "40",
+                         input_=data.csv))
+    assert rerun["chunksResumed"] >= written and rerun["chunks"] == chunks
+    assert not list(out.glob(".part-*")), "a killed run's temporary file is cleaned up"
+    frame = parquet_rows([p.read_bytes() for p in sorted(out.glob("part-*.parquet"))])
+    assert not frame["inference_id"].duplicated().any()
+    assert_all_rows_once(data, frame, proba=False)
+
+
+def test_without_fastparquet_the_error_says_where_it_is(data: Data, tmp_path: Path) -> None:
+    """The kustos image has no fastparquet: Parquet fails with a clear line there."""
+    code = ("import sys; sys.modules['fastparquet'] = None; "
+            "from kustos.runtime.batch.cli import main; sys.exit(main(sys.argv[1:]))")
+    for fmt_args, input_ in ((["--input-format", "parquet"], data.parquet),
+                             (["--input-format", "csv", "--output-format", "parquet"],
+                              data.csv)):
+        proc = subprocess.run([sys.executable, "-c", code, "--model", str(data.model),
+                               "--input", str(input_), "--output", str(tmp_path / "o"),
+                               "--id-field", "row_key", "--quiet", *fmt_args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        error = report(proc)["error"]
+        assert "fastparquet" in error and "kustos-explain" in error, error
+
+
+def test_parquet_refusals_name_the_column(data: Data, tmp_path: Path) -> None:
+    bad = tmp_path / "text.parquet"
+    frame = pd.DataFrame({"row_key": ["a", "b"], "f0": ["x", "y"], "f1": [1.0, 2.0]})
+    fastparquet.write(str(bad), frame, write_index=False)
+    proc = batch(data, tmp_path / "o", "--input-format", "parquet", input_=bad, check=False)
+    assert proc.returncode == 1 and "column f0 is object, not numeric" in report(proc)["error"]
+    proc = batch(data, tmp_path / "o", "--input-format", "parquet", "--feature", "nope",
+                 check=False)
+    assert proc.returncode == 1 and "no column nope in the schema" in report(proc)["error"]
+    proc = batch(data, tmp_path / "o", "--input-format", "parquet", input_=data.csv,
+                 check=False)
+    assert proc.returncode == 1 and "not a Parquet file" in report(proc)["error"]
