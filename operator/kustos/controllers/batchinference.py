@@ -26,6 +26,8 @@ from kustos.governance.policy import applicable, evaluate, policies_from, summar
 from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
+from kustos.registry.resolution import served_spec
+from kustos.registry.uri import is_registry_uri
 from kustos.render import batchinference as render_bi
 from kustos.status import batchinference as status_bi
 from kustos.status.conditions import get_condition
@@ -75,12 +77,23 @@ def resolve(body: Mapping[str, Any], spec: BatchInferenceSpec
                 "PolicyViolation", f"ModelDeployment {ref} is not PolicyCompliant: "
                                    f"{compliant.get('message') or compliant.get('reason')}"))
         judged_spec: Mapping[str, Any] = md.get("spec") or {}
-        model = ModelSource.model_validate(judged_spec.get("model") or {})
+        # A models:/ URI runs the file status.registry resolved it to, as the serving
+        # pods do (registry.resolution.served_spec).
+        model = served_spec(md).model
+        if is_registry_uri(model.uri):
+            raise Blocked(status_bi.Blocked(
+                "ModelNotResolved", f"ModelDeployment {ref}'s {model.uri} is not resolved "
+                                    "in its registry yet (status.registry)"))
         account = ref if model.web_identity else None
         name = ref
     else:
         assert spec.model is not None  # CEL: exactly one of modelRef and model
         model = spec.model
+        if is_registry_uri(model.uri):
+            raise Blocked(status_bi.Blocked(
+                "InvalidSpec", "spec.model.uri: a BatchInference does not resolve models:/ "
+                               "URIs itself; use modelRef to a ModelDeployment that does",
+                final=True))
         judged_spec = {"model": model.wire(),
                        **({"governance": spec.governance.wire()} if spec.governance else {})}
         account = None
