@@ -166,6 +166,7 @@ def main(argv: list[str]) -> int:
         model_events,
         modeldeployment,
         registry,
+        rollout,
         vault,
     )
 

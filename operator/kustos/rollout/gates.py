@@ -155,7 +155,8 @@ def evaluate(analysis: AnalysisSpec, stable: Sample, candidate: Sample, phase: s
         else:
             value = None if ext.drifted is None else float(ext.drifted)
             ok = ext.drifted is False
-        gates.append(_gate("drift", value, threshold, ok, ext.drift_samples, n,
+        # samples: the monitor's evaluated windows (each already sized by the monitor)
+        gates.append(_gate("drift", value, threshold, ok, ext.drift_samples, 1,
                            missing="no DriftMonitor result for the model"))
     truth = ext.truth or {}
     old, new = (truth.get(v or "") if v else None for v in versions)
