@@ -205,3 +205,14 @@ def test_crd_rules_name_the_field() -> None:
         "properties"]["status"]["properties"]
     versions = status["groundTruth"]["properties"]["versions"]
     assert versions["x-kubernetes-list-map-keys"] == ["version"]
+
+
+def test_args_are_what_kustos_truth_parses() -> None:
+    from kustos.runtime.truth.cli import build_parser
+
+    d = by_kind(truth.children(dm(GT), MD, OperatorConfig()))["Deployment"]
+    args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "truth"
+    parsed = build_parser().parse_args(args[1:])
+    assert parsed.config == "/etc/kustos-truth/config.json"
+    assert parsed.data_dir == truth.STORE_DIR and parsed.port == truth.PORT
