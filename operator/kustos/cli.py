@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "truth": ("kustos.runtime.truth.cli", "the ground-truth monitor: labels joined with predictions"),
     "status": ("kustos.governance.inventory", "list every ModelDeployment you can see"),
     "rollback": ("kustos.governance.rollback", "roll a ModelDeployment back to a version"),
+    "rollout": ("kustos.rollout_cli", "status, promote, abort, pause, resume a gated rollout"),
 }
 
 
