@@ -117,7 +117,7 @@ def test_cloudevents_reach_a_real_broker_and_consumer(broker: KafkaBroker,
     topic = "kustos-payloads"
     broker.create_topic(topic, PARTITIONS)
     serve = Serve(iris_model, "--payload-log-kafka", broker.bootstrap, "--payload-log-topic",
-                  topic, "--payload-log-namespace", "team-a")
+                  topic, "--payload-log-namespace", "team-a", "--model-version", "2026-12.3")
     try:
         # V2 with ids from the body, a header and none (a fresh uuid), and V1: each answer
         # names the inference id the records must be keyed by.
@@ -169,6 +169,7 @@ def test_cloudevents_reach_a_real_broker_and_consumer(broker: KafkaBroker,
             assert h["content-type"] == "application/json"
             assert (h["ce_inferenceservicename"], h["ce_namespace"], h["ce_component"]) == (
                 "iris", "team-a", "predictor")
+            assert h["ce_modelversion"] == "2026-12.3"
             assert h["ce_time"].endswith("Z") and "T" in h["ce_time"]
         request, response = (orjson.loads(r.value) for r in pair)
         if protocol == "v2":

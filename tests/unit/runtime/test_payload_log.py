@@ -157,17 +157,26 @@ def start(models: Models, *extra: str) -> Serve:
 @pytest.fixture
 def logged(models: Models, sink: Sink) -> Iterator[Serve]:
     serve = start(models, "--payload-log-url", sink.url, "--payload-log-redact",
-                  "input-0,customer", "--payload-log-namespace", "team-a")
+                  "input-0,customer", "--payload-log-namespace", "team-a",
+                  "--model-version", "v3")
     yield serve
     stop_process(serve.proc)
 
 
-def grpc_infer(serve: Serve, rid: str) -> Any:
+def grpc_call(serve: Serve, rid: str, metadata: tuple[tuple[str, str], ...] = ()
+              ) -> tuple[Any, dict[str, str]]:
+    """A real grpc client's ModelInfer: the response and the initial metadata it got."""
     request = pb.ModelInferRequest(model_name="iris", id=rid)
     tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
     tensor.contents.fp64_contents.extend(SECRET_ROW)
     with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as channel:
-        return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        response, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(
+            request, timeout=30, metadata=metadata)
+        return response, dict(call.initial_metadata())
+
+
+def grpc_infer(serve: Serve, rid: str) -> Any:
+    return grpc_call(serve, rid)[0]
 
 
 def test_every_protocol_carries_an_inference_id(logged: Serve) -> None:
@@ -201,9 +210,18 @@ def test_every_protocol_carries_an_inference_id(logged: Serve) -> None:
     assert body["meta"]["puid"] == "seldon-ce" == headers["x-request-id"]
     status, body, headers = logged.post("/api/v1.0/predictions", msg)
     assert HEX_ID.match(body["meta"]["puid"]) and headers["x-request-id"] == body["meta"]["puid"]
-    # gRPC: the response's id.
-    assert grpc_infer(logged, "grpc-1").id == "grpc-1"
-    assert HEX_ID.match(grpc_infer(logged, "").id)
+    # gRPC: the request's id wins, then the x-request-id metadata (as the HTTP header),
+    # else a new one; the response carries it and so does its x-request-id metadata.
+    response, md = grpc_call(logged, "grpc-1", (("x-request-id", "grpc-header"),))
+    assert response.id == "grpc-1" == md["x-request-id"]
+    response, md = grpc_call(logged, "", (("x-request-id", "grpc-header"),))
+    assert response.id == "grpc-header" == md["x-request-id"]
+    response, md = grpc_call(logged, "")
+    assert HEX_ID.match(response.id) and md["x-request-id"] == response.id
+    assert grpc_infer(logged, "").id != response.id
+    # An id no metadata value can carry is echoed in the response only.
+    response, md = grpc_call(logged, "a\r\nx-evil: 1")
+    assert response.id == "a\r\nx-evil: 1" and "x-request-id" not in md
 
 
 def test_each_prediction_logs_request_and_response_events(logged: Serve, sink: Sink) -> None:
@@ -234,6 +252,7 @@ def test_each_prediction_logs_request_and_response_events(logged: Serve, sink: S
             assert h["ce-source"] == "/kustos/team-a/iris/predictor"
             assert (h["ce-inferenceservicename"], h["ce-namespace"], h["ce-component"],
                     h["ce-endpoint"]) == ("iris", "team-a", "predictor", "default")
+            assert h["ce-modelversion"] == "v3"  # the served model's --model-version
             assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$", h["ce-time"])
             # Redacted before it left the process: neither the input values nor the
             # customer field.

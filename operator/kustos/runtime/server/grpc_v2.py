@@ -90,21 +90,21 @@ class InferenceService:
         if version and version != self.app.version:
             raise Refused(404, f"model {name!r} has no version {version[:200]!r}")
 
-    # -- RPCs (each returns the response or raises Refused)
-    async def server_live(self, request: Any) -> Any:
+    # -- RPCs (each returns the response or raises Refused; ``context`` is grpc.aio's)
+    async def server_live(self, request: Any, context: Any = None) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: Any) -> Any:
+    async def server_ready(self, request: Any, context: Any = None) -> Any:
         return pb.ServerReadyResponse(ready=self.app.ready)
 
-    async def model_ready(self, request: Any) -> Any:
+    async def model_ready(self, request: Any, context: Any = None) -> Any:
         self._check_model(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.app.ready)
 
-    async def server_metadata(self, request: Any) -> Any:
+    async def server_metadata(self, request: Any, context: Any = None) -> Any:
         return pb.ServerMetadataResponse(name="kustos", version=self.server_version)
 
-    async def model_metadata(self, request: Any) -> Any:
+    async def model_metadata(self, request: Any, context: Any = None) -> Any:
         self._check_model(request.name, request.version)
         model = self.app.model
         if model is None:
@@ -117,14 +117,14 @@ class InferenceService:
             outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape)
                      for t in model.outputs])
 
-    async def model_infer(self, request: Any) -> Any:
+    async def model_infer(self, request: Any, context: Any = None) -> Any:
         self.active += 1
         try:
-            return await self._infer(request)
+            return await self._infer(request, context)
         finally:
             self.active -= 1
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, context: Any) -> Any:
         app = self.app
         self._check_model(request.model_name, request.model_version)
         model, batcher = app.model, app.batcher
@@ -165,8 +165,13 @@ class InferenceService:
         if isinstance(outcome, BaseException):
             raise _prediction_error(outcome)
         response = self._response(request, outcome)
-        if not response.id:  # every prediction carries an id: the client's, else a new one
-            response.id = ids.new_id()
+        # Every prediction carries an id: the request's, else the x-request-id metadata
+        # (as the HTTP header), else a new one; echoed in the response and its metadata.
+        if not response.id:
+            response.id = (metadata_id(context) if context is not None else None) \
+                or ids.new_id()
+        if context is not None and ids.header_line(response.id):
+            await context.send_initial_metadata(((ids.GRPC_METADATA, response.id),))
         if app.drift is not None:
             app.drift.offer(inputs)
         if app.payload_log is not None:
@@ -252,7 +257,15 @@ class InferenceService:
         return response
 
 
-Rpc = Callable[[Any], Awaitable[Any]]
+def metadata_id(context: Any) -> str | None:
+    """The ``x-request-id`` a client sent as call metadata, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == ids.GRPC_METADATA and isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+Rpc = Callable[[Any, Any], Awaitable[Any]]
 
 
 class GrpcServer:
@@ -279,7 +292,7 @@ class GrpcServer:
             stats.inflight.inc()
             status, model = 200, app.name
             try:
-                return await rpc(request)
+                return await rpc(request, context)
             except Refused as exc:
                 status = exc.status
                 if status == 404:

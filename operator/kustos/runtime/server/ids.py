@@ -7,6 +7,8 @@ import uuid
 
 # Header names the id may come in, in order of preference (KServe's logger reads ce-id).
 HEADERS = (b"x-request-id", b"ce-id")
+# gRPC: the metadata key an id may come in and is echoed in (as initial metadata).
+GRPC_METADATA = "x-request-id"
 # Longer ids are still echoed in the protocol's body, not in a response header.
 MAX_HEADER_ID = 256
 

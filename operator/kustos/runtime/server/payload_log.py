@@ -2,16 +2,19 @@
 
 The events are KServe's inference logger's: types ``org.kubeflow.serving.inference.request``
 and ``...response``, ``id`` the inference id (the same in both events and in the response
-the client got), extensions ``inferenceservicename``, ``namespace``, ``component`` and
-``endpoint``; sent over HTTP in binary content mode (attributes as ``ce-`` headers, the
-body as the JSON payload), so a consumer of KServe's logger reads them unchanged.
+the client got), extensions ``inferenceservicename``, ``namespace``, ``component``,
+``endpoint`` and ``modelversion`` (the served model's version); sent over HTTP in binary
+content mode (attributes as ``ce-`` headers, the body as the JSON payload), so a consumer
+of KServe's logger reads them unchanged.
 
-Never slows a prediction: ``offer`` draws the sample and appends one item per sink to
-that sink's bounded queue (sender.BoundedSender). A full queue drops the newest
-prediction (both its events count as ``dropped``). Each sink has its own thread: a stalled
-sink fills its own queue, not the others'. A failed POST (no answer, 408, 429 or 5xx) is
+Never slows a prediction: ``offer`` draws the sample and appends one tuple of references
+(the bodies as already built, nothing copied or encoded) per sink to that sink's bounded
+queue (sender.BoundedSender). A full queue drops the newest prediction (both its events
+count as ``dropped``). Each sink has its own thread: a stalled sink fills its own queue,
+not the others'. A failed POST (no answer, 408, 429 or 5xx) is
 retried with exponential backoff; after the last retry its event counts as ``failed``.
-Redaction and JSON encoding happen on the sender thread, before the event is sent.
+Redaction, JSON encoding, timestamps and the CloudEvents framing happen on the sender
+thread, a batch at a time, before the events are sent.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -41,19 +43,13 @@ REDACTED = "[redacted]"
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-@dataclass(slots=True)
-class Exchange:
-    """One logged prediction. A payload is the body as bytes (``json_length`` set when
-    only its first bytes are JSON: the V2 binary tensor extension), or a protobuf message
-    (gRPC), encoded as JSON on the sender thread."""
-
-    id: str
-    kind: str  # "v2", "v1", "seldon" or "grpc"
-    request: Any
-    request_json_length: int | None
-    response: Any
-    response_json_length: int | None
-    time: float = field(default_factory=time.time)
+# One logged prediction: (inference id, kind: "v2" | "v1" | "seldon" | "grpc", request,
+# request_json_length, response, response_json_length, unix time of the answer). A plain
+# tuple: the request path builds it, and a class's __init__ cost more than the rest of
+# the hand-off. A payload is the body as bytes (``json_length`` set when only its first
+# bytes are JSON: the V2 binary tensor extension), or a protobuf message (gRPC), encoded
+# as JSON on the sender thread.
+Exchange = tuple[str, str, Any, int | None, Any, int | None, float]
 
 
 def redact(value: Any, names: frozenset[str]) -> Any:
@@ -131,8 +127,11 @@ Event = tuple[bytes, str, bytes, bytes]
 
 def _attributes(config: PayloadLogConfig) -> list[tuple[str, str]]:
     c = config
-    return [("specversion", "1.0"), ("source", c.source), ("inferenceservicename", c.service),
-            ("namespace", c.namespace), ("component", c.component), ("endpoint", c.endpoint)]
+    attrs = [("specversion", "1.0"), ("source", c.source), ("inferenceservicename", c.service),
+             ("namespace", c.namespace), ("component", c.component), ("endpoint", c.endpoint)]
+    if c.model_version:
+        attrs.append(("modelversion", c.model_version))
+    return attrs
 
 
 class HttpTransport:
@@ -152,9 +151,13 @@ class HttpTransport:
 
     def send(self, events: list[Event]) -> list[int | None]:
         templates, encode = self._templates, ids.ce_value
-        return self._poster.send_requests([
-            templates[ce_type] % (encode(rid), stamp, len(body), body)
-            for body, rid, ce_type, stamp in events])
+        requests = []
+        last, value = "", b""
+        for body, rid, ce_type, stamp in events:
+            if rid is not last:  # a prediction's two events are neighbours: encode once
+                last, value = rid, encode(rid)
+            requests.append(templates[ce_type] % (value, stamp, len(body), body))
+        return self._poster.send_requests(requests)
 
     def close(self) -> None:
         self._poster.close()
@@ -209,27 +212,32 @@ class PayloadSink(BoundedSender[Exchange]):
     def deliver(self, batch: list[Exchange]) -> None:
         names = self.config.redact
         events: list[Event] = []
+        append = events.append
         second, prefix = -1, b""
-        for ex in batch:
-            now = int(ex.time)
+        for rid, kind, request, request_length, response, response_length, when in batch:
+            now = int(when)
             if now != second:  # strftime once a second
                 second = now
                 prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode()
-            stamp = b"%s.%06dZ" % (prefix, int((ex.time - now) * 1e6))
-            for ce_type, payload, length in (
-                    (REQUEST_TYPE, ex.request, ex.request_json_length),
-                    (RESPONSE_TYPE, ex.response, ex.response_json_length)):
+            stamp = b"%s.%06dZ" % (prefix, int((when - now) * 1e6))
+            if (not names and request_length is None and response_length is None
+                    and type(request) is bytes and type(response) is bytes):
+                append((request, rid, REQUEST_TYPE, stamp))  # the bodies as they are
+                append((response, rid, RESPONSE_TYPE, stamp))
+                continue
+            for ce_type, payload, length, is_request in (
+                    (REQUEST_TYPE, request, request_length, True),
+                    (RESPONSE_TYPE, response, response_length, False)):
                 if type(payload) is bytes and length is None and not names:
-                    events.append((payload, ex.id, ce_type, stamp))  # as received: no copy
+                    append((payload, rid, ce_type, stamp))
                     continue
                 try:
-                    body = event_data(payload, length, names, ex.kind, self.unnamed and
-                                      payload is ex.request)
+                    body = event_data(payload, length, names, kind, self.unnamed and is_request)
                 except Exception as exc:  # an unreadable payload: never the sender's end
                     log.warning("payload log: cannot encode an event: %s", exc)
                     self.failed.inc()
                     continue
-                events.append((body, ex.id, ce_type, stamp))
+                append((body, rid, ce_type, stamp))
         self._send(events)
 
     def _send(self, events: list[Event]) -> None:
@@ -289,8 +297,8 @@ class PayloadLogger:
               response: Any, response_json_length: int | None = None) -> None:
         if self.sample < 1.0 and random.random() >= self.sample:
             return
-        ex = Exchange(rid, kind, request, request_json_length, response,
-                      response_json_length)
+        ex = (rid, kind, request, request_json_length, response, response_json_length,
+              time.time())
         for sink in self.sinks:
             if not sink.enqueue(ex):
                 sink.dropped.inc(2)  # both its events

@@ -28,6 +28,7 @@ class PayloadLogConfig:
     namespace: str = ""
     component: str = "predictor"
     endpoint: str = "default"
+    model_version: str = ""  # the served model's version (`--model-version`): ce-modelversion
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -103,4 +104,4 @@ def from_args(args: argparse.Namespace) -> PayloadLogConfig | None:
         kafka_topic=args.payload_log_topic,
         source=f"/kustos/{namespace or '-'}/{service}/{args.payload_log_component}",
         service=service, namespace=namespace, component=args.payload_log_component,
-        endpoint=args.payload_log_endpoint)
+        endpoint=args.payload_log_endpoint, model_version=args.model_version or "")
