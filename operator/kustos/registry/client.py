@@ -158,7 +158,9 @@ class RegistryClient:
             raise Unauthorized(f"registry {self.url} refused {what}: HTTP {resp.status}"
                                + (" (credentials rejected)" if resp.status == 401
                                   else " (permission denied)"))
-        if resp.status == 404 or code == "RESOURCE_DOES_NOT_EXIST":
+        # A missing alias is a 400 INVALID_PARAMETER_VALUE "... alias X not found".
+        if resp.status == 404 or code == "RESOURCE_DOES_NOT_EXIST" or (
+                code == "INVALID_PARAMETER_VALUE" and "not found" in said.lower()):
             raise NotFound(f"{what}: not found in registry {self.url}"
                            + (f" ({said})" if said else ""))
         if resp.status >= 500:
