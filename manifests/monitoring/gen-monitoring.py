@@ -166,6 +166,36 @@ def dashboard() -> dict[str, Any]:
         (f"sum by (namespace, model) (rate(kustos_drift_inputs_total{{{SEL}}}[{RATE}]))",
          "{{model}} rows/s accepted")], width=12)
 
+    lay.row("Ground truth and fairness")
+    lay.panel("Label-joined metrics by version", [(
+        f"max by (model, version, metric) (kustos_truth_metric{{{SEL}}})",
+        "{{model}} {{version}} {{metric}}")], unit="short",
+        description="Accuracy, F1, ROC AUC, log loss, MAE/RMSE of each model version over "
+                    "the DriftMonitor's groundTruth window (docs/ground-truth.md).")
+    lay.panel("Label coverage", [(
+        f"min by (model, version) (kustos_truth_label_coverage{{{SEL}}})",
+        "{{model}} {{version}}")], unit="percentunit",
+        description="Share of the window's predictions that have a label.")
+    lay.panel("Label delay (p50, p90, p99)", quantiles(
+        "kustos_truth_label_delay_seconds", SEL, "model"), unit="s",
+        description="Time from a prediction to its label.")
+    lay.panel("Fairness gaps", [(
+        f"max by (model, version, feature, metric) (kustos_fairness_gap{{{SEL}}})",
+        "{{model}} {{version}} {{feature}} {{metric}}")], unit="short",
+        description="Demographic parity difference, equalized odds difference and accuracy "
+                    "gap between the slices of each sensitive feature.")
+    lay.panel("Thresholds crossed", [(
+        f"max by (model, kind) (kustos_truth_violations{{{SEL}}})", "{{model}} {{kind}}")],
+        unit="short", description="Performance and fairness thresholds crossed at the last "
+                                  "evaluation (PerformanceDegraded, FairnessViolated).")
+    lay.panel("Events and labels received/s", [
+        ('sum by (type, outcome) (rate(kustos_truth_events_total{namespace=~"$namespace"}'
+         f"[{RATE}]))", "event {{type}} {{outcome}}"),
+        ('sum by (source, outcome) (rate(kustos_truth_labels_total{namespace=~"$namespace"}'
+         f"[{RATE}]))", "label {{source}} {{outcome}}")], unit="ops",
+        description="Prediction CloudEvents and labels (feedback, V2, bulk) the monitors "
+                    "took in, by outcome.")
+
     lay.row("Explanations")
     lay.panel("Explain latency in the explainer sidecar (p50, p90, p99)", quantiles(
         "kustos_explain_duration_seconds", SEL, "model, method"), unit="s",
@@ -191,6 +221,29 @@ def dashboard() -> dict[str, Any]:
         "{{model}}")], unit="s",
         description="Seconds the last global report (mean |SHAP|, permutation importance, "
                     "partial dependence) took.")
+
+    lay.row("Rollouts")
+    ro = 'model_namespace=~"$namespace", model=~"$model"'
+    lay.panel("Rollout phase", [(
+        f"max by (model_namespace, model, phase) (kustos_rollout_phase{{{ro}}}) == 1",
+        "{{model}} {{phase}}")], width=6,
+        description="The phase of each ModelDeployment's gated rollout (spec.rollout): "
+                    "Idle, Shadow, Canary, Paused, Promoted or RolledBack.")
+    lay.panel("Canary step and weight", [
+        (f"max by (model_namespace, model) (kustos_rollout_step{{{ro}}})", "{{model}} step"),
+        (f"max by (model_namespace, model) (kustos_rollout_weight{{{ro}}})",
+         "{{model}} weight %")], width=6)
+    lay.panel("Gate verdicts/s by metric", [(
+        f"sum by (model, metric, verdict) "
+        f"(rate(kustos_rollout_analysis_verdicts_total{{{ro}}}[{RATE}]))",
+        "{{model}} {{metric}} {{verdict}}")], unit="ops", width=6,
+        description="Each analysis judges every configured gate: pass, fail or "
+                    "inconclusive (too few samples).")
+    lay.panel("Automatic rollbacks", [(
+        f"sum by (model_namespace, model) "
+        f"(increase(kustos_rollout_rollbacks_total{{{ro}}}[1h]))", "{{model}}")],
+        width=6, description="Rollbacks in the last hour; the Warning Event RolledBack "
+                             "names the failed gate and its values.")
 
     lay.row("Operator")
     lay.panel("Reconciles/s by kind and result", [(
