@@ -24,16 +24,17 @@ SIDECAR_POLLS = Counter("kustos_operator_sidecar_polls_total",
 PEERING_ACTIVE = Gauge("kustos_operator_peering_active",
                        "1 while this replica's background loops act (always when standalone)")
 # spec.rollout (controllers/rollout.py): where each rollout stands and what its gates said.
+# model_namespace, not namespace: Prometheus sets namespace to the operator's own.
 ROLLOUT_PHASE = Gauge("kustos_rollout_phase",
                       "1 for the phase a ModelDeployment's rollout is in, 0 for the others",
-                      ["namespace", "name", "phase"])
+                      ["model_namespace", "model", "phase"])
 ROLLOUT_STEP = Gauge("kustos_rollout_step", "The canary step being analysed (0: none)",
-                     ["namespace", "name"])
+                     ["model_namespace", "model"])
 ROLLOUT_WEIGHT = Gauge("kustos_rollout_weight", "The candidate's traffic share in percent",
-                       ["namespace", "name"])
+                       ["model_namespace", "model"])
 ROLLOUT_VERDICTS = Counter("kustos_rollout_analysis_verdicts_total",
                            "Gate verdicts of rollout analyses, by metric and verdict",
-                           ["namespace", "name", "metric", "verdict"])
+                           ["model_namespace", "model", "metric", "verdict"])
 ROLLOUT_ROLLBACKS = Counter("kustos_rollout_rollbacks_total",
                             "Automatic rollbacks (a failed gate or an inconclusive limit)",
-                            ["namespace", "name"])
+                            ["model_namespace", "model"])

@@ -141,7 +141,8 @@ def step(body: dict[str, Any], trackers: dict[str, Tracker], memo: Any) -> None:
         events.post(written.before, out.notice.reason, out.notice.message,
                     warning=out.notice.warning)
     if out.notice is not None and out.notice.reason == "RolledBack":
-        metrics.ROLLOUT_ROLLBACKS.labels(namespace=meta["namespace"], name=meta["name"]).inc()
+        metrics.ROLLOUT_ROLLBACKS.labels(model_namespace=meta["namespace"],
+                                         model=meta["name"]).inc()
     moved = any(new.get(k) != st.get(k) for k in ("phase", "weight", "stable"))
     if moved:
         rerender(meta["name"], meta["namespace"], models(memo))
@@ -187,7 +188,7 @@ def _analyse(body: Mapping[str, Any], spec: ModelDeploymentSpec, st: Mapping[str
                            external(body))
     verdict = gates.overall(found)
     for g in found:
-        metrics.ROLLOUT_VERDICTS.labels(namespace=meta["namespace"], name=meta["name"],
+        metrics.ROLLOUT_VERDICTS.labels(model_namespace=meta["namespace"], model=meta["name"],
                                         metric=g.name, verdict=g.verdict).inc()
     return verdict, gates.result(found, datetime.now(UTC)), gates.failures(found)
 
@@ -274,7 +275,7 @@ PHASES = ("Idle", "Shadow", "Canary", "Paused", "Promoted", "RolledBack")
 
 
 def _export(meta: Mapping[str, Any], st: Mapping[str, Any]) -> None:
-    labels = {"namespace": meta["namespace"], "name": meta["name"]}
+    labels = {"model_namespace": meta["namespace"], "model": meta["name"]}
     for phase in PHASES:
         metrics.ROLLOUT_PHASE.labels(**labels, phase=phase).set(
             1 if st.get("phase") == phase else 0)
