@@ -32,7 +32,7 @@ PACKAGE = REPO / "operator" / "kustos"
 # Importable in the main environment: the operator, kustos serve, the explainer sidecar.
 METRIC_MODULES = ("kustos.metrics", "kustos.runtime.server.metrics")
 IMPORTABLE_DIRS = ("runtime/explain", "vault")
-SOURCE_ONLY_DIRS = ("runtime/drift",)
+SOURCE_ONLY_DIRS = ("runtime/drift", "runtime/truth")  # truth: metrics made per monitor
 # The processes of one model pod: kustos serve and its two sidecars.
 POD_PROCESS_DIRS = ("runtime/server", "runtime/explain", "runtime/drift")
 # Labels the scrape adds (kubernetes_sd relabelling, PodMonitor/ServiceMonitor), plus le.
