@@ -196,36 +196,6 @@ def dashboard() -> dict[str, Any]:
         description="Prediction CloudEvents and labels (feedback, V2, bulk) the monitors "
                     "took in, by outcome.")
 
-    lay.row("Ground truth and fairness")
-    lay.panel("Label-joined metrics by version", [(
-        f"max by (model, version, metric) (kustos_truth_metric{{{SEL}}})",
-        "{{model}} {{version}} {{metric}}")], unit="short",
-        description="Accuracy, F1, ROC AUC, log loss, MAE/RMSE of each model version over "
-                    "the DriftMonitor's groundTruth window (docs/ground-truth.md).")
-    lay.panel("Label coverage", [(
-        f"min by (model, version) (kustos_truth_label_coverage{{{SEL}}})",
-        "{{model}} {{version}}")], unit="percentunit",
-        description="Share of the window's predictions that have a label.")
-    lay.panel("Label delay (p50, p90, p99)", quantiles(
-        "kustos_truth_label_delay_seconds", SEL, "model"), unit="s",
-        description="Time from a prediction to its label.")
-    lay.panel("Fairness gaps", [(
-        f"max by (model, version, feature, metric) (kustos_fairness_gap{{{SEL}}})",
-        "{{model}} {{version}} {{feature}} {{metric}}")], unit="short",
-        description="Demographic parity difference, equalized odds difference and accuracy "
-                    "gap between the slices of each sensitive feature.")
-    lay.panel("Thresholds crossed", [(
-        f"max by (model, kind) (kustos_truth_violations{{{SEL}}})", "{{model}} {{kind}}")],
-        unit="short", description="Performance and fairness thresholds crossed at the last "
-                                  "evaluation (PerformanceDegraded, FairnessViolated).")
-    lay.panel("Events and labels received/s", [
-        ('sum by (type, outcome) (rate(kustos_truth_events_total{namespace=~"$namespace"}'
-         f"[{RATE}]))", "event {{type}} {{outcome}}"),
-        ('sum by (source, outcome) (rate(kustos_truth_labels_total{namespace=~"$namespace"}'
-         f"[{RATE}]))", "label {{source}} {{outcome}}")], unit="ops",
-        description="Prediction CloudEvents and labels (feedback, V2, bulk) the monitors "
-                    "took in, by outcome.")
-
     lay.row("Explanations")
     lay.panel("Explain latency in the explainer sidecar (p50, p90, p99)", quantiles(
         "kustos_explain_duration_seconds", SEL, "model, method"), unit="s",
