@@ -235,3 +235,49 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
                           str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "thresholds.minAccuracy" in out.stderr, out.stderr
+
+
+@pytest.mark.timeout(300)
+def test_regression_over_v1_with_request_ids(tmp_path: Path) -> None:
+    """V1 :predict with x-request-id; the version from ce-modelversion; labels through the
+    model server's V2 feedback; MAE/RMSE equal sklearn's, maxMae breaks."""
+    import skops.io as sio
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    x, y = load_diabetes(return_X_y=True)
+    reg = Ridge().fit(x[100:], y[100:])
+    model = tmp_path / "diabetes.skops"
+    sio.dump(reg, model)
+    config = tmp_path / "truth.json"
+    config.write_bytes(orjson.dumps({
+        "model": "diabetes", "task": "regression", "minSamples": 10,
+        "evaluationInterval": "1s", "thresholds": {"maxMae": 20.0, "maxRmse": 500.0}}))
+    mon = truth(tmp_path, config, tmp_path / "store")
+    srv = serve(tmp_path, model, "diabetes", "--model-version", "2024-06", "--truth-url",
+                f"http://127.0.0.1:{mon.port}")
+    try:
+        mon.wait_ready()
+        srv.wait_ready()
+        for i in range(30):
+            code, body = post(srv.port, "/v1/models/diabetes:predict",
+                              {"instances": [x[i].tolist()]}, {"x-request-id": f"q{i}"})
+            assert code == 200, body
+        code, body = post(srv.port, "/v2/models/diabetes/feedback", {"labels": [
+            {"id": f"q{i}", "label": float(y[i])} for i in range(30)]})
+        assert code == 202, body
+        st = wait_for(lambda: (s := status(mon.port))["versions"].get("2024-06", {})
+                      .get("labelled") == 30 and s, 60)
+        assert st, (status(mon.port), mon.logs(), srv.logs())
+        pred = reg.predict(x[:30])
+        m = st["versions"]["2024-06"]["metrics"]
+        assert m["mae"] == pytest.approx(mean_absolute_error(y[:30], pred), rel=1e-9)
+        assert m["rmse"] == pytest.approx(float(np.sqrt(mean_squared_error(y[:30], pred))),
+                                          rel=1e-9)
+        assert [(v["metric"], v["version"]) for v in st["violations"]] == \
+            [("mae", "2024-06")]
+        assert st["task"] == "regression" and st["versions"]["2024-06"]["coverage"] == 1.0
+    finally:
+        srv.stop()
+        mon.stop()

@@ -53,7 +53,7 @@ class AppOptions:
     payload_log: PayloadLogConfig | None = None
     shadow_url: str | None = None
     shadow_percent: float = 100.0
-    shadow_queue: int = 1024
+    shadow_queue: int = 4096
     truth_url: str | None = None  # the ground-truth monitor (runtime/server/truth_link.py)
 
 
@@ -79,7 +79,7 @@ class ServingApp:
         self.truth: truth_link.FeedbackForwarder | None = None
         if opts.truth_url:  # every prediction and all feedback to the monitor
             self.payload_log = truth_link.TruthLogger(opts.truth_url, opts.name,
-                                                      self.payload_log)
+                                                      opts.version, self.payload_log)
             self.truth = truth_link.FeedbackForwarder(opts.truth_url, opts.name)
         self.shadow = (ShadowMirror(opts.shadow_url, opts.name, opts.shadow_percent,
                                     opts.shadow_queue)
@@ -289,7 +289,7 @@ class ServingApp:
                 payload_log.offer(rid, kind, logged, logged_json_length, body, json_length)
             if shadow is not None:  # after the answer is written: a copy to the candidate
                 shadow.offer(path, kind, request.body, request.headers, rid, body,
-                             json_length)
+                             json_length, rows)
 
         self.batcher.submit(inputs, outputs, rows, done)
 

@@ -32,19 +32,20 @@ def base_url(url: str) -> str:
     return check_url(url).rstrip("/")
 
 
-def events_config(url: str, model: str) -> PayloadLogConfig:
+def events_config(url: str, model: str, version: str) -> PayloadLogConfig:
     namespace = os.environ.get("POD_NAMESPACE", "")
     return PayloadLogConfig(urls=(base_url(url) + "/v1/events",), sample=1.0,
                             redact=frozenset(),
                             source=f"/kustos/{namespace or '-'}/{model}/predictor",
-                            service=model, namespace=namespace)
+                            service=model, namespace=namespace, model_version=version)
 
 
 class TruthLogger(PayloadLogger):
     """The payload logger of ``--payload-log-*`` (if any) plus the monitor's sink."""
 
-    def __init__(self, url: str, model: str, inner: PayloadLogger | None) -> None:
-        super().__init__(events_config(url, model), model)
+    def __init__(self, url: str, model: str, version: str,
+                 inner: PayloadLogger | None) -> None:
+        super().__init__(events_config(url, model, version), model)
         self.inner = inner
 
     def set_input_name(self, name: str) -> None:
