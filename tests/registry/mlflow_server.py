@@ -148,6 +148,7 @@ def mlflow_server(s3_endpoint: str, *, basic_auth: bool = False) -> Iterator[Mlf
             f"admin_password = {admin[1]}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_urlsafe(32)  # CSRF key
         args += ["--app-name", "basic-auth"]
     log = work / "server.log"
     url = f"http://127.0.0.1:{port}"
