@@ -7,7 +7,10 @@ idempotence, transactions, compression, SASL or TLS. Records go to partitions as
 default partitioner puts keyed records (murmur2 of the key), so both events of a
 prediction (key: the inference id) land in one partition, in order.
 
-Blocking sockets, used from one sender thread.
+Blocking sockets, used from one sender thread, which shares the GIL with the event loop
+serving predictions: so the per-record Python is kept small (headers that are the same for
+every record encoded once by the caller, small varints from a table, a batch's CRC-32C
+computed with numpy over many slices at once instead of a Python loop per byte).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 API_PRODUCE, API_METADATA, API_VERSIONS = 0, 3, 18
 PRODUCE_VERSIONS = (3, 8)  # RecordBatch v2 and the same request layout
@@ -25,7 +29,10 @@ METADATA_VERSIONS = (1, 8)  # non-flexible layouts
 RETRIABLE = frozenset({3, 5, 6, 7, 13, 14, 15, 19, 20, 46, 47, 57})
 
 Header = tuple[str, bytes]
-Record = tuple[bytes | None, bytes, Sequence[Header]]  # key, value, headers
+# A record's headers encoded as RecordBatch v2 lays them out: (count, bytes); see
+# encode_headers (records that share headers share their encoding).
+Headers = tuple[int, bytes]
+Record = tuple[bytes | None, bytes, Headers]  # key, value, headers
 
 
 class KafkaError(Exception):
@@ -47,12 +54,120 @@ def _crc32c_table() -> list[int]:
 _CRC32C = _crc32c_table()
 
 
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), as RecordBatch v2 checksums its contents."""
+def _crc32c_bytewise(data: bytes) -> int:
     crc, table = 0xFFFFFFFF, _CRC32C
     for byte in data:
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
+
+
+# Bytes per slice of the vectorised CRC (a power of two, a multiple of 4), and below
+# what size the Python loop is cheaper than numpy's fixed cost.
+_SLICE = 64
+_VECTOR_MIN = 2048
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as RecordBatch v2 checksums its contents.
+
+    A Python loop per byte cost ~0.4 us a byte (100 us per logged prediction). The CRC is
+    linear over GF(2), so larger inputs are cut into slices whose CRCs numpy computes side
+    by side, 4 bytes per step through two 64 Ki-entry tables, and then folds pairwise with
+    "append n zero bytes" operators: ~100x faster on a 256-prediction batch."""
+    if len(data) < _VECTOR_MIN:
+        return _crc32c_bytewise(data)
+    import numpy as np
+
+    lo16, hi16 = _word_tables()
+    # Initial value 0xFFFFFFFF == initial value 0 with the first 4 bytes inverted; zero
+    # bytes in front of a zero register change nothing, so pad in front to whole slices.
+    pad = -len(data) % _SLICE
+    buf = np.zeros(pad + len(data), dtype=np.uint8)
+    buf[pad:] = np.frombuffer(data, dtype=np.uint8)
+    buf[pad:pad + 4] ^= 0xFF
+    lanes = len(buf) // _SLICE
+    words = buf.view("<u4").reshape(lanes, _SLICE // 4).T.copy()
+    reg = np.zeros(lanes, dtype=np.uint32)
+    for row in words:
+        x = reg ^ row
+        reg = lo16[x & 0xFFFF] ^ hi16[x >> 16]
+    # Fold neighbours: crc(a + b) = zeros(len b)(crc a) ^ crc b. Zero lanes in front
+    # (a zero register stays zero) make the count a power of two.
+    size = 1 << (lanes - 1).bit_length()
+    if size != lanes:
+        reg = np.concatenate([np.zeros(size - lanes, dtype=np.uint32), reg])
+    span = _SLICE
+    while len(reg) > 1:
+        t = _zeros_tables(span)
+        left, right = reg[0::2], reg[1::2]
+        reg = (t[0][left & 0xFF] ^ t[1][(left >> 8) & 0xFF] ^ t[2][(left >> 16) & 0xFF]
+               ^ t[3][left >> 24] ^ right)
+        span *= 2
+    return int(reg[0]) ^ 0xFFFFFFFF
+
+
+_TABLES: dict[Any, Any] = {}
+
+
+def _word_tables() -> tuple[Any, Any]:
+    """Two 64 Ki-entry tables: the register after 4 bytes is lo16[x & 0xFFFF] ^
+    hi16[x >> 16], x the register xor the 4 bytes (little endian): slicing-by-4, paired."""
+    tables = _TABLES.get("word")
+    if tables is None:
+        import numpy as np
+
+        t0 = np.array(_CRC32C, dtype=np.uint32)
+        t = [t0]
+        for _ in range(3):
+            t.append((t[-1] >> 8) ^ t0[t[-1] & 0xFF])
+        i = np.arange(1 << 16, dtype=np.uint32)
+        tables = _TABLES["word"] = (t[3][i & 0xFF] ^ t[2][i >> 8],
+                                    t[1][i & 0xFF] ^ t[0][i >> 8])
+    return tables
+
+
+def _zeros_tables(n: int) -> Any:
+    """Per byte of a register, what appending ``n`` zero bytes (a power of two) makes of
+    it: 4 x 256 entries, from the operator's columns (each entry the xor of the columns of
+    its bits)."""
+    tables = _TABLES.get(n)
+    if tables is None:
+        import numpy as np
+
+        op = _zeros_operator(n)
+        rows = []
+        for k in range(4):
+            row = [0] * 256
+            for b in range(1, 256):
+                low = b & -b
+                row[b] = row[b ^ low] ^ op[8 * k + low.bit_length() - 1]
+            rows.append(row)
+        tables = _TABLES[n] = np.array(rows, dtype=np.uint32)
+    return tables
+
+
+def _zeros_operator(n: int) -> list[int]:
+    """The columns (images of the 32 register bits) of "append n zero bytes", n a power
+    of two: the one-byte operator squared log2(n) times."""
+    op: list[int] | None = _TABLES.get(("op", n))
+    if op is None:
+        if n == 1:
+            op = [(1 << i >> 8) ^ _CRC32C[(1 << i) & 0xFF] for i in range(32)]
+        else:
+            half = _zeros_operator(n // 2)
+            op = [_apply(half, c) for c in half]
+        _TABLES[("op", n)] = op
+    return op
+
+
+def _apply(columns: list[int], value: int) -> int:
+    out, i = 0, 0
+    while value:
+        if value & 1:
+            out ^= columns[i]
+        value >>= 1
+        i += 1
+    return out
 
 
 def murmur2(data: bytes) -> int:
@@ -87,6 +202,12 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 def varint(value: int) -> bytes:
     """Zigzag varint (Kafka's record fields)."""
+    if 0 <= value < len(_SMALL):
+        return _SMALL[value]
+    return _varint(value)
+
+
+def _varint(value: int) -> bytes:
     v = (value << 1) ^ (value >> 63)
     out = bytearray()
     while v & ~0x7F:
@@ -94,6 +215,19 @@ def varint(value: int) -> bytes:
         v >>= 7
     out.append(v)
     return bytes(out)
+
+
+_SMALL: list[bytes] = [_varint(i) for i in range(4096)]  # lengths, offsets: most fields
+
+
+def encode_headers(headers: Sequence[Header]) -> Headers:
+    """Record headers as RecordBatch v2 lays them out, for ``Record``s (and to concatenate:
+    the count of a + b is the sum, the bytes the concatenation)."""
+    parts = []
+    for name, value in headers:
+        hname = name.encode()
+        parts += [varint(len(hname)), hname, varint(len(value)), value]
+    return len(headers), b"".join(parts)
 
 
 def _string(s: str | None) -> bytes:
@@ -104,16 +238,14 @@ def _string(s: str | None) -> bytes:
 
 
 def record_batch(records: Sequence[Record], timestamp_ms: int) -> bytes:
-    body = []
-    for delta, (key, value, headers) in enumerate(records):
-        parts = [b"\x00", varint(0), varint(delta)]
-        parts += [varint(-1)] if key is None else [varint(len(key)), key]
-        parts += [varint(len(value)), value, varint(len(headers))]
-        for name, hvalue in headers:
-            hname = name.encode()
-            parts += [varint(len(hname)), hname, varint(len(hvalue)), hvalue]
-        rec = b"".join(parts)
-        body.append(varint(len(rec)) + rec)
+    body: list[bytes] = []
+    append, v = body.append, varint
+    for delta, (key, value, (count, headers)) in enumerate(records):
+        # attributes 0, timestamp delta 0, offset delta, key (null: -1), value, headers
+        rec = b"".join((b"\x00\x00", v(delta), b"\x01" if key is None else v(len(key)),
+                        key or b"", v(len(value)), value, v(count), headers))
+        append(v(len(rec)))
+        append(rec)
     # attributes .. records: what the CRC covers.
     tail = struct.pack(">hiqqqhii", 0, len(records) - 1, timestamp_ms, timestamp_ms, -1, -1,
                        -1, len(records)) + b"".join(body)
@@ -310,9 +442,12 @@ class KafkaProducer:
         the broker acknowledged it. One Produce request per partition."""
         meta = self._meta or self.metadata()
         groups: dict[int, list[int]] = {}
+        partitions, last, part = len(meta.leaders), None, 0
         for i, (key, _, _) in enumerate(records):
-            part = partition_for(key, len(meta.leaders)) if key is not None else \
-                i % len(meta.leaders)
+            if key is None:
+                part = i % partitions
+            elif key != last:  # a prediction's two events share their key: hash it once
+                last, part = key, partition_for(key, partitions)
             groups.setdefault(part, []).append(i)
         ok = [False] * len(records)
         stale = False

@@ -28,7 +28,7 @@ import orjson
 
 from kustos.runtime.server import ids
 from kustos.runtime.server import metrics as m
-from kustos.runtime.server.kafka import KafkaError, KafkaProducer
+from kustos.runtime.server.kafka import KafkaError, KafkaProducer, encode_headers
 from kustos.runtime.server.payload_log_config import PayloadLogConfig
 from kustos.runtime.server.sender import BoundedSender, HttpPoster
 
@@ -169,14 +169,22 @@ class KafkaTransport:
 
     def __init__(self, bootstrap: str, topic: str, config: PayloadLogConfig) -> None:
         self._producer = KafkaProducer(bootstrap, topic, config.timeout)
-        self._common = [(f"ce_{k}", v.encode()) for k, v in _attributes(config)]
-        self._common.append(("content-type", b"application/json"))
+        # The headers every record has, and ce_type's two values, encoded once.
+        count, common = encode_headers([(f"ce_{k}", v.encode()) for k, v in
+                                        _attributes(config)]
+                                       + [("content-type", b"application/json")])
+        self._typed = {t: (count + 1, encode_headers([("ce_type", t)])[1] + common)
+                       for t in (REQUEST_TYPE, RESPONSE_TYPE)}
 
     def send(self, events: list[Event]) -> list[int | None]:
-        records = [(rid.encode(), body,
-                    [("ce_id", rid.encode()), ("ce_type", ce_type), ("ce_time", stamp),
-                     *self._common])
-                   for body, rid, ce_type, stamp in events]
+        records = []
+        last, when, key, prefix = "", b"", b"", b""
+        for body, rid, ce_type, stamp in events:
+            if rid is not last or stamp is not when:  # a prediction's two events are
+                last, when, key = rid, stamp, rid.encode()  # neighbours: encode once
+                prefix = encode_headers([("ce_id", key), ("ce_time", stamp)])[1]
+            count, typed = self._typed[ce_type]
+            records.append((key, body, (count + 2, prefix + typed)))
         try:
             acked = self._producer.send(records)
         except (KafkaError, OSError) as exc:
