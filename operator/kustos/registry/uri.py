@@ -49,16 +49,17 @@ def parse(uri: str) -> ModelRef:
     if m := _VERSION_URI.match(uri):
         return ModelRef(m["name"], version=m["version"])
     rest = uri[len(SCHEME):]
+    tail = rest.rsplit("/", 1)[-1] if "/" in rest and "@" not in rest else ""
     if not rest:
         hint = "the model name is missing"
-    elif rest.endswith("@") or rest.endswith("/"):
+    elif rest.startswith("/"):
+        hint = "write models:/NAME, with one slash (a models:// host is not supported)"
+    elif rest.endswith(("@", "/")):
         hint = "the alias or version after the name is missing"
     elif "@" not in rest and "/" not in rest:
         hint = "name an alias (@ALIAS) or a version (/VERSION)"
-    elif "/" in rest and not rest.rsplit("/", 1)[1].isdigit():
+    elif "/" in rest and "@" not in rest and not (tail.isdigit() and int(tail) > 0):
         hint = "a version is a positive integer; aliases follow @"
-    elif rest.startswith("/"):
-        hint = "write models:/NAME, with one slash (a models:// host is not supported)"
     else:
         hint = ("a name is letters, digits, '-', '_', '.', ' '; an alias starts with a "
                 "letter or '_'")
