@@ -59,7 +59,7 @@ def versions(server: MlflowServer) -> list[dict[str, str]]:
 
 def iris_predictions(c: float) -> np.ndarray:
     x, y = load_iris(return_X_y=True)
-    return LogisticRegression(C=c, max_iter=500).fit(x, y).predict_proba(x)
+    return np.asarray(LogisticRegression(C=c, max_iter=500).fit(x, y).predict_proba(x))
 
 
 def test_alias_resolves_to_a_fetchable_verified_file_and_follows_a_move(

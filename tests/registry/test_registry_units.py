@@ -34,6 +34,7 @@ from kustos.render.modeldeployment import render
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 SHA = "ab" * 32
 REG = "http://127.0.0.1:5000"
+NO_LOOKUP: Any = None  # the registry contributor reads no index
 SOURCE = f"{REG}/api/2.0/mlflow-artifacts/artifacts/0/models/m-1/artifacts/model.pkl"
 
 
@@ -196,15 +197,15 @@ def test_render_fetches_the_resolved_file_with_its_digest() -> None:
 
 def test_contributor_holds_the_render_until_resolved() -> None:
     with pytest.raises(AttachmentPending, match="models:/iris@champion"):
-        registry_attachments(md())
+        registry_attachments(md(), NO_LOOKUP)
     part, _ = rs.resolved(md(), resolution("1"), NOW)
-    assert registry_attachments(md(part)) is NONE
+    assert registry_attachments(md(part), NO_LOOKUP) is NONE
     down, _ = rs.failed(md(part), rs.Failure("ModelVersionNotFound", "alias gone"), NOW)
     with pytest.raises(AttachmentProblem) as err:
-        registry_attachments(md(down))
+        registry_attachments(md(down), NO_LOOKUP)
     assert err.value.reason == "ModelVersionNotFound"
     plain = md(uri="s3://b/model.onnx")
-    assert registry_attachments(plain) is NONE
+    assert registry_attachments(plain, NO_LOOKUP) is NONE
 
 
 def test_due() -> None:
