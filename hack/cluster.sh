@@ -127,6 +127,31 @@ apiservice_available() {
   [ "$(kc get apiservice "$1" -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}' 2>/dev/null)" = True ]
 }
 
+# go_built_version BIN MODULE: the version of MODULE linked into BIN (go version -m)
+go_built_version() {
+  [ -x "$1" ] || return 1
+  go version -m "$1" 2>/dev/null | awk -v m="$2" '($1 == "mod" || $1 == "dep") && $2 == m {print $3}'
+}
+
+# go_module_dir MODULE@VERSION: where the module proxy's copy was unpacked
+go_module_dir() {
+  GOFLAGS=-mod=mod go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'
+}
+
+# component_main SCRIPT [build|start|stop|status]: the command line of the scripts that run
+# one host component (keda.sh, metrics-server.sh, traefik.sh); anything else prints SCRIPT's
+# header comment
+component_main() {
+  local script=$1; shift
+  case ${1:-} in
+    build) cmd_build ;;
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    *) sed -n '2,/^set -euo/{/^#/p}' "$script" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  esac
+}
+
 # wait_can_i WHAT 'CAN-I ARGS'...: the authorizer has caught up with bindings just applied
 # (a server that reads extension-apiserver-authentication at start-up exits if it may not)
 wait_can_i() {

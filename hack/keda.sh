@@ -54,16 +54,8 @@ LABELS='{app.kubernetes.io/name: keda, app.kubernetes.io/part-of: kustos-local-c
 
 # ---------------------------------------------------------------- build
 
-# built_version BIN: the version of KEDA's module linked into BIN (go version -m)
-built_version() {
-  [ -x "$1" ] || return 1
-  go version -m "$1" 2>/dev/null | awk -v m="$KEDA_MODULE" '($1 == "mod" || $1 == "dep") && $2 == m {print $3}'
-}
-
-keda_module_dir() {
-  GOTOOLCHAIN=$KEDA_GOTOOLCHAIN GOFLAGS=-mod=mod go mod download -json "$KEDA_MODULE@$KEDA_VERSION" |
-    sed -n 's/.*"Dir": "\(.*\)".*/\1/p'
-}
+built_version() { go_built_version "$1" "$KEDA_MODULE"; }
+keda_module_dir() { GOTOOLCHAIN=$KEDA_GOTOOLCHAIN go_module_dir "$KEDA_MODULE@$KEDA_VERSION"; }
 
 # a throwaway module requiring KEDA (its replaces by version, its go.sum), so `go build`
 # resolves upstream's own graph (the wrapper pattern of hack/build-tools.sh)
@@ -392,10 +384,4 @@ cmd_status() {
 
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
-case ${1:-} in
-  build) cmd_build ;;
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  status) cmd_status ;;
-  *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
-esac
+component_main "$0" "$@"

@@ -271,10 +271,4 @@ cmd_status() {
 
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
-case ${1:-} in
-  build) cmd_build ;;
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  status) cmd_status ;;
-  *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
-esac
+component_main "$0" "$@"

@@ -56,16 +56,8 @@ LABELS='{app.kubernetes.io/name: traefik, app.kubernetes.io/part-of: kustos-loca
 
 # ---------------------------------------------------------------- build
 
-# built_version BIN: the version of Traefik's module linked into BIN (go version -m)
-built_version() {
-  [ -x "$1" ] || return 1
-  go version -m "$1" 2>/dev/null | awk -v m="$TRAEFIK_MODULE" '($1 == "mod" || $1 == "dep") && $2 == m {print $3}'
-}
-
-# module_dir MODULE@VERSION: where the module proxy's copy was unpacked
-module_dir() {
-  GOFLAGS=-mod=mod go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'
-}
+built_version() { go_built_version "$1" "$TRAEFIK_MODULE"; }
+module_dir() { go_module_dir "$1"; }
 
 # Traefik replaces github.com/abbot/go-http-auth with a fork, github.com/containous/go-http-auth,
 # which the module proxy refuses (403 for every version). Its basic and digest auth
@@ -376,10 +368,4 @@ cmd_status() {
 
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
-case ${1:-} in
-  build) cmd_build ;;
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  status) cmd_status ;;
-  *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
-esac
+component_main "$0" "$@"
