@@ -13,6 +13,7 @@ output is present too) or, for regression, the value.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -188,9 +189,17 @@ def _names(count: int, configured: Sequence[str]) -> list[str]:
     return list(configured) if len(configured) == count else [str(j) for j in range(count)]
 
 
+def _values(col: np.ndarray[Any, Any]) -> list[Any]:
+    """A column as Python values (one tolist, not a conversion per cell)."""
+    values: list[Any] = col.tolist()
+    return [_scalar(v) for v in values] if col.dtype == object else values
+
+
 def _rows_of(columns: list[tuple[str, np.ndarray[Any, Any]]], n: int
              ) -> list[dict[str, Any] | None]:
-    return [{name: _scalar(col[i]) for name, col in columns} for i in range(n)]
+    names = [name for name, _ in columns]
+    return [dict(zip(names, row, strict=True))
+            for row in zip(*(_values(col) for _, col in columns), strict=True)]
 
 
 def request_features(body: dict[str, Any], feature_names: Sequence[str]
@@ -207,6 +216,9 @@ def request_features(body: dict[str, Any], feature_names: Sequence[str]
         arrays = [(n, a) for n, a, _ in tensors if a is not None]
         width = sum(a.shape[1] for _, a in arrays)
         columns: list[tuple[str, np.ndarray[Any, Any]]] = []
+        if len(arrays) == 1 and arrays[0][1].dtype != object:  # the common case, at once
+            names = _names(width, feature_names)
+            return [dict(zip(names, row, strict=True)) for row in arrays[0][1].tolist()]
         if len(arrays) == 1 or len(feature_names) == width:
             order = iter(_names(width, feature_names))
             for _, arr in arrays:
@@ -325,6 +337,13 @@ def _answers(label_col: np.ndarray[Any, Any] | None, proba: np.ndarray[Any, Any]
 def _class_names(width: int, given: Any, configured: Sequence[str]) -> list[str]:
     if isinstance(given, list) and len(given) == width:
         return [canonical(c, "class names") for c in given]
+    return _default_classes(width, tuple(configured))
+
+
+@functools.lru_cache(maxsize=64)
+def _default_classes(width: int, configured: tuple[str, ...]) -> list[str]:
+    """The configured classes, else "0".."K-1" (the same list object for every row: the
+    store keeps one class list per row, JSON-encoded once per event)."""
     return [canonical(c, "classes") for c in _names(width, configured)]
 
 

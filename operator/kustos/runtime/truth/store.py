@@ -155,6 +155,10 @@ class Store:
     def add_features(self, rid: str, features: Sequence[dict[str, Any] | None]) -> int:
         """Features of a request whose response arrived first; rows updated."""
         with self._lock:
+            # Usually the request comes first: a read finds nothing, no write transaction.
+            if self._db.execute("SELECT 1 FROM predictions WHERE id=? LIMIT 1",
+                                (rid,)).fetchone() is None:
+                return 0
             cur = self._db.executemany(
                 "UPDATE predictions SET features=? WHERE id=? AND row=? AND features IS NULL",
                 [(_dumps(f), rid, i) for i, f in enumerate(features)])

@@ -1,0 +1,129 @@
+"""Ground-truth monitor ingestion benchmark: CloudEvents per second `kustos truth` takes on
+POST /v1/events, against the same server answering the same POSTs without the monitor's
+work (an unknown path: HTTP framing and routing only), side by side.
+
+Not a test (not part of `make test`). Run from the repository:
+
+    nice .venv/bin/python tests/bench/bench_truth.py [--pairs 5000] [--rounds 3]
+
+One `kustos truth` process (store in a temporary directory, SQLite WAL); the client is the
+payload logger's own HTTP client (sender.HttpPoster: pipelined POSTs on one kept-alive
+connection, batches of 256 as `kustos serve --truth-url` sends them). Each pair is the V2
+request event and the response event (label and probabilities) of one single-row
+prediction of 30 features, as logged. Modes in rotating order, --rounds times:
+"events" (POST /v1/events) and "baseline" (POST /v1/nothing, answered 404). Also reports
+the labels per second of V2 feedback posts of 1000 labels each, and the store's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from kustos.runtime.server.sender import HttpPoster  # noqa: E402
+from ports import free_port  # noqa: E402
+
+BATCH = 256
+
+
+def events(n: int, start: int) -> list[tuple[bytes, bytes]]:
+    out = []
+    for i in range(start, start + n):
+        rid = f"bench-{i}"
+        req = orjson.dumps({"id": rid, "inputs": [{"name": "input-0", "datatype": "FP64",
+                                                   "shape": [1, 30],
+                                                   "data": [float(j) for j in range(30)]}]})
+        resp = orjson.dumps({"model_name": "m", "model_version": "1", "id": rid, "outputs": [
+            {"name": "predict", "datatype": "INT64", "shape": [1], "data": [1]},
+            {"name": "predict_proba", "datatype": "FP64", "shape": [1, 2],
+             "data": [0.25, 0.75]}]})
+        common = (b"content-type: application/json\r\nce-specversion: 1.0\r\n"
+                  b"ce-id: %s\r\nce-modelversion: 1\r\n" % rid.encode())
+        out.append((req, common + b"ce-type: org.kubeflow.serving.inference.request\r\n"))
+        out.append((resp, common + b"ce-type: org.kubeflow.serving.inference.response\r\n"))
+    return out
+
+
+def send(port: int, path: str, items: list[tuple[bytes, bytes]]) -> tuple[float, int]:
+    poster = HttpPoster(f"http://127.0.0.1:{port}{path}", timeout=60)
+    started = time.perf_counter()
+    bad = 0
+    for i in range(0, len(items), BATCH):
+        statuses = poster.post_many(items[i:i + BATCH])
+        bad += sum(1 for s in statuses if s is None or (path == "/v1/events" and s != 202))
+    took = time.perf_counter() - started
+    poster.close()
+    return len(items) / took, bad
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-truth-") as tmp:
+        config = Path(tmp) / "c.json"
+        config.write_bytes(orjson.dumps({"model": "m", "evaluationInterval": "1h",
+                                         "maxRows": 1_000_000}))
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "kustos"), "truth", "--config", str(config),
+             "--data-dir", str(Path(tmp) / "store"), "--host", "127.0.0.1", "--port",
+             str(port), "--log-level", "warning"], start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready",
+                                           timeout=1)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        print("kustos truth did not start", file=sys.stderr)
+                        return 1
+                    time.sleep(0.2)
+            results: dict[str, list[float]] = {"events": [], "baseline": []}
+            offset = 0
+            for r in range(args.rounds):
+                for mode in (("events", "baseline") if r % 2 == 0 else
+                             ("baseline", "events")):
+                    items = events(args.pairs, offset)
+                    offset += args.pairs
+                    rate, bad = send(port, "/v1/events" if mode == "events"
+                                     else "/v1/nothing", items)
+                    results[mode].append(rate)
+                    print(f"round {r + 1} {mode:8s} {rate:9.0f} events/s"
+                          + (f" ({bad} not accepted)" if bad else ""))
+            labels = [(orjson.dumps({"labels": [{"id": f"bench-{i}", "label": i % 2}
+                                                for i in range(k, k + 1000)]}),
+                       b"content-type: application/json\r\n")
+                      for k in range(0, min(offset, 20_000), 1000)]
+            rate, _ = send(port, "/v2/models/m/feedback", labels)
+            ev, base = statistics.median(results["events"]), statistics.median(
+                results["baseline"])
+            print(f"\nmedian: /v1/events {ev:.0f} events/s ({ev / 2:.0f} predictions/s), "
+                  f"baseline (404, HTTP only) {base:.0f} POSTs/s, ratio {ev / base:.2f}")
+            print(f"V2 feedback: {rate * 1000:.0f} labels/s (posts of 1000)")
+            size = sum(f.stat().st_size for f in (Path(tmp) / "store").iterdir())
+            print(f"store after {offset} predictions: {size / 1e6:.1f} MB "
+                  f"({size / offset:.0f} bytes per prediction, WAL included)")
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
