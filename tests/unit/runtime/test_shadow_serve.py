@@ -281,7 +281,7 @@ def test_full_queue_drops_the_newest_and_never_blocks() -> None:
     try:
         for i in range(20):
             mirror.offer("/v1/models/iris:predict", "v1", body, {}, f"id-{i}",
-                         b'{"predictions": [0]}', None)
+                         b'{"predictions": [0]}', None, 1)
         # Never more than the queue's 4 are held: the other 16 are dropped, at once.
         assert count("dropped") == 16
         assert wait_for(lambda: count("failed") == 4, 30, 0.05)

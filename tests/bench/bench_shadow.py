@@ -1,0 +1,160 @@
+"""Shadow traffic benchmark: what mirroring every prediction to a candidate costs the caller.
+
+Not a test (not part of `make test`). Run from the repository, with wrk installed:
+
+    nice .venv/bin/python tests/bench/bench_shadow.py [--duration 5] [--rounds 3]
+
+LogisticRegression on iris (the cheapest model, so the mirroring's cost shows most). The
+stable `kustos serve` (one worker) is pinned to CPU 0; wrk (single-row V2 requests) and the
+candidate, a second real `kustos serve` with the same model, are pinned to CPU 1, the
+candidate at niceness `--candidate-nice` (on a cluster it runs in another pod, not on the
+stable's core). Modes "off" (no --shadow-url) and "shadow" (--shadow-percent 100 to the
+candidate), in alternating order, `--rounds` times, each at wrk concurrency 1 (a caller's
+own latency) and 8 (throughput at saturation). Target: "shadow" p99 within 5 % of "off".
+Each run also reports the server's CPU per request and what the stable counted as
+mirrored: sent / dropped (queue full) / failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+MODES = ("off", "shadow")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def counted(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    out = {"sent": 0.0, "dropped": 0.0, "failed": 0.0, "agree": 0.0, "disagree": 0.0}
+    for line in text.splitlines():
+        if line.startswith(("kustos_shadow_requests_total{", "kustos_shadow_rows_total{")):
+            for k in out:
+                if f'="{k}"' in line:
+                    out[k] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up (1)")
+    p.add_argument("--rounds", type=int, default=3, help="runs per mode and concurrency (3)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8],
+                   help="wrk connections, one set of runs each (1 8)")
+    p.add_argument("--candidate-nice", type=int, default=10,
+                   help="niceness of the candidate on wrk's CPU (10)")
+    args = p.parse_args(argv)
+
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(REPO / "tests" / "runtimes"))
+    from bench_serving import LUA, Server, free_port, loadavg, parse_wrk, pinned, run_wrk
+    from train_model import save, train
+
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
+        work = Path(tmp)
+        model, X = train("logreg")  # LogisticRegression on iris
+        save(model, str(work / "model.skops"))
+        row = X[len(X) // 2].tolist()
+        script = work / "request.lua"
+        body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, len(row)],
+                                       "datatype": "FP64", "data": row}]})
+        script.write_text(LUA.format(body=json.dumps(body)))
+        kustos = str(REPO / ".venv" / "bin" / "kustos")
+        base = [kustos, "serve", "--model", str(work / "model.skops"), "--name", "iris",
+                "--log-level", "warning"]
+        cport = free_port()
+        candidate = Server("candidate", ["nice", "-n", str(args.candidate_nice),
+                                         *pinned("1", [*base, "--port", str(cport)])],
+                           dict(os.environ), cport, "/v2/health/ready",
+                           work / "candidate.log", work)
+        try:
+            candidate.wait_ready()
+            for rnd in range(args.rounds):
+                for conc in args.concurrency:
+                    order = MODES if rnd % 2 == 0 else MODES[::-1]
+                    for mode in order:
+                        port = free_port()
+                        argv_ = [*base, "--port", str(port)]
+                        if mode == "shadow":
+                            argv_ += ["--shadow-url", f"http://127.0.0.1:{cport}",
+                                      "--shadow-percent", "100"]
+                        server = Server(f"stable-{mode}", pinned("0", argv_), dict(os.environ),
+                                        port, "/v2/health/ready", work / f"{mode}.log", work)
+                        try:
+                            server.wait_ready()
+                            url = f"http://127.0.0.1:{port}/v2/models/iris/infer"
+                            run_wrk(url, script, conc, args.warmup, "1")
+                            before = counted(port)
+                            cpu = cpu_seconds(server.proc.pid)
+                            rps, p50, p99, n = parse_wrk(
+                                run_wrk(url, script, conc, args.duration, "1"))
+                            cpu = cpu_seconds(server.proc.pid) - cpu
+                            # Let the mirror finish what it holds before counting.
+                            deadline = time.monotonic() + 10
+                            after = counted(port)
+                            while (mode == "shadow" and time.monotonic() < deadline
+                                   and sum(after[k] for k in ("sent", "dropped", "failed"))
+                                   < sum(before[k] for k in ("sent", "dropped", "failed"))
+                                   + n):
+                                time.sleep(0.1)
+                                after = counted(port)
+                            results.append({
+                                "round": rnd + 1, "mode": mode, "concurrency": conc,
+                                "rps": rps, "p50_ms": p50, "p99_ms": p99, "requests": n,
+                                "cpu_us_per_request": cpu / n * 1e6,
+                                **{k: after[k] - before[k] for k in after}})
+                            print(json.dumps(results[-1]), file=sys.stderr)
+                        finally:
+                            server.stop()
+        finally:
+            candidate.stop()
+    print(f"{len(results)} runs in {time.monotonic() - started:.0f}s; "
+          f"load average at the end: {loadavg()}")
+    # On a shared machine other load comes and goes: ratios to the "off" run of the same
+    # round and concurrency (seconds apart) are steadier than ratios of medians.
+    print("| concurrency | mode | requests/s | p50 ms | p99 ms | p99 vs off (median of "
+          "per-round ratios) | p50 vs off | requests/s vs off | server CPU us/request | "
+          "mirrored sent | dropped | failed | rows agree | disagree |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for conc in args.concurrency:
+        off = {r["round"]: r for r in results if r["mode"] == "off" and r["concurrency"] == conc}
+        for mode in MODES:
+            rs = [r for r in results if r["mode"] == mode and r["concurrency"] == conc]
+
+            def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
+                return statistics.median(r[key] for r in rs)
+
+            def ratio(key: str, rs: list[dict[str, Any]] = rs,
+                      off: dict[int, dict[str, Any]] = off) -> float:
+                return statistics.median(r[key] / off[r["round"]][key] for r in rs)
+
+            print(f"| {conc} | {mode} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | "
+                  f"{med('p99_ms'):.2f} | {ratio('p99_ms'):.3f} | {ratio('p50_ms'):.3f} | "
+                  f"{ratio('rps'):.3f} | {med('cpu_us_per_request'):.1f} | "
+                  f"{sum(r['sent'] for r in rs):,.0f} | {sum(r['dropped'] for r in rs):,.0f} | "
+                  f"{sum(r['failed'] for r in rs):,.0f} | {sum(r['agree'] for r in rs):,.0f} | "
+                  f"{sum(r['disagree'] for r in rs):,.0f} |")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
