@@ -108,3 +108,32 @@ def test_versions_are_evaluated_apart_and_old_rows_leave_the_window(tmp_path: Pa
     st = mon.evaluate(now=NOW)
     assert {k: (v["count"], v["metrics"]["accuracy"]) for k, v in st["versions"].items()} \
         == {"1": (1, 1.0), "2": (1, 0.0)}
+
+
+def test_fairness_by_an_input_column_and_by_label_metadata(tmp_path: Path) -> None:
+    mon = monitor(tmp_path, minSamples=10, fairness={
+        "sensitiveFeatures": [{"name": "sex", "source": "input"},
+                              {"name": "region", "source": "label"}],
+        "minSliceSize": 5, "maxAccuracyGap": 0.2})
+    # sex=f: always right; sex=m: right half the time -> accuracy gap 0.5 > 0.2.
+    preds, labs = [], []
+    for i in range(40):
+        sex = "f" if i % 2 else "m"
+        right = sex == "f" or i % 4 == 0
+        preds.append(Prediction(f"r{i}", 0, "1", NOW - 5, "1", None, None, None,
+                                {"sex": sex, "age": 30 + i}))
+        labs.append(parse.make_label(f"r{i}", 0, 1 if right else 0,
+                                     {"region": "n" if i < 20 else "s"}, "classification",
+                                     "t"))
+    mon.store.add_predictions(preds)
+    mon.labels(labs, "v2", now=NOW)
+    st = mon.evaluate(now=NOW)
+    fair = st["versions"]["1"]["fairness"]
+    assert set(fair["features"]) == {"sex", "region"}
+    assert set(fair["features"]["sex"]["slices"]) == {"f", "m"}
+    assert fair["features"]["sex"]["accuracyGap"] == pytest.approx(0.5)
+    assert {(v["kind"], v["metric"], v.get("feature")) for v in st["violations"]} >= \
+        {("fairness", "accuracyGap", "sex")}
+    body, _ = mon.metrics.render()
+    assert b'kustos_fairness_gap{feature="sex",metric="accuracyGap",model="m",version="1"}' \
+        in body

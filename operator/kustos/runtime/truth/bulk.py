@@ -46,7 +46,13 @@ BAD_EXAMPLES = 5  # bad rows named in the status per file
 
 
 class BulkError(Exception):
-    """A source or file that cannot be read; the message carries no secret."""
+    """A source or file that cannot be read; the message carries no secret. A transient
+    one (the network) is tried again at the next poll; another waits for the file to
+    change."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,8 @@ def _get(url: str, headers: dict[str, str], context: Any, allow_http: bool
         resp = conn.getresponse()
         return resp.status, resp.read(16 << 20)
     except (OSError, http.client.HTTPException) as exc:
-        raise BulkError(f"S3 unreachable: {getattr(exc, 'strerror', None) or exc}") from None
+        raise BulkError(f"S3 unreachable: {getattr(exc, 'strerror', None) or exc}",
+                        transient=True) from None
     finally:
         conn.close()
 
@@ -314,6 +321,7 @@ class BulkLoader:
     def load(self, source: BulkSource, f: Found, state: dict[str, Any]) -> None:
         store, metrics = self.monitor.store, self.monitor.metrics
         error = None
+        transient = False
         loaded = Loaded([], 0, 0, [])
         try:
             with self._local(f) as path:
@@ -321,15 +329,16 @@ class BulkLoader:
             for start in range(0, len(loaded.labels), LABEL_BATCH):
                 self.monitor.labels(loaded.labels[start:start + LABEL_BATCH], "bulk")
         except BulkError as exc:
-            error = str(exc)
+            error, transient = str(exc), exc.transient
         except Exception as exc:
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
             log.exception("bulk labels: loading %s failed", f.uri)
         if error is not None:
-            state["lastError"] = f"{f.uri}: {error}"
             log.warning("bulk labels: %s: %s", f.uri, error)
-            if "unreachable" in error or "network" in error:
+            if transient:
+                state["lastError"] = f"{f.uri}: {error}"
                 return  # try again next poll
+        # Recorded with its error, if any: loaded again only once it changes.
         store.bulk_done(f.uri, f.size, f.stamp, loaded.rows, loaded.bad, error)
         state["files"] += 1
         state["rows"] += loaded.rows
@@ -353,7 +362,7 @@ class BulkLoader:
             try:
                 res = fetch(f.uri, tmp, retries=2, timeout=60)
             except FetchError as exc:
-                raise BulkError(str(exc)) from None
+                raise BulkError(str(exc), exc.transient) from None
             yield res.path
         finally:
             for p in tmp.iterdir():

@@ -123,11 +123,24 @@ class Monitor:
     def status(self) -> dict[str, Any]:
         with self._status_lock:
             status = dict(self._status)
-        status["bulk"] = list(self.sources.values())
-        failing = [s for s in status["bulk"] if s.get("lastError")]
+        bulk = [dict(s) for s in self.sources.values()]
+        status["bulk"] = bulk
+        if not bulk:
+            return status
+        failed = [f for f in self.store.bulk_files() if f["error"]]
+        for source in bulk:
+            uri = source["uri"]
+            source["failedFiles"] = [{"uri": f["uri"], "error": f["error"]} for f in failed
+                                     if f["uri"] == uri or f["uri"].startswith(
+                                         uri.rstrip("/") + "/")][-5:]
+        failing = [s for s in bulk if s.get("lastError")]
+        broken = [f for s in bulk for f in s["failedFiles"]]
         if failing:
             status["error"] = {"reason": "BulkSourceFailed",
                                "message": f"{failing[0]['uri']}: {failing[0]['lastError']}"}
+        elif broken:
+            status["error"] = {"reason": "BulkFileUnreadable",
+                               "message": f"{broken[-1]['uri']}: {broken[-1]['error']}"}
         return status
 
     def evaluate(self, now: float | None = None) -> dict[str, Any]:
