@@ -93,10 +93,13 @@ class HttpPoster:
         """The request line and host header every POST starts with."""
         return self._head
 
-    def send_requests(self, requests: list[bytes]) -> list[int | None]:
+    def send_requests(self, requests: list[bytes], count: int | None = None
+                      ) -> list[int | None]:
         """``post_many`` of whole requests, each starting with ``head`` (a caller that
-        formats the whole request at once spares a join per POST)."""
-        items = requests
+        formats the whole request at once spares a join per POST); with ``count``, the
+        items are pieces of that many requests (joined and written as one; the statuses
+        are one per request)."""
+        n = len(requests) if count is None else count
         statuses: list[int | None] = []
         for attempt in (1, 2):
             fresh = self._sock is None
@@ -104,18 +107,18 @@ class HttpPoster:
                 if self._sock is None:
                     self._sock = self._connect()
                 self._sock.sendall(b"".join(requests))
-                if len(items) > 1:
+                if n > 1:
                     # Let the answers gather: read them in a few large reads, not one
                     # wake-up (and GIL hand-over) per answer. ~20 us per POST, <= 5 ms.
-                    time.sleep(min(0.005, 0.00002 * len(items)))
-                self._answers(statuses, len(items))
+                    time.sleep(min(0.005, 0.00002 * n))
+                self._answers(statuses, n)
             except (OSError, ValueError, SendError):
                 self.close()
                 # A kept-alive connection the peer had closed: once more on a new one.
                 if attempt == 1 and not fresh and not statuses:
                     continue
             break
-        return statuses + [None] * (len(items) - len(statuses))
+        return statuses + [None] * (n - len(statuses))
 
     def post(self, body: bytes, headers: bytes) -> int:
         """POST ``body`` with ``headers`` (ready-made ``name: value\\r\\n`` lines); the
