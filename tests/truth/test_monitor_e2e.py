@@ -127,7 +127,7 @@ def test_labels_from_every_route_give_sklearns_metrics(tmp_path: Path) -> None:
             s3_put(s3env, "labels", "daily/2026-12-06.parquet", buf.getvalue())
             labelled = ["late-0", *seldon_ids[:40], *v2_ids]
             st = wait_for(lambda: (s := status(mon.port))["joined"] == len(labelled)
-                          and s["versions"].get("7", {}).get("labelled") == len(labelled)
+                          and s["versions"].get("7", {}).get("count") == len(labelled)
                           and s, 90)
             assert st, (status(mon.port), mon.logs())
             elapsed = time.time() - started
@@ -149,7 +149,8 @@ def test_labels_from_every_route_give_sklearns_metrics(tmp_path: Path) -> None:
             unlabelled = [i for i in range(len(ids)) if ids[i] not in set(labelled)]
             assert v7["metrics"]["estimatedAccuracy"] == pytest.approx(
                 proba[unlabelled].max(axis=1).mean())
-            assert v7["count"] == len(ids) and not v7["inconclusive"]
+            assert (v7["count"], v7["predictions"]) == (len(labelled), len(ids))
+            assert not v7["inconclusive"]
             assert v7["coverage"] == pytest.approx(len(labelled) / len(ids))
             delay = v7["labelDelaySeconds"]
             assert 0 <= delay["p50"] <= delay["p95"] <= elapsed + 1, delay
@@ -268,7 +269,7 @@ def test_regression_over_v1_with_request_ids(tmp_path: Path) -> None:
             {"id": f"q{i}", "label": float(y[i])} for i in range(30)]})
         assert code == 202, body
         st = wait_for(lambda: (s := status(mon.port))["versions"].get("2024-06", {})
-                      .get("labelled") == 30 and s, 60)
+                      .get("count") == 30 and s, 60)
         assert st, (status(mon.port), mon.logs(), srv.logs())
         pred = reg.predict(x[:30])
         m = st["versions"]["2024-06"]["metrics"]

@@ -133,7 +133,7 @@ def test_fairness_by_an_input_column_and_by_label_metadata(tmp_path: Path) -> No
     assert set(fair["features"]["sex"]["slices"]) == {"f", "m"}
     assert fair["features"]["sex"]["accuracyGap"] == pytest.approx(0.5)
     assert {(v["kind"], v["metric"], v.get("feature")) for v in st["violations"]} >= \
-        {("fairness", "accuracyGap", "sex")}
+        {("fairness", "sex/accuracyGap", "sex")}
     body, _ = mon.metrics.render()
     assert b'kustos_fairness_gap{feature="sex",metric="accuracyGap",model="m",version="1"}' \
         in body

@@ -179,9 +179,19 @@ FIELDS = {"model", "task", "window", "minSamples", "thresholds", "bulk", "maxRow
           "defaultVersion", "maxPending"}
 
 
+def _no_nulls(doc: Any) -> Any:
+    """``doc`` without null fields (at any depth): a null is an unset field."""
+    if isinstance(doc, dict):
+        return {k: _no_nulls(v) for k, v in doc.items() if v is not None}
+    if isinstance(doc, list):
+        return [_no_nulls(v) for v in doc]
+    return doc
+
+
 def parse(doc: Any) -> TruthConfig:
     if not isinstance(doc, dict):
         raise ConfigError("the configuration must be a JSON object")
+    doc = _no_nulls(doc)
     _unknown(doc, FIELDS, "config")
     model = doc.get("model")
     if not isinstance(model, str) or not model:

@@ -111,7 +111,9 @@ def version_report(rows: Sequence[Joined], cfg: TruthConfig, now: float
             metrics.update(regression([t for t, _ in pairs], [v for _, v in pairs]))
     coverage = len(labelled) / len(rows) if rows else None
     entry: dict[str, Any] = {
-        "window": cfg.window, "count": len(rows), "labelled": len(labelled),
+        # count: the labelled predictions the metrics are computed on (minSamples counts
+        # these); predictions: all the window's predictions of the version.
+        "window": cfg.window, "count": len(labelled), "predictions": len(rows),
         "coverage": coverage,
         "labelDelaySeconds": {"p50": float(np.percentile(delays, 50)) if delays else None,
                               "p95": float(np.percentile(delays, 95)) if delays else None},
@@ -127,7 +129,7 @@ def violations(version: str, entry: dict[str, Any], cfg: TruthConfig
     for key, limit in cfg.thresholds.items():
         metric, side = THRESHOLDS[key]
         if metric == "coverage":
-            value = entry["coverage"] if entry["count"] >= cfg.min_samples else None
+            value = entry["coverage"] if entry["predictions"] >= cfg.min_samples else None
         else:
             value = None if entry["inconclusive"] else entry["metrics"].get(metric)
         if value is None:

@@ -205,9 +205,9 @@ class Monitor:
             return {"error": str(exc)}
         model = self.cfg.model
         for v in report.get("violations", []):
-            found.append({"version": version, "metric": v["metric"], "value": v["value"],
-                          "threshold": v["threshold"], "kind": "fairness",
-                          "feature": v["feature"]})
+            found.append({"version": version, "metric": f"{v['feature']}/{v['metric']}",
+                          "value": v["value"], "threshold": v["threshold"],
+                          "kind": "fairness", "feature": v["feature"]})
         for name, feat in report.get("features", {}).items():
             for gap in ("demographicParityDifference", "equalizedOddsDifference",
                         "accuracyGap"):
