@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -103,21 +104,21 @@ class MlflowServer:
     def python(self) -> str:
         return str(self.venv / "bin" / "python")
 
-    def register(self, name: str, *, c: float, alias: str | None = None) -> dict[str, str]:
+    def register(self, name: str, *, c: float, alias: str | None = None,
+                 serialization: str = "pickle") -> dict[str, Any]:
         """Train a logistic regression on iris (C=c) with the venv's scikit-learn, log it
-        with mlflow.sklearn.log_model and register it as a new version of ``name``
-        (register_model.py, run by the venv's python); returns version, run id, sha256."""
+        with mlflow.sklearn.log_model (``serialization``: pickle -> model.pkl, skops ->
+        model.skops) and register it as a new version of ``name`` (register_model.py, run
+        by the venv's python); returns version, run id, sha256, source, files."""
         env = {**self.env, "MLFLOW_TRACKING_URI": self.url}
         if self.admin:
             env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = self.admin
-        args = [self.python(), str(REGISTER_SCRIPT), name, str(c)]
-        if alias:
-            args.append(alias)
+        args = [self.python(), str(REGISTER_SCRIPT), name, str(c), alias or "", serialization]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"register_model.py failed ({done.returncode}):\n"
                                f"{done.stderr[-4000:]}")
-        answer: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+        answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
         return answer
 
 

@@ -52,7 +52,7 @@ def server() -> Iterator[MlflowServer]:
 
 
 @pytest.fixture(scope="module")
-def versions(server: MlflowServer) -> list[dict[str, str]]:
+def versions(server: MlflowServer) -> list[dict[str, Any]]:
     """Two versions of "iris" (C=1 and C=0.02: different models), alias champion -> v1."""
     return [server.register("iris", c=1.0, alias="champion"), server.register("iris", c=0.02)]
 
@@ -63,7 +63,7 @@ def iris_predictions(c: float) -> np.ndarray:
 
 
 def test_alias_resolves_to_a_fetchable_verified_file_and_follows_a_move(
-        server: MlflowServer, versions: list[dict[str, str]], tmp_path: Path) -> None:
+        server: MlflowServer, versions: list[dict[str, Any]], tmp_path: Path) -> None:
     client = RegistryClient(server.url)
     ref = parse("models:/iris@champion")
     v1, v2 = versions
@@ -125,7 +125,7 @@ def test_alias_resolves_to_a_fetchable_verified_file_and_follows_a_move(
 
 
 def test_version_uri_resolves_that_version(server: MlflowServer,
-                                           versions: list[dict[str, str]]) -> None:
+                                           versions: list[dict[str, Any]]) -> None:
     client = RegistryClient(server.url)
     v1 = versions[0]
     rest(server, "model-versions/set-tag", {"name": "iris", "version": "1",
@@ -137,7 +137,7 @@ def test_version_uri_resolves_that_version(server: MlflowServer,
 @pytest.mark.parametrize("uri", ["models:/iris@nobody", "models:/iris/99",
                                  "models:/no-such-model@champion", "models:/no-such-model/1"])
 def test_missing_alias_version_or_model_is_not_found(server: MlflowServer,
-                                                     versions: list[dict[str, str]],
+                                                     versions: list[dict[str, Any]],
                                                      uri: str) -> None:
     with pytest.raises(NotFound) as err:
         resolve(RegistryClient(server.url), parse(uri), "sklearn")
@@ -146,7 +146,7 @@ def test_missing_alias_version_or_model_is_not_found(server: MlflowServer,
 
 
 def test_format_without_a_known_file_needs_the_file_tag(
-        server: MlflowServer, versions: list[dict[str, str]]) -> None:
+        server: MlflowServer, versions: list[dict[str, Any]]) -> None:
     with pytest.raises(ResolutionError, match=r"kustos\.dev/file"):
         resolve(RegistryClient(server.url), parse("models:/iris/1"), "xgboost")
     # A tag naming a file of another format is refused at resolution, as the CRD's rule
@@ -157,6 +157,27 @@ def test_format_without_a_known_file_needs_the_file_tag(
         resolve(RegistryClient(server.url), parse("models:/iris/2"), "sklearn")
     rest(server, "model-versions/delete-tag", {"name": "iris", "version": "2",
                                                "key": "kustos.dev/file"}, "DELETE")
+
+
+def test_mlflow3_default_skops_model_resolves_without_a_digest(server: MlflowServer,
+                                                              tmp_path: Path) -> None:
+    """mlflow.sklearn's default serialization (skops, model.skops): found through the
+    proxy's listing; not pickled, so it is served without a digest tag (and verified
+    against one when the tag is set)."""
+    skops_io = pytest.importorskip("skops.io")
+    logged = server.register("iris-skops", c=0.5, alias="champion", serialization="skops")
+    assert "model.skops" in logged["files"] and "model.pkl" not in logged["files"]
+    client = RegistryClient(server.url)
+    res = resolve(client, parse("models:/iris-skops@champion"), "sklearn")
+    assert res.source.endswith("/artifacts/model.skops") and res.digest is None
+    rest(server, "model-versions/set-tag", {"name": "iris-skops", "version": res.version,
+                                            "key": DIGEST_TAG, "value": logged["sha256"]})
+    res = resolve(client, parse("models:/iris-skops@champion"), "sklearn")
+    got = fetch(res.source, tmp_path / "model.skops", res.digest, retries=1)
+    blob = got.path.read_bytes()
+    model = skops_io.loads(blob, trusted=skops_io.get_untrusted_types(data=blob))
+    x, _ = load_iris(return_X_y=True)
+    np.testing.assert_allclose(model.predict_proba(x), iris_predictions(0.5), rtol=1e-6)
 
 
 def test_unreachable_registry() -> None:

@@ -102,7 +102,11 @@ def test_artifact_location_the_fetch_cannot_read(given: str) -> None:
 
 
 def test_model_file_and_digest_tags() -> None:
-    assert model_file({}, "sklearn") == "model.pkl"
+    assert model_file({}, "sklearn") == "model.skops"  # MLflow 3's default; unlisted store
+    assert model_file({}, "sklearn", ["MLmodel", "model.pkl"]) == "model.pkl"
+    assert model_file({}, "sklearn", ["model.pkl", "model.skops"]) == "model.skops"
+    with pytest.raises(ResolutionError, match=r"they hold MLmodel, conda\.yaml"):
+        model_file({}, "sklearn", ["conda.yaml", "MLmodel"])
     assert model_file({}, "onnx") == "model.onnx"
     assert model_file({"kustos.dev/file": "/model.skops"}, "sklearn") == "model.skops"
     assert model_file({"kustos.dev/file": "."}, "xgboost") is None

@@ -27,6 +27,7 @@ NOT_FOUND = "ModelVersionNotFound"
 REGISTRY_ERROR = "RegistryError"
 
 API = "/api/2.0/mlflow"
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts"
 
 
 class RegistryError(Exception):
@@ -134,8 +135,8 @@ class RegistryClient:
     def __repr__(self) -> str:
         return f"RegistryClient({self.url!r})"
 
-    def _get(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
-        where = f"{self.url}{API}/{path}"
+    def _get(self, path: str, params: Mapping[str, str], api: str = API) -> dict[str, Any]:
+        where = f"{self.url}{api}/{path}"
         try:
             resp = self._pool.request("GET", f"{where}?{urlencode(params)}",
                                       headers=self._headers)
@@ -200,6 +201,14 @@ class RegistryClient:
             raise RegistryError(f"registry {self.url} gave no artifact_uri for "
                                 f"{name} version {version}")
         return uri
+
+
+    def list_proxied(self, path: str) -> list[str]:
+        """The files directly under ``path`` of a proxied artifact store (the server's
+        ``mlflow-artifacts`` endpoint; ``path`` as in ``mlflow-artifacts:/PATH``)."""
+        answer = self._get("artifacts", {"path": path.strip("/")}, api=ARTIFACTS_API)
+        return [str(f.get("path", "")).rsplit("/", 1)[-1] for f in answer.get("files") or []
+                if isinstance(f, dict) and not f.get("is_dir")]
 
 
 def _describe(params: Mapping[str, str]) -> str:

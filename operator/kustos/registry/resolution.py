@@ -7,7 +7,9 @@ What ``status.registry`` records (pure apart from ``resolve``, which asks the re
   sources to it); ``mlflow-artifacts:/PATH`` (a server that proxies its artifact store)
   becomes ``<registry url>/api/2.0/mlflow-artifacts/artifacts/PATH``; s3:// and file://
   stay as they are. The file inside that directory is the version's ``kustos.dev/file``
-  tag, else MLflow's own name for the format (sklearn: model.pkl, onnx: model.onnx); the
+  tag, else the first of MLflow's own names for the format that the directory holds
+  (sklearn: model.skops, MLflow 3's default, then model.pkl; onnx: model.onnx), looked up
+  through the proxy's listing; a store the operator cannot list gets the first name. The
   tag ``.`` means the location is the file itself.
 - ``digest``: the version's ``kustos.dev/sha256`` tag (sha256:<hex>, as `kustos fetch` or
   sha256sum reports it), set by whoever registers the model. The fetch verifies the file
@@ -18,7 +20,7 @@ What ``status.registry`` records (pure apart from ``resolve``, which asks the re
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,9 +32,11 @@ from .uri import ModelRef, is_registry_uri, parse
 
 FILE_TAG = "kustos.dev/file"
 DIGEST_TAG = "kustos.dev/sha256"
-# MLflow's file names for flavours Kustos reads directly (mlflow.sklearn writes model.pkl;
-# mlflow.onnx writes model.onnx). Others need the kustos.dev/file tag.
-DEFAULT_FILES = {"sklearn": "model.pkl", "onnx": "model.onnx"}
+# MLflow's file names for flavours Kustos reads directly, in order of preference
+# (mlflow.sklearn writes model.skops by default since MLflow 3, model.pkl with
+# serialization_format pickle/cloudpickle; mlflow.onnx writes model.onnx). Others need the
+# kustos.dev/file tag.
+DEFAULT_FILES = {"sklearn": ("model.skops", "model.pkl"), "onnx": ("model.onnx",)}
 # As the CRD's CEL rules on spec.model: which files each format accepts.
 SUFFIXES = {
     "sklearn": (".skops", ".joblib", ".pkl"),
@@ -95,9 +99,10 @@ def artifact_location(artifact_uri: str, registry_url: str) -> str:
                           "mlflow-artifacts:/ store)")
 
 
-def model_file(version_tags: Mapping[str, str], fmt: str) -> str | None:
+def model_file(version_tags: Mapping[str, str], fmt: str,
+               present: Collection[str] | None = None) -> str | None:
     """The model file's name inside the artifact directory (None: the location is the
-    file itself)."""
+    file itself). ``present``: the directory's files, when the registry can list them."""
     tagged = version_tags.get(FILE_TAG)
     if tagged is not None:
         tagged = tagged.strip().strip("/")
@@ -106,10 +111,18 @@ def model_file(version_tags: Mapping[str, str], fmt: str) -> str | None:
         if ".." in tagged.split("/"):
             raise ResolutionError(f"tag {FILE_TAG}={tagged!r} leaves the artifact directory")
         return tagged
-    if fmt in DEFAULT_FILES:
-        return DEFAULT_FILES[fmt]
-    raise ResolutionError(f"format {fmt}: set the model version's tag {FILE_TAG} to the "
-                          "model file's path inside the version's artifacts")
+    if fmt not in DEFAULT_FILES:
+        raise ResolutionError(f"format {fmt}: set the model version's tag {FILE_TAG} to the "
+                              "model file's path inside the version's artifacts")
+    names = DEFAULT_FILES[fmt]
+    if present is None:
+        return names[0]
+    for name in names:
+        if name in present:
+            return name
+    held = ", ".join(sorted(present)) or "nothing"
+    raise ResolutionError(f"format {fmt}: the version's artifacts hold none of "
+                          f"{', '.join(names)} (they hold {held}); set the tag {FILE_TAG}")
 
 
 def digest_of(version_tags: Mapping[str, str]) -> str | None:
@@ -128,9 +141,12 @@ def resolve(client: RegistryClient, ref: ModelRef, fmt: str) -> Resolution:
     if version.status not in (None, "", "READY"):
         raise ResolutionError(f"{ref} is version {version.version}, which is "
                               f"{version.status}, not READY")
-    location = artifact_location(client.download_uri(version.name, version.version),
-                                 client.url)
-    name = model_file(version.tags, fmt)
+    artifacts = client.download_uri(version.name, version.version)
+    location = artifact_location(artifacts, client.url)
+    present = None
+    if FILE_TAG not in version.tags and location.startswith(client.url + _ARTIFACTS_PROXY):
+        present = client.list_proxied(location[len(client.url + _ARTIFACTS_PROXY):])
+    name = model_file(version.tags, fmt, present)
     source = location if name is None else f"{location.rstrip('/')}/{name}"
     suffixes = SUFFIXES.get(fmt, ())
     if suffixes and not source.endswith(suffixes):
