@@ -151,7 +151,8 @@ def test_retraining_job_on_episode_start_with_cooldown() -> None:
 def test_fairness_violation_is_its_own_condition() -> None:
     gap = low(0.25, "sex/accuracyGap", 0.1, kind="fairness")
     fair = {"features": {"sex": {"slices": {"f": {"count": 80}, "m": {"count": 90},
-                                            "x": {"count": 3}},
+                                            "x": {"count": 3}, "y": {"count": 40,
+                                                                     "inGaps": False}},
                                  "demographicParityDifference": 0.05,
                                  "equalizedOddsDifference": None, "accuracyGap": 0.25}},
             "violations": [], "minSliceSize": 30}

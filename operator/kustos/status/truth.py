@@ -73,8 +73,9 @@ def _fairness(report: Any) -> list[dict[str, Any]] | None:
             continue
         raw = entry.get("slices")
         slices: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-        counted = [s for s in slices.values()
-                   if isinstance(s, Mapping) and (_count(s.get("count")) or 0) >= least]
+        # inGaps: the monitor's own word on whether a slice took part in the gaps.
+        counted = [s for s in slices.values() if isinstance(s, Mapping) and (
+            s["inGaps"] is True if "inGaps" in s else (_count(s.get("count")) or 0) >= least)]
         gap: dict[str, Any] = {"feature": str(feature), "slices": len(counted)}
         for key in GAPS:
             value = _num(entry.get(key))
