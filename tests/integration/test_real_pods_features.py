@@ -433,6 +433,62 @@ def test_mlflow_archive_served_from_the_store(chart_operator: ChartOperator,
         delete(kube, ns, f"md/{name}")
 
 
+# --- XGBoost and LightGBM ---------------------------------------------------------------
+
+
+def _publish(tmp: Path, name: str, key: str) -> tuple[str, str]:
+    """A model file put in the local store: its s3:// URI and sha256 digest."""
+    blob = (tmp / name).read_bytes()
+    s3_client().put_object(Bucket="models", Key=key, Body=blob)
+    return f"s3://models/{key}", "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def test_xgboost_and_lightgbm_native_files_served_from_the_store(
+        chart_operator: ChartOperator, tmp_path: Path) -> None:
+    """A binary XGBoost classifier saved as UBJSON (.ubj) and a three-class LightGBM
+    classifier saved as its text model (.txt), each trained here, published to the store
+    and deployed by digest: the pods answer what the trained models answer locally."""
+    import lightgbm
+    import xgboost
+    from sklearn.datasets import load_breast_cancer, load_iris
+
+    bx, by = load_breast_cancer(return_X_y=True)
+    xgb = xgboost.XGBClassifier(n_estimators=30, max_depth=3, n_jobs=1).fit(bx, by)
+    xgb.get_booster().save_model(str(tmp_path / "model.ubj"))
+    ix, iy = load_iris(return_X_y=True)
+    lgb = lightgbm.LGBMClassifier(n_estimators=30, num_leaves=7, n_jobs=1,
+                                  verbose=-1).fit(ix, iy)
+    lgb.booster_.save_model(str(tmp_path / "model.txt"))
+    xgb_uri, xgb_digest = _publish(tmp_path, "model.ubj", "xgb-cancer/1/model.ubj")
+    lgb_uri, lgb_digest = _publish(tmp_path, "model.txt", "lgb-iris/1/model.txt")
+
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    cases = [("cancer-xgb", "xgboost", xgb_uri, xgb_digest, xgb, bx[::23]),
+             ("iris-lgbm", "lightgbm", lgb_uri, lgb_digest, lgb, ix[::13])]
+    for name, fmt, uri, digest, _, _ in cases:
+        md = real_model(name, ns, uri, digest, replicas=1)
+        md["spec"]["model"]["format"] = fmt
+        kube.apply(md)
+    try:
+        for name, fmt, _, _, model, rows in cases:
+            ready(kube, name, ns)
+            expected = model.predict(rows)
+            assert len(set(expected.tolist())) > 1, f"{fmt}: the rows cover one class"
+            status, body = answered(cluster_ip(kube, name, ns), f"/v2/models/{name}/infer", {
+                "inputs": [{"name": "input-0", "shape": list(rows.shape), "datatype": "FP64",
+                            "data": rows.reshape(-1).tolist()}],
+                "outputs": [{"name": "predict"}, {"name": "predict_proba"}]})
+            assert status == 200, (fmt, body)
+            out = {o["name"]: o for o in body["outputs"]}
+            assert [int(v) for v in out["predict"]["data"]] == expected.tolist(), fmt
+            proba = np.asarray(out["predict_proba"]["data"]).reshape(
+                out["predict_proba"]["shape"])
+            np.testing.assert_allclose(proba, model.predict_proba(rows), rtol=1e-5,
+                                       atol=1e-6, err_msg=fmt)
+    finally:
+        delete(kube, ns, *(f"md/{c[0]}" for c in cases))
+
+
 # --- Payload logging -------------------------------------------------------------------
 
 # A CloudEvents sink: one JSON line per event on stdout (its ce-* headers), 200 answers on
