@@ -113,6 +113,13 @@ def test_degradation_episode_events_and_recovery() -> None:
     assert [(n.reason, n.warning) for n in fine.notices] == [("PerformanceRecovered", False)]
 
 
+def test_upper_bounded_metrics_read_greater_than() -> None:
+    r = sdm.compute(dm(task="classification", thresholds={"maxLogLoss": 0.5}), WIRED, [],
+                    NOW, truth_report=report(0.9, violations=[low(0.8, "logLoss", 0.5)]))
+    assert cond(r.status, "PerformanceDegraded")["message"] == \
+        "logLoss 0.8 > 0.5 (version v1)"
+
+
 def test_same_report_changes_nothing() -> None:
     first = sdm.compute(dm(), WIRED, [], NOW, truth_report=report(0.6, violations=[low(0.6)]))
     second = sdm.compute(dm(first.status), WIRED, [], NOW + timedelta(seconds=30),
@@ -149,7 +156,7 @@ def test_retraining_job_on_episode_start_with_cooldown() -> None:
 
 
 def test_fairness_violation_is_its_own_condition() -> None:
-    gap = low(0.25, "sex/accuracyGap", 0.1, kind="fairness")
+    gap = {**low(0.25, "accuracyGap", 0.1, kind="fairness"), "feature": "sex"}
     fair = {"features": {"sex": {"slices": {"f": {"count": 80}, "m": {"count": 90},
                                             "x": {"count": 3}, "y": {"count": 40,
                                                                      "inGaps": False}},
@@ -168,6 +175,10 @@ def test_fairness_violation_is_its_own_condition() -> None:
         {"feature": "sex", "slices": 2, "demographicParityDifference": 0.05,
          "accuracyGap": 0.25}]
     assert [n.reason for n in r.notices] == ["FairnessViolated"]
+    assert r.status["groundTruth"]["violations"] == [
+        {"version": "v1", "metric": "sex/accuracyGap", "value": 0.25, "threshold": 0.1,
+         "kind": "fairness"}]
+    assert r.status["groundTruth"]["lastDegraded"]["violations"] == ["v1/sex/accuracyGap"]
     # Fairness removed from the spec: its condition goes.
     gone = sdm.compute(dm(r.status), WIRED, [], NOW, truth_report=report(0.95))
     assert get_condition({"status": gone.status}, "FairnessViolated") is None

@@ -118,7 +118,10 @@ def violations(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         value, threshold = _num(v.get("value")), _num(v.get("threshold"))
         if value is None or threshold is None or not v.get("metric"):
             continue
-        out.append({"version": str(v.get("version") or ""), "metric": str(v["metric"])[:253],
+        metric = str(v["metric"])
+        if v.get("feature"):  # a fairness gap: of which sensitive feature
+            metric = f"{v['feature']}/{metric}"
+        out.append({"version": str(v.get("version") or ""), "metric": metric[:253],
                     "value": value, "threshold": threshold, "kind": v["kind"]})
     return out[:MAX_VIOLATIONS]
 
@@ -141,10 +144,13 @@ def summary(report: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+UPPER_BOUNDED = ("logLoss", "mae", "rmse")  # performance metrics with a max threshold
+
+
 def describe(v: Mapping[str, Any]) -> str:
-    """accuracy 0.61 < 0.8 (version v2)"""
-    bound = "<" if str(v["metric"]).startswith(("accuracy", "precision", "recall", "f1",
-                                                   "rocAuc", "coverage")) else ">"
+    """accuracy 0.61 < 0.8 (version v2); sex/accuracyGap 0.2 > 0.1 (version v2)"""
+    upper = v["kind"] == "fairness" or v["metric"] in UPPER_BOUNDED
+    bound = ">" if upper else "<"
     return f"{v['metric']} {v['value']:g} {bound} {v['threshold']:g} (version {v['version']})"
 
 
