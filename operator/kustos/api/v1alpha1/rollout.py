@@ -132,9 +132,9 @@ class MetricResult(KModel):
     """What the threshold is compared with (difference, ratio, divergence, ...)."""
     threshold: float | None = None
     """The threshold."""
-    verdict: Verdict = "inconclusive"
+    verdict: Verdict | None = None
     """pass, fail or inconclusive."""
-    samples: int = 0
+    samples: int | None = None
     """The smaller track's sample count in the window."""
     reason: str | None = None
     """Why inconclusive or failed, in words."""
@@ -145,9 +145,9 @@ class AnalysisResult(KModel):
 
     time: datetime | None = None
     """When it ran."""
-    verdict: Verdict = "inconclusive"
+    verdict: Verdict | None = None
     """fail when any gate failed, pass when all passed, else inconclusive."""
-    metrics: dict[str, MetricResult] = Field(default_factory=dict)
+    metrics: dict[str, MetricResult] | None = None
     """Per gate (errorRate, latencyP99, predictionDivergence, agreement, drift,
     accuracy, fairness)."""
 
@@ -155,13 +155,13 @@ class AnalysisResult(KModel):
 class RolloutStatus(KModel):
     """Where the rollout is."""
 
-    phase: RolloutPhase = "Idle"
+    phase: RolloutPhase | None = None
     """Idle, Shadow, Canary, Paused, Promoted or RolledBack."""
     step: int | None = None
     """The canary step (1-based) being analysed."""
     steps: int | None = None
     """How many steps the rollout has."""
-    weight: int = 0
+    weight: int | None = None
     """The candidate's current traffic share in percent."""
     stable: RolloutModel | None = None
     """The model the stable track serves."""
