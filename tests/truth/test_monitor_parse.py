@@ -7,6 +7,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kustos.runtime.truth import bulk, config, parse
 from kustos.runtime.truth.parse import ProtocolError
@@ -207,3 +209,53 @@ def test_config_defaults_and_durations() -> None:
                         "bulk": [{"uri": "s3://b/daily/", "format": "parquet"}]})
     assert cfg.window_seconds == 5400 and cfg.retention_seconds == 7 * 86400
     assert cfg.bulk[0].interval == 300 and cfg.task == "classification"
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5),
+                     st.floats(allow_nan=False, allow_infinity=False, width=32),
+                     st.sampled_from(["", "a", "1", "FP64", "BYTES", "INT64", "predict",
+                                      "predict_proba", "input-0"]))
+_json = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4),
+    st.dictionaries(st.sampled_from(["inputs", "outputs", "name", "shape", "datatype",
+                                     "data", "instances", "predictions", "ndarray", "tensor",
+                                     "values", "names", "meta", "puid", "requestPath",
+                                     "labels", "id", "label", "row", "metadata", "truth",
+                                     "response", "request", "tags", "model_version",
+                                     "timestamp"]), inner, max_size=5)), max_leaves=25)
+
+
+_tensor = st.fixed_dictionaries({
+    "name": st.sampled_from(["predict", "predict_proba", "input-0", "x"]),
+    "shape": st.lists(st.integers(-1, 3), max_size=3),
+    "datatype": st.sampled_from(["FP64", "FP32", "INT64", "BYTES", "BOOL", "UINT8", "X"]),
+    "data": st.one_of(_json, st.lists(st.one_of(st.integers(-3, 3), st.floats(-2, 2),
+                                                st.text(max_size=2)), max_size=9))})
+_bodies = st.one_of(
+    _json,
+    st.fixed_dictionaries({"inputs": st.lists(_tensor, max_size=3)}),
+    st.fixed_dictionaries({"outputs": st.lists(_tensor, max_size=3)}),
+    st.fixed_dictionaries({"data": st.fixed_dictionaries(
+        {"names": _json, "ndarray": st.lists(st.lists(_scalars, max_size=3), max_size=3)})}),
+    st.fixed_dictionaries({"predictions": st.lists(st.one_of(
+        _scalars, st.lists(st.floats(0, 1), max_size=3)), max_size=3)}))
+
+
+@settings(max_examples=600, deadline=None)
+@given(body=_bodies, task=st.sampled_from(["classification", "regression"]))
+def test_any_json_is_parsed_or_refused_with_a_4xx(body: object, task: str) -> None:
+    """No body makes the parsers fail with anything but a ProtocolError (a 4xx)."""
+    raw = orjson.dumps(body)
+    calls = [
+        lambda: parse.request_features(body, ("a", "b")) if isinstance(body, dict) else None,
+        lambda: parse.response_predictions(body, task, ("x", "y"), "m")
+        if isinstance(body, dict) else None,
+        lambda: parse.parse_v2_feedback(raw, task),
+        lambda: parse.parse_seldon_feedback(raw, "h", task, ("x", "y")),
+        lambda: parse.parse_event(REQ, raw),
+    ]
+    for call in calls:
+        try:
+            call()
+        except ProtocolError as exc:
+            assert 400 <= exc.status < 500

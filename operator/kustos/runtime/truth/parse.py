@@ -157,6 +157,8 @@ def _columns(arr: np.ndarray[Any, Any], where: str) -> np.ndarray[Any, Any]:
         raise ProtocolError(f"{where}: needs a batch dimension, got a scalar")
     if len(arr) > MAX_ROWS:
         raise ProtocolError(f"{where}: more than {MAX_ROWS} rows")
+    if arr.size == 0:
+        raise ProtocolError(f"{where}: holds no values")
     return arr.reshape(len(arr), -1)
 
 
@@ -300,6 +302,8 @@ class Predicted:
 
 
 def _probabilities(arr: np.ndarray[Any, Any], where: str) -> np.ndarray[Any, Any]:
+    if arr.ndim != 2 or arr.shape[1] < 2 or len(arr) == 0:
+        raise ProtocolError(f"{where}: probabilities must be rows of at least two classes")
     try:
         p = arr.astype(np.float64)
     except (TypeError, ValueError):
