@@ -10,7 +10,9 @@ candidate, a second real `kustos serve` with the same model, are pinned to CPU 1
 candidate at niceness `--candidate-nice` (on a cluster it runs in another pod, not on the
 stable's core). Modes "off" (no --shadow-url) and "shadow" (--shadow-percent 100 to the
 candidate), in alternating order, `--rounds` times, each at wrk concurrency 1 (a caller's
-own latency) and 8 (throughput at saturation). Target: "shadow" p99 within 5 % of "off".
+own latency), 8 paced (each connection waits `--pace-ms` between requests: a steady load
+below saturation, where a caller's latency is what the mirroring adds) and 8 unpaced
+(throughput at saturation). Target: "shadow" p99 within 5 % of "off" (paced and c=1).
 Each run also reports the server's CPU per request and what the stable counted as
 mirrored: sent / dropped (queue full) / failed.
 """
@@ -50,13 +52,25 @@ def counted(port: int) -> dict[str, float]:
     return out
 
 
+def percentile(wrk_out: str, which: str) -> float:
+    """One line of wrk's latency distribution, in milliseconds."""
+    import re
+
+    found = re.search(rf"^\s+{re.escape(which)}\s+([\d.]+)(us|ms|s)\s*$", wrk_out, re.M)
+    if not found:
+        raise RuntimeError(f"no {which} latency in wrk's output")
+    return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up (1)")
     p.add_argument("--rounds", type=int, default=3, help="runs per mode and concurrency (3)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8],
-                   help="wrk connections, one set of runs each (1 8)")
+    p.add_argument("--loads", nargs="+", default=["1", "8p", "8"],
+                   help="wrk connections per set of runs, 'p' for paced (1 8p 8)")
+    p.add_argument("--pace-ms", type=float, default=2.0,
+                   help="milliseconds each paced connection waits between requests (2)")
     p.add_argument("--candidate-nice", type=int, default=10,
                    help="niceness of the candidate on wrk's CPU (10)")
     args = p.parse_args(argv)
@@ -77,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, len(row)],
                                        "datatype": "FP64", "data": row}]})
         script.write_text(LUA.format(body=json.dumps(body)))
+        paced = work / "paced.lua"
+        paced.write_text(LUA.format(body=json.dumps(body))
+                         + f"function delay()\n  return {args.pace_ms:g}\nend\n")
         kustos = str(REPO / ".venv" / "bin" / "kustos")
         base = [kustos, "serve", "--model", str(work / "model.skops"), "--name", "iris",
                 "--log-level", "warning"]
@@ -88,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             candidate.wait_ready()
             for rnd in range(args.rounds):
-                for conc in args.concurrency:
+                for load in args.loads:
+                    conc = int(load.rstrip("p"))
+                    lua = paced if load.endswith("p") else script
                     order = MODES if rnd % 2 == 0 else MODES[::-1]
                     for mode in order:
                         port = free_port()
@@ -101,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                         try:
                             server.wait_ready()
                             url = f"http://127.0.0.1:{port}/v2/models/iris/infer"
-                            run_wrk(url, script, conc, args.warmup, "1")
+                            run_wrk(url, lua, conc, args.warmup, "1")
                             before = counted(port)
                             cpu = cpu_seconds(server.proc.pid)
-                            rps, p50, p99, n = parse_wrk(
-                                run_wrk(url, script, conc, args.duration, "1"))
+                            out = run_wrk(url, lua, conc, args.duration, "1")
+                            rps, p50, p99, n = parse_wrk(out)
+                            p90 = percentile(out, "90%")
                             cpu = cpu_seconds(server.proc.pid) - cpu
                             # Let the mirror finish what it holds before counting.
                             deadline = time.monotonic() + 10
@@ -117,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                                 time.sleep(0.1)
                                 after = counted(port)
                             results.append({
-                                "round": rnd + 1, "mode": mode, "concurrency": conc,
-                                "rps": rps, "p50_ms": p50, "p99_ms": p99, "requests": n,
+                                "round": rnd + 1, "mode": mode, "load": load,
+                                "rps": rps, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
+                                "requests": n,
                                 "cpu_us_per_request": cpu / n * 1e6,
                                 **{k: after[k] - before[k] for k in after}})
                             print(json.dumps(results[-1]), file=sys.stderr)
@@ -130,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
           f"load average at the end: {loadavg()}")
     # On a shared machine other load comes and goes: ratios to the "off" run of the same
     # round and concurrency (seconds apart) are steadier than ratios of medians.
-    print("| concurrency | mode | requests/s | p50 ms | p99 ms | p99 vs off (median of "
-          "per-round ratios) | p50 vs off | requests/s vs off | server CPU us/request | "
-          "mirrored sent | dropped | failed | rows agree | disagree |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for conc in args.concurrency:
-        off = {r["round"]: r for r in results if r["mode"] == "off" and r["concurrency"] == conc}
+    print("| load | mode | requests/s | p50 ms | p90 ms | p99 ms | p99 vs off (median "
+          "of per-round ratios) | p90 vs off | p50 vs off | requests/s vs off | "
+          "server CPU us/request | mirrored sent | dropped | failed | rows agree | disagree |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for load in args.loads:
+        off = {r["round"]: r for r in results if r["mode"] == "off" and r["load"] == load}
         for mode in MODES:
-            rs = [r for r in results if r["mode"] == mode and r["concurrency"] == conc]
+            rs = [r for r in results if r["mode"] == mode and r["load"] == load]
 
             def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
                 return statistics.median(r[key] for r in rs)
@@ -146,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                       off: dict[int, dict[str, Any]] = off) -> float:
                 return statistics.median(r[key] / off[r["round"]][key] for r in rs)
 
-            print(f"| {conc} | {mode} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | "
-                  f"{med('p99_ms'):.2f} | {ratio('p99_ms'):.3f} | {ratio('p50_ms'):.3f} | "
+            name = f"{load[:-1]} paced" if load.endswith("p") else load
+            print(f"| {name} | {mode} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | "
+                  f"{med('p90_ms'):.2f} | {med('p99_ms'):.2f} | {ratio('p99_ms'):.3f} | "
+                  f"{ratio('p90_ms'):.3f} | {ratio('p50_ms'):.3f} | "
                   f"{ratio('rps'):.3f} | {med('cpu_us_per_request'):.1f} | "
                   f"{sum(r['sent'] for r in rs):,.0f} | {sum(r['dropped'] for r in rs):,.0f} | "
                   f"{sum(r['failed'] for r in rs):,.0f} | {sum(r['agree'] for r in rs):,.0f} | "
