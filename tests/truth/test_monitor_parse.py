@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -259,3 +260,28 @@ def test_any_json_is_parsed_or_refused_with_a_4xx(body: object, task: str) -> No
             call()
         except ProtocolError as exc:
             assert 400 <= exc.status < 500
+
+
+def test_grpc_events_as_the_payload_log_encodes_them() -> None:
+    """A gRPC prediction reaches the monitor as protobuf JSON: contents (64-bit integers as
+    strings, bytes as base64) or raw contents by position."""
+    from kustos.runtime.server.oip_grpc import grpc_predict_v2_pb2 as pb
+    from kustos.runtime.server.payload_log import event_data
+
+    req = pb.ModelInferRequest(model_name="m", id="g1")
+    t = req.inputs.add(name="input-0", datatype="FP64", shape=[2, 2])
+    t.contents.fp64_contents.extend([1.0, 2.0, 3.0, 4.0])
+    t = req.inputs.add(name="sex", datatype="BYTES", shape=[2])
+    t.contents.bytes_contents.extend([b"f", b"m"])
+    body = orjson.loads(event_data(req, None, frozenset(), "grpc"))
+    assert parse.request_features(body, ("a", "b", "sex")) == [
+        {"a": 1.0, "b": 2.0, "sex": "f"}, {"a": 3.0, "b": 4.0, "sex": "m"}]
+    resp = pb.ModelInferResponse(model_name="m", model_version="3", id="g1")
+    o = resp.outputs.add(name="predict", datatype="INT64", shape=[2])
+    o.contents.int64_contents.extend([1, 0])
+    resp.outputs.add(name="predict_proba", datatype="FP64", shape=[2, 2])
+    resp.raw_output_contents.extend([b"", np.asarray([[0.2, 0.8], [0.9, 0.1]]).tobytes()])
+    body = orjson.loads(event_data(resp, None, frozenset(), "grpc"))
+    answers, version = parse.response_predictions(body, "classification", (), "m")
+    assert version == "3"
+    assert [(a.label, a.proba) for a in answers] == [("1", [0.2, 0.8]), ("0", [0.9, 0.1])]

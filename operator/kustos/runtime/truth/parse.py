@@ -13,6 +13,8 @@ output is present too) or, for regression, the value.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import math
 import re
@@ -24,7 +26,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kustos.runtime.server.tensors import ProtocolError, check_shape, decode, loads_object
+from kustos.runtime.server.tensors import (
+    ProtocolError,
+    check_shape,
+    decode,
+    decode_raw,
+    loads_object,
+)
 
 __all__ = ["ProtocolError", "canonical"]
 
@@ -162,8 +170,35 @@ def _columns(arr: np.ndarray[Any, Any], where: str) -> np.ndarray[Any, Any]:
     return arr.reshape(len(arr), -1)
 
 
-def _v2_tensors(tensors: Any, key: str) -> list[tuple[str, np.ndarray[Any, Any] | None, int]]:
-    """(name, rows x columns or None when the data was not logged, rows) per tensor."""
+def _grpc_shape(shape: Any) -> Any:
+    """gRPC's int64 shape as protobuf JSON writes it: strings of digits."""
+    if isinstance(shape, list):
+        return [int(d) if isinstance(d, str) and d.isdigit() else d for d in shape]
+    return shape
+
+
+def _grpc_data(contents: Any, where: str) -> Any:
+    """The values of a gRPC tensor's ``contents`` (protobuf JSON: 64-bit integers as
+    strings, bytes as base64)."""
+    if not isinstance(contents, dict) or len(contents) != 1:
+        raise ProtocolError(f"{where}: 'contents' must hold one *_contents list")
+    (field, values), = contents.items()
+    if not isinstance(values, list):
+        raise ProtocolError(f"{where}: contents.{field} must be a list")
+    try:
+        if field in ("int64_contents", "uint64_contents"):
+            return [int(v) for v in values]
+        if field == "bytes_contents":
+            return [base64.b64decode(v, validate=True) for v in values]
+    except (ValueError, TypeError, binascii.Error):
+        raise ProtocolError(f"{where}: contents.{field} holds a malformed value") from None
+    return values
+
+
+def _v2_tensors(tensors: Any, key: str, raw: Any = None
+                ) -> list[tuple[str, np.ndarray[Any, Any] | None, int]]:
+    """(name, rows x columns or None when the data was not logged, rows) per tensor.
+    gRPC's protobuf JSON too: ``contents``, or ``raw_*_contents`` (base64) by position."""
     if not isinstance(tensors, list) or not tensors:
         raise ProtocolError(f"'{key}' must be a non-empty list of V2 tensors")
     out: list[tuple[str, np.ndarray[Any, Any] | None, int]] = []
@@ -175,14 +210,24 @@ def _v2_tensors(tensors: Any, key: str) -> list[tuple[str, np.ndarray[Any, Any] 
         if not isinstance(name, str):
             raise ProtocolError(f"{where}: 'name' must be a string")
         where = f"{key[:-1]} {name!r}"
-        shape = check_shape(t.get("shape"), where)
+        shape = check_shape(_grpc_shape(t.get("shape")), where)
         datatype = t.get("datatype")
         if not isinstance(datatype, str):
             raise ProtocolError(f"{where}: 'datatype' must be a string such as FP64")
-        if "data" not in t:  # binary tensor data: only the JSON header was logged
+        if "data" in t:
+            arr = decode(t["data"], shape, datatype, where)
+        elif "contents" in t:
+            arr = decode(_grpc_data(t["contents"], where), shape, datatype, where)
+        elif isinstance(raw, list) and i < len(raw) and isinstance(raw[i], str):
+            try:
+                blob = base64.b64decode(raw[i], validate=True)
+            except (ValueError, binascii.Error):
+                raise ProtocolError(f"{where}: raw contents are not base64") from None
+            arr = decode_raw(blob, shape, datatype, where)
+        else:  # binary tensor data: only the JSON header was logged
             out.append((name, None, shape[0] if shape else 1))
             continue
-        arr = _columns(decode(t["data"], shape, datatype, where), where)
+        arr = _columns(arr, where)
         out.append((name, arr, len(arr)))
     return out
 
@@ -209,7 +254,7 @@ def request_features(body: dict[str, Any], feature_names: Sequence[str]
     """Per row, the request's features by name (None: not logged)."""
     if "inputs" in body and isinstance(body["inputs"], list) and body["inputs"] \
             and all(isinstance(t, dict) and "datatype" in t for t in body["inputs"]):
-        tensors = _v2_tensors(body["inputs"], "inputs")
+        tensors = _v2_tensors(body["inputs"], "inputs", body.get("raw_input_contents"))
         rows = tensors[0][2]
         if any(r != rows for _, _, r in tensors):
             raise ProtocolError("input tensors have different numbers of rows")
@@ -356,7 +401,7 @@ def response_predictions(body: dict[str, Any], task: str, classes: Sequence[str]
     """The answer per row, and the model version the body names (V2 model_version,
     Seldon meta.requestPath)."""
     if "outputs" in body:
-        tensors = _v2_tensors(body["outputs"], "outputs")
+        tensors = _v2_tensors(body["outputs"], "outputs", body.get("raw_output_contents"))
         logged = [(n, a) for n, a, _ in tensors if a is not None]
         if not logged:
             raise ProtocolError("the response's output data was not logged (binary tensor "
