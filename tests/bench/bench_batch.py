@@ -4,6 +4,7 @@ Not a test (not part of `make test`). Run from the repository:
 
     nice .venv/bin/python tests/bench/bench_batch.py [--rows 100000] [--chunk-size 10000]
         [--model forest|logistic] [--rounds 3]
+        [--input-format csv|parquet] [--output-format csv|jsonl|parquet] [--row-group N]
 
 The model is trained here on scikit-learn's breast_cancer (30 features); the input is its
 rows repeated to --rows, a CSV with a header (in a temporary directory, deleted after).
@@ -14,6 +15,11 @@ Both sides run in one process pinned to CPU 0 (taskset), alternately, --rounds t
   are kept in memory, nothing is written;
 - kustos batch: the same chunks through the serving Model (prepare + predict), each
   chunk written as part-NNNNNN.csv with the inference id per row, synced and renamed.
+
+With --input-format parquet the file is Parquet (fastparquet, row groups of --row-group
+rows) and the peer reads it row group by row group with fastparquet (to_pandas, then
+to_numpy) before the same predict; `kustos batch` reads it the same way (the chunks cut
+from the row groups) and writes --output-format.
 
 Figures: rows/s of each side's loop (the peer's whole run; `kustos batch`'s own report,
 from the start of the loop: the model loaded, as the peer's is) and the ratio; then
@@ -56,12 +62,33 @@ with open(path, encoding="utf-8", newline="") as f:
 print(rows, time.perf_counter() - start)
 """
 
+PEER_PARQUET = r"""
+import os, sys, time
+import fastparquet, numpy as np, pandas as pd, skops.io as sio
+path, model_path, out_dir = sys.argv[1], sys.argv[2], sys.argv[4]
+est = sio.load(model_path, trusted=sio.get_untrusted_types(file=model_path))
+start = time.perf_counter()
+rows, out = 0, []
+pf = fastparquet.ParquetFile(path)
+for k, frame in enumerate(pf.iter_row_groups()):
+    x = frame.to_numpy(dtype=np.float64)
+    y = est.predict(x)
+    if out_dir == "-":
+        out.append(y)
+    else:  # --peer-writes: each group's predictions to a Parquet file (no ids, no sync)
+        fastparquet.write(os.path.join(out_dir, f"{k}.parquet"), pd.DataFrame({"predict": y}),
+                          write_index=False)
+    rows += len(x)
+print(rows, time.perf_counter() - start)
+"""
+
 
 def pinned(cmd: list[str]) -> list[str]:
     return (["taskset", "-c", "0", *cmd]) if shutil.which("taskset") else cmd
 
 
-def make_data(d: Path, rows: int, kind: str) -> tuple[Path, Path]:
+def make_data(d: Path, rows: int, kind: str, fmt: str = "csv",
+              row_group: int = 10000) -> tuple[Path, Path]:
     import numpy as np
     import skops.io as sio
     from sklearn.datasets import load_breast_cancer
@@ -78,6 +105,15 @@ def make_data(d: Path, rows: int, kind: str) -> tuple[Path, Path]:
     sio.dump(est, model)
     reps = -(-rows // len(x))
     data = np.tile(x, (reps, 1))[:rows]
+    if fmt == "parquet":
+        import fastparquet
+        import pandas as pd
+
+        path = d / "in.parquet"
+        frame = pd.DataFrame({f"f{i}": data[:, i] for i in range(x.shape[1])})
+        fastparquet.write(str(path), frame, write_index=False, compression="SNAPPY",
+                          row_group_offsets=list(range(0, rows, row_group)))
+        return model, path
     path = d / "in.csv"
     with path.open("w") as f:
         f.write(",".join(f"f{i}" for i in range(x.shape[1])) + "\n")
@@ -85,18 +121,27 @@ def make_data(d: Path, rows: int, kind: str) -> tuple[Path, Path]:
     return model, path
 
 
-def run_peer(path: Path, model: Path, chunk: int) -> tuple[int, float]:
-    out = subprocess.run(pinned([sys.executable, "-c", PEER, str(path), str(model), str(chunk)]),
+def run_peer(path: Path, model: Path, chunk: int, fmt: str = "csv",
+             out_dir: Path | None = None) -> tuple[int, float]:
+    code = PEER_PARQUET if fmt == "parquet" else PEER
+    if out_dir is not None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir()
+    out = subprocess.run(pinned([sys.executable, "-c", code, str(path), str(model), str(chunk),
+                                 str(out_dir or "-")]),
                          capture_output=True, text=True, check=True, timeout=1800)
     rows, seconds = out.stdout.split()
     return int(rows), float(seconds)
 
 
-def run_batch(path: Path, model: Path, chunk: int, out: Path) -> tuple[int, float, float]:
+def run_batch(path: Path, model: Path, chunk: int, out: Path, input_format: str = "csv",
+              output_format: str = "csv") -> tuple[int, float, float]:
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     proc = subprocess.run(pinned([sys.executable, "-m", "kustos.cli", "batch", "--model",
                                   str(model), "--input", str(path), "--output", str(out),
+                                  "--input-format", input_format,
+                                  "--output-format", output_format,
                                   "--chunk-size", str(chunk), "--quiet"]),
                           capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -113,25 +158,40 @@ def main() -> int:
     p.add_argument("--chunk-size", type=int, default=10000)
     p.add_argument("--model", choices=("forest", "logistic"), default="forest")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--input-format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--output-format", choices=("csv", "jsonl", "parquet"), default="csv")
+    p.add_argument("--row-group", type=int, default=10000,
+                   help="rows per Parquet row group (--input-format parquet)")
+    p.add_argument("--peer-writes", action="store_true",
+                   help="Parquet: the peer also writes each row group's predictions to a "
+                        "Parquet file (no ids, not synced)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         d = Path(tmp)
-        model, path = make_data(d, args.rows, args.model)
+        model, path = make_data(d, args.rows, args.model, args.input_format, args.row_group)
         size = path.stat().st_size / 2**20
         print(f"model {args.model} (breast_cancer, 30 features), {args.rows} rows "
-              f"({size:.0f} MiB CSV), chunk {args.chunk_size}, CPU 0 only, "
+              f"({size:.1f} MiB {args.input_format}"
+              + (f", row groups of {args.row_group}" if args.input_format == "parquet" else "")
+              + f"), chunk {args.chunk_size}, output {args.output_format}, CPU 0 only, "
               f"{args.rounds} rounds")
+        peer_name = ("peer: fastparquet + predict loop" if args.input_format == "parquet"
+                     else "peer: loadtxt + predict loop")
+        if args.peer_writes and args.input_format == "parquet":
+            peer_name = "peer: fastparquet, predict, write"
         peer, ours, whole = [], [], []
         for _ in range(args.rounds):
-            rows, seconds = run_peer(path, model, args.chunk_size)
+            rows, seconds = run_peer(path, model, args.chunk_size, args.input_format,
+                                     d / "peer" if args.peer_writes else None)
             peer.append(rows / seconds)
-            done, loop, wall = run_batch(path, model, args.chunk_size, d / "out")
+            done, loop, wall = run_batch(path, model, args.chunk_size, d / "out",
+                                         args.input_format, args.output_format)
             assert done == rows, (done, rows)
             ours.append(done / loop)
             whole.append(done / wall)
         peer_m, ours_m = statistics.median(peer), statistics.median(ours)
         print(f"{'':34} {'rows/s (median)':>16}  rounds")
-        print(f"{'peer: loadtxt + predict loop':34} {peer_m:16,.0f}  "
+        print(f"{peer_name:34} {peer_m:16,.0f}  "
               + " ".join(f"{r:,.0f}" for r in peer))
         print(f"{'kustos batch (its loop)':34} {ours_m:16,.0f}  "
               + " ".join(f"{r:,.0f}" for r in ours))

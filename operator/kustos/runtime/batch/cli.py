@@ -92,6 +92,10 @@ def main(argv: list[str]) -> int:
             sys.stdout.flush()
 
     try:
+        if "parquet" in (args.input_format, args.output_format):
+            # Before the model is loaded: where fastparquet is missing, say so at once; and
+            # its import (with pandas, a second or so) is paid here, not by the first chunk.
+            source.fastparquet()
         model = load_model(args.model, args.name, args.model_version, args.format,
                            args.digest, args.trust_type, args.onnx_threads)
         report = runner.run(job, model, progress)

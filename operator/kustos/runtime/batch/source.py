@@ -234,7 +234,7 @@ def _parse_parquet(chunk: Chunk, lay: Layout, name: str) -> Parsed:
             raise InputError(f"{name}: row {row}, column {lay.id_field}: no id")
         ids = values.astype(str).tolist()
     else:
-        ids = [str(chunk.first_row + i) for i in range(chunk.rows)]
+        ids = list(map(str, range(chunk.first_row, chunk.first_row + chunk.rows)))
     return Parsed(x.reshape(chunk.rows, len(lay.features)), ids)
 
 
@@ -249,7 +249,7 @@ def _parse_csv(chunk: Chunk, lay: Layout, name: str) -> Parsed:
         pos = lay.id_position
         ids = [line.rstrip("\r\n").split(",")[pos].strip() for line in chunk.lines]
     else:
-        ids = [str(chunk.first_row + i) for i in range(len(chunk.lines))]
+        ids = list(map(str, range(chunk.first_row, chunk.first_row + len(chunk.lines))))
     return Parsed(x, ids)
 
 
