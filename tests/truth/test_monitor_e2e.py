@@ -240,12 +240,18 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_regression_over_v1_with_request_ids(tmp_path: Path) -> None:
-    """V1 :predict with x-request-id; the version from ce-modelversion; labels through the
-    model server's V2 feedback; MAE/RMSE equal sklearn's, maxMae breaks."""
+    """V1 :predict with x-request-id and gRPC ModelInfer with an id; the version from
+    ce-modelversion; labels through the model server's V2 feedback; MAE/RMSE equal
+    sklearn's, maxMae breaks."""
+    import grpc
     import skops.io as sio
     from sklearn.datasets import load_diabetes
     from sklearn.linear_model import Ridge
     from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    from kustos.runtime.server.oip_grpc import grpc_predict_v2_pb2 as pb
+    from kustos.runtime.server.oip_grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+    from ports import free_port
 
     x, y = load_diabetes(return_X_y=True)
     reg = Ridge().fit(x[100:], y[100:])
@@ -256,15 +262,23 @@ def test_regression_over_v1_with_request_ids(tmp_path: Path) -> None:
         "model": "diabetes", "task": "regression", "minSamples": 10,
         "evaluationInterval": "1s", "thresholds": {"maxMae": 20.0, "maxRmse": 500.0}}))
     mon = truth(tmp_path, config, tmp_path / "store")
+    grpc_port = free_port()
     srv = serve(tmp_path, model, "diabetes", "--model-version", "2024-06", "--truth-url",
-                f"http://127.0.0.1:{mon.port}")
+                f"http://127.0.0.1:{mon.port}", "--grpc-port", str(grpc_port))
     try:
         mon.wait_ready()
         srv.wait_ready()
-        for i in range(30):
+        for i in range(20):
             code, body = post(srv.port, "/v1/models/diabetes:predict",
                               {"instances": [x[i].tolist()]}, {"x-request-id": f"q{i}"})
             assert code == 200, body
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for i in range(20, 30):
+                req = pb.ModelInferRequest(model_name="diabetes", id=f"q{i}")
+                t = req.inputs.add(name="input-0", datatype="FP64", shape=[1, 10])
+                t.contents.fp64_contents.extend(x[i].tolist())
+                assert stub.ModelInfer(req, timeout=10).id == f"q{i}"
         code, body = post(srv.port, "/v2/models/diabetes/feedback", {"labels": [
             {"id": f"q{i}", "label": float(y[i])} for i in range(30)]})
         assert code == 202, body
