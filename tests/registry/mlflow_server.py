@@ -12,6 +12,7 @@ Usable by hand too: ``python tests/registry/mlflow_server.py`` starts one and wa
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -103,6 +104,18 @@ class MlflowServer:
 
     def python(self) -> str:
         return str(self.venv / "bin" / "python")
+
+    def rest(self, path: str, body: dict[str, Any], method: str = "POST") -> dict[str, Any]:
+        """One call of the registry's REST API (as the admin with basic auth)."""
+        headers = {"Content-Type": "application/json"}
+        if self.admin:
+            pair = base64.b64encode(f"{self.admin[0]}:{self.admin[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {pair}"
+        req = urllib.request.Request(f"{self.url}/api/2.0/mlflow/{path}", method=method,
+                                     data=json.dumps(body).encode(), headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer: dict[str, Any] = json.loads(resp.read() or b"{}")
+            return answer
 
     def register(self, name: str, *, c: float, alias: str | None = None,
                  serialization: str = "pickle") -> dict[str, Any]:

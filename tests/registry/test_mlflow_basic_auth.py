@@ -5,9 +5,7 @@ appears in no message, repr or log line (urllib3's debug log included)."""
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -24,14 +22,9 @@ pytestmark = pytest.mark.timeout(1500)
 def server() -> Iterator[MlflowServer]:
     with moto_s3() as s3, mlflow_server(s3, basic_auth=True) as srv:
         registered = srv.register("guarded", c=1.0, alias="champion")
-        assert srv.admin is not None
-        pair = base64.b64encode(f"{srv.admin[0]}:{srv.admin[1]}".encode()).decode()
-        req = urllib.request.Request(
-            f"{srv.url}/api/2.0/mlflow/model-versions/set-tag", method="POST",
-            data=json.dumps({"name": "guarded", "version": registered["version"],
-                             "key": DIGEST_TAG, "value": registered["sha256"]}).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Basic {pair}"})
-        urllib.request.urlopen(req, timeout=30).close()
+        srv.rest("model-versions/set-tag", {"name": "guarded",
+                                            "version": registered["version"],
+                                            "key": DIGEST_TAG, "value": registered["sha256"]})
         yield srv
 
 

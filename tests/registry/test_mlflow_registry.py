@@ -5,9 +5,7 @@ the model does, the alias moved and resolved again, and the failures mapped to r
 
 from __future__ import annotations
 
-import json
 import pickle
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,16 +31,6 @@ from kustos.runtime.fetch import fetch
 from ports import free_port
 
 pytestmark = pytest.mark.timeout(1500)
-
-
-def rest(srv: MlflowServer, path: str, body: dict[str, Any],
-         method: str = "POST") -> dict[str, Any]:
-    req = urllib.request.Request(f"{srv.url}/api/2.0/mlflow/{path}", method=method,
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        answer: dict[str, Any] = json.loads(resp.read() or b"{}")
-        return answer
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +64,7 @@ def test_alias_resolves_to_a_fetchable_verified_file_and_follows_a_move(
     assert refused.value.reason == "ModelVersionUnusable"
 
     for v in versions:
-        rest(server, "model-versions/set-tag", {"name": "iris", "version": v["version"],
+        server.rest("model-versions/set-tag", {"name": "iris", "version": v["version"],
                                                 "key": DIGEST_TAG,
                                                 "value": f"sha256:{v['sha256']}"})
     first = resolve(client, ref, "sklearn")
@@ -102,7 +90,7 @@ def test_alias_resolves_to_a_fetchable_verified_file_and_follows_a_move(
     assert part["registry"]["version"] == "1"
     assert [n.reason for n in notices] == ["ModelResolved"]
 
-    rest(server, "registered-models/alias", {"name": "iris", "alias": "champion",
+    server.rest("registered-models/alias", {"name": "iris", "alias": "champion",
                                              "version": "2"})
     second = resolve(client, ref, "sklearn")
     assert (second.version, second.digest) == ("2", f"sha256:{v2['sha256']}")
@@ -128,7 +116,7 @@ def test_version_uri_resolves_that_version(server: MlflowServer,
                                            versions: list[dict[str, Any]]) -> None:
     client = RegistryClient(server.url)
     v1 = versions[0]
-    rest(server, "model-versions/set-tag", {"name": "iris", "version": "1",
+    server.rest("model-versions/set-tag", {"name": "iris", "version": "1",
                                             "key": DIGEST_TAG, "value": v1["sha256"]})
     res = resolve(client, parse("models:/iris/1"), "sklearn")
     assert (res.version, res.alias, res.digest) == ("1", None, f"sha256:{v1['sha256']}")
@@ -151,11 +139,11 @@ def test_format_without_a_known_file_needs_the_file_tag(
         resolve(RegistryClient(server.url), parse("models:/iris/1"), "xgboost")
     # A tag naming a file of another format is refused at resolution, as the CRD's rule
     # would refuse the URI.
-    rest(server, "model-versions/set-tag", {"name": "iris", "version": "2",
+    server.rest("model-versions/set-tag", {"name": "iris", "version": "2",
                                             "key": "kustos.dev/file", "value": "MLmodel"})
     with pytest.raises(ResolutionError, match="format sklearn needs"):
         resolve(RegistryClient(server.url), parse("models:/iris/2"), "sklearn")
-    rest(server, "model-versions/delete-tag", {"name": "iris", "version": "2",
+    server.rest("model-versions/delete-tag", {"name": "iris", "version": "2",
                                                "key": "kustos.dev/file"}, "DELETE")
 
 
@@ -170,7 +158,7 @@ def test_mlflow3_default_skops_model_resolves_without_a_digest(server: MlflowSer
     client = RegistryClient(server.url)
     res = resolve(client, parse("models:/iris-skops@champion"), "sklearn")
     assert res.source.endswith("/artifacts/model.skops") and res.digest is None
-    rest(server, "model-versions/set-tag", {"name": "iris-skops", "version": res.version,
+    server.rest("model-versions/set-tag", {"name": "iris-skops", "version": res.version,
                                             "key": DIGEST_TAG, "value": logged["sha256"]})
     res = resolve(client, parse("models:/iris-skops@champion"), "sklearn")
     got = fetch(res.source, tmp_path / "model.skops", res.digest, retries=1)
