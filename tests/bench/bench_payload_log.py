@@ -1,5 +1,5 @@
 """Payload logging benchmark: `kustos serve` throughput with payload logging to a loopback
-HTTP sink vs without, same model, side by side.
+HTTP sink, and to a real Kafka broker, vs without, same model, side by side.
 
 Not a test (not part of `make test`). Run from the repository, with wrk installed:
 
@@ -10,23 +10,31 @@ LogisticRegression on iris (the cheapest model, so the logging's cost shows most
 (a minimal asyncio HTTP server answering 200, in its own process) pinned to CPU 1 at
 niceness 19 (`--sink-nice`): it runs when wrk leaves that core idle, as a log collector
 on another machine would not take the load generator's CPU. Modes: "without", "with"
-(every prediction logged: two CloudEvents each) and "sampled" (--payload-log-sample 0.1),
-in rotating order, `--rounds` times. Target: "with" within 5% of "without" requests/s.
-Each run also reports the server's CPU per request, the sink's CPU and the events serve
+(every prediction logged: two CloudEvents each), "sampled" (--payload-log-sample 0.1) and,
+when hack/kafka.sh has fetched the broker's jars and java is installed, "kafka" (every
+prediction logged to a one-node KRaft broker, tests/integration/kafka_broker.py, pinned to
+CPU 1 at niceness 19 like the sink; a fresh topic per run), in rotating order, `--rounds`
+times. Target: "with" within 5% of "without" requests/s. Each run also reports the
+server's CPU per request (all of it; and that of its main thread, the one serving
+predictions, and of its other threads: the sender), the sink's CPU and the events serve
 counted as sent / dropped (queue full) / failed; at the end, the sender thread's own CPU
-per logged prediction, measured apart.
+per logged prediction, measured apart (HTTP, and Kafka when there is a broker).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,24 +77,40 @@ def run_sink(port: int) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (its threads included)."""
-    import os
-
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def sender_cpu(sink_port: int, predictions: int = 256 * 40) -> float:
+def thread_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of the main thread (the event loop serving predictions) and of all
+    other threads (the payload log's sender among them) of a live process."""
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if task.name == str(pid):
+                main += used
+            else:
+                other += used
+    return main, other
+
+
+def sender_cpu(config: Any, predictions: int = 256 * 40) -> float:
     """Microseconds of the sender thread's CPU per logged prediction (two events) against
     the sink: the logging's own work, apart from everything else on the machine."""
     import uuid
 
-    from kustos.runtime.server.payload_log import Exchange, HttpTransport, PayloadSink
-    from kustos.runtime.server.payload_log_config import PayloadLogConfig
+    from kustos.runtime.server.payload_log import (
+        Exchange,
+        HttpTransport,
+        KafkaTransport,
+        PayloadSink,
+    )
 
-    config = PayloadLogConfig(urls=(f"http://127.0.0.1:{sink_port}/events",),
-                              source="/kustos/ns/iris/predictor", service="iris",
-                              namespace="ns")
-    sink = PayloadSink(HttpTransport(config.urls[0], config), "bench", config)
+    transport = (HttpTransport(config.urls[0], config) if config.urls else
+                 KafkaTransport(config.kafka, config.kafka_topic, config))
+    sink = PayloadSink(transport, "bench", config)
     sink.close()  # its thread is not needed: deliver() is called here
     request = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
                                       "data": [5.8, 2.7, 5.1, 1.9]}]}).encode()
@@ -94,13 +118,38 @@ def sender_cpu(sink_port: int, predictions: int = 256 * 40) -> float:
                            "id": uuid.uuid4().hex, "outputs": [
                                {"name": "predict", "datatype": "INT64", "shape": [1],
                                 "data": [2]}]}).encode()
-    batch = [Exchange(uuid.uuid4().hex, "v2", request, None, response, None)
+    batch: list[Exchange] = [(uuid.uuid4().hex, "v2", request, None, response, None, time.time())
              for _ in range(256)]
     sink.deliver(batch)  # connect
     started = time.thread_time()
     for _ in range(predictions // len(batch)):
         sink.deliver(batch)
     return (time.thread_time() - started) / predictions * 1e6
+
+
+@contextlib.contextmanager
+def kafka(work: Path, nice: int) -> Iterator[Any]:
+    """A real one-node Kafka broker pinned to CPU 1 at ``nice``, or None when its jars or
+    java are missing (the reason printed)."""
+    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    try:
+        from kafka_broker import kafka_broker
+
+        with kafka_broker(work / "kafka") as broker:
+            assert broker.proc is not None
+            pid = broker.proc.pid
+            subprocess.run(["taskset", "-a", "-p", "-c", "1", str(pid)], check=True,
+                           capture_output=True)
+            for task in Path(f"/proc/{pid}/task").iterdir():  # niceness is per thread
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+            yield broker
+    except BaseException as exc:  # pytest's skip outside pytest, a failed start
+        if isinstance(exc, KeyboardInterrupt | GeneratorExit):
+            raise
+        print(f"kafka mode left out: {type(exc).__name__}: {str(exc)[:300]}",
+              file=sys.stderr)
+        yield None
 
 
 def counted(port: int) -> dict[str, float]:
@@ -125,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="niceness of the sink on wrk's CPU (19: it runs when wrk leaves the "
                         "core idle, as a collector elsewhere would not take wrk's CPU; 0: "
                         "they share it)")
+    p.add_argument("--no-kafka", action="store_true", help="leave the Kafka mode out")
     p.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.sink is not None:
@@ -136,9 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     from bench_serving import LUA, Server, free_port, loadavg, parse_wrk, pinned, run_wrk
     from train_model import save, train
 
+    from kustos.runtime.server.payload_log_config import PayloadLogConfig
+
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-payload-log-") as tmp:
+    sender_us: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-payload-log-") as tmp, \
+            contextlib.ExitStack() as stack:
         work = Path(tmp)
+        broker: Any = None if args.no_kafka else stack.enter_context(kafka(work, args.sink_nice))
+        modes = {**MODES, **({"kafka": []} if broker is not None else {})}
         model, X = train("logreg")  # LogisticRegression on iris
         save(model, str(work / "model.skops"))
         row = X[len(X) // 2].tolist()
@@ -160,13 +216,18 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 except OSError:
                     time.sleep(0.2)
-            order = list(MODES)
+            order = list(modes)
             for rnd in range(args.rounds):
-                for mode in order[rnd % 3:] + order[:rnd % 3]:
+                for mode in order[rnd % len(order):] + order[:rnd % len(order)]:
                     port = free_port()
                     argv = [kustos, "serve", "--model", str(work / "model.skops"), "--name",
                             "iris", "--port", str(port), "--log-level", "warning"]
-                    if MODES[mode]:
+                    topic = f"bench-{rnd}"
+                    if mode == "kafka":
+                        broker.create_topic(topic, 3)
+                        argv += ["--payload-log-kafka", broker.bootstrap,
+                                 "--payload-log-topic", topic]
+                    elif MODES[mode]:
                         argv += ["--payload-log-url", f"http://127.0.0.1:{sink_port}/events",
                                  *MODES[mode]]
                     server = Server(f"serve-{mode}", pinned("0", argv), {}, port,
@@ -177,47 +238,75 @@ def main(argv: list[str] | None = None) -> int:
                         run_wrk(url, script, args.concurrency, args.warmup, "1")
                         before = counted(port)
                         cpu = cpu_seconds(server.proc.pid)
-                        sink_cpu = cpu_seconds(sink.proc.pid)
+                        threads = thread_seconds(server.proc.pid)
+                        sink_cpu = cpu_seconds((broker.proc if mode == "kafka" else sink.proc)
+                                               .pid)
                         rps, p50, p99, n = parse_wrk(
                             run_wrk(url, script, args.concurrency, args.duration, "1"))
                         time.sleep(1.0)  # let the sender drain before counting
                         # The server's CPU per request, the sender's included: what the
                         # logging costs, whatever else loads the machine.
                         cpu = cpu_seconds(server.proc.pid) - cpu
-                        sink_cpu = cpu_seconds(sink.proc.pid) - sink_cpu
+                        main_cpu, other_cpu = (b - a for a, b in zip(
+                            threads, thread_seconds(server.proc.pid), strict=True))
+                        sink_cpu = cpu_seconds((broker.proc if mode == "kafka" else sink.proc)
+                                               .pid) - sink_cpu
                         after = counted(port)
                         results.append({"round": rnd + 1, "mode": mode, "rps": rps,
                                         "p50_ms": p50, "p99_ms": p99, "requests": n,
                                         "cpu_us_per_request": cpu / n * 1e6,
-                                        "sink_cpu_s": sink_cpu,
+                                        "main_us_per_request": main_cpu / n * 1e6,
+                                        "other_us_per_request": other_cpu / n * 1e6,
+                                        "sink_cpu_s": sink_cpu, "load": loadavg(),
                                         **{k: after[k] - before[k] for k in after}})
                         print(json.dumps(results[-1]), file=sys.stderr)
                     finally:
                         server.stop()
-            sender_us = sender_cpu(sink_port)
+                        if mode == "kafka":
+                            broker.java("org.apache.kafka.tools.TopicCommand",
+                                        "--bootstrap-server", broker.bootstrap, "--delete",
+                                        "--topic", topic)
+            common: dict[str, Any] = {"source": "/kustos/ns/iris/predictor", "service": "iris",
+                      "namespace": "ns", "model_version": "1"}
+            sender_us["http"] = sender_cpu(PayloadLogConfig(
+                urls=(f"http://127.0.0.1:{sink_port}/events",), **common))
+            if broker is not None:
+                broker.create_topic("bench-sender", 3)
+                sender_us["kafka"] = sender_cpu(PayloadLogConfig(
+                    urls=(), kafka=broker.bootstrap, kafka_topic="bench-sender", **common))
         finally:
             sink.stop()
     print(f"load average at the end: {loadavg()}")
-    print(f"sender thread CPU per logged prediction (two events): {sender_us:.2f} us")
-    best = max(r["rps"] for r in results if r["mode"] == "without")
+    for kind, us in sender_us.items():
+        print(f"sender thread CPU per logged prediction (two events), {kind}: {us:.2f} us")
+    best_without = max(r["rps"] for r in results if r["mode"] == "without")
     without = {r["round"]: r["rps"] for r in results if r["mode"] == "without"}
     # On a shared machine other load comes and goes: the ratio to the "without" run of
     # the same round (minutes apart at most) is steadier than ratios of medians, and the
     # best run of each mode shows it least disturbed (other load only ever lowers a run).
+    # Server CPU per request moves least with other load: the cost without the noise of
+    # how much of the core the server got.
     cpu_without = statistics.median(r["cpu_us_per_request"] for r in results
                                     if r["mode"] == "without")
-    print("| mode | requests/s (median) | median of per-round ratios | best | best vs best "
-          "without | server CPU us/request (median) | vs without | p50 ms | p99 ms | "
-          "events sent | dropped | failed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for mode in MODES:
+    print("| mode | requests/s median (min-max) | per-round ratio median (min-max) | best / "
+          "best without | server CPU us/request median (min-max) | vs without | main thread "
+          "us/request | other threads us/request | p50 ms | p99 ms | events sent | dropped "
+          "| failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode in modes:
         rs = [r for r in results if r["mode"] == mode]
-        rps = statistics.median(r["rps"] for r in rs)
-        ratio = statistics.median(r["rps"] / without[r["round"]] for r in rs)
-        top = max(r["rps"] for r in rs)
-        cpu = statistics.median(r["cpu_us_per_request"] for r in rs)
-        print(f"| {mode} | {rps:,.0f} | {ratio:.3f} | {top:,.0f} | {top / best:.3f} | "
-              f"{cpu:.1f} | {cpu / cpu_without:.3f} | "
+        if not rs:
+            continue
+        rates = [r["rps"] for r in rs]
+        ratios = [r["rps"] / without[r["round"]] for r in rs]
+        cpus = [r["cpu_us_per_request"] for r in rs]
+        cpu = statistics.median(cpus)
+        print(f"| {mode} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | "
+              f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | "
+              f"{max(rates) / best_without:.3f} | {cpu:.1f} ({min(cpus):.1f}-{max(cpus):.1f}) | "
+              f"{cpu / cpu_without:.3f} | "
+              f"{statistics.median(r['main_us_per_request'] for r in rs):.1f} | "
+              f"{statistics.median(r['other_us_per_request'] for r in rs):.1f} | "
               f"{statistics.median(r['p50_ms'] for r in rs):.2f} | "
               f"{statistics.median(r['p99_ms'] for r in rs):.2f} | "
               f"{sum(r['sent'] for r in rs):,.0f} | {sum(r['dropped'] for r in rs):,.0f} | "

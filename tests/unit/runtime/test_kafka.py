@@ -17,7 +17,15 @@ from typing import Any
 import orjson
 import pytest
 
-from kustos.runtime.server.kafka import Reader, crc32c, murmur2, parse_servers, varint
+from kustos.runtime.server.kafka import (
+    Reader,
+    crc32c,
+    murmur2,
+    parse_servers,
+    partition_for,
+    partitions_for,
+    varint,
+)
 
 from .conftest import Models, free_port, spawn_cli, stop_process, wait_for, wait_http_ready
 
@@ -59,9 +67,24 @@ def test_murmur2_matches_kafkas_partitioner() -> None:
     assert {k: murmur2(k) for k in cases} == cases
 
 
+def test_partitions_of_many_keys_match_the_one_key_partitioner() -> None:
+    # partitions_for hashes keys of one length together (numpy): every length mod 4,
+    # groups under and over its threshold, keyless records round robin.
+    rng = random.Random(11)
+    keys: list[bytes | None] = [rng.randbytes(n) for n in (0, 1, 2, 3, 5, 6, 7)
+                                for _ in range(10)]
+    keys += [rng.randbytes(32) for _ in range(300)] + [b"21", b"foobar", None, None]
+    rng.shuffle(keys)
+    for partitions in (1, 3, 7):
+        assert partitions_for(keys, partitions) == [
+            i % partitions if key is None else partition_for(key, partitions)
+            for i, key in enumerate(keys)]
+
+
 def test_varint_is_zigzag() -> None:
-    assert [varint(v) for v in (0, -1, 1, -2, 63, -64, 64, 300)] == [
-        b"\x00", b"\x01", b"\x02", b"\x03", b"\x7e", b"\x7f", b"\x80\x01", b"\xd8\x04"]
+    assert [varint(v) for v in (0, -1, 1, -2, 63, -64, 64, 300, 4095, 4096, 1 << 20)] == [
+        b"\x00", b"\x01", b"\x02", b"\x03", b"\x7e", b"\x7f", b"\x80\x01", b"\xd8\x04",
+        b"\xfe\x3f", b"\x80\x40", b"\x80\x80\x80\x01"]
 
 
 def test_parse_servers() -> None:

@@ -29,7 +29,7 @@ import orjson
 
 from kustos.runtime.server import ids
 from kustos.runtime.server import metrics as m
-from kustos.runtime.server.kafka import KafkaError, KafkaProducer, encode_headers
+from kustos.runtime.server.kafka import KafkaError, KafkaProducer, encode_headers, varint
 from kustos.runtime.server.payload_log_config import PayloadLogConfig
 from kustos.runtime.server.sender import BoundedSender, HttpPoster
 
@@ -235,13 +235,16 @@ class KafkaTransport:
 
     def send(self, events: list[Event]) -> list[int | None]:
         records = []
+        typed, v = self._typed, varint
         last, when, key, prefix = "", b"", b"", b""
         for body, rid, ce_type, stamp in events:
             if rid is not last or stamp is not when:  # a prediction's two events are
                 last, when, key = rid, stamp, rid.encode()  # neighbours: encode once
-                prefix = encode_headers([("ce_id", key), ("ce_time", stamp)])[1]
-            count, typed = self._typed[ce_type]
-            records.append((key, body, (count + 2, prefix + typed)))
+                # encode_headers([("ce_id", key), ("ce_time", stamp)]), unrolled
+                prefix = b"".join((b"\x0ace_id", v(len(key)), key, b"\x0ece_time",
+                                   v(len(stamp)), stamp))
+            count, rest = typed[ce_type]
+            records.append((key, body, (count + 2, prefix + rest)))
         try:
             acked = self._producer.send(records)
         except (KafkaError, OSError) as exc:
