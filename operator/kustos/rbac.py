@@ -117,8 +117,10 @@ WORKLOAD_RULES: tuple[Rule, ...] = (
 # --- Secrets: their own ClusterRole/Role, bound only where models live ---
 SECRET_RULES: tuple[Rule, ...] = (
     Rule(("",), ("secrets",), ("get",),
-         "spec.model.credentialsSecretRef must exist before the pods can start (a get by "
-         "name: no list or watch, so Secrets are never read in bulk)"),
+         "spec.model.credentialsSecretRef must exist before the pods can start; "
+         "spec.model.registry.credentialsSecretRef holds the model registry's token or "
+         "password, read on each poll (a get by name: no list or watch, so Secrets are "
+         "never read in bulk)"),
     Rule(("",), ("secrets",), ("create", "patch", "delete"),
          "Vault sync applies and deletes the Secrets it owns", "pending: Vault sync"),
     Rule(("",), ("serviceaccounts/token",), ("create",),
