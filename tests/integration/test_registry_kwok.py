@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from conftest import Kube, Operator, wait_for, wait_ready
 
 from registry.mlflow_server import MlflowServer, mlflow_server, moto_s3
@@ -134,3 +135,27 @@ def test_an_alias_that_does_not_exist_creates_no_pods(kube: Kube, operator: Oper
     md = wait_ready(kube, "nobody", namespace, timeout=180)
     assert md["status"]["registry"]["version"] == "1"
     assert "alias" not in md["status"]["registry"]
+
+
+def test_the_api_server_checks_registry_uris(kube: Kube, namespace: str) -> None:
+    """The CRD's pattern and CEL rules, by a server-side dry run (no operator needed)."""
+    def dry_run(model: dict[str, Any]) -> str:
+        md = {"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
+              "metadata": {"name": "check", "namespace": namespace},
+              "spec": {"model": {"version": "1", **model}}}
+        proc = kube.run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(md),
+                        check=False)
+        return proc.stderr if proc.returncode else ""
+
+    registry = {"url": "http://127.0.0.1:5000"}
+    assert "a models:/ URI needs spec.model.registry" in dry_run(
+        {"uri": "models:/iris@champion"})
+    assert "spec.model.registry is for models:/ URIs" in dry_run(
+        {"uri": "s3://models/iris/model.onnx", "format": "onnx", "registry": registry})
+    assert "spec.model.uri" in dry_run({"uri": "models:/iris", "registry": registry})
+    assert "registry.url" in dry_run({"uri": "models:/iris@a",
+                                      "registry": {"url": "http://u:p@mlflow:5000"}})
+    # The file checks of a format wait for the resolution: no extension to check here.
+    assert dry_run({"uri": "models:/iris@champion", "format": "onnx",
+                    "registry": registry}) == ""
+    assert dry_run({"uri": "models:/iris/3", "format": "sklearn", "registry": registry}) == ""
