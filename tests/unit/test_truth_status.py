@@ -233,3 +233,10 @@ def test_ground_truth_removed_clears_its_status() -> None:
     after = sdm.compute(body, WIRED, [drift], NOW)
     assert after.status["groundTruth"] is None
     assert get_condition({"status": after.status}, "PerformanceDegraded") is None
+
+
+def test_neither_reference_nor_ground_truth_is_not_ready() -> None:
+    body = dm()
+    del body["spec"]["groundTruth"]
+    r = sdm.compute(body, WIRED, [], NOW)
+    assert cond(r.status, "Ready")["reason"] == "NothingToMonitor"

@@ -140,6 +140,8 @@ def compute(body: Mapping[str, Any], wiring: Wiring, reports: list[PodReport], n
         parts.append(readiness(reports, "drift", "Monitoring", "inputs monitored"))
     if truth is not None:
         parts.append(truth.ready)
+    if not parts:  # the CRD's rule refuses this; an object from before it has neither
+        parts.append((False, "NothingToMonitor", "set spec.reference or spec.groundTruth"))
     bad = [p for p in parts if not p[0]]
     ready, reason, message = bad[0] if bad else parts[0]
     if len(parts) > 1:
