@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                         "core idle, as a collector elsewhere would not take wrk's CPU; 0: "
                         "they share it)")
     p.add_argument("--no-kafka", action="store_true", help="leave the Kafka mode out")
+    p.add_argument("--before", type=Path, default=None, metavar="DIR",
+                   help="also run the logging modes with the kustos package of DIR (e.g. "
+                        "`git archive REV operator | tar -x -C DIR`, DIR/operator), as "
+                        "'<mode>-before': an earlier version side by side")
     p.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.sink is not None:
@@ -195,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         broker: Any = None if args.no_kafka else stack.enter_context(kafka(work, args.sink_nice))
         modes = {**MODES, **({"kafka": []} if broker is not None else {})}
+        if args.before is not None:
+            modes.update({f"{m}-before": [] for m in ("with", "kafka") if m in modes})
         model, X = train("logreg")  # LogisticRegression on iris
         save(model, str(work / "model.skops"))
         row = X[len(X) // 2].tolist()
@@ -222,15 +228,18 @@ def main(argv: list[str] | None = None) -> int:
                     port = free_port()
                     argv = [kustos, "serve", "--model", str(work / "model.skops"), "--name",
                             "iris", "--port", str(port), "--log-level", "warning"]
-                    topic = f"bench-{rnd}"
-                    if mode == "kafka":
+                    topic = f"bench-{rnd}-{mode}"
+                    base = mode.removesuffix("-before")
+                    env = ({"PYTHONPATH": str(args.before.resolve() / "operator")}
+                           if mode != base else {})
+                    if base == "kafka":
                         broker.create_topic(topic, 3)
                         argv += ["--payload-log-kafka", broker.bootstrap,
                                  "--payload-log-topic", topic]
-                    elif MODES[mode]:
+                    elif MODES[base]:
                         argv += ["--payload-log-url", f"http://127.0.0.1:{sink_port}/events",
-                                 *MODES[mode]]
-                    server = Server(f"serve-{mode}", pinned("0", argv), {}, port,
+                                 *MODES[base]]
+                    server = Server(f"serve-{mode}", pinned("0", argv), env, port,
                                     "/v2/health/ready", work / f"serve-{mode}.log", work)
                     try:
                         server.wait_ready()
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                         before = counted(port)
                         cpu = cpu_seconds(server.proc.pid)
                         threads = thread_seconds(server.proc.pid)
-                        sink_cpu = cpu_seconds((broker.proc if mode == "kafka" else sink.proc)
+                        sink_cpu = cpu_seconds((broker.proc if base == "kafka" else sink.proc)
                                                .pid)
                         rps, p50, p99, n = parse_wrk(
                             run_wrk(url, script, args.concurrency, args.duration, "1"))
@@ -249,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                         cpu = cpu_seconds(server.proc.pid) - cpu
                         main_cpu, other_cpu = (b - a for a, b in zip(
                             threads, thread_seconds(server.proc.pid), strict=True))
-                        sink_cpu = cpu_seconds((broker.proc if mode == "kafka" else sink.proc)
+                        sink_cpu = cpu_seconds((broker.proc if base == "kafka" else sink.proc)
                                                .pid) - sink_cpu
                         after = counted(port)
                         results.append({"round": rnd + 1, "mode": mode, "rps": rps,
@@ -262,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(json.dumps(results[-1]), file=sys.stderr)
                     finally:
                         server.stop()
-                        if mode == "kafka":
+                        if base == "kafka":
                             broker.java("org.apache.kafka.tools.TopicCommand",
                                         "--bootstrap-server", broker.bootstrap, "--delete",
                                         "--topic", topic)
