@@ -241,3 +241,55 @@ def test_a_model_a_policy_refuses_does_not_run_in_batch(
         kube.run("delete", "governancepolicy", policy, "--wait=false", check=False)
     # without the policy the retried gate lets it run
     wait_phase(kube, "gated", ns, "Complete", timeout=600)
+
+
+def test_parquet_in_and_parquet_parts_out_to_s3_on_the_real_node(
+        kube: Kube, chart_operator: ChartOperator, model_store: dict[str, str]) -> None:
+    """Parquet runs in the kustos-explain image (fastparquet); the parts go to an S3
+    prefix of the local store with the output's own credentials (needs the kustos and
+    kustos-explain images rebuilt from this tree)."""
+    import fastparquet
+    import pandas as pd
+    from sklearn.datasets import load_iris
+
+    ns = chart_operator.models_ns
+    x = load_iris().data
+    rows = np.tile(x, (4, 1))  # 600
+    columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    frame = pd.DataFrame({"key": [f"p{i}" for i in range(len(rows))],
+                          **{c: rows[:, i] for i, c in enumerate(columns)}})
+    run = uuid.uuid4().hex[:8]
+    local = Path(f"/tmp/bi-live-{run}.parquet")
+    try:
+        fastparquet.write(str(local), frame, write_index=False,
+                          row_group_offsets=[0, 200, 400])
+        blob = local.read_bytes()
+    finally:
+        local.unlink(missing_ok=True)
+    client = s3_client()
+    client.put_object(Bucket="models", Key=f"batch/{run}/in.parquet", Body=blob)
+    kube.apply(real_model("iris", ns, IRIS_V1, model_store[IRIS_V1], replicas=1))
+    kube.apply(batch_inference(
+        "score-pq", ns, modelRef={"name": "iris"},
+        input={"uri": f"s3://models/batch/{run}/in.parquet", "format": "parquet",
+               "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+               "credentialsSecretRef": {"name": "model-store"}, "idColumn": "key"},
+        output={"uri": f"s3://models/batch/{run}/out", "format": "parquet",
+                "credentialsSecretRef": {"name": "model-store"},
+                "predictions": ["predict", "predict_proba"]},
+        parallelism=2, shards=2, chunkSize=150))
+    bi = wait_phase(kube, "score-pq", ns, "Complete", timeout=600)
+    assert bi["status"]["rowsDone"] == bi["status"]["rowsTotal"] == len(rows)
+    assert "kustos-explain" in bi["status"]["image"]
+    listed = client.list_objects_v2(Bucket="models", Prefix=f"batch/{run}/out/")
+    keys = sorted(o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", []))
+    assert keys == ["_chunking.json", *(f"part-{k:06d}.parquet" for k in range(4))]
+    parts = [fastparquet.ParquetFile(io.BytesIO(client.get_object(
+        Bucket="models", Key=f"batch/{run}/out/part-{k:06d}.parquet")["Body"].read())
+    ).to_pandas() for k in range(4)]
+    out = pd.concat(parts, ignore_index=True)
+    assert out["inference_id"].tolist() == frame["key"].tolist()
+    model = stored_model(IRIS_V1)
+    assert out["predict"].tolist() == model.predict(rows).tolist()
+    np.testing.assert_allclose(out[[f"predict_proba_{c}" for c in range(3)]].to_numpy(),
+                               model.predict_proba(rows))
