@@ -46,6 +46,10 @@ class TruthMetrics:
         self.bulk_bad_rows = Counter("kustos_truth_bulk_bad_rows",
                                      "Rows of bulk label files that could not be used",
                                      ["model"], registry=r).labels(model)
+        self.evaluation = Histogram("kustos_truth_evaluation_seconds",
+                                    "Time to evaluate the window (all versions)", ["model"],
+                                    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                                             60), registry=r).labels(model)
         self._shown: dict[Any, set[tuple[str, ...]]] = {}
 
     def replace(self, gauge: Gauge, values: dict[tuple[str, ...], float]) -> None:

@@ -243,11 +243,13 @@ class Store:
             labels = db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
         return {"predictions": int(preds), "labels": int(labels), "joined": int(joined)}
 
-    def window(self, since: float) -> Iterator[Joined]:
-        """The predictions made since ``since``, each with its label if any."""
+    def window(self, since: float, features: bool = True) -> Iterator[Joined]:
+        """The predictions made since ``since``, each with its label if any (without the
+        request features unless ``features``: decoding them is most of the cost)."""
+        column = "p.features" if features else "NULL"
         with self._read_lock:
             rows = self._reader.execute(
-                "SELECT p.version, p.ts, p.label, p.value, p.proba, p.classes, p.features, "
+                f"SELECT p.version, p.ts, p.label, p.value, p.proba, p.classes, {column}, "
                 "l.label, l.value, l.metadata, l.ts FROM predictions p LEFT JOIN labels l "
                 "ON p.id = l.id AND p.row = l.row WHERE p.ts >= ? ORDER BY p.ts",
                 (since,)).fetchall()
