@@ -8,8 +8,10 @@ LogisticRegression on iris (the cheapest model, so the mirroring's cost shows mo
 stable `kustos serve` (one worker) is pinned to CPU 0; wrk (single-row V2 requests) and the
 candidate, a second real `kustos serve` with the same model, are pinned to CPU 1, the
 candidate at niceness `--candidate-nice` (on a cluster it runs in another pod, not on the
-stable's core). Modes "off" (no --shadow-url) and "shadow" (--shadow-percent 100 to the
-candidate), in alternating order, `--rounds` times, each at wrk concurrency 1 (a caller's
+stable's core). Modes "off" (no --shadow-url), "shadow" (--shadow-percent 100 to the
+candidate) and "shadow-sink" (100 % to a stand-in that answers the candidate's answer
+without computing it: the stable's own cost of mirroring, without the real candidate's CPU
+on this machine), in rotating order, `--rounds` times, each at wrk concurrency 1 (a caller's
 own latency), 8 paced (each connection waits `--pace-ms` between requests: a steady load
 below saturation, where a caller's latency is what the mirroring adds) and 8 unpaced
 (throughput at saturation). Target: "shadow" p99 within 5 % of "off" (paced and c=1).
@@ -32,7 +34,44 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-MODES = ("off", "shadow")
+MODES = ("off", "shadow", "shadow-sink")
+
+
+def run_sink(port: int, answer_file: str) -> None:
+    """A stand-in candidate that answers every request with one canned prediction (the
+    real candidate's answer to the benchmark's row), at almost no CPU: what the stable's
+    mirroring costs, apart from the load a real candidate adds to this 2-core machine."""
+    import asyncio
+
+    body = Path(answer_file).read_bytes()
+    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            out = []
+            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+                head = self.buf[:end].lower()
+                i = head.find(b"content-length:")
+                length = int(head[i + 15:].split(b"\r\n", 1)[0]) if i >= 0 else 0
+                if len(self.buf) < end + 4 + length:
+                    break
+                self.buf = self.buf[end + 4 + length:]
+                out.append(answer)
+            if out:
+                self.transport.write(b"".join(out))
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="milliseconds each paced connection waits between requests (2)")
     p.add_argument("--candidate-nice", type=int, default=10,
                    help="niceness of the candidate on wrk's CPU (10)")
+    p.add_argument("--sink", nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.sink is not None:
+        run_sink(int(args.sink[0]), args.sink[1])
+        return 0
 
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(REPO / "tests" / "runtimes"))
@@ -102,18 +145,38 @@ def main(argv: list[str] | None = None) -> int:
                                          *pinned("1", [*base, "--port", str(cport)])],
                            dict(os.environ), cport, "/v2/health/ready",
                            work / "candidate.log", work)
+        sink: Server | None = None
         try:
             candidate.wait_ready()
+            # The sink answers what the candidate answers to the benchmark's row.
+            with urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{cport}/v2/models/iris/infer", data=body.encode(),
+                    headers={"content-type": "application/json"}), timeout=30) as resp:
+                (work / "answer.json").write_bytes(resp.read())
+            sport = free_port()
+            sink = Server("sink", ["nice", "-n", str(args.candidate_nice), *pinned(
+                "1", [sys.executable, __file__, "--sink", str(sport),
+                      str(work / "answer.json")])], dict(os.environ), sport, "/",
+                work / "sink.log", work)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(urllib.request.Request(
+                        f"http://127.0.0.1:{sport}/", data=b"x"), timeout=2).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
             for rnd in range(args.rounds):
                 for load in args.loads:
                     conc = int(load.rstrip("p"))
                     lua = paced if load.endswith("p") else script
-                    order = MODES if rnd % 2 == 0 else MODES[::-1]
+                    order = MODES[rnd % 3:] + MODES[:rnd % 3]
                     for mode in order:
                         port = free_port()
                         argv_ = [*base, "--port", str(port)]
-                        if mode == "shadow":
-                            argv_ += ["--shadow-url", f"http://127.0.0.1:{cport}",
+                        if mode != "off":
+                            target = cport if mode == "shadow" else sport
+                            argv_ += ["--shadow-url", f"http://127.0.0.1:{target}",
                                       "--shadow-percent", "100"]
                         server = Server(f"stable-{mode}", pinned("0", argv_), dict(os.environ),
                                         port, "/v2/health/ready", work / f"{mode}.log", work)
@@ -130,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                             # Let the mirror finish what it holds before counting.
                             deadline = time.monotonic() + 10
                             after = counted(port)
-                            while (mode == "shadow" and time.monotonic() < deadline
+                            while (mode != "off" and time.monotonic() < deadline
                                    and sum(after[k] for k in ("sent", "dropped", "failed"))
                                    < sum(before[k] for k in ("sent", "dropped", "failed"))
                                    + n):
@@ -147,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                             server.stop()
         finally:
             candidate.stop()
+            if sink is not None:
+                sink.stop()
     print(f"{len(results)} runs in {time.monotonic() - started:.0f}s; "
           f"load average at the end: {loadavg()}")
     # On a shared machine other load comes and goes: ratios to the "off" run of the same
