@@ -24,7 +24,8 @@ from the row groups) and writes --output-format.
 Figures: rows/s of each side's loop (the peer's whole run; `kustos batch`'s own report,
 from the start of the loop: the model loaded, as the peer's is) and the ratio; then
 `kustos batch`'s rows/s over the whole process (interpreter start, imports and model
-load included), which is what a short run pays. Target: loop ratio >= 0.80.
+load included), which is what a short run pays; and the ratio of the best rounds (on a
+shared machine other jobs only slow rounds down). Target: loop ratio >= 0.80.
 """
 
 from __future__ import annotations
@@ -200,6 +201,10 @@ def main() -> int:
         ratio = ours_m / peer_m
         print(f"ratio kustos batch / peer (loop): {ratio:.2f} "
               f"({'meets' if ratio >= 0.8 else 'below'} the 0.80 target)")
+        # Other jobs on a shared machine only ever slow a round down: the best round of
+        # each side is the steadier comparison when the medians scatter.
+        print(f"ratio of the best rounds: {max(ours) / max(peer):.2f} "
+              f"({max(ours):,.0f} / {max(peer):,.0f})")
     return 0
 
 
