@@ -226,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             rs = [r for r in results if r["mode"] == mode and r["load"] == load]
 
             def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
-                return statistics.median(r[key] for r in rs)
+                return float(statistics.median(r[key] for r in rs))
 
             def ratio(key: str, rs: list[dict[str, Any]] = rs,
                       off: dict[int, dict[str, Any]] = off) -> float:
-                return statistics.median(r[key] / off[r["round"]][key] for r in rs)
+                return float(statistics.median(r[key] / off[r["round"]][key] for r in rs))
 
             name = f"{load[:-1]} paced" if load.endswith("p") else load
             print(f"| {name} | {mode} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | "

@@ -16,7 +16,7 @@ from kustos.runtime.server.models import SklearnModel
 from kustos.runtime.server.shadow import PipelinedClient, agreement, rows, same
 
 
-def v2(data: list, shape: list[int], datatype: str = "INT64") -> bytes:
+def v2(data: list[object], shape: list[int], datatype: str = "INT64") -> bytes:
     return orjson.dumps({"outputs": [{"name": "predict", "datatype": datatype, "shape": shape,
                                       "data": data}]})
 

@@ -18,10 +18,11 @@ import numpy as np
 import orjson
 import pytest
 from prometheus_client import REGISTRY
+from unit_support import free_port, wait_for
 
 from kustos.runtime.server.shadow import ShadowMirror, same
 
-from .conftest import free_port, spawn_cli, stop_process, wait_for, wait_http_ready
+from .conftest import spawn_cli, stop_process, wait_http_ready
 
 N = 90  # requests per scenario
 
