@@ -164,6 +164,50 @@ def counted(port: int) -> dict[str, float]:
     return out
 
 
+def report(results: list[dict[str, Any]]) -> None:
+    """The table of a run's results (the JSON list the run prints last)."""
+    modes = list(dict.fromkeys(r["mode"] for r in results))
+    best_without = max(r["rps"] for r in results if r["mode"] == "without")
+    without = {r["round"]: r["rps"] for r in results if r["mode"] == "without"}
+    # On a shared machine other load comes and goes: the ratio to the "without" run of
+    # the same round (minutes apart at most) is steadier than ratios of medians, and the
+    # best run of each mode shows it least disturbed (other load only ever lowers a run).
+    # Server CPU per request moves least with other load: the cost without the noise of
+    # how much of the core the server got.
+    cpu_without = statistics.median(r["cpu_us_per_request"] for r in results
+                                    if r["mode"] == "without")
+    cpu_round = {r["round"]: r["cpu_us_per_request"] for r in results
+                 if r["mode"] == "without"}
+    # Server-bound requests/s follow 1 / CPU per request: the same-round ratio of CPU per
+    # request says what the logging costs a saturated server, whether or not the load
+    # generator (sharing its core with the sink) kept this one saturated.
+    print("| mode | requests/s median (min-max) | per-round ratio median (min-max) | best / "
+          "best without | server CPU us/request median (min-max) | vs without | per-round "
+          "CPU ratio median (min-max) | main thread us/request | other threads us/request | "
+          "p50 ms | p99 ms | events sent | dropped | failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode in modes:
+        rs = [r for r in results if r["mode"] == mode]
+        if not rs:
+            continue
+        rates = [r["rps"] for r in rs]
+        ratios = [r["rps"] / without[r["round"]] for r in rs]
+        cpus = [r["cpu_us_per_request"] for r in rs]
+        cpu = statistics.median(cpus)
+        cpu_ratios = [r["cpu_us_per_request"] / cpu_round[r["round"]] for r in rs]
+        print(f"| {mode} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | "
+              f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | "
+              f"{max(rates) / best_without:.3f} | {cpu:.1f} ({min(cpus):.1f}-{max(cpus):.1f}) | "
+              f"{cpu / cpu_without:.3f} | {statistics.median(cpu_ratios):.3f} "
+              f"({min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}) | "
+              f"{statistics.median(r['main_us_per_request'] for r in rs):.1f} | "
+              f"{statistics.median(r['other_us_per_request'] for r in rs):.1f} | "
+              f"{statistics.median(r['p50_ms'] for r in rs):.2f} | "
+              f"{statistics.median(r['p99_ms'] for r in rs):.2f} | "
+              f"{sum(r['sent'] for r in rs):,.0f} | {sum(r['dropped'] for r in rs):,.0f} | "
+              f"{sum(r['failed'] for r in rs):,.0f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
@@ -179,8 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the logging modes with the kustos package of DIR (e.g. "
                         "`git archive REV operator | tar -x -C DIR`, DIR/operator), as "
                         "'<mode>-before': an earlier version side by side")
+    p.add_argument("--report", type=Path, default=None, metavar="FILE",
+                   help="print the table of a saved run (its output's last line) and exit")
     p.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.report is not None:
+        report(json.loads(args.report.read_text().strip().splitlines()[-1]))
+        return 0
     if args.sink is not None:
         run_sink(args.sink)
         return 0
@@ -288,38 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at the end: {loadavg()}")
     for kind, us in sender_us.items():
         print(f"sender thread CPU per logged prediction (two events), {kind}: {us:.2f} us")
-    best_without = max(r["rps"] for r in results if r["mode"] == "without")
-    without = {r["round"]: r["rps"] for r in results if r["mode"] == "without"}
-    # On a shared machine other load comes and goes: the ratio to the "without" run of
-    # the same round (minutes apart at most) is steadier than ratios of medians, and the
-    # best run of each mode shows it least disturbed (other load only ever lowers a run).
-    # Server CPU per request moves least with other load: the cost without the noise of
-    # how much of the core the server got.
-    cpu_without = statistics.median(r["cpu_us_per_request"] for r in results
-                                    if r["mode"] == "without")
-    print("| mode | requests/s median (min-max) | per-round ratio median (min-max) | best / "
-          "best without | server CPU us/request median (min-max) | vs without | main thread "
-          "us/request | other threads us/request | p50 ms | p99 ms | events sent | dropped "
-          "| failed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for mode in modes:
-        rs = [r for r in results if r["mode"] == mode]
-        if not rs:
-            continue
-        rates = [r["rps"] for r in rs]
-        ratios = [r["rps"] / without[r["round"]] for r in rs]
-        cpus = [r["cpu_us_per_request"] for r in rs]
-        cpu = statistics.median(cpus)
-        print(f"| {mode} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | "
-              f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | "
-              f"{max(rates) / best_without:.3f} | {cpu:.1f} ({min(cpus):.1f}-{max(cpus):.1f}) | "
-              f"{cpu / cpu_without:.3f} | "
-              f"{statistics.median(r['main_us_per_request'] for r in rs):.1f} | "
-              f"{statistics.median(r['other_us_per_request'] for r in rs):.1f} | "
-              f"{statistics.median(r['p50_ms'] for r in rs):.2f} | "
-              f"{statistics.median(r['p99_ms'] for r in rs):.2f} | "
-              f"{sum(r['sent'] for r in rs):,.0f} | {sum(r['dropped'] for r in rs):,.0f} | "
-              f"{sum(r['failed'] for r in rs):,.0f} |")
+    report(results)
     print(json.dumps(results))
     return 0
 
