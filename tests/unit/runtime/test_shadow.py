@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from kustos.runtime.server import metrics as m
@@ -79,6 +80,23 @@ def test_observe_many_equals_observe_per_value() -> None:
     assert buckets("one") == buckets("many") and len(buckets("one")) == len(m.VALUE_BUCKETS) + 1
     assert total("one", "_count") == total("many", "_count") == 500 + 3 + 4 + 1 + 9
     # (no _sum: prometheus_client leaves it out of histograms with negative buckets)
+
+
+def test_observe_many_takes_lists_and_other_buckets() -> None:
+    registry = CollectorRegistry()
+    one = Histogram("lat_one", "per value", buckets=m.LATENCY_BUCKETS, registry=registry)
+    many = Histogram("lat_many", "batched", buckets=m.LATENCY_BUCKETS, registry=registry)
+    rng = np.random.default_rng(2)
+    for values in ([0.0005, 0.003], rng.exponential(0.01, 300).tolist(), [20.0] * 9):
+        for v in values:
+            one.observe(v)
+        m.observe_many(many, values, m.LATENCY_BOUNDS)
+    samples = {mf.name: {(s.name.rsplit("_", 1)[-1], s.labels.get("le")): s.value
+                         for s in mf.samples if not s.name.endswith("_created")}
+               for mf in registry.collect()}
+    assert samples["lat_one"].keys() == samples["lat_many"].keys()
+    for key, value in samples["lat_one"].items():
+        assert samples["lat_many"][key] == pytest.approx(value), key
 
 
 def test_observe_values_picks_the_regression_value_or_the_positive_score() -> None:

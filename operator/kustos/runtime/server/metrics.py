@@ -170,30 +170,32 @@ class RequestMetrics:
             child.inc(count)
 
 
-_BOUNDS = np.asarray((*VALUE_BUCKETS, float("inf")))
-_BOUNDS_LIST = _BOUNDS.tolist()
+_BOUNDS_LIST = [*VALUE_BUCKETS, float("inf")]
+LATENCY_BOUNDS = [*LATENCY_BUCKETS, float("inf")]
 
 
-def observe_many(hist: Any, values: Any) -> None:
-    """``hist.observe(v)`` for every value, batched: each bucket's count is added once.
+def observe_many(hist: Any, values: Any, bounds: list[float] = _BOUNDS_LIST) -> None:
+    """``hist.observe(v)`` for every value (a numpy array or a list), batched: each
+    bucket's count is added once. ``bounds``: the histogram's buckets plus +Inf.
     prometheus_client's histogram child keeps one value per bucket (the cumulative sums
     are formed at scrape time); without them (another client version) observe one by one.
     NaN is left out."""
     buckets = getattr(hist, "_buckets", None)
     total = getattr(hist, "_sum", None)
-    if buckets is None or total is None or len(buckets) != len(_BOUNDS_LIST):
-        for v in values.tolist():
+    if buckets is None or total is None or len(buckets) != len(bounds):
+        for v in (values.tolist() if hasattr(values, "tolist") else values):
             if v == v:
                 hist.observe(v)
         return
-    if values.size <= 8:  # a few rows: bisect on a list beats numpy's call overhead
-        for v in values.tolist():
+    if len(values) <= 8:  # a few values: bisect on a list beats numpy's call overhead
+        for v in (values.tolist() if hasattr(values, "tolist") else values):
             if v == v:
-                buckets[bisect.bisect_left(_BOUNDS_LIST, v)].inc(1)
+                buckets[bisect.bisect_left(bounds, v)].inc(1)
                 total.inc(v)
         return
-    finite = values[~np.isnan(values)]
-    counts = np.bincount(np.searchsorted(_BOUNDS, finite), minlength=len(_BOUNDS))
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[~np.isnan(arr)]
+    counts = np.bincount(np.searchsorted(np.asarray(bounds), finite), minlength=len(bounds))
     for i in np.flatnonzero(counts).tolist():
         buckets[i].inc(int(counts[i]))
     total.inc(float(finite.sum()))
