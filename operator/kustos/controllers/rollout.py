@@ -1,7 +1,7 @@
 """ModelDeployments with spec.rollout: scrape both tracks' pods, judge the gates, move the
 rollout on (kustos.rollout.machine), write status.rollout and re-render.
 
-A kopf timer looks every TICK seconds; an analysis runs every spec.rollout.analysis
+A WorkLoop looks every TICK seconds; an analysis runs every spec.rollout.analysis
 interval. Its window starts when the phase or step does: the first look at a step
 scrapes the pods' /metrics as the baseline (kept in kopf's memo, per object), each later
 one compares a new scrape with it, so the window grows until the step ends and
@@ -28,7 +28,7 @@ import kopf
 from pydantic import ValidationError
 
 from kustos import metrics
-from kustos.api.v1alpha1 import GROUP, VERSION, ModelDeploymentSpec
+from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
@@ -42,8 +42,10 @@ from kustos.rollout.tracks import effective_spec, rollout_status
 from kustos.rollout.window import Sample, parse, track_window
 from kustos.status.rollout import ANALYSIS
 
+from . import peering
 from .context import config
 from .modeldeployment import models, rerender
+from .workloop import Entry, WorkLoop
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
@@ -62,26 +64,62 @@ class Tracker:
     last: float = 0.0
 
 
-def _wanted(body: Mapping[str, Any], **_: Any) -> bool:
-    return bool(body.get("spec", {}).get("rollout")) or bool(rollout_status(body))
+def _wanted(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("spec") or {}).get("rollout")) or bool(rollout_status(body))
+
+
+# The looks are a WorkLoop (controllers/workloop.py, as the Vault refresh): not a kopf
+# timer, whose finalizer on every object would block its deletion (and its namespace's)
+# whenever the operator is not running. Keyed by (namespace, name, uid), fed by the
+# ModelDeployment events (controllers/model_events.py).
+Target = tuple[str, str, str]
+WORKERS = 4
+ROUND = 1.0  # seconds between looks at what is due
+
+
+def track(memo: Any, body: Mapping[str, Any], type_: str | None) -> None:
+    """Keep the list of ModelDeployments with a rollout (or a rollout status to clean
+    up); called on kopf's loop for every ModelDeployment event."""
+    loop: WorkLoop[Target] | None = getattr(memo, "kustos_rollout", None)
+    if loop is None:
+        return
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"], meta["uid"])
+    live = type_ != "DELETED" and not meta.get("deletionTimestamp")
+    if not live or not _wanted(body):
+        loop.entries.pop(key, None)
+        memo.kustos_rollouts.pop(meta["uid"], None)
+        return
+    entry = loop.entries.setdefault(key, Entry(cap=60.0))
+    if entry.tag != meta.get("generation"):  # a new spec or action: look now
+        entry.tag = meta.get("generation")
+        entry.due = 0.0
+    if (meta.get("annotations") or {}).get(ACTION):
+        entry.due = 0.0
 
 
 @kopf.on.startup()
-def create_rollout_state(memo: kopf.Memo, **_: Any) -> None:
+async def start_rollouts(memo: kopf.Memo, **_: Any) -> None:
     memo.kustos_rollouts = {}  # uid -> Tracker
 
+    def work(key: Target) -> float:
+        namespace, name, uid = key
+        md = client.get(KIND, name, namespace)
+        if md is not None and md["metadata"]["uid"] == uid and \
+                not md["metadata"].get("deletionTimestamp"):
+            step(md, memo.kustos_rollouts, memo)
+        return TICK
 
-@kopf.timer(GROUP, VERSION, "modeldeployments", interval=TICK, when=_wanted)
-def rollout_timer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    meta = body["metadata"]
-    if meta.get("deletionTimestamp"):
-        memo.kustos_rollouts.pop(meta["uid"], None)
-        return
-    try:
-        step(dict(body), memo.kustos_rollouts, memo)
-    except (ApiError, urllib.error.URLError, OSError) as err:
-        log.warning("rollout of %s/%s not advanced now: %s", meta["namespace"],
-                    meta["name"], err)
+    loop: WorkLoop[Target] = WorkLoop(work, workers=WORKERS, name="kustos-rollout")
+    memo.kustos_rollout = loop
+    loop.start(ROUND, peering.active_check(memo))
+
+
+@kopf.on.cleanup()
+async def stop_rollouts(memo: kopf.Memo, **_: Any) -> None:
+    loop: WorkLoop[Target] | None = getattr(memo, "kustos_rollout", None)
+    if loop is not None:
+        await loop.stop()
 
 
 def step(body: dict[str, Any], trackers: dict[str, Tracker], memo: Any) -> None:
