@@ -107,3 +107,15 @@ def test_conditions_say_the_step_and_the_rollback() -> None:
     assert cond is not None and (cond["status"], cond["reason"]) == ("True", "RolledBack")
     assert "errorRate" in cond["message"]
     assert all(n.reason != "RolledBack" for n in notices)  # the rollout controller's Event
+
+
+def test_a_paused_shadow_keeps_mirroring() -> None:
+    # the stable pods keep their arguments: pausing does not roll them
+    st = {"phase": "Paused", "pausedFrom": "Shadow", "stable": V1, "candidate": V2}
+    deps = kinds(render(body(st), OperatorConfig()))["Deployment"]
+    assert "--shadow-url" in args(deps["iris"])
+    canary = {"phase": "Paused", "pausedFrom": "Canary", "weight": 30, "stable": V1,
+              "candidate": V2}
+    deps = kinds(render(body(canary), OperatorConfig()))["Deployment"]
+    assert "--shadow-url" not in args(deps["iris"])
+    assert deps["iris-canary"]["spec"]["replicas"] == 3

@@ -511,8 +511,11 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
                  for t in split_tracks(name, spec)]
     ports = runtime_ports(serving_spec(name, spec, spec.model, config, attachments))
     shadow = shadowing(asked, rollout_status(body))
-    if shadow and rollout_status(body).get("phase") == "Shadow" and asked.rollout \
-            and asked.rollout.shadow and spec.runtime.kind == "kustos":
+    phase = rollout_status(body).get("phase")
+    mirroring = phase == "Shadow" or (
+        phase == "Paused" and rollout_status(body).get("pausedFrom") == "Shadow")
+    if shadow and mirroring and asked.rollout and asked.rollout.shadow \
+            and spec.runtime.kind == "kustos":
         _add_args(children, name, shadow_target(  # the stable track mirrors to the candidate
             name, body["metadata"].get("namespace", ""), config.cluster_domain,
             asked.rollout.shadow.sample_percent))
