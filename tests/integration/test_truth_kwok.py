@@ -60,6 +60,7 @@ class Truth:
                  tmp: Path) -> None:
         cm = kube.get("configmap", f"{name}-truth", ns)
         assert cm is not None
+        tmp.mkdir(parents=True, exist_ok=True)
         config = tmp / "config.json"
         config.write_text(cm["data"]["config.json"])
         container = pod["spec"]["containers"][0]
@@ -164,6 +165,11 @@ def test_monitor_rendered_fed_and_judged(
     sargs = server_container["args"]
     sargs[sargs.index("--truth-url") + 1] = truth.url
     server = sidecars.start(server_container, model_pod, iris, tmp_path)
+
+    def model_ready() -> bool:
+        with urllib.request.urlopen(server.url("/v2/health/ready"), timeout=2) as r:
+            return bool(r.status == 200)
+    wait_for("the model loaded", model_ready)
     wait_condition(kube, "driftmonitor", "watch", ns, "Ready", "True", "Monitoring")
     assert kube.condition("driftmonitor", "watch", ns, "DriftDetected") is None
 
