@@ -137,10 +137,10 @@ def rollout_of(chart_operator: ChartOperator, name: str) -> dict[str, Any]:
 
 
 def watch_until(chart_operator: ChartOperator, name: str, phases: set[str],
-                timeout: float = 600) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+                timeout: float = 600) -> tuple[dict[str, Any], list[tuple[Any, Any]]]:
     """status.rollout once its phase is one of ``phases``, and every (phase, step) seen on
     the way."""
-    seen: list[tuple[str, Any]] = []
+    seen: list[tuple[Any, Any]] = []
 
     def check() -> dict[str, Any] | None:
         st = rollout_of(chart_operator, name)
