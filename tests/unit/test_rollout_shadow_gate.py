@@ -120,3 +120,41 @@ def test_a_flipping_candidate_fails_the_shadow_gate(
     assert out.status["phase"] == "RolledBack"
     assert out.notice is not None and out.notice.message.startswith(
         "rolled back at shadow: agreement 0.")
+
+
+def test_a_candidate_answering_5xx_fails_the_error_rate_gate(
+        trees: tuple[Path, Path, list[list[float]]], tmp_path: Path) -> None:
+    import numpy as np
+    import skops.io
+    from sklearn.datasets import load_iris
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = load_iris(return_X_y=True)
+    bug = DecisionTreeClassifier(random_state=0).fit(x, y)
+    bug.classes_ = np.array([0j, 1j, 2j])  # loads and warms up; its answers cannot be encoded
+    (tmp_path / "bug.skops").write_bytes(skops.io.dumps(bug))
+    stable_model, _, rows = trees
+    spec = RolloutSpec.model_validate({"steps": [{"weight": 25}], "analysis": {
+        "minSamples": 20, "thresholds": {"maxErrorRateIncrease": 0.02}}})
+    with serve(stable_model) as stable, serve(tmp_path / "bug.skops") as candidate:
+        before = {"s": scrape(stable), "c": scrape(candidate)}
+        body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                            "data": rows[0]}]}
+        # the canary's share: one request in four to the candidate
+        codes = [post(candidate if i % 4 == 0 else stable, "/v2/models/iris/infer", body)[0]
+                 for i in range(120)]
+        s = window.track_window({"p": before["s"]}, {"p": scrape(stable)})
+        c = window.track_window({"p": before["c"]}, {"p": scrape(candidate)})
+    assert codes.count(500) == 30 and codes.count(200) == 90
+    [gate] = gates.evaluate(spec.analysis, s, c, "Canary")
+    # stable 0/90, candidate 30/30: +1.0
+    assert (gate.name, gate.verdict, gate.value, gate.samples) == ("errorRate", "fail", 1.0, 30)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    v1, v2 = {"uri": "s3://m/1.skops", "version": "1"}, {"uri": "s3://m/3.skops", "version": "3"}
+    st = machine.decide(spec, v2, {"phase": "Idle", "stable": v1}, None, now).status
+    out = machine.decide(spec, v2, st, "fail", now + timedelta(seconds=10),
+                         failed=gates.failures([gate]))
+    assert out.status["phase"] == "RolledBack" and out.notice is not None
+    assert out.notice.message == (
+        "rolled back at step 1/1 weight 25%: errorRate 1 beyond threshold 0.02 (stable 0, "
+        "candidate 1, 30 samples)")
