@@ -6,6 +6,9 @@ the gates' figures are tested with real model servers in test_rollout_live.py.""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -73,6 +76,13 @@ def new_version(kube: Kube, name: str, ns: str) -> None:
                             "digest": V2_DIGEST}}}))
 
 
+def kustos(kube: Kube, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `kustos` command with the test cluster's kubeconfig."""
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
+    return subprocess.run([sys.executable, "-m", "kustos.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
 def annotate(kube: Kube, name: str, ns: str, action: str) -> None:
     kube.run("annotate", "md", name, "-n", ns, "--overwrite",
              f"kustos.dev/rollout-action={action}")
@@ -108,12 +118,18 @@ def test_shadow_pause_abort_on_the_control_plane(kube: Kube, operator: Operator,
         "md", "iris", ns, "Progressing")) and c["status"] == "True"
         and c["message"] == "rolling out version 2: shadow", timeout=60)
 
-    annotate(kube, "iris", ns, "pause")
+    shown = kustos(kube, "rollout", "status", "iris", "-n", ns)
+    assert shown.returncode == 0, shown.stderr
+    assert "phase:     Shadow" in shown.stdout and "candidate: version 2" in shown.stdout
+    paused = kustos(kube, "rollout", "pause", "iris", "-n", ns)  # the command, this time
+    assert paused.returncode == 0, paused.stderr
     st = wait_phase(kube, "iris", ns, "Paused")
     assert st["pausedFrom"] == "Shadow" and st["lastAction"] == "pause"
     wait_for("the action annotation consumed", lambda: "kustos.dev/rollout-action" not in (
         (kube.get("md", "iris", ns) or {})["metadata"].get("annotations") or {}), timeout=30)
 
+    missing = kustos(kube, "rollout", "abort", "nobody", "-n", ns)
+    assert missing.returncode == 1 and "not found" in missing.stderr
     annotate(kube, "iris", ns, "abort")
     st = wait_phase(kube, "iris", ns, "RolledBack")
     assert st["weight"] == 0 and st["stable"]["version"] == "1"
