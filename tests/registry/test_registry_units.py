@@ -223,3 +223,31 @@ def test_due() -> None:
     fast = md(part)
     fast["spec"]["model"]["registry"]["pollInterval"] = "1s"  # at least 10s
     assert not due(fast, 100.0, 105.0) and due(fast, 100.0, 110.0)
+
+
+def test_track_keeps_only_live_models_with_a_registry_uri() -> None:
+    """The registry polls are a WorkLoop fed by the ModelDeployment events (no kopf timer,
+    whose finalizer would block deletion): a models:/ model is added, due at once after a
+    spec change, and dropped when deleted or when its URI is no models:/ URI any more."""
+    from types import SimpleNamespace
+
+    from kustos.controllers.registry import WorkLoop, track
+
+    memo = SimpleNamespace(kustos_registry=WorkLoop(lambda key: None, workers=1, name="t"),
+                           kustos_registry_polls={"u1": 1.0})
+    body: dict = {"metadata": {"name": "m", "namespace": "ns", "uid": "u1", "generation": 1},
+                  "spec": {"model": {"uri": "models:/iris@champion"}}}
+    track(memo, body, "ADDED")
+    key = ("ns", "m", "u1")
+    assert memo.kustos_registry.entries[key].due == 0.0
+    memo.kustos_registry.entries[key].due = 99.0
+    track(memo, body, "MODIFIED")  # same generation: the schedule stands
+    assert memo.kustos_registry.entries[key].due == 99.0
+    track(memo, {**body, "metadata": {**body["metadata"], "generation": 2}}, "MODIFIED")
+    assert memo.kustos_registry.entries[key].due == 0.0
+    plain = {**body, "spec": {"model": {"uri": "s3://models/iris/1/model.skops"}}}
+    track(memo, plain, "MODIFIED")
+    assert key not in memo.kustos_registry.entries and "u1" not in memo.kustos_registry_polls
+    track(memo, body, "MODIFIED")
+    track(memo, body, "DELETED")
+    assert key not in memo.kustos_registry.entries

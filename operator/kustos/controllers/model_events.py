@@ -6,6 +6,7 @@ than four handlers (two of them sync, so two thread hops per event for nothing).
 - the rollout status: a debounced refresh (controllers/modeldeployment.py);
 - the Vault refresh's list of sync-mode models (controllers/vault.py);
 - the list of models with a gated rollout (controllers/rollout.py);
+- the list of models with a models:/ URI to poll (controllers/registry.py);
 - governance: judged again when its spec or the policies' inputs changed
   (controllers/governance.py);
 - the ExplainerSpecs / DriftMonitors that target it, told when it appears or goes
@@ -21,7 +22,7 @@ import kopf
 
 from kustos.api.v1alpha1 import GROUP, VERSION
 
-from . import governance, handled, rollout, sidecars, vault
+from . import governance, handled, registry, rollout, sidecars, vault
 from .modeldeployment import model_changed, models
 
 
@@ -35,6 +36,7 @@ async def model_deployment_event(body: kopf.Body, type: str | None, memo: kopf.M
     model_changed(state, body, type)
     vault.track(memo, body, type)
     rollout.track(memo, body, type)
+    registry.track(memo, body, type)
     judge_at = governance.governance(memo).model_seen(body["metadata"], deleted)
     if judge_at is not None and not body["metadata"].get("deletionTimestamp"):
         await asyncio.to_thread(governance.judge_event, dict(body), judge_at,

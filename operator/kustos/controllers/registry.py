@@ -3,7 +3,7 @@ resolve it in the MLflow Model Registry on a timer and record the answer in
 status.registry (kustos.registry.status says what is written when).
 
 Polling, not watching: MLflow's registry has no watch API (webhooks exist only in some
-hosted registries), so a kopf timer looks every TICK seconds which objects are due (each
+hosted registries), so a WorkLoop looks every TICK seconds which objects are due (each
 after its spec.model.registry.pollInterval, at once after a spec change) and asks the
 registry. A changed answer is written once, with an Event (ModelAliasMoved when an alias
 moved), and re-renders the ModelDeployment: its pods then fetch the new version.
@@ -27,24 +27,25 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.api.v1alpha1.modeldeployment import ModelSource
 from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
-from kustos.k8s.client import ApiError
 from kustos.registry import status as registry_status
 from kustos.registry.client import Credentials, RegistryClient, RegistryError
 from kustos.registry.resolution import matches, resolve
 from kustos.registry.uri import InvalidModelUri, is_registry_uri, parse
 from kustos.render.attachments import NONE, Attachments
 
+from . import peering
 from .attachments import AttachmentPending, AttachmentProblem, contributor
 from .modeldeployment import models, rerender
 from .vault import seconds
+from .workloop import Entry, WorkLoop
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
-TICK = 5.0
+TICK = 5.0  # seconds between two looks at one object (its poll is due less often)
+ROUND = 1.0  # seconds between the loop's looks at what is due
 MIN_POLL = 10.0
 DEFAULT_POLL = 60.0
 # fresh object -> (the registry part of its status, the Events to post once written)
@@ -176,35 +177,71 @@ def due(body: Mapping[str, Any], last_poll: float | None, now: float) -> bool:
     return now - last_poll >= poll_seconds(model)
 
 
-def _watched(body: kopf.Body, **_: Any) -> bool:
+def _watched(body: Mapping[str, Any]) -> bool:
     return is_registry_uri(_uri(body)) or _registry_part(body)
 
 
-@kopf.on.startup()
-def create_registry_state(memo: kopf.Memo, **_: Any) -> None:
-    # uid -> monotonic time of this process's last poll
-    memo.kustos_registry_polls = {}
+# The polls are a WorkLoop (controllers/workloop.py, as the rollout and the Vault refresh):
+# not a kopf timer, whose finalizer on every object would block its deletion (and its
+# namespace's) whenever the operator is not running. Keyed by (namespace, name, uid), fed
+# by the ModelDeployment events (controllers/model_events.py).
+Target = tuple[str, str, str]
+WORKERS = 4
 
 
-@kopf.timer(GROUP, VERSION, "modeldeployments", interval=TICK, when=_watched)
-def registry_timer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    meta = body["metadata"]
-    if meta.get("deletionTimestamp"):
+def track(memo: Any, body: Mapping[str, Any], type_: str | None) -> None:
+    """Keep the list of ModelDeployments with a models:/ URI (or a registry status to
+    clean up); called on kopf's loop for every ModelDeployment event."""
+    loop: WorkLoop[Target] | None = getattr(memo, "kustos_registry", None)
+    if loop is None:
         return
-    if not is_registry_uri(_uri(body)):
-        try:
-            cleanup(body)
-        except ApiError as err:
-            log.warning("registry status cleanup of %s failed: %s", meta["name"], err)
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"], meta["uid"])
+    if type_ == "DELETED" or meta.get("deletionTimestamp") or not _watched(body):
+        loop.entries.pop(key, None)
         memo.kustos_registry_polls.pop(meta["uid"], None)
         return
+    entry = loop.entries.setdefault(key, Entry(cap=300.0))
+    if entry.tag != meta.get("generation"):  # a new spec: look now
+        entry.tag = meta.get("generation")
+        entry.due = 0.0
+
+
+def look(body: Mapping[str, Any], memo: Any) -> None:
+    """One look at one ModelDeployment: poll the registry when due, or clean up."""
+    meta = body["metadata"]
     polls: dict[str, float] = memo.kustos_registry_polls
+    if not is_registry_uri(_uri(body)):
+        cleanup(body)
+        polls.pop(meta["uid"], None)
+        return
     now = time.monotonic()
     if not due(body, polls.get(meta["uid"]), now):
         return
     polls[meta["uid"]] = now
-    try:
-        poll(body, models(memo))
-    except ApiError as err:
-        log.warning("registry status of %s/%s not written: %s", meta["namespace"],
-                    meta["name"], err)
+    poll(body, models(memo))
+
+
+@kopf.on.startup()
+async def start_registry_polls(memo: kopf.Memo, **_: Any) -> None:
+    # uid -> monotonic time of this process's last poll
+    memo.kustos_registry_polls = {}
+
+    def work(key: Target) -> float:
+        namespace, name, uid = key
+        md = client.get(KIND, name, namespace)
+        if md is not None and md["metadata"]["uid"] == uid and \
+                not md["metadata"].get("deletionTimestamp"):
+            look(md, memo)
+        return TICK
+
+    loop: WorkLoop[Target] = WorkLoop(work, workers=WORKERS, name="kustos-registry")
+    memo.kustos_registry = loop
+    loop.start(ROUND, peering.active_check(memo))
+
+
+@kopf.on.cleanup()
+async def stop_registry_polls(memo: kopf.Memo, **_: Any) -> None:
+    loop: WorkLoop[Target] | None = getattr(memo, "kustos_registry", None)
+    if loop is not None:
+        await loop.stop()
