@@ -14,6 +14,7 @@ import pytest
 from conftest import MODEL_DIGEST, Kube, Operator, model_deployment, wait_for
 
 pytestmark = pytest.mark.integration
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"  # what a kopf timer adds
 
 
 @pytest.fixture
@@ -63,6 +64,15 @@ def wait_phase(kube: Kube, name: str, ns: str, phase: str, timeout: float) -> di
     return found
 
 
+def kopf_finalizers(kube: Kube, name: str, ns: str) -> list[str]:
+    """kopf's finalizers on the object: none, the refresh is no kopf timer (whose finalizer
+    would block the object's and its namespace's deletion while the operator is down)."""
+    bi = kube.get("bi", name, ns)
+    assert bi is not None
+    return [f for f in bi["metadata"].get("finalizers") or []
+            if f.startswith("kopf.zalando.org/")]
+
+
 def events(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
     items = json.loads(kube.run("get", "events", "-n", ns, "-o", "json").stdout)["items"]
     return [e for e in items if e["involvedObject"].get("kind") == "BatchInference"
@@ -77,7 +87,10 @@ def test_waits_for_its_model_then_runs_the_indexed_job_to_complete(
     assert cond["status"] == "False" and "ModelDeployment iris does not exist" in cond["message"]
     assert status(kube, "score", namespace)["phase"] == "Pending"
     assert kube.get("job", "score", namespace) is None
+    assert kopf_finalizers(kube, "score", namespace) == []
     kube.apply(model_deployment("iris", namespace, replicas=1))
+    wait_phase(kube, "score", namespace, "Running", timeout=120)
+    assert kopf_finalizers(kube, "score", namespace) == []
     done = wait_phase(kube, "score", namespace, "Complete", timeout=180)
     assert done["model"] == {"modelDeployment": "iris", "digest": MODEL_DIGEST,
                              "uri": "s3://models/iris/model.skops", "version": "1"}
@@ -96,6 +109,26 @@ def test_waits_for_its_model_then_runs_the_indexed_job_to_complete(
     assert [c["name"] for c in pod["initContainers"]] == ["fetch-model"]
     assert MODEL_DIGEST in pod["initContainers"][0]["args"]
     assert [e["reason"] for e in events(kube, namespace, "score")] == ["BatchComplete"]
+    assert kopf_finalizers(kube, "score", namespace) == []
+
+
+def test_an_old_kopf_finalizer_goes_and_a_run_is_deleted_without_the_operator(
+        kube: Kube, operator: Operator, namespace: str) -> None:
+    """An object from the version with the kopf timer carries kopf's finalizer: kopf drops
+    it once no handler needs one. Then the operator is not needed to delete a run."""
+    old = batch_inference("old", namespace, modelRef={"name": "missing"})
+    old["metadata"]["finalizers"] = [KOPF_FINALIZER]
+    kube.apply(old)
+    wait_reason(kube, "old", namespace, "ModelNotFound")
+    wait_for("kopf's finalizer removed", lambda: kopf_finalizers(kube, "old", namespace) == [],
+             timeout=60, interval=1)
+    operator.stop()
+    try:
+        kube.run("delete", "bi", "old", "-n", namespace, "--wait=false")
+        wait_for("bi/old deleted without the operator",
+                 lambda: kube.get("bi", "old", namespace) is None, timeout=60, interval=1)
+    finally:
+        operator.start()
 
 
 def test_a_policy_holds_the_run_until_it_is_lifted(

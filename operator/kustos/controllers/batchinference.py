@@ -6,12 +6,19 @@ are evaluated on the model (the referenced ModelDeployment's spec, or spec.model
 spec.governance) as the admission webhook evaluates a ModelDeployment. A blocked run is
 retried with backoff (an approval or a policy change lets it start). The spec is
 immutable (CEL), so the Job is created once and never patched; the operator alone writes
-the status, from the Job and its pods, on a timer until the run has finished.
+the status, from the Job and its pods, every REFRESH_SECONDS until the run has finished.
+
+That refresh is a WorkLoop (controllers/workloop.py, as the registry polls and the
+rollouts) fed by the BatchInference events: not a kopf timer, whose finalizer on every
+object would block its deletion (and its namespace's) whenever the operator is not
+running. A run is in the loop while status.jobName is set and its phase is neither
+Complete nor Failed; finished or deleted runs leave it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -33,8 +40,10 @@ from kustos.status import batchinference as status_bi
 from kustos.status.conditions import get_condition
 from kustos.status.owners import StatusOwner
 
+from . import handled, peering
 from .children import owned_by
 from .context import backoff, config
+from .workloop import Entry, WorkLoop
 
 log = logging.getLogger(__name__)
 KIND = "BatchInference"
@@ -197,15 +206,73 @@ def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
         raise kopf.TemporaryError(f"ApiError: {err}", delay=backoff(retry)) from None
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=REFRESH_SECONDS, initial_delay=REFRESH_SECONDS)
-def refresh(body: kopf.Body, **_: Any) -> None:
-    """Progress from the Job and its pods, until the run has finished (then nothing)."""
+def running(body: Mapping[str, Any]) -> bool:
+    """Started (status.jobName) and not finished: the refresh's work."""
     status = body.get("status") or {}
-    if status.get("phase") in ("Complete", "Failed") or not status.get("jobName"):
+    return bool(status.get("jobName")) and status.get("phase") not in ("Complete", "Failed")
+
+
+def refresh(body: Mapping[str, Any]) -> None:
+    """Progress from the Job and its pods, until the run has finished (then nothing)."""
+    if not running(body):
         return  # finished, or not started: the reconcile writes those
+    status = body["status"]
     spec = BatchInferenceSpec.model_validate(body["spec"])
     meta = body["metadata"]
     job = client.get("Job", status["jobName"], meta["namespace"])
     if job is None or not owned_by(job, meta["uid"]):
         return
     write_status(body, spec, job)
+
+
+# Keyed by (namespace, name, uid): a re-created object of the same name is another run.
+Target = tuple[str, str, str]
+WORKERS = 4
+ROUND = 1.0  # seconds between the loop's looks at what is due
+
+
+def track(memo: Any, body: Mapping[str, Any], type_: str | None) -> None:
+    """Keep the list of running BatchInferences; called on kopf's loop for every
+    BatchInference event. A run joins REFRESH_SECONDS after it is first seen (as the
+    timer's initial delay did: the reconcile has just written its status)."""
+    loop: WorkLoop[Target] | None = getattr(memo, "kustos_batch", None)
+    if loop is None:
+        return
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"], meta["uid"])
+    live = type_ != "DELETED" and not meta.get("deletionTimestamp")
+    if not live or not running(body):
+        loop.entries.pop(key, None)
+        return
+    if key not in loop.entries:
+        loop.entries[key] = Entry(due=time.monotonic() + REFRESH_SECONDS, cap=60.0)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def batch_inference_event(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                                **_: Any) -> None:
+    if type == "DELETED":
+        handled.forget(memo, body["metadata"]["uid"])
+    track(memo, body, type)
+
+
+@kopf.on.startup()
+async def start_batch_refresh(memo: kopf.Memo, **_: Any) -> None:
+    def work(key: Target) -> float:
+        namespace, name, uid = key
+        bi = client.get(KIND, name, namespace)
+        if bi is not None and bi["metadata"]["uid"] == uid and \
+                not bi["metadata"].get("deletionTimestamp"):
+            refresh(bi)
+        return REFRESH_SECONDS
+
+    loop: WorkLoop[Target] = WorkLoop(work, workers=WORKERS, name="kustos-batch")
+    memo.kustos_batch = loop
+    loop.start(ROUND, peering.active_check(memo))
+
+
+@kopf.on.cleanup()
+async def stop_batch_refresh(memo: kopf.Memo, **_: Any) -> None:
+    loop: WorkLoop[Target] | None = getattr(memo, "kustos_batch", None)
+    if loop is not None:
+        await loop.stop()
