@@ -89,8 +89,6 @@ def test_waits_for_its_model_then_runs_the_indexed_job_to_complete(
     assert kube.get("job", "score", namespace) is None
     assert kopf_finalizers(kube, "score", namespace) == []
     kube.apply(model_deployment("iris", namespace, replicas=1))
-    wait_phase(kube, "score", namespace, "Running", timeout=120)
-    assert kopf_finalizers(kube, "score", namespace) == []
     done = wait_phase(kube, "score", namespace, "Complete", timeout=180)
     assert done["model"] == {"modelDeployment": "iris", "digest": MODEL_DIGEST,
                              "uri": "s3://models/iris/model.skops", "version": "1"}
