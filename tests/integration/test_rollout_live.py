@@ -211,7 +211,8 @@ def test_a_candidate_flipping_30_percent_is_rolled_back_in_shadow(
         st, seen = watch_until(chart_operator, name, {"Promoted", "RolledBack"}, timeout=600)
         after = load.sent
         wait_for("load after the rollback", lambda: load.sent >= after + 100, timeout=60)
-    print(f"\nflip candidate: {seen}; {load.sent} requests, {len(load.failures)} failed; "
+    print(f"\nflip candidate: {seen}; {load.sent} requests, {len(load.failures)} failed, "
+          f"versions {load.versions}; "
           f"last analysis {st.get('lastAnalysis')}")
     assert st["phase"] == "RolledBack", st
     assert [p for p, _ in seen if p == "Canary"] == [], "rolled back at the first gate"

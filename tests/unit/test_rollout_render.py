@@ -84,6 +84,8 @@ def test_rolled_back_and_promoted_serve_one_model() -> None:
     back = kinds(render(body({"phase": "RolledBack", "stable": V1, "candidate": V2}),
                         OperatorConfig()))
     assert list(back["Deployment"]) == ["iris"] and version(back["Deployment"]["iris"]) == "1"
+    # the candidate's pods stay Ready while they are deleted: the Service keeps them out
+    assert back["Service"]["iris"]["spec"]["selector"][TRACK] == "stable"
     done = kinds(render(body({"phase": "Promoted", "stable": V2, "candidate": V2}),
                         OperatorConfig()))
     assert list(done["Deployment"]) == ["iris"] and version(done["Deployment"]["iris"]) == "2"

@@ -522,8 +522,12 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
     if shadow:
         children.append(render_service(body, serves_tls(spec), ports.grpc, "canary",
                                         name + CANDIDATE_SUFFIX))
+    # The model's Service keeps to the stable track while the candidate has no live
+    # traffic, and after a rollback too: the candidate's pods stay Ready for a moment
+    # while they are deleted, and callers must never reach them.
+    stable_only = shadow or (asked.rollout is not None and phase == "RolledBack")
     children += [render_service(body, serves_tls(spec), ports.grpc,
-                                "stable" if shadow else None),
+                                "stable" if stable_only else None),
                  *render_route(body, spec, gateway_api),
                  render_autoscaler(body, spec, config),
                  render_canary_hpa(body, spec) if scaled["canary"] else None,
