@@ -333,7 +333,25 @@ def agreement(stable: list[Row], candidate: list[Row],
 # ---------------------------------------------------------------- the mirror
 
 
-class ShadowMirror(BoundedSender[Mirrored]):
+# What ``offer`` queues: references to the request's and the answer's parts as they are
+# (path, kind, request body, request headers, inference id, stable answer, its binary
+# header length, rows); ``prepare`` turns one into a ``Mirrored`` on the sender thread.
+Offered = tuple[str, str, bytes, dict[bytes, bytes], str, bytes, int | None, int]
+
+
+def prepare(offered: Offered) -> Mirrored:
+    """The candidate's request for one offered prediction (sender thread)."""
+    path, kind, body, headers, rid, stable, stable_json_length, n = offered
+    if "/versions/" in path:  # the candidate serves another version of the model
+        head, _, rest = path.partition("/versions/")
+        path = head + rest[rest.find("/"):] if "/" in rest else head
+    lines = [b"%s: %s\r\n" % (name, headers[name]) for name in FORWARDED if name in headers]
+    if rid.isascii() and rid.isprintable() and len(rid) <= 256:
+        lines.append(b"x-request-id: " + rid.encode("ascii") + b"\r\n")
+    return Mirrored(path, kind, body, b"".join(lines), stable, stable_json_length, n)
+
+
+class ShadowMirror(BoundedSender[Offered]):
     """The request path's ``offer`` plus the sender thread that mirrors and compares."""
 
     def __init__(self, url: str, model: str, percent: float = 100.0, queue: int = 4096,
@@ -359,22 +377,18 @@ class ShadowMirror(BoundedSender[Mirrored]):
 
     def offer(self, path: str, kind: str, body: bytes, headers: dict[bytes, bytes], rid: str,
               stable: bytes, stable_json_length: int | None, rows: int) -> None:
-        """Called after the caller's answer is written: sample, then a deque append."""
+        """Called after the caller's answer is written: the sample draw (a C call, only
+        below 100 %) and one deque append of references. The candidate's request (path,
+        header lines) is built on the sender thread, not on the serving loop."""
         if self.fraction < 1.0 and random.random() >= self.fraction:
             return
-        if "/versions/" in path:  # the candidate serves another version of the model
-            head, _, rest = path.partition("/versions/")
-            path = head + rest[rest.find("/"):] if "/" in rest else head
-        lines = [b"%s: %s\r\n" % (name, headers[name]) for name in FORWARDED
-                 if name in headers]
-        if rid.isascii() and rid.isprintable() and len(rid) <= 256:
-            lines.append(b"x-request-id: " + rid.encode("ascii") + b"\r\n")
-        item = Mirrored(path, kind, body, b"".join(lines), stable, stable_json_length, rows)
-        if not self.enqueue(item):
+        if not self.enqueue((path, kind, body, headers, rid, stable, stable_json_length,
+                             rows)):
             self.dropped.inc()
 
-    def deliver(self, batch: list[Mirrored]) -> None:
+    def deliver(self, offered: list[Offered]) -> None:
         client = self.client
+        batch = [prepare(o) for o in offered]
         answers = client.send([client.request_bytes(it.path, it.headers, it.body)
                                for it in batch])
         sent = failed = agree = disagree = 0
