@@ -28,7 +28,10 @@ def plan(md: Mapping[str, Any], to: str | None) -> tuple[dict[str, Any], dict[st
     ``to``, the newest history entry whose version differs from the current one."""
     name = md["metadata"]["name"]
     current = (md.get("spec") or {}).get("model") or {}
-    history = [h for h in (md.get("status") or {}).get("history") or [] if h.get("version")]
+    # A rolled-back rollout candidate (event RolledBack) never served every caller: it is
+    # no version to return to.
+    history = [h for h in (md.get("status") or {}).get("history") or []
+               if h.get("version") and not h.get("event")]
     if not history:
         raise RollbackError(f"ModelDeployment {name} has no deployed history to roll back to")
     if to is None:

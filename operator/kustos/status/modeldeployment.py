@@ -22,7 +22,7 @@ from kustos.render.signature import SIGNER_ANNOTATION, signer
 
 from .conditions import get_condition, set_condition, timestamp
 from .owners import StatusOwner
-from .rollout import progressing, rendered_spec, rolled_back
+from .rollout import progressing, rendered_spec, rolled_back, with_rollback
 
 # The reconcile's part of a ModelDeployment's status (Vault's and governance's parts are
 # theirs: controllers/vault.py, controllers/governance.py).
@@ -258,6 +258,7 @@ def compute(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]
             served["signer"] = current["signer"]
     if served:
         status["model"] = served
+    history = with_rollback(history, body)  # a gated rollout's rolled-back candidate
     if history:
         status["history"] = history[: config.history_limit]
     return status, notices

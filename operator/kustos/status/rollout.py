@@ -8,7 +8,7 @@ which is what Argo CD's health check reads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kustos.api.v1alpha1 import ModelDeploymentSpec
@@ -53,3 +53,38 @@ def rolled_back(body: Mapping[str, Any]) -> str | None:
             or same(model_ref(spec.model), st.get("stable")):
         return None
     return str(st.get("message") or "the candidate was rolled back")
+
+
+# status.history is the reconcile's (status/modeldeployment.py, one writer per field): it
+# records a rollback it reads from status.rollout, so the rollout controller never writes
+# history itself.
+ROLLED_BACK = "RolledBack"
+
+
+def rollback_entry(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The status.history entry of the candidate status.rollout says was rolled back
+    (automatically or by an abort); None when no rollback is on record. Its ``event``
+    keeps `kustos rollback` from taking it for a version to return to."""
+    st = rollout_status(body)
+    candidate = st.get("candidate") or {}
+    if st.get("phase") != ROLLED_BACK or not candidate:
+        return None
+    out = {"event": ROLLED_BACK, "version": candidate.get("version"),
+           "uri": candidate.get("uri"), "digest": candidate.get("digest"),
+           "message": st.get("message"),
+           # the machine starts the phase's clock when it rolls back
+           "rolledBackAt": st.get("stepStartedAt")}
+    return {k: v for k, v in out.items() if v}
+
+
+def with_rollback(history: Sequence[Mapping[str, Any]],
+                  body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``history`` with the rollback on record in status.rollout added first, once."""
+    out = [dict(h) for h in history]
+    entry = rollback_entry(body)
+    if entry is None:
+        return out
+    keys = ("event", "version", "uri", "digest", "rolledBackAt")
+    if any(all(h.get(k) == entry.get(k) for k in keys) for h in out):
+        return out
+    return [entry, *out]

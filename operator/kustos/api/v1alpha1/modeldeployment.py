@@ -665,6 +665,20 @@ class DeployedModel(KModel):
     """When this version was first rolled out."""
 
 
+class HistoryEntry(DeployedModel):
+    """A version that was served, or a gated rollout's candidate that was rolled back."""
+
+    event: Literal["RolledBack"] | None = None
+    """Unset: a version that served every caller (what `kustos rollback` returns to).
+    RolledBack: a spec.rollout candidate that was rolled back, automatically by a failed
+    gate or by an abort; it never took all traffic, and `kustos rollback` skips it."""
+    message: str | None = None
+    """RolledBack: why, e.g. the failed gates with the stable's and the candidate's
+    values, or the abort."""
+    rolled_back_at: datetime | None = None
+    """RolledBack: when."""
+
+
 class SecretVersion(KModel):
     """The version of one synced Vault secret."""
 
@@ -718,8 +732,9 @@ class ModelDeploymentStatus(ResourceStatus):
     """The version being served."""
     secrets: SecretsStatus | None = None
     """Secret sync state."""
-    history: list[DeployedModel] | None = None
-    """The last deployed versions, newest first."""
+    history: list[HistoryEntry] | None = None
+    """The last deployed versions, newest first, with the gated rollouts' candidates that
+    were rolled back (event RolledBack) among them."""
     canary: CanaryStatus | None = None
     """How the canary's traffic is split (unset without a canary)."""
     approval: Approval | None = None
