@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -86,24 +87,47 @@ def run(job: Job, model: Model, progress: Progress | None = None) -> Report:
         return not out.done(index)
 
     read = [*lay.features, *([job.id_field] if job.id_field else [])]
-    for chunk in source.chunks(job.input, job.input_format, job.chunk_size, wanted, read):
-        report.rows_total += chunk.rows
-        if chunk.index not in mine:
-            continue
+    # Chunk k is encoded and written by one writer thread while chunk k+1 is read and
+    # predicted: at most one chunk in flight, written in chunk order, its error raised
+    # here. A chunk counts (in the report and to `progress`) only once its part exists:
+    # written, synced and renamed. Leaving the `with` waits for a write under way, so a
+    # failing run never leaves a half-written part behind (a temporary file at most).
+    pending: tuple[Future[None], int, int] | None = None
+
+    def wait_written() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        future, index, rows = pending
+        pending = None
+        future.result()
         report.chunks += 1
-        report.rows += chunk.rows
-        if not chunk.wanted:
-            report.chunks_resumed += 1
-            continue
-        parsed = source.parse(chunk, job.input_format, lay, name)
-        # The same preparation and prediction as a request to `kustos serve`.
-        inputs = model.prepare({input_name: parsed.x})
-        predicted = model.predict(inputs, outputs)
-        columns = sink.flatten(predicted, model.classes)
-        out.write(chunk.index,
-                  sink.encode(job.id_column, parsed.ids, columns, job.output_format))
+        report.rows += rows
         if progress is not None:
-            progress(report, chunk.index)
+            progress(report, index)
+
+    def write(index: int, ids: Sequence[str], columns: dict[str, Any]) -> None:
+        out.write(index, sink.encode(job.id_column, ids, columns, job.output_format))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer") as writer:
+        for chunk in source.chunks(job.input, job.input_format, job.chunk_size, wanted, read):
+            report.rows_total += chunk.rows
+            if chunk.index not in mine:
+                continue
+            if not chunk.wanted:
+                report.chunks += 1
+                report.rows += chunk.rows
+                report.chunks_resumed += 1
+                continue
+            parsed = source.parse(chunk, job.input_format, lay, name)
+            # The same preparation and prediction as a request to `kustos serve`.
+            inputs = model.prepare({input_name: parsed.x})
+            predicted = model.predict(inputs, outputs)
+            columns = sink.flatten(predicted, model.classes)
+            wait_written()
+            pending = (writer.submit(write, chunk.index, parsed.ids, columns),
+                       chunk.index, chunk.rows)
+        wait_written()
     out.finish(mine)
     report.seconds = time.perf_counter() - started
     return report
