@@ -138,12 +138,17 @@ def _parquet_bytes(id_column: str, ids: Sequence[str],
                           "kustos image") from None
     if id_column in columns:
         raise OutputError(f"output column {id_column!r} is both the id and a prediction")
-    frame = pd.DataFrame({id_column: pd.Series(list(ids), dtype=object),
+    frame = pd.DataFrame({id_column: pd.Series(ids, dtype=object),
                           **{name: np.asarray(c) for name, c in columns.items()}})
     buffer = _Kept()
     # No column statistics: nothing filters on a part file, and they cost a pass per column.
+    # The id column and numeric predictions are REQUIRED (no null check, which costs a pass
+    # over the id strings): an id is never missing and NaN is a float value. Text
+    # predictions stay OPTIONAL.
+    maybe_null = [name for name, c in frame.items()
+                  if name != id_column and not pd.api.types.is_numeric_dtype(c.dtype)]
     fastparquet.write("part.parquet", frame, compression="SNAPPY", write_index=False,
-                      stats=False, object_encoding="utf8",
+                      stats=False, object_encoding="utf8", has_nulls=maybe_null,
                       open_with=lambda _path, _mode: buffer)
     return buffer.getvalue()
 
