@@ -42,19 +42,6 @@ FORWARDED = (b"content-type", b"inference-header-content-length")
 
 
 @dataclass(slots=True)
-class Mirrored:
-    """One sampled prediction: what the caller sent and what the stable answered."""
-
-    path: str
-    kind: str  # "v2", "v1" or "seldon": how to read the answers' rows
-    body: bytes
-    headers: bytes  # ready-made header lines: forwarded ones plus x-request-id
-    stable: bytes  # the stable's answer body as sent to the caller
-    stable_json_length: int | None
-    rows: int
-
-
-@dataclass(slots=True)
 class Answer:
     status: int
     body: bytes
@@ -335,20 +322,34 @@ def agreement(stable: list[Row], candidate: list[Row],
 
 # What ``offer`` queues: references to the request's and the answer's parts as they are
 # (path, kind, request body, request headers, inference id, stable answer, its binary
-# header length, rows); ``prepare`` turns one into a ``Mirrored`` on the sender thread.
+# header length, rows); the candidate's request is built from it on the sender thread.
 Offered = tuple[str, str, bytes, dict[bytes, bytes], str, bytes, int | None, int]
 
 
-def prepare(offered: Offered) -> Mirrored:
-    """The candidate's request for one offered prediction (sender thread)."""
-    path, kind, body, headers, rid, stable, stable_json_length, n = offered
-    if "/versions/" in path:  # the candidate serves another version of the model
-        head, _, rest = path.partition("/versions/")
-        path = head + rest[rest.find("/"):] if "/" in rest else head
-    lines = [b"%s: %s\r\n" % (name, headers[name]) for name in FORWARDED if name in headers]
+def candidate_path(path: str) -> str:
+    """A versioned V2 path goes to the unversioned one: the candidate serves another
+    version of the model."""
+    if "/versions/" not in path:
+        return path
+    head, _, rest = path.partition("/versions/")
+    return head + rest[rest.find("/"):] if "/" in rest else head
+
+
+def header_lines(headers: dict[bytes, bytes], rid: str,
+                 cache: dict[tuple[bytes | None, bytes | None], bytes] | None = None) -> bytes:
+    """The forwarded header lines plus x-request-id; ``cache`` keeps the forwarded part
+    by its values (a handful of distinct ones: built once, not once per request)."""
+    key = (headers.get(FORWARDED[0]), headers.get(FORWARDED[1]))
+    fixed = cache.get(key) if cache is not None else None
+    if fixed is None:
+        fixed = b"".join(b"%s: %s\r\n" % (name, value)
+                         for name, value in zip(FORWARDED, key, strict=True)
+                         if value is not None)
+        if cache is not None and len(cache) < 64:
+            cache[key] = fixed
     if rid.isascii() and rid.isprintable() and len(rid) <= 256:
-        lines.append(b"x-request-id: " + rid.encode("ascii") + b"\r\n")
-    return Mirrored(path, kind, body, b"".join(lines), stable, stable_json_length, n)
+        return fixed + b"x-request-id: " + rid.encode("ascii") + b"\r\n"
+    return fixed
 
 
 class ShadowMirror(BoundedSender[Offered]):
@@ -373,6 +374,7 @@ class ShadowMirror(BoundedSender[Offered]):
         self.agree = m.SHADOW_ROWS.labels(model, "agree")
         self.disagree = m.SHADOW_ROWS.labels(model, "disagree")
         self.duration = m.SHADOW_DURATION.labels(model)
+        self._header_cache: dict[tuple[bytes | None, bytes | None], bytes] = {}
         self.start()
 
     def offer(self, path: str, kind: str, body: bytes, headers: dict[bytes, bytes], rid: str,
@@ -386,11 +388,12 @@ class ShadowMirror(BoundedSender[Offered]):
                              rows)):
             self.dropped.inc()
 
-    def deliver(self, offered: list[Offered]) -> None:
+    def deliver(self, batch: list[Offered]) -> None:
         client = self.client
-        batch = [prepare(o) for o in offered]
-        answers = client.send([client.request_bytes(it.path, it.headers, it.body)
-                               for it in batch])
+        cache = self._header_cache
+        answers = client.send([client.request_bytes(candidate_path(o[0]),
+                                                    header_lines(o[3], o[4], cache), o[2])
+                               for o in batch])
         sent = failed = agree = disagree = 0
         seconds: list[float] = []
         for i, (item, answer) in enumerate(zip(batch, answers, strict=True)):
@@ -401,12 +404,13 @@ class ShadowMirror(BoundedSender[Offered]):
                 continue
             sent += 1
             seconds.append(answer.seconds)
-            if (answer.json_length is None and item.stable_json_length is None
-                    and _outputs(item.kind, item.stable) == _outputs(item.kind, answer.body)):
-                agree += item.rows  # the same bytes: no need to read them
+            kind, stable, stable_json_length = item[1], item[5], item[6]
+            if (answer.json_length is None and stable_json_length is None
+                    and _outputs(kind, stable) == _outputs(kind, answer.body)):
+                agree += item[7]  # the same bytes: no need to read them
                 continue
-            mine = rows(item.kind, item.stable, item.stable_json_length)
-            theirs = rows(item.kind, answer.body, answer.json_length)
+            mine = rows(kind, stable, stable_json_length)
+            theirs = rows(kind, answer.body, answer.json_length)
             if mine is None or theirs is None:
                 continue  # not comparable (binary tensors): counted as sent only
             a, d = agreement(mine, theirs, self.rel)
