@@ -141,6 +141,13 @@ def test_shadow_pause_abort_on_the_control_plane(kube: Kube, operator: Operator,
     events = {e["reason"]: e for e in kube.events(ns, "iris")}
     assert events["RolloutAborted"]["type"] == "Warning"
     assert {"RolloutStarted", "RolloutPaused"} <= set(events)
+    # the reconcile's status records the rolled-back candidate in status.history
+    history = wait_for("a RolledBack history entry", lambda: (
+        h := ((kube.get("md", "iris", ns) or {}).get("status") or {}).get("history") or [])
+        and h[0].get("event") == "RolledBack" and h, timeout=60)
+    assert (history[0]["version"], history[0]["digest"]) == ("2", V2_DIGEST)
+    assert history[0]["message"].startswith("aborted by kustos.dev/rollout-action")
+    assert not any(h.get("event") for h in history[1:])
 
 
 def test_manual_promotion_serves_the_candidate_and_records_history(
