@@ -40,10 +40,10 @@ from kustos.status import batchinference as status_bi
 from kustos.status.conditions import get_condition
 from kustos.status.owners import StatusOwner
 
-from . import handled, peering
+from . import handled
 from .children import owned_by
 from .context import backoff, config
-from .workloop import Entry, WorkLoop
+from .workloop import Entry, ObjectKey, WorkLoop, live_object, start_in_memo, stop_in_memo
 
 log = logging.getLogger(__name__)
 KIND = "BatchInference"
@@ -226,7 +226,7 @@ def refresh(body: Mapping[str, Any]) -> None:
 
 
 # Keyed by (namespace, name, uid): a re-created object of the same name is another run.
-Target = tuple[str, str, str]
+Target = ObjectKey  # (namespace, name, uid)
 WORKERS = 4
 ROUND = 1.0  # seconds between the loop's looks at what is due
 
@@ -259,20 +259,15 @@ async def batch_inference_event(body: kopf.Body, type: str | None, memo: kopf.Me
 @kopf.on.startup()
 async def start_batch_refresh(memo: kopf.Memo, **_: Any) -> None:
     def work(key: Target) -> float:
-        namespace, name, uid = key
-        bi = client.get(KIND, name, namespace)
-        if bi is not None and bi["metadata"]["uid"] == uid and \
-                not bi["metadata"].get("deletionTimestamp"):
+        bi = live_object(KIND, key)
+        if bi is not None:
             refresh(bi)
         return REFRESH_SECONDS
 
-    loop: WorkLoop[Target] = WorkLoop(work, workers=WORKERS, name="kustos-batch")
-    memo.kustos_batch = loop
-    loop.start(ROUND, peering.active_check(memo))
+    start_in_memo(memo, "kustos_batch", work, workers=WORKERS, name="kustos-batch",
+                  interval=ROUND)
 
 
 @kopf.on.cleanup()
 async def stop_batch_refresh(memo: kopf.Memo, **_: Any) -> None:
-    loop: WorkLoop[Target] | None = getattr(memo, "kustos_batch", None)
-    if loop is not None:
-        await loop.stop()
+    await stop_in_memo(memo, "kustos_batch")

@@ -36,11 +36,10 @@ from kustos.registry.resolution import matches, resolve
 from kustos.registry.uri import InvalidModelUri, is_registry_uri, parse
 from kustos.render.attachments import NONE, Attachments
 
-from . import peering
 from .attachments import AttachmentPending, AttachmentProblem, contributor
 from .modeldeployment import models, rerender
 from .vault import seconds
-from .workloop import Entry, WorkLoop
+from .workloop import Entry, ObjectKey, WorkLoop, live_object, start_in_memo, stop_in_memo
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
@@ -185,7 +184,7 @@ def _watched(body: Mapping[str, Any]) -> bool:
 # not a kopf timer, whose finalizer on every object would block its deletion (and its
 # namespace's) whenever the operator is not running. Keyed by (namespace, name, uid), fed
 # by the ModelDeployment events (controllers/model_events.py).
-Target = tuple[str, str, str]
+Target = ObjectKey  # (namespace, name, uid)
 WORKERS = 4
 
 
@@ -228,20 +227,15 @@ async def start_registry_polls(memo: kopf.Memo, **_: Any) -> None:
     memo.kustos_registry_polls = {}
 
     def work(key: Target) -> float:
-        namespace, name, uid = key
-        md = client.get(KIND, name, namespace)
-        if md is not None and md["metadata"]["uid"] == uid and \
-                not md["metadata"].get("deletionTimestamp"):
+        md = live_object(KIND, key)
+        if md is not None:
             look(md, memo)
         return TICK
 
-    loop: WorkLoop[Target] = WorkLoop(work, workers=WORKERS, name="kustos-registry")
-    memo.kustos_registry = loop
-    loop.start(ROUND, peering.active_check(memo))
+    start_in_memo(memo, "kustos_registry", work, workers=WORKERS, name="kustos-registry",
+                  interval=ROUND)
 
 
 @kopf.on.cleanup()
 async def stop_registry_polls(memo: kopf.Memo, **_: Any) -> None:
-    loop: WorkLoop[Target] | None = getattr(memo, "kustos_registry", None)
-    if loop is not None:
-        await loop.stop()
+    await stop_in_memo(memo, "kustos_registry")

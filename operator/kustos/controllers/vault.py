@@ -49,12 +49,11 @@ from kustos.status.owners import StatusOwner
 from kustos.vault import client as vault_client
 from kustos.vault.client import Login, VaultError
 
-from . import peering
 from .attachments import AttachmentPending, AttachmentProblem, contributor
 from .children import owned_by
 from .context import config
 from .modeldeployment import Models, live_deployments, models, rerender
-from .workloop import Entry, WorkLoop
+from .workloop import Entry, ObjectKey, start_in_memo, stop_in_memo
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
@@ -375,7 +374,7 @@ def _sync_mode(spec: Mapping[str, Any]) -> bool:
 WORKERS = 4
 ROUND = 0.5  # seconds between looks at what is due
 
-Target = tuple[str, str, str]  # (namespace, name, uid)
+Target = ObjectKey  # (namespace, name, uid)
 
 
 def track(memo: Any, body: Mapping[str, Any], type_: str | None) -> None:
@@ -413,13 +412,10 @@ async def start_vault_refresh(memo: kopf.Memo, **_: Any) -> None:
         namespace, name, uid = key
         return tick({"namespace": namespace, "name": name, "uid": uid}, models(memo))
 
-    loop: WorkLoop[Target] = WorkLoop(work, workers=WORKERS, name="kustos-vault-refresh")
-    memo.kustos_vault = loop
-    loop.start(ROUND, peering.active_check(memo))
+    start_in_memo(memo, "kustos_vault", work, workers=WORKERS, name="kustos-vault-refresh",
+                  interval=ROUND)
 
 
 @kopf.on.cleanup()
 async def stop_vault_refresh(memo: kopf.Memo, **_: Any) -> None:
-    loop: WorkLoop[Target] | None = getattr(memo, "kustos_vault", None)
-    if loop is not None:
-        await loop.stop()
+    await stop_in_memo(memo, "kustos_vault")

@@ -112,3 +112,38 @@ class WorkLoop(Generic[K]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.task = None
+
+
+# The loops that look at one object of a kind each: keyed by (namespace, name, uid).
+ObjectKey = tuple[str, str, str]
+
+
+def live_object(kind: str, key: ObjectKey) -> dict[str, Any] | None:
+    """The object ``key`` names, read now: None when it is gone, was re-created (another
+    uid) or is being deleted."""
+    from kustos.k8s import client
+
+    namespace, name, uid = key
+    obj = client.get(kind, name, namespace)
+    if obj is None or obj["metadata"]["uid"] != uid or obj["metadata"].get("deletionTimestamp"):
+        return None
+    return obj
+
+
+def start_in_memo(memo: Any, attr: str, work: Callable[[ObjectKey], float | None], *,
+                  workers: int, name: str, interval: float = 1.0) -> WorkLoop[ObjectKey]:
+    """A WorkLoop kept in kopf's memo as ``attr``, looking every ``interval`` seconds on
+    the active peer only (called from an on.startup handler, on kopf's loop)."""
+    from . import peering
+
+    loop: WorkLoop[ObjectKey] = WorkLoop(work, workers=workers, name=name)
+    setattr(memo, attr, loop)
+    loop.start(interval, peering.active_check(memo))
+    return loop
+
+
+async def stop_in_memo(memo: Any, attr: str) -> None:
+    """Stop the memo's loop ``attr`` if it was started (an on.cleanup handler)."""
+    loop: WorkLoop[Any] | None = getattr(memo, attr, None)
+    if loop is not None:
+        await loop.stop()
