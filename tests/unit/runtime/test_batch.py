@@ -183,6 +183,20 @@ def test_runner_in_process_matches_the_serving_prediction(data: Data, tmp_path: 
     assert [int(r["predict"]) for r in rows[:100]] == served["predict"].tolist()
 
 
+def test_an_error_of_the_writer_thread_reaches_the_caller(data: Data, tmp_path: Path) -> None:
+    """A chunk is encoded and written in the writer thread: its error ends the run, and a
+    chunk whose part was not written is neither reported nor left behind."""
+    model = load_model(data.model, "bc")
+    seen: list[int] = []
+    job = runner.Job(input=data.jsonl, input_format="jsonl", output=tmp_path / "o",
+                     output_format="parquet", chunk_size=100, shard=0, shards=1,
+                     id_field="id", id_column="predict")
+    with pytest.raises(sink.OutputError, match="both the id and a prediction"):
+        runner.run(job, model, lambda r, k: seen.append(k))
+    assert seen == []
+    assert not list((tmp_path / "o").glob("*part-*"))
+
+
 def test_chunks_are_cut_in_file_order(tmp_path: Path) -> None:
     f = tmp_path / "x.csv"
     f.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(10)) + "\n")
