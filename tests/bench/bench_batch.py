@@ -25,7 +25,10 @@ Figures: rows/s of each side's loop (the peer's whole run; `kustos batch`'s own 
 from the start of the loop: the model loaded, as the peer's is) and the ratio; then
 `kustos batch`'s rows/s over the whole process (interpreter start, imports and model
 load included), which is what a short run pays; and the ratio of the best rounds (on a
-shared machine other jobs only slow rounds down). Target: loop ratio >= 0.80.
+shared machine other jobs only slow rounds down); then each loop's rows per CPU second
+(process CPU time, all threads; `kustos batch` run through a wrapper that times its
+runner's loop) with min..max, steady where the wall clock scatters. Target: loop ratio
+>= 0.80 against this peer (the plain predict loop; --peer-writes is a second reference).
 """
 
 from __future__ import annotations
