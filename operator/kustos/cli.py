@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("kustos.runtime.server.cli", "serve one model over KServe V2/V1 and Seldon"),
     "explain": ("kustos.runtime.explain.cli", "the explainer sidecar: SHAP attributions"),
     "drift": ("kustos.runtime.drift.cli", "the drift sidecar: alibi-detect on the served inputs"),
-    "truth": ("kustos.runtime.truth.cli", "the ground-truth monitor: labels joined with predictions"),
+    "truth": ("kustos.runtime.truth.cli", "the ground-truth monitor: accuracy from labels"),
     "status": ("kustos.governance.inventory", "list every ModelDeployment you can see"),
     "rollback": ("kustos.governance.rollback", "roll a ModelDeployment back to a version"),
     "rollout": ("kustos.rollout_cli", "status, promote, abort, pause, resume a gated rollout"),

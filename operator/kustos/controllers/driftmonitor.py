@@ -19,8 +19,8 @@ from kustos.render import truth as render_truth
 from kustos.render.attachments import Attachments
 from kustos.render.sidecars import DRIFT_PORT
 from kustos.status import driftmonitor as status_dm
+from kustos.status.conditions import Failure, Notice
 from kustos.status.driftmonitor import RetrainJob
-from kustos.status.modeldeployment import Failure, Notice
 from kustos.status.sidecars import PodReport
 
 from . import sidecars

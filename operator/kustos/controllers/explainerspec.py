@@ -18,7 +18,7 @@ from kustos.render import explainer as render_es
 from kustos.render.attachments import Attachments
 from kustos.render.sidecars import EXPLAIN_PORT
 from kustos.status import explainerspec as status_es
-from kustos.status.modeldeployment import Failure, Notice
+from kustos.status.conditions import Failure, Notice
 
 from . import sidecars
 from .attachments import contributor

@@ -24,7 +24,7 @@ from kustos.render.keda import model_child_kinds
 from kustos.render.meta import COMPONENT, INSTANCE, base_labels
 from kustos.status import modeldeployment as status_md
 from kustos.status import pods as status_pods
-from kustos.status.modeldeployment import Failure
+from kustos.status.conditions import Failure, Notice
 
 from .attachments import AttachmentPending, AttachmentProblem, gather
 from .child_watches import child_watches
@@ -56,7 +56,7 @@ def write_status(body: Mapping[str, Any], deployments: Mapping[str, Mapping[str,
     read after each read of the object, so a failure recorded (and written) meanwhile is
     never overwritten by a status computed without it."""
     meta = body["metadata"]
-    notices: list[status_md.Notice] = []
+    notices: list[Notice] = []
 
     def update(fresh: dict[str, Any]) -> dict[str, Any] | None:
         nonlocal failure, waiting

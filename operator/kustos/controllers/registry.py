@@ -35,6 +35,7 @@ from kustos.registry.client import Credentials, RegistryClient, RegistryError
 from kustos.registry.resolution import matches, resolve
 from kustos.registry.uri import InvalidModelUri, is_registry_uri, parse
 from kustos.render.attachments import NONE, Attachments
+from kustos.status.conditions import Failure, Notice
 
 from .attachments import AttachmentPending, AttachmentProblem, contributor
 from .modeldeployment import models, rerender
@@ -48,7 +49,7 @@ ROUND = 1.0  # seconds between the loop's looks at what is due
 MIN_POLL = 10.0
 DEFAULT_POLL = 60.0
 # fresh object -> (the registry part of its status, the Events to post once written)
-Compute = Callable[[dict[str, Any]], tuple[dict[str, Any], list[registry_status.Notice]]]
+Compute = Callable[[dict[str, Any]], tuple[dict[str, Any], list[Notice]]]
 
 
 def _uri(body: Mapping[str, Any]) -> str:
@@ -113,7 +114,7 @@ def poll(body: Mapping[str, Any], state: Any = None) -> bool:
         model = ModelSource.model_validate((body.get("spec") or {}).get("model") or {})
     except ValidationError:
         return False  # the reconcile reports InvalidSpec
-    failure: registry_status.Failure | None = None
+    failure: Failure | None = None
     try:
         if model.registry is None:
             raise RegistryError("spec.model.registry is missing", reason="RegistryMissing")
@@ -121,9 +122,9 @@ def poll(body: Mapping[str, Any], state: Any = None) -> bool:
         registry = RegistryClient(model.registry.url, credentials(model, meta["namespace"]))
         res = resolve(registry, ref, model.format)
     except InvalidModelUri as err:
-        failure = registry_status.Failure("InvalidModelUri", str(err))
+        failure = Failure("InvalidModelUri", str(err))
     except RegistryError as err:
-        failure = registry_status.Failure(err.reason, err.message)
+        failure = Failure(err.reason, err.message)
     if failure is not None:
         log.warning("registry resolution of %s/%s failed: %s", meta["namespace"],
                     meta["name"], failure.message)
@@ -135,7 +136,7 @@ def poll(body: Mapping[str, Any], state: Any = None) -> bool:
 
 def _write(body: Mapping[str, Any], compute: Compute, state: Any) -> bool:
     meta = body["metadata"]
-    notices: list[registry_status.Notice] = []
+    notices: list[Notice] = []
 
     def update(fresh: dict[str, Any]) -> dict[str, Any]:
         part, found = compute(fresh)

@@ -36,7 +36,7 @@ from kustos.k8s.client import ApiError
 from kustos.render.attachments import NONE, Attachments
 from kustos.render.meta import COMPONENT, INSTANCE
 from kustos.render.sidecars import active_for, target_name
-from kustos.status.modeldeployment import Notice
+from kustos.status.conditions import Notice
 from kustos.status.owners import StatusOwner
 from kustos.status.sidecars import PodReport, Wiring
 

@@ -8,11 +8,10 @@ ModelDeployment is Degraded with the failure's reason (controllers/registry.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kustos.status.conditions import get_condition, set_condition
+from kustos.status.conditions import Failure, Notice, get_condition, set_condition
 from kustos.status.owners import StatusOwner
 
 from .resolution import Resolution
@@ -21,19 +20,6 @@ RESOLVED = "RegistryResolved"
 REGISTRY = StatusOwner("kustos-registry", fields=("registry",), conditions=(RESOLVED,))
 
 
-@dataclass(frozen=True)
-class Notice:
-    """An Event to post once the status write that carries the change has landed."""
-
-    reason: str
-    message: str
-    warning: bool = False
-
-
-@dataclass(frozen=True)
-class Failure:
-    reason: str
-    message: str
 
 
 def _condition(fresh: Mapping[str, Any], ok: bool, reason: str, message: str,

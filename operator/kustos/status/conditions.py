@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An Event to post (the pure code only says which), once the status write that
+    carries the change has landed."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A problem the reconcile ran into: becomes Degraded with this reason."""
+
+    reason: str
+    message: str
 
 
 def timestamp(now: datetime) -> str:

@@ -19,8 +19,7 @@ from kustos.render.drift import job_name
 from kustos.render.sidecars import duration_seconds
 
 from . import truth as truth_dm
-from .conditions import timestamp
-from .modeldeployment import Failure, Notice
+from .conditions import Failure, Notice, timestamp
 from .sidecars import Conditions, PodReport, Wiring, readiness, sidecar_failure
 
 KIND = "DriftMonitor"

@@ -12,7 +12,7 @@ from kustos.api.v1alpha1 import ModelDeploymentSpec
 from kustos.config import OperatorConfig
 from kustos.render.explainer import endpoint, report_name
 
-from .modeldeployment import Failure, Notice
+from .conditions import Failure, Notice
 from .sidecars import Conditions, PodReport, Wiring, readiness, sidecar_failure
 
 KIND = "ExplainerSpec"

@@ -20,7 +20,7 @@ from kustos.render.modeldeployment import (
 )
 from kustos.render.signature import SIGNER_ANNOTATION, signer
 
-from .conditions import get_condition, set_condition, timestamp
+from .conditions import Failure, Notice, get_condition, set_condition, timestamp
 from .owners import StatusOwner
 from .rollout import progressing, rendered_spec, rolled_back, with_rollback
 
@@ -33,21 +33,6 @@ ROLLOUT = StatusOwner(
     conditions=("Progressing", "Ready", "Degraded"))
 
 
-@dataclass(frozen=True)
-class Notice:
-    """An Event the controller should post (the pure code only says which)."""
-
-    reason: str
-    message: str
-    warning: bool = False
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A problem the reconcile ran into: becomes Degraded with this reason."""
-
-    reason: str
-    message: str
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .modeldeployment import Failure
+from .conditions import Failure
 
 FETCH_CONTAINER = "fetch-model"
 # Vault agent mode's init container (render/vault_agent.py): login and first render.

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .conditions import get_condition, set_condition
-from .modeldeployment import Failure, Notice
+from .conditions import Failure, Notice, get_condition, set_condition
 
 _REASON = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 

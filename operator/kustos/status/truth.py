@@ -20,8 +20,7 @@ from kustos.api.v1alpha1.driftmonitor import DriftMonitorSpec
 from kustos.render.drift import job_name
 from kustos.render.sidecars import duration_seconds
 
-from .conditions import timestamp
-from .modeldeployment import Failure, Notice
+from .conditions import Failure, Notice, timestamp
 from .sidecars import Conditions, PodReport
 
 METRICS = ("accuracy", "precision", "recall", "f1", "rocAuc", "logLoss", "mae", "rmse",
