@@ -73,7 +73,10 @@ NEVER_IN_NAMESPACE: list[tuple[str, str, str]] = [
     ("escalate", "roles.rbac.authorization.k8s.io", ""),
     ("bind", "roles.rbac.authorization.k8s.io", ""),
     ("impersonate", "serviceaccounts", ""),
-    ("create", "persistentvolumeclaims", ""),
+    # the ground-truth monitor's claim is created (owned by its DriftMonitor, collected
+    # with it), never deleted by the operator: its store is the users' labelled data
+    ("delete", "persistentvolumeclaims", ""), ("deletecollection", "persistentvolumeclaims", ""),
+    ("update", "persistentvolumeclaims", ""),
 ]
 NEVER_CLUSTER: list[tuple[str, str, str]] = [
     ("get", "nodes", ""), ("list", "nodes", ""), ("get", "nodes", "proxy"),
