@@ -157,6 +157,8 @@ class Broker:
     records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (partition, rec)
     versions: list[tuple[int, int]] = field(default_factory=list)  # (api, version) asked
     lock: threading.Lock = field(default_factory=threading.Lock)
+    produced: list[int] = field(default_factory=list)  # partition of each batch
+    requests: int = 0  # Produce requests
     port: int = 0
 
     def answer(self, api: int, version: int, r: Reader) -> bytes:
@@ -179,14 +181,20 @@ class Broker:
         acks, _timeout = r.take(">h"), r.take(">i")
         assert acks == -1
         assert r.take(">i") == 1 and r.string() == self.topic
-        assert r.take(">i") == 1
-        index, size = r.take(">i"), r.take(">i")
-        batch = r.data[r.pos:r.pos + size]
-        with self.lock:
-            self.records += [(index, rec) for rec in decode_batch(batch)]
-        return (struct.pack(">i", 1) + _s(self.topic) + struct.pack(">i", 1)
-                + struct.pack(">ihqqq", index, 0, 0, -1, 0) + struct.pack(">i", 0) + _s(None)
-                + struct.pack(">i", 0))
+        answers = []
+        for _ in range(r.take(">i")):  # one batch per partition
+            index, size = r.take(">i"), r.take(">i")
+            batch = r.data[r.pos:r.pos + size]
+            r.pos += size
+            with self.lock:
+                self.records += [(index, rec) for rec in decode_batch(batch)]
+            self.produced.append(index)
+            answers.append(struct.pack(">ihqqq", index, 0, 0, -1, 0) + struct.pack(">i", 0)
+                           + _s(None))
+        assert r.pos == len(r.data)
+        self.requests += 1
+        return (struct.pack(">i", 1) + _s(self.topic) + struct.pack(">i", len(answers))
+                + b"".join(answers) + struct.pack(">i", 0))
 
 
 @pytest.fixture
@@ -301,5 +309,8 @@ def test_a_batch_framed_from_its_tuples_is_its_events_produced(broker: Broker) -
         assert transport.send(events) == [200] * len(events)
         assert sorted(broker.records, key=lambda r: r[0]) == sorted(fast, key=lambda r: r[0])
         assert {part for part, _ in fast} == {0, 1, 2}
+        # one Produce request per leader (here one broker) with a batch per partition
+        assert broker.requests == 2 and sorted(broker.produced) == [0, 0, 1, 1, 2, 2]
+        broker.requests, broker.produced = 0, []
         broker.records.clear()
         transport.close()

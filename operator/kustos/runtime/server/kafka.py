@@ -533,34 +533,58 @@ class KafkaProducer:
 
     def send_batches(self, batches: dict[int, bytes]) -> dict[int, bool]:
         """Produce each partition's RecordBatch (``batch_of``); per partition whether the
-        broker acknowledged it. One Produce request per partition."""
+        broker acknowledged it. One Produce request per leader, with all its partitions:
+        each round trip is a blocking wait and a GIL hand-over on the serving core."""
         meta = self._meta or self.metadata()
         acked = dict.fromkeys(batches, False)
         stale = False
-        for part, batch in batches.items():
-            leader = meta.leaders[part]
-            address = meta.brokers.get(leader)
+        by_leader: dict[tuple[str, int], list[int]] = {}
+        for part in batches:
+            address = meta.brokers.get(meta.leaders[part])
             if address is None:
                 stale = True
-                continue
-            version = self._versions[API_PRODUCE]
-            body = (_string(None) + struct.pack(">hii", -1, int(self.timeout * 1000), 1)
-                    + _string(self.topic) + struct.pack(">iii", 1, part, len(batch)) + batch)
+            else:
+                by_leader.setdefault(address, []).append(part)
+        version = self._versions[API_PRODUCE]
+        for address, parts in by_leader.items():
+            pieces = [_string(None), struct.pack(">hii", -1, int(self.timeout * 1000), 1),
+                      _string(self.topic), struct.pack(">i", len(parts))]
+            for part in parts:
+                pieces += [struct.pack(">ii", part, len(batches[part])), batches[part]]
             try:
-                r = Reader(self._conn(address).call(API_PRODUCE, version, body))
-                r.take(">i")
-                r.string()
-                r.take(">i")
-                r.take(">i")  # partition index
-                error = r.take(">h")
+                errors = parse_produce(self._conn(address).call(API_PRODUCE, version,
+                                                                b"".join(pieces)), version)
             except (OSError, KafkaError, struct.error):
                 self._drop(address)
                 stale = True
                 continue
-            if error == 0:
-                acked[part] = True
-            elif error in RETRIABLE:
-                stale = True
+            for part in parts:
+                error = errors.get(part)
+                if error == 0:
+                    acked[part] = True
+                elif error is None or error in RETRIABLE:
+                    stale = True
         if stale:
             self._meta = None  # ask again before the retry
         return acked
+
+
+def parse_produce(data: bytes, version: int) -> dict[int, int]:
+    """A Produce answer (v3..v8): each partition's error code."""
+    r = Reader(data)
+    errors = {}
+    for _ in range(r.take(">i")):
+        r.string()  # topic
+        for _ in range(r.take(">i")):
+            index, error = r.take(">i"), r.take(">h")
+            r.take(">q")  # base offset
+            r.take(">q")  # log append time
+            if version >= 5:
+                r.take(">q")  # log start offset
+            if version >= 8:
+                for _ in range(r.take(">i")):  # record errors
+                    r.take(">i")
+                    r.string()
+                r.string()  # error message
+            errors[index] = error
+    return errors
