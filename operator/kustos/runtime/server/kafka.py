@@ -72,8 +72,8 @@ def crc32c(data: bytes) -> int:
 
     A Python loop per byte cost ~0.4 us a byte (100 us per logged prediction). The CRC is
     linear over GF(2), so larger inputs are cut into slices whose CRCs numpy computes side
-    by side, 4 bytes per step through two 64 Ki-entry tables, and then folds pairwise with
-    "append n zero bytes" operators: ~100x faster on a 256-prediction batch."""
+    by side, 4 bytes per step through two 64 Ki-entry tables, and then combines 16 at a
+    time with "append n zero bytes" operators: ~200x faster on a 256-prediction batch."""
     if len(data) < _VECTOR_MIN:
         return _crc32c_bytewise(data)
     import numpy as np
@@ -516,7 +516,7 @@ class KafkaProducer:
 
     def send(self, records: Sequence[Record]) -> list[bool]:
         """Produce ``records`` (keyed records to the key's partition); per record whether
-        the broker acknowledged it. One Produce request per partition."""
+        the broker acknowledged it. One Produce request per leader."""
         meta = self._meta or self.metadata()
         groups: dict[int, list[int]] = {}
         for i, part in enumerate(partitions_for([r[0] for r in records], len(meta.leaders))):
