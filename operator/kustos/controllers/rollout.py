@@ -42,10 +42,9 @@ from kustos.rollout.tracks import effective_spec, rollout_status
 from kustos.rollout.window import Sample, parse, track_window
 from kustos.status.rollout import ANALYSIS
 
-from . import peering
 from .context import config
 from .modeldeployment import models, rerender
-from .workloop import Entry, WorkLoop
+from .workloop import Entry, ObjectKey, WorkLoop, live_object, start_in_memo, stop_in_memo
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
@@ -72,7 +71,7 @@ def _wanted(body: Mapping[str, Any]) -> bool:
 # timer, whose finalizer on every object would block its deletion (and its namespace's)
 # whenever the operator is not running. Keyed by (namespace, name, uid), fed by the
 # ModelDeployment events (controllers/model_events.py).
-Target = tuple[str, str, str]
+Target = ObjectKey  # (namespace, name, uid)
 WORKERS = 4
 ROUND = 1.0  # seconds between looks at what is due
 
@@ -103,23 +102,18 @@ async def start_rollouts(memo: kopf.Memo, **_: Any) -> None:
     memo.kustos_rollouts = {}  # uid -> Tracker
 
     def work(key: Target) -> float:
-        namespace, name, uid = key
-        md = client.get(KIND, name, namespace)
-        if md is not None and md["metadata"]["uid"] == uid and \
-                not md["metadata"].get("deletionTimestamp"):
+        md = live_object(KIND, key)
+        if md is not None:
             step(md, memo.kustos_rollouts, memo)
         return TICK
 
-    loop: WorkLoop[Target] = WorkLoop(work, workers=WORKERS, name="kustos-rollout")
-    memo.kustos_rollout = loop
-    loop.start(ROUND, peering.active_check(memo))
+    start_in_memo(memo, "kustos_rollout", work, workers=WORKERS, name="kustos-rollout",
+                  interval=ROUND)
 
 
 @kopf.on.cleanup()
 async def stop_rollouts(memo: kopf.Memo, **_: Any) -> None:
-    loop: WorkLoop[Target] | None = getattr(memo, "kustos_rollout", None)
-    if loop is not None:
-        await loop.stop()
+    await stop_in_memo(memo, "kustos_rollout")
 
 
 def step(body: dict[str, Any], trackers: dict[str, Tracker], memo: Any) -> None:

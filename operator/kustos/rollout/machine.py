@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kustos.api.v1alpha1.rollout import RolloutSpec
+from kustos.status.conditions import Notice
 
 from .gates import Verdict
 
@@ -39,13 +40,6 @@ def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     if not a or not b:
         return False
     return all(a.get(k) == b.get(k) for k in ("uri", "digest", "version"))
-
-
-@dataclass(frozen=True)
-class Notice:
-    reason: str
-    message: str
-    warning: bool = False
 
 
 @dataclass(frozen=True)
