@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from motoserver import moto_server
 from ports import free_port
 
 KUSTOS = str(Path(sys.executable).parent / "kustos")
@@ -120,28 +120,13 @@ def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
     """A real moto S3 server on loopback with ``bucket``; the env a client needs."""
     import boto3
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        def up() -> bool:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                return True
-            except Exception:
-                return False
-
-        assert wait_for(up, 30), "moto server did not start"
+    with moto_server() as endpoint:
         env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                      aws_access_key_id="testing", aws_secret_access_key="testing"
                      ).create_bucket(Bucket=bucket)
         yield env
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def s3_put(env: dict[str, str], bucket: str, key: str, data: bytes) -> None:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from unit_support import wait_for
 
 from kustos.runtime.batch import runner, source
 from kustos.runtime.server.models import load_model
-from ports import free_port
+from motoserver import moto_server
 
 fastparquet = pytest.importorskip("fastparquet")
 pd = pytest.importorskip("pandas")
@@ -80,22 +78,8 @@ class Moto:
 def moto() -> Iterator[Moto]:
     import boto3
 
-    port = free_port()
     # The 3 IAM calls below go unauthenticated; moto checks every later request.
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        def up() -> bool:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                return True
-            except OSError:
-                return False
-
-        assert wait_for(up, 30, 0.1), "moto server did not start"
+    with moto_server(unauthenticated_calls=3) as endpoint:
         kw: dict[str, Any] = {"endpoint_url": endpoint, "region_name": "us-east-1",
                               "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
         iam = boto3.client("iam", **kw)
@@ -111,9 +95,6 @@ def moto() -> Iterator[Moto]:
         yield Moto(endpoint, {**creds, "AWS_ENDPOINT_URL": endpoint,
                               "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"},
                    s3c)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def env_without_aws(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from kustos.runtime import fetch as f
+from motoserver import moto_server
 
-from .conftest import free_port, wait_for
+from .conftest import free_port
 
 PAYLOAD = os.urandom(4096)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -192,23 +193,7 @@ def s3() -> Iterator[dict[str, str]]:
     """A real moto server enforcing SigV4 after the set-up calls."""
     import boto3
 
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        def up() -> bool:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                return True
-            except Exception:
-                return False
-
-        assert wait_for(up, 30, 0.1), "moto server did not start"
+    with moto_server(unauthenticated_calls=5) as endpoint:
         kw = {"endpoint_url": endpoint, "region_name": "us-east-1",
               "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
         iam = boto3.client("iam", **kw)
@@ -220,9 +205,6 @@ def s3() -> Iterator[dict[str, str]]:
         s3c.put_object(Bucket="models", Key="iris/v1/model file.skops", Body=PAYLOAD)
         yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
                "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_s3_signed_download(s3: dict[str, str], tmp_path: Path,

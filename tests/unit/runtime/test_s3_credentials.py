@@ -36,8 +36,9 @@ from kustos.governance import tls
 from kustos.runtime import aws_credentials as ac
 from kustos.runtime import fetch as f
 from kustos.runtime import s3
+from motoserver import moto_server
 
-from .conftest import free_port, wait_for
+from .conftest import free_port
 
 PAYLOAD = os.urandom(3000)
 EU_PAYLOAD = os.urandom(2000)
@@ -77,21 +78,7 @@ class Moto:
 def moto() -> Iterator[Moto]:
     import boto3
 
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        def up() -> bool:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                return True
-            except OSError:
-                return False
-
-        assert wait_for(up, 30, 0.1), "moto server did not start"
+    with moto_server(unauthenticated_calls=SETUP_CALLS) as endpoint:
         kw: dict[str, Any] = {"endpoint_url": endpoint, "region_name": "us-east-1",
                               "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
         iam = boto3.client("iam", **kw)
@@ -114,9 +101,6 @@ def moto() -> Iterator[Moto]:
                                      "aws_secret_access_key": user["AWS_SECRET_ACCESS_KEY"]})
         temp = sts.assume_role(RoleArn=ROLE_ARN, RoleSessionName="metadata")["Credentials"]
         yield Moto(endpoint, user, temp)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 # --------------------------------------------------------------------- loopback servers
