@@ -82,15 +82,13 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    from kustos.governance.inventory import _current_namespace
+    from kustos.governance.inventory import get_model_deployment
     from kustos.k8s import client
 
-    namespace = args.namespace or _current_namespace()
+    namespace = args.namespace
     try:
-        md = client.get(KIND, args.name, namespace)
+        namespace, md = get_model_deployment("kustos rollout", args.name, namespace)
         if md is None:
-            print(f"kustos rollout: ModelDeployment {namespace}/{args.name} not found",
-                  file=sys.stderr)
             return 1
         if args.command == "status":
             print(describe(md))

@@ -74,6 +74,20 @@ def _current_namespace() -> str:
         return "default"
 
 
+def get_model_deployment(prog: str, name: str,
+                         namespace: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The namespace (``namespace`` or the kubeconfig context's) and the ModelDeployment
+    ``name`` in it; None, said on stderr as ``prog``, when it does not exist. Raises
+    kustos.k8s.client.ApiError."""
+    from kustos.k8s import client
+
+    namespace = namespace or _current_namespace()
+    md = client.get("ModelDeployment", name, namespace)
+    if md is None:
+        print(f"{prog}: ModelDeployment {namespace}/{name} not found", file=sys.stderr)
+    return namespace, md
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="kustos status", description=__doc__.splitlines()[0])
     scope = p.add_mutually_exclusive_group()
