@@ -24,7 +24,6 @@ per logged prediction, measured apart (HTTP, and Kafka when there is a broker).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -46,33 +45,9 @@ MODES = {"without": [], "with": ["--payload-log-sample", "1"],
 
 def run_sink(port: int) -> None:
     """A CloudEvents sink that reads each POST and answers 200 (no parsing beyond framing)."""
+    from bench_sink import serve_canned
 
-    class Sink(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.buf = b""
-
-        def data_received(self, data: bytes) -> None:
-            self.buf += data
-            out = []
-            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
-                head = self.buf[:end].lower()
-                i = head.find(b"content-length:")
-                length = int(head[i + 15:].split(b"\r\n", 1)[0]) if i >= 0 else 0
-                if len(self.buf) < end + 4 + length:
-                    break
-                self.buf = self.buf[end + 4 + length:]
-                out.append(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            if out:
-                self.transport.write(b"".join(out))
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Sink, "127.0.0.1", port)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_canned(port, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
 
 
 def cpu_seconds(pid: int) -> float:

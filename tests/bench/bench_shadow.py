@@ -46,37 +46,11 @@ def run_sink(port: int, answer_file: str) -> None:
     """A stand-in candidate that answers every request with one canned prediction (the
     real candidate's answer to the benchmark's row), at almost no CPU: what the stable's
     mirroring costs, apart from the load a real candidate adds to this 2-core machine."""
-    import asyncio
+    from bench_sink import serve_canned
 
     body = Path(answer_file).read_bytes()
-    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-              b"content-length: %d\r\n\r\n%s" % (len(body), body))
-
-    class Sink(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.buf = b""
-
-        def data_received(self, data: bytes) -> None:
-            self.buf += data
-            out = []
-            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
-                head = self.buf[:end].lower()
-                i = head.find(b"content-length:")
-                length = int(head[i + 15:].split(b"\r\n", 1)[0]) if i >= 0 else 0
-                if len(self.buf) < end + 4 + length:
-                    break
-                self.buf = self.buf[end + 4 + length:]
-                out.append(answer)
-            if out:
-                self.transport.write(b"".join(out))
-
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", port)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_canned(port, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                       b"content-length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def cpu_seconds(pid: int) -> float:
