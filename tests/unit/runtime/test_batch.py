@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,17 +184,27 @@ def test_runner_in_process_matches_the_serving_prediction(data: Data, tmp_path: 
     assert [int(r["predict"]) for r in rows[:100]] == served["predict"].tolist()
 
 
-def test_an_error_of_the_writer_thread_reaches_the_caller(data: Data, tmp_path: Path) -> None:
+def test_an_error_of_the_writer_thread_reaches_the_caller(
+        data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk is encoded and written in the writer thread: its error ends the run, and a
     chunk whose part was not written is neither reported nor left behind."""
     model = load_model(data.model, "bc")
     seen: list[int] = []
+    encoded_in: list[str] = []
+    encode = sink.encode
+
+    def encode_recorded(*args: Any) -> Any:
+        encoded_in.append(threading.current_thread().name)
+        return encode(*args)
+
+    monkeypatch.setattr(sink, "encode", encode_recorded)
     job = runner.Job(input=data.jsonl, input_format="jsonl", output=tmp_path / "o",
                      output_format="parquet", chunk_size=100, shard=0, shards=1,
                      id_field="id", id_column="predict")
     with pytest.raises(sink.OutputError, match="both the id and a prediction"):
         runner.run(job, model, lambda r, k: seen.append(k))
     assert seen == []
+    assert [n.split("_")[0] for n in encoded_in] == ["batch-writer"]
     assert not list((tmp_path / "o").glob("*part-*"))
 
 
