@@ -116,8 +116,9 @@ def chain_for(settings: dict[str, str], ca_bundle: str | None,
         return chain
 
 
-def open_object(bucket: str, key: str, uri: str, timeout: float,
-                credentials_dir: str | None, ca_bundle: str | None = None) -> _Stream:
+def _session(uri: str, credentials_dir: str | None, ca_bundle: str | None
+             ) -> tuple[Credentials, ssl.SSLContext | None, str, str | None]:
+    """Credentials, TLS context, region and endpoint override for one request on ``uri``."""
     settings = load_settings(credentials_dir=credentials_dir)
     bundle = ca_bundle or settings.get("AWS_CA_BUNDLE")
     try:
@@ -127,6 +128,12 @@ def open_object(bucket: str, key: str, uri: str, timeout: float,
         raise FetchError(f"no credentials for {uri}: {exc}", transient=exc.transient) from None
     region = region_of(settings) or DEFAULT_REGION
     endpoint = settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL")
+    return creds, context, region, endpoint
+
+
+def open_object(bucket: str, key: str, uri: str, timeout: float,
+                credentials_dir: str | None, ca_bundle: str | None = None) -> _Stream:
+    creds, context, region, endpoint = _session(uri, credentials_dir, ca_bundle)
 
     def get(in_region: str) -> _Stream:
         url = s3_url(bucket, key, in_region, endpoint)
@@ -156,15 +163,7 @@ def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float =
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if parts.scheme != "s3" or not bucket or not key:
         raise FetchError(f"s3 URI must be s3://bucket/key, got {uri!r}")
-    settings = load_settings(credentials_dir=credentials_dir)
-    bundle = ca_bundle or settings.get("AWS_CA_BUNDLE")
-    try:
-        context = ssl_context(bundle) if bundle else None
-        creds = chain_for(settings, bundle, context).get()
-    except CredentialsError as exc:
-        raise FetchError(f"no credentials for {uri}: {exc}", transient=exc.transient) from None
-    region = region_of(settings) or DEFAULT_REGION
-    endpoint = settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL")
+    creds, context, region, endpoint = _session(uri, credentials_dir, ca_bundle)
 
     def send(in_region: str) -> tuple[int, bytes]:
         url = s3_url(bucket, key, in_region, endpoint)
