@@ -117,7 +117,7 @@ def chain_for(settings: dict[str, str], ca_bundle: str | None,
 
 
 def _session(uri: str, credentials_dir: str | None, ca_bundle: str | None
-             ) -> tuple[Credentials, ssl.SSLContext | None, str, str | None]:
+             ) -> tuple[Credentials | None, ssl.SSLContext | None, str, str | None]:
     """Credentials, TLS context, region and endpoint override for one request on ``uri``."""
     settings = load_settings(credentials_dir=credentials_dir)
     bundle = ca_bundle or settings.get("AWS_CA_BUNDLE")
