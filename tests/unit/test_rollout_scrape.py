@@ -4,18 +4,11 @@ parsed into prediction counters, and windowed between two scrapes."""
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from unit_support import wait_for
+from test_rollout_shadow_gate import post, serve
 
 from kustos.controllers.rollout import _get
 from kustos.rollout import window
@@ -32,36 +25,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     x, y = load_iris(return_X_y=True)
     path = Path(tmp_path_factory.mktemp("rollout")) / "model.skops"
     path.write_bytes(skops.io.dumps(LogisticRegression(max_iter=500).fit(x, y)))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kustos.cli", "serve", "--model", str(path),
-                             "--name", "iris", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            return True
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            return post(port, "/v2/health/ready", None, "GET")[0] == 200
-        return False
-    try:
-        assert wait_for(ready, 60, 0.1) and proc.poll() is None, "kustos serve did not start"
+    with serve(path) as port:
         yield port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=10)
-
-
-def post(port: int, path: str, body: object, method: str = "POST") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body),
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def infer(port: int, rows: list[list[float]]) -> int:
