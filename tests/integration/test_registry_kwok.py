@@ -29,12 +29,7 @@ def mlflow() -> Iterator[MlflowServer]:
 @pytest.fixture(scope="module")
 def versions(mlflow: MlflowServer) -> list[dict[str, Any]]:
     """Two pickled versions with their kustos.dev/sha256 tags, alias champion -> v1."""
-    out = [mlflow.register(NAME, c=1.0, alias="champion"), mlflow.register(NAME, c=0.02)]
-    for v in out:
-        mlflow.rest("model-versions/set-tag", {"name": NAME, "version": v["version"],
-                                               "key": "kustos.dev/sha256",
-                                               "value": f"sha256:{v['sha256']}"})
-    return out
+    return mlflow.register_champion_pair(NAME)
 
 
 def registry_md(name: str, namespace: str, uri: str, url: str) -> dict[str, Any]:

@@ -134,6 +134,16 @@ class MlflowServer:
         answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
         return answer
 
+    def register_champion_pair(self, name: str) -> list[dict[str, Any]]:
+        """Two pickled versions of ``name`` with their kustos.dev/sha256 tags, alias
+        champion -> v1 (C=1.0; v2 has C=0.02)."""
+        out = [self.register(name, c=1.0, alias="champion"), self.register(name, c=0.02)]
+        for v in out:
+            self.rest("model-versions/set-tag", {"name": name, "version": v["version"],
+                                                 "key": "kustos.dev/sha256",
+                                                 "value": f"sha256:{v['sha256']}"})
+        return out
+
 
 @contextmanager
 def mlflow_server(s3_endpoint: str, *, basic_auth: bool = False) -> Iterator[MlflowServer]:
