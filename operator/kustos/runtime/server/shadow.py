@@ -20,7 +20,6 @@ import logging
 import math
 import random
 import socket
-import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import orjson
 
 from kustos.runtime.server import metrics as m
-from kustos.runtime.server.sender import BoundedSender, SendError, check_url
+from kustos.runtime.server.sender import BoundedSender, SendError, check_url, connect
 
 log = logging.getLogger("kustos.serve")
 
@@ -87,11 +86,7 @@ class PipelinedClient:
                          body))
 
     def _connect(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
-        return sock
+        return connect(self.host, self.port, self.timeout, self.tls)
 
     def send(self, requests: list[bytes]) -> list[Answer | None]:
         """Write all ``requests`` at once, then read their answers in order. A kept-alive
