@@ -223,3 +223,27 @@ def test_flatten_names_probability_columns_by_class() -> None:
     assert text.splitlines() == ["id,predict,predict_proba_no,predict_proba_yes",
                                  "a,1,0.2,0.8", "b,0,0.9,0.1"]
 
+
+
+def test_s3_output_tries_a_transient_error_four_times_with_backoff() -> None:
+    """docs/batch.md: transient S3 errors are tried 4 times in all, 0.5, 1 and 2 s apart;
+    any other error is raised at once."""
+    from kustos.runtime.fetch import FetchError
+
+    slept: list[float] = []
+    calls: list[int] = []
+
+    def failing(transient: bool) -> Any:
+        def call() -> None:
+            calls.append(1)
+            raise FetchError("boom", transient=transient)
+        return call
+
+    with pytest.raises(FetchError):
+        sink._retried(failing(True), slept.append)
+    assert (len(calls), slept) == (4, [0.5, 1.0, 2.0])
+    calls.clear()
+    slept.clear()
+    with pytest.raises(FetchError):
+        sink._retried(failing(False), slept.append)
+    assert (len(calls), slept) == (1, [])
