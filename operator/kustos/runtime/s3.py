@@ -28,7 +28,7 @@ from .aws_credentials import (
     region_of,
     ssl_context,
 )
-from .fetch import FetchError, HTTPStatusError, _http_open, _Stream
+from .fetch import FetchError, HTTPStatusError, _http_open, _Stream, _xml_field
 
 DEFAULT_REGION = "us-east-1"
 REDIRECT_STATUSES = (301, 307, 400)
@@ -192,8 +192,8 @@ def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float =
             conn.close()
         if resp.status in (200, 404):
             return resp.status, data
-        code = _xml_text(data, "Code")
-        moved = resp.getheader("x-amz-bucket-region") or _xml_text(data, "Region") or None
+        code = _xml_field(data, "Code")
+        moved = resp.getheader("x-amz-bucket-region") or _xml_field(data, "Region") or None
         what = f"HTTP {resp.status}" + (f" {code}" if code else "")
         raise HTTPStatusError(f"{what} on {method} {uri}", status=resp.status, code=code,
                               region=moved,
@@ -206,10 +206,3 @@ def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float =
             raise
         moved = exc.region
     return send(moved)  # once, as for GetObject
-
-
-def _xml_text(body: bytes, tag: str) -> str:
-    start, end = f"<{tag}>".encode(), f"</{tag}>".encode()
-    if start not in body:
-        return ""
-    return body.split(start, 1)[1].split(end, 1)[0].decode("utf-8", "replace")[:64]
