@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(REPO / "operator"))
     from bench_serving import LUA, Server, free_port, loadavg, parse_wrk, pinned, run_wrk
+    from bench_sink import wait_for_sink
     from train_model import save, train
 
     from kustos.runtime.server.payload_log_config import PayloadLogConfig
@@ -238,14 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         sink = Server("sink", ["nice", "-n", str(args.sink_nice), *sink_argv],
                       {}, sink_port, "/", work / "sink.log", work)
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(urllib.request.Request(
-                        f"http://127.0.0.1:{sink_port}/", data=b"x"), timeout=2).read()
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_for_sink(sink_port)
             order = list(modes)
             for rnd in range(args.rounds):
                 for mode in order[rnd % len(order):] + order[:rnd % len(order)]:

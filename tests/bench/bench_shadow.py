@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "tests" / "runtimes"))
     sys.path.insert(0, str(REPO / "tests"))
     from bench_serving import LUA, Server, loadavg, parse_wrk, pinned, run_wrk
+    from bench_sink import wait_for_sink
     from train_model import save, train
 
     from ports import free_port
@@ -190,14 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 "1", [sys.executable, __file__, "--sink", str(sport),
                       str(work / "answer.json")])], dict(os.environ), sport, "/",
                 work / "sink.log", work))
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(urllib.request.Request(
-                        f"http://127.0.0.1:{sport}/", data=b"x"), timeout=2).read()
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_for_sink(sport)
             stable: dict[str, Server] = {}
             for mode in modes:
                 port = free_port()

@@ -37,3 +37,18 @@ def serve_canned(port: int, answer: bytes) -> None:
             await server.serve_forever()
 
     asyncio.run(main())
+
+
+def wait_for_sink(port: int, timeout: float = 30.0) -> None:
+    """Until the sink on 127.0.0.1:``port`` answers a POST (or ``timeout`` seconds pass)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/", data=b"x"), timeout=2).read()
+            break
+        except OSError:
+            time.sleep(0.2)
