@@ -126,7 +126,7 @@ def _list_s3(bucket: str, key: str, source: BulkSource) -> list[Found]:
         headers = s3.sigv4_headers("GET", url, creds, region)
         status, body = _get(url, headers, context, bool(endpoint))
         if status != 200:
-            code = _xml_text(body, "Code") or f"HTTP {status}"
+            code = aws._xml_text(body, "Code") or f"HTTP {status}"
             raise BulkError(f"{source.uri}: listing failed: {code}")
         root = ET.fromstring(body)
         for item in root.iter():
@@ -139,8 +139,8 @@ def _list_s3(bucket: str, key: str, source: BulkSource) -> list[Found]:
             if (whole and _matches(name, source)) or (not whole and name == key):
                 out.append(Found(f"s3://{bucket}/{name}", int(_child(item, "Size") or 0),
                                  (_child(item, "ETag") or "").strip('"')))
-        token = _xml_text(body, "NextContinuationToken")
-        if _xml_text(body, "IsTruncated") != "true" or not token:
+        token = aws._xml_text(body, "NextContinuationToken")
+        if aws._xml_text(body, "IsTruncated") != "true" or not token:
             break
     if not out and not source.uri.endswith("/"):
         raise BulkError(f"{source.uri}: no such object")
@@ -151,17 +151,6 @@ def _child(item: ET.Element, name: str) -> str | None:
     for c in item:
         if c.tag.endswith(name):
             return c.text
-    return None
-
-
-def _xml_text(body: bytes, tag: str) -> str | None:
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return None
-    for el in root.iter():
-        if el.tag.endswith(tag) and el.tag.split("}")[-1] == tag:
-            return el.text
     return None
 
 
