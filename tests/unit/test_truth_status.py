@@ -240,3 +240,14 @@ def test_neither_reference_nor_ground_truth_is_not_ready() -> None:
     del body["spec"]["groundTruth"]
     r = sdm.compute(body, WIRED, [], NOW)
     assert cond(r.status, "Ready")["reason"] == "NothingToMonitor"
+
+
+def test_status_holds_at_most_32_versions_and_64_violations() -> None:
+    """docs/ground-truth.md, Limits: at most 32 versions and 64 violations in the status."""
+    from kustos.status import truth as st
+
+    rep = {"versions": {f"v{i:03d}": {"count": 1} for i in range(40)},
+           "violations": [{**low(0.5), "version": f"v{i:03d}"} for i in range(70)]}
+    gt = st.summary(rep)
+    assert len(gt["versions"]) == st.MAX_VERSIONS == 32
+    assert len(gt["violations"]) == st.MAX_VIOLATIONS == 64
