@@ -233,7 +233,7 @@ def compute(body: Mapping[str, Any], spec: DriftMonitorSpec, c: Conditions,
     create_job = None
     last = dict(old_gt.get("lastDegraded") or {})
     if now_bad:
-        keys = [f"{v['version']}/{v['metric']}" for v in (perf + fair)][:64]
+        keys = [f"{v['version']}/{v['metric']}" for v in (perf + fair)][:MAX_VIOLATIONS]
         if not was_bad:
             at = timestamp(now)
             last = {"at": at, "violations": keys, "job": None}
@@ -253,7 +253,8 @@ def compute(body: Mapping[str, Any], spec: DriftMonitorSpec, c: Conditions,
                     create_job = job_name(meta["name"], meta.get("uid", ""), f"truth/{at}")
                     last["job"] = create_job
         else:
-            last["violations"] = sorted(set(last.get("violations") or []) | set(keys))[:64]
+            seen = set(last.get("violations") or []) | set(keys)
+            last["violations"] = sorted(seen)[:MAX_VIOLATIONS]
     if last:
         gsum["lastDegraded"] = last
     return TruthResult(gsum, ready, failure, notices, create_job)
