@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from kustos.api.v1alpha1.common import duration_seconds as duration_seconds
 from kustos.api.v1alpha1.modeldeployment import ModelSource
 
 from .attachments import Attachments
@@ -16,17 +16,6 @@ from .modeldeployment import PVC_MOUNT, security_context
 EXPLAIN_PORT = 8090
 DRIFT_PORT = 8091
 SCRATCH = "/tmp"
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration_seconds(text: str) -> float:
-    """A Duration ("1h30m", "10m", "500ms") in seconds."""
-    total = 0.0
-    for number, unit in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text):
-        total += float(number) * _UNITS[unit]
-    return total
-
 
 def target_name(resource: Mapping[str, Any]) -> str:
     return str(((resource.get("spec") or {}).get("targetRef") or {}).get("name", ""))

@@ -4,12 +4,12 @@ status.rollout and the Event to post."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from kustos.api.v1alpha1.common import duration_seconds
 from kustos.api.v1alpha1.rollout import RolloutSpec
 from kustos.status.conditions import Notice
 
@@ -17,12 +17,7 @@ from .gates import Verdict
 
 ACTIVE = ("Shadow", "Canary", "Paused")
 ACTIONS = ("pause", "resume", "promote", "abort")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def seconds(duration: str) -> float:
-    """A Duration (e.g. 1m30s, 500ms) in seconds."""
-    return sum(float(n) * _UNITS[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", duration))
+seconds = duration_seconds  # what the rollout's durations are read with
 
 
 def model_ref(model: Any) -> dict[str, str]:

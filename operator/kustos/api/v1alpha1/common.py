@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,13 @@ DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 Digest = Annotated[str, Field(pattern=DIGEST_PATTERN, max_length=71)]
 Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048)]
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """A Duration ("1h30m", "10m", "500ms") in seconds (the schema checked its form)."""
+    return sum(float(n) * _UNITS[u]
+               for n, u in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text))
 
 
 class KModel(BaseModel):
