@@ -6,10 +6,8 @@ import contextlib
 import hashlib
 import http.client
 import os
-import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 import orjson
 
 from ports import free_port
+from procs import stop, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,17 +42,6 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
     ctype = resp.getheader("content-type") or ""
     return resp.status, orjson.loads(data) if "json" in ctype else data.decode()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 def payload(x: np.ndarray, model: str = "m") -> bytes:
@@ -127,13 +115,7 @@ class Sidecar:
         return self.log.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc, 15)
 
 
 @contextlib.contextmanager

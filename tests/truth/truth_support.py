@@ -6,11 +6,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import orjson
 
 from motoserver import moto_server
 from ports import free_port
+from procs import stop, wait_for
 
 KUSTOS = str(Path(sys.executable).parent / "kustos")
 
@@ -41,15 +40,6 @@ def post(port: int, path: str, doc: Any, headers: dict[str, str] | None = None
          ) -> tuple[int, Any]:
     return request(port, "POST", path, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
                    headers)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -89,14 +79,7 @@ class Proc:
         assert wait_for(up, timeout), f"not ready in {timeout}s:\n{self.logs()}"
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop(self.proc, 20)
 
 
 def truth(workdir: Path, config: Path, data_dir: Path, env: dict[str, str] | None = None
