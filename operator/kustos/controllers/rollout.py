@@ -44,6 +44,7 @@ from kustos.status.rollout import ANALYSIS
 
 from .context import config
 from .modeldeployment import models, rerender
+from .sidecars import ready_ip
 from .workloop import Entry, ObjectKey, WorkLoop, live_object, start_in_memo, stop_in_memo
 
 log = logging.getLogger(__name__)
@@ -240,12 +241,9 @@ def scrape(body: Mapping[str, Any], spec: ModelDeploymentSpec) -> dict[str, dict
     for track in ("stable", "canary"):
         for pod in client.list_objects("Pod", meta["namespace"], {
                 INSTANCE: meta["name"], COMPONENT: "predictor", TRACK: track}):
-            st = pod.get("status") or {}
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in st.get("conditions") or [])
-            if ready and st.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
-                targets.append((track, pod["metadata"]["name"],
-                                f"{scheme}://{st['podIP']}:{port}{path}"))
+            ip = ready_ip(pod)
+            if ip:
+                targets.append((track, pod["metadata"]["name"], f"{scheme}://{ip}:{port}{path}"))
     out: dict[str, dict[str, Sample]] = {"stable": {}, "canary": {}}
     if not targets:
         return out

@@ -230,17 +230,25 @@ def _deleted(kind: str, body: Mapping[str, Any], state: Models) -> None:
         log.warning("refresh after deleting %s %s failed: %s", kind, meta["name"], err)
 
 
+def ready_ip(pod: Mapping[str, Any]) -> str | None:
+    """The pod's IP while it is Ready and not being deleted (what may be asked now)."""
+    st = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in st.get("conditions") or [])
+    if ready and st.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
+        return str(st["podIP"])
+    return None
+
+
 def ready_pods(md_name: str, namespace: str, container: str) -> list[tuple[str, str]]:
     """(pod name, pod IP) of the target's Ready pods that run ``container``."""
     pods = client.list_objects("Pod", namespace, {INSTANCE: md_name, COMPONENT: "predictor"})
     out = []
     for pod in pods:
-        st = pod.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in st.get("conditions") or [])
+        ip = ready_ip(pod)
         has = any(c.get("name") == container for c in pod["spec"].get("containers") or [])
-        if ready and has and st.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
-            out.append((pod["metadata"]["name"], str(st["podIP"])))
+        if ip and has:
+            out.append((pod["metadata"]["name"], ip))
     return sorted(out)
 
 
