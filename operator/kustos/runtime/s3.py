@@ -116,19 +116,26 @@ def chain_for(settings: dict[str, str], ca_bundle: str | None,
         return chain
 
 
-def _session(uri: str, credentials_dir: str | None, ca_bundle: str | None
-             ) -> tuple[Credentials | None, ssl.SSLContext | None, str, str | None]:
-    """Credentials, TLS context, region and endpoint override for one request on ``uri``."""
+def session(credentials_dir: str | None = None, ca_bundle: str | None = None
+            ) -> tuple[Credentials | None, ssl.SSLContext | None, str, str | None]:
+    """Credentials, TLS context, region and endpoint override from the settings; raises
+    CredentialsError."""
     settings = load_settings(credentials_dir=credentials_dir)
     bundle = ca_bundle or settings.get("AWS_CA_BUNDLE")
-    try:
-        context = ssl_context(bundle) if bundle else None
-        creds = chain_for(settings, bundle, context).get()
-    except CredentialsError as exc:
-        raise FetchError(f"no credentials for {uri}: {exc}", transient=exc.transient) from None
+    context = ssl_context(bundle) if bundle else None
+    creds = chain_for(settings, bundle, context).get()
     region = region_of(settings) or DEFAULT_REGION
     endpoint = settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL")
     return creds, context, region, endpoint
+
+
+def _session(uri: str, credentials_dir: str | None, ca_bundle: str | None
+             ) -> tuple[Credentials | None, ssl.SSLContext | None, str, str | None]:
+    """:func:`session` for one request on ``uri``: no credentials is a FetchError."""
+    try:
+        return session(credentials_dir, ca_bundle)
+    except CredentialsError as exc:
+        raise FetchError(f"no credentials for {uri}: {exc}", transient=exc.transient) from None
 
 
 def open_object(bucket: str, key: str, uri: str, timeout: float,

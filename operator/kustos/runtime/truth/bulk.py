@@ -93,25 +93,12 @@ def _list_local(path: str, source: BulkSource) -> list[Found]:
     return out
 
 
-def _s3_settings() -> tuple[dict[str, str], Any, Any, str, str | None]:
-    from kustos.runtime import aws_credentials as aws
-    from kustos.runtime import s3
-
-    settings = aws.load_settings()
-    bundle = settings.get("AWS_CA_BUNDLE")
-    context = aws.ssl_context(bundle) if bundle else None
-    creds = s3.chain_for(settings, bundle, context).get()
-    region = aws.region_of(settings) or s3.DEFAULT_REGION
-    endpoint = settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL")
-    return settings, creds, context, region, endpoint
-
-
 def _list_s3(bucket: str, key: str, source: BulkSource) -> list[Found]:
     from kustos.runtime import aws_credentials as aws
     from kustos.runtime import s3
 
     try:
-        _, creds, context, region, endpoint = _s3_settings()
+        creds, context, region, endpoint = s3.session()
     except aws.CredentialsError as exc:
         raise BulkError(f"{source.uri}: no credentials: {exc}") from None
     prefix = key  # one object: its own key as the prefix, then the exact match
