@@ -1,1 +1,0 @@
-"""Tests of the registry parts against real processes on loopback."""

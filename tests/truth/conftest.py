@@ -1,1 +1,0 @@
-"""Tests of the truth parts against real processes on loopback."""
