@@ -287,5 +287,23 @@ def wait_degraded(kube: Kube, name: str, namespace: str, reason: str,
     return result
 
 
+def rolled_out(kube: Kube, name: str, namespace: str, timeout: float = 300) -> None:
+    """Wait until the Deployment's latest template is all there is: every replica updated
+    and available, and the Service routing to exactly the live pods (a Ready
+    ModelDeployment may still be replacing pods, e.g. after a DriftMonitor added a flag)."""
+    def done() -> bool:
+        d = kube.get("deployment", name, namespace)
+        if d is None:
+            return False
+        st, want = d.get("status") or {}, int(d["spec"].get("replicas", 1))
+        if not (st.get("observedGeneration", 0) >= d["metadata"]["generation"]
+                and st.get("updatedReplicas") == st.get("replicas") == want
+                and st.get("availableReplicas") == want):
+            return False
+        pods = {p["status"].get("podIP") for p in live_pods(kube, name, namespace)}
+        return len(pods) == want and set(ready_endpoints(kube, name, namespace)) == pods
+    wait_for(f"deployment/{name} rolled out", done, timeout=timeout, interval=1)
+
+
 def manifests(*docs: dict[str, Any]) -> str:
     return yaml.safe_dump_all(list(docs))

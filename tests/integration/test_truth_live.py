@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Kube, wait_for
-from realpods import IRIS_V1, ChartOperator, cluster_ip, local_predictions, real_model
+from realpods import (IRIS_V1, ChartOperator, cluster_ip, local_predictions, real_model,
+                      rolled_out)
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
@@ -114,10 +115,19 @@ def setup_model(kube: Kube, chart_operator: ChartOperator, store: dict[str, str]
                  and c["status"] == "True", timeout=300)
     except AssertionError as err:
         raise AssertionError(f"{err}\n{diagnose(kube, name, ns)}") from None
-    server = next(c for c in kube.get("deployment", name, ns)["spec"]["template"]["spec"][  # type: ignore[index]
-        "containers"] if c["name"] == "server")
-    i = server["args"].index("--truth-url")
-    assert server["args"][i + 1] == f"http://{name}-truth.{ns}.svc:8080"
+    # The model's pods are replaced once the monitor adds --truth-url; Ready stays True
+    # through that, so wait for the template with the flag to be all that serves.
+    def server_args() -> list[str] | None:
+        d = kube.get("deployment", name, ns)
+        args = next(c for c in d["spec"]["template"]["spec"]["containers"]  # type: ignore[index]
+                    if c["name"] == "server")["args"]
+        return args if "--truth-url" in args else None
+    args = wait_for(f"deployment/{name} with --truth-url", server_args, timeout=120)
+    assert args[args.index("--truth-url") + 1] == f"http://{name}-truth.{ns}.svc:8080"
+    try:
+        rolled_out(kube, name, ns)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{diagnose(kube, name, ns)}") from None
     return cluster_ip(kube, name, ns)
 
 
