@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Kube, wait_for
-from realpods import (IRIS_V1, ChartOperator, cluster_ip, local_predictions, real_model,
-                      rolled_out)
+from realpods import IRIS_V1, ChartOperator, cluster_ip, local_predictions, real_model, rolled_out
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
