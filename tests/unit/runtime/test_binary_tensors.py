@@ -307,6 +307,9 @@ def test_raw_bytes_layout() -> None:
     assert name == "BYTES"
     assert raw == b"\x02\0\0\0ab\0\0\0\0\x06\0\0\0h\xc3\xa9llo"
     assert decode_raw(raw, (3,), "BYTES", "t").tolist() == [b"ab", b"", "héllo".encode()]
+    # gRPC's raw_input_contents: UTF-8 elements become str, the others stay bytes.
+    _, mixed = encode_raw(np.array(["héllo", b"\xff"], dtype=object))
+    assert decode_raw(mixed, (2,), "BYTES", "t", text=True).tolist() == ["héllo", b"\xff"]
     with pytest.raises(ProtocolError, match="more BYTES"):
         decode_raw(raw + b"\0\0\0\0", (3,), "BYTES", "t")
     with pytest.raises(ProtocolError):

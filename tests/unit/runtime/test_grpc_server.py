@@ -293,13 +293,20 @@ def test_client_mistakes_get_a_clear_status_never_internal(server: Server, mutat
     assert words in exc.value.details()
 
 
-@pytest.mark.parametrize(("raw", "words"), [
-    (b"\0" * 95, "needs 96 raw bytes, got 95"),
-    (b"", "needs 96 raw bytes, got 0"),
+@pytest.mark.parametrize(("datatype", "raw", "words"), [
+    ("FP64", b"\0" * 95, "needs 96 raw bytes, got 95"),
+    ("FP64", b"", "needs 96 raw bytes, got 0"),
+    ("BOOL", b"\x02" * 12, "BOOL raw bytes must be 0 or 1"),
+    ("BYTES", b"\x05\0\0", "truncated length"),
+    ("BYTES", b"\x05\0\0\0ab", "claims 5 bytes, only 2 remain"),
+    ("BYTES", b"\x01\0\0\0a" * 11, "needs 12 BYTES elements, got 11"),
+    ("BYTES", b"\x01\0\0\0a" * 13, "more BYTES elements than shape [3, 4] holds"),
 ])
-def test_malformed_raw_tensors_are_invalid_argument(server: Server, raw: bytes,
+def test_malformed_raw_tensors_are_invalid_argument(server: Server, datatype: str, raw: bytes,
                                                     words: str) -> None:
-    tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP64", shape=[3, 4])
+    # The same decoder and messages as the REST binary extension (tensors.decode_raw).
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype=datatype,
+                                                   shape=[3, 4])
     request = pb.ModelInferRequest(model_name="iris", inputs=[tensor], raw_input_contents=[raw])
     with grpc.insecure_channel(server.target) as channel, \
             pytest.raises(grpc.RpcError) as exc:

@@ -1,15 +1,14 @@
 """Open Inference Protocol gRPC tensors <-> numpy: typed ``contents`` and raw bytes.
 
-Pure functions over the generated messages. Raw tensors are little-endian and row-major;
-a BYTES element is its length as a 4-byte little-endian integer followed by the bytes.
-FP16 has no typed field, so it travels raw only. Every refusal is a :class:`ProtocolError`
-(status 400), which the gRPC server answers with INVALID_ARGUMENT.
+Pure functions over the generated messages. Raw tensors are the REST binary extension's
+layout and decoded by the same function (:func:`tensors.decode_raw`). FP16 has no typed
+field, so it travels raw only. Every refusal is a :class:`ProtocolError` (status 400),
+which the gRPC server answers with INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,10 @@ from kustos.runtime.server.tensors import (
     Array,
     ProtocolError,
     datatype_of,
+    decode_raw,
     encode_raw,
+    object_array,
+    text_or_bytes,
 )
 
 # V2 datatype -> the field of InferTensorContents that carries it.
@@ -41,7 +43,6 @@ TYPED_FIELD = {
 _FIELDS = frozenset(TYPED_FIELD.values())
 # Types narrower than their field: the values must be range-checked before the cast.
 _NARROW = frozenset({"UINT8", "UINT16", "INT8", "INT16"})
-_LENGTH = struct.Struct("<I")
 
 
 def _shape(tensor: Any, where: str) -> tuple[int, ...]:
@@ -72,7 +73,7 @@ def decode_input(tensor: Any, raw: bytes | None, where: str) -> Array:
         if _has_contents(tensor):
             raise ProtocolError(f"{where}: data given both in 'contents' and in "
                                 "'raw_input_contents'")
-        return _decode_raw(raw, shape, count, datatype, dtype, where)
+        return decode_raw(raw, shape, datatype, where, text=True)
     field = TYPED_FIELD.get(datatype)
     if field is None:
         raise ProtocolError(f"{where}: {datatype} data must be sent in raw_input_contents")
@@ -81,7 +82,7 @@ def decode_input(tensor: Any, raw: bytes | None, where: str) -> Array:
         raise ProtocolError(f"{where}: shape {list(shape)} needs {count} elements, "
                             f"{field} has {len(values)}")
     if datatype == "BYTES":
-        return _objects([_text(v) for v in values], shape, where)
+        return object_array([text_or_bytes(v) for v in values], shape, where)
     if datatype in _NARROW:
         wide = np.array(values, dtype=np.int64)
         info = np.iinfo(dtype)
@@ -89,55 +90,6 @@ def decode_input(tensor: Any, raw: bytes | None, where: str) -> Array:
             raise ProtocolError(f"{where}: value out of range for {datatype}")
         return _reshape(wide.astype(dtype), shape, where)
     return _reshape(np.array(values, dtype=dtype), shape, where)
-
-
-def _decode_raw(raw: bytes, shape: tuple[int, ...], count: int, datatype: str,
-                dtype: np.dtype[Any], where: str) -> Array:
-    if datatype == "BYTES":
-        return _objects(split_bytes(raw, count, where), shape, where)
-    if len(raw) != count * dtype.itemsize:
-        raise ProtocolError(f"{where}: shape {list(shape)} of {datatype} needs "
-                            f"{count * dtype.itemsize} raw bytes, got {len(raw)}")
-    if datatype == "BOOL" and raw and max(raw) > 1:
-        raise ProtocolError(f"{where}: BOOL raw data must be bytes 0 or 1")
-    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-    return _reshape(arr.astype(dtype, copy=False), shape, where)
-
-
-def split_bytes(raw: bytes, count: int, where: str) -> list[Any]:
-    """Length-prefixed BYTES elements -> exactly ``count`` values (str when UTF-8)."""
-    out: list[Any] = []
-    pos, end = 0, len(raw)
-    view = memoryview(raw)
-    while pos < end:
-        if pos + 4 > end:
-            raise ProtocolError(f"{where}: truncated BYTES element length")
-        (size,) = _LENGTH.unpack_from(raw, pos)
-        pos += 4
-        if pos + size > end:
-            raise ProtocolError(f"{where}: BYTES element longer than the raw data")
-        out.append(_text(bytes(view[pos:pos + size])))
-        pos += size
-        if len(out) > count:
-            break
-    if len(out) != count:
-        raise ProtocolError(f"{where}: shape needs {count} BYTES elements, raw data holds "
-                            f"{'more' if len(out) > count else len(out)}")
-    return out
-
-
-def _text(value: bytes) -> Any:
-    # The REST protocol hands models str; keep that unless the bytes are not text.
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value
-
-
-def _objects(values: list[Any], shape: tuple[int, ...], where: str) -> Array:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return _reshape(arr, shape, where)
 
 
 def _reshape(arr: Array, shape: tuple[int, ...], where: str) -> Array:

@@ -139,7 +139,7 @@ def decode(data: Any, shape: tuple[int, ...], datatype: str, where: str) -> Arra
             raise ProtocolError(
                 f"{where}: shape {list(shape)} needs {expected} elements, data has {len(flat)}"
             )
-        return _objects(flat, shape, where)
+        return object_array(flat, shape, where)
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError):
@@ -223,22 +223,28 @@ def raw_size(arr: Array) -> int:
 
 
 def decode_raw(raw: bytes | memoryview, shape: tuple[int, ...], datatype: str,
-               where: str) -> Array:
-    """Raw tensor bytes -> numpy array of ``shape``/``datatype``; every size is checked."""
+               where: str, *, text: bool = False) -> Array:
+    """Raw tensor bytes -> numpy array of ``shape``/``datatype``; every size is checked.
+
+    The one decoder of the raw layout: the REST binary extension and gRPC's
+    ``raw_input_contents`` both call it. With ``text`` a BYTES element that is UTF-8
+    becomes ``str`` (gRPC hands models strings); without it every element stays ``bytes``.
+    """
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise ProtocolError(f"{where}: unknown datatype {datatype!r}")
     expected = math.prod(shape)
     if datatype == "BYTES":
-        return _decode_raw_bytes(raw, shape, expected, where)
+        return _decode_raw_bytes(raw, shape, expected, where, text)
     need = expected * dtype.itemsize
     if len(raw) != need:
         raise ProtocolError(
-            f"{where}: shape {list(shape)} of {datatype} needs {need} bytes, got {len(raw)}")
+            f"{where}: shape {list(shape)} of {datatype} needs {need} raw bytes, "
+            f"got {len(raw)}")
     arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
     # numpy would read any non-zero byte as True; the layout allows only 0 and 1.
     if dtype.kind == "b" and arr.size and arr.view(np.uint8).max() > 1:
-        raise ProtocolError(f"{where}: BOOL bytes must be 0 or 1")
+        raise ProtocolError(f"{where}: BOOL raw bytes must be 0 or 1")
     try:
         # A copy: the view into the body may be unaligned (the JSON header has any length)
         # and is read-only; native libraries get an aligned, owned array.
@@ -248,10 +254,10 @@ def decode_raw(raw: bytes | memoryview, shape: tuple[int, ...], datatype: str,
 
 
 def _decode_raw_bytes(raw: bytes | memoryview, shape: tuple[int, ...], expected: int,
-                      where: str) -> Array:
+                      where: str, text: bool) -> Array:
     view = memoryview(raw)
     total = len(view)
-    items: list[bytes] = []
+    items: list[Any] = []
     off = 0
     while off < total:
         if len(items) >= expected:
@@ -264,15 +270,24 @@ def _decode_raw_bytes(raw: bytes | memoryview, shape: tuple[int, ...], expected:
             raise ProtocolError(
                 f"{where}: BYTES element {len(items)} claims {size} bytes, "
                 f"only {total - off} remain")
-        items.append(bytes(view[off:off + size]))
+        item = bytes(view[off:off + size])
+        items.append(text_or_bytes(item) if text else item)
         off += size
     if len(items) != expected:
         raise ProtocolError(
             f"{where}: shape {list(shape)} needs {expected} BYTES elements, got {len(items)}")
-    return _objects(items, shape, where)
+    return object_array(items, shape, where)
 
 
-def _objects(items: list[Any], shape: tuple[int, ...], where: str) -> Array:
+def text_or_bytes(value: bytes) -> str | bytes:
+    """A BYTES element as str when it is UTF-8 (what JSON ``data`` hands models)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+def object_array(items: list[Any], shape: tuple[int, ...], where: str) -> Array:
     """BYTES elements (already counted against ``shape``) -> an object array of ``shape``."""
     arr = np.empty(len(items), dtype=object)
     arr[:] = items
