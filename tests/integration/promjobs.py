@@ -28,13 +28,15 @@ def label_key(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
-def podmonitor_jobs(kubeconfig: Path, namespace: str) -> list[dict[str, Any]]:
-    """The scrape jobs prometheus-operator generates from the PodMonitor we ship: one per
+def podmonitor_jobs(kubeconfig: Path, namespace: str,
+                    podmonitor: str = "podmonitor.yaml") -> list[dict[str, Any]]:
+    """The scrape jobs prometheus-operator generates from a PodMonitor we ship (the file
+    ``podmonitor`` of manifests/monitoring): one per
     podMetricsEndpoint, keeping pods with its matchLabels and the container port of that
     name, labelled namespace/pod/container/endpoint and job "<namespace>/<name>". Only
     ``namespace`` is discovered (the PodMonitor says any namespace; other tests' pods
     are not ours to scrape)."""
-    pm = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
+    pm = yaml.safe_load((MONITORING / podmonitor).read_text())
     name = pm["metadata"]["name"]
     keep = [{"action": "keep",
              "source_labels": [f"__meta_kubernetes_pod_label_{label_key(k)}",

@@ -12,8 +12,10 @@ Loaded as a pytest plugin by the test modules that use it (``pytest_plugins``).
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -177,6 +179,15 @@ def stored_model(uri: str) -> Any:
     bucket, key = uri.removeprefix("s3://").split("/", 1)
     blob = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     return skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
+
+
+def upload_model(key: str, model: Any) -> tuple[str, str]:
+    """A model trained by the test, saved with skops to the local store: (uri, digest)."""
+    import skops.io
+
+    blob = skops.io.dumps(model)
+    s3_client().put_object(Bucket="models", Key=key, Body=io.BytesIO(blob))
+    return f"s3://models/{key}", "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
 def local_predictions(uri: str, rows: list[list[float]]) -> list[int]:

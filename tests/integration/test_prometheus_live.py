@@ -11,6 +11,7 @@ Prometheus' own rule engine on the scraped series.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,9 @@ from realpods import (
     live_pods,
     post_json,
     real_model,
+    rolled_out,
+    upload_model,
+    v2_request,
 )
 
 # The first test also waits for the chart, the model pods and their sidecars.
@@ -114,6 +119,8 @@ def prometheus(kubeconfig: Path, chart_operator: ChartOperator,
                    "evaluation_interval": f"{SCRAPE_INTERVAL}s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [*podmonitor_jobs(kubeconfig, chart_operator.models_ns),
+                           *podmonitor_jobs(kubeconfig, chart_operator.models_ns,
+                                            "podmonitor-truth.yaml"),
                            operator_job(kubeconfig, chart_operator)],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -150,19 +157,27 @@ class Workload:
     bc_ip: str
     rows: list[list[float]]
     shifted: list[list[float]]
+    labels: list[int]  # the shifted rows' true classes
     sent: int = 0
 
     def traffic(self) -> None:
         """One round of what a dashboard shows: V2, V1 and Seldon predictions (shifted
-        rows, so the drift sidecar sees drift), a malformed request (4xx), an explanation."""
+        rows, so the drift sidecar sees drift), a malformed request (4xx), an explanation,
+        and the V2 rows' labels (with a `group` for the fairness slices)."""
         start = self.sent % len(self.shifted)
         rows = self.shifted[start:start + 20]
+        labels = self.labels[start:start + 20]
+        rid = f"w-{self.sent}"
         self.sent += len(rows)
         flat = [v for r in rows for v in r]
-        status, body = post_json(self.bc_ip, "/v2/models/bc/infer", {"inputs": [{
+        status, body = post_json(self.bc_ip, "/v2/models/bc/infer", {"id": rid, "inputs": [{
             "name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64",
             "data": flat}]})
         assert status == 200, body
+        status, body = post_json(self.bc_ip, "/v2/models/bc/feedback", {"labels": [
+            {"id": rid, "row": i, "label": label, "metadata": {"group": "ab"[i % 2]}}
+            for i, label in enumerate(labels)]})
+        assert 200 <= status < 300, body
         status, body = post_json(self.bc_ip, "/v1/models/bc:predict",
                                  {"instances": self.rows[:2]})
         assert status == 200, body
@@ -179,18 +194,27 @@ class Workload:
 @pytest.fixture(scope="module")
 def workload(chart_operator: ChartOperator, model_store: dict[str, str],
              prometheus: Prometheus) -> Iterator[Workload]:
-    """bc: a model with a working explainer and drift sidecar, served drifting traffic.
-    iris: an explainer whose background digest is wrong (explainer errors). nocreds: a
-    ModelDeployment whose credentials Secret is missing (reconcile errors). tampered: a
-    model whose fetch init container fails (a serving pod Prometheus cannot scrape)."""
+    """bc: a model with a working explainer and drift sidecar, served drifting traffic, and
+    a ground-truth monitor (with a fairness slice) fed labels. iris: an explainer whose
+    background digest is wrong (explainer errors). nocreds: a ModelDeployment whose
+    credentials Secret is missing (reconcile errors). tampered: a model whose fetch init
+    container fails (a serving pod Prometheus cannot scrape). ro: a gated rollout whose
+    candidate answers 500, rolled back at its first canary step."""
     from sklearn.datasets import load_breast_cancer
 
     kube, ns = chart_operator.kube, chart_operator.models_ns
     started = time.time()
+    # with a global report once, at start (the run-time panel)
+    bc = breast_cancer_with_sidecars("bc", ns, model_store,
+                                     **{"global": {"interval": "24h", "topK": 5}})
+    bc[2]["spec"]["groundTruth"] = {
+        "task": "classification", "window": "1h", "minSamples": 20,
+        # far from what the test's rows give: nothing pages for bc but the drift
+        "thresholds": {"minAccuracy": 0.05},
+        "fairness": {"sensitiveFeatures": [{"name": "group", "source": "label"}],
+                     "minSliceSize": 5, "maxAccuracyGap": 1.0}}
     docs: list[dict[str, Any]] = [
-        # with a global report once, at start (the run-time panel)
-        *breast_cancer_with_sidecars("bc", ns, model_store,
-                                     **{"global": {"interval": "24h", "topK": 5}}),
+        *bc,
         real_model("iris", ns, IRIS_V1, model_store[IRIS_V1], replicas=1),
         {"apiVersion": "kustos.dev/v1alpha1", "kind": "ExplainerSpec",
          "metadata": {"name": "iris", "namespace": ns},
@@ -215,14 +239,60 @@ def workload(chart_operator: ChartOperator, model_store: dict[str, str],
 
         wait_for("bc's server, explainer and drift containers ready", sidecars_running,
                  timeout=600, interval=2)
-        x = load_breast_cancer().data
+        wait_for("bc's ground-truth monitor Ready", lambda: (
+            d := kube.get("deployment", "bc-truth", ns))
+            and (d.get("status") or {}).get("readyReplicas") == 1, timeout=300)
+        rolled_out(kube, "bc", ns)
+        roll_back_a_candidate(chart_operator, model_store)
+        x, y = load_breast_cancer(return_X_y=True)
         shifted = x.copy()
         shifted[:, 0] += 3 * x[:, 0].std()
         yield Workload(ns, started, cluster_ip(kube, "bc", ns), x[:4].tolist(),
-                       shifted.tolist())
+                       shifted.tolist(), [int(v) for v in y])
     finally:
         kube.run("delete", "md,explainerspec,driftmonitor", "--all", "-n", ns,
                  "--wait=false", check=False)
+
+
+def roll_back_a_candidate(chart_operator: ChartOperator, store: dict[str, str]) -> None:
+    """ro: iris version 1, then a version 2 whose every answer is a 500 (complex class
+    labels it cannot encode) under a gated rollout; predictions through the Service until
+    the error-rate gate rolls it back (the operator's kustos_rollout_* series)."""
+    import numpy as np
+    from sklearn.datasets import load_iris
+    from sklearn.tree import DecisionTreeClassifier
+
+    kube, ns = chart_operator.kube, chart_operator.models_ns
+    x, y = load_iris(return_X_y=True)
+    bug = DecisionTreeClassifier(random_state=0).fit(x, y)
+    bug.classes_ = np.array([0j, 1j, 2j])
+    bug_uri, bug_digest = upload_model(f"prom-{uuid.uuid4().hex[:6]}/bug/model.skops", bug)
+    rollout = {"steps": [{"weight": 50, "duration": "10m"}],
+               "analysis": {"interval": "10s", "minSamples": 20, "onInconclusive": "wait",
+                            "maxInconclusive": "10m",
+                            "thresholds": {"maxErrorRateIncrease": 0.02}}}
+    md = real_model("ro", ns, IRIS_V1, store[IRIS_V1], replicas=2,
+                    rollout=rollout)
+    kube.apply(md)
+    wait_ready(kube, "ro", ns, timeout=300)
+
+    def phase() -> str | None:
+        got = kube.get("md", "ro", ns) or {}
+        return ((got.get("status") or {}).get("rollout") or {}).get("phase")
+
+    wait_for("ro's rollout Idle", lambda: phase() == "Idle", timeout=120)
+    md["spec"]["model"].update(version="2", uri=bug_uri, digest=bug_digest, format="sklearn")
+    kube.apply(md)
+    ip = cluster_ip(kube, "ro", ns)
+
+    def rolled_back() -> bool:
+        for row in x[::15].tolist():  # 10 rows a look, some to the candidate
+            with contextlib.suppress(OSError):
+                post_json(ip, "/v2/models/ro/infer", v2_request([row]))
+        return phase() == "RolledBack"
+
+    wait_for("ro's candidate rolled back on error rate", rolled_back, timeout=600,
+             interval=1)
 
 
 def grafana_expr(expr: str, namespace: str, since: float) -> str:
@@ -276,16 +346,9 @@ def test_prometheus_scrapes_every_port_the_podmonitor_names(
     assert ops and ops[0]["value"][1] == "1", ops
 
 
-# Series of features this module's workload does not run yet: a ground-truth monitor fed
-# with labels (kustos truth) and a gated rollout. Their rows are not yet checked against a
-# live Prometheus (the alerts on them are, by promtool, in tests/monitoring).
-NOT_IN_WORKLOAD = ("kustos_truth_", "kustos_fairness_", "kustos_rollout_")
-
-
 def test_every_dashboard_query_returns_data(prometheus: Prometheus, workload: Workload) -> None:
-    every = dashboard_queries()
-    queries = [(t, e) for t, e in every if not any(m in e for m in NOT_IN_WORKLOAD)]
-    assert len(queries) > 30 and len(every) - len(queries) <= 15, (len(queries), len(every))
+    queries = dashboard_queries()
+    assert len(queries) > 40, len(queries)
 
     def missing() -> list[str]:
         workload.traffic()

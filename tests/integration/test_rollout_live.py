@@ -15,8 +15,6 @@ counters, the operator's rollout controller)."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import threading
 import time
 import uuid
@@ -30,7 +28,7 @@ from realpods import (
     cluster_ip,
     post_json,
     real_model,
-    s3_client,
+    upload_model,
     v2_request,
 )
 
@@ -52,13 +50,6 @@ def _iris() -> tuple[Any, Any]:
     return x, y
 
 
-def _upload(key: str, model: Any) -> tuple[str, str]:
-    import skops.io
-
-    blob = skops.io.dumps(model)
-    s3_client().put_object(Bucket="models", Key=key, Body=io.BytesIO(blob))
-    return f"s3://models/{key}", "sha256:" + hashlib.sha256(blob).hexdigest()
-
 
 @pytest.fixture(scope="module")
 def models(chart_operator: ChartOperator) -> dict[str, tuple[str, str]]:
@@ -79,7 +70,7 @@ def models(chart_operator: ChartOperator) -> dict[str, tuple[str, str]]:
     assert 0.6 <= agree <= 0.75, agree  # ~30 % of the rows flipped, as the test says
     bug = DecisionTreeClassifier(random_state=0).fit(x, y)
     bug.classes_ = np.array([0j, 1j, 2j])  # loads, predicts, cannot be encoded: HTTP 500
-    return {role: _upload(f"rollout-{run}/{role}/model.skops", m)
+    return {role: upload_model(f"rollout-{run}/{role}/model.skops", m)
             for role, m in (("stable", stable), ("good", good), ("flip", flip), ("bug", bug))}
 
 
