@@ -49,7 +49,7 @@ from .workloop import Entry, ObjectKey, WorkLoop, live_object, start_in_memo, st
 
 log = logging.getLogger(__name__)
 KIND = "ModelDeployment"
-ACTION = "kustos.dev/rollout-action"
+ACTION = machine.ACTION_ANNOTATION
 TICK = 5.0
 SCRAPE_TIMEOUT = 5.0
 
@@ -133,13 +133,10 @@ def step(body: dict[str, Any], trackers: dict[str, Tracker], memo: Any) -> None:
     if is_registry_uri(spec.model.uri):
         return  # not resolved yet: no model to roll out
     st = dict(rollout_status(body))
-    action = (meta.get("annotations") or {}).get(ACTION)
-    if action is not None and action not in machine.ACTIONS:
-        events.post(body, "InvalidRolloutAction",
-                    f"{ACTION}: {action!r} is none of {', '.join(machine.ACTIONS)}",
-                    warning=True)
+    action, invalid = machine.manual_action(meta.get("annotations"))
+    if invalid is not None:
+        events.post(body, invalid.reason, invalid.message, warning=invalid.warning)
         _consume(body)
-        action = None
     verdict, analysis, failed = _analyse(body, spec, st, trackers)
     now = datetime.now(UTC)
     decided: list[machine.Step] = []

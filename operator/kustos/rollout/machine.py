@@ -16,7 +16,11 @@ from kustos.status.conditions import Notice
 from .gates import Verdict
 
 ACTIVE = ("Shadow", "Canary", "Paused")
+ACTION_ANNOTATION = "kustos.dev/rollout-action"
 ACTIONS = ("pause", "resume", "promote", "abort")
+# Characters of a bad annotation value repeated in the Event: enough to recognise a typo,
+# not a place to copy arbitrary text (an annotation may hold up to 256 KiB).
+SHOWN = 64
 seconds = duration_seconds  # what the rollout's durations are read with
 
 
@@ -35,6 +39,21 @@ def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     if not a or not b:
         return False
     return all(a.get(k) == b.get(k) for k in ("uri", "digest", "version"))
+
+
+def manual_action(annotations: Mapping[str, str] | None) -> tuple[str | None, Notice | None]:
+    """The action the annotation kustos.dev/rollout-action asks for (None: no annotation,
+    or a value that is none of ACTIONS), and for such a value the Warning Event to post.
+    The controller removes the annotation either way."""
+    if not annotations or ACTION_ANNOTATION not in annotations:
+        return None, None
+    value = str(annotations[ACTION_ANNOTATION])
+    if value in ACTIONS:
+        return value, None
+    shown = value if len(value) <= SHOWN else value[:SHOWN] + "..."
+    return None, Notice("InvalidRolloutAction",
+                        f"{ACTION_ANNOTATION}: {shown!r} is none of {', '.join(ACTIONS)}; "
+                        "removed", warning=True)
 
 
 @dataclass(frozen=True)
