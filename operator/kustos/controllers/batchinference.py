@@ -29,7 +29,8 @@ from pydantic import ValidationError
 from kustos.api.v1alpha1 import GROUP, VERSION
 from kustos.api.v1alpha1.batchinference import BatchInferenceSpec
 from kustos.api.v1alpha1.modeldeployment import ModelSource
-from kustos.governance.policy import applicable, evaluate, policies_from, summary
+from kustos.governance.namespace_policies import policies_for
+from kustos.governance.policy import evaluate, summary
 from kustos.k8s import client, events
 from kustos.k8s import status as k8s_status
 from kustos.k8s.client import ApiError
@@ -57,16 +58,6 @@ class Blocked(Exception):
     def __init__(self, blocked: status_bi.Blocked) -> None:
         super().__init__(f"{blocked.reason}: {blocked.message}")
         self.blocked = blocked
-
-
-def _deny_policies(namespace: str) -> list[Any]:
-    policies = policies_from(client.list_objects("GovernancePolicy"))
-    if not policies:
-        return []
-    ns = client.get("Namespace", namespace) or {}
-    labels = {"kubernetes.io/metadata.name": namespace,
-              **((ns.get("metadata") or {}).get("labels") or {})}
-    return [p for p in applicable(policies, labels) if p.enforcement != "Warn"]
 
 
 def resolve(body: Mapping[str, Any], spec: BatchInferenceSpec
@@ -107,7 +98,8 @@ def resolve(body: Mapping[str, Any], spec: BatchInferenceSpec
                        **({"governance": spec.governance.wire()} if spec.governance else {})}
         account = None
         name = body["metadata"]["name"]
-    found = evaluate(judged_spec, _deny_policies(namespace))
+    deny = [p for p in policies_for(namespace) if p.enforcement != "Warn"]
+    found = evaluate(judged_spec, deny)
     if found:
         what = f"ModelDeployment {name}" if spec.model_ref else "spec.model"
         raise Blocked(status_bi.Blocked("PolicyViolation", f"{what}: {summary(found)}"))

@@ -18,7 +18,8 @@ from kustos.k8s import client, events
 from kustos.k8s.client import ApiError
 from kustos.render.webhook import WEBHOOK_ID
 
-from .policy import Policy, Violation, applicable, evaluate, policies_from, summary
+from .namespace_policies import policies_for
+from .policy import Policy, Violation, evaluate, summary
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,6 @@ def admission_check(operation: str, spec: Mapping[str, Any] | None,
     return deny, warn
 
 
-def _policies_for(namespace: str) -> list[Policy]:
-    policies = policies_from(client.list_objects("GovernancePolicy"))
-    if not policies:
-        return []
-    ns = client.get("Namespace", namespace)
-    labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
-    # A namespace always carries its own name as a label (set by the API server).
-    labels = {"kubernetes.io/metadata.name": namespace, **labels}
-    return applicable(policies, labels)
-
-
 def _post_rejections(violations: list[Violation], namespace: str, name: str,
                      operation: str, user: str) -> None:
     """The object was never stored, so the audit Event goes on the policy instead."""
@@ -88,7 +78,7 @@ def validate_model_deployment(body: kopf.Body, dryrun: bool, userinfo: Mapping[s
     namespace = meta.get("namespace") or ""
     name = meta.get("name") or meta.get("generateName") or ""
     try:
-        policies = _policies_for(namespace)
+        policies = policies_for(namespace)
     except ApiError as err:
         # Fail closed, like failurePolicy Fail: an unreadable policy must not admit.
         raise kopf.AdmissionError(f"kustos cannot read the GovernancePolicies: {err.message}",
