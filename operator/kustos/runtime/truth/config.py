@@ -85,6 +85,13 @@ class TruthConfig:
     # Request halves waiting for their response event (and the reverse), in memory.
     max_pending: int = 10_000
 
+    @property
+    def reads_inputs(self) -> bool:
+        """Whether a sensitive feature comes from the requests: only then are the request
+        events' features read, held until the response and stored."""
+        return self.fairness is not None and any(f.source == "input"
+                                                 for f in self.fairness.features)
+
 
 def _number(doc: dict[str, Any], key: str, where: str, *, integer: bool = False,
             low: float | None = None, high: float | None = None) -> Any:

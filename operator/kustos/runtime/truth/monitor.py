@@ -4,11 +4,15 @@ Events arrive in pairs (request, response) with one inference id. The prediction
 stored when the response arrives; the request's features join it then (the request came
 first: held in memory, bounded by ``maxPending``, oldest dropped) or update it later
 (the request came second).
+
+Group commit: ``take`` parses an event into a batch, ``flush`` writes the batch in one
+transaction; the HTTP app answers the batch's events after the flush (app.py).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -44,6 +48,10 @@ class Monitor:
         self.metrics = metrics
         self._pending: collections.OrderedDict[str, list[dict[str, Any] | None]] = \
             collections.OrderedDict()
+        # Taken, not yet written (``flush``): predictions by inference id, and requests
+        # whose response may already be in the store.
+        self._batch: dict[str, list[Prediction]] = {}
+        self._batch_requests: dict[str, list[dict[str, Any] | None]] = {}
         self._status: dict[str, Any] = self._empty_status()
         self._status_lock = threading.Lock()
         self._wake = threading.Event()
@@ -59,18 +67,28 @@ class Monitor:
                 "bulk": []}
 
     # -- ingestion (the event loop)
-    def event(self, ev: parse.Event, now: float | None = None) -> int:
-        """Store one event; the rows it held."""
+    def take(self, ev: parse.Event, now: float | None = None) -> int:
+        """Parse one event into the batch ``flush`` writes; the rows it held."""
         now = time.time() if now is None else now
         cfg = self.cfg
         if ev.kind == "request":
+            if not cfg.reads_inputs:  # nothing reads the features: neither held nor stored
+                return parse.request_rows(ev.body)
             rows = parse.request_features(ev.body, cfg.feature_names)
-            updated = self.store.add_features(ev.id, rows)
-            if not updated:
-                self._pending[ev.id] = rows
-                self._pending.move_to_end(ev.id)
-                while len(self._pending) > cfg.max_pending:
-                    self._pending.popitem(last=False)
+            batched = self._batch.get(ev.id)
+            if batched is not None:  # its response came first, in this batch
+                if len(batched) == len(rows):
+                    self._batch[ev.id] = [p if p.features is not None else
+                                          dataclasses.replace(p, features=f)
+                                          for p, f in zip(batched, rows, strict=True)]
+                return len(rows)
+            # Held for the response to come; at the flush, a response already stored
+            # takes the features instead.
+            self._pending[ev.id] = rows
+            self._pending.move_to_end(ev.id)
+            self._batch_requests[ev.id] = rows
+            while len(self._pending) > cfg.max_pending:
+                self._pending.popitem(last=False)
             return len(rows)
         answers, body_version = parse.response_predictions(ev.body, cfg.task, cfg.classes,
                                                            cfg.model)
@@ -79,14 +97,33 @@ class Monitor:
             <= now + CLOCK_SKEW else now
         ts = min(ts, now)
         features: list[dict[str, Any] | None] | None = self._pending.pop(ev.id, None)
+        self._batch_requests.pop(ev.id, None)
         if features is not None and len(features) != len(answers):
             features = None  # not the same inference after all
-        preds = [Prediction(ev.id, i, version, ts, a.label, a.value, a.proba, a.classes,
-                            features[i] if features is not None else None)
-                 for i, a in enumerate(answers)]
-        for p, label_ts in self.store.add_predictions(preds):
+        # A prediction logged again replaces the earlier one, in the batch as in the store.
+        self._batch[ev.id] = [
+            Prediction(ev.id, i, version, ts, a.label, a.value, a.proba, a.classes,
+                       features[i] if features is not None else None)
+            for i, a in enumerate(answers)]
+        return len(answers)
+
+    def batched(self) -> int:
+        """Events taken and not yet written."""
+        return len(self._batch) + len(self._batch_requests)
+
+    def flush(self) -> None:
+        """Write the batch in one transaction. Raises what the store raises (the batch
+        is then dropped: the caller answers its events with an error)."""
+        if not self._batch and not self._batch_requests:
+            return
+        preds = [p for rows in self._batch.values() for p in rows]
+        requests = self._batch_requests
+        self._batch, self._batch_requests = {}, {}
+        joined, found = self.store.add_events(preds, requests)
+        for rid in found:  # the request came second: its features are stored now
+            self._pending.pop(rid, None)
+        for p, label_ts in joined:
             self.metrics.delay.observe(max(0.0, label_ts - p.ts))
-        return len(preds)
 
     def labels(self, items: Sequence[parse.LabelIn], source: str,
                now: float | None = None) -> int:
@@ -153,9 +190,7 @@ class Monitor:
         cfg, m = self.cfg, self.metrics
         self.store.expire(now)
         by_version: dict[str, list[Joined]] = collections.defaultdict(list)
-        inputs = cfg.fairness is not None and any(f.source == "input"
-                                                  for f in cfg.fairness.features)
-        for row in self.store.window(now - cfg.window_seconds, features=inputs):
+        for row in self.store.window(now - cfg.window_seconds, features=cfg.reads_inputs):
             by_version[row.version].append(row)
         versions: dict[str, Any] = {}
         found: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS bulk_files (
 """
 # Evict down to this share of max_rows at once: not one DELETE per insert at the bound.
 EVICT_TO = 0.95
+# Ids per "WHERE id IN (...)" lookup: well under SQLite's 32766 bound variables.
+IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,38 +133,61 @@ class Store:
     def add_predictions(self, preds: Sequence[Prediction]) -> list[tuple[Prediction, float]]:
         """Store ``preds`` (a prediction logged again replaces the earlier one); returns
         those that joined a label already present, with the label's arrival time."""
+        return self.add_events(preds, {})[0]
+
+    def add_events(self, preds: Sequence[Prediction],
+                   features: Mapping[str, Sequence[dict[str, Any] | None]]
+                   ) -> tuple[list[tuple[Prediction, float]], set[str]]:
+        """One transaction for a batch of events (group commit: one COMMIT, not one per
+        event): ``features`` by inference id of requests whose response may already be
+        stored (the rows get them where they have none), then ``preds``. Returns the
+        predictions that joined a label already present (with the label's time) and the
+        ids of ``features`` that found their stored prediction."""
         rows = [(p.id, p.row, p.version, p.ts, p.label, p.value, _dumps(p.proba),
                  _dumps(p.classes), _dumps(p.features)) for p in preds]
         with self._lock:
-            self._db.execute("BEGIN")
+            db = self._db
+            db.execute("BEGIN")
             try:
-                self._db.executemany(
+                found = self._ids_in("predictions", list(features))
+                if found:
+                    db.executemany(
+                        "UPDATE predictions SET features=? WHERE id=? AND row=? "
+                        "AND features IS NULL",
+                        [(_dumps(f), rid, i) for rid in found
+                         for i, f in enumerate(features[rid])])
+                db.executemany(
                     "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?)", rows)
-                joined = []
-                for p in preds:
-                    hit = self._db.execute("SELECT ts FROM labels WHERE id=? AND row=?",
-                                           (p.id, p.row)).fetchone()
-                    if hit is not None:
-                        joined.append((p, float(hit[0])))
-                self._db.execute("COMMIT")
+                label_ts = self._times("labels", {p.id for p in preds})
+                joined = [(p, label_ts[(p.id, p.row)]) for p in preds
+                          if (p.id, p.row) in label_ts]
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
             self._counts["predictions"] += len(rows)
             self._bound("predictions")
-        return joined
+        return joined, found
 
-    def add_features(self, rid: str, features: Sequence[dict[str, Any] | None]) -> int:
-        """Features of a request whose response arrived first; rows updated."""
-        with self._lock:
-            # Usually the request comes first: a read finds nothing, no write transaction.
-            if self._db.execute("SELECT 1 FROM predictions WHERE id=? LIMIT 1",
-                                (rid,)).fetchone() is None:
-                return 0
-            cur = self._db.executemany(
-                "UPDATE predictions SET features=? WHERE id=? AND row=? AND features IS NULL",
-                [(_dumps(f), rid, i) for i, f in enumerate(features)])
-            return cur.rowcount
+    def _ids_in(self, table: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` have a row in ``table`` (under the lock): one query per
+        IN_CHUNK ids, not one per id."""
+        found: set[str] = set()
+        for chunk in chunks(ids, IN_CHUNK):
+            found.update(r[0] for r in self._db.execute(
+                f"SELECT DISTINCT id FROM {table} WHERE id IN "
+                f"({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def _times(self, table: str, ids: set[str]) -> dict[tuple[str, int], float]:
+        """The time of each (id, row) of ``table`` whose id is in ``ids`` (under the lock)."""
+        times: dict[tuple[str, int], float] = {}
+        for chunk in chunks(ids, IN_CHUNK):
+            for rid, row, ts in self._db.execute(
+                    f"SELECT id, row, ts FROM {table} WHERE id IN "
+                    f"({','.join('?' * len(chunk))})", chunk):
+                times[(rid, row)] = float(ts)
+        return times
 
     def add_labels(self, labels: Sequence[Label]) -> list[tuple[Label, float]]:
         """Store ``labels`` (replacing earlier labels of the same id and row); returns those
@@ -174,12 +199,9 @@ class Store:
             try:
                 self._db.executemany("INSERT OR REPLACE INTO labels VALUES (?,?,?,?,?,?,?)",
                                      rows)
-                joined = []
-                for lb in labels:
-                    hit = self._db.execute("SELECT ts FROM predictions WHERE id=? AND row=?",
-                                           (lb.id, lb.row)).fetchone()
-                    if hit is not None:
-                        joined.append((lb, float(hit[0])))
+                pred_ts = self._times("predictions", {lb.id for lb in labels})
+                joined = [(lb, pred_ts[(lb.id, lb.row)]) for lb in labels
+                          if (lb.id, lb.row) in pred_ts]
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
