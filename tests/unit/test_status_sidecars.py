@@ -43,7 +43,7 @@ def explain_report(computed: str | None, top: list[tuple[str, float]], **kw: Any
     return {"ready": True, "method": "shap-tree", "model": "clf", "error": None,
             "globalImportance": [{"feature": f, "value": v} for f, v in top],
             "lastComputed": computed,
-            "report": {"meanAbsShap": dict(top)} if computed else None, **kw}
+            "report": {"meanAbsAttribution": dict(top)} if computed else None, **kw}
 
 
 def drift_report(drift: bool, p: dict[str, float], windows: int = 1,
@@ -92,7 +92,7 @@ def test_latest_report_wins_and_endpoint() -> None:
     assert r.status["globalImportance"] == [{"feature": "b", "value": 0.7},
                                             {"feature": "a", "value": 0.2}]
     assert r.status["lastComputed"] == "2026-11-23T11:30:00Z"
-    assert r.report == {"meanAbsShap": {"b": 0.7, "a": 0.2}}
+    assert r.report == {"meanAbsAttribution": {"b": 0.7, "a": 0.2}}
     assert r.status["reportConfigMap"] == "x-explanations"
     ready = cond(r.status, "Ready")
     assert ready["status"] == "True" and "2/3" in ready["message"]

@@ -118,8 +118,8 @@ def test_status_carries_the_global_report(zoo: Zoo, tree_sidecar: int) -> None:
     assert all(e["feature"] in zoo.cancer_rf.names and e["value"] > 0 for e in top)
     assert s["lastComputed"] and s["lastComputed"].endswith("Z")
     report = s["report"]
-    assert list(report["meanAbsShap"])[-1] == "constant"
-    assert report["meanAbsShap"]["constant"] == 0.0
+    assert list(report["meanAbsAttribution"])[-1] == "constant"
+    assert report["meanAbsAttribution"]["constant"] == 0.0
     assert [p["feature"] for p in report["partialDependence"]] == [
         e["feature"] for e in top[:3]]
     assert report["permutationImportance"]["features"]["constant"]["mean"] == 0.0
@@ -241,7 +241,7 @@ def test_label_column_feeds_permutation_importance(zoo: Zoo, in_thread: Start,
     assert perm["target"] == "labels" and perm["scoring"] == "r2"
     assert perm["baseline"] == pytest.approx(t.est.score(t.x[:80], y[:80]), abs=1e-5)
     assert len(s["globalImportance"]) == 3
-    assert s["report"]["meanAbsShap"]["constant"] == 0.0
+    assert s["report"]["meanAbsAttribution"]["constant"] == 0.0
 
 
 def test_npy_background_and_feature_names_flag(zoo: Zoo, in_thread: Start,

@@ -167,7 +167,7 @@ def test_active_for_picks_the_oldest_and_skips_deleting() -> None:
 
 
 def test_report_configmap_is_owned_by_the_explainerspec() -> None:
-    report = {"meanAbsShap": {"a": 0.5}, "computedAt": "2026-11-23T10:00:00Z",
+    report = {"meanAbsAttribution": {"a": 0.5}, "computedAt": "2026-11-23T10:00:00Z",
               "durationSeconds": 0.2}
     cm = explainer.report_configmap(es(), report)
     assert cm["metadata"]["name"] == "iris-x-explanations"
@@ -177,7 +177,7 @@ def test_report_configmap_is_owned_by_the_explainerspec() -> None:
     # results do not.
     again = explainer.report_configmap(es(), {**report, "computedAt": "2026-11-23T11:00:00Z",
                                               "durationSeconds": 0.3})
-    other = explainer.report_configmap(es(), {**report, "meanAbsShap": {"a": 0.6}})
+    other = explainer.report_configmap(es(), {**report, "meanAbsAttribution": {"a": 0.6}})
     h = cm["metadata"]["annotations"][SPEC_HASH]
     assert again["metadata"]["annotations"][SPEC_HASH] == h
     assert other["metadata"]["annotations"][SPEC_HASH] != h

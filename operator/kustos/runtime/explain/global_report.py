@@ -1,15 +1,19 @@
-"""Global interpretability over the background: mean |SHAP|, permutation importance,
+"""Global interpretability over the background: mean |attribution|, permutation importance,
 partial dependence.
 
-- ``meanAbsShap``: mean over the background rows (and over the explained outputs) of the
-  absolute attribution of each feature (LIME weights for method lime; the key keeps its
-  name). Its top-k is the ExplainerSpec's ``status.globalImportance``.
+- ``meanAbsAttribution``: mean over the background rows (and over the explained outputs)
+  of the absolute attribution of each feature; ``attribution`` says what was averaged:
+  ``shap-value`` for the SHAP methods, ``lime-weight`` for method lime (a LIME weight is
+  the coefficient of a local surrogate, not a SHAP value). Its top-k is the
+  ExplainerSpec's ``status.globalImportance``. SHAP reports also carry the same map under
+  its first name, ``meanAbsShap`` (and ``meanAbsShapByOutput``), for readers of that key;
+  LIME reports do not.
 - ``permutationImportance``: scikit-learn's ``permutation_importance``. It needs labels:
   with ``--label-column`` they come from the background file; otherwise the model's own
   predictions on the background are the target, which measures how much the model's
   output depends on each feature (not how accurate the model is).
 - ``partialDependence``: scikit-learn's ``partial_dependence`` (brute force, average) for
-  the top features by mean |SHAP|.
+  the top features by mean |attribution|.
 
 The report goes into a ConfigMap, so it is kept small: numbers are rounded to 6
 significant digits, per-feature maps hold at most MAX_FEATURES features (the most
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kustos.runtime.explain.methods import Explainer
+from kustos.runtime.explain.methods import SHAP_METHODS, Explainer
 from kustos.runtime.server.models import Model, SklearnModel
 from kustos.runtime.server.tensors import Array
 
@@ -38,6 +42,9 @@ MAX_OUTPUTS = 20
 MAX_BYTES = 512 << 10
 CHUNK_ROWS = 32
 PD_GRID = 20
+# meanAbsAttribution* under the names SHAP reports had before (SHAP methods only).
+_SHAP_ALIASES = {"meanAbsAttribution": "meanAbsShap",
+                 "meanAbsAttributionByOutput": "meanAbsShapByOutput"}
 
 
 def rfc3339(ts: float | None = None) -> str:
@@ -53,8 +60,9 @@ def _rounded(values: Any) -> list[Any]:
     return [_r(v) if isinstance(v, float) else _rounded(v) for v in np.asarray(values).tolist()]
 
 
-def mean_abs_shap(explainer: Explainer, x: Array) -> tuple[Array, Array]:
-    """Per feature: mean |SHAP| over rows and outputs; and per output [outputs, features]."""
+def mean_abs_attribution(explainer: Explainer, x: Array) -> tuple[Array, Array]:
+    """Per feature: mean |attribution| (SHAP value or LIME weight) over rows and outputs;
+    and per output [outputs, features]."""
     total: Array | None = None
     for start in range(0, len(x), CHUNK_ROWS):
         part = np.abs(explainer.explain(x[start:start + CHUNK_ROWS]).values).sum(axis=0)
@@ -133,7 +141,8 @@ def compute(explainer: Explainer, model: Model, x: Array, labels: Array | None, 
     """(globalImportance top-k, full report). ``explainer`` must be this thread's own."""
     started = time.perf_counter()
     names = explainer.feature_names
-    mean, by_output = mean_abs_shap(explainer, x)
+    shap = explainer.method in SHAP_METHODS
+    mean, by_output = mean_abs_attribution(explainer, x)
     order = [int(i) for i in np.argsort(-mean, kind="stable")]
     kept = order[:MAX_FEATURES]
     report: dict[str, Any] = {
@@ -143,19 +152,22 @@ def compute(explainer: Explainer, model: Model, x: Array, labels: Array | None, 
         "rows": len(x),
         "outputs": explainer.target.names[:MAX_OUTPUTS],
         "outputKind": explainer.target.kind,
-        "meanAbsShap": {names[i]: _r(float(mean[i])) for i in kept},
+        "attribution": "shap-value" if shap else "lime-weight",
+        "meanAbsAttribution": {names[i]: _r(float(mean[i])) for i in kept},
     }
     if 1 < by_output.shape[0] <= MAX_OUTPUTS:
-        report["meanAbsShapByOutput"] = {
+        report["meanAbsAttributionByOutput"] = {
             o: {names[i]: _r(float(by_output[k, i])) for i in kept}
             for k, o in enumerate(explainer.target.names)}
+    if shap:  # the key's first name, still read by SHAP readers (docs/explanations.md)
+        report.update({_SHAP_ALIASES[k]: v for k, v in report.items() if k in _SHAP_ALIASES})
     try:
         perm = permutation(model, x, labels, seed)
         if "mean" in perm:
             mean_p, std_p = perm.pop("mean"), perm.pop("std")
             perm["features"] = {names[i]: {"mean": _r(float(mean_p[i])),
                                            "std": _r(float(std_p[i]))} for i in kept}
-    except Exception as exc:  # reported in the report; the SHAP part still stands
+    except Exception as exc:  # reported in the report; the attributions still stand
         log.warning("permutation importance failed: %s", exc)
         perm = {"error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
     report["permutationImportance"] = perm
@@ -163,6 +175,7 @@ def compute(explainer: Explainer, model: Model, x: Array, labels: Array | None, 
     if len(order) > len(kept):
         report["omittedFeatures"] = len(order) - len(kept)
     if len(orjson.dumps(report)) > MAX_BYTES:  # many outputs x features: keep the essentials
+        report.pop("meanAbsAttributionByOutput", None)
         report.pop("meanAbsShapByOutput", None)
         report["partialDependence"] = [{"feature": e["feature"]}
                                        for e in report["partialDependence"]]

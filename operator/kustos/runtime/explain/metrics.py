@@ -25,7 +25,7 @@ DURATION = Histogram(
 ROWS = Counter("kustos_explain_rows", "Rows explained", ["model"], registry=REGISTRY)
 GLOBAL_DURATION = Gauge(
     "kustos_explain_global_duration_seconds",
-    "Seconds the last global report (mean |SHAP|, permutation importance, partial "
+    "Seconds the last global report (mean |attribution|, permutation importance, partial "
     "dependence) took", ["model"], registry=REGISTRY)
 ERRORS = Counter(
     "kustos_explain_errors",
