@@ -514,3 +514,54 @@ def test_output_parameters_come_back_on_their_tensor(server: Server) -> None:
     assert tensor_out.parameters["content_type"].string_param == "np"
     assert tensor_out.parameters["top"].int64_param == 3
     assert len(tensor_out.contents.fp64_contents) == 3
+
+
+# -- what Kustos does not implement
+
+
+def _triton_only_methods() -> list[tuple[str, bool, bool, type]]:
+    """Triton's GRPCInferenceService methods that Kustos's service lacks (from tritonclient's
+    own descriptor): (name, client streaming, server streaming, request message class)."""
+    from google.protobuf import message_factory
+    from tritonclient.grpc import service_pb2
+
+    ours = {m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods}
+    theirs = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return [(m.name, m.client_streaming, m.server_streaming,
+             message_factory.GetMessageClass(m.input_type))
+            for m in theirs.methods if m.name not in ours]
+
+
+def test_rpcs_kustos_does_not_implement_answer_unimplemented(server: Server,
+                                                             models: Models) -> None:
+    extra = _triton_only_methods()
+    # What docs/serving.md names: repository, statistics, shared memory, streaming, trace,
+    # logging (ModelConfig too).
+    assert {"RepositoryIndex", "RepositoryModelLoad", "ModelStatistics", "ModelConfig",
+            "SystemSharedMemoryStatus", "CudaSharedMemoryRegister", "ModelStreamInfer",
+            "TraceSetting", "LogSettings"} <= {name for name, *_ in extra}
+    with grpc.insecure_channel(server.target) as channel:
+        for name, client_streaming, server_streaming, request in extra:
+            path = f"/inference.GRPCInferenceService/{name}"
+            with pytest.raises(grpc.RpcError) as exc:
+                if client_streaming and server_streaming:
+                    call = channel.stream_stream(path, request_serializer=request.SerializeToString)
+                    list(call(iter([request()]), timeout=10))
+                else:
+                    call = channel.unary_unary(path, request_serializer=request.SerializeToString)
+                    call(request(), timeout=10)
+            assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED, name
+        # A service Kustos does not serve at all (Seldon v1's gRPC) answers the same.
+        with pytest.raises(grpc.RpcError) as exc:
+            channel.unary_unary("/seldon.protos.Seldon/Predict")(b"", timeout=10)
+        assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # tritonclient's own calls for them get the status, and the server still infers.
+    c = server.client()
+    for ask in (c.get_model_repository_index, lambda: c.get_inference_statistics("iris"),
+                lambda: c.get_model_config("iris"), c.get_system_shared_memory_status,
+                c.get_trace_settings, c.get_log_settings, lambda: c.load_model("iris")):
+        with pytest.raises(InferenceServerException) as texc:
+            ask()
+        assert _status(texc) == "StatusCode.UNIMPLEMENTED"
+    result = c.infer("iris", [_input(ROWS, "FP64")], outputs=_outputs("predict"))
+    assert result.as_numpy("predict").tolist() == models.iris_est.predict(ROWS).tolist()
