@@ -27,6 +27,7 @@ per request and what it counted as mirrored: sent / dropped (queue full) / faile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -34,12 +35,16 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-MODES = ("off", "shadow", "shadow-sink")
+# "twin": a second server without mirroring, the paired method's A/A control.
+MODES = ("off", "twin", "shadow", "shadow-sink")
+INFER = "/v2/models/iris/infer"
 
 
 def run_sink(port: int, answer_file: str) -> None:
@@ -120,74 +125,67 @@ def report(results: list[dict[str, Any]], loads: list[str], modes: list[str]) ->
                   f"{sum(r['disagree'] for r in rs):,.0f} |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--duration", type=int, default=2, help="seconds per wrk run (2)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="seconds of warm-up per server and load, once (1)")
-    p.add_argument("--budget", type=float, default=200.0,
-                   help="seconds of interleaved rounds; no round starts that would end "
-                        "later (200)")
-    p.add_argument("--max-rounds", type=int, default=1000, help="at most this many rounds")
-    p.add_argument("--loads", nargs="+", default=["1", "8p"],
-                   help="wrk connections per set of runs, 'p' for paced (1 8p)")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
-                   help="modes to interleave; 'off' is always included")
-    p.add_argument("--pace-ms", type=float, default=2.0,
-                   help="milliseconds each paced connection waits between requests (2)")
-    p.add_argument("--candidate-nice", type=int, default=10,
-                   help="niceness of the candidate on wrk's CPU (10)")
-    p.add_argument("--sink", nargs=2, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.sink is not None:
-        run_sink(int(args.sink[0]), args.sink[1])
-        return 0
-    modes = ["off", *[m for m in args.modes if m != "off"]]
+@dataclass
+class Bench:
+    """What both methods share: the stable servers by mode, the request, scratch space."""
 
+    stable: dict[str, Any]  # mode -> bench_serving.Server
+    body: bytes
+    work: Path
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.stable[mode].port}{INFER}"
+
+    def quiet(self, modes: list[str], timeout: float = 10.0) -> dict[str, dict[str, float]]:
+        """Counters per mode once the mirrors have nothing left to send (no change for
+        0.2 s; at most ``timeout`` seconds)."""
+        seen: dict[str, dict[str, float]] = {}
+        last = {m: counted(self.stable[m].port) for m in modes}
+        deadline = time.monotonic() + timeout
+        while last != seen and time.monotonic() < deadline:
+            time.sleep(0.2)
+            seen, last = last, {m: counted(self.stable[m].port) for m in modes}
+        return last
+
+
+@contextlib.contextmanager
+def servers(modes: list[str], candidate_nice: int) -> Iterator[Bench]:
+    """The candidate and the sink on CPU 1, one stable server per mode on CPU 0, all up
+    and answering; stopped on the way out."""
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(REPO / "tests" / "runtimes"))
     sys.path.insert(0, str(REPO / "tests"))
-    from bench_serving import LUA, Server, loadavg, parse_wrk, pinned, run_wrk
+    from bench_serving import Server, pinned
     from bench_sink import wait_for_sink
     from train_model import save, train
 
     from ports import free_port
 
-    # The driver (metrics polls, bookkeeping) stays off the stable's CPU.
-    os.sched_setaffinity(0, {1})
-    results: list[dict[str, Any]] = []
-    started = time.monotonic()
-    load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
         work = Path(tmp)
         model, X = train("logreg")  # LogisticRegression on iris
         save(model, str(work / "model.skops"))
         row = X[len(X) // 2].tolist()
-        script = work / "request.lua"
         body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, len(row)],
-                                       "datatype": "FP64", "data": row}]})
-        script.write_text(LUA.format(body=json.dumps(body)))
-        paced = work / "paced.lua"
-        paced.write_text(LUA.format(body=json.dumps(body))
-                         + f"function delay()\n  return {args.pace_ms:g}\nend\n")
+                                       "datatype": "FP64", "data": row}]}).encode()
         kustos = str(REPO / ".venv" / "bin" / "kustos")
         base = [kustos, "serve", "--model", str(work / "model.skops"), "--name", "iris",
                 "--log-level", "warning"]
         cport = free_port()
-        candidate = Server("candidate", ["nice", "-n", str(args.candidate_nice),
+        candidate = Server("candidate", ["nice", "-n", str(candidate_nice),
                                          *pinned("1", [*base, "--port", str(cport)])],
                            dict(os.environ), cport, "/v2/health/ready",
                            work / "candidate.log", work)
-        servers: list[Server] = [candidate]
+        started: list[Server] = [candidate]
         try:
             candidate.wait_ready()
             # The sink answers what the candidate answers to the benchmark's row.
             with urllib.request.urlopen(urllib.request.Request(
-                    f"http://127.0.0.1:{cport}/v2/models/iris/infer", data=body.encode(),
+                    f"http://127.0.0.1:{cport}{INFER}", data=body,
                     headers={"content-type": "application/json"}), timeout=30) as resp:
                 (work / "answer.json").write_bytes(resp.read())
             sport = free_port()
-            servers.append(Server("sink", ["nice", "-n", str(args.candidate_nice), *pinned(
+            started.append(Server("sink", ["nice", "-n", str(candidate_nice), *pinned(
                 "1", [sys.executable, __file__, "--sink", str(sport),
                       str(work / "answer.json")])], dict(os.environ), sport, "/",
                 work / "sink.log", work))
@@ -196,80 +194,234 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 port = free_port()
                 argv_ = [*base, "--port", str(port)]
-                if mode != "off":
+                if mode in ("shadow", "shadow-sink"):
                     target = cport if mode == "shadow" else sport
                     argv_ += ["--shadow-url", f"http://127.0.0.1:{target}",
                               "--shadow-percent", "100"]
                 stable[mode] = Server(f"stable-{mode}", pinned("0", argv_), dict(os.environ),
                                       port, "/v2/health/ready", work / f"{mode}.log", work)
-                servers.append(stable[mode])
+                started.append(stable[mode])
             for mode in modes:
                 stable[mode].wait_ready()
-
-            def url(mode: str) -> str:
-                return f"http://127.0.0.1:{stable[mode].port}/v2/models/iris/infer"
-
-            def settle(mode: str, target: float) -> dict[str, float]:
-                """Wait until the stable has mirrored ``target`` requests in all (so no
-                candidate work spills into the next run), at most 10 s."""
-                after = counted(stable[mode].port)
-                deadline = time.monotonic() + 10
-                while (mode != "off" and time.monotonic() < deadline
-                       and sum(after[k] for k in ("sent", "dropped", "failed")) < target):
-                    time.sleep(0.05)
-                    after = counted(stable[mode].port)
-                return after
-
-            for load in args.loads:
-                conc = int(load.rstrip("p"))
-                for mode in modes:
-                    run_wrk(url(mode), paced if load.endswith("p") else script, conc,
-                            args.warmup, "1")
-            for mode in modes[1:]:  # the warm-ups' mirrored requests, before round 1
-                seen: dict[str, float] = {}
-                last = counted(stable[mode].port)
-                deadline = time.monotonic() + 10
-                while last != seen and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    seen, last = last, counted(stable[mode].port)
-            rounds_started = time.monotonic()
-            round_seconds = 0.0
-            rnd = 0
-            while rnd < args.max_rounds and (
-                    time.monotonic() - rounds_started + round_seconds <= args.budget):
-                t0 = time.monotonic()
-                rnd += 1
-                for li, load in enumerate(args.loads):
-                    conc = int(load.rstrip("p"))
-                    lua = paced if load.endswith("p") else script
-                    shift = (rnd + li) % len(modes)
-                    for mode in modes[shift:] + modes[:shift]:
-                        server = stable[mode]
-                        before = counted(server.port)
-                        cpu = cpu_seconds(server.proc.pid)
-                        out = run_wrk(url(mode), lua, conc, args.duration, "1")
-                        rps, p50, p99, n = parse_wrk(out)
-                        after = settle(mode, sum(before[k] for k in ("sent", "dropped",
-                                                                     "failed")) + n)
-                        # After the mirror's last batch: its whole work is counted (plus
-                        # a /metrics read or a few, in every mode).
-                        cpu = cpu_seconds(server.proc.pid) - cpu
-                        results.append({
-                            "round": rnd, "mode": mode, "load": load,
-                            "rps": rps, "p50_ms": p50, "p90_ms": percentile(out, "90%"),
-                            "p99_ms": p99, "requests": n,
-                            "cpu_us_per_request": cpu / n * 1e6,
-                            **{k: after[k] - before[k] for k in after}})
-                        print(json.dumps(results[-1]), file=sys.stderr)
-                round_seconds = time.monotonic() - t0
+            yield Bench(stable, body, work)
         finally:
-            for server in servers:
+            for server in started:
                 server.stop()
-    print(f"{len(results)} runs ({rnd} rounds of {args.duration}s runs) in "
-          f"{time.monotonic() - started:.0f}s; load average before: {load_before}, "
-          f"after: {loadavg()}")
-    report(results, args.loads, modes)
-    print(json.dumps(results))
+
+
+def wrk_rounds(bench: Bench, args: argparse.Namespace, modes: list[str]
+               ) -> list[dict[str, Any]]:
+    """Short wrk runs per mode, interleaved by round (the earlier method; see the
+    module's docstring)."""
+    from bench_serving import LUA, parse_wrk, run_wrk
+
+    body = bench.body.decode()
+    script = bench.work / "request.lua"
+    script.write_text(LUA.format(body=json.dumps(body)))
+    paced = bench.work / "paced.lua"
+    paced.write_text(LUA.format(body=json.dumps(body))
+                     + f"function delay()\n  return {args.pace_ms:g}\nend\n")
+    stable = bench.stable
+
+    def settle(mode: str, target: float) -> dict[str, float]:
+        """Wait until the stable has mirrored ``target`` requests in all (so no
+        candidate work spills into the next run), at most 10 s."""
+        after = counted(stable[mode].port)
+        deadline = time.monotonic() + 10
+        while (mode != "off" and time.monotonic() < deadline
+               and sum(after[k] for k in ("sent", "dropped", "failed")) < target):
+            time.sleep(0.05)
+            after = counted(stable[mode].port)
+        return after
+
+    for load in args.loads:
+        conc = int(load.rstrip("p"))
+        for mode in modes:
+            run_wrk(bench.url(mode), paced if load.endswith("p") else script, conc,
+                    args.warmup, "1")
+    bench.quiet(modes[1:])  # the warm-ups' mirrored requests, before round 1
+    results: list[dict[str, Any]] = []
+    rounds_started = time.monotonic()
+    round_seconds = 0.0
+    rnd = 0
+    while rnd < args.max_rounds and (
+            time.monotonic() - rounds_started + round_seconds <= args.budget):
+        t0 = time.monotonic()
+        rnd += 1
+        for li, load in enumerate(args.loads):
+            conc = int(load.rstrip("p"))
+            lua = paced if load.endswith("p") else script
+            shift = (rnd + li) % len(modes)
+            for mode in modes[shift:] + modes[:shift]:
+                server = stable[mode]
+                before = counted(server.port)
+                cpu = cpu_seconds(server.proc.pid)
+                out = run_wrk(bench.url(mode), lua, conc, args.duration, "1")
+                rps, p50, p99, n = parse_wrk(out)
+                after = settle(mode, sum(before[k] for k in ("sent", "dropped",
+                                                             "failed")) + n)
+                # After the mirror's last batch: its whole work is counted (plus
+                # a /metrics read or a few, in every mode).
+                cpu = cpu_seconds(server.proc.pid) - cpu
+                results.append({
+                    "round": rnd, "mode": mode, "load": load,
+                    "rps": rps, "p50_ms": p50, "p90_ms": percentile(out, "90%"),
+                    "p99_ms": p99, "requests": n,
+                    "cpu_us_per_request": cpu / n * 1e6,
+                    **{k: after[k] - before[k] for k in after}})
+                print(json.dumps(results[-1]), file=sys.stderr)
+        round_seconds = time.monotonic() - t0
+    print(f"{len(results)} runs ({rnd} rounds of {args.duration}s runs)")
+    return results
+
+
+def paired_run(bench: Bench, args: argparse.Namespace, modes: list[str]
+               ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Request-level interleaving (paired_latency): per load, the samples of every
+    chunk, the stable's CPU per mode, and what each mirror counted."""
+    import paired_latency as pl
+
+    ports = [bench.stable[m].port for m in modes]
+    requests = [pl.post_bytes(p, INFER, bench.body, "application/json") for p in ports]
+
+    def measure(load: str, seconds: float, seed: int) -> pl.Samples:
+        slots = int(load.rstrip("p"))
+        if slots == 1 and not load.endswith("p"):
+            return pl.alternate(ports, requests, seconds, seed)
+        pace = args.pace_ms / 1000 if load.endswith("p") else 0.0
+        return pl.paced(ports, requests, seconds, slots, pace, seed)
+
+    for load in args.loads:
+        measure(load, args.warmup, 0)
+    before = bench.quiet(modes)
+    chunks: dict[str, list[pl.Samples]] = {load: [] for load in args.loads}
+    cpu: dict[str, list[float]] = {load: [0.0] * len(modes) for load in args.loads}
+    started = time.monotonic()
+    seed = 0
+    while time.monotonic() - started + args.chunk * len(args.loads) <= args.budget:
+        for load in args.loads:
+            seed += 1
+            used = [cpu_seconds(bench.stable[m].proc.pid) for m in modes]
+            chunks[load].append(measure(load, args.chunk, seed))
+            for i, m in enumerate(modes):
+                cpu[load][i] += cpu_seconds(bench.stable[m].proc.pid) - used[i]
+            print(f"{load}: chunk {len(chunks[load])}, {chunks[load][-1].groups} groups",
+                  file=sys.stderr)
+    after = bench.quiet(modes)
+    mirrored = {m: {k: after[m][k] - before[m][k] for k in after[m]} for m in modes}
+    return {"chunks": chunks, "cpu": cpu}, mirrored
+
+
+def paired_report(modes: list[str], loads: list[str], measured: dict[str, Any],
+                  mirrored: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    import numpy as np
+    import paired_latency as pl
+
+    print(f"| load | mode | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | p50 vs off | "
+          f"p99 vs off [95 % CI: pairs; blocks of {args.block}] | p99.9 vs off [95 % CI: "
+          f"blocks] | stable CPU us/request (+ vs off) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    summary: list[dict[str, Any]] = []
+    for load in loads:
+        chunks = measured["chunks"][load]
+        ms = np.concatenate([c.matrix() for c in chunks])
+        n = len(ms)
+        cpu_us = [c / n * 1e6 for c in measured["cpu"][load]]
+        name = (f"{load[:-1]} paced ({args.pace_ms:g} ms)" if load.endswith("p")
+                else "1 conn, alternating" if load == "1" else f"{load} conn")
+        base = ms[:, 0]
+        for i, mode in enumerate(modes):
+            q = pl.quantiles(ms[:, i])
+            row: dict[str, Any] = {"load": load, "mode": mode, "requests": n,
+                                   "seconds": sum(c.seconds for c in chunks),
+                                   "p50_ms": q[0], "p90_ms": q[1], "p99_ms": q[2],
+                                   "p999_ms": q[3], "cpu_us_per_request": cpu_us[i]}
+            if i == 0:
+                cells = "1 | 1 | 1"
+            else:
+                other = ms[:, i]
+                pair = pl.bootstrap_ratio(base, other, 99, args.reps, 1, seed=i)
+                blocks = pl.bootstrap_ratio(base, other, 99, args.reps, args.block, seed=i)
+                tail = pl.bootstrap_ratio(base, other, 99.9, args.reps, args.block, seed=i)
+                r50 = q[0] / float(np.percentile(base, 50))
+                r99 = q[2] / float(np.percentile(base, 99))
+                r999 = q[3] / float(np.percentile(base, 99.9))
+                row.update(p99_ratio=r99, p99_ci_pairs=pair, p99_ci_blocks=blocks,
+                           p999_ratio=r999, p999_ci_blocks=tail, p50_ratio=r50)
+                cells = (f"{r50:.3f} | {r99:.3f} [{pair[0]:.3f}-{pair[1]:.3f}; "
+                         f"{blocks[0]:.3f}-{blocks[1]:.3f}] | {r999:.3f} "
+                         f"[{tail[0]:.3f}-{tail[1]:.3f}]")
+            summary.append(row)
+            print(f"| {name} | {mode} | {n:,} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} | "
+                  f"{q[3]:.3f} | {cells} | {cpu_us[i]:.1f} ({cpu_us[i] - cpu_us[0]:+.1f}) |")
+    print()
+    print("| mode | mirrored sent | dropped | failed | rows agree | disagree |")
+    print("|---|---|---|---|---|---|")
+    for mode in modes:
+        c = mirrored[mode]
+        print(f"| {mode} | {c['sent']:,.0f} | {c['dropped']:,.0f} | {c['failed']:,.0f} | "
+              f"{c['agree']:,.0f} | {c['disagree']:,.0f} |")
+    print(json.dumps({"summary": summary, "mirrored": mirrored}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--method", choices=("paired", "wrk"), default="paired",
+                   help="paired: one client alternating requests between the servers "
+                        "(default); wrk: short wrk runs per mode, interleaved by round")
+    p.add_argument("--budget", type=float, default=200.0,
+                   help="seconds of measurement; nothing starts that would end later (200)")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="seconds of warm-up per load (per server with wrk), once (1)")
+    p.add_argument("--loads", nargs="+", default=["1", "8p"],
+                   help="connections per server, 'p' for paced (1 8p); paired: '1' "
+                        "alternates one request at a time, 'Np' runs N such clients")
+    p.add_argument("--modes", nargs="+", default=None, choices=MODES,
+                   help="modes to compare with 'off', which is always included (paired: "
+                        "twin shadow shadow-sink; wrk: shadow shadow-sink)")
+    p.add_argument("--pace-ms", type=float, default=2.0,
+                   help="milliseconds each paced connection waits between requests (2)")
+    p.add_argument("--candidate-nice", type=int, default=10,
+                   help="niceness of the candidate on the client's CPU (10)")
+    p.add_argument("--chunk", type=float, default=10.0,
+                   help="paired: seconds per load before switching to the next (10)")
+    p.add_argument("--block", type=int, default=100,
+                   help="paired: consecutive groups per bootstrap block (100)")
+    p.add_argument("--reps", type=int, default=1000,
+                   help="paired: bootstrap resamples (1000)")
+    p.add_argument("--duration", type=int, default=2, help="wrk: seconds per run (2)")
+    p.add_argument("--max-rounds", type=int, default=1000, help="wrk: at most this many "
+                   "rounds")
+    p.add_argument("--sink", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.sink is not None:
+        run_sink(int(args.sink[0]), args.sink[1])
+        return 0
+    chosen = args.modes or (["twin", "shadow", "shadow-sink"] if args.method == "paired"
+                            else ["shadow", "shadow-sink"])
+    modes = ["off", *[m for m in dict.fromkeys(chosen) if m != "off"]]
+
+    sys.path.insert(0, str(HERE))
+    from bench_serving import loadavg
+
+    # The driver (the paired client, metrics polls, bookkeeping) stays off the stable's CPU.
+    os.sched_setaffinity(0, {1})
+    started = time.monotonic()
+    load_before = loadavg()
+    with servers(modes, args.candidate_nice) as bench:
+        if args.method == "wrk":
+            results = wrk_rounds(bench, args, modes)
+        else:
+            measured, mirrored = paired_run(bench, args, modes)
+    load_after = loadavg()
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))  # the bootstrap: any CPU
+    print(f"{args.method}: {time.monotonic() - started:.0f}s; load average before: "
+          f"{load_before}, after: {load_after}")
+    if args.method == "wrk":
+        report(results, args.loads, modes)
+        print(json.dumps(results))
+    else:
+        paired_report(modes, args.loads, measured, mirrored, args)
     return 0
 
 
