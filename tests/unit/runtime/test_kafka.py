@@ -10,6 +10,7 @@ import socket
 import socketserver
 import struct
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,7 @@ class Broker:
     versions: list[tuple[int, int]] = field(default_factory=list)  # (api, version) asked
     lock: threading.Lock = field(default_factory=threading.Lock)
     produced: list[int] = field(default_factory=list)  # partition of each batch
+    batches: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, batch)
     requests: int = 0  # Produce requests
     port: int = 0
 
@@ -189,6 +191,7 @@ class Broker:
             with self.lock:
                 self.records += [(index, rec) for rec in decode_batch(batch)]
             self.produced.append(index)
+            self.batches.append((index, batch))
             answers.append(struct.pack(">ihqqq", index, 0, 0, -1, 0) + struct.pack(">i", 0)
                            + _s(None))
         assert r.pos == len(r.data)
@@ -311,6 +314,60 @@ def test_a_batch_framed_from_its_tuples_is_its_events_produced(broker: Broker) -
         assert {part for part, _ in fast} == {0, 1, 2}
         # one Produce request per leader (here one broker) with a batch per partition
         assert broker.requests == 2 and sorted(broker.produced) == [0, 0, 1, 1, 2, 2]
-        broker.requests, broker.produced = 0, []
+        broker.requests, broker.produced, broker.batches = 0, [], []
         broker.records.clear()
+        transport.close()
+
+
+def _without_times(batch: bytes) -> bytes:
+    """A RecordBatch with its CRC and two timestamps blanked (the rest is compared)."""
+    return batch[:17] + bytes(4) + batch[21:27] + bytes(16) + batch[43:]
+
+
+@pytest.mark.parametrize("body_size", [40, 5000])
+def test_a_batch_of_same_length_ids_is_framed_byte_for_byte_as_its_events(
+        broker: Broker, body_size: int) -> None:
+    """The vectorised framing (kafka_frame: ids of one length, bodies sent as they are)
+    makes the same RecordBatch bytes, CRC aside (it covers the timestamps), as the
+    per-event path makes of the same events, record by record."""
+    import time
+
+    from kustos.runtime.server.payload_log import (
+        KafkaTransport,
+        PayloadLogConfig,
+        PayloadSink,
+    )
+
+    broker.partitions = 3
+    rng = random.Random(5)
+    start = int(time.time()) + 0.95  # the batch crosses a second
+    batch: list[Any] = []
+    for i in range(256):  # ~170 records a partition: offset deltas of two varint bytes
+        rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        request = orjson.dumps({"inputs": [{"name": "input-0", "data": "x" * (
+            body_size + rng.randrange(100))}]})  # 5000: lengths and sizes past 4096
+        response = orjson.dumps({"id": rid, "outputs": [{"name": "predict", "data": [i]}]})
+        batch.append((rid, "v2", request, None, response, None, start + i * 0.000371))
+    config = PayloadLogConfig(urls=(), kafka=f"127.0.0.1:{broker.port}",
+                              kafka_topic=broker.topic, service="iris", namespace="ns",
+                              model_version="3")
+    transport = KafkaTransport(config.kafka or "", broker.topic, config)
+    sink = PayloadSink(transport, "iris", config)
+    sink.close()
+    try:
+        assert transport._frame_plain(batch, 3) is not None  # the vectorised path is taken
+        statuses = transport.send_batch(batch, sink.payloads, True)
+        fast, broker.batches = broker.batches, []
+        events = sink.events(batch, False)
+        assert statuses == [200] * len(events) == [200] * 512
+        assert transport.send(events) == [200] * 512
+        slow = broker.batches
+        assert sorted(part for part, _ in fast) == [0, 1, 2]
+        assert sorted((p, _without_times(b)) for p, b in fast) == \
+            sorted((p, _without_times(b)) for p, b in slow)
+        # the records of a partition in one order on both paths
+        for part, _ in fast:
+            ids = [r["key"] for p, r in broker.records if p == part]
+            assert ids[:len(ids) // 2] == ids[len(ids) // 2:]
+    finally:
         transport.close()

@@ -38,6 +38,7 @@ from kustos.runtime.server.kafka import (
     partitions_for,
     varint,
 )
+from kustos.runtime.server.kafka_frame import frame_predictions
 from kustos.runtime.server.payload_log_config import PayloadLogConfig
 from kustos.runtime.server.sender import BoundedSender, HttpPoster
 
@@ -261,6 +262,10 @@ class KafkaTransport:
         except (KafkaError, OSError) as exc:
             log.debug("payload log: %s", exc)
             return []
+        if plain and batch:
+            framed = self._frame_plain(batch, partitions)
+            if framed is not None:
+                return self._produce(*framed)
         keys = [ex[0].encode() for ex in batch]
         # A prediction's two events share its key: one hash per prediction.
         parts = partitions_for(keys, partitions)
@@ -319,13 +324,44 @@ class KafkaTransport:
                 delta += 1
                 event_parts.append(part)
             counts[part] = delta
+        return self._produce({part: (b"".join(pieces), counts[part])
+                              for part, pieces in bodies.items() if counts[part]}, event_parts)
+
+    def _frame_plain(self, batch: list[Exchange], partitions: int
+                     ) -> tuple[dict[int, tuple[bytes, int]], list[int]] | None:
+        """``kafka_frame.frame_predictions`` of a batch whose bodies are bytes to send as
+        they are (each partition's records, and the partition of each event), or None."""
+        rids, _, requests, request_lengths, responses, response_lengths, whens = \
+            zip(*batch, strict=True)
+        n = len(batch)
+        (req_count, req_rest), (resp_count, resp_rest) = self._after[REQUEST_TYPE], \
+            self._after[RESPONSE_TYPE]
+        if (request_lengths.count(None) != n or response_lengths.count(None) != n
+                or set(map(type, requests)) != {bytes} or set(map(type, responses)) != {bytes}
+                or req_count != resp_count):
+            return None
+        framed = frame_predictions(rids, requests, responses, whens, partitions, req_count,
+                                   (req_rest, resp_rest))
+        if framed is None:
+            return None
+        records, parts = framed
+        events = [0] * (2 * n)  # a prediction's two events go to its partition
+        events[0::2] = events[1::2] = parts
+        return records, events
+
+    def _produce(self, records: dict[int, tuple[bytes, int]], event_parts: list[int]
+                 ) -> list[int | None]:
+        """Produce each partition's records (RecordBatch v2 around them); the status of
+        each event, from the partition it went to."""
         stamp = int(time.time() * 1000)
         try:
-            acked = producer.send_batches({part: batch_of(b"".join(pieces), counts[part], stamp)
-                                           for part, pieces in bodies.items() if counts[part]})
+            acked = self._producer.send_batches({part: batch_of(body, count, stamp)
+                                                 for part, (body, count) in records.items()})
         except (KafkaError, OSError) as exc:
             log.debug("payload log: %s", exc)
             return [None] * len(event_parts)
+        if all(acked.values()):
+            return [200] * len(event_parts)
         return [200 if acked[part] else None for part in event_parts]
 
     def send(self, events: list[Event]) -> list[int | None]:
