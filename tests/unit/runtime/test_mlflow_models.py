@@ -339,3 +339,107 @@ def test_xgb_model_format_and_a_fetch_directory(saved: dict[str, Saved],
     (fetched / "other.zip").write_bytes(b"")
     with pytest.raises(ModelLoadError, match="not exactly one archive"):
         load_model(fetched, "m", fmt="mlflow")
+
+
+# ------------------------------------------------------------------ the pod's /tmp
+
+
+def _rendered_tmp_bytes() -> int:
+    """The size of the memory-backed emptyDir the operator mounts at /tmp in the model
+    server of a format mlflow ModelDeployment (where the archive is unpacked)."""
+    from kustos.config import OperatorConfig
+    from kustos.render.modeldeployment import render
+
+    body = {"apiVersion": "kustos.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "iris", "namespace": "ml", "uid": "u", "generation": 1},
+            "spec": {"model": {"version": "1", "uri": "s3://m/model.tar.gz",
+                               "format": "mlflow", "digest": "sha256:" + "ab" * 32}}}
+    (deploy,) = [o for o in render(body, OperatorConfig()) if o["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    server = next(c for c in pod["containers"] if c["name"] == "server")
+    (mount,) = [m for m in server["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    empty_dir = volume["emptyDir"]
+    assert empty_dir["medium"] == "Memory"
+    number, unit = empty_dir["sizeLimit"][:-2], empty_dir["sizeLimit"][-2:]
+    return int(number) << {"Ki": 10, "Mi": 20, "Gi": 30}[unit]
+
+
+def _padded_archive(model_dir: Path, dest: Path, padding: int) -> Path:
+    """``model_dir`` as a tar.gz with an extra artifact of ``padding`` zero bytes: small
+    on disk (zeros compress), ``padding`` bytes more once unpacked."""
+
+    class Zeros(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            view = memoryview(buffer).cast("B")
+            view[:] = bytes(len(view))
+            return len(view)
+
+    with tarfile.open(dest, "w:gz") as tar:
+        for f in sorted(model_dir.iterdir()):
+            tar.add(f, arcname=f"model/{f.name}")
+        info = tarfile.TarInfo("model/artifacts/padding.bin")
+        info.size = padding
+        tar.addfile(info, io.BufferedReader(Zeros()))
+    return dest
+
+
+def _serve_with_tmpfs(model: Path, tmp_dir: Path, size: int, port: int) -> Any:
+    """`kustos serve` whose TMPDIR is a tmpfs of ``size`` bytes, as the pod's /tmp is: a
+    mount namespace of its own (needs root, as tests/runtimes' network namespaces)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ('mount -t tmpfs -o "size=$1" kustos-tmp "$2" || exit 90; shift 2; '
+              '"$@"; rc=$?; echo "left in tmp: $(ls -A "$TMPDIR")" >&2; exit $rc')
+    return subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+         str(size), str(tmp_dir), sys.executable, "-m", "kustos.cli", "serve", "--model",
+         str(model), "--format", "mlflow", "--name", "m", "--port", str(port), "--host",
+         "127.0.0.1", "--log-level", "warning"],
+        env={**os.environ, "TMPDIR": str(tmp_dir)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_an_archive_that_unpacks_past_the_pods_tmp_does_not_load(
+        saved: dict[str, Saved], tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    limit = _rendered_tmp_bytes()
+    assert limit == 64 << 20  # the figure docs/serving.md gives
+    m = saved["sklearn-skops"]
+    archive = _padded_archive(m.path, tmp_path / "model.tar.gz", limit + (8 << 20))
+    assert archive.stat().st_size < 1 << 20  # nothing big is written to disk
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    # In the pod's 64 MiB: one clear load error, exit 1, and nothing left behind.
+    proc = _serve_with_tmpfs(archive, scratch, limit, free_port())
+    try:
+        proc.wait(120)
+    finally:
+        _, err = stop_process(proc)
+    assert proc.returncode == 1, err[-2000:]
+    assert b"cannot load model: cannot unpack model.tar.gz" in err, err[-2000:]
+    assert b"No space left on device" in err, err[-2000:]
+    assert err.rstrip().endswith(b"left in tmp:"), err[-2000:]
+
+    # The same archive with twice the room loads and answers as the library does.
+    port = free_port()
+    proc = _serve_with_tmpfs(archive, scratch, 2 * limit, port)
+    try:
+        wait_http_ready(port, proc, timeout=120)
+        client = Client(port)
+        rows = m.x[::13]
+        status, body = client.post("/v2/models/m/infer", _v2(rows, ["predict"]))
+        client.close()
+        assert status == 200, body
+        np.testing.assert_allclose(_tensor(body, "predict"), m.predict(rows))
+    finally:
+        stop_process(proc)
