@@ -121,3 +121,26 @@ def test_a_paused_shadow_keeps_mirroring() -> None:
     deps = kinds(render(body(canary), OperatorConfig()))["Deployment"]
     assert "--shadow-url" not in args(deps["iris"])
     assert deps["iris-canary"]["spec"]["replicas"] == 3
+
+
+def test_with_tls_the_mirror_is_https_pinned_to_the_pods_certificate() -> None:
+    tls = {"kind": "kustos", "tls": {"secretName": "iris-tls"}}
+    shadow = {"phase": "Shadow", "stable": V1, "candidate": V2}
+    stable_args = args(kinds(render(body(shadow, runtime=tls), OperatorConfig())
+                             )["Deployment"]["iris"])
+    at = stable_args.index("--shadow-url")
+    assert stable_args[at:] == ["--shadow-url", "https://iris-candidate.ml.svc.cluster.local",
+                                "--shadow-percent", "50",
+                                "--shadow-tls-pin", "/etc/kustos/tls/tls.crt"]
+    mtls = {"kind": "kustos", "tls": {"secretName": "iris-tls",
+                                      "clientCA": {"configMapName": "clients"}}}
+    objs = kinds(render(body(shadow, runtime=mtls), OperatorConfig()))
+    stable_args = args(objs["Deployment"]["iris"])
+    assert stable_args[stable_args.index("--shadow-tls-pin"):] == [
+        "--shadow-tls-pin", "/etc/kustos/tls/tls.crt",
+        "--shadow-tls-cert", "/etc/kustos/tls/tls.crt",
+        "--shadow-tls-key", "/etc/kustos/tls/tls.key"]
+    # the candidate's Service answers on 443, where https:// goes
+    [port] = [p for p in objs["Service"]["iris-candidate"]["spec"]["ports"]
+              if p["name"] == "https"]
+    assert port["port"] == 443

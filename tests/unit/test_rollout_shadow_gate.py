@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,8 +26,12 @@ from kustos.rollout import gates, machine, window
 from ports import free_port
 
 
-def post(port: int, path: str, body: object | None, method: str = "POST") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def post(port: int, path: str, body: object | None, method: str = "POST",
+         context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """One request on loopback: over HTTPS with ``context``."""
+    conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+            if context is not None else http.client.HTTPConnection("127.0.0.1", port,
+                                                                   timeout=10))
     try:
         conn.request(method, path, body=None if body is None else json.dumps(body),
                      headers={"Content-Type": "application/json"})
@@ -37,7 +42,8 @@ def post(port: int, path: str, body: object | None, method: str = "POST") -> tup
 
 
 @contextlib.contextmanager
-def serve(model: Path, *extra: str) -> Iterator[int]:
+def serve(model: Path, *extra: str, context: ssl.SSLContext | None = None) -> Iterator[int]:
+    """A `kustos serve` child on a free port, ready (checked over HTTPS with ``context``)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "kustos.cli", "serve", "--model", str(model),
                              "--name", "iris", "--port", str(port), *extra],
@@ -48,7 +54,7 @@ def serve(model: Path, *extra: str) -> Iterator[int]:
         if proc.poll() is not None:
             return True
         with contextlib.suppress(OSError, http.client.HTTPException):
-            return post(port, "/v2/health/ready", None, "GET")[0] == 200
+            return post(port, "/v2/health/ready", None, "GET", context)[0] == 200
         return False
     try:
         assert wait_for(ready, 60, 0.1) and proc.poll() is None, proc.communicate()[1][-2000:]

@@ -518,7 +518,7 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
             and spec.runtime.kind == "kustos":
         _add_args(children, name, shadow_target(  # the stable track mirrors to the candidate
             name, body["metadata"].get("namespace", ""), config.cluster_domain,
-            asked.rollout.shadow.sample_percent))
+            asked.rollout.shadow.sample_percent, spec.runtime.tls))
     if shadow:
         children.append(render_service(body, serves_tls(spec), ports.grpc, "canary",
                                         name + CANDIDATE_SUFFIX))

@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kustos.api.v1alpha1 import ModelDeploymentSpec
-from kustos.api.v1alpha1.modeldeployment import CanaryModel, CanarySpec
+from kustos.api.v1alpha1.modeldeployment import CanaryModel, CanarySpec, ServerTLS
+from kustos.render.runtimes import TLS_DIR
 
 from .machine import model_ref, same
 
@@ -69,7 +70,18 @@ def effective_spec(spec: ModelDeploymentSpec,
     return spec.model_copy(update={"model": old, "canary": canary})
 
 
-def shadow_target(name: str, namespace: str, cluster_domain: str, percent: int) -> list[str]:
-    """The stable server's arguments that mirror requests to the candidate."""
-    url = f"http://{name}{CANDIDATE_SUFFIX}.{namespace}.svc.{cluster_domain}"
-    return ["--shadow-url", url, "--shadow-percent", str(percent)]
+def shadow_target(name: str, namespace: str, cluster_domain: str, percent: int,
+                  tls: ServerTLS | None = None) -> list[str]:
+    """The stable server's arguments that mirror requests to the candidate. With
+    spec.runtime.tls the candidate serves HTTPS with the certificate the stable serves
+    (one Secret for both tracks): the mirror pins it, and under mTLS presents it as its
+    client certificate (runtime/server/shadow_tls.py)."""
+    scheme = "https" if tls is not None else "http"
+    url = f"{scheme}://{name}{CANDIDATE_SUFFIX}.{namespace}.svc.{cluster_domain}"
+    args = ["--shadow-url", url, "--shadow-percent", str(percent)]
+    if tls is not None:
+        args += ["--shadow-tls-pin", f"{TLS_DIR}/tls.crt"]
+        if tls.client_ca is not None:
+            args += ["--shadow-tls-cert", f"{TLS_DIR}/tls.crt",
+                     "--shadow-tls-key", f"{TLS_DIR}/tls.key"]
+    return args

@@ -24,6 +24,7 @@ from kustos.runtime.server.http import JSON, Reply, Request, error_body
 from kustos.runtime.server.models import Model
 from kustos.runtime.server.payload_log import PayloadLogConfig, PayloadLogger
 from kustos.runtime.server.shadow import ShadowMirror
+from kustos.runtime.server.shadow_tls import MirrorTls
 from kustos.runtime.server.tensors import Array, ProtocolError
 
 log = logging.getLogger("kustos.serve")
@@ -54,6 +55,7 @@ class AppOptions:
     shadow_url: str | None = None
     shadow_percent: float = 100.0
     shadow_queue: int = 4096
+    shadow_tls: MirrorTls | None = None  # how an https shadow URL is checked (shadow_tls.py)
     truth_url: str | None = None  # the ground-truth monitor (runtime/server/truth_link.py)
 
 
@@ -82,7 +84,7 @@ class ServingApp:
                                                       opts.version, self.payload_log)
             self.truth = truth_link.FeedbackForwarder(opts.truth_url, opts.name)
         self.shadow = (ShadowMirror(opts.shadow_url, opts.name, opts.shadow_percent,
-                                    opts.shadow_queue)
+                                    opts.shadow_queue, tls=opts.shadow_tls)
                        if opts.shadow_url and opts.shadow_percent > 0 else None)
         self.explainer = (ExplainForwarder(opts.explainer_url, opts.explainer_timeout)
                           if opts.explainer_url else None)

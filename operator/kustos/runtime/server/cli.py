@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from kustos.runtime import process
-from kustos.runtime.server import payload_log_config
+from kustos.runtime.server import payload_log_config, shadow_tls
 from kustos.runtime.server import tls as server_tls
 from kustos.runtime.server.formats import FORMATS
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow-percent", type=float, default=None, metavar="N",
                    help="percentage of prediction requests mirrored, 0..100 (100 when "
                         "--shadow-url is set)")
+    shadow_tls.add_args(p)
     p.add_argument("--truth-url", default=os.environ.get("KUSTOS_TRUTH_URL") or None,
                    metavar="URL",
                    help="ground-truth monitor (kustos truth) base URL: every prediction is "
@@ -141,7 +142,8 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--shadow-url: {exc}"
     if args.shadow_percent is not None and not 0 <= args.shadow_percent <= 100:
         return "--shadow-percent must be within 0..100"
-    return payload_log_config.check_args(args) or server_tls.check_tls_args(args)
+    return (payload_log_config.check_args(args) or server_tls.check_tls_args(args)
+            or shadow_tls.check_args(args))
 
 
 async def serve(args: argparse.Namespace, reuse_port: bool = False,
@@ -169,6 +171,7 @@ async def serve(args: argparse.Namespace, reuse_port: bool = False,
         drift_max_rows_per_second=args.drift_max_rows_per_second,
         payload_log=payload_log_config.from_args(args), shadow_url=args.shadow_url,
         shadow_percent=100.0 if args.shadow_percent is None else args.shadow_percent,
+        shadow_tls=shadow_tls.from_args(args),
         truth_url=args.truth_url),
         __version__)
     server = HttpServer(app, max_body=args.max_body_bytes,

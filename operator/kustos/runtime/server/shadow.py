@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import socket
+import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import orjson
 
 from kustos.runtime.server import metrics as m
 from kustos.runtime.server.sender import BoundedSender, SendError, check_url, connect
+from kustos.runtime.server.shadow_tls import MirrorTls, ReloadingClientContext
 
 log = logging.getLogger("kustos.serve")
 
@@ -50,13 +52,17 @@ class Answer:
 
 class PipelinedClient:
     """POSTs to one origin over a kept-alive HTTP/1.1 connection, pipelined, and returns
-    each answer's status and body (None for those that got no answer)."""
+    each answer's status and body (None for those that got no answer). ``tls``: how an
+    https origin is checked (shadow_tls); None: the system's CAs and the host name."""
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 5.0, tls: MirrorTls | None = None) -> None:
         check_url(url)
         parts = urllib.parse.urlsplit(url)
         self.host = parts.hostname or ""
         self.tls = parts.scheme == "https"
+        self._context = (ReloadingClientContext(tls) if self.tls and tls is not None
+                         else None)
+        self._handshake_error = ""  # the last one logged: each new reason once
         self.port = parts.port or (443 if self.tls else 80)
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
@@ -86,7 +92,19 @@ class PipelinedClient:
                          body))
 
     def _connect(self) -> socket.socket:
-        return connect(self.host, self.port, self.timeout, self.tls)
+        if self._context is None:
+            return connect(self.host, self.port, self.timeout, self.tls)
+        sock = connect(self.host, self.port, self.timeout, False)
+        try:
+            return self._context.current().wrap_socket(sock, server_hostname=self.host)
+        except ssl.SSLError as exc:
+            sock.close()
+            reason = exc.reason or type(exc).__name__
+            if reason != self._handshake_error:  # a candidate with another certificate
+                self._handshake_error = reason
+                log.warning("shadow mirror: TLS handshake with %s:%d failed: %s",
+                            self.host, self.port, reason)
+            raise
 
     def send(self, requests: list[bytes]) -> list[Answer | None]:
         """Write all ``requests`` at once, then read their answers in order. A kept-alive
@@ -353,14 +371,14 @@ class ShadowMirror(BoundedSender[Offered]):
     def __init__(self, url: str, model: str, percent: float = 100.0, queue: int = 4096,
                  timeout: float = 5.0, max_batch: int = 256,
                  rel_tolerance: float = RELATIVE_TOLERANCE,
-                 flush_interval: float = 0.05) -> None:
+                 flush_interval: float = 0.05, tls: MirrorTls | None = None) -> None:
         if not 0.0 <= percent <= 100.0:
             raise ValueError("the shadow percentage must be within 0..100")
         if queue < 1:
             raise ValueError("the shadow queue must hold at least one request")
         super().__init__("kustos-shadow", queue, flush_interval=flush_interval,
                          max_batch=max_batch)
-        self.client = PipelinedClient(url, timeout)
+        self.client = PipelinedClient(url, timeout, tls)
         self.fraction = percent / 100.0
         self.rel = rel_tolerance
         self.sent = m.SHADOW_REQUESTS.labels(model, "sent")
