@@ -106,8 +106,10 @@ class TruthApp:
                 self.monitor.metrics.events.labels(kind, "failed").inc()
                 reply(500, STORE_FAILED, JSON, b"")
             return
-        for reply, rows, kind in held:
-            self._accepted[kind].inc()
+        kinds = [kind for _, _, kind in held]
+        for kind, counter in self._accepted.items():
+            counter.inc(kinds.count(kind))
+        for reply, rows, _ in held:
             reply(202, b'{"accepted":%d}' % rows, JSON, b"")
 
     def _labels(self, reply: Reply, source: str, items: list[parse.LabelIn]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 from pathlib import Path
@@ -63,6 +64,10 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
         return 1
     monitor = Monitor(cfg, store, TruthMetrics(cfg.model))
     server = HttpServer(TruthApp(monitor), max_body=args.max_body_bytes)
+    # scikit-learn, scipy and pandas leave ~120000 objects the cyclic GC would walk again
+    # and again while events allocate: they live as long as the process, so out of its
+    # sight (a third of the CPU per event in tests/bench/bench_truth.py).
+    gc.freeze()
     stop = process.stop_event(stop)
     if await process.listen(server, log, args.host, args.port,
                             detail=f", model {cfg.model}, store {store.path}") is None:

@@ -38,6 +38,7 @@ __all__ = ["ProtocolError", "canonical"]
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+_KINDS = {REQUEST_TYPE.encode(): "request", RESPONSE_TYPE.encode(): "response"}
 MAX_ROWS = 100_000  # rows of one event or one label post
 MAX_ID = 256  # characters of an inference id
 LABEL_OUTPUTS = ("predict", "label", "labels", "class", "classes", "prediction", "output")
@@ -126,6 +127,20 @@ def parse_time(text: str | None, where: str) -> float | None:
 def parse_event(headers: Mapping[bytes, bytes], body: bytes) -> Event:
     """One CloudEvent: binary mode (``ce-*`` headers, the payload as the body) or
     structured mode (``application/cloudevents+json``)."""
+    ctype = headers.get(b"content-type")
+    ce_type = headers.get(b"ce-type")
+    if (ctype is None or b"cloudevents" not in ctype) and ce_type in _KINDS:
+        # Binary mode as kustos serve sends it: no header decoded that is not needed.
+        data = loads_object(body)  # any content type: curl -d sends a form's
+        when = headers.get(b"ce-time")
+        return Event(_KINDS[ce_type], _check_id(_header(headers, b"ce-id"), "ce-id"),
+                     _header(headers, b"ce-modelversion") or None,
+                     None if when is None else parse_time(_header(headers, b"ce-time"),
+                                                          "ce-time"), data)
+    return _parse_event(headers, body)
+
+
+def _parse_event(headers: Mapping[bytes, bytes], body: bytes) -> Event:
     ctype = _header(headers, b"content-type") or ""
     if ctype.startswith("application/cloudevents+json"):
         doc = loads_object(body)
@@ -232,7 +247,10 @@ def _v2_tensors(tensors: Any, key: str, raw: Any = None
         if not isinstance(name, str):
             raise ProtocolError(f"{where}: 'name' must be a string")
         where = f"{key[:-1]} {name!r}"
-        shape = check_shape(_grpc_shape(t.get("shape")), where)
+        try:
+            shape = check_shape(t.get("shape"), where)
+        except ProtocolError:  # gRPC's shape as protobuf JSON writes it, or wrong
+            shape = check_shape(_grpc_shape(t.get("shape")), where)
         datatype = t.get("datatype")
         if not isinstance(datatype, str):
             raise ProtocolError(f"{where}: 'datatype' must be a string such as FP64")
@@ -399,7 +417,7 @@ def _probabilities(arr: np.ndarray[Any, Any], where: str) -> np.ndarray[Any, Any
     if arr.ndim != 2 or arr.shape[1] < 2 or len(arr) == 0:
         raise ProtocolError(f"{where}: probabilities must be rows of at least two classes")
     try:
-        p = arr.astype(np.float64)
+        p = arr.astype(np.float64, copy=False)
     except (TypeError, ValueError):
         raise ProtocolError(f"{where}: probabilities must be numbers") from None
     # NaN fails both comparisons, infinities one of them.

@@ -143,8 +143,13 @@ class Store:
         stored (the rows get them where they have none), then ``preds``. Returns the
         predictions that joined a label already present (with the label's time) and the
         ids of ``features`` that found their stored prediction."""
+        # The rows of a response share one class list (parse._default_classes): encoded
+        # once per batch. Keyed by id(): the lists are alive for the whole call.
+        classes: dict[int, str | None] = {}
         rows = [(p.id, p.row, p.version, p.ts, p.label, p.value, _dumps(p.proba),
-                 _dumps(p.classes), _dumps(p.features)) for p in preds]
+                 classes[id(p.classes)] if id(p.classes) in classes else
+                 classes.setdefault(id(p.classes), _dumps(p.classes)),
+                 _dumps(p.features)) for p in preds]
         with self._lock:
             db = self._db
             db.execute("BEGIN")
