@@ -456,18 +456,33 @@ class GovernanceSpec(KModel):
     """Model card."""
 
 
+# spec.canary.model.uri is a file: a registry version would need a second resolution
+# (status.registry holds spec.model's); spec.rollout covers registry-driven canaries.
+CANARY_REGISTRY_PREFIX = "models:/"
+CANARY_REGISTRY_MESSAGE = (
+    "spec.canary.model.uri cannot be a models:/ registry URI (only spec.model.uri is "
+    "resolved in a registry): give the registered version's file URI, or use spec.rollout "
+    "with spec.model.uri models:/NAME@ALIAS, which rolls each alias move out as a gated "
+    "canary")
+
+
 class CanaryModel(KModel):
     """The canary's model; unset fields are taken from spec.model."""
 
     model_config = validations(
         ("!(self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')) || has(self.digest)",
          "unpickling runs code: a .joblib/.pkl model needs a pinned digest", ".digest"),
+        # The URI pattern refuses it too; this says why, and what to do instead.
+        (f"!self.uri.startsWith('{CANARY_REGISTRY_PREFIX}')", CANARY_REGISTRY_MESSAGE, ".uri"),
     )
 
     version: str = Field(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*)?$")
     """Canary model version."""
     uri: Uri
-    """Where the canary model file lives."""
+    """Where the canary model file lives: file:///, https://, s3:// or pvc://. Not a
+    models:/ registry URI (only spec.model.uri is resolved in a registry): for a
+    registered version give its file, or use spec.rollout with a models:/NAME@ALIAS
+    spec.model.uri, whose alias moves are rolled out as gated canaries."""
     format: ModelFormat | None = None
     """Format; defaults to spec.model.format."""
     digest: Digest | None = None
