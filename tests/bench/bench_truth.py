@@ -68,6 +68,13 @@ def send(port: int, path: str, items: list[tuple[bytes, bytes]]) -> tuple[float,
     return len(items) / took, bad
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): the server's own cost,
+    which the other work on a shared machine changes less than the wall-clock rate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=5000)
@@ -95,17 +102,21 @@ def main() -> int:
                         return 1
                     time.sleep(0.2)
             results: dict[str, list[float]] = {"events": [], "baseline": []}
+            cpu: dict[str, list[float]] = {"events": [], "baseline": []}
             offset = 0
             for r in range(args.rounds):
                 for mode in (("events", "baseline") if r % 2 == 0 else
                              ("baseline", "events")):
                     items = events(args.pairs, offset)
                     offset += args.pairs
+                    used = cpu_seconds(proc.pid)
                     rate, bad = send(port, "/v1/events" if mode == "events"
                                      else "/v1/nothing", items)
+                    used = (cpu_seconds(proc.pid) - used) / len(items) * 1e6
                     results[mode].append(rate)
-                    print(f"round {r + 1} {mode:8s} {rate:9.0f} events/s"
-                          + (f" ({bad} not accepted)" if bad else ""))
+                    cpu[mode].append(used)
+                    print(f"round {r + 1} {mode:8s} {rate:9.0f} events/s, server CPU "
+                          f"{used:5.1f} us/event" + (f" ({bad} not accepted)" if bad else ""))
             labels = [(orjson.dumps({"labels": [{"id": f"bench-{i}", "label": i % 2}
                                                 for i in range(k, k + 1000)]}),
                        b"content-type: application/json\r\n")
@@ -115,6 +126,9 @@ def main() -> int:
                 results["baseline"])
             print(f"\nmedian: /v1/events {ev:.0f} events/s ({ev / 2:.0f} predictions/s), "
                   f"baseline (404, HTTP only) {base:.0f} POSTs/s, ratio {ev / base:.2f}")
+            ev_cpu, base_cpu = (statistics.median(cpu[m]) for m in ("events", "baseline"))
+            print(f"server CPU per event: /v1/events {ev_cpu:.1f} us, baseline {base_cpu:.1f} "
+                  f"us (at most {1e6 / ev_cpu:.0f} events/s on one free core)")
             print(f"V2 feedback: {rate * 1000:.0f} labels/s (posts of 1000)")
             size = sum(f.stat().st_size for f in (Path(tmp) / "store").iterdir())
             print(f"store after {offset} predictions: {size / 1e6:.1f} MB "
