@@ -96,10 +96,6 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-def _loads(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
 class Store:
     """One writer connection (behind a lock: the event loop and the bulk loader write)
     and one reader connection for the evaluation thread."""
@@ -280,9 +276,18 @@ class Store:
                 "l.label, l.value, l.metadata, l.ts FROM predictions p LEFT JOIN labels l "
                 "ON p.id = l.id AND p.row = l.row WHERE p.ts >= ? ORDER BY p.ts",
                 (since,)).fetchall()
+        loads = orjson.loads
+        # A version's rows share a few class lists: each text decoded once (one list
+        # object for all its rows; nothing changes them).
+        class_lists: dict[str, Any] = {}
         for r in rows:
-            yield Joined(r[0], r[1], r[2], r[3], _loads(r[4]), _loads(r[5]), _loads(r[6]),
-                         r[7], r[8], _loads(r[9]), r[10])
+            proba, classes, feats, meta = r[4], r[5], r[6], r[9]
+            if classes is not None:
+                classes = class_lists.get(classes) or class_lists.setdefault(
+                    classes, loads(classes))
+            yield Joined(r[0], r[1], r[2], r[3], None if proba is None else loads(proba),
+                         classes, None if feats is None else loads(feats), r[7], r[8],
+                         None if meta is None else loads(meta), r[10])
 
     def table_counts(self) -> dict[str, int]:
         return dict(self._counts)
