@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
 import subprocess
 from collections.abc import Iterator
@@ -12,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
+from loopback_http import metrics, request
 from ports import free_port
 from procs import stop, wait_for
 
@@ -29,19 +28,6 @@ def write_csv(path: Path, x: np.ndarray, names: list[str]) -> Path:
     fmt = ["%d" if np.array_equal(c, np.round(c)) else "%.17g" for c in x.T]  # exact
     np.savetxt(path, x, delimiter=",", header=",".join(names), comments="", fmt=fmt)
     return path
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            timeout: float = 10.0) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body, {"content-type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    ctype = resp.getheader("content-type") or ""
-    return resp.status, orjson.loads(data) if "json" in ctype else data.decode()
 
 
 def payload(x: np.ndarray, model: str = "m") -> bytes:
@@ -102,14 +88,7 @@ class Sidecar:
         return dict(st)
 
     def metrics(self) -> dict[str, float]:
-        code, text = self.get("/metrics")
-        assert code == 200
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                out[key] = float(value)
-        return out
+        return metrics(self.port)
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]

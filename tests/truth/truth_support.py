@@ -4,7 +4,6 @@ processes on 127.0.0.1, HTTP in and out, a moto S3 server."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from loopback_http import metrics, request  # noqa: F401  # the tests import them from here
 from motoserver import moto_server
 from ports import free_port
 from procs import stop, wait_for
@@ -21,36 +21,10 @@ from procs import stop, wait_for
 KUSTOS = str(Path(sys.executable).parent / "kustos")
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None, timeout: float = 10.0
-            ) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body, {"content-type": "application/json",
-                                          **(headers or {})})
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    ctype = resp.getheader("content-type") or ""
-    return resp.status, orjson.loads(data) if "json" in ctype else data.decode()
-
-
 def post(port: int, path: str, doc: Any, headers: dict[str, str] | None = None
          ) -> tuple[int, Any]:
     return request(port, "POST", path, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
                    headers)
-
-
-def metrics(port: int) -> dict[str, float]:
-    code, text = request(port, "GET", "/metrics")
-    assert code == 200
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 class Proc:
