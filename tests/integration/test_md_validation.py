@@ -77,6 +77,9 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("canary share zero", variant("spec.canary", {
         "model": {"version": "2", "uri": "s3://m/model.skops"}, "trafficPercent": 0}),
      ["spec.canary.trafficPercent", "greater than or equal to 1"]),
+    ("registry URI for the canary", variant("spec.canary", {
+        "model": {"version": "2", "uri": "models:/iris@challenger"}, "trafficPercent": 10}),
+     ["spec.canary.model.uri", "cannot be a models:/ registry URI"]),
     ("custom runtime without image", variant("spec.runtime", {"kind": "custom", "port": 9000}),
      ["spec.runtime.kind", "runtime kind custom needs image and port"]),
     ("bad risk tier", variant("spec.governance", {"riskTier": "extreme"}),
