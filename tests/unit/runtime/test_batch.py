@@ -193,9 +193,9 @@ def test_an_error_of_the_writer_thread_reaches_the_caller(
     encoded_in: list[str] = []
     encode = sink.encode
 
-    def encode_recorded(*args: Any) -> Any:
+    def encode_recorded(*args: Any, **kwargs: Any) -> Any:
         encoded_in.append(threading.current_thread().name)
-        return encode(*args)
+        return encode(*args, **kwargs)
 
     monkeypatch.setattr(sink, "encode", encode_recorded)
     job = runner.Job(input=data.jsonl, input_format="jsonl", output=tmp_path / "o",

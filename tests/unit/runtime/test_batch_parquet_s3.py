@@ -179,14 +179,14 @@ def test_a_shard_reads_only_the_row_groups_of_its_missing_chunks(data: Data,
                                                                  tmp_path: Path) -> None:
     read: list[int] = []
     wanted = {3}  # rows 1500..1999: row groups 2 (1400..2099) only
-    for chunk in source.chunks(data.parquet, "parquet", 500, lambda k: k in wanted,
-                               ["row_key", "f0"]):
-        read.append(chunk.index) if chunk.frame is not None else None
+    lay = source.layout(data.parquet, "parquet", ["f0", "f7"], "row_key")
+    for chunk in source.chunks(data.parquet, "parquet", 500, lambda k: k in wanted, lay):
+        read.append(chunk.index) if chunk.x is not None else None
         assert chunk.wanted == (chunk.index in wanted)
         if chunk.index == 3:
-            assert chunk.first_row == 1500 and len(chunk.frame) == 500
-            assert chunk.frame["row_key"].tolist() == data.ids[1500:2000]
-            assert list(chunk.frame.columns) == ["row_key", "f0"]
+            assert chunk.first_row == 1500 and chunk.x is not None
+            np.testing.assert_array_equal(chunk.x, data.x[1500:2000, [0, 7]])
+            assert chunk.id_values.tolist() == data.ids[1500:2000]
     assert read == [3]
     # the in-process runner: the same Model as `kustos serve`
     model = load_model(data.model, "bc")

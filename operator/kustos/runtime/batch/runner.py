@@ -12,7 +12,7 @@ from typing import Any
 
 from kustos.runtime.server.models import Model
 
-from . import sink, source
+from . import parquet_part, sink, source
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,6 @@ def run(job: Job, model: Model, progress: Progress | None = None) -> Report:
         mine.add(index)
         return not out.done(index)
 
-    read = [*lay.features, *([job.id_field] if job.id_field else [])]
     # Chunk k is encoded and written by one writer thread while chunk k+1 is read and
     # predicted: at most one chunk in flight, written in chunk order, its error raised
     # here. A chunk counts (in the report and to `progress`) only once its part exists:
@@ -106,11 +105,14 @@ def run(job: Job, model: Model, progress: Progress | None = None) -> Report:
         if progress is not None:
             progress(report, index)
 
+    # Parquet parts keep their schema across chunks (see parquet_part).
+    parts = parquet_part.PartWriter(job.id_column) if job.output_format == "parquet" else None
+
     def write(index: int, ids: Sequence[str], columns: dict[str, Any]) -> None:
-        out.write(index, sink.encode(job.id_column, ids, columns, job.output_format))
+        out.write(index, sink.encode(job.id_column, ids, columns, job.output_format, parts))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer") as writer:
-        for chunk in source.chunks(job.input, job.input_format, job.chunk_size, wanted, read):
+        for chunk in source.chunks(job.input, job.input_format, job.chunk_size, wanted, lay):
             report.rows_total += chunk.rows
             if chunk.index not in mine:
                 continue

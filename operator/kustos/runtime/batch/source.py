@@ -18,7 +18,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import orjson
@@ -51,7 +51,8 @@ class Chunk:
     first_row: int
     lines: list[str]
     count: int | None = None  # rows, for Parquet (no lines)
-    frame: Any = None  # pandas.DataFrame of a wanted Parquet chunk
+    x: np.ndarray[Any, Any] | None = None  # a wanted Parquet chunk's features (float64)
+    id_values: Any = None  # and its id column (a pandas Series), if the input has one
     wanted: bool = True
 
     @property
@@ -59,12 +60,44 @@ class Chunk:
         return len(self.lines) if self.count is None else self.count
 
 
+class RowNumbers(Sequence[str]):
+    """The ids of rows ``first`` .. ``first + rows - 1`` when the id is the row number:
+    the strings are made only when asked for (CSV, JSONL); a Parquet part is written
+    from the numbers (parquet_part.row_number_page)."""
+
+    def __init__(self, first: int, rows: int) -> None:
+        self.first, self.rows = first, rows
+        self._numbers = range(first, first + rows)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return list(map(str, self._numbers[index]))
+        return str(self._numbers[index])
+
+    def __iter__(self) -> Iterator[str]:
+        return map(str, self._numbers)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(frozen=True)
 class Parsed:
     """A chunk as arrays: features (rows x features, float64) and one id per row."""
 
     x: np.ndarray[Any, Any]
-    ids: list[str]
+    ids: Sequence[str]
 
 
 def _data_lines(handle: io.TextIOBase) -> Iterator[str]:
@@ -156,13 +189,14 @@ def _parquet_layout(path: Path, features: Sequence[str] | None,
 
 def chunks(path: Path, fmt: str, chunk_size: int,
            wanted: Callable[[int], bool] | None = None,
-           columns: Sequence[str] | None = None) -> Iterator[Chunk]:
+           lay: Layout | None = None) -> Iterator[Chunk]:
     """Every chunk of the file, in order (the CSV header skipped), each asked ``wanted``
-    once. Parquet: only the wanted chunks are read (their ``columns``), the others only
-    counted."""
+    once. Parquet: only the wanted chunks are read (the features and id of ``lay``), the
+    others only counted."""
     wanted = wanted or (lambda _: True)
     if fmt == "parquet":
-        yield from _parquet_chunks(path, chunk_size, wanted, columns)
+        yield from _parquet_chunks(path, chunk_size, wanted,
+                                   lay or _parquet_layout(path, None, None))
         return
     with path.open(encoding="utf-8", newline="") as handle:
         lines = _data_lines(handle)
@@ -175,39 +209,86 @@ def chunks(path: Path, fmt: str, chunk_size: int,
             yield Chunk(index, index * chunk_size, batch, wanted=wanted(index))
 
 
+@dataclass(frozen=True)
+class _Group:
+    """One Parquet row group as read: its features and its id column."""
+
+    x: np.ndarray[Any, Any]  # rows x features, float64, Fortran order
+    id_values: Any  # pandas Series, or None
+
+
+def _read_group(pf: Any, handle: Any, g: int, lay: Layout, first_row: int,
+                name: str) -> _Group:
+    """Row group ``g``: each float64 feature column decoded by fastparquet straight into
+    its column of the feature matrix (no DataFrame, no copy out of one); other numeric
+    features and the id through the DataFrame fastparquet allocates, as to_pandas does."""
+    rg = pf.row_groups[g]
+    rows = int(rg.num_rows)
+    dtypes = pf.dtypes
+    in_place = [c for c in lay.features
+                if c != lay.id_field and dtypes[c] == np.float64]
+    placed = set(in_place)
+    other = list(dict.fromkeys(
+        [*(c for c in lay.features if c not in placed),
+         *([lay.id_field] if lay.id_field else [])]))
+    categories = pf.check_categories(None)
+    frame, assign = pf.pre_allocate(rows, other, categories, False)
+    x = np.empty((len(lay.features), rows), dtype=np.float64).T
+    for j, column in enumerate(lay.features):
+        if column in placed:
+            assign[column] = x[:, j]
+    try:
+        pf.read_row_group_file(rg, [*in_place, *other], categories, index=False,
+                               assign=assign, infile=handle)
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise InputError(f"{name}: row group {g} cannot be read "
+                         f"({type(err).__name__})") from None
+    for j, column in enumerate(lay.features):
+        if column not in placed:
+            try:
+                x[:, j] = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                raise InputError(f"{name}: rows {first_row}..{first_row + rows - 1} "
+                                 "cannot be read as numbers") from None
+    return _Group(x, frame[lay.id_field] if lay.id_field else None)
+
+
 def _parquet_chunks(path: Path, chunk_size: int, wanted: Callable[[int], bool],
-                    columns: Sequence[str] | None) -> Iterator[Chunk]:
+                    lay: Layout) -> Iterator[Chunk]:
     import pandas as pd  # comes with fastparquet
 
     pf = _parquet_file(path)
     sizes = [int(rg.num_rows) for rg in pf.row_groups]
     starts = list(itertools.accumulate([0, *sizes]))
     total = starts[-1]
-    cols = list(columns) if columns is not None else None
-    held: tuple[int, Any] | None = None  # the last row group read (chunks may share it)
+    held: tuple[int, _Group] | None = None  # the last row group read (chunks may share it)
 
-    def group(g: int) -> Any:
-        nonlocal held
-        if held is None or held[0] != g:
-            held = None  # let the previous one go before reading the next
-            try:
-                held = (g, pf[g].to_pandas(columns=cols, index=False))
-            except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
-                raise InputError(f"{path.name}: row group {g} cannot be read "
-                                 f"({type(err).__name__})") from None
-        return held[1]
+    with path.open("rb") as handle:
+        def group(g: int) -> _Group:
+            nonlocal held
+            if held is None or held[0] != g:
+                held = None  # let the previous one go before reading the next
+                held = (g, _read_group(pf, handle, g, lay, starts[g], path.name))
+            return held[1]
 
-    for index in range(-(-total // chunk_size)):
-        first, end = index * chunk_size, min(total, (index + 1) * chunk_size)
-        if not wanted(index):
-            yield Chunk(index, first, [], end - first, wanted=False)
-            continue
-        parts = []
-        for g, (lo, hi) in enumerate(itertools.pairwise(starts)):
-            if hi > first and lo < end:
-                parts.append(group(g).iloc[max(first, lo) - lo:min(end, hi) - lo])
-        frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-        yield Chunk(index, first, [], end - first, frame)
+        for index in range(-(-total // chunk_size)):
+            first, end = index * chunk_size, min(total, (index + 1) * chunk_size)
+            if not wanted(index):
+                yield Chunk(index, first, [], end - first, wanted=False)
+                continue
+            xs, ids = [], []
+            for g, (lo, hi) in enumerate(itertools.pairwise(starts)):
+                if hi > first and lo < end:
+                    part = group(g)
+                    cut = slice(max(first, lo) - lo, min(end, hi) - lo)
+                    xs.append(part.x[cut])
+                    if part.id_values is not None:
+                        ids.append(part.id_values.iloc[cut])
+            # C order, as a model reads rows (trees walk one row at a time).
+            x = np.ascontiguousarray(xs[0] if len(xs) == 1 else np.concatenate(xs))
+            id_values = (None if not ids else ids[0] if len(ids) == 1
+                         else pd.concat(ids, ignore_index=True))
+            yield Chunk(index, first, [], end - first, x, id_values)
 
 
 def parse(chunk: Chunk, fmt: str, lay: Layout, name: str) -> Parsed:
@@ -220,22 +301,17 @@ def parse(chunk: Chunk, fmt: str, lay: Layout, name: str) -> Parsed:
 
 
 def _parse_parquet(chunk: Chunk, lay: Layout, name: str) -> Parsed:
-    frame = chunk.frame
-    assert frame is not None, "a Parquet chunk is parsed only when it was read"
-    try:
-        x = frame[list(lay.features)].to_numpy(dtype=np.float64, na_value=np.nan)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: rows {chunk.first_row}..{chunk.first_row + chunk.rows - 1}"
-                         " cannot be read as numbers") from None
+    assert chunk.x is not None, "a Parquet chunk is parsed only when it was read"
+    ids: Sequence[str]
     if lay.id_field is not None:
-        values = frame[lay.id_field]
+        values = chunk.id_values
         if values.isna().any():
             row = chunk.first_row + int(values.isna().to_numpy().argmax())
             raise InputError(f"{name}: row {row}, column {lay.id_field}: no id")
         ids = values.astype(str).tolist()
     else:
-        ids = list(map(str, range(chunk.first_row, chunk.first_row + chunk.rows)))
-    return Parsed(x.reshape(chunk.rows, len(lay.features)), ids)
+        ids = RowNumbers(chunk.first_row, chunk.rows)
+    return Parsed(chunk.x.reshape(chunk.rows, len(lay.features)), ids)
 
 
 def _parse_csv(chunk: Chunk, lay: Layout, name: str) -> Parsed:
@@ -245,11 +321,12 @@ def _parse_csv(chunk: Chunk, lay: Layout, name: str) -> Parsed:
                        usecols=lay.feature_positions, ndmin=2)
     except ValueError:
         raise _bad_csv_row(chunk, lay, name) from None
+    ids: Sequence[str]
     if lay.id_position is not None:
         pos = lay.id_position
         ids = [line.rstrip("\r\n").split(",")[pos].strip() for line in chunk.lines]
     else:
-        ids = list(map(str, range(chunk.first_row, chunk.first_row + len(chunk.lines))))
+        ids = RowNumbers(chunk.first_row, len(chunk.lines))
     return Parsed(x, ids)
 
 
