@@ -1,27 +1,40 @@
 """Shadow traffic benchmark: what mirroring every prediction to a candidate costs the caller.
 
-Not a test (not part of `make test`). Run from the repository, with wrk installed:
+Not a test (not part of `make test`). Run from the repository:
 
-    nice .venv/bin/python tests/bench/bench_shadow.py [--duration 2] [--budget 200]
+    nice .venv/bin/python tests/bench/bench_shadow.py [--budget 200]               # paired
+    nice .venv/bin/python tests/bench/bench_shadow.py --method wrk --duration 1   # wrk rounds
 
 LogisticRegression on iris (the cheapest model, so the mirroring's cost shows most),
 single-row V2 requests. Placement, so that the two sides do not compete for one core on
-this small machine: the three stable `kustos serve` processes (one worker each) are pinned
-to CPU 0 (taskset); wrk, the candidate (a second real `kustos serve` with the same model,
-at niceness `--candidate-nice`), the sink and this driver (os.sched_setaffinity) to CPU 1.
-Modes: "off" (no --shadow-url), "shadow" (--shadow-percent 100 to the real candidate) and
-"shadow-sink" (100 % to a stand-in that answers the candidate's answer without computing
-it: the stable's own cost of mirroring, without a second model server's CPU, which on a
-cluster runs in its own pods). All three stable servers stay up for the whole run (an idle
-one costs nothing) and are measured in short runs, interleaved: every round runs each
-mode once per load, in an order that rotates from round to round, and rounds repeat until
-`--budget` seconds are spent. Loads: one connection (a caller's own latency); 8
-connections each waiting `--pace-ms` between requests (steady, below saturation); "8"
-(flat out, saturation) on request. Shared-machine noise comes and goes within seconds, so
-each run is compared with the "off" run of the same round and load (seconds apart): the
-table gives the median of those per-round ratios and their interquartile range. Target:
-"shadow" p99 within 5 % of "off" (paced and c=1). Each run also reports the stable's CPU
-per request and what it counted as mirrored: sent / dropped (queue full) / failed.
+this small machine: the stable `kustos serve` processes (one worker each) are pinned to
+CPU 0 (taskset), where they share whatever noise that core sees; the client (this driver,
+os.sched_setaffinity, or wrk), the candidate (a second real `kustos serve` with the same
+model, at niceness `--candidate-nice`) and the sink on CPU 1. Modes, one stable server
+each, all up for the whole run: "off" (no --shadow-url), "twin" (a second "off": the
+paired method's A/A control, which shows its noise floor), "shadow" (--shadow-percent 100
+to the real candidate) and "shadow-sink" (100 % to a stand-in that answers the candidate's
+answer without computing it: the stable's own cost of mirroring, without a second model
+server's CPU, which on a cluster runs in its own pods). Target: "shadow" p99 within 5 % of
+"off".
+
+Method "paired" (the default; paired_latency.py): one client interleaves at request
+granularity. Each group sends the request once to every mode's server, in an order
+shuffled per group, on kept-alive connections; each request's latency is taken with
+perf_counter_ns. Loads: "1" (one request at a time: a caller's own latency) and "8p" (8
+such clients on one selector, each waiting `--pace-ms` after every answer, so the mirror's
+sender thread competes with callers), alternating in `--chunk`-second pieces until
+`--budget` is spent. All samples of a mode are pooled; the report gives p50/p90/p99/p99.9
+per mode and the p99 ratio to "off" with bootstrap 95 % intervals, resampling groups
+(pairs) one by one and in blocks of `--block` consecutive groups (noise that lasts several
+requests stays together). A stall from another process lands on whichever request is in
+flight, by chance: noise for every mode alike, not bias for one.
+
+Method "wrk" (the earlier one): every mode in short wrk runs (`--duration` s), interleaved
+by round in an order that rotates, each run compared with the "off" run of its round: the
+median of those per-round ratios and their interquartile range. Both methods report the
+stable's CPU per request and what each mirror counted: sent / dropped (queue full) /
+failed, rows agreeing / disagreeing.
 """
 
 from __future__ import annotations
@@ -39,6 +52,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -275,8 +290,44 @@ def wrk_rounds(bench: Bench, args: argparse.Namespace, modes: list[str]
     return results
 
 
-def paired_run(bench: Bench, args: argparse.Namespace, modes: list[str]
-               ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+@dataclass
+class Measured:
+    """The paired method's samples: per load, latencies in ms as (groups, modes) in the
+    order the groups completed; the stable's CPU seconds per mode and what each mirror
+    counted (None when pooled from saved runs)."""
+
+    modes: list[str]
+    ms: dict[str, np.ndarray]
+    orders: dict[str, np.ndarray]
+    seconds: dict[str, float]
+    cpu: dict[str, list[float]] | None = None
+    mirrored: dict[str, dict[str, float]] | None = None
+
+    def save(self, path: str) -> None:
+        arrays: dict[str, Any] = {
+            "modes": np.array(self.modes), "loads": np.array(list(self.ms)),
+            "seconds": np.array(list(self.seconds.values())),
+            **{f"ms_{load}": v for load, v in self.ms.items()},
+            **{f"orders_{load}": v for load, v in self.orders.items()}}
+        np.savez_compressed(path, **arrays)
+
+    @staticmethod
+    def pool(paths: list[str]) -> Measured:
+        """Saved runs of the same modes and loads, their groups concatenated."""
+        runs = [np.load(p) for p in paths]
+        modes, loads = [str(m) for m in runs[0]["modes"]], [str(x) for x in runs[0]["loads"]]
+        for path, run in zip(paths, runs, strict=True):
+            if list(run["modes"]) != modes or list(run["loads"]) != loads:
+                raise SystemExit(f"{path}: other modes or loads than {paths[0]}")
+        return Measured(modes, {load: np.concatenate([r[f"ms_{load}"] for r in runs])
+                                for load in loads},
+                        {load: np.concatenate([r[f"orders_{load}"] for r in runs])
+                         for load in loads},
+                        {load: float(sum(r["seconds"][i] for r in runs))
+                         for i, load in enumerate(loads)})
+
+
+def paired_run(bench: Bench, args: argparse.Namespace, modes: list[str]) -> Measured:
     """Request-level interleaving (paired_latency): per load, the samples of every
     chunk, the stable's CPU per mode, and what each mirror counted."""
     import paired_latency as pl
@@ -309,33 +360,35 @@ def paired_run(bench: Bench, args: argparse.Namespace, modes: list[str]
                   file=sys.stderr)
     after = bench.quiet(modes)
     mirrored = {m: {k: after[m][k] - before[m][k] for k in after[m]} for m in modes}
-    return {"chunks": chunks, "cpu": cpu}, mirrored
+    return Measured(modes, {load: np.concatenate([c.matrix() for c in chunks[load]])
+                            for load in args.loads},
+                    {load: np.concatenate([c.orders() for c in chunks[load]])
+                     for load in args.loads},
+                    {load: sum(c.seconds for c in chunks[load]) for load in args.loads},
+                    cpu, mirrored)
 
 
-def paired_report(modes: list[str], loads: list[str], measured: dict[str, Any],
-                  mirrored: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
-    import numpy as np
+def paired_report(measured: Measured, args: argparse.Namespace) -> None:
     import paired_latency as pl
 
+    modes = measured.modes
     print(f"| load | mode | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | p50 vs off | "
           f"p99 vs off [95 % CI: pairs; blocks of {args.block}] | p99.9 vs off [95 % CI: "
           f"blocks] | stable CPU us/request (+ vs off) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     summary: list[dict[str, Any]] = []
-    for load in loads:
-        chunks = measured["chunks"][load]
-        ms = np.concatenate([c.matrix() for c in chunks])
+    for load, ms in measured.ms.items():
         n = len(ms)
-        cpu_us = [c / n * 1e6 for c in measured["cpu"][load]]
+        cpu_us = ([c / n * 1e6 for c in measured.cpu[load]] if measured.cpu is not None
+                  else None)
         name = (f"{load[:-1]} paced ({args.pace_ms:g} ms)" if load.endswith("p")
                 else "1 conn, alternating" if load == "1" else f"{load} conn")
         base = ms[:, 0]
         for i, mode in enumerate(modes):
             q = pl.quantiles(ms[:, i])
             row: dict[str, Any] = {"load": load, "mode": mode, "requests": n,
-                                   "seconds": sum(c.seconds for c in chunks),
-                                   "p50_ms": q[0], "p90_ms": q[1], "p99_ms": q[2],
-                                   "p999_ms": q[3], "cpu_us_per_request": cpu_us[i]}
+                                   "seconds": measured.seconds[load], "p50_ms": q[0],
+                                   "p90_ms": q[1], "p99_ms": q[2], "p999_ms": q[3]}
             if i == 0:
                 cells = "1 | 1 | 1"
             else:
@@ -351,17 +404,31 @@ def paired_report(modes: list[str], loads: list[str], measured: dict[str, Any],
                 cells = (f"{r50:.3f} | {r99:.3f} [{pair[0]:.3f}-{pair[1]:.3f}; "
                          f"{blocks[0]:.3f}-{blocks[1]:.3f}] | {r999:.3f} "
                          f"[{tail[0]:.3f}-{tail[1]:.3f}]")
+            cpu = "—"
+            if cpu_us is not None:
+                row["cpu_us_per_request"] = cpu_us[i]
+                cpu = f"{cpu_us[i]:.1f} ({cpu_us[i] - cpu_us[0]:+.1f})"
             summary.append(row)
             print(f"| {name} | {mode} | {n:,} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} | "
-                  f"{q[3]:.3f} | {cells} | {cpu_us[i]:.1f} ({cpu_us[i] - cpu_us[0]:+.1f}) |")
-    print()
-    print("| mode | mirrored sent | dropped | failed | rows agree | disagree |")
-    print("|---|---|---|---|---|---|")
-    for mode in modes:
-        c = mirrored[mode]
-        print(f"| {mode} | {c['sent']:,.0f} | {c['dropped']:,.0f} | {c['failed']:,.0f} | "
-              f"{c['agree']:,.0f} | {c['disagree']:,.0f} |")
-    print(json.dumps({"summary": summary, "mirrored": mirrored}))
+                  f"{q[3]:.3f} | {cells} | {cpu} |")
+    if "1" in measured.ms:
+        print()
+        print("One at a time, p99 ms (requests) by the mode of the request just before:")
+        print()
+        print("| mode | " + " | ".join(f"after {m}" for m in modes) + " |")
+        print("|---|" + "---|" * len(modes))
+        for mode, row_ in zip(modes, pl.by_predecessor(measured.ms["1"],
+                                                       measured.orders["1"]), strict=True):
+            print(f"| {mode} | " + " | ".join(f"{v:.3f} ({n:,})" for v, n in row_) + " |")
+    if measured.mirrored is not None:
+        print()
+        print("| mode | mirrored sent | dropped | failed | rows agree | disagree |")
+        print("|---|---|---|---|---|---|")
+        for mode in modes:
+            c = measured.mirrored[mode]
+            print(f"| {mode} | {c['sent']:,.0f} | {c['dropped']:,.0f} | {c['failed']:,.0f} | "
+                  f"{c['agree']:,.0f} | {c['disagree']:,.0f} |")
+    print(json.dumps({"summary": summary, "mirrored": measured.mirrored}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="paired: consecutive groups per bootstrap block (100)")
     p.add_argument("--reps", type=int, default=1000,
                    help="paired: bootstrap resamples (1000)")
+    p.add_argument("--save", default=None,
+                   help="paired: write the samples to this .npz file")
+    p.add_argument("--pool", nargs="+", default=None, metavar="NPZ",
+                   help="paired: no servers; report the samples of these saved runs "
+                        "(same modes and loads) pooled")
     p.add_argument("--duration", type=int, default=2, help="wrk: seconds per run (2)")
     p.add_argument("--max-rounds", type=int, default=1000, help="wrk: at most this many "
                    "rounds")
@@ -396,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.sink is not None:
         run_sink(int(args.sink[0]), args.sink[1])
+        return 0
+    if args.pool is not None:
+        paired_report(Measured.pool(args.pool), args)
         return 0
     chosen = args.modes or (["twin", "shadow", "shadow-sink"] if args.method == "paired"
                             else ["shadow", "shadow-sink"])
@@ -412,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.method == "wrk":
             results = wrk_rounds(bench, args, modes)
         else:
-            measured, mirrored = paired_run(bench, args, modes)
+            measured = paired_run(bench, args, modes)
     load_after = loadavg()
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))  # the bootstrap: any CPU
     print(f"{args.method}: {time.monotonic() - started:.0f}s; load average before: "
@@ -421,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         report(results, args.loads, modes)
         print(json.dumps(results))
     else:
-        paired_report(modes, args.loads, measured, mirrored, args)
+        if args.save:
+            measured.save(args.save)
+        paired_report(measured, args)
     return 0
 
 

@@ -87,9 +87,11 @@ class Conn:
 @dataclass
 class Samples:
     """Latencies in nanoseconds, ``lat[m][g]`` for server ``m`` in group ``g`` (groups in
-    the order they completed)."""
+    the order they completed), and the order each group sent in (``order[g * servers +
+    j]``: the server of its j-th request)."""
 
     lat: list[array[int]]
+    order: array[int]
     seconds: float
 
     @property
@@ -100,6 +102,10 @@ class Samples:
         """(groups, servers) in milliseconds."""
         return np.stack([np.frombuffer(a, dtype=np.int64) for a in self.lat], axis=1) / 1e6
 
+    def orders(self) -> np.ndarray:
+        """(groups, servers): the servers of each group's requests, in the order sent."""
+        return np.frombuffer(self.order, dtype=np.int8).reshape(-1, len(self.lat))
+
 
 def alternate(ports: list[int], request: list[bytes], seconds: float,
               seed: int = 0) -> Samples:
@@ -107,6 +113,7 @@ def alternate(ports: list[int], request: list[bytes], seconds: float,
     a time, in a shuffled order."""
     conns = [Conn(p, r) for p, r in zip(ports, request, strict=True)]
     lat = [array("q") for _ in conns]
+    sent = array("b")
     order = list(range(len(conns)))
     shuffle = random.Random(seed).shuffle
     clock = time.perf_counter_ns
@@ -116,12 +123,13 @@ def alternate(ports: list[int], request: list[bytes], seconds: float,
         deadline = started + int(seconds * 1e9)
         while clock() < deadline:
             shuffle(order)
+            sent.extend(order)
             for i in order:
                 conn = conns[i]
                 t0 = clock()
                 conn.exchange()
                 lat[i].append(clock() - t0)
-        return Samples(lat, (clock() - started) / 1e9)
+        return Samples(lat, sent, (clock() - started) / 1e9)
     finally:
         gc.enable()
         for conn in conns:
@@ -153,6 +161,7 @@ def paced(ports: list[int], request: list[bytes], seconds: float, slots: int = 8
     clock = time.perf_counter_ns
     pace_ns = int(pace * 1e9)
     lat = [array("q") for _ in ports]
+    sent = array("b")
     clients: list[_Slot] = []
     for n in range(slots):
         slot = _Slot([Conn(p, r) for p, r in zip(ports, request, strict=True)])
@@ -197,8 +206,9 @@ def paced(ports: list[int], request: list[bytes], seconds: float, slots: int = 8
                 if slot.done == len(ports):
                     for m, t in enumerate(slot.times):
                         lat[m].append(t)
+                    sent.extend(slot.order)
                     slot.done = 0
-        return Samples(lat, (clock() - started) / 1e9)
+        return Samples(lat, sent, (clock() - started) / 1e9)
     finally:
         gc.enable()
         sel.close()
@@ -233,3 +243,24 @@ def bootstrap_ratio(base: np.ndarray, other: np.ndarray, q: float, reps: int = 1
         ratios[r] = b / a
     lo, hi = np.percentile(ratios, (2.5, 97.5))
     return float(lo), float(hi)
+
+
+def by_predecessor(ms: np.ndarray, orders: np.ndarray, q: float = 99
+                   ) -> list[list[tuple[float, int]]]:
+    """For one-at-a-time samples: ``[x][p]`` = (percentile ``q`` of server x's latencies
+    when the request just before was to server p, how many). Work a server does after
+    answering (a mirror's batch) lands on the next request, to whichever server: this
+    shows where it went."""
+    k = ms.shape[1]
+    seq = orders.ravel()
+    lat = np.take_along_axis(ms, orders.astype(np.intp), axis=1).ravel()
+    prev, seq, lat = seq[:-1], seq[1:], lat[1:]
+    out: list[list[tuple[float, int]]] = []
+    for x in range(k):
+        row = []
+        for p in range(k):
+            sel = lat[(seq == x) & (prev == p)]
+            row.append((float(np.percentile(sel, q)) if len(sel) else float("nan"),
+                        len(sel)))
+        out.append(row)
+    return out
