@@ -5,19 +5,24 @@ work (an unknown path: HTTP framing and routing only), side by side.
 Not a test (not part of `make test`). Run from the repository:
 
     nice .venv/bin/python tests/bench/bench_truth.py [--pairs 5000] [--rounds 3]
+        [--preload 300000]
 
 One `kustos truth` process (store in a temporary directory, SQLite WAL); the client is the
 payload logger's own HTTP client (sender.HttpPoster: pipelined POSTs on one kept-alive
 connection, batches of 256 as `kustos serve --truth-url` sends them). Each pair is the V2
 request event and the response event (label and probabilities) of one single-row
-prediction of 30 features, as logged. Modes in rotating order, --rounds times:
+prediction of 30 features, as logged, with a random 32-hex inference id as kustos serve
+makes them. --preload fills the store first. Modes in rotating order, --rounds times:
 "events" (POST /v1/events) and "baseline" (POST /v1/nothing, answered 404). Also reports
-the labels per second of V2 feedback posts of 1000 labels each, and the store's size.
+the labels per second of V2 feedback posts of 1000 labels each, the store's size, and
+the server's CPU time per event (/proc: less sensitive to a shared machine's load than
+the rate).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import statistics
@@ -38,10 +43,16 @@ from ports import free_port  # noqa: E402
 BATCH = 256
 
 
+def rid_of(i: int) -> str:
+    """A random-looking 32-hex id, as kustos serve makes them (uuid4().hex): random ids
+    are what the store's id index gets, and they cost more than ordered ones."""
+    return hashlib.md5(b"%d" % i).hexdigest()
+
+
 def events(n: int, start: int) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(start, start + n):
-        rid = f"bench-{i}"
+        rid = rid_of(i)
         req = orjson.dumps({"id": rid, "inputs": [{"name": "input-0", "datatype": "FP64",
                                                    "shape": [1, 30],
                                                    "data": [float(j) for j in range(30)]}]})
@@ -75,12 +86,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def preload(directory: Path, n: int) -> None:
+    from kustos.runtime.truth.store import Prediction, Store
+
+    store = Store(directory, 1_000_000, 7 * 86400.0)
+    now, classes = time.time(), ["0", "1"]
+    for k in range(0, n, 10_000):
+        store.add_predictions([Prediction(rid_of(-1 - i), 0, "1", now, "1", None,
+                                          [0.25, 0.75], classes, None)
+                               for i in range(k, min(n, k + 10_000))])
+    store.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--preload", type=int, default=0,
+                    help="predictions written to the store before the server starts (a "
+                         "store that has been running for a while: its id index no "
+                         "longer fits in few pages)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-truth-") as tmp:
+        if args.preload:
+            preload(Path(tmp) / "store", args.preload)
         config = Path(tmp) / "c.json"
         config.write_bytes(orjson.dumps({"model": "m", "evaluationInterval": "1h",
                                          "maxRows": 1_000_000}))
@@ -103,12 +132,13 @@ def main() -> int:
                     time.sleep(0.2)
             results: dict[str, list[float]] = {"events": [], "baseline": []}
             cpu: dict[str, list[float]] = {"events": [], "baseline": []}
-            offset = 0
+            offset = stored = 0
             for r in range(args.rounds):
                 for mode in (("events", "baseline") if r % 2 == 0 else
                              ("baseline", "events")):
                     items = events(args.pairs, offset)
                     offset += args.pairs
+                    stored += args.pairs if mode == "events" else 0
                     used = cpu_seconds(proc.pid)
                     rate, bad = send(port, "/v1/events" if mode == "events"
                                      else "/v1/nothing", items)
@@ -117,7 +147,7 @@ def main() -> int:
                     cpu[mode].append(used)
                     print(f"round {r + 1} {mode:8s} {rate:9.0f} events/s, server CPU "
                           f"{used:5.1f} us/event" + (f" ({bad} not accepted)" if bad else ""))
-            labels = [(orjson.dumps({"labels": [{"id": f"bench-{i}", "label": i % 2}
+            labels = [(orjson.dumps({"labels": [{"id": rid_of(i), "label": i % 2}
                                                 for i in range(k, k + 1000)]}),
                        b"content-type: application/json\r\n")
                       for k in range(0, min(offset, 20_000), 1000)]
@@ -131,8 +161,9 @@ def main() -> int:
                   f"us (at most {1e6 / ev_cpu:.0f} events/s on one free core)")
             print(f"V2 feedback: {rate * 1000:.0f} labels/s (posts of 1000)")
             size = sum(f.stat().st_size for f in (Path(tmp) / "store").iterdir())
-            print(f"store after {offset} predictions: {size / 1e6:.1f} MB "
-                  f"({size / offset:.0f} bytes per prediction, WAL included)")
+            total = stored + args.preload  # the baseline's POSTs store nothing
+            print(f"store after {total} predictions: {size / 1e6:.1f} MB "
+                  f"({size / total:.0f} bytes per prediction, WAL included)")
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(20)
