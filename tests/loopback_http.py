@@ -1,10 +1,15 @@
-"""HTTP to the servers the tests start on 127.0.0.1: one request with its JSON (or text)
-answer, and a server's /metrics as a map of series to value. tests/ is on sys.path
-(pyproject's pythonpath), so every test directory imports this as ``loopback_http``."""
+"""HTTP on 127.0.0.1 for the tests: one request to a server they started, with its JSON (or
+text) answer; a server's /metrics as a map of series to value; and a threaded server of
+their own for a handler. tests/ is on sys.path (pyproject's pythonpath), so every test
+directory imports this as ``loopback_http``."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
@@ -41,3 +46,17 @@ def metrics(port: int) -> dict[str, float]:
     code, text = request(port, "GET", "/metrics")
     assert code == 200, text
     return parse_metrics(text)
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """A threaded HTTP server on a free loopback port, serving in a daemon thread until the
+    block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,12 +3,10 @@ the first directory above a test package there), so both import this as ``unit_s
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 
+from loopback_http import loopback_server  # noqa: F401  # the tests import it from here
 from ports import free_port  # noqa: F401  # the conftests import it from here
 
 
@@ -21,16 +19,3 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.02
         time.sleep(step)
     return cond()
 
-
-@contextlib.contextmanager
-def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
-    """A threaded HTTP server on a free loopback port, serving in a daemon thread until the
-    block ends."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()

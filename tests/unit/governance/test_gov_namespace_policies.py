@@ -5,10 +5,9 @@ server in the test that answers the API server's GovernancePolicy LIST and Names
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from kustos.controllers.batchinference import Blocked, resolve
 from kustos.governance.namespace_policies import policies_for
 from kustos.k8s import client, config
 from kustos.k8s.client import ApiError
+from loopback_http import loopback_server
 
 POLICIES = "/apis/kustos.dev/v1alpha1/governancepolicies"
 
@@ -45,51 +45,48 @@ def policy(name: str, selector: dict[str, Any] | None = None, enforcement: str =
             "metadata": meta, "spec": spec}
 
 
+class FakeApi(BaseHTTPRequestHandler):
+    """The API server's answers from the Cluster its server carries."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def _answer(self, status: int, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        state: Cluster = self.server.cluster  # type: ignore[attr-defined]
+        path = self.path.split("?", 1)[0]
+        state.paths.append(path)
+        name = path.rsplit("/", 1)[1]
+        if path == POLICIES and state.list_status != 200:
+            self._answer(state.list_status, {"kind": "Status", "code": state.list_status,
+                                             "message": "forbidden"})
+        elif path == POLICIES:
+            self._answer(200, {"kind": "GovernancePolicyList", "metadata": {},
+                               "items": state.policies})
+        elif path.startswith("/api/v1/namespaces/") and name in state.namespaces:
+            self._answer(200, {"kind": "Namespace", "metadata": {
+                "name": name, "labels": state.namespaces[name]}})
+        else:
+            self._answer(404, {"kind": "Status", "code": 404, "message": "not found"})
+
+
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    state = Cluster()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-        def _answer(self, status: int, doc: dict[str, Any]) -> None:
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            state.paths.append(path)
-            if path == POLICIES and state.list_status != 200:
-                self._answer(state.list_status, {"kind": "Status", "code": state.list_status,
-                                                 "message": "forbidden"})
-            elif path == POLICIES:
-                self._answer(200, {"kind": "GovernancePolicyList", "metadata": {},
-                                   "items": state.policies})
-            elif path.startswith("/api/v1/namespaces/") and \
-                    path.rsplit("/", 1)[1] in state.namespaces:
-                name = path.rsplit("/", 1)[1]
-                self._answer(200, {"kind": "Namespace", "metadata": {
-                    "name": name, "labels": state.namespaces[name]}})
-            else:
-                self._answer(404, {"kind": "Status", "code": 404, "message": "not found"})
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    cfg = config.Config(f"http://127.0.0.1:{httpd.server_address[1]}",
-                        config.Credentials(token="t"))
-    monkeypatch.setattr(client, "_api", client.Api(cfg))
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback_server(FakeApi) as httpd:
+        httpd.cluster = state = Cluster()  # type: ignore[attr-defined]
+        cfg = config.Config(f"http://127.0.0.1:{httpd.server_address[1]}",
+                            config.Credentials(token="t"))
+        monkeypatch.setattr(client, "_api", client.Api(cfg))
+        yield state
 
 
 def names(namespace: str) -> list[str]:
