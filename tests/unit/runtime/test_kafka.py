@@ -20,6 +20,7 @@ import pytest
 
 from kustos.runtime.server.kafka import (
     Reader,
+    batch_of,
     crc32c,
     murmur2,
     parse_servers,
@@ -57,6 +58,23 @@ def test_crc32c_of_large_inputs_matches_the_definition() -> None:
         data = rng.randbytes(n)
         assert crc32c(data) == _crc32c_bitwise(data), n
     assert crc32c(bytes(5000)) == _crc32c_bitwise(bytes(5000))
+    # a view into a larger buffer at any alignment (a batch read where it was written)
+    data = rng.randbytes(9000)
+    for start in range(5):
+        for end in (8000, 8001, 8030, 9000):
+            view = memoryview(bytearray(data))[start:end]
+            assert crc32c(view) == _crc32c_bitwise(data[start:end]), (start, end)
+
+
+@pytest.mark.parametrize("size", [10, 3000, 70001])
+def test_batch_of_lays_out_a_record_batch_v2(size: int) -> None:
+    """The header fields in order, the CRC-32C over attributes .. records (the batch is
+    written in place with the CRC patched in: its bytes must be the layout's)."""
+    records = random.Random(size).randbytes(size)
+    tail = struct.pack(">hiqqqhii", 0, 6, 1700000000123, 1700000000123, -1, -1, -1,
+                       7) + records
+    expected = struct.pack(">qiibI", 0, 9 + len(tail), -1, 2, _crc32c_bitwise(tail)) + tail
+    assert batch_of(records, 7, 1700000000123) == expected
 
 
 def test_murmur2_matches_kafkas_partitioner() -> None:
@@ -327,7 +345,7 @@ def _without_times(batch: bytes) -> bytes:
 @pytest.mark.parametrize("body_size", [40, 5000])
 def test_a_batch_of_same_length_ids_is_framed_byte_for_byte_as_its_events(
         broker: Broker, body_size: int) -> None:
-    """The vectorised framing (kafka_frame: ids of one length, bodies sent as they are)
+    """The vectorised framing (batch_frame: ids of one length, bodies sent as they are)
     makes the same RecordBatch bytes, CRC aside (it covers the timestamps), as the
     per-event path makes of the same events, record by record."""
     import time

@@ -358,3 +358,67 @@ def test_bad_payload_log_flags_are_refused(models: Models) -> None:
         proc = spawn_cli("serve", "--model", str(models.iris_lr), "--name", "iris", *flags)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and message in err.decode(), err.decode()[-500:]
+
+
+@pytest.mark.parametrize("body_size", [40, 20000])
+def test_a_batch_of_same_length_ids_is_posted_byte_for_byte_as_its_events(
+        body_size: int) -> None:
+    """The vectorised HTTP framing (batch_frame: ids of one length, bodies sent as they
+    are) writes the same bytes, POST by POST, as the per-event framing of the same batch."""
+    import random
+    import socketserver
+    import time
+    import uuid
+
+    from kustos.runtime.server.batch_frame import http_requests
+    from kustos.runtime.server.payload_log import (
+        RESPONSE_TYPE,
+        HttpTransport,
+        PayloadLogConfig,
+        PayloadSink,
+        plain_columns,
+    )
+
+    posts: list[bytes] = []
+
+    class RawSink(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while head := self.rfile.readline():
+                while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                    head += line
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = self.rfile.read(length)
+                posts.append(head + b"\r\n" + body)
+                self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), RawSink)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rng = random.Random(7)
+    start = int(time.time()) + 0.9  # the batch crosses a second
+    batch: list[Any] = []
+    for i in range(200):
+        rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        request = orjson.dumps({"inputs": [{"name": "input-0", "data": "x" * (
+            body_size + rng.randrange(100))}]})  # 20000: content-length past the table
+        response = orjson.dumps({"id": rid, "outputs": [{"name": "predict", "data": [i]}]})
+        batch.append((rid, "v2", request, None, response, None, start + i * 0.000731))
+    config = PayloadLogConfig(urls=(f"http://127.0.0.1:{server.server_address[1]}/e",),
+                              service="iris", namespace="ns", model_version="3")
+    transport = HttpTransport(config.urls[0], config)
+    sink = PayloadSink(transport, "iris", config)
+    sink.close()
+    try:
+        columns = plain_columns(batch)
+        assert columns is not None
+        assert http_requests(*columns, transport._start, (b"", b"")) is not None  # taken
+        assert transport.send_batch(batch, sink.payloads, True) == [200] * 400
+        fast, posts[:] = list(posts), []
+        assert transport.send_batch(batch, sink.payloads, False) == [200] * 400
+        assert len(fast) == 400 and fast == posts
+        assert fast[1].startswith(b"POST /e HTTP/1.1\r\n") and RESPONSE_TYPE in fast[1]
+    finally:
+        transport.close()
+        server.shutdown()
+        server.server_close()

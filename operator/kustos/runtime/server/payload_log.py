@@ -29,16 +29,15 @@ import orjson
 
 from kustos.runtime.server import ids
 from kustos.runtime.server import metrics as m
+from kustos.runtime.server.batch_frame import http_requests, kafka_records
 from kustos.runtime.server.kafka import (
     SMALL_VARINTS,
     KafkaError,
     KafkaProducer,
-    batch_of,
     encode_headers,
     partitions_for,
     varint,
 )
-from kustos.runtime.server.kafka_frame import frame_predictions
 from kustos.runtime.server.payload_log_config import PayloadLogConfig
 from kustos.runtime.server.sender import BoundedSender, HttpPoster
 
@@ -144,6 +143,22 @@ def _attributes(config: PayloadLogConfig) -> list[tuple[str, str]]:
     return attrs
 
 
+def plain_columns(batch: list[Exchange]) -> tuple[tuple[str, ...], tuple[bytes, ...],
+                                                  tuple[bytes, ...], tuple[float, ...]] | None:
+    """The ids, requests, responses and times of a non-empty batch whose bodies are all
+    bytes to send as they are (no binary tensor data after the JSON), else None: what
+    ``batch_frame`` frames (a column at a time, not a prediction at a time)."""
+    if not batch:
+        return None
+    rids, _, requests, request_lengths, responses, response_lengths, whens = \
+        zip(*batch, strict=True)
+    n = len(batch)
+    if (request_lengths.count(None) != n or response_lengths.count(None) != n
+            or set(map(type, requests)) != {bytes} or set(map(type, responses)) != {bytes}):
+        return None
+    return rids, requests, responses, whens
+
+
 class HttpTransport:
     """CloudEvents HTTP binding, binary content mode, POSTs pipelined."""
 
@@ -183,6 +198,13 @@ class HttpTransport:
         prediction's events, in order (what ``payloads`` makes of it; with ``plain``, a
         prediction whose bodies are bytes as they are is one format of both its events).
         The answers' statuses, one per event."""
+        columns = plain_columns(batch) if plain else None
+        if columns is not None:
+            rids, requests, responses, whens = columns
+            framed = http_requests(rids, requests, responses, whens, self._start,
+                                   (self._rest[REQUEST_TYPE], self._rest[RESPONSE_TYPE]))
+            if framed is not None:
+                return self._poster.send_requests(framed, 2 * len(batch))
         start, then, end, encode = self._start, b"\r\nce-time: ", b"\r\n\r\n", ids.ce_value
         rest, req_rest, resp_rest = self._rest, self._rest[REQUEST_TYPE], \
             self._rest[RESPONSE_TYPE]
@@ -262,7 +284,7 @@ class KafkaTransport:
         except (KafkaError, OSError) as exc:
             log.debug("payload log: %s", exc)
             return []
-        if plain and batch:
+        if plain:
             framed = self._frame_plain(batch, partitions)
             if framed is not None:
                 return self._produce(*framed)
@@ -324,24 +346,22 @@ class KafkaTransport:
                 delta += 1
                 event_parts.append(part)
             counts[part] = delta
-        return self._produce({part: (b"".join(pieces), counts[part])
+        return self._produce({part: (pieces, counts[part])
                               for part, pieces in bodies.items() if counts[part]}, event_parts)
 
     def _frame_plain(self, batch: list[Exchange], partitions: int
-                     ) -> tuple[dict[int, tuple[bytes, int]], list[int]] | None:
-        """``kafka_frame.frame_predictions`` of a batch whose bodies are bytes to send as
+                     ) -> tuple[dict[int, tuple[list[bytes], int]], list[int]] | None:
+        """``batch_frame.kafka_records`` of a batch whose bodies are bytes to send as
         they are (each partition's records, and the partition of each event), or None."""
-        rids, _, requests, request_lengths, responses, response_lengths, whens = \
-            zip(*batch, strict=True)
-        n = len(batch)
+        columns = plain_columns(batch)
         (req_count, req_rest), (resp_count, resp_rest) = self._after[REQUEST_TYPE], \
             self._after[RESPONSE_TYPE]
-        if (request_lengths.count(None) != n or response_lengths.count(None) != n
-                or set(map(type, requests)) != {bytes} or set(map(type, responses)) != {bytes}
-                or req_count != resp_count):
+        if columns is None or req_count != resp_count:
             return None
-        framed = frame_predictions(rids, requests, responses, whens, partitions, req_count,
-                                   (req_rest, resp_rest))
+        rids, requests, responses, whens = columns
+        n = len(batch)
+        framed = kafka_records(rids, requests, responses, whens, partitions, req_count,
+                               (req_rest, resp_rest))
         if framed is None:
             return None
         records, parts = framed
@@ -349,14 +369,13 @@ class KafkaTransport:
         events[0::2] = events[1::2] = parts
         return records, events
 
-    def _produce(self, records: dict[int, tuple[bytes, int]], event_parts: list[int]
+    def _produce(self, records: dict[int, tuple[list[bytes], int]], event_parts: list[int]
                  ) -> list[int | None]:
-        """Produce each partition's records (RecordBatch v2 around them); the status of
-        each event, from the partition it went to."""
+        """Produce each partition's records (in pieces; a RecordBatch v2 around them); the
+        status of each event, from the partition it went to."""
         stamp = int(time.time() * 1000)
         try:
-            acked = self._producer.send_batches({part: batch_of(body, count, stamp)
-                                                 for part, (body, count) in records.items()})
+            acked = self._producer.send_batches(records, stamp)
         except (KafkaError, OSError) as exc:
             log.debug("payload log: %s", exc)
             return [None] * len(event_parts)
