@@ -90,7 +90,9 @@ def preload(directory: Path, n: int) -> None:
     from kustos.runtime.truth.store import Prediction, Store
 
     store = Store(directory, 1_000_000, 7 * 86400.0)
-    now, classes = time.time(), ["0", "1"]
+    # Two hours old: outside the evaluation's 1h window (the evaluation at start would
+    # otherwise read them all while the rounds run), inside the retention.
+    now, classes = time.time() - 7200, ["0", "1"]
     for k in range(0, n, 10_000):
         store.add_predictions([Prediction(rid_of(-1 - i), 0, "1", now, "1", None,
                                           [0.25, 0.75], classes, None)
