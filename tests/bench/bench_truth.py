@@ -6,6 +6,7 @@ Not a test (not part of `make test`). Run from the repository:
 
     nice .venv/bin/python tests/bench/bench_truth.py [--pairs 5000] [--rounds 3]
         [--preload 300000]
+    nice .venv/bin/python tests/bench/bench_truth.py --evaluate 100000
 
 One `kustos truth` process (store in a temporary directory, SQLite WAL); the client is the
 payload logger's own HTTP client (sender.HttpPoster: pipelined POSTs on one kept-alive
@@ -100,6 +101,34 @@ def preload(directory: Path, n: int) -> None:
     store.close()
 
 
+def evaluation(n: int) -> None:
+    """In-process: Monitor.evaluate over a window of ``n`` predictions (30 features, half
+    labelled), twice; CPU and wall seconds."""
+    from kustos.runtime.truth import config, parse
+    from kustos.runtime.truth.metrics import TruthMetrics
+    from kustos.runtime.truth.monitor import Monitor
+    from kustos.runtime.truth.store import Prediction, Store
+
+    with tempfile.TemporaryDirectory(prefix="bench-truth-eval-") as tmp:
+        cfg = config.parse({"model": "m", "window": "1h", "minSamples": 10})
+        mon = Monitor(cfg, Store(tmp, cfg.max_rows, cfg.retention_seconds),
+                      TruthMetrics("m"))
+        now, classes = time.time(), ["0", "1"]
+        feats = {str(j): float(j) for j in range(30)}
+        for k in range(0, n, 5000):
+            mon.store.add_predictions([
+                Prediction(rid_of(i), 0, "1", now - 100 + i * 1e-4, str(i % 2), None,
+                           [0.3, 0.7], classes, feats) for i in range(k, min(n, k + 5000))])
+        mon.labels([parse.make_label(rid_of(i), 0, (i // 3) % 2, None, "classification",
+                                     "bench") for i in range(0, n, 2)], "v2", now=now)
+        for _ in range(2):
+            cpu, wall = time.thread_time(), time.perf_counter()
+            mon.evaluate(now=now)
+            print(f"evaluate {n} predictions: {time.thread_time() - cpu:.2f} s CPU, "
+                  f"{time.perf_counter() - wall:.2f} s wall")
+        mon.store.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=5000)
@@ -108,7 +137,12 @@ def main() -> int:
                     help="predictions written to the store before the server starts (a "
                          "store that has been running for a while: its id index no "
                          "longer fits in few pages)")
+    ap.add_argument("--evaluate", type=int, default=0, metavar="N",
+                    help="only time the evaluation of a window of N predictions")
     args = ap.parse_args()
+    if args.evaluate:
+        evaluation(args.evaluate)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-truth-") as tmp:
         if args.preload:
             preload(Path(tmp) / "store", args.preload)
