@@ -1,5 +1,6 @@
 """S3 GetObject for `kustos fetch`: URL, AWS Signature V4, the region redirect; and
-small whole-object requests (PUT, HEAD, GET) for `kustos batch`'s output.
+small whole-object requests (PUT, HEAD, GET) for `kustos batch`'s output, ranged GETs
+for its input.
 
 Credentials come from the provider chain of :mod:`.aws_credentials` (static keys, web
 identity, container credentials, IMDSv2). A bucket in another region than the one
@@ -166,19 +167,46 @@ def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float =
     200 and 404 are answers; another status raises HTTPStatusError (transient for 5xx and
     429), after the region redirect is followed once as for GetObject. The body is signed
     (its sha256 in x-amz-content-sha256), so S3 refuses a PUT that arrives altered."""
+    status, data, _ = _request(method, uri, body, {}, (200, 404), timeout, credentials_dir,
+                               ca_bundle)
+    return status, data
+
+
+def object_range(uri: str, first: int, last: int, *, timeout: float = 60.0,
+                 credentials_dir: str | None = None,
+                 ca_bundle: str | None = None) -> tuple[bytes, int]:
+    """Bytes ``first`` to ``last`` (inclusive, cut at the end) of an object, with one
+    ranged GET: (the bytes, the object's size). A range that starts at or past the end
+    gives no bytes. 404 raises HTTPStatusError, like every status but 206 and 416."""
+    status, data, headers = _request("GET", uri, b"", {"range": f"bytes={first}-{last}"},
+                                     (206, 416), timeout, credentials_dir, ca_bundle)
+    # Content-Range: "bytes FIRST-LAST/SIZE" (206) or "bytes */SIZE" (416).
+    size = headers.get("content-range", "").rpartition("/")[2]
+    if not size.isdigit():
+        raise FetchError(f"GET {uri}: no object size in the answer to a ranged GET")
+    return (data if status == 206 else b""), int(size)
+
+
+def _request(method: str, uri: str, body: bytes, extra: dict[str, str],
+             answers: tuple[int, ...], timeout: float, credentials_dir: str | None,
+             ca_bundle: str | None) -> tuple[int, bytes, dict[str, str]]:
+    """One signed request on ``s3://bucket/key``: (status, body, lower-cased response
+    headers) for a status in ``answers``, else HTTPStatusError; the region redirect is
+    followed once. ``extra`` headers go unsigned."""
     parts = urllib.parse.urlsplit(uri)
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if parts.scheme != "s3" or not bucket or not key:
         raise FetchError(f"s3 URI must be s3://bucket/key, got {uri!r}")
     creds, context, region, endpoint = _session(uri, credentials_dir, ca_bundle)
 
-    def send(in_region: str) -> tuple[int, bytes]:
+    def send(in_region: str) -> tuple[int, bytes, dict[str, str]]:
         url = s3_url(bucket, key, in_region, endpoint)
         target = urllib.parse.urlsplit(url)
         host = target.hostname or ""
         if target.scheme != "https" and not (endpoint or is_loopback(host)):
             raise FetchError(f"refusing plain http for {uri}: use https")
         headers = sigv4_headers(method, url, creds, in_region, payload=body)
+        headers.update(extra)
         if method == "PUT":
             headers["content-length"] = str(len(body))
         conn: http.client.HTTPConnection
@@ -197,8 +225,8 @@ def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float =
                              transient=True) from None
         finally:
             conn.close()
-        if resp.status in (200, 404):
-            return resp.status, data
+        if resp.status in answers:
+            return resp.status, data, {k.lower(): v for k, v in resp.getheaders()}
         code = _xml_field(data, "Code")
         moved = resp.getheader("x-amz-bucket-region") or _xml_field(data, "Region") or None
         what = f"HTTP {resp.status}" + (f" {code}" if code else "")

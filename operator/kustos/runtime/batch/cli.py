@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-type", action="append", default=[], metavar="TYPE",
                    help="a type a .skops file may contain beyond the defaults (repeatable)")
     p.add_argument("--onnx-threads", type=int, default=1)
-    p.add_argument("--input", required=True, type=Path, metavar="FILE")
+    p.add_argument("--input", required=True, type=_input, metavar="FILE|s3://BUCKET/KEY",
+                   help="a file, or an S3 object read in place with ranged GETs "
+                        "(credentials: AWS_* as for --output; no digest is checked)")
     p.add_argument("--input-format", choices=("csv", "jsonl", "parquet"), default="csv")
     p.add_argument("--feature", action="append", default=[], metavar="COLUMN",
                    help="a feature column, in model order (repeatable; default: all but the id)")
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"write the final report here (default {TERMINATION_LOG} if it exists)")
     p.add_argument("--quiet", action="store_true", help="no line per chunk")
     return p
+
+
+def _input(arg: str) -> Path | str:
+    return arg if arg.startswith("s3://") else Path(arg)
 
 
 def _termination_log(arg: str | None) -> Path | None:

@@ -19,7 +19,7 @@ from . import parquet_part, sink, source
 class Job:
     """What one shard does."""
 
-    input: Path
+    input: Path | str  # a file, or s3://bucket/key
     input_format: str
     output: Path | str  # a directory, or s3://bucket/prefix
     output_format: str
@@ -76,7 +76,7 @@ def run(job: Job, model: Model, progress: Progress | None = None) -> Report:
         "predictions": list(outputs), "features": list(lay.features)})
     report = Report(job.shard)
     mine: set[int] = set()
-    name = job.input.name
+    name = source.name_of(job.input)
     input_name = model.inputs[0].name
 
     def wanted(index: int) -> bool:

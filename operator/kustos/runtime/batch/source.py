@@ -23,7 +23,11 @@ from typing import Any, overload
 import numpy as np
 import orjson
 
+from . import remote
+
 FORMATS = ("csv", "jsonl", "parquet")
+Input = Path | str  # a local file, or s3://bucket/key (read in place, see remote)
+name_of = remote.name_of
 
 
 class InputError(Exception):
@@ -104,26 +108,33 @@ def _data_lines(handle: io.TextIOBase) -> Iterator[str]:
     return (line for line in handle if line.strip())
 
 
-def _header(path: Path) -> list[str]:
-    with path.open(encoding="utf-8", newline="") as handle:
+def _open_text(path: Input) -> io.TextIOBase:
+    if remote.is_remote(path):
+        return remote.open_text(str(path))
+    return Path(path).open(encoding="utf-8", newline="")
+
+
+def _header(path: Input) -> list[str]:
+    with _open_text(path) as handle:
         for line in handle:
             if line.strip():
                 return [c.strip() for c in line.rstrip("\r\n").split(",")]
-    raise InputError(f"{path.name}: empty file (a CSV input starts with a header row)")
+    raise InputError(f"{name_of(path)}: empty file (a CSV input starts with a header row)")
 
 
-def _first_object(path: Path) -> Any:
-    with path.open("rb") as handle:
+def _first_object(path: Input) -> Any:
+    with (remote.open_binary(str(path)) if remote.is_remote(path)
+          else Path(path).open("rb")) as handle:
         for line in handle:
             if line.strip():
                 try:
                     return orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    raise InputError(f"{path.name}: row 0 is not JSON") from None
-    raise InputError(f"{path.name}: no rows")
+                    raise InputError(f"{name_of(path)}: row 0 is not JSON") from None
+    raise InputError(f"{name_of(path)}: no rows")
 
 
-def layout(path: Path, fmt: str, features: Sequence[str] | None,
+def layout(path: Input, fmt: str, features: Sequence[str] | None,
            id_field: str | None) -> Layout:
     """The features and id of ``path``: ``features`` (all fields but the id when None)."""
     if fmt == "csv":
@@ -132,7 +143,7 @@ def layout(path: Path, fmt: str, features: Sequence[str] | None,
         missing = [c for c in [*(features or ()), *([id_field] if id_field else [])]
                    if c not in position]
         if missing:
-            raise InputError(f"{path.name}: no column {', '.join(missing)} in the header")
+            raise InputError(f"{name_of(path)}: no column {', '.join(missing)} in the header")
         chosen = tuple(features) if features else tuple(c for c in header if c != id_field)
         return Layout(chosen, id_field, tuple(position[c] for c in chosen),
                       position[id_field] if id_field else None)
@@ -140,11 +151,11 @@ def layout(path: Path, fmt: str, features: Sequence[str] | None,
         first = _first_object(path)
         if isinstance(first, list):
             if features or id_field:
-                raise InputError(f"{path.name}: rows are JSON arrays; featureColumns and "
+                raise InputError(f"{name_of(path)}: rows are JSON arrays; featureColumns and "
                                  "idColumn need JSON objects")
             return Layout(tuple(str(i) for i in range(len(first))), None)
         if not isinstance(first, dict):
-            raise InputError(f"{path.name}: a row must be a JSON object or array")
+            raise InputError(f"{name_of(path)}: a row must be a JSON object or array")
         keys = list(first)
         chosen = tuple(features) if features else tuple(k for k in keys if k != id_field)
         return Layout(chosen, id_field)
@@ -164,30 +175,36 @@ def fastparquet() -> Any:
     return module
 
 
-def _parquet_file(path: Path) -> Any:
+def _parquet_file(path: Input) -> Any:
+    """The file's footer read; a remote one keeps its reader as ``pf.remote``."""
     try:
+        if remote.is_remote(path):
+            reader = remote.S3Reader(str(path), block=remote.FIRST_BLOCK)
+            pf = fastparquet().ParquetFile(reader)
+            pf.remote = reader
+            return pf
         return fastparquet().ParquetFile(str(path))
     except (OSError, ValueError, TypeError, IndexError) as err:
-        raise InputError(f"{path.name}: not a Parquet file ({type(err).__name__})") from None
+        raise InputError(f"{name_of(path)}: not a Parquet file ({type(err).__name__})") from None
 
 
-def _parquet_layout(path: Path, features: Sequence[str] | None,
+def _parquet_layout(path: Input, features: Sequence[str] | None,
                     id_field: str | None) -> Layout:
     pf = _parquet_file(path)
     dtypes = dict(pf.dtypes)
     missing = [c for c in [*(features or ()), *([id_field] if id_field else [])]
                if c not in dtypes]
     if missing:
-        raise InputError(f"{path.name}: no column {', '.join(missing)} in the schema")
+        raise InputError(f"{name_of(path)}: no column {', '.join(missing)} in the schema")
     chosen = tuple(features) if features else tuple(c for c in pf.columns if c != id_field)
     for column in chosen:
         kind = getattr(dtypes[column], "kind", "O")
         if kind not in "biuf":  # bool, integers, floats (nullable ones included)
-            raise InputError(f"{path.name}: column {column} is {dtypes[column]}, not numeric")
+            raise InputError(f"{name_of(path)}: column {column} is {dtypes[column]}, not numeric")
     return Layout(chosen, id_field)
 
 
-def chunks(path: Path, fmt: str, chunk_size: int,
+def chunks(path: Input, fmt: str, chunk_size: int,
            wanted: Callable[[int], bool] | None = None,
            lay: Layout | None = None) -> Iterator[Chunk]:
     """Every chunk of the file, in order (the CSV header skipped), each asked ``wanted``
@@ -198,7 +215,7 @@ def chunks(path: Path, fmt: str, chunk_size: int,
         yield from _parquet_chunks(path, chunk_size, wanted,
                                    lay or _parquet_layout(path, None, None))
         return
-    with path.open(encoding="utf-8", newline="") as handle:
+    with _open_text(path) as handle:
         lines = _data_lines(handle)
         if fmt == "csv":
             next(lines, None)
@@ -237,8 +254,15 @@ def _read_group(pf: Any, handle: Any, g: int, lay: Layout, first_row: int,
     for j, column in enumerate(lay.features):
         if column in placed:
             assign[column] = x[:, j]
+    wanted = [*in_place, *other]
     try:
-        pf.read_row_group_file(rg, [*in_place, *other], categories, index=False,
+        if isinstance(handle, remote.S3Reader):
+            # The columns' bytes of this row group in one GET (they are contiguous in
+            # any writer's file but one column may sit between two we read).
+            spans = [_span(c.meta_data) for c in rg.columns
+                     if ".".join(c.meta_data.path_in_schema) in wanted]
+            handle.prefetch(min(s for s, _ in spans), max(e for _, e in spans))
+        pf.read_row_group_file(rg, wanted, categories, index=False,
                                assign=assign, infile=handle)
     except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
         raise InputError(f"{name}: row group {g} cannot be read "
@@ -253,7 +277,13 @@ def _read_group(pf: Any, handle: Any, g: int, lay: Layout, first_row: int,
     return _Group(x, frame[lay.id_field] if lay.id_field else None)
 
 
-def _parquet_chunks(path: Path, chunk_size: int, wanted: Callable[[int], bool],
+def _span(meta: Any) -> tuple[int, int]:
+    """[start, end) of a column chunk in the file (its dictionary page first, if any)."""
+    start = min(meta.dictionary_page_offset or meta.data_page_offset, meta.data_page_offset)
+    return start, start + meta.total_compressed_size
+
+
+def _parquet_chunks(path: Input, chunk_size: int, wanted: Callable[[int], bool],
                     lay: Layout) -> Iterator[Chunk]:
     import pandas as pd  # comes with fastparquet
 
@@ -263,12 +293,13 @@ def _parquet_chunks(path: Path, chunk_size: int, wanted: Callable[[int], bool],
     total = starts[-1]
     held: tuple[int, _Group] | None = None  # the last row group read (chunks may share it)
 
-    with path.open("rb") as handle:
+    remote_reader = getattr(pf, "remote", None)
+    with remote_reader or Path(path).open("rb") as handle:
         def group(g: int) -> _Group:
             nonlocal held
             if held is None or held[0] != g:
                 held = None  # let the previous one go before reading the next
-                held = (g, _read_group(pf, handle, g, lay, starts[g], path.name))
+                held = (g, _read_group(pf, handle, g, lay, starts[g], name_of(path)))
             return held[1]
 
         for index in range(-(-total // chunk_size)):

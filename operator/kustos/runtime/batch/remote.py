@@ -1,0 +1,114 @@
+"""An ``s3://bucket/key`` input read in place, with ranged GETs: a seekable binary file.
+
+CSV and JSONL are read front to back in blocks of ``READ_BLOCK`` (one GET each, memory:
+one block). Parquet is read where fastparquet seeks: the footer, then each row group it
+is asked for, fetched whole with one GET of exactly its columns' bytes (``prefetch``), so
+a shard reads only the row groups of its chunks. Transient errors are tried as for the
+output's PUTs (sink.S3_ATTEMPTS). No digest is checked here: the bytes are not all read,
+or not before predictions are written; an input with a digest is fetched whole first
+(`kustos fetch`), as the operator's Job does.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+READ_BLOCK = 8 * 2**20  # a GET while reading front to back
+FIRST_BLOCK = 64 * 2**10  # the first GET (also learns the size): a header or a footer
+
+
+def is_remote(path: object) -> bool:
+    return str(path).startswith("s3://")
+
+
+def name_of(path: object) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+class S3Reader(io.RawIOBase):
+    """The object at ``uri`` as a seekable raw binary file. Keeps one window of bytes:
+    a read inside it costs no request; one outside GETs at least ``block`` bytes from
+    there (fewer at the end). ``gets`` and ``fetched`` count the GETs and their bytes."""
+
+    def __init__(self, uri: str, block: int = READ_BLOCK,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__()
+        self.uri, self.block, self._sleep = uri, block, sleep
+        self.gets = self.fetched = 0
+        self._pos = 0
+        self._window_start = 0
+        self._window = b""
+        self._size: int | None = None
+        self._load(0, FIRST_BLOCK)
+
+    def _load(self, start: int, length: int) -> None:
+        from kustos.runtime import s3
+        from kustos.runtime.fetch import FetchError
+
+        from .sink import _retried
+        from .source import InputError
+
+        def once() -> tuple[bytes, int]:
+            return s3.object_range(self.uri, start, start + max(length, 1) - 1)
+
+        try:
+            data, size = _retried(once, self._sleep)
+        except FetchError as err:
+            raise InputError(str(err)) from None
+        self.gets += 1
+        self.fetched += len(data)
+        self._size, self._window_start, self._window = size, start, data
+
+    @property
+    def size(self) -> int:
+        assert self._size is not None
+        return self._size
+
+    def prefetch(self, start: int, end: int) -> None:
+        """Bytes [start, end) in one GET, unless the window holds them already."""
+        if not (self._window_start <= start and end <= self._window_start + len(self._window)):
+            self._load(start, end - start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = max(0, min(len(view), self.size - self._pos))
+        done = 0
+        while done < want:
+            at = self._pos + done
+            inside = at - self._window_start
+            if not 0 <= inside < len(self._window):
+                self._load(at, max(self.block, want - done))
+                inside = 0
+            piece = self._window[inside:inside + want - done]
+            if not piece:  # the object shrank under us
+                break
+            view[done:done + len(piece)] = piece
+            done += len(piece)
+        self._pos += done
+        return done
+
+
+def open_binary(uri: str) -> io.BufferedReader:
+    """Front to back (CSV, JSONL): the reader behind a buffer."""
+    return io.BufferedReader(S3Reader(uri), buffer_size=io.DEFAULT_BUFFER_SIZE)
+
+
+def open_text(uri: str) -> io.TextIOWrapper:
+    return io.TextIOWrapper(open_binary(uri), encoding="utf-8", newline="")
