@@ -5,11 +5,13 @@ the ids this server makes always are; bodies sent as they are, nothing to redact
 The parts of the events that vary per prediction (the id, ``ce-time``'s date and digits,
 lengths, and for Kafka the varints of sizes and offset deltas) are computed for the whole
 batch at once and turned into bytes by numpy (fixed-width rows) or by table look-ups
-mapped in C; the events are one ``b"".join`` over a list filled by slice assignment. The
+mapped in C; the events are written out from one list of pieces filled by slice
+assignment (sender.Outbox), and a Kafka batch's CRC is read where it was written. The
 per-prediction Python is a few C-level map/zip calls instead of a loop body of some
 twenty (HTTP) to forty (Kafka) operations. The bytes are exactly those of the general
 path (payload_log's per-event framing, ``kafka.record_batch``); anything else goes that
-way (these functions return None).
+way (these functions return None), and so do batches of fewer than ``MIN_BATCH``
+predictions.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 
 from kustos.runtime.server.kafka import SMALL_VARINTS, murmur2_rows, varint
 
+# Below this many predictions numpy's fixed cost per call (its code and tables out of
+# cache between batches) exceeds the Python loop's per prediction: the general path.
+MIN_BATCH = 64
 # An encoded record's start (attributes 0, timestamp delta 0) with its offset delta.
 LEADS = [b"\x00\x00" + v for v in SMALL_VARINTS]
 # ce_time's value: "YYYY-mm-ddTHH:MM:SS." (20 bytes), six digits of microseconds, "Z".
@@ -106,8 +111,8 @@ def kafka_records(rids: Sequence[str], requests: Sequence[bytes],
     import numpy as np
 
     n = len(rids)
-    if not n:
-        return {}, []
+    if n < MIN_BATCH:
+        return None
     k = len(rids[0])
     joined = "".join(rids).encode()
     if len(joined) != n * k or len(set(map(len, rids))) != 1:
@@ -193,8 +198,8 @@ def http_requests(rids: Sequence[str], requests: Sequence[bytes],
     import numpy as np
 
     n = len(rids)
-    if not n:
-        return []
+    if n < MIN_BATCH:
+        return None
     joined = "".join(rids)
     k = len(rids[0])
     if (len(joined) != n * k or not joined.isascii() or not joined.isprintable()
