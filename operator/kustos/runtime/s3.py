@@ -177,11 +177,16 @@ def object_range(uri: str, first: int, last: int, *, timeout: float = 60.0,
                  ca_bundle: str | None = None) -> tuple[bytes, int]:
     """Bytes ``first`` to ``last`` (inclusive, cut at the end) of an object, with one
     ranged GET: (the bytes, the object's size). A range that starts at or past the end
-    gives no bytes. 404 raises HTTPStatusError, like every status but 206 and 416."""
+    gives no bytes. 404 raises HTTPStatusError, like every status but 200, 206 and 416."""
     status, data, headers = _request("GET", uri, b"", {"range": f"bytes={first}-{last}"},
-                                     (206, 416), timeout, credentials_dir, ca_bundle)
-    # Content-Range: "bytes FIRST-LAST/SIZE" (206) or "bytes */SIZE" (416).
+                                     (200, 206, 416), timeout, credentials_dir, ca_bundle)
+    if status == 200:  # the whole object (a store that ignores Range, or an empty one)
+        return data[first:last + 1], len(data)
+    # Content-Range: "bytes FIRST-LAST/SIZE" (206), maybe "bytes */SIZE" (416); else the
+    # 416 error document's ActualObjectSize.
     size = headers.get("content-range", "").rpartition("/")[2]
+    if status == 416 and not size.isdigit():
+        size = _xml_field(data, "ActualObjectSize")
     if not size.isdigit():
         raise FetchError(f"GET {uri}: no object size in the answer to a ranged GET")
     return (data if status == 206 else b""), int(size)

@@ -332,6 +332,11 @@ def test_s3_input_read_in_place_gives_the_same_parts(data: Data, moto: Moto,
     missing = batch(data, tmp_path / "none", input_="s3://data/in/nothing.csv",
                     env=env, check=False)
     assert missing.returncode == 1 and "HTTP 404" in report(missing)["error"]
+    # An empty object answers a ranged GET with 416 (its size in the error document).
+    moto.boto.put_object(Bucket="data", Key="in/empty.csv", Body=b"")
+    empty = batch(data, tmp_path / "none", input_="s3://data/in/empty.csv", env=env,
+                  check=False)
+    assert empty.returncode == 1 and "empty.csv: empty file" in report(empty)["error"]
 
 
 def test_s3_parquet_input_fetches_only_the_row_groups_of_wanted_chunks(
