@@ -28,7 +28,10 @@ sender thread competes with callers), alternating in `--chunk`-second pieces unt
 per mode and the p99 ratio to "off" with bootstrap 95 % intervals, resampling groups
 (pairs) one by one and in blocks of `--block` consecutive groups (noise that lasts several
 requests stays together). A stall from another process lands on whichever request is in
-flight, by chance: noise for every mode alike, not bias for one.
+flight, by chance: noise for every mode alike, not bias for one. For the one-at-a-time
+load it also gives each mode's p99 by the mode of the request just before (where work a
+server does after answering lands). `--save run.npz` keeps a run's samples; `--pool
+a.npz b.npz ...` reports saved runs of the same modes pooled, without servers.
 
 Method "wrk" (the earlier one): every mode in short wrk runs (`--duration` s), interleaved
 by round in an order that rotates, each run compared with the "off" run of its round: the
