@@ -9,6 +9,8 @@ Parquet (fastparquet, imported on first use: it is in the kustos-explain image, 
 kustos image) is cut the same way, from the row groups: the row counts come from the
 footer, so a shard reads only the row groups that hold its missing chunks, one at a time
 (memory: one row group plus one chunk).
+
+The input is a local file or ``s3://bucket/key``, read in place (see remote).
 """
 
 from __future__ import annotations
