@@ -219,3 +219,40 @@ def test_the_producer_reconnects_after_the_broker_restarts(broker: KafkaBroker,
     keys = [r.key for r in records]
     assert sorted(keys) == sorted(before * 2 + after * 2)
     assert not set(down) & set(keys)
+
+
+def test_large_payloads_are_produced_in_pieces_the_broker_accepts(broker: KafkaBroker,
+                                                                 iris_model: Path) -> None:
+    """Twelve predictions of 10,000 rows at once (about 2.7 MB of events, drained in one
+    batch) to a one-partition topic: the broker refuses a RecordBatch above its
+    message.max.bytes (1 MiB by default), so the producer cuts the delivery in pieces;
+    every event is acknowledged and read back whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    topic = "kustos-large"
+    broker.create_topic(topic, 1)
+    serve = Serve(iris_model, "--payload-log-kafka", broker.bootstrap, "--payload-log-topic",
+                  topic)
+    rows = (ROWS * 3334)[:10000]
+    try:
+        def predict(i: int) -> str:
+            status, body, _ = serve.request(
+                "POST", "/v2/models/iris/infer",
+                {"id": f"big-{i}", "inputs": [{"name": "input-0", "shape": [len(rows), 4],
+                                               "datatype": "FP64", "data": rows}]})
+            assert status == 200, body[:300]
+            return str(orjson.loads(body)["id"])
+
+        with ThreadPoolExecutor(12) as pool:
+            ids = list(pool.map(predict, range(12)))
+        serve.wait_events("sent", 2 * len(ids), timeout=120)
+        assert serve.events("failed") == 0
+    finally:
+        log = serve.stop()
+    assert "Traceback" not in log, log[-2000:]
+    records = broker.consume(topic, 2 * len(ids))
+    assert sorted(r.key for r in records) == sorted(ids * 2)
+    for r in records:
+        value = orjson.loads(r.value)
+        tensor = value["inputs" if r.headers["ce_type"] == REQUEST else "outputs"][0]
+        assert tensor["shape"][0] == len(rows), tensor["shape"]

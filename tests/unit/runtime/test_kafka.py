@@ -344,17 +344,21 @@ def _without_times(batch: bytes) -> bytes:
 
 @pytest.mark.parametrize("body_size", [40, 5000])
 def test_a_batch_of_same_length_ids_is_framed_byte_for_byte_as_its_events(
-        broker: Broker, body_size: int) -> None:
+        broker: Broker, body_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The vectorised framing (batch_frame: ids of one length, bodies sent as they are)
     makes the same RecordBatch bytes, CRC aside (it covers the timestamps), as the
     per-event path makes of the same events, record by record."""
     import time
 
+    from kustos.runtime.server import payload_log
     from kustos.runtime.server.payload_log import (
         KafkaTransport,
         PayloadLogConfig,
         PayloadSink,
     )
+
+    # one piece (the two paths cut a large delivery at other events: tested below)
+    monkeypatch.setattr(payload_log, "MAX_PRODUCE_BYTES", 1 << 30)
 
     broker.partitions = 3
     rng = random.Random(5)
@@ -387,5 +391,48 @@ def test_a_batch_of_same_length_ids_is_framed_byte_for_byte_as_its_events(
         for part, _ in fast:
             ids = [r["key"] for p, r in broker.records if p == part]
             assert ids[:len(ids) // 2] == ids[len(ids) // 2:]
+    finally:
+        transport.close()
+
+
+def test_a_large_delivery_is_produced_in_pieces_under_the_limit(broker: Broker) -> None:
+    """512 predictions of ~5 KB (2.6 MB): RecordBatches of at most MAX_PRODUCE_BYTES of
+    payload each (a broker refuses one above its message.max.bytes whole), on both paths,
+    every event acknowledged once, in order within its partition."""
+    from kustos.runtime.server.payload_log import (
+        MAX_PRODUCE_BYTES,
+        KafkaTransport,
+        PayloadLogConfig,
+        PayloadSink,
+        pieces,
+    )
+
+    assert pieces(list("abcde"), [3, 3, 3, 9, 1], 6) == [["a", "b"], ["c"], ["d"], ["e"]]
+    broker.partitions = 2
+    batch: list[Any] = []
+    for i in range(512):
+        rid = f"{i:08d}"
+        request = orjson.dumps({"inputs": [{"name": "input-0", "data": "x" * 5000}]})
+        response = orjson.dumps({"id": rid, "outputs": [{"name": "predict", "data": [i]}]})
+        batch.append((rid, "v2", request, None, response, None, 1.7e9 + i))
+    config = PayloadLogConfig(urls=(), kafka=f"127.0.0.1:{broker.port}",
+                              kafka_topic=broker.topic, service="iris", namespace="ns",
+                              model_version="3")
+    transport = KafkaTransport(config.kafka or "", broker.topic, config)
+    sink = PayloadSink(transport, "iris", config)
+    sink.close()
+    try:
+        events = sink.events(batch, False)
+        for send in (lambda: transport.send_batch(batch, sink.payloads, True),
+                     lambda: transport.send(events)):
+            broker.batches, broker.records = [], []
+            assert send() == [200] * 1024
+            assert len(broker.batches) >= 5  # 2.6 MB in pieces of 0.5 MiB
+            assert max(len(b) for _, b in broker.batches) < MAX_PRODUCE_BYTES + 64 * 1024
+            keys = [r["key"] for _, r in broker.records]
+            assert sorted(keys) == sorted(ex[0].encode() for ex in batch for _ in range(2))
+            for part in (0, 1):
+                mine = [k for p, r in broker.records if p == part for k in [r["key"]]]
+                assert mine == sorted(mine)  # the batch's order within each partition
     finally:
         transport.close()

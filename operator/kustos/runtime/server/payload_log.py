@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -44,6 +44,7 @@ from kustos.runtime.server.sender import BoundedSender, HttpPoster
 __all__ = ["PayloadLogConfig", "PayloadLogger", "redact"]
 
 log = logging.getLogger("kustos.serve")
+T = TypeVar("T")
 
 REQUEST_TYPE = b"org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = b"org.kubeflow.serving.inference.response"
@@ -251,6 +252,43 @@ _DIGITS = [b"%03d" % i for i in range(1000)] + [b"%d" % i for i in range(1 << 14
 Payloads = Callable[[Exchange, bool], list[tuple[bytes, bytes]]]
 
 
+# A broker refuses a RecordBatch above its message.max.bytes (1 MiB by default) whole, and
+# a Produce request carries one batch per partition: a delivery is produced in pieces of
+# at most this many payload bytes. An event larger than the broker's limit goes alone,
+# is refused, and counts as failed after the retries.
+MAX_PRODUCE_BYTES = 512 * 1024
+
+
+def exchange_size(ex: Exchange) -> int:
+    """About how many bytes a prediction's two events carry (a gRPC message's JSON is
+    about twice its protobuf size)."""
+    total = 0
+    for payload in (ex[2], ex[4]):
+        if isinstance(payload, bytes | bytearray | memoryview):
+            total += len(payload)
+        else:
+            size = getattr(payload, "ByteSize", None)
+            total += 2 * int(size()) if callable(size) else 0
+    return total
+
+
+def pieces(items: list[T], sizes: list[int], limit: int) -> list[list[T]]:
+    """``items`` in order, cut so that each piece's ``sizes`` add up to at most ``limit``
+    (an item larger than that is a piece of its own)."""
+    out: list[list[T]] = []
+    piece: list[T] = []
+    total = 0
+    for item, size in zip(items, sizes, strict=True):
+        if piece and total + size > limit:
+            out.append(piece)
+            piece, total = [], 0
+        piece.append(item)
+        total += size
+    if piece:
+        out.append(piece)
+    return out
+
+
 _SMALL = SMALL_VARINTS
 # An encoded record's start (attributes 0, timestamp delta 0) with its offset delta.
 _LEAD = [b"\x00\x00" + SMALL_VARINTS[i] for i in range(len(SMALL_VARINTS))]
@@ -274,10 +312,28 @@ class KafkaTransport:
 
     def send_batch(self, batch: list[Exchange], payloads: Payloads, plain: bool
                    ) -> list[int | None]:
+        """Produce a batch of predictions, in pieces of at most MAX_PRODUCE_BYTES of
+        payload (``_send_piece`` each). The statuses, one per event in
+        ``PayloadSink.events`` order; [] when the topic's partitions are not known (the
+        caller then goes the per-event way)."""
+        sizes = [len(ex[2]) + len(ex[4]) if type(ex[2]) is bytes and type(ex[4]) is bytes
+                 else exchange_size(ex) for ex in batch]
+        if sum(sizes) <= MAX_PRODUCE_BYTES:
+            return self._send_piece(batch, payloads, plain)
+        statuses: list[int | None] = []
+        for piece in pieces(batch, sizes, MAX_PRODUCE_BYTES):
+            got = self._send_piece(piece, payloads, plain)
+            if not got and not statuses:
+                return []
+            # partitions unknown for a later piece: its events unanswered, tried again
+            statuses += got or [None] * sum(len(payloads(ex, False)) for ex in piece)
+        return statuses
+
+    def _send_piece(self, batch: list[Exchange], payloads: Payloads, plain: bool
+                    ) -> list[int | None]:
         """Encode a batch of predictions straight from their tuples into one RecordBatch
         per partition (the same bytes ``send`` makes of the batch's events) and produce
-        them. The statuses, one per event in ``PayloadSink.events`` order; [] when the
-        topic's partitions are not known (the caller then goes the per-event way)."""
+        them: ``send_batch``'s statuses."""
         producer = self._producer
         try:
             partitions = producer.partition_count()
@@ -384,6 +440,15 @@ class KafkaTransport:
         return [200 if acked[part] else None for part in event_parts]
 
     def send(self, events: list[Event]) -> list[int | None]:
+        """Produce events one record each (retries, payloads encoded on this thread), in
+        pieces of at most MAX_PRODUCE_BYTES; a status per event."""
+        sizes = [len(e[0]) for e in events]
+        if sum(sizes) <= MAX_PRODUCE_BYTES:
+            return self._send_events(events)
+        return [status for piece in pieces(events, sizes, MAX_PRODUCE_BYTES)
+                for status in self._send_events(piece)]
+
+    def _send_events(self, events: list[Event]) -> list[int | None]:
         records = []
         typed, v = self._typed, varint
         last, when, key, prefix = "", b"", b"", b""
