@@ -337,6 +337,20 @@ def test_a_batch_framed_from_its_tuples_is_its_events_produced(broker: Broker) -
         transport.close()
 
 
+def kafka_sink(broker: Broker) -> tuple[Any, Any]:
+    """A Kafka transport to ``broker`` and a payload sink around it whose thread is
+    stopped: the tests call the transport with the sink's own event encoding."""
+    from kustos.runtime.server.payload_log import KafkaTransport, PayloadLogConfig, PayloadSink
+
+    config = PayloadLogConfig(urls=(), kafka=f"127.0.0.1:{broker.port}",
+                              kafka_topic=broker.topic, service="iris", namespace="ns",
+                              model_version="3")
+    transport = KafkaTransport(config.kafka or "", broker.topic, config)
+    sink = PayloadSink(transport, "iris", config)
+    sink.close()
+    return transport, sink
+
+
 def _without_times(batch: bytes) -> bytes:
     """A RecordBatch with its CRC and two timestamps blanked (the rest is compared)."""
     return batch[:17] + bytes(4) + batch[21:27] + bytes(16) + batch[43:]
@@ -351,11 +365,6 @@ def test_a_batch_of_same_length_ids_is_framed_byte_for_byte_as_its_events(
     import time
 
     from kustos.runtime.server import payload_log
-    from kustos.runtime.server.payload_log import (
-        KafkaTransport,
-        PayloadLogConfig,
-        PayloadSink,
-    )
 
     # one piece (the two paths cut a large delivery at other events: tested below)
     monkeypatch.setattr(payload_log, "MAX_PRODUCE_BYTES", 1 << 30)
@@ -370,12 +379,7 @@ def test_a_batch_of_same_length_ids_is_framed_byte_for_byte_as_its_events(
             body_size + rng.randrange(100))}]})  # 5000: lengths and sizes past 4096
         response = orjson.dumps({"id": rid, "outputs": [{"name": "predict", "data": [i]}]})
         batch.append((rid, "v2", request, None, response, None, start + i * 0.000371))
-    config = PayloadLogConfig(urls=(), kafka=f"127.0.0.1:{broker.port}",
-                              kafka_topic=broker.topic, service="iris", namespace="ns",
-                              model_version="3")
-    transport = KafkaTransport(config.kafka or "", broker.topic, config)
-    sink = PayloadSink(transport, "iris", config)
-    sink.close()
+    transport, sink = kafka_sink(broker)
     try:
         assert transport._frame_plain(batch, 3) is not None  # the vectorised path is taken
         statuses = transport.send_batch(batch, sink.payloads, True)
@@ -399,13 +403,7 @@ def test_a_large_delivery_is_produced_in_pieces_under_the_limit(broker: Broker) 
     """512 predictions of ~5 KB (2.6 MB): RecordBatches of at most MAX_PRODUCE_BYTES of
     payload each (a broker refuses one above its message.max.bytes whole), on both paths,
     every event acknowledged once, in order within its partition."""
-    from kustos.runtime.server.payload_log import (
-        MAX_PRODUCE_BYTES,
-        KafkaTransport,
-        PayloadLogConfig,
-        PayloadSink,
-        pieces,
-    )
+    from kustos.runtime.server.payload_log import MAX_PRODUCE_BYTES, pieces
 
     assert pieces(list("abcde"), [3, 3, 3, 9, 1], 6) == [["a", "b"], ["c"], ["d"], ["e"]]
     broker.partitions = 2
@@ -415,12 +413,7 @@ def test_a_large_delivery_is_produced_in_pieces_under_the_limit(broker: Broker) 
         request = orjson.dumps({"inputs": [{"name": "input-0", "data": "x" * 5000}]})
         response = orjson.dumps({"id": rid, "outputs": [{"name": "predict", "data": [i]}]})
         batch.append((rid, "v2", request, None, response, None, 1.7e9 + i))
-    config = PayloadLogConfig(urls=(), kafka=f"127.0.0.1:{broker.port}",
-                              kafka_topic=broker.topic, service="iris", namespace="ns",
-                              model_version="3")
-    transport = KafkaTransport(config.kafka or "", broker.topic, config)
-    sink = PayloadSink(transport, "iris", config)
-    sink.close()
+    transport, sink = kafka_sink(broker)
     try:
         events = sink.events(batch, False)
         for send in (lambda: transport.send_batch(batch, sink.payloads, True),
