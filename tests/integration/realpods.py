@@ -203,8 +203,10 @@ def v2_request(rows: list[list[float]]) -> dict[str, Any]:
 
 
 def live_pods(kube: Kube, name: str, namespace: str) -> list[dict[str, Any]]:
-    """A model's pods that are not being deleted."""
-    return [p for p in kube.list("pods", namespace, selector=f"app.kubernetes.io/instance={name}")
+    """A model's serving pods (both tracks; not its ground-truth monitor's, which carries
+    the same instance label) that are not being deleted."""
+    return [p for p in kube.list("pods", namespace, selector=(
+                f"app.kubernetes.io/instance={name},app.kubernetes.io/component=predictor"))
             if not p["metadata"].get("deletionTimestamp")]
 
 
