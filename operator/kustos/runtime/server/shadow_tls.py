@@ -24,9 +24,9 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-# how `kustos serve` notices its own certificate's rotation: stat, following the kubelet's
-# ..data symlink
-from kustos.runtime.server.tls import Signature, _signature
+# how `kustos serve` reloads its own certificate on rotation (stat, following the
+# kubelet's ..data symlink)
+from kustos.runtime.server.tls import Reloading
 
 log = logging.getLogger("kustos.serve")
 
@@ -91,30 +91,18 @@ def client_context(settings: MirrorTls) -> ssl.SSLContext:
     return ctx
 
 
-class ReloadingClientContext:
+class ReloadingClientContext(Reloading[ssl.SSLContext]):
     """``client_context(settings)``, rebuilt when one of its files changed since the last
     ``current()``. Raises ShadowTlsError at construction if the files do not load."""
 
     def __init__(self, settings: MirrorTls) -> None:
         self.settings = settings
-        self._seen = _signature(settings.files)
-        self._context = client_context(settings)
-        self._failed: Signature | None = None
-        self.reloads = 0
+        super().__init__(settings.files, lambda: client_context(settings), ShadowTlsError,
+                         "shadow mirror: TLS files")
 
     def current(self) -> ssl.SSLContext:
-        now = _signature(self.settings.files)
-        if now != self._seen and None not in now and now != self._failed:
-            try:
-                self._context = client_context(self.settings)
-            except ShadowTlsError as exc:
-                self._failed = now  # logged once; retried at the next change
-                log.warning("shadow mirror: TLS files changed but do not load, keeping the "
-                            "previous ones: %s", exc)
-            else:
-                self._seen, self._failed = now, None
-                self.reloads += 1
-        return self._context
+        self.check()
+        return self.value
 
 
 # --- `kustos serve` flags ---------------------------------------------------------------

@@ -22,12 +22,13 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     import grpc
 
 log = logging.getLogger("kustos.serve")
+T = TypeVar("T")
 
 # TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3's own suites are all fine).
 CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -41,7 +42,7 @@ class TlsConfigError(ValueError):
     """The certificate, key or client CA cannot be loaded (message names the file)."""
 
 
-def _signature(paths: tuple[str, ...]) -> Signature:
+def signature(paths: tuple[str, ...]) -> Signature:
     out: list[tuple[int, int, int, int] | None] = []
     for path in paths:
         try:
@@ -110,7 +111,42 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class ReloadingContext:
+class Reloading(Generic[T]):
+    """What ``build()`` makes of the files ``paths`` (``value``), rebuilt when one of them
+    changed since the last ``check()``. A build that raises one of ``errors`` keeps the
+    previous value, is logged once per change (``what`` names the files) and is tried
+    again at the next look: a pair caught between two writes gets a second look. Raises
+    at construction if the files do not load."""
+
+    def __init__(self, paths: tuple[str, ...], build: Callable[[], T],
+                 errors: type[Exception], what: str) -> None:
+        self._paths, self._build, self._errors, self._what = paths, build, errors, what
+        self._seen = signature(paths)
+        self.value = build()
+        self.reloads = 0  # successful reloads (tests and logs read it)
+        self._failed: Signature | None = None  # the signature whose load failed, logged once
+
+    def check(self) -> bool:
+        """Reload if the files changed since the last look; True when a new value is in
+        use."""
+        now = signature(self._paths)
+        if now == self._seen or None in now:  # unchanged, or mid-swap (a file missing)
+            return False
+        try:
+            value = self._build()
+        except self._errors as exc:
+            if now != self._failed:
+                self._failed = now
+                log.warning("%s changed but do not load, keeping the previous ones: %s",
+                            self._what, exc)
+            return False
+        self._seen, self._failed = now, None
+        self.value = value
+        self.reloads += 1
+        return True
+
+
+class ReloadingContext(Reloading[Any]):
     """The current server context for ``cert``/``key`` (and ``client_ca``), rebuilt when
     the files change. Raises TlsConfigError at construction if they do not load."""
 
@@ -119,36 +155,21 @@ class ReloadingContext:
                  build: Callable[[str, str, str | None], Any] = server_context) -> None:
         self.cert, self.key, self.client_ca = cert, key, client_ca
         self.interval = interval
-        self._build = build
-        self._paths = (cert, key) + ((client_ca,) if client_ca else ())
-        self._seen = _signature(self._paths)
-        self.context = build(cert, key, client_ca)
+        super().__init__((cert, key) + ((client_ca,) if client_ca else ()),
+                         lambda: build(cert, key, client_ca), TlsConfigError, "TLS files")
         _log_loaded("TLS certificate", cert)
-        self.reloads = 0  # successful reloads (tests and logs read it)
-        self._failed: Signature | None = None  # the signature whose load failed, logged once
+
+    @property
+    def context(self) -> Any:
+        return self.value
 
     @property
     def mutual(self) -> bool:
         return self.client_ca is not None
 
     def check(self) -> bool:
-        """Reload if the files changed since the last look; True when a new context is in
-        use. A failed load keeps the old context and is retried at the next change."""
-        now = _signature(self._paths)
-        if now == self._seen or None in now:  # unchanged, or mid-swap (a file missing)
+        if not super().check():
             return False
-        try:
-            context = self._build(self.cert, self.key, self.client_ca)
-        except TlsConfigError as exc:
-            if now != self._failed:
-                self._failed = now
-                log.warning("TLS files changed but do not load, keeping the previous "
-                            "certificate: %s", exc)
-            # Not recorded as seen: a pair caught between two writes gets a second look.
-            return False
-        self._seen, self._failed = now, None
-        self.context = context
-        self.reloads += 1
         _log_loaded("TLS certificate reloaded from", self.cert)
         return True
 
@@ -180,12 +201,12 @@ def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grp
         return grpc.ssl_server_certificate_configuration([(private, chain)], roots)
 
     paths = (cert, key) + ((client_ca,) if client_ca else ())
-    seen: list[Signature] = [_signature(paths)]
+    seen: list[Signature] = [signature(paths)]
     failed: dict[Signature, float] = {}  # a pair that did not load: when to try again
     initial = load()
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
-        now = _signature(paths)
+        now = signature(paths)
         if now == seen[0] or None in now:
             return None  # None: keep the current configuration
         # Called before every handshake: a broken pair is retried every few seconds,
