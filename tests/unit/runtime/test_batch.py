@@ -240,10 +240,10 @@ def test_s3_output_tries_a_transient_error_four_times_with_backoff() -> None:
         return call
 
     with pytest.raises(FetchError):
-        sink._retried(failing(True), slept.append)
+        sink.retried(failing(True), slept.append)
     assert (len(calls), slept) == (4, [0.5, 1.0, 2.0])
     calls.clear()
     slept.clear()
     with pytest.raises(FetchError):
-        sink._retried(failing(False), slept.append)
+        sink.retried(failing(False), slept.append)
     assert (len(calls), slept) == (1, [])

@@ -48,14 +48,14 @@ class S3Reader(io.RawIOBase):
         from kustos.runtime import s3
         from kustos.runtime.fetch import FetchError
 
-        from .sink import _retried
+        from .sink import retried
         from .source import InputError
 
         def once() -> tuple[bytes, int]:
             return s3.object_range(self.uri, start, start + max(length, 1) - 1)
 
         try:
-            data, size = _retried(once, self._sleep)
+            data, size = retried(once, self._sleep)
         except FetchError as err:
             raise InputError(str(err)) from None
         self.gets += 1

@@ -240,7 +240,7 @@ class S3Output:
             return s3.object_request(method, self._uri(name), body)
 
         try:
-            return _retried(once, self._sleep)
+            return retried(once, self._sleep)
         except FetchError as err:
             raise OutputError(str(err)) from None
 
@@ -271,7 +271,7 @@ class S3Output:
         pass  # a PUT that did not finish left no object
 
 
-def _retried(call: Callable[[], T], sleep: Callable[[float], None]) -> T:
+def retried(call: Callable[[], T], sleep: Callable[[float], None]) -> T:
     from kustos.runtime.fetch import FetchError
 
     for attempt in range(S3_ATTEMPTS):
