@@ -7,22 +7,16 @@ with any other certificate, even one the same CA signed for the same names, gets
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import re
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from runtime.test_serve_tls import Issuer, SecretVolume, make_ca
+from runtime.test_serve_tls import SecretVolume, make_ca, make_leaf
 from test_rollout_shadow_gate import post, serve
 from unit_support import wait_for
 
@@ -36,30 +30,6 @@ ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 BODY = {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64",
                     "data": [v for r in ROWS for v in r]}]}
 REQUESTS = 20
-
-
-def leaf(ca: Issuer, name: str) -> tuple[bytes, bytes, int]:
-    """(certificate PEM, key PEM, serial) for 127.0.0.1, usable for serving and as a
-    client certificate (as one cert-manager Certificate with both usages)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    serial = x509.random_serial_number()
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca.cert.subject).public_key(key.public_key()).serial_number(serial)
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(ca.key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem, serial
 
 
 @dataclass
@@ -85,7 +55,7 @@ def secrets(tmp_path_factory: pytest.TempPathFactory) -> Secrets:
     ca = make_ca("rollout-ca")
     (d / "ca.crt").write_bytes(ca.pem)
     for name in ("iris", "other"):
-        cert, key, _ = leaf(ca, name)
+        cert, key, _ = make_leaf(ca, name, both=True)
         (d / f"{name}.crt").write_bytes(cert + ca.pem)  # leaf then chain, as cert-manager
         (d / f"{name}.key").write_bytes(key)
     x, y = load_iris(return_X_y=True)

@@ -67,14 +67,19 @@ def make_ca(name: str) -> Issuer:
     return Issuer(cert, key)
 
 
-def make_leaf(ca: Issuer, name: str, client: bool = False) -> tuple[bytes, bytes, int]:
-    """(certificate PEM, key PEM, serial) for 127.0.0.1/localhost, or a client identity."""
+def make_leaf(ca: Issuer, name: str, client: bool = False,
+              both: bool = False) -> tuple[bytes, bytes, int]:
+    """(certificate PEM, key PEM, serial) for 127.0.0.1/localhost, or a client identity;
+    ``both``: the server certificate usable as a client certificate too (one cert-manager
+    Certificate with both usages)."""
     import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     serial = x509.random_serial_number()
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if both
+              else [ExtendedKeyUsageOID.CLIENT_AUTH if client
+                    else ExtendedKeyUsageOID.SERVER_AUTH])
     builder = (x509.CertificateBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
                .issuer_name(ca.cert.subject).public_key(key.public_key())
@@ -82,7 +87,7 @@ def make_leaf(ca: Issuer, name: str, client: bool = False) -> tuple[bytes, bytes
                .not_valid_before(now - timedelta(minutes=5))
                .not_valid_after(now + timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+               .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
     if not client:
         builder = builder.add_extension(x509.SubjectAlternativeName([
             x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
