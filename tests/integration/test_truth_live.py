@@ -127,7 +127,26 @@ def setup_model(kube: Kube, chart_operator: ChartOperator, store: dict[str, str]
         rolled_out(kube, name, ns)
     except AssertionError as err:
         raise AssertionError(f"{err}\n{diagnose(kube, name, ns)}") from None
-    return cluster_ip(kube, name, ns)
+    host = cluster_ip(kube, name, ns)
+    feedback_routed(host, name)
+    return host
+
+
+def feedback_routed(host: str, model: str, run: int = 20) -> None:
+    """Wait until the Service's routing has caught up with the rollout: the EndpointSlices
+    can already be final while kube-proxy still sends some connections to a terminating
+    pod of the old template (no --truth-url: feedback is 404 there). An empty label list
+    is refused with 400 by a pod with the link and changes nothing; `run` answers in a
+    row from such pods make a stale route vanishingly unlikely ((2/3)**20 < 0.03 %)."""
+    streak = 0
+
+    def probe() -> bool:
+        nonlocal streak
+        status, _ = post(host, f"/v2/models/{model}/feedback", {"labels": []})
+        streak = streak + 1 if status == 400 else 0
+        return streak >= run
+    wait_for(f"{model}'s feedback routed only to pods with --truth-url", probe,
+             timeout=120, interval=0.2)
 
 
 def test_accuracy_from_labels_matches_and_bad_model_degrades(
