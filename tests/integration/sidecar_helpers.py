@@ -151,7 +151,10 @@ def ready_pods_with(kube: Kube, md: str, ns: str, container: str,
     ``count`` of them and no pod of an older template is left."""
     wanted = {container, *also}
     def check() -> list[dict[str, Any]] | None:
-        pods = [p for p in kube.list("pods", ns, f"app.kubernetes.io/instance={md}")
+        # The model's serving pods only: a ground-truth monitor's or a retraining Job's
+        # pods carry the same instance label.
+        pods = [p for p in kube.list("pods", ns, f"app.kubernetes.io/instance={md},"
+                                                 "app.kubernetes.io/component=predictor")
                 if not p["metadata"].get("deletionTimestamp")]
         with_it = [p for p in pods
                    if wanted <= {c["name"] for c in p["spec"]["containers"]}
