@@ -150,6 +150,26 @@ def test_shadow_pause_abort_on_the_control_plane(kube: Kube, operator: Operator,
     assert not any(h.get("event") for h in history[1:])
 
 
+def test_an_action_without_a_rollout_is_refused_and_removed(kube: Kube, operator: Operator,
+                                                           namespace: str) -> None:
+    # kubectl annotate needs no spec.rollout (the kustos command refuses): the annotation
+    # must not stay to act on a rollout added later
+    kube.apply(model_deployment("plain", namespace))
+    wait_for("md/plain Ready", lambda: (c := kube.condition("md", "plain", namespace, "Ready"))
+             and c["status"] == "True", timeout=90)
+    annotate(kube, "plain", namespace, "promote")
+    warning = wait_for("a RolloutActionIgnored Event", lambda: [
+        e for e in kube.events(namespace, "plain") if e["reason"] == "RolloutActionIgnored"],
+        timeout=60)
+    assert warning[0]["type"] == "Warning"
+    assert warning[0]["message"] == ("kustos.dev/rollout-action: 'promote' ignored: "
+                                     "spec.rollout is not set; removed")
+    wait_for("the action annotation removed", lambda: "kustos.dev/rollout-action" not in (
+        (kube.get("md", "plain", namespace) or {})["metadata"].get("annotations") or {}),
+        timeout=30)
+    assert not rollout_of(kube, "plain", namespace)
+
+
 def test_manual_promotion_serves_the_candidate_and_records_history(
         kube: Kube, operator: Operator, namespace: str) -> None:
     ns = namespace

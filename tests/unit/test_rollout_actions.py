@@ -53,6 +53,24 @@ def test_the_warning_repeats_a_long_value_only_in_part() -> None:
     assert f"'{'x' * 64}...'" in notice.message and len(notice.message) < 200
 
 
+@pytest.mark.parametrize("value", ["promote", "abort", "nonsense"])
+def test_any_action_without_a_rollout_is_refused_with_a_warning(value: str) -> None:
+    notice = machine.ignored_action(annotated(value))
+    assert notice is not None and notice.warning
+    assert notice.reason == "RolloutActionIgnored"
+    assert notice.message == (f"kustos.dev/rollout-action: {value!r} ignored: "
+                              "spec.rollout is not set; removed")
+    assert machine.ignored_action({"other": "promote"}) is None
+    assert machine.ignored_action(None) is None
+
+
+def test_the_controller_looks_at_a_model_with_only_an_action_annotation() -> None:
+    meta = {"name": "m", "namespace": "ns", "uid": "u"}
+    plain = {"metadata": meta, "spec": {"model": V1}}
+    assert not controller._wanted(plain)
+    assert controller._wanted({**plain, "metadata": {**meta, "annotations": annotated("")}})
+
+
 def test_the_controller_and_the_cli_name_the_same_annotation_and_actions() -> None:
     # the CLI sets what the controller reads: a renamed action would be refused
     assert controller.ACTION == rollout_cli.ACTION == machine.ACTION_ANNOTATION

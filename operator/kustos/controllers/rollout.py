@@ -66,7 +66,10 @@ class Tracker:
 
 
 def _wanted(body: Mapping[str, Any]) -> bool:
-    return bool((body.get("spec") or {}).get("rollout")) or bool(rollout_status(body))
+    """A rollout to drive, a rollout status to clean up, or an action annotation to
+    answer (applied, or refused when there is no rollout)."""
+    return (bool((body.get("spec") or {}).get("rollout")) or bool(rollout_status(body))
+            or ACTION in (body["metadata"].get("annotations") or {}))
 
 
 # The looks are a WorkLoop (controllers/workloop.py, as the Vault refresh): not a kopf
@@ -130,6 +133,10 @@ def step(body: dict[str, Any], trackers: dict[str, Tracker], memo: Any) -> None:
             k8s_status.write(KIND, meta["name"], meta["namespace"], meta["uid"], ANALYSIS,
                              lambda fresh: {}, body)
         trackers.pop(meta["uid"], None)
+        ignored = machine.ignored_action(meta.get("annotations"))
+        if ignored is not None:
+            events.post(body, ignored.reason, ignored.message, warning=ignored.warning)
+            _consume(body)
         return
     if is_registry_uri(spec.model.uri):
         return  # not resolved yet: no model to roll out

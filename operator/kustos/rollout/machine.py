@@ -56,6 +56,19 @@ def manual_action(annotations: Mapping[str, str] | None) -> tuple[str | None, No
                         "removed", warning=True)
 
 
+def ignored_action(annotations: Mapping[str, str] | None) -> Notice | None:
+    """The Warning Event for an action annotation on a ModelDeployment without
+    spec.rollout (None: no annotation). It is removed unapplied: kept, it would act on the
+    first candidate of a rollout added later (a stale `promote` skipping every gate)."""
+    if not annotations or ACTION_ANNOTATION not in annotations:
+        return None
+    value = str(annotations[ACTION_ANNOTATION])
+    shown = value if len(value) <= SHOWN else value[:SHOWN] + "..."
+    return Notice("RolloutActionIgnored",
+                  f"{ACTION_ANNOTATION}: {shown!r} ignored: spec.rollout is not set; removed",
+                  warning=True)
+
+
 @dataclass(frozen=True)
 class Step:
     """The next status.rollout (wire form, without lastAnalysis) and what to tell."""
