@@ -400,9 +400,10 @@ def test_a_batch_of_same_length_ids_is_framed_byte_for_byte_as_its_events(
 
 
 def test_a_large_delivery_is_produced_in_pieces_under_the_limit(broker: Broker) -> None:
-    """512 predictions of ~5 KB (2.6 MB): RecordBatches of at most MAX_PRODUCE_BYTES of
-    payload each (a broker refuses one above its message.max.bytes whole), on both paths,
-    every event acknowledged once, in order within its partition."""
+    """512 predictions of ~5 KB (2.6 MB), and 2048 small ones to one partition (their
+    headers weigh more than their payloads): RecordBatches of at most MAX_PRODUCE_BYTES
+    of records each (a broker refuses one above its message.max.bytes whole), on both
+    paths, every event acknowledged once, in order within its partition."""
     from kustos.runtime.server.payload_log import MAX_PRODUCE_BYTES, pieces
 
     assert pieces(list("abcde"), [3, 3, 3, 9, 1], 6) == [["a", "b"], ["c"], ["d"], ["e"]]
@@ -420,12 +421,28 @@ def test_a_large_delivery_is_produced_in_pieces_under_the_limit(broker: Broker) 
                      lambda: transport.send(events)):
             broker.batches, broker.records = [], []
             assert send() == [200] * 1024
-            assert len(broker.batches) >= 5  # 2.6 MB in pieces of 0.5 MiB
-            assert max(len(b) for _, b in broker.batches) < MAX_PRODUCE_BYTES + 64 * 1024
+            assert len(broker.batches) >= 3  # 2.6 MB in pieces of under 0.9 MiB
+            assert max(len(b) for _, b in broker.batches) <= MAX_PRODUCE_BYTES + 61  # + header
             keys = [r["key"] for _, r in broker.records]
             assert sorted(keys) == sorted(ex[0].encode() for ex in batch for _ in range(2))
             for part in (0, 1):
                 mine = [k for p, r in broker.records if p == part for k in [r["key"]]]
                 assert mine == sorted(mine)  # the batch's order within each partition
+    finally:
+        transport.close()
+    broker.partitions = 1
+    small = [(f"{i:032x}", "v2", b'{"inputs":[]}', None, b'{"outputs":[]}', None,
+              1.7e9 + i) for i in range(2048)]
+    transport, sink = kafka_sink(broker)
+    try:
+        events = sink.events(small, False)
+        for send in (lambda: transport.send_batch(small, sink.payloads, True),
+                     lambda: transport.send(events)):
+            broker.batches, broker.records = [], []
+            assert send() == [200] * 4096
+            assert len(broker.batches) >= 2  # ~1 KiB of records per prediction
+            assert max(len(b) for _, b in broker.batches) <= MAX_PRODUCE_BYTES + 61
+            assert [r["key"] for _, r in broker.records] == [
+                ex[0].encode() for ex in small for _ in range(2)]
     finally:
         transport.close()

@@ -254,9 +254,11 @@ Payloads = Callable[[Exchange, bool], list[tuple[bytes, bytes]]]
 
 # A broker refuses a RecordBatch above its message.max.bytes (1 MiB by default) whole, and
 # a Produce request carries one batch per partition: a delivery is produced in pieces of
-# at most this many payload bytes. An event larger than the broker's limit goes alone,
-# is refused, and counts as failed after the retries.
-MAX_PRODUCE_BYTES = 512 * 1024
+# at most this many bytes of records (payloads, headers, keys and record framing, bounded
+# from above: ``KafkaTransport.overhead``), under the limit even if all of a piece goes to
+# one partition. An event larger than the broker's limit goes alone, is refused, and
+# counts as failed after the retries.
+MAX_PRODUCE_BYTES = 896 * 1024
 
 
 def exchange_size(ex: Exchange) -> int:
@@ -309,15 +311,27 @@ class KafkaTransport:
         # send_batch's: per type, the header count (with ce_id and ce_time) as a varint
         # and what follows ce_time's microseconds (its "Z", then ce_type and the rest).
         self._after = {t: (varint(n + 2), b"Z" + rest) for t, (n, rest) in self._typed.items()}
+        # The bytes of a record beyond its value and the two copies of its id (key and
+        # ce_id), at most: length, attributes, timestamp and offset deltas, key and value
+        # lengths (3-byte varints each, enough for 2 MiB), the header count and names,
+        # ce_time's value, the headers every record has (the longer type's).
+        self._overhead = (5 + 2 + 3 + 3 + 3 + 3 + len(b"\x0ace_id") + 3 + len(b"\x0ece_time")
+                          + 1 + 27 + max(len(rest) for _, rest in self._typed.values()))
+
+    def size(self, rid: str, body: bytes) -> int:
+        """At most how many bytes the record of one event takes in a RecordBatch."""
+        return self._overhead + 2 * len(rid) + len(body)
 
     def send_batch(self, batch: list[Exchange], payloads: Payloads, plain: bool
                    ) -> list[int | None]:
         """Produce a batch of predictions, in pieces of at most MAX_PRODUCE_BYTES of
-        payload (``_send_piece`` each). The statuses, one per event in
+        records (``_send_piece`` each). The statuses, one per event in
         ``PayloadSink.events`` order; [] when the topic's partitions are not known (the
         caller then goes the per-event way)."""
-        sizes = [len(ex[2]) + len(ex[4]) if type(ex[2]) is bytes and type(ex[4]) is bytes
-                 else exchange_size(ex) for ex in batch]
+        both = 2 * self._overhead  # a prediction's two records, beyond values and ids
+        sizes = [both + 4 * len(ex[0]) + (len(ex[2]) + len(ex[4]) if type(ex[2]) is bytes
+                                          and type(ex[4]) is bytes else exchange_size(ex))
+                 for ex in batch]
         if sum(sizes) <= MAX_PRODUCE_BYTES:
             return self._send_piece(batch, payloads, plain)
         statuses: list[int | None] = []
@@ -441,8 +455,8 @@ class KafkaTransport:
 
     def send(self, events: list[Event]) -> list[int | None]:
         """Produce events one record each (retries, payloads encoded on this thread), in
-        pieces of at most MAX_PRODUCE_BYTES; a status per event."""
-        sizes = [len(e[0]) for e in events]
+        pieces of at most MAX_PRODUCE_BYTES of records; a status per event."""
+        sizes = [self.size(e[1], e[0]) for e in events]
         if sum(sizes) <= MAX_PRODUCE_BYTES:
             return self._send_events(events)
         return [status for piece in pieces(events, sizes, MAX_PRODUCE_BYTES)
@@ -478,14 +492,14 @@ class PayloadSink(BoundedSender[Exchange]):
     """One sink: its queue, its thread, its connection(s)."""
 
     def __init__(self, transport: Transport, model: str, config: PayloadLogConfig) -> None:
-        # Every 200 ms, up to 512 predictions (1024 events) per write: each wake-up of
-        # this thread costs the core that serves predictions, and in the server a batch
-        # costs a fixed ~1 ms more than its events (its code and tables back into cache
-        # after the serving loop ran): 256 every 50 ms cost 6-8 us per logged prediction
-        # to Kafka, 512 every 200 ms 4-5. 512 keeps a one-partition Kafka batch of small
-        # payloads under the broker's default 1 MB message size.
+        # Every 200 ms, up to 512 predictions (1024 events) per write to HTTP, 2048 to
+        # Kafka (produced in pieces of at most MAX_PRODUCE_BYTES, ~900 small predictions):
+        # each wake-up of this thread costs the core that serves predictions, and in the
+        # server a batch costs a fixed ~1 ms more than its events (its code and tables
+        # back into cache after the serving loop ran): 256 every 50 ms cost 6-8 us per
+        # logged prediction to Kafka, 512 every 200 ms 4-5.
         super().__init__("kustos-payload-log", config.queue, flush_interval=0.2,
-                         max_batch=512)
+                         max_batch=2048 if isinstance(transport, KafkaTransport) else 512)
         self.config = config
         self.transport = transport
         self.sent = m.PAYLOAD_LOG_EVENTS.labels(model, "sent")
