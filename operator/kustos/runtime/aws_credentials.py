@@ -83,11 +83,15 @@ class Credentials:
 
 
 def load_settings(env: Mapping[str, str] | None = None,
-                  credentials_dir: str | None = None) -> dict[str, str]:
+                  credentials_dir: str | None = None, prefix: str = "") -> dict[str, str]:
     """The AWS_* settings: the environment, overridden by files of a credentials directory
-    (a mounted Secret: one file per variable)."""
-    values = {k: v for k, v in (os.environ if env is None else env).items()
-              if k.startswith("AWS_") and v}
+    (a mounted Secret: one file per variable). With ``prefix`` only the variables named
+    PREFIX + AWS_* are read, the prefix taken off: a second set of settings in the same
+    environment (a BatchInference's input Secret, given as envFrom with that prefix next
+    to the output's unprefixed AWS_*)."""
+    start = prefix + "AWS_"
+    values = {k[len(prefix):]: v for k, v in (os.environ if env is None else env).items()
+              if k.startswith(start) and v}
     if credentials_dir:
         for name in SETTING_NAMES:
             path = Path(credentials_dir, name)

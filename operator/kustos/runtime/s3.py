@@ -117,11 +117,12 @@ def chain_for(settings: dict[str, str], ca_bundle: str | None,
         return chain
 
 
-def session(credentials_dir: str | None = None, ca_bundle: str | None = None
+def session(credentials_dir: str | None = None, ca_bundle: str | None = None,
+            env_prefix: str = ""
             ) -> tuple[Credentials | None, ssl.SSLContext | None, str, str | None]:
-    """Credentials, TLS context, region and endpoint override from the settings; raises
-    CredentialsError."""
-    settings = load_settings(credentials_dir=credentials_dir)
+    """Credentials, TLS context, region and endpoint override from the settings (the
+    variables ``env_prefix`` + AWS_*, see load_settings); raises CredentialsError."""
+    settings = load_settings(credentials_dir=credentials_dir, prefix=env_prefix)
     bundle = ca_bundle or settings.get("AWS_CA_BUNDLE")
     context = ssl_context(bundle) if bundle else None
     creds = chain_for(settings, bundle, context).get()
@@ -130,11 +131,12 @@ def session(credentials_dir: str | None = None, ca_bundle: str | None = None
     return creds, context, region, endpoint
 
 
-def _session(uri: str, credentials_dir: str | None, ca_bundle: str | None
+def _session(uri: str, credentials_dir: str | None, ca_bundle: str | None,
+             env_prefix: str = ""
              ) -> tuple[Credentials | None, ssl.SSLContext | None, str, str | None]:
     """:func:`session` for one request on ``uri``: no credentials is a FetchError."""
     try:
-        return session(credentials_dir, ca_bundle)
+        return session(credentials_dir, ca_bundle, env_prefix)
     except CredentialsError as exc:
         raise FetchError(f"no credentials for {uri}: {exc}", transient=exc.transient) from None
 
@@ -173,13 +175,15 @@ def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float =
 
 
 def object_range(uri: str, first: int, last: int, *, timeout: float = 60.0,
-                 credentials_dir: str | None = None,
-                 ca_bundle: str | None = None) -> tuple[bytes, int]:
+                 credentials_dir: str | None = None, ca_bundle: str | None = None,
+                 env_prefix: str = "") -> tuple[bytes, int]:
     """Bytes ``first`` to ``last`` (inclusive, cut at the end) of an object, with one
     ranged GET: (the bytes, the object's size). A range that starts at or past the end
-    gives no bytes. 404 raises HTTPStatusError, like every status but 200, 206 and 416."""
+    gives no bytes. 404 raises HTTPStatusError, like every status but 200, 206 and 416.
+    ``env_prefix``: the settings are the variables PREFIX + AWS_* (load_settings)."""
     status, data, headers = _request("GET", uri, b"", {"range": f"bytes={first}-{last}"},
-                                     (200, 206, 416), timeout, credentials_dir, ca_bundle)
+                                     (200, 206, 416), timeout, credentials_dir, ca_bundle,
+                                     env_prefix)
     if status == 200:  # the whole object (a store that ignores Range, or an empty one)
         return data[first:last + 1], len(data)
     # Content-Range: "bytes FIRST-LAST/SIZE" (206), maybe "bytes */SIZE" (416); else the
@@ -194,7 +198,7 @@ def object_range(uri: str, first: int, last: int, *, timeout: float = 60.0,
 
 def _request(method: str, uri: str, body: bytes, extra: dict[str, str],
              answers: tuple[int, ...], timeout: float, credentials_dir: str | None,
-             ca_bundle: str | None) -> tuple[int, bytes, dict[str, str]]:
+             ca_bundle: str | None, env_prefix: str = "") -> tuple[int, bytes, dict[str, str]]:
     """One signed request on ``s3://bucket/key``: (status, body, lower-cased response
     headers) for a status in ``answers``, else HTTPStatusError; the region redirect is
     followed once. ``extra`` headers go unsigned."""
@@ -202,7 +206,7 @@ def _request(method: str, uri: str, body: bytes, extra: dict[str, str],
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if parts.scheme != "s3" or not bucket or not key:
         raise FetchError(f"s3 URI must be s3://bucket/key, got {uri!r}")
-    creds, context, region, endpoint = _session(uri, credentials_dir, ca_bundle)
+    creds, context, region, endpoint = _session(uri, credentials_dir, ca_bundle, env_prefix)
 
     def send(in_region: str) -> tuple[int, bytes, dict[str, str]]:
         url = s3_url(bucket, key, in_region, endpoint)

@@ -416,3 +416,104 @@ def test_parquet_refusals_name_the_column(data: Data, tmp_path: Path) -> None:
     proc = batch(data, tmp_path / "o", "--input-format", "parquet", input_=data.csv,
                  check=False)
     assert proc.returncode == 1 and "not a Parquet file" in report(proc)["error"]
+
+
+def only_bucket(bucket: str) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:*"],
+         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]})
+
+
+@dataclass
+class SplitKeys:
+    """One moto server, two users: ``reader`` may use bucket ``inputs`` only, ``writer``
+    bucket ``outputs`` only (moto checks each request's signature and the user's policy)."""
+
+    endpoint: str
+    reader: dict[str, str]  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    writer: dict[str, str]
+
+    def client(self, keys: dict[str, str]) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture(scope="module")
+def split_keys() -> Iterator[SplitKeys]:
+    import boto3
+
+    # 2 x (create_user, create_access_key, put_user_policy) and 2 create_bucket go
+    # unauthenticated; every later request is checked.
+    with moto_server(unauthenticated_calls=8) as endpoint:
+        kw: dict[str, Any] = {"endpoint_url": endpoint, "region_name": "us-east-1",
+                              "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+        iam = boto3.client("iam", **kw)
+        keys: dict[str, dict[str, str]] = {}
+        for user, bucket in (("reader", "inputs"), ("writer", "outputs")):
+            iam.create_user(UserName=user)
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            iam.put_user_policy(UserName=user, PolicyName="one-bucket",
+                                PolicyDocument=only_bucket(bucket))
+            keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                          "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        admin = boto3.client("s3", **kw)
+        admin.create_bucket(Bucket="inputs")
+        admin.create_bucket(Bucket="outputs")
+        yield SplitKeys(endpoint, keys["reader"], keys["writer"])
+
+
+def test_s3_input_in_place_reads_with_the_prefixed_keys_and_writes_with_aws_ones(
+        data: Data, split_keys: SplitKeys) -> None:
+    """The operator's Job: the output's Secret as AWS_*, the input's as KUSTOS_INPUT_AWS_*
+    (envFrom with a prefix), `--input-env-prefix KUSTOS_INPUT_`. The reader's keys may only
+    read `inputs`, the writer's only write `outputs`: a run that used one set for both
+    would be refused with 403."""
+    keys = split_keys
+    inputs, results = keys.client(keys.reader), keys.client(keys.writer)
+    place = {"AWS_ENDPOINT_URL": keys.endpoint, "AWS_REGION": "us-east-1",
+             "AWS_EC2_METADATA_DISABLED": "true"}
+    output_env = {**keys.writer, **place}
+    input_env = {f"KUSTOS_INPUT_{k}": v for k, v in {**keys.reader, **place}.items()}
+    env = env_without_aws({**output_env, **input_env})
+    common = ["--output-format", "parquet", "--chunk-size", "1000",
+              "--prediction", "predict", "--prediction", "predict_proba"]
+
+    def outputs(prefix: str) -> dict[str, bytes]:
+        listed = results.list_objects_v2(Bucket="outputs", Prefix=prefix + "/")
+        return {o["Key"].rsplit("/", 1)[1]: results.get_object(
+            Bucket="outputs", Key=o["Key"])["Body"].read() for o in listed.get("Contents", [])}
+
+    for local, fmt in ((data.csv, "csv"), (data.parquet, "parquet")):
+        inputs.put_object(Bucket="inputs", Key=f"rows.{fmt}", Body=local.read_bytes())
+        got = report(batch(data, f"s3://outputs/split-{fmt}", "--input-format", fmt, *common,
+                           "--input-env-prefix", "KUSTOS_INPUT_",
+                           input_=f"s3://inputs/rows.{fmt}", env=env))
+        assert (got["rows"], got["chunks"]) == (len(data.x), 5), fmt
+        parts = outputs(f"split-{fmt}")
+        assert_all_rows_once(data, parquet_rows([parts[f"part-{k:06d}.parquet"]
+                                                 for k in range(5)]))
+
+    # Without the prefix the input is read with AWS_*, the writer's keys: refused.
+    proc = batch(data, "s3://outputs/split-unprefixed", "--input-format", "csv", *common,
+                 input_="s3://inputs/rows.csv", env=env, check=False)
+    assert proc.returncode == 1
+    error = report(proc)["error"]
+    assert "HTTP 403" in error and "s3://inputs/rows.csv" in error, error
+    assert outputs("split-unprefixed") == {}, "the input is read before anything is written"
+    # No input keys under the prefix (an input without a Secret): the request goes out
+    # anonymous, not with the output's AWS_* keys; refused.
+    anonymous = env_without_aws({**output_env, **{f"KUSTOS_INPUT_{k}": v
+                                                  for k, v in place.items()}})
+    proc = batch(data, "s3://outputs/split-anonymous", "--input-format", "csv", *common,
+                 "--input-env-prefix", "KUSTOS_INPUT_", input_="s3://inputs/rows.csv",
+                 env=anonymous, check=False)
+    assert proc.returncode == 1 and "HTTP 403" in report(proc)["error"]
+    secrets = (keys.reader["AWS_SECRET_ACCESS_KEY"], keys.writer["AWS_SECRET_ACCESS_KEY"])
+    assert not any(s in proc.stdout + proc.stderr for s in secrets)
+    # The prefix is for an s3:// input only.
+    proc = batch(data, "s3://outputs/split-local", "--input-env-prefix", "KUSTOS_INPUT_",
+                 input_=data.csv, env=env, check=False)
+    assert proc.returncode == 2 and "is for an s3:// input" in proc.stderr

@@ -379,6 +379,23 @@ def test_precedence_static_then_web_identity_then_container_then_imds(
         "from-the-dir")
 
 
+def test_settings_under_a_prefix_are_a_set_of_their_own() -> None:
+    """A BatchInference's batch container: the output's Secret as AWS_*, the input's as
+    KUSTOS_INPUT_AWS_* (envFrom with a prefix). Each read sees its own set only."""
+    env = {"AWS_ACCESS_KEY_ID": "output-key", "AWS_SECRET_ACCESS_KEY": "output-secret",
+           "AWS_REGION": "eu-west-1",
+           "KUSTOS_INPUT_AWS_ACCESS_KEY_ID": "input-key",
+           "KUSTOS_INPUT_AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "KUSTOS_INPUT_AWS_SECRET_ACCESS_KEY": "",  # empty: not set
+           "KUSTOS_INPUT_OTHER": "not an AWS setting", "HOME": "/home/x"}
+    assert ac.load_settings(env) == {"AWS_ACCESS_KEY_ID": "output-key",
+                                     "AWS_SECRET_ACCESS_KEY": "output-secret",
+                                     "AWS_REGION": "eu-west-1"}
+    assert ac.load_settings(env, prefix="KUSTOS_INPUT_") == {
+        "AWS_ACCESS_KEY_ID": "input-key", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    assert ac.load_settings(env, prefix="NONE_") == {}
+
+
 def test_container_credentials_fetch_and_token_rules(
         moto: Moto, metadata: Metadata, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     token_file = tmp_path / "eks-pod-identity-token"

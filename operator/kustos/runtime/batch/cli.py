@@ -16,6 +16,8 @@ import orjson
 
 from kustos.runtime.server.formats import FORMATS
 
+from . import remote
+
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -32,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-threads", type=int, default=1)
     p.add_argument("--input", required=True, type=_input, metavar="FILE|s3://BUCKET/KEY",
                    help="a file, or an S3 object read in place with ranged GETs "
-                        "(credentials: AWS_* as for --output; no digest is checked)")
+                        "(credentials: AWS_* as for --output, or --input-env-prefix; no digest "
+                        "is checked)")
+    p.add_argument("--input-env-prefix", metavar="PREFIX", default="",
+                   help="an s3:// input's settings are the variables PREFIX + AWS_* only "
+                        "(the operator's Job: KUSTOS_INPUT_, the input's Secret), so AWS_* "
+                        "stay the output's")
     p.add_argument("--input-format", choices=("csv", "jsonl", "parquet"), default="csv")
     p.add_argument("--feature", action="append", default=[], metavar="COLUMN",
                    help="a feature column, in model order (repeatable; default: all but the id)")
@@ -73,7 +80,10 @@ def _finish(log: Path | None, line: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.input_env_prefix and not remote.is_remote(args.input):
+        parser.error("--input-env-prefix is for an s3:// input")
     shard = args.shard if args.shard is not None else int(
         os.environ.get("JOB_COMPLETION_INDEX", "0"))
     if args.chunk_size < 1 or args.shards < 1 or not 0 <= shard < args.shards:
@@ -87,7 +97,9 @@ def main(argv: list[str]) -> int:
 
     log = _termination_log(args.termination_log)
     job = runner.Job(
-        input=args.input, input_format=args.input_format, output=args.output,
+        input=(remote.S3Input(args.input, args.input_env_prefix)
+               if remote.is_remote(args.input) else args.input),
+        input_format=args.input_format, output=args.output,
         output_format=args.output_format, chunk_size=args.chunk_size, shard=shard,
         shards=args.shards, features=tuple(args.feature) or None, id_field=args.id_field,
         id_column=args.id_column, predictions=tuple(args.prediction) or None)

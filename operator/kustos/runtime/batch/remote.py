@@ -7,6 +7,11 @@ a shard reads only the row groups of its chunks. Transient errors are tried as f
 output's PUTs (sink.S3_ATTEMPTS). No digest is checked here: the bytes are not all read,
 or not before predictions are written; an input with a digest is fetched whole first
 (`kustos fetch`), as the operator's Job does.
+
+The reader's settings are the AWS_* variables, or with an :class:`S3Input`'s
+``env_prefix`` the variables PREFIX + AWS_* only: the operator's Job gives the input's
+Secret that way (envFrom with a prefix), so the input and the output (AWS_*, its own
+Secret) each keep their own keys, endpoint and region.
 """
 
 from __future__ import annotations
@@ -14,10 +19,28 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 READ_BLOCK = 8 * 2**20  # a GET while reading front to back
 FIRST_BLOCK = 64 * 2**10  # the first GET (also learns the size): a header or a footer
+
+
+@dataclass(frozen=True)
+class S3Input:
+    """An ``s3://bucket/key`` input and where its settings come from: the variables
+    ``env_prefix`` + AWS_* ("": AWS_*, as the output's)."""
+
+    uri: str
+    env_prefix: str = ""
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def s3_input(where: str | S3Input) -> S3Input:
+    """A plain ``s3://`` string reads the AWS_* settings."""
+    return where if isinstance(where, S3Input) else S3Input(where)
 
 
 def is_remote(path: object) -> bool:
@@ -29,14 +52,16 @@ def name_of(path: object) -> str:
 
 
 class S3Reader(io.RawIOBase):
-    """The object at ``uri`` as a seekable raw binary file. Keeps one window of bytes:
+    """The object at ``where`` as a seekable raw binary file. Keeps one window of bytes:
     a read inside it costs no request; one outside GETs at least ``block`` bytes from
     there (fewer at the end). ``gets`` and ``fetched`` count the GETs and their bytes."""
 
-    def __init__(self, uri: str, block: int = READ_BLOCK,
+    def __init__(self, where: str | S3Input, block: int = READ_BLOCK,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__()
-        self.uri, self.block, self._sleep = uri, block, sleep
+        source = s3_input(where)
+        self.uri, self._env_prefix = source.uri, source.env_prefix
+        self.block, self._sleep = block, sleep
         self.gets = self.fetched = 0
         self._pos = 0
         self._window_start = 0
@@ -52,7 +77,8 @@ class S3Reader(io.RawIOBase):
         from .source import InputError
 
         def once() -> tuple[bytes, int]:
-            return s3.object_range(self.uri, start, start + max(length, 1) - 1)
+            return s3.object_range(self.uri, start, start + max(length, 1) - 1,
+                                   env_prefix=self._env_prefix)
 
         try:
             data, size = retried(once, self._sleep)
@@ -105,10 +131,10 @@ class S3Reader(io.RawIOBase):
         return done
 
 
-def open_binary(uri: str) -> io.BufferedReader:
+def open_binary(where: str | S3Input) -> io.BufferedReader:
     """Front to back (CSV, JSONL): the reader behind a buffer."""
-    return io.BufferedReader(S3Reader(uri), buffer_size=io.DEFAULT_BUFFER_SIZE)
+    return io.BufferedReader(S3Reader(where), buffer_size=io.DEFAULT_BUFFER_SIZE)
 
 
-def open_text(uri: str) -> io.TextIOWrapper:
-    return io.TextIOWrapper(open_binary(uri), encoding="utf-8", newline="")
+def open_text(where: str | S3Input) -> io.TextIOWrapper:
+    return io.TextIOWrapper(open_binary(where), encoding="utf-8", newline="")

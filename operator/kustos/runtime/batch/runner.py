@@ -19,7 +19,7 @@ from . import parquet_part, sink, source
 class Job:
     """What one shard does."""
 
-    input: Path | str  # a file, or s3://bucket/key
+    input: source.Input  # a file, or s3://bucket/key (remote.S3Input: its own settings)
     input_format: str
     output: Path | str  # a directory, or s3://bucket/prefix
     output_format: str

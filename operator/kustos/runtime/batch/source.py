@@ -10,7 +10,8 @@ kustos image) is cut the same way, from the row groups: the row counts come from
 footer, so a shard reads only the row groups that hold its missing chunks, one at a time
 (memory: one row group plus one chunk).
 
-The input is a local file or ``s3://bucket/key``, read in place (see remote).
+The input is a local file or ``s3://bucket/key`` (a string, or a remote.S3Input that says
+where its credentials come from), read in place (see remote).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import orjson
 from . import remote
 
 FORMATS = ("csv", "jsonl", "parquet")
-Input = Path | str  # a local file, or s3://bucket/key (read in place, see remote)
+# A local file, or s3://bucket/key (read in place, see remote).
+Input = Path | str | remote.S3Input
 name_of = remote.name_of
 
 
@@ -112,8 +114,12 @@ def _data_lines(handle: io.TextIOBase) -> Iterator[str]:
 
 def _open_text(path: Input) -> io.TextIOBase:
     if remote.is_remote(path):
-        return remote.open_text(str(path))
-    return Path(path).open(encoding="utf-8", newline="")
+        return remote.open_text(_remote(path))
+    return Path(str(path)).open(encoding="utf-8", newline="")
+
+
+def _remote(path: Input) -> str | remote.S3Input:
+    return path if isinstance(path, remote.S3Input) else str(path)
 
 
 def _header(path: Input) -> list[str]:
@@ -125,8 +131,8 @@ def _header(path: Input) -> list[str]:
 
 
 def _first_object(path: Input) -> Any:
-    with (remote.open_binary(str(path)) if remote.is_remote(path)
-          else Path(path).open("rb")) as handle:
+    with (remote.open_binary(_remote(path)) if remote.is_remote(path)
+          else Path(str(path)).open("rb")) as handle:
         for line in handle:
             if line.strip():
                 try:
@@ -181,7 +187,7 @@ def _parquet_file(path: Input) -> Any:
     """The file's footer read; a remote one keeps its reader as ``pf.remote``."""
     try:
         if remote.is_remote(path):
-            reader = remote.S3Reader(str(path), block=remote.FIRST_BLOCK)
+            reader = remote.S3Reader(_remote(path), block=remote.FIRST_BLOCK)
             pf = fastparquet().ParquetFile(reader)
             pf.remote = reader
             return pf
@@ -296,7 +302,7 @@ def _parquet_chunks(path: Input, chunk_size: int, wanted: Callable[[int], bool],
     held: tuple[int, _Group] | None = None  # the last row group read (chunks may share it)
 
     remote_reader = getattr(pf, "remote", None)
-    with remote_reader or Path(path).open("rb") as handle:
+    with remote_reader or Path(str(path)).open("rb") as handle:
         def group(g: int) -> _Group:
             nonlocal held
             if held is None or held[0] != g:
