@@ -1,8 +1,11 @@
 """BatchInference -> one indexed Job. Pure: no I/O.
 
 The pod fetches and verifies the model exactly as a ModelDeployment's pod does (the same
-fetch init container, render.modeldeployment), fetches an s3:// or https:// input the same
-way, and runs `kustos batch` on its shard ($JOB_COMPLETION_INDEX). Parquet needs
+fetch init container, render.modeldeployment) and runs `kustos batch` on its shard
+($JOB_COMPLETION_INDEX). The input is read in place when it can be: a pvc:// claim
+mounted read-only, or an s3:// object without a digest with ranged GETs (each shard reads
+only its part); an input with a digest (checked over all its bytes) and an https:// one
+are fetched whole into the pod by a `kustos fetch` init container first. Parquet needs
 fastparquet, which only the kustos-explain image has: a run that reads or writes Parquet
 runs that image.
 """
@@ -41,6 +44,9 @@ from .signature import fetch_signature
 COMPONENT_BATCH = "batch"
 DATA_DIR = "/mnt/data"
 CONTAINER = "batch"
+# The input's Secret in the batch container: envFrom with this prefix, read by `kustos
+# batch --input-env-prefix`, so its AWS_* never mix with the output's (unprefixed).
+INPUT_ENV_PREFIX = "KUSTOS_INPUT_"
 
 
 def job_name(name: str) -> str:
@@ -53,11 +59,20 @@ def claim_path(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+def reads_s3_in_place(spec: BatchInferenceSpec) -> bool:
+    """An s3:// input without a digest: the shards read it with ranged GETs, no copy.
+    A digest can only be checked over all the bytes, so that input is fetched whole."""
+    return urlparse(spec.input.uri).scheme == "s3" and not spec.input.digest
+
+
 def input_path(spec: BatchInferenceSpec) -> str:
-    """Where the batch container reads the input: the fetched copy, or the mounted claim."""
+    """Where the batch container reads the input: the mounted claim, the s3:// object
+    itself, or the fetched copy."""
     if urlparse(spec.input.uri).scheme == "pvc":
         claim, path = claim_path(spec.input.uri)
         return f"{PVC_MOUNT}/{claim}/{path}"
+    if reads_s3_in_place(spec):
+        return spec.input.uri
     return f"{DATA_DIR}/input.{spec.input.format}"
 
 
@@ -95,8 +110,9 @@ def _claims(spec: BatchInferenceSpec) -> dict[str, bool]:
 
 
 def _fetch_input(spec: BatchInferenceSpec, config: OperatorConfig) -> dict[str, Any] | None:
-    """An s3:// or https:// input is fetched (and its digest checked) into the pod."""
-    if urlparse(spec.input.uri).scheme == "pvc":
+    """An https:// input, or an s3:// one with a digest, is fetched (and its digest
+    checked) into the pod; a pvc:// or digest-less s3:// input is read in place."""
+    if urlparse(spec.input.uri).scheme == "pvc" or reads_s3_in_place(spec):
         return None
     args = ["fetch", spec.input.uri, input_path(spec)]
     if spec.input.digest:
@@ -126,6 +142,9 @@ def batch_args(spec: BatchInferenceSpec, model: ModelSource, model_name: str) ->
     if model.digest:
         args += ["--digest", model.digest]
     args += ["--input", input_path(spec), "--input-format", spec.input.format]
+    if reads_s3_in_place(spec):
+        # Always, with or without an input Secret: the output's AWS_* never read the input.
+        args += ["--input-env-prefix", INPUT_ENV_PREFIX]
     for column in spec.input.feature_columns or ():
         args += ["--feature", column]
     if spec.input.id_column:
@@ -136,6 +155,18 @@ def batch_args(spec: BatchInferenceSpec, model: ModelSource, model_name: str) ->
         args += ["--prediction", output]
     args += ["--chunk-size", str(spec.chunk_size), "--shards", str(shards(spec)), "--quiet"]
     return args
+
+
+def _batch_env_from(spec: BatchInferenceSpec) -> list[dict[str, Any]]:
+    """The batch container's Secrets: an s3:// output's keys as AWS_* (it PUTs the parts
+    itself), a digest-less s3:// input's as KUSTOS_INPUT_AWS_* (it reads the input)."""
+    env_from: list[dict[str, Any]] = []
+    if spec.output.credentials_secret_ref:
+        env_from.append({"secretRef": {"name": spec.output.credentials_secret_ref.name}})
+    if reads_s3_in_place(spec) and spec.input.credentials_secret_ref:
+        env_from.append({"prefix": INPUT_ENV_PREFIX,
+                         "secretRef": {"name": spec.input.credentials_secret_ref.name}})
+    return env_from
 
 
 def _resources(spec: BatchInferenceSpec, config: OperatorConfig) -> dict[str, Any]:
@@ -191,9 +222,9 @@ def render_job(body: Mapping[str, Any], spec: BatchInferenceSpec, model: ModelSo
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
-    if spec.output.credentials_secret_ref:
-        # An s3:// output's keys: the batch container PUTs the parts itself.
-        batch["envFrom"] = [{"secretRef": {"name": spec.output.credentials_secret_ref.name}}]
+    env_from = _batch_env_from(spec)
+    if env_from:
+        batch["envFrom"] = env_from
     annotations = {MODEL_VERSION: model.version}
     if model.digest:
         annotations[MODEL_DIGEST] = model.digest

@@ -112,6 +112,78 @@ def test_an_s3_input_is_fetched_with_its_digest_and_own_credentials() -> None:
     [batch] = pod["containers"]
     assert "envFrom" not in batch, "the batch container gets no credentials"
     assert {"name": "data", "mountPath": "/mnt/data", "readOnly": True} in batch["volumeMounts"]
+    flags = dict(zip(batch["args"][1::2], batch["args"][2::2], strict=False))
+    assert flags["--input"] == "/mnt/data/input.csv"
+    assert "--input-env-prefix" not in batch["args"]
+
+
+def in_place(pod: dict[str, Any]) -> None:
+    """No copy of the input: no fetch-input container, no data volume."""
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model"]
+    assert "data" not in {v["name"] for v in pod["volumes"]}
+    [batch] = pod["containers"]
+    assert "/mnt/data" not in {m["mountPath"] for m in batch["volumeMounts"]}
+
+
+def test_an_s3_input_without_digest_is_read_in_place_with_its_own_prefixed_keys() -> None:
+    """Each shard reads its part with ranged GETs; the input's Secret reaches the batch
+    container under KUSTOS_INPUT_, which `kustos batch --input-env-prefix` reads."""
+    pod = job_of(body(input={"uri": "s3://data/in.parquet", "format": "parquet",
+                             "credentialsSecretRef": {"name": "store"}}))["spec"][
+        "template"]["spec"]
+    in_place(pod)
+    [batch] = pod["containers"]
+    args = batch["args"]
+    flags = dict(zip(args[1::2], args[2::2], strict=False))
+    assert flags["--input"] == "s3://data/in.parquet"
+    assert flags["--input-format"] == "parquet"
+    assert flags["--input-env-prefix"] == render_bi.INPUT_ENV_PREFIX == "KUSTOS_INPUT_"
+    assert batch["envFrom"] == [{"prefix": "KUSTOS_INPUT_", "secretRef": {"name": "store"}}]
+    assert batch["image"] == OperatorConfig().images.explain
+
+
+def test_input_and_output_keys_stay_apart_in_the_batch_container() -> None:
+    pod = job_of(body(input={"uri": "s3://data/in.csv", "credentialsSecretRef": {"name": "in"}},
+                      output={"uri": "s3://results/runs/1",
+                              "credentialsSecretRef": {"name": "out"}}))["spec"][
+        "template"]["spec"]
+    in_place(pod)
+    [batch] = pod["containers"]
+    # The output's keys as AWS_* (its PUTs), the input's under the prefix (its GETs).
+    assert batch["envFrom"] == [{"secretRef": {"name": "out"}},
+                                {"prefix": "KUSTOS_INPUT_", "secretRef": {"name": "in"}}]
+    assert "env" not in batch
+    assert not {"in", "out"} & set(batch["args"]), "Secrets only by envFrom"
+
+
+def test_an_s3_input_without_digest_or_secret_is_never_read_with_the_outputs_keys() -> None:
+    """No input Secret: the prefix is still given, so the read finds no keys under it and
+    uses what the fetch container had without one (instance metadata, else anonymous),
+    never the output's AWS_*."""
+    pod = job_of(body(input={"uri": "s3://data/in.csv"},
+                      output={"uri": "s3://results/runs/1",
+                              "credentialsSecretRef": {"name": "out"}}))["spec"][
+        "template"]["spec"]
+    in_place(pod)
+    [batch] = pod["containers"]
+    assert batch["args"][batch["args"].index("--input-env-prefix") + 1] == "KUSTOS_INPUT_"
+    assert batch["envFrom"] == [{"secretRef": {"name": "out"}}]
+    plain = job_of(body(input={"uri": "s3://data/in.csv"}))["spec"]["template"]["spec"]
+    assert "envFrom" not in plain["containers"][0]
+
+
+def test_an_https_input_is_fetched_with_or_without_a_digest() -> None:
+    for digest in ({}, {"digest": DIGEST}):
+        pod = job_of(body(input={"uri": "https://files.example/in.csv", **digest,
+                                 "credentialsSecretRef": {"name": "store"}}))["spec"][
+            "template"]["spec"]
+        fetch = pod["initContainers"][1]
+        assert fetch["name"] == "fetch-input"
+        assert fetch["args"][:3] == ["fetch", "https://files.example/in.csv",
+                                     "/mnt/data/input.csv"]
+        assert ("--digest" in fetch["args"]) == bool(digest)
+        [batch] = pod["containers"]
+        assert "--input-env-prefix" not in batch["args"] and "envFrom" not in batch
 
 
 def test_one_claim_for_input_and_output_is_mounted_once_read_write() -> None:
@@ -135,8 +207,9 @@ def test_parquet_runs_the_explain_image_and_the_status_says_which() -> None:
         status = status_bi.compute(body(**change), job, [], shards=4, output_uri="x",
                                    model=None, blocked=None, now=NOW)
         assert status["image"] == config.images.explain
-    fetch = job_of(body(input={"uri": "s3://data/in.parquet", "format": "parquet"}))[
-        "spec"]["template"]["spec"]["initContainers"][1]
+    fetch = job_of(body(input={"uri": "s3://data/in.parquet", "format": "parquet",
+                               "digest": DIGEST}))["spec"]["template"]["spec"][
+        "initContainers"][1]
     assert fetch["args"][:3] == ["fetch", "s3://data/in.parquet", "/mnt/data/input.parquet"]
     [kind] = [k for k in KINDS if k.plural == "batchinferences"]
     assert {"name": "Image", "type": "string", "jsonPath": ".status.image",
