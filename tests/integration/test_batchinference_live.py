@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import Kube, wait_for
-from realpods import IRIS_V1, ChartOperator, real_model, s3_client, stored_model
+from realpods import IRIS_V1, ChartOperator, real_model, s3_client, store_module, stored_model
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
@@ -293,3 +293,58 @@ def test_parquet_in_and_parquet_parts_out_to_s3_on_the_real_node(
     assert out["predict"].tolist() == model.predict(rows).tolist()
     np.testing.assert_allclose(out[[f"predict_proba_{c}" for c in range(3)]].to_numpy(),
                                model.predict_proba(rows))
+
+
+def test_an_s3_input_without_digest_is_read_in_place_by_the_shards_on_the_real_node(
+        kube: Kube, chart_operator: ChartOperator, model_store: dict[str, str]) -> None:
+    """No digest: no fetch-input container, each shard reads its part of the s3:// CSV with
+    ranged GETs, the input's own Secret under KUSTOS_INPUT_ next to the output's AWS_*
+    (both in the batch container); rows checked against the model (needs the kustos image
+    rebuilt from this tree)."""
+    from sklearn.datasets import load_iris
+
+    ns = chart_operator.models_ns
+    rows = np.tile(load_iris().data, (4, 1))  # 600
+    uri, _ = upload_input(rows)
+    # The input's Secret: the store's settings under another name, so the input and the
+    # output each come with a Secret of their own.
+    input_secret = yaml.safe_load(store_module().secret(ns))
+    input_secret["metadata"]["name"] = "bi-input-store"
+    kube.apply(input_secret)
+    run = uuid.uuid4().hex[:8]
+    kube.apply(real_model("iris", ns, IRIS_V1, model_store[IRIS_V1], replicas=1))
+    kube.apply(batch_inference(
+        "score-in-place", ns, modelRef={"name": "iris"},
+        input={"uri": uri, "credentialsSecretRef": {"name": "bi-input-store"},
+               "idColumn": "key"},
+        output={"uri": f"s3://models/batch/{run}/out",
+                "credentialsSecretRef": {"name": "model-store"},
+                "predictions": ["predict", "predict_proba"]},
+        parallelism=2, shards=3, chunkSize=100))
+    job = wait_for("job/score-in-place", lambda: kube.get("job", "score-in-place", ns),
+                   timeout=120)
+    pod = job["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model"]
+    [batch] = pod["containers"]
+    assert batch["args"][batch["args"].index("--input") + 1] == uri
+    assert batch["args"][batch["args"].index("--input-env-prefix") + 1] == "KUSTOS_INPUT_"
+    assert batch["envFrom"] == [
+        {"secretRef": {"name": "model-store"}},
+        {"prefix": "KUSTOS_INPUT_", "secretRef": {"name": "bi-input-store"}}]
+    bi = wait_phase(kube, "score-in-place", ns, "Complete", timeout=600)
+    assert bi["status"]["rowsDone"] == bi["status"]["rowsTotal"] == len(rows)
+    assert bi["status"]["shardsDone"] == 3
+    client = s3_client()
+    listed = client.list_objects_v2(Bucket="models", Prefix=f"batch/{run}/out/")
+    keys = sorted(o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", []))
+    assert keys == ["_chunking.json", *(f"part-{k:06d}.csv" for k in range(6))]
+    out: list[dict[str, str]] = []
+    for k in range(6):
+        body = client.get_object(Bucket="models",
+                                 Key=f"batch/{run}/out/part-{k:06d}.csv")["Body"].read()
+        out += list(csv.DictReader(io.StringIO(body.decode())))
+    assert [r["inference_id"] for r in out] == [f"r{i}" for i in range(len(rows))]
+    model = stored_model(IRIS_V1)
+    assert [int(r["predict"]) for r in out] == model.predict(rows).tolist()
+    proba = np.array([[float(r[f"predict_proba_{c}"]) for c in range(3)] for r in out])
+    np.testing.assert_allclose(proba, model.predict_proba(rows))
