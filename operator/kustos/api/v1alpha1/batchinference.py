@@ -45,17 +45,20 @@ class BatchInput(KModel):
     )
 
     uri: Uri
-    """Where the file lives: s3://BUCKET/KEY or https:// (fetched by `kustos fetch` into
-    the pod, digest checked), or pvc://CLAIM/PATH (read in place, mounted read-only)."""
+    """Where the file lives: s3://BUCKET/KEY (without digest read in place by each shard
+    with ranged GETs; with a digest fetched whole by `kustos fetch` and checked), https://
+    (fetched), or pvc://CLAIM/PATH (read in place, mounted read-only)."""
     format: InputFormat = "csv"
     """csv (a header row naming the columns), jsonl (one JSON object per line) or parquet
     (read by row groups; the Job then runs the kustos-explain image, which has
     fastparquet)."""
     digest: str | None = Field(default=None, pattern=DIGEST_PATTERN, max_length=71)
-    """sha256 of the file, verified before it is read (s3:// and https:// only)."""
+    """sha256 of the file, verified before it is read (s3:// and https:// only): the
+    file is then fetched whole into each pod, as a digest covers all its bytes."""
     credentials_secret_ref: LocalObjectReference | None = None
-    """A Secret with AWS_* keys for an s3:// or private https:// input (the input's fetch
-    container only)."""
+    """A Secret with AWS_* keys for an s3:// or private https:// input: given to the
+    input's fetch container, or, for an s3:// input read in place, to the batch container
+    as KUSTOS_INPUT_AWS_* (apart from the output's AWS_*)."""
     feature_columns: list[Column] | None = Field(default=None, min_length=1, max_length=10000)
     """The model's input columns, in the model's order; every column but idColumn when
     unset (in file order)."""
