@@ -492,14 +492,14 @@ class PayloadSink(BoundedSender[Exchange]):
     """One sink: its queue, its thread, its connection(s)."""
 
     def __init__(self, transport: Transport, model: str, config: PayloadLogConfig) -> None:
-        # Every 200 ms, up to 512 predictions (1024 events) per write to HTTP, 2048 to
-        # Kafka (produced in pieces of at most MAX_PRODUCE_BYTES, ~900 small predictions):
-        # each wake-up of this thread costs the core that serves predictions, and in the
-        # server a batch costs a fixed ~1 ms more than its events (its code and tables
-        # back into cache after the serving loop ran): 256 every 50 ms cost 6-8 us per
-        # logged prediction to Kafka, 512 every 200 ms 4-5.
+        # Every 200 ms, up to 512 predictions (1024 events) per write: each wake-up of
+        # this thread costs the core that serves predictions, and in the server a batch
+        # costs a fixed ~1 ms more than its events (its code and tables back into cache
+        # after the serving loop ran): 256 every 50 ms cost 6-8 us per logged prediction
+        # to Kafka, 512 every 200 ms 4-5; 2048 (in pieces of ~900) 4.9 against 5.0 for
+        # 512, within the noise (docs/benchmarks.md), so 512 stays.
         super().__init__("kustos-payload-log", config.queue, flush_interval=0.2,
-                         max_batch=2048 if isinstance(transport, KafkaTransport) else 512)
+                         max_batch=512)
         self.config = config
         self.transport = transport
         self.sent = m.PAYLOAD_LOG_EVENTS.labels(model, "sent")
