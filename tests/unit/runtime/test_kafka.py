@@ -49,7 +49,19 @@ def _crc32c_bitwise(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def test_crc32c_of_large_inputs_matches_the_definition() -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["numpy", "google-crc32c"])
+def test_crc32c_of_large_inputs_matches_the_definition(native: bool,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Both ways (the C one when google-crc32c is installed) against the bitwise
+    definition, on inputs over several of the C way's chunks too."""
+    from kustos.runtime.server import kafka
+
+    if native and kafka._NATIVE_EXTEND is None:
+        pytest.skip("google-crc32c (with its C extension) is not installed")
+    if not native:
+        monkeypatch.setattr(kafka, "_NATIVE_EXTEND", None)
+    monkeypatch.setattr(kafka, "_NATIVE_CHUNK", 4096)
     # Inputs from 2 KiB up take the vectorised path (slices combined 16 at a time): around
     # every slice, group and level boundary, and a record batch's size.
     rng = random.Random(7)

@@ -70,8 +70,45 @@ _SLICE = 32
 _VECTOR_MIN = 2048
 
 
+def _native_extend() -> Callable[[int, bytes], int] | None:
+    """google-crc32c's C ``extend`` (the SSE4.2 / ARMv8 CRC instructions) when it is
+    installed with its C extension, else None (its pure-Python fallback is slower than
+    ``_crc32c_numpy``)."""
+    try:
+        from google_crc32c import cext
+    except ImportError:
+        return None
+    extend: Callable[[int, bytes], int] = cext.extend
+    return extend
+
+
+# Resolved once: a constant of the installation, like the tables below.
+_NATIVE_EXTEND = _native_extend()
+# Bytes handed to the C CRC at once: it takes only bytes (not a view of the Outbox),
+# so the data is copied a chunk at a time, small enough to come from malloc's free lists
+# (a fresh batch-sized copy cost a page fault per 4 KiB on the sender thread).
+_NATIVE_CHUNK = 1 << 16
+
+
 def crc32c(data: bytes | memoryview) -> int:
-    """CRC-32C (Castagnoli), as RecordBatch v2 checksums its contents.
+    """CRC-32C (Castagnoli), as RecordBatch v2 checksums its contents: with
+    google-crc32c's C code when it is installed (~0.04 ns a byte, ~0.04 us per logged
+    prediction), else with numpy (``_crc32c_numpy``, ~1.3 ns a byte: 1.3-1.5 us per
+    logged prediction, the Kafka sender's largest single cost)."""
+    extend = _NATIVE_EXTEND
+    if extend is None or len(data) < _VECTOR_MIN:
+        return _crc32c_numpy(data)
+    if type(data) is bytes:
+        return extend(0, data)
+    crc = 0
+    view = memoryview(data)
+    for at in range(0, len(view), _NATIVE_CHUNK):
+        crc = extend(crc, bytes(view[at:at + _NATIVE_CHUNK]))
+    return crc
+
+
+def _crc32c_numpy(data: bytes | memoryview) -> int:
+    """CRC-32C without a C extension.
 
     A Python loop per byte cost ~0.4 us a byte (100 us per logged prediction). The CRC is
     linear over GF(2), so larger inputs are cut into slices whose CRCs numpy computes side
