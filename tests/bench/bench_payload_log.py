@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the logging modes with the kustos package of DIR (e.g. "
                         "`git archive REV operator | tar -x -C DIR`, DIR/operator), as "
                         "'<mode>-before': an earlier version side by side")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=DIR",
+                   help="like --before, as '<mode>-LABEL' (repeatable): e.g. the tree with "
+                        "one change undone, side by side with the current code and --before")
     p.add_argument("--report", type=Path, default=None, metavar="FILE",
                    help="print the table of a saved run (its output's last line) and exit")
     p.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
@@ -235,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         broker: Any = None if args.no_kafka else stack.enter_context(kafka(work, args.sink_nice))
         modes = {**MODES, **({"kafka": []} if broker is not None else {})}
+        trees = {label: Path(d) for label, _, d in (v.partition("=") for v in args.variant)}
         if args.before is not None:
-            modes.update({f"{m}-before": [] for m in ("with", "kafka") if m in modes})
+            trees = {"before": args.before, **trees}
+        for label in trees:
+            modes.update({f"{m}-{label}": [] for m in ("with", "kafka") if m in modes})
         model, X = train("logreg")  # LogisticRegression on iris
         save(model, str(work / "model.skops"))
         row = X[len(X) // 2].tolist()
@@ -258,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                     argv = [kustos, "serve", "--model", str(work / "model.skops"), "--name",
                             "iris", "--port", str(port), "--log-level", "warning"]
                     topic = f"bench-{rnd}-{mode}"
-                    base = mode.removesuffix("-before")
-                    env = ({"PYTHONPATH": str(args.before.resolve() / "operator")}
-                           if mode != base else {})
+                    base, _, label = mode.partition("-")
+                    env = ({"PYTHONPATH": str(trees[label].resolve() / "operator")}
+                           if label else {})
                     if base == "kafka":
                         broker.create_topic(topic, 3)
                         argv += ["--payload-log-kafka", broker.bootstrap,
