@@ -73,6 +73,17 @@ def thread_seconds(pid: int) -> tuple[float, float]:
     return main, other
 
 
+def main_switches(pid: int) -> int:
+    """Context switches of a live process's main thread so far (voluntary: it waited, for
+    the GIL among others; involuntary: preempted): each GIL hand-over to the sender and
+    back is one or two."""
+    total = 0
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if "ctxt_switches:" in line:
+            total += int(line.split(":")[1])
+    return total
+
+
 def sender_cpu(config: Any, predictions: int = 256 * 40) -> float:
     """Microseconds of the sender thread's CPU per logged prediction (two events) against
     the sink: the logging's own work, apart from everything else on the machine."""
@@ -150,6 +161,13 @@ def counted(port: int) -> dict[str, float]:
     return out
 
 
+def switches(rs: list[dict[str, Any]]) -> str:
+    """The median of the runs' main thread switches per 1000 requests ("-" for a run
+    saved before they were counted)."""
+    counts = [r["main_switches_per_1k"] for r in rs if "main_switches_per_1k" in r]
+    return f"{statistics.median(counts):.1f}" if counts else "-"
+
+
 def report(results: list[dict[str, Any]]) -> None:
     """The table of a run's results (the JSON list the run prints last)."""
     modes = list(dict.fromkeys(r["mode"] for r in results))
@@ -170,8 +188,9 @@ def report(results: list[dict[str, Any]]) -> None:
     print("| mode | requests/s median (min-max) | per-round ratio median (min-max) | best / "
           "best without | server CPU us/request median (min-max) | vs without | per-round "
           "CPU ratio median (min-max) | main thread us/request | other threads us/request | "
-          "p50 ms | p99 ms | events sent | dropped | failed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "main thread switches / 1k requests | p50 ms | p99 ms | events sent | dropped | "
+          "failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in modes:
         rs = [r for r in results if r["mode"] == mode]
         if not rs:
@@ -188,6 +207,7 @@ def report(results: list[dict[str, Any]]) -> None:
               f"({min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}) | "
               f"{statistics.median(r['main_us_per_request'] for r in rs):.1f} | "
               f"{statistics.median(r['other_us_per_request'] for r in rs):.1f} | "
+              f"{switches(rs)} | "
               f"{statistics.median(r['p50_ms'] for r in rs):.2f} | "
               f"{statistics.median(r['p99_ms'] for r in rs):.2f} | "
               f"{sum(r['sent'] for r in rs):,.0f} | {sum(r['dropped'] for r in rs):,.0f} | "
@@ -283,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                         before = counted(port)
                         cpu = cpu_seconds(server.proc.pid)
                         threads = thread_seconds(server.proc.pid)
+                        switched = main_switches(server.proc.pid)
                         sink_cpu = cpu_seconds((broker.proc if base == "kafka" else sink.proc)
                                                .pid)
                         rps, p50, p99, n = parse_wrk(
@@ -293,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                         cpu = cpu_seconds(server.proc.pid) - cpu
                         main_cpu, other_cpu = (b - a for a, b in zip(
                             threads, thread_seconds(server.proc.pid), strict=True))
+                        switched = main_switches(server.proc.pid) - switched
                         sink_cpu = cpu_seconds((broker.proc if base == "kafka" else sink.proc)
                                                .pid) - sink_cpu
                         after = counted(port)
@@ -301,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "cpu_us_per_request": cpu / n * 1e6,
                                         "main_us_per_request": main_cpu / n * 1e6,
                                         "other_us_per_request": other_cpu / n * 1e6,
+                                        "main_switches_per_1k": switched / n * 1e3,
                                         "sink_cpu_s": sink_cpu, "load": loadavg(),
                                         **{k: after[k] - before[k] for k in after}})
                         print(json.dumps(results[-1]), file=sys.stderr)
