@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import orjson
 
+from . import csv_part
 from .parquet_part import PartWriter
 
 MANIFEST = "_chunking.json"
@@ -95,11 +96,6 @@ def flatten(outputs: Mapping[str, np.ndarray[Any, Any]],
     return out
 
 
-def _text(column: np.ndarray[Any, Any]) -> list[str]:
-    # astype(str) prints float64 as its shortest round-trip form.
-    return column.astype(str).tolist()  # type: ignore[no-any-return]
-
-
 def encode(id_column: str, ids: Sequence[str], columns: Mapping[str, np.ndarray[Any, Any]],
            fmt: str, parts: PartWriter | None = None) -> bytes:
     """The chunk's rows in ``fmt``: a CSV with a header row, one JSON object per line, or
@@ -108,10 +104,7 @@ def encode(id_column: str, ids: Sequence[str], columns: Mapping[str, np.ndarray[
         for name in columns:
             if "," in name or '"' in name:
                 raise OutputError(f"output column {name!r} cannot be written to CSV")
-        cells = [list(ids), *(_text(c) for c in columns.values())]
-        lines = [",".join([id_column, *columns])]
-        lines += [",".join(row) for row in zip(*cells, strict=True)]
-        return ("\n".join(lines) + "\n").encode()
+        return csv_part.encode(id_column, ids, columns)
     if fmt == "jsonl":
         values = [c.tolist() for c in columns.values()]
         names = list(columns)
