@@ -18,6 +18,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from typing import NamedTuple
 
 from .aws_credentials import (
     CredentialChain,
@@ -174,18 +175,32 @@ def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float =
     return status, data
 
 
+class ObjectRange(NamedTuple):
+    """Bytes of an object, its size, and the ETag of the version they came from ("" when
+    the store sent none)."""
+
+    data: bytes
+    size: int
+    etag: str
+
+
 def object_range(uri: str, first: int, last: int, *, timeout: float = 60.0,
                  credentials_dir: str | None = None, ca_bundle: str | None = None,
-                 env_prefix: str = "") -> tuple[bytes, int]:
+                 env_prefix: str = "", if_match: str = "") -> ObjectRange:
     """Bytes ``first`` to ``last`` (inclusive, cut at the end) of an object, with one
-    ranged GET: (the bytes, the object's size). A range that starts at or past the end
-    gives no bytes. 404 raises HTTPStatusError, like every status but 200, 206 and 416.
+    ranged GET. A range that starts at or past the end gives no bytes. 404 raises
+    HTTPStatusError, like every status but 200, 206 and 416; with ``if_match`` (an ETag)
+    the GET is made only if the object still has that ETag, else S3 answers 412
+    (HTTPStatusError, status 412, not transient).
     ``env_prefix``: the settings are the variables PREFIX + AWS_* (load_settings)."""
-    status, data, headers = _request("GET", uri, b"", {"range": f"bytes={first}-{last}"},
-                                     (200, 206, 416), timeout, credentials_dir, ca_bundle,
-                                     env_prefix)
+    extra = {"range": f"bytes={first}-{last}"}
+    if if_match:
+        extra["if-match"] = if_match
+    status, data, headers = _request("GET", uri, b"", extra, (200, 206, 416), timeout,
+                                     credentials_dir, ca_bundle, env_prefix)
+    etag = headers.get("etag", "")
     if status == 200:  # the whole object (a store that ignores Range, or an empty one)
-        return data[first:last + 1], len(data)
+        return ObjectRange(data[first:last + 1], len(data), etag)
     # Content-Range: "bytes FIRST-LAST/SIZE" (206), maybe "bytes */SIZE" (416); else the
     # 416 error document's ActualObjectSize.
     size = headers.get("content-range", "").rpartition("/")[2]
@@ -193,7 +208,7 @@ def object_range(uri: str, first: int, last: int, *, timeout: float = 60.0,
         size = _xml_field(data, "ActualObjectSize")
     if not size.isdigit():
         raise FetchError(f"GET {uri}: no object size in the answer to a ranged GET")
-    return (data if status == 206 else b""), int(size)
+    return ObjectRange(data if status == 206 else b"", int(size), etag)
 
 
 def _request(method: str, uri: str, body: bytes, extra: dict[str, str],
