@@ -517,3 +517,72 @@ def test_s3_input_in_place_reads_with_the_prefixed_keys_and_writes_with_aws_ones
     proc = batch(data, "s3://outputs/split-local", "--input-env-prefix", "KUSTOS_INPUT_",
                  input_=data.csv, env=env, check=False)
     assert proc.returncode == 2 and "is for an s3:// input" in proc.stderr
+
+
+def aws_env(moto: Moto, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in env_without_aws(moto.env).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+
+
+def test_an_s3_reader_is_pinned_to_the_version_of_its_first_get(
+        data: Data, moto: Moto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Later ranged GETs send If-Match with the first GET's ETag: the object overwritten
+    between two reads is an InputError naming it (412 is not tried again), never bytes of
+    the new version after bytes of the old."""
+    from kustos.runtime.batch import remote
+
+    aws_env(moto, monkeypatch)
+    body = data.csv.read_bytes()
+    moto.boto.put_object(Bucket="data", Key="in/pinned.csv", Body=body)
+    uri = "s3://data/in/pinned.csv"
+
+    whole = remote.S3Reader(uri, block=100_000)
+    assert whole.read() == body and whole.gets > 2, "unchanged: read through, pinned"
+    assert whole.etag.strip('"') == moto.boto.head_object(
+        Bucket="data", Key="in/pinned.csv")["ETag"].strip('"')
+
+    slept: list[float] = []
+    reader = remote.S3Reader(uri, block=100_000, sleep=slept.append)
+    first = reader.read(remote.FIRST_BLOCK)
+    assert first == body[:remote.FIRST_BLOCK]
+    # Another version, the same size: only the ETag tells them apart.
+    moto.boto.put_object(Bucket="data", Key="in/pinned.csv", Body=body.replace(b"k1", b"q1"))
+    with pytest.raises(source.InputError, match="changed while being read") as err:
+        reader.read(10)
+    assert uri in str(err.value) and reader.gets == 1 and slept == []
+
+
+def test_an_s3_input_overwritten_mid_run_stops_the_run_before_a_torn_chunk(
+        data: Data, moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSV is overwritten after the chunk reader's first GET (64 KiB): the chunks read
+    from it are written, the chunk that needs the next GET is not, and the run ends with
+    an error that names the object."""
+    from kustos.runtime.batch import remote
+
+    aws_env(moto, monkeypatch)
+    body = data.csv.read_bytes()
+    key, uri = "in/overwritten.csv", "s3://data/in/overwritten.csv"
+    moto.boto.put_object(Bucket="data", Key=key, Body=body)
+    load = remote.S3Reader._load
+    overwritten: list[int] = []
+
+    def load_then_overwrite(self: remote.S3Reader, start: int, length: int) -> None:
+        if self.gets >= 1 and not overwritten:  # a reader's second GET: overwrite first
+            moto.boto.put_object(Bucket="data", Key=key, Body=body.replace(b"k", b"q"))
+            overwritten.append(start)
+        load(self, start, length)
+
+    monkeypatch.setattr(remote.S3Reader, "_load", load_then_overwrite)
+    job = runner.Job(input=uri, input_format="csv", output=tmp_path / "o",
+                     output_format="csv", chunk_size=40, shard=0, shards=1,
+                     id_field="row_key")
+    with pytest.raises(source.InputError, match="changed while being read") as err:
+        runner.run(job, load_model(data.model, "bc"))
+    assert uri in str(err.value) and overwritten == [remote.FIRST_BLOCK]
+    # Rows whose line ends inside the first GET's bytes, after the header.
+    whole_rows = body[:remote.FIRST_BLOCK].count(b"\n") - 1
+    parts = sorted((tmp_path / "o").glob("part-*.csv"))
+    assert [p.name for p in parts] == [f"part-{k:06d}.csv" for k in range(whole_rows // 40)]
+    ids = [line.split(",")[0] for p in parts for line in p.read_text().splitlines()[1:]]
+    assert ids == data.ids[:len(ids)], "only rows of the first version"

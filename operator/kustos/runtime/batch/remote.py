@@ -4,9 +4,13 @@ CSV and JSONL are read front to back in blocks of ``READ_BLOCK`` (one GET each, 
 one block). Parquet is read where fastparquet seeks: the footer, then each row group it
 is asked for, fetched whole with one GET of exactly its columns' bytes (``prefetch``), so
 a shard reads only the row groups of its chunks. Transient errors are tried as for the
-output's PUTs (sink.S3_ATTEMPTS). No digest is checked here: the bytes are not all read,
-or not before predictions are written; an input with a digest is fetched whole first
-(`kustos fetch`), as the operator's Job does.
+output's PUTs (sink.S3_ATTEMPTS). A reader is pinned to the version of its first GET:
+the later ones send ``If-Match`` with its ETag, and an object overwritten since (412, or
+another ETag from a store that ignores If-Match) is an InputError, never bytes of two
+versions in one read. Two readers that start apart (another shard's, or a shard's layout
+reader and its chunk reader) can still see two versions. No digest is checked here: the
+bytes are not all read, or not before predictions are written; an input with a digest is
+fetched whole first (`kustos fetch`), as the operator's Job does.
 
 The reader's settings are the AWS_* variables, or with an :class:`S3Input`'s
 ``env_prefix`` the variables PREFIX + AWS_* only: the operator's Job gives the input's
@@ -67,26 +71,40 @@ class S3Reader(io.RawIOBase):
         self._window_start = 0
         self._window = b""
         self._size: int | None = None
+        self.etag = ""  # the version read: the first GET's ETag, sent as If-Match after
         self._load(0, FIRST_BLOCK)
 
     def _load(self, start: int, length: int) -> None:
         from kustos.runtime import s3
-        from kustos.runtime.fetch import FetchError
+        from kustos.runtime.fetch import FetchError, HTTPStatusError
 
         from .sink import retried
         from .source import InputError
 
-        def once() -> tuple[bytes, int]:
+        def once() -> s3.ObjectRange:
             return s3.object_range(self.uri, start, start + max(length, 1) - 1,
-                                   env_prefix=self._env_prefix)
+                                   env_prefix=self._env_prefix, if_match=self.etag)
 
         try:
-            data, size = retried(once, self._sleep)
+            data, size, etag = retried(once, self._sleep)
+        except HTTPStatusError as err:
+            if err.status == 412 and self.etag:
+                raise InputError(self._changed()) from None
+            raise InputError(str(err)) from None
         except FetchError as err:
             raise InputError(str(err)) from None
+        if self.gets == 0:
+            self.etag = etag
+        elif etag and self.etag and etag != self.etag:  # a store that ignores If-Match
+            raise InputError(self._changed())
         self.gets += 1
         self.fetched += len(data)
         self._size, self._window_start, self._window = size, start, data
+
+    def _changed(self) -> str:
+        return (f"{self.uri} changed while being read (ETag {self.etag} at the first "
+                "read): predictions from two versions would mix; run again on an input "
+                "that is not overwritten during the run, or give its digest")
 
     @property
     def size(self) -> int:
