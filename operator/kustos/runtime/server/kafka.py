@@ -10,7 +10,8 @@ prediction (key: the inference id) land in one partition, in order.
 Blocking sockets, used from one sender thread, which shares the GIL with the event loop
 serving predictions: so the per-record Python is kept small (headers that are the same for
 every record encoded once by the caller, small varints from a table, a batch's CRC-32C
-computed with numpy over many slices at once instead of a Python loop per byte).
+computed by google-crc32c's C code when it is installed, else with numpy over many slices
+at once instead of a Python loop per byte).
 """
 
 from __future__ import annotations
