@@ -586,3 +586,28 @@ def test_an_s3_input_overwritten_mid_run_stops_the_run_before_a_torn_chunk(
     assert [p.name for p in parts] == [f"part-{k:06d}.csv" for k in range(whole_rows // 40)]
     ids = [line.split(",")[0] for p in parts for line in p.read_text().splitlines()[1:]]
     assert ids == data.ids[:len(ids)], "only rows of the first version"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_shard_reads_its_chunks_from_the_version_its_layout_came_from(
+        data: Data, moto: Moto, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    """The layout (header, footer) is read by one reader, the chunks by another: the
+    second starts with If-Match on the first's ETag, so an input overwritten in between
+    is refused, not read as another file under the same layout."""
+    aws_env(moto, monkeypatch)
+    local = data.csv if fmt == "csv" else data.parquet
+    key = f"in/relaid.{fmt}"
+    uri = f"s3://data/{key}"
+    moto.boto.put_object(Bucket="data", Key=key, Body=local.read_bytes())
+    lay = source.layout(uri, fmt, None, "row_key")
+    assert lay.version.strip('"') == moto.boto.head_object(
+        Bucket="data", Key=key)["ETag"].strip('"')
+    assert sum(c.rows for c in source.chunks(uri, fmt, 500, None, lay)) == len(data.x)
+    moto.boto.put_object(Bucket="data", Key=key, Body=local.read_bytes()[:-1])
+    with pytest.raises(source.InputError, match="changed while being read") as err:
+        next(iter(source.chunks(uri, fmt, 500, None, lay)))
+    assert uri in str(err.value)
+    fresh = source.layout(uri, "csv", None, "row_key") if fmt == "csv" else None
+    if fresh is not None:  # a new run reads the new version
+        assert fresh.version != lay.version
+        assert sum(c.rows for c in source.chunks(uri, fmt, 500, None, fresh)) == len(data.x)

@@ -7,8 +7,9 @@ a shard reads only the row groups of its chunks. Transient errors are tried as f
 output's PUTs (sink.S3_ATTEMPTS). A reader is pinned to the version of its first GET:
 the later ones send ``If-Match`` with its ETag, and an object overwritten since (412, or
 another ETag from a store that ignores If-Match) is an InputError, never bytes of two
-versions in one read. Two readers that start apart (another shard's, or a shard's layout
-reader and its chunk reader) can still see two versions. No digest is checked here: the
+versions in one read. A shard's chunk reader starts from the ETag its layout reader saw
+(source.Layout.version), so one shard reads one version; two shards that start apart can
+still read two. No digest is checked here: the
 bytes are not all read, or not before predictions are written; an input with a digest is
 fetched whole first (`kustos fetch`), as the operator's Job does.
 
@@ -37,6 +38,7 @@ class S3Input:
 
     uri: str
     env_prefix: str = ""
+    etag: str = ""  # the version to read (If-Match from the first GET on); "": the current
 
     def __str__(self) -> str:
         return self.uri
@@ -71,7 +73,8 @@ class S3Reader(io.RawIOBase):
         self._window_start = 0
         self._window = b""
         self._size: int | None = None
-        self.etag = ""  # the version read: the first GET's ETag, sent as If-Match after
+        # The version read: given, or the first GET's ETag; sent as If-Match.
+        self.etag = source.etag
         self._load(0, FIRST_BLOCK)
 
     def _load(self, start: int, length: int) -> None:
@@ -93,7 +96,7 @@ class S3Reader(io.RawIOBase):
             raise InputError(str(err)) from None
         except FetchError as err:
             raise InputError(str(err)) from None
-        if self.gets == 0:
+        if not self.etag:
             self.etag = etag
         elif etag and self.etag and etag != self.etag:  # a store that ignores If-Match
             raise InputError(self._changed())
@@ -102,8 +105,8 @@ class S3Reader(io.RawIOBase):
         self._size, self._window_start, self._window = size, start, data
 
     def _changed(self) -> str:
-        return (f"{self.uri} changed while being read (ETag {self.etag} at the first "
-                "read): predictions from two versions would mix; run again on an input "
+        return (f"{self.uri} changed while being read (ETag {self.etag} when its layout "
+                "was read): predictions from two versions would mix; run again on an input "
                 "that is not overwritten during the run, or give its digest")
 
     @property

@@ -16,6 +16,7 @@ where its credentials come from), read in place (see remote).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,9 @@ class Layout:
     # csv: column positions of the features and of the id; jsonl and parquet: None.
     feature_positions: tuple[int, ...] | None = None
     id_position: int | None = None
+    # s3://: the ETag of the object the layout was read from ("" unknown); the chunks are
+    # read from that version only (remote.S3Input.etag).
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,31 +116,38 @@ def _data_lines(handle: io.TextIOBase) -> Iterator[str]:
     return (line for line in handle if line.strip())
 
 
-def _open_text(path: Input) -> io.TextIOBase:
+def _open_text(path: Input, version: str = "") -> io.TextIOBase:
     if remote.is_remote(path):
-        return remote.open_text(_remote(path))
+        return remote.open_text(_remote(path, version))
     return Path(str(path)).open(encoding="utf-8", newline="")
 
 
-def _remote(path: Input) -> str | remote.S3Input:
-    return path if isinstance(path, remote.S3Input) else str(path)
+def _remote(path: Input, version: str = "") -> remote.S3Input:
+    where = remote.s3_input(path if isinstance(path, remote.S3Input) else str(path))
+    return dataclasses.replace(where, etag=version) if version else where
 
 
-def _header(path: Input) -> list[str]:
+def _version(handle: Any) -> str:
+    """The ETag a remote reader (maybe under a text or buffered wrapper) is pinned to."""
+    raw = getattr(getattr(handle, "buffer", handle), "raw", handle)
+    return raw.etag if isinstance(raw, remote.S3Reader) else ""
+
+
+def _header(path: Input) -> tuple[list[str], str]:
     with _open_text(path) as handle:
         for line in handle:
             if line.strip():
-                return [c.strip() for c in line.rstrip("\r\n").split(",")]
+                return [c.strip() for c in line.rstrip("\r\n").split(",")], _version(handle)
     raise InputError(f"{name_of(path)}: empty file (a CSV input starts with a header row)")
 
 
-def _first_object(path: Input) -> Any:
+def _first_object(path: Input) -> tuple[Any, str]:
     with (remote.open_binary(_remote(path)) if remote.is_remote(path)
           else Path(str(path)).open("rb")) as handle:
         for line in handle:
             if line.strip():
                 try:
-                    return orjson.loads(line)
+                    return orjson.loads(line), _version(handle)
                 except orjson.JSONDecodeError:
                     raise InputError(f"{name_of(path)}: row 0 is not JSON") from None
     raise InputError(f"{name_of(path)}: no rows")
@@ -146,7 +157,7 @@ def layout(path: Input, fmt: str, features: Sequence[str] | None,
            id_field: str | None) -> Layout:
     """The features and id of ``path``: ``features`` (all fields but the id when None)."""
     if fmt == "csv":
-        header = _header(path)
+        header, version = _header(path)
         position = {name: i for i, name in enumerate(header)}
         missing = [c for c in [*(features or ()), *([id_field] if id_field else [])]
                    if c not in position]
@@ -154,19 +165,19 @@ def layout(path: Input, fmt: str, features: Sequence[str] | None,
             raise InputError(f"{name_of(path)}: no column {', '.join(missing)} in the header")
         chosen = tuple(features) if features else tuple(c for c in header if c != id_field)
         return Layout(chosen, id_field, tuple(position[c] for c in chosen),
-                      position[id_field] if id_field else None)
+                      position[id_field] if id_field else None, version)
     if fmt == "jsonl":
-        first = _first_object(path)
+        first, version = _first_object(path)
         if isinstance(first, list):
             if features or id_field:
                 raise InputError(f"{name_of(path)}: rows are JSON arrays; featureColumns and "
                                  "idColumn need JSON objects")
-            return Layout(tuple(str(i) for i in range(len(first))), None)
+            return Layout(tuple(str(i) for i in range(len(first))), None, version=version)
         if not isinstance(first, dict):
             raise InputError(f"{name_of(path)}: a row must be a JSON object or array")
         keys = list(first)
         chosen = tuple(features) if features else tuple(k for k in keys if k != id_field)
-        return Layout(chosen, id_field)
+        return Layout(chosen, id_field, version=version)
     if fmt == "parquet":
         return _parquet_layout(path, features, id_field)
     raise InputError(f"input format {fmt!r} is not supported ({', '.join(FORMATS)})")
@@ -183,11 +194,11 @@ def fastparquet() -> Any:
     return module
 
 
-def _parquet_file(path: Input) -> Any:
+def _parquet_file(path: Input, version: str = "") -> Any:
     """The file's footer read; a remote one keeps its reader as ``pf.remote``."""
     try:
         if remote.is_remote(path):
-            reader = remote.S3Reader(_remote(path), block=remote.FIRST_BLOCK)
+            reader = remote.S3Reader(_remote(path, version), block=remote.FIRST_BLOCK)
             pf = fastparquet().ParquetFile(reader)
             pf.remote = reader
             return pf
@@ -209,7 +220,7 @@ def _parquet_layout(path: Input, features: Sequence[str] | None,
         kind = getattr(dtypes[column], "kind", "O")
         if kind not in "biuf":  # bool, integers, floats (nullable ones included)
             raise InputError(f"{name_of(path)}: column {column} is {dtypes[column]}, not numeric")
-    return Layout(chosen, id_field)
+    return Layout(chosen, id_field, version=_version(getattr(pf, "remote", None)))
 
 
 def chunks(path: Input, fmt: str, chunk_size: int,
@@ -223,7 +234,7 @@ def chunks(path: Input, fmt: str, chunk_size: int,
         yield from _parquet_chunks(path, chunk_size, wanted,
                                    lay or _parquet_layout(path, None, None))
         return
-    with _open_text(path) as handle:
+    with _open_text(path, lay.version if lay else "") as handle:
         lines = _data_lines(handle)
         if fmt == "csv":
             next(lines, None)
@@ -295,7 +306,7 @@ def _parquet_chunks(path: Input, chunk_size: int, wanted: Callable[[int], bool],
                     lay: Layout) -> Iterator[Chunk]:
     import pandas as pd  # comes with fastparquet
 
-    pf = _parquet_file(path)
+    pf = _parquet_file(path, lay.version)
     sizes = [int(rg.num_rows) for rg in pf.row_groups]
     starts = list(itertools.accumulate([0, *sizes]))
     total = starts[-1]
