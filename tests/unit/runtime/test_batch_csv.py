@@ -117,8 +117,8 @@ def test_numbers_differ_from_the_old_text_only_in_spelling() -> None:
     assert new[2][2][0] == "0.00001" and old[2][2][0] == "1e-05"
 
 
-@pytest.mark.parametrize("rows", [0, 1, 2])
-def test_short_chunks(rows: int) -> None:
+@pytest.mark.parametrize("rows", [0, 1, 2, csv_part.ROW_BLOCK, csv_part.ROW_BLOCK + 1])
+def test_short_chunks_and_block_edges(rows: int) -> None:
     columns = {"p": np.arange(rows, dtype=np.float64) / 4, "q": np.arange(rows)}
     ids = source.RowNumbers(10**12, rows)
     assert sink.encode("id", ids, columns, "csv") == reference("id", list(ids), columns)

@@ -25,6 +25,7 @@ import orjson
 from .source import RowNumbers
 
 COMMA, NEWLINE = ord(","), ord("\n")
+ROW_BLOCK = 1024
 
 
 def _printed_by_orjson(column: np.ndarray[Any, Any]) -> bool:
@@ -94,15 +95,27 @@ def encode(id_column: str, ids: Sequence[str],
     if base >= 2**31:
         raise ValueError(f"a chunk of {base} bytes of CSV: use a smaller --chunk-size")
     source = np.frombuffer(b"".join(p[0] for p in pieces), np.uint8)
-    starts, flat = sources.ravel(), lengths.ravel()
-    ends = np.cumsum(flat)  # each cell's end in the output, past its separator
+    # A block of rows at a time: the gather's scratch arrays stay small enough to be
+    # reused from the heap and the caches (fresh multi-MB arrays cost page faults).
+    blocks = [header]
+    for first in range(0, rows, ROW_BLOCK):
+        blocks.append(_rows(source, sources[first:first + ROW_BLOCK].ravel(),
+                            lengths[first:first + ROW_BLOCK].ravel(), width))
+    return b"".join(blocks)
+
+
+def _rows(source: np.ndarray[Any, Any], starts: np.ndarray[Any, Any],
+          lengths: np.ndarray[Any, Any], width: int) -> bytes:
+    """The cells at ``starts`` (with their separators: ``lengths``) of ``source``, row
+    after row, ``width`` cells a row."""
+    ends = np.cumsum(lengths)  # each cell's end in the output, past its separator
     # The source position of every output byte, as a running sum: one step forward inside
     # a cell, a jump to the next cell's start after each separator.
     steps = np.ones(int(ends[-1]), np.int32)
     steps[0] = starts[0]
-    steps[ends[:-1]] = starts[1:] - (starts[:-1] + flat[:-1] - 1)
+    steps[ends[:-1]] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
     out = source[np.cumsum(steps, out=steps)]
     ends -= 1  # each cell's separator
     out[ends] = COMMA
     out[ends[width - 1::width]] = NEWLINE
-    return header + out.tobytes()
+    return out.tobytes()
