@@ -157,14 +157,16 @@ def run_peer(path: Path, model: Path, chunk: int, fmt: str = "csv",
 
 
 def run_batch(path: Path, model: Path, chunk: int, out: Path, input_format: str = "csv",
-              output_format: str = "csv") -> tuple[int, float, float, float]:
+              output_format: str = "csv",
+              predictions: tuple[str, ...] = ()) -> tuple[int, float, float, float]:
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     proc = subprocess.run(pinned([sys.executable, "-c", BATCH, "batch", "--model",
                                   str(model), "--input", str(path), "--output", str(out),
                                   "--input-format", input_format,
                                   "--output-format", output_format,
-                                  "--chunk-size", str(chunk), "--quiet"]),
+                                  "--chunk-size", str(chunk), "--quiet",
+                                  *(f"--prediction={n}" for n in predictions)]),
                           capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - started
@@ -189,6 +191,10 @@ def main() -> int:
     p.add_argument("--peer-writes", action="store_true",
                    help="Parquet: the peer also writes each row group's predictions to a "
                         "Parquet file (no ids, not synced)")
+    p.add_argument("--prediction", action="append", default=[],
+                   help="kustos batch's outputs (repeatable; default: the model's own, "
+                        "`predict`): predict_proba adds float64 columns to write. The "
+                        "peer still calls predict only, so the ratio is not the target's")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         d = Path(tmp)
@@ -198,7 +204,9 @@ def main() -> int:
               f"({size:.1f} MiB {args.input_format}"
               + (f", row groups of {args.row_group}" if args.input_format == "parquet" else "")
               + f"), chunk {args.chunk_size}, output {args.output_format}, CPU 0 only, "
-              f"{args.rounds} rounds")
+              f"{args.rounds} rounds"
+              + (f", kustos batch outputs {', '.join(args.prediction)}" if args.prediction
+                 else ""))
         peer_name = ("peer: fastparquet + predict loop" if args.input_format == "parquet"
                      else "peer: loadtxt + predict loop")
         if args.peer_writes and args.input_format == "parquet":
@@ -212,7 +220,8 @@ def main() -> int:
             peer.append(rows / seconds)
             peer_cpu.append(rows / cpu)
             done, loop, wall, cpu = run_batch(path, model, args.chunk_size, d / "out",
-                                              args.input_format, args.output_format)
+                                              args.input_format, args.output_format,
+                                              tuple(args.prediction))
             assert done == rows, (done, rows)
             ours.append(done / loop)
             ours_cpu.append(done / cpu)
