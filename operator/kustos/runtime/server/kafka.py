@@ -76,10 +76,12 @@ def _native_extend() -> Callable[[int, bytes], int] | None:
     installed with its C extension, else None (its pure-Python fallback is slower than
     ``_crc32c_numpy``)."""
     try:
-        from google_crc32c import cext
+        import google_crc32c
     except ImportError:
         return None
-    extend: Callable[[int, bytes], int] = cext.extend
+    if google_crc32c.implementation != "c":
+        return None
+    extend: Callable[[int, bytes], int] = google_crc32c.extend
     return extend
 
 
