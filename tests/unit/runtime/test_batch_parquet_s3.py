@@ -74,6 +74,15 @@ class Moto:
     boto: Any
 
 
+def iam_user(iam: Any, name: str, policy: str) -> dict[str, str]:
+    """A moto IAM user with one inline policy: its keys as a Secret would give them."""
+    iam.create_user(UserName=name)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    iam.put_user_policy(UserName=name, PolicyName="policy", PolicyDocument=policy)
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
 @pytest.fixture(scope="module")
 def moto() -> Iterator[Moto]:
     import boto3
@@ -82,12 +91,7 @@ def moto() -> Iterator[Moto]:
     with moto_server(unauthenticated_calls=3) as endpoint:
         kw: dict[str, Any] = {"endpoint_url": endpoint, "region_name": "us-east-1",
                               "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
-        iam = boto3.client("iam", **kw)
-        iam.create_user(UserName="batch")
-        key = iam.create_access_key(UserName="batch")["AccessKey"]
-        iam.put_user_policy(UserName="batch", PolicyName="all", PolicyDocument=ALL)
-        creds = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-                 "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        creds = iam_user(boto3.client("iam", **kw), "batch", ALL)
         s3c = boto3.client("s3", **{**kw, "aws_access_key_id": creds["AWS_ACCESS_KEY_ID"],
                                     "aws_secret_access_key": creds["AWS_SECRET_ACCESS_KEY"]})
         s3c.create_bucket(Bucket="data")
@@ -451,14 +455,8 @@ def split_keys() -> Iterator[SplitKeys]:
         kw: dict[str, Any] = {"endpoint_url": endpoint, "region_name": "us-east-1",
                               "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
         iam = boto3.client("iam", **kw)
-        keys: dict[str, dict[str, str]] = {}
-        for user, bucket in (("reader", "inputs"), ("writer", "outputs")):
-            iam.create_user(UserName=user)
-            key = iam.create_access_key(UserName=user)["AccessKey"]
-            iam.put_user_policy(UserName=user, PolicyName="one-bucket",
-                                PolicyDocument=only_bucket(bucket))
-            keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-                          "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        keys = {user: iam_user(iam, user, only_bucket(bucket))
+                for user, bucket in (("reader", "inputs"), ("writer", "outputs"))}
         admin = boto3.client("s3", **kw)
         admin.create_bucket(Bucket="inputs")
         admin.create_bucket(Bucket="outputs")

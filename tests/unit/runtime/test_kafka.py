@@ -419,42 +419,34 @@ def test_a_large_delivery_is_produced_in_pieces_under_the_limit(broker: Broker) 
     from kustos.runtime.server.payload_log import MAX_PRODUCE_BYTES, pieces
 
     assert pieces(list("abcde"), [3, 3, 3, 9, 1], 6) == [["a", "b"], ["c"], ["d"], ["e"]]
-    broker.partitions = 2
-    batch: list[Any] = []
+    def produced_in_pieces(batch: list[Any], partitions: int, at_least: int) -> None:
+        """Both paths: every event acknowledged, at least ``at_least`` RecordBatches, none
+        above the limit (+ its 61-byte header), the batch's order within each partition."""
+        broker.partitions = partitions
+        transport, sink = kafka_sink(broker)
+        try:
+            events = sink.events(batch, False)
+            for send in (lambda: transport.send_batch(batch, sink.payloads, True),
+                         lambda: transport.send(events)):
+                broker.batches, broker.records = [], []
+                assert send() == [200] * (2 * len(batch))
+                assert len(broker.batches) >= at_least
+                assert max(len(b) for _, b in broker.batches) <= MAX_PRODUCE_BYTES + 61
+                keys = [r["key"] for _, r in broker.records]
+                assert sorted(keys) == sorted(ex[0].encode() for ex in batch for _ in range(2))
+                for part in range(partitions):
+                    mine = [r["key"] for p, r in broker.records if p == part]
+                    assert mine == sorted(mine)
+        finally:
+            transport.close()
+
+    large: list[Any] = []
     for i in range(512):
         rid = f"{i:08d}"
         request = orjson.dumps({"inputs": [{"name": "input-0", "data": "x" * 5000}]})
         response = orjson.dumps({"id": rid, "outputs": [{"name": "predict", "data": [i]}]})
-        batch.append((rid, "v2", request, None, response, None, 1.7e9 + i))
-    transport, sink = kafka_sink(broker)
-    try:
-        events = sink.events(batch, False)
-        for send in (lambda: transport.send_batch(batch, sink.payloads, True),
-                     lambda: transport.send(events)):
-            broker.batches, broker.records = [], []
-            assert send() == [200] * 1024
-            assert len(broker.batches) >= 3  # 2.6 MB in pieces of under 0.9 MiB
-            assert max(len(b) for _, b in broker.batches) <= MAX_PRODUCE_BYTES + 61  # + header
-            keys = [r["key"] for _, r in broker.records]
-            assert sorted(keys) == sorted(ex[0].encode() for ex in batch for _ in range(2))
-            for part in (0, 1):
-                mine = [k for p, r in broker.records if p == part for k in [r["key"]]]
-                assert mine == sorted(mine)  # the batch's order within each partition
-    finally:
-        transport.close()
-    broker.partitions = 1
+        large.append((rid, "v2", request, None, response, None, 1.7e9 + i))
+    produced_in_pieces(large, 2, 3)  # 2.6 MB in pieces of under 0.9 MiB
     small = [(f"{i:032x}", "v2", b'{"inputs":[]}', None, b'{"outputs":[]}', None,
               1.7e9 + i) for i in range(2048)]
-    transport, sink = kafka_sink(broker)
-    try:
-        events = sink.events(small, False)
-        for send in (lambda: transport.send_batch(small, sink.payloads, True),
-                     lambda: transport.send(events)):
-            broker.batches, broker.records = [], []
-            assert send() == [200] * 4096
-            assert len(broker.batches) >= 2  # ~1 KiB of records per prediction
-            assert max(len(b) for _, b in broker.batches) <= MAX_PRODUCE_BYTES + 61
-            assert [r["key"] for _, r in broker.records] == [
-                ex[0].encode() for ex in small for _ in range(2)]
-    finally:
-        transport.close()
+    produced_in_pieces(small, 1, 2)  # ~1 KiB of records per prediction
