@@ -520,18 +520,27 @@ def build_wheel(wheel_dir: Path | None, src_key: str) -> Path:
 # this long: the cache is shared by every checkout on the machine (a CI clone, another
 # branch), and one of them may be building, or have mounted, an entry of its own table.
 PRUNE_AFTER = float(os.environ.get("KUSTOS_IMAGE_PRUNE_AFTER", 6 * 3600))
+# With less free space than this on the cache's disk the grace is one hour: each change of
+# the sources supersedes ~4 GB of archives, and a few changes in an afternoon filled the
+# disk of a shared machine (the image tests' throwaway containerd then had no room).
+LOW_DISK_BYTES = float(os.environ.get("KUSTOS_IMAGE_LOW_DISK_GB", 40)) * 2**30
+PRUNE_AFTER_LOW_DISK = 3600.0
 
 
 def prune(keep: set[Path]) -> None:
     """Remove cache entries this table no longer produces (superseded layers, archives)
-    that nothing has used for PRUNE_AFTER seconds; one that cannot be removed (mounted
-    by a build in progress) is left for a later prune."""
+    that nothing has used for PRUNE_AFTER seconds (an hour when the disk is short of
+    space); one that cannot be removed (mounted by a build in progress) is left for a
+    later prune."""
     now = time.time()
+    grace = PRUNE_AFTER
+    if shutil.disk_usage(cache_dir()).free < LOW_DISK_BYTES:
+        grace = min(grace, PRUNE_AFTER_LOW_DISK)
     for p in cache_dir().iterdir():
         if not p.name.startswith(("base-", "deps-", "top-", "wheel-", "kustos")) or p in keep:
             continue
         try:
-            if now - p.lstat().st_mtime < PRUNE_AFTER:
+            if now - p.lstat().st_mtime < grace:
                 continue
             log(f"removing superseded {p.name}")
             if p.is_dir():
