@@ -50,10 +50,14 @@ def manual_action(annotations: Mapping[str, str] | None) -> tuple[str | None, No
     value = str(annotations[ACTION_ANNOTATION])
     if value in ACTIONS:
         return value, None
-    shown = value if len(value) <= SHOWN else value[:SHOWN] + "..."
     return None, Notice("InvalidRolloutAction",
-                        f"{ACTION_ANNOTATION}: {shown!r} is none of {', '.join(ACTIONS)}; "
-                        "removed", warning=True)
+                        f"{ACTION_ANNOTATION}: {_shown(value)!r} is none of "
+                        f"{', '.join(ACTIONS)}; removed", warning=True)
+
+
+def _shown(value: str) -> str:
+    """An annotation's value as an Event repeats it: its first SHOWN characters."""
+    return value if len(value) <= SHOWN else value[:SHOWN] + "..."
 
 
 def ignored_action(annotations: Mapping[str, str] | None) -> Notice | None:
@@ -62,11 +66,9 @@ def ignored_action(annotations: Mapping[str, str] | None) -> Notice | None:
     first candidate of a rollout added later (a stale `promote` skipping every gate)."""
     if not annotations or ACTION_ANNOTATION not in annotations:
         return None
-    value = str(annotations[ACTION_ANNOTATION])
-    shown = value if len(value) <= SHOWN else value[:SHOWN] + "..."
     return Notice("RolloutActionIgnored",
-                  f"{ACTION_ANNOTATION}: {shown!r} ignored: spec.rollout is not set; removed",
-                  warning=True)
+                  f"{ACTION_ANNOTATION}: {_shown(str(annotations[ACTION_ANNOTATION]))!r} "
+                  "ignored: spec.rollout is not set; removed", warning=True)
 
 
 @dataclass(frozen=True)

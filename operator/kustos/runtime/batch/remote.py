@@ -44,9 +44,9 @@ class S3Input:
         return self.uri
 
 
-def s3_input(where: str | S3Input) -> S3Input:
-    """A plain ``s3://`` string reads the AWS_* settings."""
-    return where if isinstance(where, S3Input) else S3Input(where)
+def s3_input(where: object) -> S3Input:
+    """An S3Input as given; an ``s3://`` string (or a path-like) reads the AWS_* settings."""
+    return where if isinstance(where, S3Input) else S3Input(str(where))
 
 
 def is_remote(path: object) -> bool:
@@ -98,7 +98,7 @@ class S3Reader(io.RawIOBase):
             raise InputError(str(err)) from None
         if not self.etag:
             self.etag = etag
-        elif etag and self.etag and etag != self.etag:  # a store that ignores If-Match
+        elif etag and etag != self.etag:  # a store that ignores If-Match
             raise InputError(self._changed())
         self.gets += 1
         self.fetched += len(data)

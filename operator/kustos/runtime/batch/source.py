@@ -123,7 +123,7 @@ def _open_text(path: Input, version: str = "") -> io.TextIOBase:
 
 
 def _remote(path: Input, version: str = "") -> remote.S3Input:
-    where = remote.s3_input(path if isinstance(path, remote.S3Input) else str(path))
+    where = remote.s3_input(path)
     return dataclasses.replace(where, etag=version) if version else where
 
 
