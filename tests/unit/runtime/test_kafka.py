@@ -34,8 +34,16 @@ from .conftest import Models, free_port, spawn_cli, stop_process, wait_for, wait
 ROW = [5.1, 3.5, 1.4, 0.2]
 
 
-def test_crc32c_check_value() -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["numpy", "google-crc32c"])
+def test_crc32c_check_value(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kustos.runtime.server import kafka
+
+    if native and kafka._NATIVE_EXTEND is None:
+        pytest.skip("google-crc32c (with its C extension) is not installed")
+    if not native:
+        monkeypatch.setattr(kafka, "_NATIVE_EXTEND", None)
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
+    assert crc32c(memoryview(b"x123456789")[1:]) == 0xE3069283
     assert crc32c(b"") == 0
 
 
