@@ -260,13 +260,13 @@ def cluster_ip(kube: Kube, name: str, namespace: str) -> str:
     return str(svc["spec"]["clusterIP"])
 
 
-def post_json(host: str, path: str, body: Any, port: int = 80,
-              timeout: float = 10) -> tuple[int, Any]:
+def post_json(host: str, path: str, body: Any, port: int = 80, timeout: float = 10,
+              headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """One request on a fresh connection (as a new client would open it)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("POST", path, body=json.dumps(body),
-                     headers={"Content-Type": "application/json"})
+                     headers={"Content-Type": "application/json", **(headers or {})})
         resp = conn.getresponse()
         data = resp.read()
         return resp.status, json.loads(data) if data else None
@@ -316,6 +316,24 @@ def rolled_out(kube: Kube, name: str, namespace: str, timeout: float = 300) -> N
         pods = {p["status"].get("podIP") for p in live_pods(kube, name, namespace)}
         return len(pods) == want and set(ready_endpoints(kube, name, namespace)) == pods
     wait_for(f"deployment/{name} rolled out", done, timeout=timeout, interval=1)
+
+
+def feedback_routed(host: str, model: str, run: int = 20) -> None:
+    """Wait until a Service with a ground-truth monitor routes only to pods that have the
+    link: the EndpointSlices can already be final (rolled_out) while kube-proxy still
+    sends some connections to a terminating pod of the old template (no --truth-url:
+    feedback is 404 there). An empty label list is refused with 400 by a pod with the link
+    and changes nothing; ``run`` answers in a row from such pods make a stale route
+    vanishingly unlikely ((2/3)**20 < 0.03 %)."""
+    streak = 0
+
+    def probe() -> bool:
+        nonlocal streak
+        status, _ = post_json(host, f"/v2/models/{model}/feedback", {"labels": []})
+        streak = streak + 1 if status == 400 else 0
+        return streak >= run
+    wait_for(f"{model}'s feedback routed only to pods with --truth-url", probe,
+             timeout=120, interval=0.2)
 
 
 def manifests(*docs: dict[str, Any]) -> str:

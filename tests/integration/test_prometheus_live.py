@@ -38,6 +38,7 @@ from realpods import (
     ChartOperator,
     breast_cancer_with_sidecars,
     cluster_ip,
+    feedback_routed,
     live_pods,
     post_json,
     real_model,
@@ -243,6 +244,7 @@ def workload(chart_operator: ChartOperator, model_store: dict[str, str],
             d := kube.get("deployment", "bc-truth", ns))
             and (d.get("status") or {}).get("readyReplicas") == 1, timeout=300)
         rolled_out(kube, "bc", ns)
+        feedback_routed(cluster_ip(kube, "bc", ns), "bc")  # the workload posts labels
         roll_back_a_candidate(chart_operator, model_store)
         x, y = load_breast_cancer(return_X_y=True)
         shifted = x.copy()

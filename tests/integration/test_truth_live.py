@@ -14,14 +14,21 @@ kustos runs `kustos serve --truth-url`). Run:
 
 from __future__ import annotations
 
-import http.client
-import json
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import Kube, wait_for
-from realpods import IRIS_V1, ChartOperator, cluster_ip, local_predictions, real_model, rolled_out
+from realpods import (
+    IRIS_V1,
+    ChartOperator,
+    cluster_ip,
+    feedback_routed,
+    local_predictions,
+    post_json,
+    real_model,
+    rolled_out,
+)
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["realpods"]
@@ -47,19 +54,6 @@ def truth_monitor(name: str, namespace: str, min_accuracy: float) -> dict[str, A
                                      "thresholds": {"minAccuracy": min_accuracy}}}}
 
 
-def post(host: str, path: str, body: Any, headers: dict[str, str] | None = None,
-         timeout: float = 10) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection(host, 80, timeout=timeout)
-    try:
-        conn.request("POST", path, body=json.dumps(body),
-                     headers={"Content-Type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, json.loads(data) if data else None
-    finally:
-        conn.close()
-
-
 def predict_each(host: str, model: str, rows: list[list[float]], prefix: str) -> list[str]:
     """One request per row (the label ids are the requests' ids); the server echoes the id."""
     ids = []
@@ -69,7 +63,8 @@ def predict_each(host: str, model: str, rows: list[list[float]], prefix: str) ->
                                           "datatype": "FP64", "data": row}]}
 
         def send(request: dict[str, Any] = request, rid: str = rid) -> tuple[int, Any]:
-            return post(host, f"/v2/models/{model}/infer", request, {"x-request-id": rid})
+            return post_json(host, f"/v2/models/{model}/infer", request,
+                             headers={"x-request-id": rid})
 
         status, body = wait_for(f"prediction {rid}", send, timeout=60)
         assert status == 200, body
@@ -79,9 +74,8 @@ def predict_each(host: str, model: str, rows: list[list[float]], prefix: str) ->
 
 
 def post_labels(host: str, model: str, ids: list[str], labels: list[int]) -> None:
-    status, body = post(host, f"/v2/models/{model}/feedback",
-                        {"labels": [{"id": i, "label": v} for i, v in zip(ids, labels,
-                                                                           strict=True)]})
+    status, body = post_json(host, f"/v2/models/{model}/feedback", {"labels": [
+        {"id": i, "label": v} for i, v in zip(ids, labels, strict=True)]})
     assert 200 <= status < 300, (status, body)
 
 
@@ -130,23 +124,6 @@ def setup_model(kube: Kube, chart_operator: ChartOperator, store: dict[str, str]
     host = cluster_ip(kube, name, ns)
     feedback_routed(host, name)
     return host
-
-
-def feedback_routed(host: str, model: str, run: int = 20) -> None:
-    """Wait until the Service's routing has caught up with the rollout: the EndpointSlices
-    can already be final while kube-proxy still sends some connections to a terminating
-    pod of the old template (no --truth-url: feedback is 404 there). An empty label list
-    is refused with 400 by a pod with the link and changes nothing; `run` answers in a
-    row from such pods make a stale route vanishingly unlikely ((2/3)**20 < 0.03 %)."""
-    streak = 0
-
-    def probe() -> bool:
-        nonlocal streak
-        status, _ = post(host, f"/v2/models/{model}/feedback", {"labels": []})
-        streak = streak + 1 if status == 400 else 0
-        return streak >= run
-    wait_for(f"{model}'s feedback routed only to pods with --truth-url", probe,
-             timeout=120, interval=0.2)
 
 
 def test_accuracy_from_labels_matches_and_bad_model_degrades(
