@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encrypt": ("kustos.runtime.encrypt", "encrypt a model with a Vault/OpenBao Transit key"),
     "batch": ("kustos.runtime.batch.cli", "predict a whole file in chunks (BatchInference)"),
     "serve": ("kustos.runtime.server.cli", "serve one model over KServe V2/V1 and Seldon"),
+    "payload-relay": ("kustos.runtime.server.relay_cli",
+                      "the payload-log container: sends the model server's predictions "
+                      "as CloudEvents"),
     "explain": ("kustos.runtime.explain.cli", "the explainer sidecar: SHAP attributions"),
     "drift": ("kustos.runtime.drift.cli", "the drift sidecar: alibi-detect on the served inputs"),
     "truth": ("kustos.runtime.truth.cli", "the ground-truth monitor: accuracy from labels"),

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,8 @@ def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Serve:
+    relay_port: int | None = None  # the payload-log relay's, when the server hands over
+
     def __init__(self, model: Path, *extra: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
@@ -84,7 +87,12 @@ class Serve:
             conn.close()
 
     def events(self, outcome: str = "sent") -> float:
+        """Counted by the server and, when it hands over to one, its relay."""
         text = self.request("GET", "/metrics")[1].decode()
+        if self.relay_port is not None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.relay_port}/metrics",
+                                        timeout=30) as resp:
+                text += resp.read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(EVENTS.format(outcome)))
 
@@ -112,12 +120,51 @@ class Serve:
         return self.proc.communicate(timeout=30)[1].decode(errors="replace")
 
 
-def test_cloudevents_reach_a_real_broker_and_consumer(broker: KafkaBroker,
-                                                      iris_model: Path) -> None:
-    topic = "kustos-payloads"
+@contextlib.contextmanager
+def relay(sock: Path, *flags: str) -> Iterator[int]:
+    """`kustos payload-relay` (the pod's payload-log container) with ``flags``; its port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kustos.cli", "payload-relay", "--socket", str(sock),
+         "--host", "127.0.0.1", "--port", str(port), "--name", "iris", "--log-level",
+         "warning", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)
+                break
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "kustos payload-relay not ready in 60s"
+            time.sleep(0.1)
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        err = proc.communicate(timeout=30)[1].decode(errors="replace")
+        assert "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("mode", ["in-process", "relay"])
+def test_cloudevents_reach_a_real_broker_and_consumer(broker: KafkaBroker, iris_model: Path,
+                                                      mode: str, tmp_path: Path) -> None:
+    topic = f"kustos-payloads-{mode}"
     broker.create_topic(topic, PARTITIONS)
-    serve = Serve(iris_model, "--payload-log-kafka", broker.bootstrap, "--payload-log-topic",
-                  topic, "--payload-log-namespace", "team-a", "--model-version", "2026-12.3")
+    sinks = ("--payload-log-kafka", broker.bootstrap, "--payload-log-topic", topic,
+             "--payload-log-namespace", "team-a", "--model-version", "2026-12.3")
+    with contextlib.ExitStack() as stack:
+        if mode == "relay":  # the pod's payload-log container produces, not the server
+            relay_port = stack.enter_context(relay(tmp_path / "relay.sock", *sinks))
+            serve = Serve(iris_model, "--payload-log-relay", str(tmp_path / "relay.sock"))
+            serve.relay_port = relay_port
+        else:
+            serve = Serve(iris_model, *sinks)
+        check_records(broker, serve, topic)
+
+
+def check_records(broker: KafkaBroker, serve: Serve, topic: str) -> None:
+    """Predictions of every kind through ``serve``; their records at the broker."""
     try:
         # V2 with ids from the body, a header and none (a fresh uuid), and V1: each answer
         # names the inference id the records must be keyed by.
@@ -182,9 +229,10 @@ def test_cloudevents_reach_a_real_broker_and_consumer(broker: KafkaBroker,
     # With three partitions the keys spread; and each key sits where Kafka's own producer
     # (its default partitioner, murmur2 of the key) puts the same key.
     assert len({by_key[k][0].partition for k in answered}) > 1
-    broker.create_topic("java-partitioner", PARTITIONS)
-    broker.produce_keyed("java-partitioner", [(k, "x") for k in answered])
-    java = {r.key: r.partition for r in broker.consume("java-partitioner", len(answered))}
+    java_topic = f"java-partitioner-{topic}"
+    broker.create_topic(java_topic, PARTITIONS)
+    broker.produce_keyed(java_topic, [(k, "x") for k in answered])
+    java = {r.key: r.partition for r in broker.consume(java_topic, len(answered))}
     assert java == {k: by_key[k][0].partition for k in answered}
 
 

@@ -585,5 +585,19 @@ def test_payload_logging_to_an_in_cluster_sink(chart_operator: ChartOperator,
         assert event["ce-inferenceservicename"] == name and event["ce-namespace"] == ns
         assert event["ce-source"].startswith(f"/kustos/{ns}/{name}/"), event
         assert event["bytes"] > 0
+        # The events left through the pod's payload-log container (kustos payload-relay),
+        # not the serving container: it counts them on its own /metrics.
+        pod = live_pods(kube, name, ns)[0]
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["server", "payload-log"]
+        conn = http.client.HTTPConnection(pod["status"]["podIP"], 8092, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        sent = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("kustos_payload_log_events_total{")
+                   and 'outcome="sent"' in line)
+        assert sent >= 2 * len(ids), text[-2000:]
     finally:
         delete(kube, ns, f"md/{name}", f"pod/{sink}", f"service/{sink}")

@@ -11,6 +11,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -110,6 +111,9 @@ class Serve:
     port: int
     grpc_port: int
     proc: subprocess.Popen[bytes]
+    # With --payload-log-relay: the payload-log container's process and HTTP port.
+    relay: subprocess.Popen[bytes] | None = None
+    relay_port: int | None = None
 
     def post(self, path: str, body: Any, headers: dict[str, str] | None = None
              ) -> tuple[int, Any, dict[str, str]]:
@@ -132,14 +136,25 @@ class Serve:
         return self.post("/v2/models/iris/infer", body, headers)
 
     def metric(self, name: str) -> float:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name))
+        """The sum over the server and, with a relay, the relay (as Prometheus' sum())."""
+        total = 0.0
+        for port in (self.port, self.relay_port):
+            if port is None:
+                continue
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", "/metrics")
+                text = conn.getresponse().read().decode()
+            finally:
+                conn.close()
+            total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith(name))
+        return total
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        if self.relay is not None:
+            stop_process(self.relay)
 
 
 def events(outcome: str) -> str:
@@ -154,13 +169,43 @@ def start(models: Models, *extra: str) -> Serve:
     return Serve(port, grpc_port, proc)
 
 
-@pytest.fixture
-def logged(models: Models, sink: Sink) -> Iterator[Serve]:
-    serve = start(models, "--payload-log-url", sink.url, "--payload-log-redact",
-                  "input-0,customer", "--payload-log-namespace", "team-a",
-                  "--model-version", "v3")
+def start_relay(socket_path: Path, *flags: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`kustos payload-relay` (the pod's payload-log container) on 127.0.0.1, ready."""
+    port = free_port()
+    proc = spawn_cli("payload-relay", "--socket", str(socket_path), "--host", "127.0.0.1",
+                     "--port", str(port), "--name", "iris", "--log-level", "warning", *flags)
+    wait_http_ready(port, proc)
+    return proc, port
+
+
+def start_relayed(models: Models, tmp: Path, relay_flags: tuple[str, ...],
+                  *serve_flags: str) -> Serve:
+    """A relay with ``relay_flags`` (its sinks), then `kustos serve` handing it over."""
+    sock = tmp / "relay.sock"
+    relay, relay_port = start_relay(sock, *relay_flags)
+    try:
+        serve = start(models, "--payload-log-relay", str(sock), *serve_flags)
+    except BaseException:
+        stop_process(relay)
+        raise
+    serve.relay, serve.relay_port = relay, relay_port
+    return serve
+
+
+@pytest.fixture(params=["in-process", "relay"])
+def logged(request: pytest.FixtureRequest, models: Models, sink: Sink,
+           tmp_path: Path) -> Iterator[Serve]:
+    """Payload logging with redaction: sent by the server itself, or handed to the
+    payload-log relay (the pod's container), which must send the same events."""
+    sink_flags = ("--payload-log-url", sink.url, "--payload-log-redact", "input-0,customer",
+                  "--payload-log-namespace", "team-a")
+    if request.param == "in-process":
+        serve = start(models, *sink_flags, "--model-version", "v3")
+    else:
+        serve = start_relayed(models, tmp_path, (*sink_flags, "--model-version", "v3"),
+                              "--model-version", "v3")
     yield serve
-    stop_process(serve.proc)
+    serve.stop()
 
 
 def grpc_call(serve: Serve, rid: str, metadata: tuple[tuple[str, str], ...] = ()

@@ -23,6 +23,7 @@ from kustos.runtime.server.hooks import DriftSender, ExplainForwarder
 from kustos.runtime.server.http import JSON, Reply, Request, error_body
 from kustos.runtime.server.models import Model
 from kustos.runtime.server.payload_log import PayloadLogConfig, PayloadLogger
+from kustos.runtime.server.payload_relay import RelayLogger
 from kustos.runtime.server.shadow import ShadowMirror
 from kustos.runtime.server.shadow_tls import MirrorTls
 from kustos.runtime.server.tensors import Array, ProtocolError
@@ -63,6 +64,16 @@ def _seldon_path(path: str) -> bool:
     return path.startswith(SELDON_PREFIX) or path in SELDON_ALIASES
 
 
+def prediction_log(config: PayloadLogConfig | None, model: str
+                   ) -> PayloadLogger | RelayLogger | None:
+    """``--payload-log-*``: sinks in this process, or the hand-over to the relay."""
+    if config is None:
+        return None
+    if config.relay is not None:
+        return RelayLogger(config.relay, model, config.sample, config.queue)
+    return PayloadLogger(config, model)
+
+
 class ServingApp:
     def __init__(self, opts: AppOptions, server_version: str = "0") -> None:
         self.opts = opts
@@ -76,8 +87,7 @@ class ServingApp:
                                   maxsize=opts.drift_queue,
                                   max_rows_per_second=opts.drift_max_rows_per_second)
                       if opts.drift_url else None)
-        self.payload_log = (PayloadLogger(opts.payload_log, opts.name)
-                            if opts.payload_log else None)
+        self.payload_log = prediction_log(opts.payload_log, opts.name)
         self.truth: truth_link.FeedbackForwarder | None = None
         if opts.truth_url:  # every prediction and all feedback to the monitor
             self.payload_log = truth_link.TruthLogger(opts.truth_url, opts.name,

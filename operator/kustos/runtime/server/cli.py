@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "logged to URL/v1/events (100%%, unredacted) and feedback is "
                         "forwarded to it (env KUSTOS_TRUTH_URL)")
     payload_log_config.add_args(p)
+    payload_log_config.add_relay_arg(p)
     server_tls.add_tls_args(p)
     process.add_log_level(p)
     return p

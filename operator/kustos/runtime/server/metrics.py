@@ -62,6 +62,10 @@ PAYLOAD_LOG_EVENTS = Counter(
     "Payload log CloudEvents by outcome, per sink: sent, dropped (queue full: the newest "
     "prediction's events) or failed (after every retry)",
     ["model", "outcome"])
+PAYLOAD_LOG_RELAYED = Counter(
+    "kustos_payload_log_relayed",
+    "Predictions the model server handed to the pod's payload-log container "
+    "(--payload-log-relay); that container counts their events' outcomes", ["model"])
 PAYLOAD_LOG_RETRIES = Counter(
     "kustos_payload_log_retries", "Payload log POSTs tried again after a failure", ["model"])
 # Prediction distribution, for comparing a candidate with the stable model: a

@@ -29,6 +29,9 @@ class PayloadLogConfig:
     component: str = "predictor"
     endpoint: str = "default"
     model_version: str = ""  # the served model's version (`--model-version`): ce-modelversion
+    # The pod's payload-log container's socket: the server hands predictions over and
+    # that container sends them (payload_relay.py); no sink in this process then.
+    relay: str | None = None
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +66,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="ce-endpoint (default)")
 
 
+def add_relay_arg(p: argparse.ArgumentParser) -> None:
+    """`kustos serve` only (the relay itself takes the sink flags)."""
+    p.add_argument("--payload-log-relay", default=None, metavar="PATH",
+                   help="hand sampled predictions to the payload-log container (`kustos "
+                        "payload-relay`) on this Unix socket instead of sending them from "
+                        "this process: with --payload-log-sample and --payload-log-queue "
+                        "only; the container has the sinks and the redaction")
+
+
 def check_args(args: argparse.Namespace) -> str | None:
+    if getattr(args, "payload_log_relay", None) and (
+            args.payload_log_url or args.payload_log_kafka or args.payload_log_redact):
+        return ("--payload-log-relay: the sinks and --payload-log-redact belong to the "
+                "payload-log container (kustos payload-relay), not to the server")
     for url in args.payload_log_url:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -91,6 +107,10 @@ def check_args(args: argparse.Namespace) -> str | None:
 
 
 def from_args(args: argparse.Namespace) -> PayloadLogConfig | None:
+    relay = getattr(args, "payload_log_relay", None)
+    if relay:
+        return PayloadLogConfig(urls=(), sample=args.payload_log_sample,
+                                queue=args.payload_log_queue, relay=relay)
     if not args.payload_log_url and not args.payload_log_kafka:
         return None
     service = args.payload_log_service or args.name

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from kustos.runtime.server.payload_log import PayloadLogConfig, PayloadLogger
+from kustos.runtime.server.payload_relay import RelayLogger
 from kustos.runtime.server.sender import BoundedSender, HttpPoster, SendError, check_url
 
 log = logging.getLogger("kustos.serve")
@@ -44,7 +45,7 @@ class TruthLogger(PayloadLogger):
     """The payload logger of ``--payload-log-*`` (if any) plus the monitor's sink."""
 
     def __init__(self, url: str, model: str, version: str,
-                 inner: PayloadLogger | None) -> None:
+                 inner: PayloadLogger | RelayLogger | None) -> None:
         super().__init__(events_config(url, model, version), model)
         self.inner = inner
 
