@@ -37,7 +37,8 @@ class Images(BaseModel):
 
 
 class SidecarSettings(BaseModel):
-    """The explainer and drift sidecars, and how the operator collects their reports."""
+    """The explainer and drift sidecars, how the operator collects their reports, and the
+    payload-log relay of spec.logging."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,6 +56,15 @@ class SidecarSettings(BaseModel):
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "256Mi"},
             "limits": {"memory": "1Gi"},
+        }
+    )
+    # The payload-log relay (`kustos payload-relay`, container payload-log) of every pod of
+    # a ModelDeployment with spec.logging: it redacts, encodes and sends the CloudEvents,
+    # the CPU the model server no longer spends on them.
+    payload_log_resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
         }
     )
     # Scratch space (/tmp) of each sidecar: fetched background / reference data.

@@ -25,6 +25,7 @@ from kustos.rollout.tracks import (
 from . import encryption
 from .attachments import NONE, Attachments
 from .aws_identity import session_name, web_identity_env, web_identity_mount, web_identity_volume
+from .containers import security_context as security_context
 from .httproute import render_route, traffic_split
 from .keda import render_scaled_object, uses_keda
 from .meta import (
@@ -39,7 +40,7 @@ from .meta import (
     with_hash,
 )
 from .networkpolicy import render_network_policy
-from .payload_logging import payload_log_args
+from .payload_logging import RELAY_PORT, relay_container, relay_mount, relay_volume, server_args
 from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports, tls_volumes
 from .scaling import hpa_behavior
 from .signature import SIGNER_ANNOTATION, fetch_signature, signer
@@ -134,17 +135,6 @@ def bundle_uri(model: ModelSource) -> str | None:
         return model.signature.uri
     parts = urlsplit(model.uri)
     return urlunsplit(parts._replace(path=parts.path + ".sig"))
-
-
-def security_context() -> dict[str, Any]:
-    """Pod Security Standards `restricted`, plus a read-only root file system."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -244,9 +234,11 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     name = body["metadata"]["name"]
     sel = selector(name, track.track)
     sspec = serving_spec(name, spec, track.model, config, attachments)
-    if spec.logging is not None and sspec.kind == "kustos":
-        sspec = dataclasses.replace(sspec, payload_log_args=payload_log_args(
-            spec.logging, name, body["metadata"].get("namespace", ""), track.track))
+    # spec.logging: the server hands the sampled predictions to the payload-log relay,
+    # which sends them from its own container (render/payload_logging.py).
+    payload_log = spec.logging if sspec.kind == "kustos" else None
+    if payload_log is not None:
+        sspec = dataclasses.replace(sspec, payload_log_args=server_args(payload_log))
     server = runtime_container(sspec)
     server["securityContext"] = security_context()
     server["terminationMessagePolicy"] = "FallbackToLogsOnError"
@@ -258,6 +250,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
         *attachments.server_volume_mounts,
+        *([relay_mount()] if payload_log is not None else []),
     ]
     if attachments.server_env:
         server["env"] = [*server.get("env", []), *attachments.server_env]
@@ -266,6 +259,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         *attachments.volumes,
         *tls_volumes(sspec)[0],
+        *([relay_volume()] if payload_log is not None else []),
     ]
     if urlparse(track.model.uri).scheme == "pvc":
         claim = urlparse(track.model.uri).netloc
@@ -289,6 +283,10 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     # spec.model.encryption: decrypt into memory (render/encryption.py).
     volumes = encryption.apply(fetch, volumes, track.model,
                                spec.secrets.vault if spec.secrets else None, config)
+    relay = [] if payload_log is None else [relay_container(
+        payload_log, name, body["metadata"].get("namespace", ""), track.track,
+        track.model.version, config.images.kustos, config.sidecars.payload_log_resources,
+        PRESTOP_SECONDS)]
     ports = runtime_ports(sspec)
     if ports.metrics is not None:
         # The conventional scrape annotations, for Prometheus set-ups without a PodMonitor.
@@ -313,7 +311,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
                 "terminationGracePeriodSeconds": 30,
                 "securityContext": pod_security_context(),
                 "initContainers": [fetch, *attachments.init_containers],
-                "containers": [server, *attachments.sidecars],
+                "containers": [server, *relay, *attachments.sidecars],
                 "volumes": volumes,
             },
         },
@@ -532,5 +530,7 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
                  render_autoscaler(body, spec, config),
                  render_canary_hpa(body, spec) if scaled["canary"] else None,
                  render_pdb(body, spec)]
-    children.append(render_network_policy(body, config, ports, attachments.sidecars))
+    logs = spec.logging is not None and spec.runtime.kind == "kustos"
+    children.append(render_network_policy(body, config, ports, attachments.sidecars,
+                                          [RELAY_PORT] if logs else []))
     return [with_hash(c) for c in children if c is not None]

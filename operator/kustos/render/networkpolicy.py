@@ -5,15 +5,16 @@ Selected: every serving pod of the model (stable and canary). Allowed in:
 - the serving ports (the Service's targets: http, and grpc for kustos serve): from every
   source by default, or from the namespaces of ``network_policy.serving_namespace_selector``
   plus the model's own;
-- the metrics port and the sidecars' ports (their /metrics): from the monitoring
-  namespaces (``network_policy.monitoring_namespace_selector``);
+- the metrics port, the sidecars' ports and the payload-log relay's port 8092 (their
+  /metrics): from the monitoring namespaces (``network_policy.monitoring_namespace_selector``);
 - the sidecars' ports (explainer 8090, drift 8091): from the operator's namespace, which
   reads their status endpoints.
 
 Nothing else: another runtime's gRPC port or a management port (TorchServe can register models on
 it) and the sidecars are closed to everyone else; inside the pod, the model server
-reaches its sidecars over loopback, which no NetworkPolicy filters. Egress is not
-restricted (the model fetch goes to S3 or https sources that are not known in advance).
+reaches its sidecars over loopback (the relay over a Unix socket), which no NetworkPolicy
+filters. Egress is not restricted (the model fetch goes to S3 or https sources that are not
+known in advance, and the relay sends spec.logging's events to any sink it names).
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def sidecar_ports(sidecars: Iterable[Mapping[str, Any]]) -> list[int]:
 
 
 def render_network_policy(body: Mapping[str, Any], config: OperatorConfig, ports: RuntimePorts,
-                          sidecars: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
-    """The ModelDeployment's NetworkPolicy, or None when the config turns it off."""
+                          sidecars: Sequence[Mapping[str, Any]] = (),
+                          scraped_only: Sequence[int] = ()) -> dict[str, Any] | None:
+    """The ModelDeployment's NetworkPolicy, or None when the config turns it off.
+    ``scraped_only``: ports of the pods' own sidecars (the payload-log relay's) that only
+    the monitoring namespaces reach; the operator reads no status from them."""
     settings = config.network_policy
     if not settings.enabled:
         return None
@@ -55,7 +59,7 @@ def render_network_policy(body: Mapping[str, Any], config: OperatorConfig, ports
                            {"namespaceSelector": dict(settings.serving_namespace_selector)}]
     ingress.append(serving)
     side = sidecar_ports(sidecars)
-    scraped = ([ports.metrics] if ports.metrics is not None else []) + side
+    scraped = ([ports.metrics] if ports.metrics is not None else []) + side + [*scraped_only]
     if settings.monitoring_namespace_selector is not None and scraped:
         ingress.append({"from": [{"namespaceSelector":
                                   dict(settings.monitoring_namespace_selector)}],

@@ -11,7 +11,8 @@ from kustos.api.v1alpha1.modeldeployment import ModelSource
 
 from .attachments import Attachments
 from .aws_identity import web_identity_env, web_identity_mount
-from .modeldeployment import PVC_MOUNT, security_context
+from .containers import sidecar_container as sidecar_container
+from .modeldeployment import PVC_MOUNT
 
 EXPLAIN_PORT = 8090
 DRIFT_PORT = 8091
@@ -43,28 +44,6 @@ def data_source(uri: str, volume: str) -> tuple[str, list[dict[str, Any]], list[
     return (f"file://{mount}{parsed.path}",
             [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
             [{"name": volume, "mountPath": mount, "readOnly": True}])
-
-
-def sidecar_container(name: str, image: str, args: list[str], port: int, port_name: str,
-                      resources: Mapping[str, Any],
-                      mounts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """A sidecar with the server's restricted securityContext. Readiness is the liveness
-    endpoint: a broken background or reference is reported in the sidecar's status and
-    must never take the pod out of the Service."""
-    probe = {"httpGet": {"path": "/v2/health/live", "port": port_name},
-             "periodSeconds": 10, "timeoutSeconds": 2}
-    return {
-        "name": name,
-        "image": image,
-        "command": ["kustos"],
-        "args": args,
-        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
-        "resources": dict(resources),
-        "securityContext": security_context(),
-        "readinessProbe": {**probe, "failureThreshold": 3},
-        "livenessProbe": {**probe, "failureThreshold": 6},
-        "volumeMounts": [dict(m) for m in mounts],
-    }
 
 
 def scratch_volume(name: str, size: str) -> dict[str, Any]:
