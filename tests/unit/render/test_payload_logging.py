@@ -103,6 +103,34 @@ def test_the_relay_container_sends_to_the_sinks() -> None:
     assert "envFrom" not in relay and "env" not in relay  # no model credentials
 
 
+def test_both_processes_accept_the_rendered_flags() -> None:
+    """The rendered args as `kustos serve` and `kustos payload-relay` parse and check them,
+    and what each ends up configured with."""
+    from kustos.runtime.server import payload_log_config
+    from kustos.runtime.server.relay_cli import parser
+
+    objs = render(body(logging=LOGGING), CONFIG)
+    server = payload_log_config.from_args(parsed(server_args(objs)))
+    assert server is not None
+    assert (server.relay, server.sample, server.queue, server.urls, server.redact) == (
+        SOCKET, 0.25, 500, (), frozenset())
+    args = relay_args(objs)
+    assert args[0] == "payload-relay"
+    ns = parser().parse_args(args[1:])
+    assert payload_log_config.check_args(ns) is None
+    relay = payload_log_config.from_args(ns)
+    assert relay is not None and relay.relay is None
+    assert (ns.socket, ns.port, ns.name) == (SOCKET, 8092, "iris")
+    assert relay.urls == ("http://collector.logs:8080/events",
+                          "https://broker.example/ns/default")
+    assert (relay.kafka, relay.kafka_topic) == ("kafka-0.kafka:9092,kafka-1.kafka:9092",
+                                                "inference-log")
+    assert relay.sample == 1.0, "the relay refuses any other sample: the server draws it"
+    assert (relay.queue, relay.redact) == (500, frozenset({"input-0", "ssn"}))
+    assert (relay.service, relay.namespace, relay.endpoint, relay.model_version,
+            relay.source) == ("iris", "ml", "default", "3", "/kustos/ml/iris/predictor")
+
+
 def test_a_url_sink_without_redaction() -> None:
     logging = {"sinks": [{"url": "http://collector.logs:8080/events"}]}
     objs = render(body(logging=logging), CONFIG)
@@ -135,8 +163,13 @@ def test_the_relay_stops_no_earlier_than_the_server() -> None:
     server = container(objs, "server")["lifecycle"]["preStop"]["sleep"]["seconds"]
     relay = container(objs, "payload-log")["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert relay >= server > 0
-    assert relay < pod_spec(objs)["terminationGracePeriodSeconds"], \
-        "SIGTERM must still reach the relay before the kubelet kills it"
+    # After SIGTERM the relay waits up to --drain-seconds for the server, then gives the
+    # sinks 5 s: all of it within the grace period, or the kubelet kills it sending.
+    from kustos.runtime.server.relay_cli import parser
+
+    assert "--drain-seconds" not in container(objs, "payload-log")["args"]
+    drain = float(parser().get_default("drain_seconds"))
+    assert relay + drain + 5 <= pod_spec(objs)["terminationGracePeriodSeconds"]
 
 
 def test_the_relay_goes_before_attached_sidecars() -> None:
