@@ -577,7 +577,9 @@ class PayloadLogSink(KModel):
 
 class PayloadLoggingSpec(KModel):
     """Payload logging: each sampled prediction's request and response, sent as
-    CloudEvents (KServe's event types and extensions) by the kustos model server."""
+    CloudEvents (KServe's event types and extensions) by the payload-log container the
+    operator adds to the model's pods (the kustos model server samples and hands them
+    over within the pod)."""
 
     model_config = validations(
         ("self.sinks.all(a, self.sinks.exists_one(b, b == a))",
@@ -596,7 +598,7 @@ class PayloadLoggingSpec(KModel):
                                       pattern=r"^[^,\s]+$")]] | None = Field(
         default=None, max_length=64)
     """Input tensor and JSON field names whose values are replaced by "[redacted]" in the
-    server before an event leaves it (PII)."""
+    pod before an event leaves it (PII)."""
     queue_size: int = Field(default=10000, ge=1, le=1000000)
     """Predictions waiting per sink; when full the newest is dropped (counted in
     kustos_payload_log_events_total{outcome="dropped"}): a prediction never waits."""
