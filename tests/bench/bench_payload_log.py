@@ -13,13 +13,15 @@ on another machine would not take the load generator's CPU. Modes: "without", "w
 (every prediction logged: two CloudEvents each), "sampled" (--payload-log-sample 0.1) and,
 when hack/kafka.sh has fetched the broker's jars and java is installed, "kafka" (every
 prediction logged to a one-node KRaft broker, tests/integration/kafka_broker.py, pinned to
-CPU 1 at niceness 19 like the sink; a fresh topic per run), in rotating order, `--rounds`
+CPU 1 at niceness 19 like the sink; a fresh topic per run), "relay" and "kafkarelay" (the
+same sinks through `kustos payload-relay`, the pod's payload-log container, on CPU 1 at the
+sink's niceness, fed by `kustos serve --payload-log-relay`), in rotating order, `--rounds`
 times. Target: "with" within 5% of "without" requests/s. Each run also reports the
 server's CPU per request (all of it; and that of its main thread, the one serving
 predictions, and of its other threads: the sender), the sink's CPU and the events serve
 counted as sent / dropped (queue full) / failed; at the end, the sender thread's own CPU
 per logged prediction, measured apart on a thread of its own as in the server (HTTP, and
-Kafka when there is a broker).
+Kafka when there is a broker), and the serving process's side of the relay, apart.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,8 +90,6 @@ def main_switches(pid: int) -> int:
 def sender_cpu(config: Any, predictions: int = 256 * 40) -> float:
     """Microseconds of the sender thread's CPU per logged prediction (two events) against
     the sink: the logging's own work, apart from everything else on the machine."""
-    import uuid
-
     from kustos.runtime.server.payload_log import (
         Exchange,
         HttpTransport,
@@ -124,15 +125,80 @@ def sender_cpu(config: Any, predictions: int = 256 * 40) -> float:
     return spent[0] / predictions * 1e6
 
 
+def _drain(path: str) -> None:
+    """The relay's reading end, nothing more (on CPU 1): what the server pays is apart."""
+    import socket
+
+    os.sched_setaffinity(0, {1})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(4)
+        conn, _ = listener.accept()
+        buf = bytearray(1 << 20)
+        while conn.recv_into(buf):
+            pass
+
+
+def relay_handoff_cpu(work: Path, seconds: float = 4.0, per_ms: int = 17) -> tuple[float, float]:
+    """CPU per prediction of the serving process's side of --payload-log-relay (sample
+    draw, tuple, the event loop's framing and send every 50 ms), measured apart: a uvloop
+    loop on CPU 0 offering ``per_ms`` predictions a millisecond (a busy worker's rate)
+    to a reader on CPU 1, against the same loop without offers. (us with, us without)."""
+    import asyncio
+    import multiprocessing
+
+    import uvloop
+
+    from kustos.runtime.server.payload_relay import RelayLogger
+
+    request = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                                      "data": [5.8, 2.7, 5.1, 1.9]}]}).encode()
+    response = json.dumps({"model_name": "iris", "model_version": "1", "id": uuid.uuid4().hex,
+                           "outputs": [{"name": "predict", "datatype": "INT64", "shape": [1],
+                                        "data": [2]}]}).encode()
+    ids = [uuid.uuid4().hex for _ in range(per_ms)]
+
+    async def run(offer: bool) -> float:
+        path = str(work / f"handoff-{offer}.sock")
+        reader = multiprocessing.get_context("fork").Process(target=_drain, args=(path,))
+        reader.start()
+        while not os.path.exists(path):
+            await asyncio.sleep(0.01)
+        logger = RelayLogger(path, "bench")
+        n, started, cpu = 0, time.monotonic(), time.process_time()
+        while time.monotonic() - started < seconds:
+            if offer:
+                for rid in ids:
+                    logger.offer(rid, "v2", request, None, response, None)
+            n += per_ms
+            await asyncio.sleep(0.001)
+        used = (time.process_time() - cpu) / n * 1e6
+        logger.close()
+        reader.kill()
+        reader.join()
+        os.unlink(path)
+        return used
+
+    os.sched_setaffinity(0, {0})
+    try:
+        runs: dict[bool, list[float]] = {True: [], False: []}
+        for offer in (False, True, False, True, False, True):
+            runs[offer].append(uvloop.run(run(offer)))
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    return statistics.median(runs[True]), statistics.median(runs[False])
+
+
 @contextlib.contextmanager
 def kafka(work: Path, nice: int) -> Iterator[Any]:
     """A real one-node Kafka broker pinned to CPU 1 at ``nice``, or None when its jars or
     java are missing (the reason printed)."""
     sys.path.insert(0, str(REPO / "tests" / "integration"))
-    try:
-        from kafka_broker import kafka_broker
+    with contextlib.ExitStack() as stack:
+        try:  # only the start may fail quietly; an error of the run itself goes up
+            from kafka_broker import kafka_broker
 
-        with kafka_broker(work / "kafka") as broker:
+            broker = stack.enter_context(kafka_broker(work / "kafka"))
             assert broker.proc is not None
             pid = broker.proc.pid
             subprocess.run(["taskset", "-a", "-p", "-c", "1", str(pid)], check=True,
@@ -140,18 +206,21 @@ def kafka(work: Path, nice: int) -> Iterator[Any]:
             for task in Path(f"/proc/{pid}/task").iterdir():  # niceness is per thread
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
-            yield broker
-    except BaseException as exc:  # pytest's skip outside pytest, a failed start
-        if isinstance(exc, KeyboardInterrupt | GeneratorExit):
-            raise
-        print(f"kafka mode left out: {type(exc).__name__}: {str(exc)[:300]}",
-              file=sys.stderr)
-        yield None
+        except BaseException as exc:  # pytest's skip outside pytest, a failed start
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            print(f"kafka mode left out: {type(exc).__name__}: {str(exc)[:300]}",
+                  file=sys.stderr)
+            broker = None
+        yield broker
 
 
-def counted(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
-        text = resp.read().decode()
+def counted(*ports: int) -> dict[str, float]:
+    """The payload log's outcomes, summed over the server and its relay."""
+    text = ""
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+            text += resp.read().decode()
     out = {"sent": 0.0, "dropped": 0.0, "failed": 0.0}
     for line in text.splitlines():
         if line.startswith("kustos_payload_log_events_total{"):
@@ -188,9 +257,9 @@ def report(results: list[dict[str, Any]]) -> None:
     print("| mode | requests/s median (min-max) | per-round ratio median (min-max) | best / "
           "best without | server CPU us/request median (min-max) | vs without | per-round "
           "CPU ratio median (min-max) | main thread us/request | other threads us/request | "
-          "main thread switches / 1k requests | p50 ms | p99 ms | events sent | dropped | "
-          "failed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "main thread switches / 1k requests | relay container us/request | p50 ms | p99 ms | "
+          "events sent | dropped | failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in modes:
         rs = [r for r in results if r["mode"] == mode]
         if not rs:
@@ -208,6 +277,7 @@ def report(results: list[dict[str, Any]]) -> None:
               f"{statistics.median(r['main_us_per_request'] for r in rs):.1f} | "
               f"{statistics.median(r['other_us_per_request'] for r in rs):.1f} | "
               f"{switches(rs)} | "
+              f"{statistics.median(r.get('relay_us_per_request', 0.0) for r in rs):.1f} | "
               f"{statistics.median(r['p50_ms'] for r in rs):.2f} | "
               f"{statistics.median(r['p99_ms'] for r in rs):.2f} | "
               f"{sum(r['sent'] for r in rs):,.0f} | {sum(r['dropped'] for r in rs):,.0f} | "
@@ -224,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="niceness of the sink on wrk's CPU (19: it runs when wrk leaves the "
                         "core idle, as a collector elsewhere would not take wrk's CPU; 0: "
                         "they share it)")
+    p.add_argument("--pace-ms", type=float, default=None, metavar="MS",
+                   help="each wrk connection waits MS between requests: the same offered "
+                        "load in every mode, below saturation, so CPU per request is "
+                        "compared at equal load (without it wrk goes flat out, and whatever "
+                        "else runs on its core changes how hard it drives the server)")
     p.add_argument("--no-kafka", action="store_true", help="leave the Kafka mode out")
     p.add_argument("--before", type=Path, default=None, metavar="DIR",
                    help="also run the logging modes with the kustos package of DIR (e.g. "
@@ -257,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             contextlib.ExitStack() as stack:
         work = Path(tmp)
         broker: Any = None if args.no_kafka else stack.enter_context(kafka(work, args.sink_nice))
-        modes = {**MODES, **({"kafka": []} if broker is not None else {})}
+        modes = {**MODES, "relay": [],
+                 **({"kafka": [], "kafkarelay": []} if broker is not None else {})}
         trees = {label: Path(d) for label, _, d in (v.partition("=") for v in args.variant)}
         if args.before is not None:
             trees = {"before": args.before, **trees}
@@ -269,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         script = work / "request.lua"
         body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, len(row)],
                                        "datatype": "FP64", "data": row}]})
-        script.write_text(LUA.format(body=json.dumps(body)))
+        script.write_text(LUA.format(body=json.dumps(body)) + (
+            f"function delay()\n  return {args.pace_ms:g}\nend\n"
+            if args.pace_ms is not None else ""))
         kustos = str(REPO / ".venv" / "bin" / "kustos")
         sink_port = free_port()
         sink_argv = pinned("1", [sys.executable, __file__, "--sink", str(sink_port)])
@@ -291,20 +369,43 @@ def main(argv: list[str] | None = None) -> int:
                         broker.create_topic(topic, 3)
                         argv += ["--payload-log-kafka", broker.bootstrap,
                                  "--payload-log-topic", topic]
-                    elif MODES[base]:
+                    elif MODES.get(base):
                         argv += ["--payload-log-url", f"http://127.0.0.1:{sink_port}/events",
                                  *MODES[base]]
+                    relay: Any = None
+                    if base in ("relay", "kafkarelay"):
+                        # The pod's payload-log container: its own CPU (here wrk's, at the
+                        # sink's niceness), the sinks as above.
+                        sock = work / f"relay-{rnd}.sock"
+                        relay_port = free_port()
+                        sinks = (["--payload-log-kafka", broker.bootstrap,
+                                  "--payload-log-topic", topic] if base == "kafkarelay"
+                                 else ["--payload-log-url",
+                                       f"http://127.0.0.1:{sink_port}/events"])
+                        if base == "kafkarelay":
+                            broker.create_topic(topic, 3)
+                        relay = Server(
+                            f"relay-{mode}", ["nice", "-n", str(args.sink_nice), *pinned(
+                                "1", [kustos, "payload-relay", "--socket", str(sock),
+                                      "--host", "127.0.0.1", "--port", str(relay_port),
+                                      "--name", "iris", "--log-level", "warning", *sinks])],
+                            env, relay_port, "/v2/health/live", work / f"relay-{mode}.log",
+                            work)
+                        relay.wait_ready()
+                        argv += ["--payload-log-relay", str(sock)]
                     server = Server(f"serve-{mode}", pinned("0", argv), env, port,
                                     "/v2/health/ready", work / f"serve-{mode}.log", work)
+                    ports = [port] + ([relay.port] if relay is not None else [])
                     try:
                         server.wait_ready()
                         url = f"http://127.0.0.1:{port}/v2/models/iris/infer"
                         run_wrk(url, script, args.concurrency, args.warmup, "1")
-                        before = counted(port)
+                        before = counted(*ports)
+                        relay_cpu = cpu_seconds(relay.proc.pid) if relay is not None else 0.0
                         cpu = cpu_seconds(server.proc.pid)
                         threads = thread_seconds(server.proc.pid)
                         switched = main_switches(server.proc.pid)
-                        sink_cpu = cpu_seconds((broker.proc if base == "kafka" else sink.proc)
+                        sink_cpu = cpu_seconds((broker.proc if "kafka" in base else sink.proc)
                                                .pid)
                         rps, p50, p99, n = parse_wrk(
                             run_wrk(url, script, args.concurrency, args.duration, "1"))
@@ -315,21 +416,26 @@ def main(argv: list[str] | None = None) -> int:
                         main_cpu, other_cpu = (b - a for a, b in zip(
                             threads, thread_seconds(server.proc.pid), strict=True))
                         switched = main_switches(server.proc.pid) - switched
-                        sink_cpu = cpu_seconds((broker.proc if base == "kafka" else sink.proc)
+                        sink_cpu = cpu_seconds((broker.proc if "kafka" in base else sink.proc)
                                                .pid) - sink_cpu
-                        after = counted(port)
+                        if relay is not None:
+                            relay_cpu = cpu_seconds(relay.proc.pid) - relay_cpu
+                        after = counted(*ports)
                         results.append({"round": rnd + 1, "mode": mode, "rps": rps,
                                         "p50_ms": p50, "p99_ms": p99, "requests": n,
                                         "cpu_us_per_request": cpu / n * 1e6,
                                         "main_us_per_request": main_cpu / n * 1e6,
                                         "other_us_per_request": other_cpu / n * 1e6,
                                         "main_switches_per_1k": switched / n * 1e3,
+                                        "relay_us_per_request": relay_cpu / n * 1e6,
                                         "sink_cpu_s": sink_cpu, "load": loadavg(),
                                         **{k: after[k] - before[k] for k in after}})
                         print(json.dumps(results[-1]), file=sys.stderr)
                     finally:
                         server.stop()
-                        if base == "kafka":
+                        if relay is not None:
+                            relay.stop()
+                        if "kafka" in base:
                             broker.java("org.apache.kafka.tools.TopicCommand",
                                         "--bootstrap-server", broker.bootstrap, "--delete",
                                         "--topic", topic)
@@ -337,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                       "namespace": "ns", "model_version": "1"}
             sender_us["http"] = sender_cpu(PayloadLogConfig(
                 urls=(f"http://127.0.0.1:{sink_port}/events",), **common))
+            handoff = relay_handoff_cpu(work)
             if broker is not None:
                 broker.create_topic("bench-sender", 3)
                 sender_us["kafka"] = sender_cpu(PayloadLogConfig(
@@ -346,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at the end: {loadavg()}")
     for kind, us in sender_us.items():
         print(f"sender thread CPU per logged prediction (two events), {kind}: {us:.2f} us")
+    print(f"--payload-log-relay, the serving process's side apart: {handoff[0]:.2f} us per "
+          f"prediction against {handoff[1]:.2f} without offers: "
+          f"{handoff[0] - handoff[1]:.2f} us per logged prediction")
     report(results)
     print(json.dumps(results))
     return 0
