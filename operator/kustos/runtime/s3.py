@@ -164,13 +164,16 @@ def open_object(bucket: str, key: str, uri: str, timeout: float,
 
 
 def object_request(method: str, uri: str, body: bytes = b"", *, timeout: float = 60.0,
-                   credentials_dir: str | None = None,
-                   ca_bundle: str | None = None) -> tuple[int, bytes]:
+                   credentials_dir: str | None = None, ca_bundle: str | None = None,
+                   create_only: bool = False) -> tuple[int, bytes]:
     """One PUT, HEAD or GET of a whole small object (``s3://bucket/key``): (status, body).
     200 and 404 are answers; another status raises HTTPStatusError (transient for 5xx and
     429), after the region redirect is followed once as for GetObject. The body is signed
-    (its sha256 in x-amz-content-sha256), so S3 refuses a PUT that arrives altered."""
-    status, data, _ = _request(method, uri, body, {}, (200, 404), timeout, credentials_dir,
+    (its sha256 in x-amz-content-sha256), so S3 refuses a PUT that arrives altered.
+    ``create_only``: a PUT made only if the key holds no object (If-None-Match: *); 412
+    is then an answer: another writer got there first."""
+    extra, answers = ({"if-none-match": "*"}, (200, 404, 412)) if create_only else ({}, (200, 404))
+    status, data, _ = _request(method, uri, body, extra, answers, timeout, credentials_dir,
                                ca_bundle)
     return status, data
 

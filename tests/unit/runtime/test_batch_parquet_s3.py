@@ -609,3 +609,81 @@ def test_a_shard_reads_its_chunks_from_the_version_its_layout_came_from(
     if fresh is not None:  # a new run reads the new version
         assert fresh.version != lay.version
         assert sum(c.rows for c in source.chunks(uri, fmt, 500, None, fresh)) == len(data.x)
+
+
+@pytest.mark.parametrize("output", ["directory", "s3"])
+def test_a_shard_that_starts_after_the_input_was_replaced_is_refused_by_the_run(
+        data: Data, moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        output: str) -> None:
+    """Shards (and resumed pods) start at different times: the first records the version
+    of the input it read in the run's manifest, and one that finds another version there
+    stops before writing a row, naming both ETags; the run's other shard is unaffected."""
+    from kustos.runtime.batch import sink
+
+    aws_env(moto, monkeypatch)
+    body = data.csv.read_bytes()
+    key, uri = f"in/replaced-{output}.csv", f"s3://data/in/replaced-{output}.csv"
+    moto.boto.put_object(Bucket="data", Key=key, Body=body)
+    first = moto.boto.head_object(Bucket="data", Key=key)["ETag"]
+    out: Path | str = (tmp_path / "o" if output == "directory"
+                       else f"s3://results/replaced-{output}")
+    model = load_model(data.model, "bc")
+
+    def shard(k: int) -> runner.Report:
+        return runner.run(runner.Job(input=uri, input_format="csv", output=out,
+                                     output_format="csv", chunk_size=500, shard=k, shards=2,
+                                     id_field="row_key"), model)
+
+    written = shard(0)
+    assert written.rows > 0
+    # The same shard again (a resumed pod, nothing left to do) reads the same version.
+    assert shard(0).chunks_resumed == written.chunks
+    moto.boto.put_object(Bucket="data", Key=key, Body=body.replace(b"k1", b"q1"))
+    second = moto.boto.head_object(Bucket="data", Key=key)["ETag"]
+    with pytest.raises(sink.OutputError, match="input was replaced since this run began") as err:
+        shard(1)
+    assert first.strip('"') in str(err.value) and second.strip('"') in str(err.value)
+    if output == "directory":
+        assert not list((tmp_path / "o").glob("part-000001.csv"))
+    else:
+        assert "replaced-s3/part-000001.csv" not in s3_parts(moto, "replaced-s3/")
+
+
+def test_racing_shards_create_the_manifest_once(moto: Moto, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two shards that both found no manifest: the conditional PUT (If-None-Match: *) lets
+    one create it; the other compares with it instead of replacing it, so two versions
+    cannot both become the run's."""
+    from kustos.runtime import s3
+    from kustos.runtime.batch import sink
+
+    aws_env(moto, monkeypatch)
+    uri = "s3://results/racing/_chunking.json"
+    assert s3.object_request("PUT", uri, b"{}", create_only=True)[0] == 200
+    assert s3.object_request("PUT", uri, b'{"a": 1}', create_only=True)[0] == 412
+    assert s3.object_request("GET", uri) == (200, b"{}")
+    settings = {"chunkSize": 10, sink.INPUT_VERSION: '"v1"'}
+    real = s3.object_request
+    racer: list[str] = []
+
+    def late_get(method: str, target: str, body: bytes = b"", **kw: Any) -> tuple[int, bytes]:
+        if method == "PUT" and not racer:  # another shard creates it between GET and PUT
+            racer.append(target)
+            real("PUT", target, b'{"chunkSize": 10, "inputVersion": "\\"v0\\""}',
+                 create_only=True)
+        return real(method, target, body, **kw)
+
+    monkeypatch.setattr(s3, "object_request", late_get)
+    with pytest.raises(sink.OutputError, match=r'ETag "v0" when the run.*"v1" now'):
+        sink.S3Output("s3://results/race2", "csv").prepare(settings)
+    assert racer == ["s3://results/race2/_chunking.json"]
+    sink.S3Output("s3://results/race2", "csv").prepare(
+        {"chunkSize": 10, sink.INPUT_VERSION: '"v0"'})  # the winner's version: accepted
+    # A directory: the same through a hard link that never replaces.
+    sink.prepare(tmp_path, settings)
+    sink.prepare(tmp_path, settings)
+    with pytest.raises(sink.OutputError, match="input was replaced"):
+        sink.prepare(tmp_path, {**settings, sink.INPUT_VERSION: '"v2"'})
+    with pytest.raises(sink.OutputError, match="output of another run"):
+        sink.prepare(tmp_path, {**settings, "chunkSize": 11})
+    assert [p.name for p in tmp_path.iterdir()] == ["_chunking.json"]  # no temporary left

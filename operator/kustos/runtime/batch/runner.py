@@ -71,9 +71,12 @@ def run(job: Job, model: Model, progress: Progress | None = None) -> Report:
     outputs = outputs_of(model, job.predictions)
     lay = source.layout(job.input, job.input_format, job.features, job.id_field)
     out = sink.open_output(job.output, job.output_format)
+    # An s3:// input read in place: the version this shard read is the run's (sink.
+    # check_manifest), so shards and resumed pods never mix two versions' rows.
     out.prepare({
         "chunkSize": job.chunk_size, "format": job.output_format, "idColumn": job.id_column,
-        "predictions": list(outputs), "features": list(lay.features)})
+        "predictions": list(outputs), "features": list(lay.features),
+        **({sink.INPUT_VERSION: lay.version} if lay.version else {})})
     report = Report(job.shard)
     mine: set[int] = set()
     name = source.name_of(job.input)

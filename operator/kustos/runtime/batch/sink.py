@@ -31,6 +31,7 @@ from . import csv_part
 from .parquet_part import PartWriter
 
 MANIFEST = "_chunking.json"
+INPUT_VERSION = "inputVersion"  # in MANIFEST: the ETag of the s3:// input the run reads
 FORMATS = ("csv", "jsonl", "parquet")
 S3_ATTEMPTS = 4
 T = TypeVar("T")
@@ -48,22 +49,53 @@ def done(directory: Path, index: int, fmt: str) -> bool:
     return (directory / chunk_name(index, fmt)).exists()
 
 
+def check_manifest(where: str, found: bytes, want: Mapping[str, Any]) -> None:
+    """Refuse an output that holds the chunks of a run chunked otherwise (its part files
+    would not line up with ours), or of this run when its input has been replaced since
+    it began: the run's first shard records the version it read (``INPUT_VERSION``, an
+    s3:// input's ETag) and every later shard or resumed pod must read the same one, so a
+    run never joins rows of two versions."""
+    try:
+        have = orjson.loads(found)
+    except orjson.JSONDecodeError:
+        have = None
+    if have == dict(want):
+        return
+    if isinstance(have, dict) and ({k: v for k, v in have.items() if k != INPUT_VERSION}
+                                   == {k: v for k, v in want.items() if k != INPUT_VERSION}):
+        raise OutputError(
+            f"the input was replaced since this run began (ETag "
+            f"{have.get(INPUT_VERSION) or 'unknown'} when the run's first shard read it, "
+            f"{want.get(INPUT_VERSION) or 'unknown'} now; {where}/{MANIFEST}): a run reads "
+            "one version of its input; start a new run with a new output path")
+    raise OutputError(f"{where} holds the output of another run ({MANIFEST} differs: "
+                      f"{have} != {dict(want)}); use a new output path")
+
+
 def prepare(directory: Path, settings: Mapping[str, Any]) -> None:
-    """Create the directory and record how it is chunked; refuse one that holds the chunks
-    of a run chunked otherwise (its part files would not line up with ours)."""
+    """Create the directory and record the run's settings, unless a shard did first: then
+    ``check_manifest`` against what it recorded."""
     directory.mkdir(parents=True, exist_ok=True)
     manifest = directory / MANIFEST
-    want = dict(settings)
-    if manifest.exists():
-        try:
-            have = orjson.loads(manifest.read_bytes())
-        except orjson.JSONDecodeError:
-            have = None
-        if have != want:
-            raise OutputError(f"{directory} holds the output of another run ({MANIFEST} "
-                              f"differs: {have} != {want}); use a new output path")
+    data = orjson.dumps(dict(settings), option=orjson.OPT_SORT_KEYS)
+    tmp = directory / f".{MANIFEST}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, manifest)  # never replaces: of racing shards, exactly one creates it
+    except FileExistsError:
+        check_manifest(str(directory), manifest.read_bytes(), settings)
         return
-    _atomic_write(directory, MANIFEST, orjson.dumps(want, option=orjson.OPT_SORT_KEYS))
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_stale(directory: Path, indexes: set[int], fmt: str) -> None:
@@ -225,12 +257,13 @@ class S3Output:
     def _uri(self, name: str) -> str:
         return f"{self.prefix}/{name}"
 
-    def _call(self, method: str, name: str, body: bytes = b"") -> tuple[int, bytes]:
+    def _call(self, method: str, name: str, body: bytes = b"",
+              create_only: bool = False) -> tuple[int, bytes]:
         from kustos.runtime import s3
         from kustos.runtime.fetch import FetchError
 
         def once() -> tuple[int, bytes]:
-            return s3.object_request(method, self._uri(name), body)
+            return s3.object_request(method, self._uri(name), body, create_only=create_only)
 
         try:
             return retried(once, self._sleep)
@@ -238,19 +271,19 @@ class S3Output:
             raise OutputError(str(err)) from None
 
     def prepare(self, settings: Mapping[str, Any]) -> None:
-        want = dict(settings)
         status, body = self._call("GET", MANIFEST)
-        if status == 200:
-            try:
-                have = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                have = None
-            if have != want:
-                raise OutputError(f"{self.prefix} holds the output of another run ({MANIFEST} "
-                                  f"differs: {have} != {want}); use a new output prefix")
-            return
-        # Shards racing here PUT the same bytes.
-        self._call("PUT", MANIFEST, orjson.dumps(want, option=orjson.OPT_SORT_KEYS))
+        if status == 404:
+            # Of shards racing here exactly one creates it (If-None-Match: *); the others,
+            # and a PUT retried after its answer was lost, compare with what is there.
+            status, body = self._call(
+                "PUT", MANIFEST, orjson.dumps(dict(settings), option=orjson.OPT_SORT_KEYS),
+                create_only=True)
+            if status == 200:
+                return
+            status, body = self._call("GET", MANIFEST)
+        if status != 200:
+            raise OutputError(f"GET {self._uri(MANIFEST)}: HTTP {status}")
+        check_manifest(self.prefix, body, settings)
 
     def done(self, index: int) -> bool:
         return self._call("HEAD", chunk_name(index, self.fmt))[0] == 200
