@@ -12,7 +12,18 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from truth_support import metrics, moto_s3, post, request, s3_put, serve, status, truth, wait_for
+from truth_support import (
+    Proc,
+    metrics,
+    moto_s3,
+    post,
+    request,
+    s3_put,
+    serve,
+    status,
+    truth,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -239,10 +250,13 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_regression_over_v1_with_request_ids(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relayed", [False, True], ids=["in-process", "relay"])
+def test_regression_over_v1_with_request_ids(tmp_path: Path, relayed: bool) -> None:
     """V1 :predict with x-request-id and gRPC ModelInfer with an id; the version from
     ce-modelversion; labels through the model server's V2 feedback; MAE/RMSE equal
-    sklearn's, maxMae breaks."""
+    sklearn's, maxMae breaks. ``relayed``: the events go through `kustos payload-relay`
+    (the pod's payload-log container, as the operator renders it with a monitor); the
+    feedback still goes from the server."""
     import grpc
     import skops.io as sio
     from sklearn.datasets import load_diabetes
@@ -263,8 +277,17 @@ def test_regression_over_v1_with_request_ids(tmp_path: Path) -> None:
         "evaluationInterval": "1s", "thresholds": {"maxMae": 20.0, "maxRmse": 500.0}}))
     mon = truth(tmp_path, config, tmp_path / "store")
     grpc_port = free_port()
+    monitor = f"http://127.0.0.1:{mon.port}"
+    relay, handover = None, []
+    if relayed:
+        sock = tmp_path / "relay.sock"
+        relay = Proc(tmp_path, "payload-relay", [
+            "payload-relay", "--socket", str(sock), "--name", "diabetes",
+            "--model-version", "2024-06", "--truth-url", monitor])
+        relay.wait_ready()
+        handover = ["--payload-log-relay", str(sock)]
     srv = serve(tmp_path, model, "diabetes", "--model-version", "2024-06", "--truth-url",
-                f"http://127.0.0.1:{mon.port}", "--grpc-port", str(grpc_port))
+                monitor, "--grpc-port", str(grpc_port), *handover)
     try:
         mon.wait_ready()
         srv.wait_ready()
@@ -293,6 +316,15 @@ def test_regression_over_v1_with_request_ids(tmp_path: Path) -> None:
         assert [(v["metric"], v["version"]) for v in st["violations"]] == \
             [("mae", "2024-06")]
         assert st["task"] == "regression" and st["versions"]["2024-06"]["coverage"] == 1.0
+        sent = 'kustos_payload_log_events_total{model="diabetes",outcome="sent"}'
+        # Counted once the monitor answered (a moment after it stored them).
+        sender = srv if relay is None else relay
+        assert wait_for(lambda: metrics(sender.port).get(sent) == 60, 30)
+        if relay is not None:  # the relay sent the events, the server none
+            assert metrics(srv.port).get(sent, 0) == 0
+            assert metrics(srv.port)['kustos_payload_log_relayed_total{model="diabetes"}'] == 30
     finally:
         srv.stop()
         mon.stop()
+        if relay is not None:
+            relay.stop()

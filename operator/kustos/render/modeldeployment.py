@@ -40,7 +40,14 @@ from .meta import (
     with_hash,
 )
 from .networkpolicy import render_network_policy
-from .payload_logging import RELAY_PORT, relay_container, relay_mount, relay_volume, server_args
+from .payload_logging import (
+    RELAY_PORT,
+    relay_container,
+    relay_mount,
+    relay_volume,
+    relayed,
+    server_args,
+)
 from .runtimes import MODEL_DIR, ServingSpec, runtime_container, runtime_ports, tls_volumes
 from .scaling import hpa_behavior
 from .signature import SIGNER_ANNOTATION, fetch_signature, signer
@@ -234,11 +241,14 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     name = body["metadata"]["name"]
     sel = selector(name, track.track)
     sspec = serving_spec(name, spec, track.model, config, attachments)
-    # spec.logging: the server hands the sampled predictions to the payload-log relay,
-    # which sends them from its own container (render/payload_logging.py).
+    # spec.logging, a ground-truth monitor: the server hands the predictions to the
+    # payload-log relay, which sends them from its own container (payload_logging.py).
     payload_log = spec.logging if sspec.kind == "kustos" else None
-    if payload_log is not None:
-        sspec = dataclasses.replace(sspec, payload_log_args=server_args(payload_log))
+    truth_url = sspec.truth_url if sspec.kind == "kustos" else None
+    has_relay = relayed(payload_log, truth_url)
+    if has_relay:
+        sspec = dataclasses.replace(sspec, payload_log_args=server_args(payload_log,
+                                                                        truth_url))
     server = runtime_container(sspec)
     server["securityContext"] = security_context()
     server["terminationMessagePolicy"] = "FallbackToLogsOnError"
@@ -250,7 +260,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
         *attachments.server_volume_mounts,
-        *([relay_mount()] if payload_log is not None else []),
+        *([relay_mount()] if has_relay else []),
     ]
     if attachments.server_env:
         server["env"] = [*server.get("env", []), *attachments.server_env]
@@ -259,7 +269,7 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         *attachments.volumes,
         *tls_volumes(sspec)[0],
-        *([relay_volume()] if payload_log is not None else []),
+        *([relay_volume()] if has_relay else []),
     ]
     if urlparse(track.model.uri).scheme == "pvc":
         claim = urlparse(track.model.uri).netloc
@@ -283,8 +293,8 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     # spec.model.encryption: decrypt into memory (render/encryption.py).
     volumes = encryption.apply(fetch, volumes, track.model,
                                spec.secrets.vault if spec.secrets else None, config)
-    relay = [] if payload_log is None else [relay_container(
-        payload_log, name, body["metadata"].get("namespace", ""), track.track,
+    relay = [] if not has_relay else [relay_container(
+        payload_log, truth_url, name, body["metadata"].get("namespace", ""), track.track,
         track.model.version, config.images.kustos, config.sidecars.payload_log_resources,
         PRESTOP_SECONDS)]
     ports = runtime_ports(sspec)
@@ -530,7 +540,7 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
                  render_autoscaler(body, spec, config),
                  render_canary_hpa(body, spec) if scaled["canary"] else None,
                  render_pdb(body, spec)]
-    logs = spec.logging is not None and spec.runtime.kind == "kustos"
+    logs = spec.runtime.kind == "kustos" and relayed(spec.logging, attachments.truth_url)
     children.append(render_network_policy(body, config, ports, attachments.sidecars,
                                           [RELAY_PORT] if logs else []))
     return [with_hash(c) for c in children if c is not None]

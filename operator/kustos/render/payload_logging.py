@@ -27,36 +27,55 @@ RELAY_PORT = 8092  # /metrics and /v2/health/live; next to explain 8090 and drif
 RELAY_PORT_NAME = "payload-log"
 # Only a socket lives there; the limit keeps a stray writer from eating the pod's memory.
 RELAY_VOLUME_SIZE = "1Mi"
+# The server's --payload-log-queue when only a monitor is attached (the flag's default).
+DEFAULT_QUEUE = 10_000
 
 
-def server_args(logging: PayloadLoggingSpec | None) -> tuple[str, ...]:
+def relayed(logging: PayloadLoggingSpec | None, truth_url: str | None) -> bool:
+    """Whether the pod has the relay: for the payload log's sinks, for the ground-truth
+    monitor's event stream, or both."""
+    return logging is not None or truth_url is not None
+
+
+def server_args(logging: PayloadLoggingSpec | None, truth_url: str | None = None
+                ) -> tuple[str, ...]:
     """The `kustos serve` flags: where the relay listens, and what the server itself
-    still decides (the sample, and how many predictions wait for the relay)."""
-    if logging is None:
+    still decides (the sample, and how many predictions wait for the relay). With a
+    monitor the server hands over every prediction (the monitor needs them all) and the
+    relay draws the payload log's sample."""
+    if not relayed(logging, truth_url):
         return ()
+    sample = 1.0 if truth_url is not None or logging is None else logging.sample_rate
+    queue = logging.queue_size if logging is not None else DEFAULT_QUEUE
     return ("--payload-log-relay", RELAY_SOCKET,
-            "--payload-log-sample", f"{logging.sample_rate:g}",
-            "--payload-log-queue", str(logging.queue_size))
+            "--payload-log-sample", f"{sample:g}",
+            "--payload-log-queue", str(queue))
 
 
-def relay_args(logging: PayloadLoggingSpec, service: str, namespace: str, track: str,
-               model_version: str) -> list[str]:
+def relay_args(logging: PayloadLoggingSpec | None, truth_url: str | None, service: str,
+               namespace: str, track: str, model_version: str) -> list[str]:
     """`kustos payload-relay`'s arguments: the sinks, the CloudEvents attributes and the
-    redaction (the relay has no sample: the server has drawn it)."""
+    redaction; the monitor's URL (every prediction, unredacted), and then the payload
+    log's sample (without a monitor the server has drawn it)."""
     args = ["payload-relay", "--socket", RELAY_SOCKET, "--port", str(RELAY_PORT),
             "--name", service, "--model-version", model_version]
-    for sink in logging.sinks:
+    for sink in logging.sinks if logging is not None else ():
         if sink.url is not None:
             args += ["--payload-log-url", sink.url]
         elif sink.kafka is not None:
             args += ["--payload-log-kafka", ",".join(sink.kafka.bootstrap_servers),
                      "--payload-log-topic", sink.kafka.topic]
-    args += ["--payload-log-queue", str(logging.queue_size),
-             "--payload-log-service", service,
+    if logging is not None:
+        args += ["--payload-log-queue", str(logging.queue_size)]
+    args += ["--payload-log-service", service,
              "--payload-log-namespace", namespace,
              "--payload-log-endpoint", ENDPOINTS.get(track, track)]
-    if logging.redact:
+    if logging is not None and logging.redact:
         args += ["--payload-log-redact", ",".join(logging.redact)]
+    if truth_url is not None:
+        args += ["--truth-url", truth_url]
+        if logging is not None and logging.sample_rate < 1:
+            args += ["--payload-log-sample", f"{logging.sample_rate:g}"]
     return args
 
 
@@ -70,16 +89,17 @@ def relay_mount() -> dict[str, Any]:
     return {"name": RELAY_VOLUME, "mountPath": RELAY_DIR}
 
 
-def relay_container(logging: PayloadLoggingSpec, service: str, namespace: str, track: str,
-                    model_version: str, image: str, resources: Mapping[str, Any],
-                    prestop_seconds: int) -> dict[str, Any]:
+def relay_container(logging: PayloadLoggingSpec | None, truth_url: str | None, service: str,
+                    namespace: str, track: str, model_version: str, image: str,
+                    resources: Mapping[str, Any], prestop_seconds: int) -> dict[str, Any]:
     """The `payload-log` container. ``prestop_seconds``: the server's preStop sleep, so
     the relay gets SIGTERM with the server, not before it; it then reads on until the
     draining server has closed its connection (`kustos payload-relay --drain-seconds`),
     so the events of the last predictions still get out. A longer sleep would only hold
     every terminating pod that much longer."""
     container = sidecar_container(
-        RELAY_CONTAINER, image, relay_args(logging, service, namespace, track, model_version),
+        RELAY_CONTAINER, image,
+        relay_args(logging, truth_url, service, namespace, track, model_version),
         RELAY_PORT, RELAY_PORT_NAME, resources, [relay_mount()])
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"
     container["lifecycle"] = {"preStop": {"sleep": {"seconds": prestop_seconds}}}

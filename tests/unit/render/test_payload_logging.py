@@ -131,6 +131,40 @@ def test_both_processes_accept_the_rendered_flags() -> None:
             relay.source) == ("iris", "ml", "default", "3", "/kustos/ml/iris/predictor")
 
 
+TRUTH = Attachments(truth_url="http://watch-truth.ml.svc:8080")
+
+
+@pytest.mark.parametrize("logging", [LOGGING, None], ids=["with-logging", "monitor-only"])
+def test_with_a_truth_monitor_the_relay_sends_its_events(
+        logging: dict[str, Any] | None) -> None:
+    """A ground-truth monitor needs every prediction: the server hands over all of them
+    (and keeps --truth-url to forward feedback), the relay sends the monitor its events
+    and draws the payload log's sample itself."""
+    from kustos.runtime.server import payload_log_config
+    from kustos.runtime.server.relay_cli import check, parser
+
+    objs = render(body(**({"logging": logging} if logging else {})), CONFIG,
+                  attachments=TRUTH)
+    assert [c["name"] for c in pod_spec(objs)["containers"]] == ["server", "payload-log"]
+    args = server_args(objs)
+    at = args.index("--payload-log-relay")
+    assert args[at:at + 6] == ["--payload-log-relay", SOCKET, "--payload-log-sample", "1",
+                               "--payload-log-queue", "500" if logging else "10000"]
+    served = parsed(args)  # kustos serve's own checks, the truth/sample rule among them
+    assert served.truth_url == TRUTH.truth_url
+    ns = parser().parse_args(relay_args(objs)[1:])
+    assert check(ns) is None
+    assert ns.truth_url == TRUTH.truth_url
+    relay = payload_log_config.from_args(ns)
+    if logging:
+        assert relay is not None and relay.sample == 0.25 and len(relay.urls) == 2
+    else:
+        assert relay is None and ns.payload_log_redact == []
+    assert 8092 in policy_ports(objs)
+    spec = pod_spec(objs)
+    assert "payload-log" in {v["name"] for v in spec["volumes"]}
+
+
 def test_a_url_sink_without_redaction() -> None:
     logging = {"sinks": [{"url": "http://collector.logs:8080/events"}]}
     objs = render(body(logging=logging), CONFIG)

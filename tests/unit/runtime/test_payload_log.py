@@ -3,6 +3,7 @@ loopback HTTP sink in this process that collects the CloudEvents it is sent."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import re
@@ -33,6 +34,7 @@ HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 class Event:
     headers: dict[str, str]
     body: bytes
+    path: str = ""
 
     @property
     def id(self) -> str:
@@ -74,6 +76,13 @@ class Sink:
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
+    with collecting_sink() as state:
+        yield state
+
+
+@contextlib.contextmanager
+def collecting_sink() -> Iterator[Sink]:
+    """A Sink on 127.0.0.1 that collects what it is sent (any path)."""
     state = Sink()
     state.stall.set()
 
@@ -93,7 +102,7 @@ def sink() -> Iterator[Sink]:
                     status = 503
                 else:
                     state.events.append(Event({k.lower(): v for k, v in self.headers.items()},
-                                              body))
+                                              body, self.path))
             self.send_response(status)
             self.send_header("content-length", "0")
             self.end_headers()

@@ -21,6 +21,7 @@ from .conftest import Models, spawn_cli, stop_process, wait_for
 from .test_payload_log import (
     ROW,
     Sink,
+    collecting_sink,
     events,
     sink,  # noqa: F401 (the fixture)
     start,
@@ -169,6 +170,11 @@ def test_misplaced_relay_flags_are_refused(models: Models, tmp_path: Path) -> No
         (("serve", "--model", str(models.iris_lr), "--name", "iris", "--payload-log-relay",
           sock, "--payload-log-redact", "x"), "belong to the payload-log"),
         (("payload-relay", "--socket", sock, "--name", "iris"), "a sink is needed"),
+        (("serve", "--model", str(models.iris_lr), "--name", "iris", "--payload-log-relay",
+          sock, "--truth-url", "http://127.0.0.1:9", "--payload-log-sample", "0.5"),
+         "hands over all"),
+        (("payload-relay", "--socket", sock, "--name", "iris", "--truth-url", "ftp://x"),
+         "--truth-url: expected an http(s) URL"),
         (("payload-relay", "--socket", sock, "--name", "iris", "--payload-log-url",
           "http://127.0.0.1:9/", "--payload-log-sample", "0.5"), "the model server samples"),
     ]
@@ -177,3 +183,54 @@ def test_misplaced_relay_flags_are_refused(models: Models, tmp_path: Path) -> No
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and message in err.decode(), err.decode()[-500:]
     assert not Path(sock).exists()  # refused before it listened
+
+
+def test_with_a_truth_monitor_the_relay_sends_it_every_prediction_and_samples_the_log(
+        models: Models, sink: Sink, tmp_path: Path) -> None:  # noqa: F811
+    """As the operator renders a pod with a ground-truth monitor: the server hands over
+    every prediction and forwards feedback itself; the relay sends the monitor all of
+    them (URL/v1/events, unredacted) and the payload log's sink a sample."""
+    with collecting_sink() as monitor:
+        assert monitor.server is not None
+        base = f"http://127.0.0.1:{monitor.server.server_address[1]}"
+        serve = start_relayed(
+            models, tmp_path, ("--truth-url", base, "--payload-log-url", sink.url,
+                               "--payload-log-sample", "0.25", "--payload-log-redact",
+                               "input-0"),
+            "--truth-url", base)
+        try:
+            n = 400
+            ids = {serve.v2([ROW])[1]["id"] for _ in range(n)}
+
+            def at_monitor() -> dict[str, set[str]]:
+                got: dict[str, set[str]] = {}
+                with monitor.lock:
+                    for e in monitor.events:
+                        if e.path == "/v1/events":
+                            got.setdefault(e.id, set()).add(e.type)
+                return got
+
+            assert wait_for(lambda: len(at_monitor()) == n, 30)
+            assert set(at_monitor()) == ids and all(len(t) == 2 for t in at_monitor().values())
+            with monitor.lock:  # unredacted for the monitor: it needs the true inputs
+                assert any(b"5.1" in e.body for e in monitor.events)
+            # The sample: Binomial(400, 0.25), mean 100, sd 8.7; redacted.
+            assert wait_for(lambda: serve.metric(RELAYED) == n, 30)
+            assert wait_for(lambda: serve.metric(events("sent")) >= 2 * n + 2 * 60, 30)
+            logged = sink.by_id()
+            assert set(logged) <= ids and 60 <= len(logged) <= 140, len(logged)
+            assert all(b"5.1" not in e.body for e in sink.events if "request" in e.type)
+            # Feedback still goes from the server to the monitor, checked there first.
+            rid = next(iter(ids))
+            status, _, _ = serve.post("/v2/models/iris/feedback",
+                                      {"labels": [{"id": rid, "label": 0}]})
+            assert status == 202
+
+            def forwarded() -> bool:
+                with monitor.lock:
+                    return any(e.path == "/v2/models/iris/feedback" and rid.encode() in e.body
+                               for e in monitor.events)
+
+            assert wait_for(forwarded, 30)
+        finally:
+            serve.stop()

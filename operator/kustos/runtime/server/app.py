@@ -90,8 +90,9 @@ class ServingApp:
         self.payload_log = prediction_log(opts.payload_log, opts.name)
         self.truth: truth_link.FeedbackForwarder | None = None
         if opts.truth_url:  # every prediction and all feedback to the monitor
-            self.payload_log = truth_link.TruthLogger(opts.truth_url, opts.name,
-                                                      opts.version, self.payload_log)
+            if not isinstance(self.payload_log, RelayLogger):  # else the relay sends them
+                self.payload_log = truth_link.TruthLogger(opts.truth_url, opts.name,
+                                                          opts.version, self.payload_log)
             self.truth = truth_link.FeedbackForwarder(opts.truth_url, opts.name)
         self.shadow = (ShadowMirror(opts.shadow_url, opts.name, opts.shadow_percent,
                                     opts.shadow_queue, tls=opts.shadow_tls)

@@ -143,6 +143,10 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--shadow-url: {exc}"
     if args.shadow_percent is not None and not 0 <= args.shadow_percent <= 100:
         return "--shadow-percent must be within 0..100"
+    if args.truth_url and args.payload_log_relay and args.payload_log_sample != 1.0:
+        return ("--truth-url with --payload-log-relay: the relay sends the monitor every "
+                "prediction, so the server hands over all (--payload-log-sample 1) and the "
+                "relay samples for the payload log (its own --payload-log-sample)")
     return (payload_log_config.check_args(args) or server_tls.check_tls_args(args)
             or shadow_tls.check_args(args))
 

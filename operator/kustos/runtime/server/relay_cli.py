@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.server
 import logging
 import os
+import random
 import signal
 import socket
 import stat
@@ -47,9 +49,36 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-seconds", type=float, default=20.0,
                    help="on SIGTERM, how long to wait for the servers to hand over the "
                         "rest (20)")
+    p.add_argument("--truth-url", default=None, metavar="URL",
+                   help="also send every prediction, unredacted, to the ground-truth "
+                        "monitor's URL/v1/events (the server then hands over all of them, "
+                        "and --payload-log-sample applies here, to the payload log's sinks)")
     p.add_argument("--log-level", default="info")
     payload_log_config.add_args(p)
     return p
+
+
+class Outlets:
+    """Where the relay sends each prediction: the payload log's sinks (sampled here when
+    the server hands over everything for the monitor) and the ground-truth monitor (all)."""
+
+    def __init__(self, logging: Any, truth: Any, sample: float) -> None:
+        self.logging, self.truth, self.sample = logging, truth, sample
+
+    def offer_exchange(self, ex: Any) -> None:
+        if self.truth is not None:
+            self.truth.offer_exchange(ex)
+        if self.logging is not None and (self.sample >= 1.0 or random.random() < self.sample):
+            self.logging.offer_exchange(ex)
+
+    def set_input_name(self, name: str) -> None:
+        if self.logging is not None:
+            self.logging.set_input_name(name)
+
+    def close(self, timeout: float) -> None:
+        for logger in (self.logging, self.truth):
+            if logger is not None:
+                logger.close(timeout)
 
 
 class Relay:
@@ -159,24 +188,46 @@ def http_server(host: str, port: int) -> http.server.ThreadingHTTPServer:
     return server
 
 
+def check(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, or None."""
+    problem = payload_log_config.check_args(args)
+    if problem is not None:
+        return problem
+    if not (args.payload_log_url or args.payload_log_kafka or args.truth_url):
+        return "a sink is needed: --payload-log-url, --payload-log-kafka or --truth-url"
+    if args.truth_url:
+        from kustos.runtime.server.sender import check_url  # stdlib only
+
+        try:
+            check_url(args.truth_url)
+        except ValueError as exc:
+            return f"--truth-url: {exc}"
+    elif args.payload_log_sample != 1.0:
+        return ("--payload-log-sample: the model server samples (its own flag); the relay "
+                "samples only with --truth-url, when the server hands over all")
+    return None
+
+
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
     process.setup_logging(args.log_level)
-    problem = payload_log_config.check_args(args)
-    config = payload_log_config.from_args(args)
-    if problem is None and config is None:
-        problem = "a sink is needed: --payload-log-url or --payload-log-kafka"
+    problem = check(args)
     if problem is not None:
         p.error(problem)
-    assert config is not None
-    if config.sample != 1.0:
-        p.error("--payload-log-sample: the model server samples (its own flag); "
-                "the relay sends what it gets")
+    config = payload_log_config.from_args(args)
 
+    from kustos.runtime.server import truth_link
     from kustos.runtime.server.payload_log import PayloadLogger
 
-    logger = PayloadLogger(config, args.name)
+    sample = config.sample if config is not None else 1.0
+    logger = Outlets(
+        None if config is None else PayloadLogger(
+            dataclasses.replace(config, sample=1.0), args.name),
+        None if not args.truth_url else PayloadLogger(truth_link.events_config(
+            args.truth_url, args.name, args.model_version, args.payload_log_namespace),
+            args.name),
+        sample)
     relay = Relay(args.socket, logger)
     web = http_server(args.host, args.port)
     threading.Thread(target=web.serve_forever, daemon=True, name="kustos-relay-http").start()
@@ -188,8 +239,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=relay.serve, daemon=True, name="kustos-relay-accept").start()
-    log.info("payload relay: listening on %s; sinks: %d HTTP%s", args.socket,
-             len(config.urls), ", Kafka" if config.kafka else "")
+    log.info("payload relay: listening on %s; sinks: %d HTTP%s%s", args.socket,
+             len(config.urls) if config else 0, ", Kafka" if config and config.kafka else "",
+             ", the ground-truth monitor" if args.truth_url else "")
     while not stopping.wait(1.0):
         pass
     # The servers hand over what they hold when they stop: read until they have gone.

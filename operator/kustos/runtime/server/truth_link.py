@@ -33,8 +33,11 @@ def base_url(url: str) -> str:
     return check_url(url).rstrip("/")
 
 
-def events_config(url: str, model: str, version: str) -> PayloadLogConfig:
-    namespace = os.environ.get("POD_NAMESPACE", "")
+def events_config(url: str, model: str, version: str,
+                  namespace: str | None = None) -> PayloadLogConfig:
+    """The monitor's sink: every prediction, unredacted, to URL/v1/events."""
+    if namespace is None:
+        namespace = os.environ.get("POD_NAMESPACE", "")
     return PayloadLogConfig(urls=(base_url(url) + "/v1/events",), sample=1.0,
                             redact=frozenset(),
                             source=f"/kustos/{namespace or '-'}/{model}/predictor",
