@@ -77,13 +77,9 @@ def prepare(directory: Path, settings: Mapping[str, Any]) -> None:
     ``check_manifest`` against what it recorded."""
     directory.mkdir(parents=True, exist_ok=True)
     manifest = directory / MANIFEST
-    data = orjson.dumps(dict(settings), option=orjson.OPT_SORT_KEYS)
-    tmp = directory / f".{MANIFEST}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = _synced_temp(directory, MANIFEST,
+                       orjson.dumps(dict(settings), option=orjson.OPT_SORT_KEYS))
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.link(tmp, manifest)  # never replaces: of racing shards, exactly one creates it
     except FileExistsError:
         check_manifest(str(directory), manifest.read_bytes(), settings)
@@ -91,11 +87,7 @@ def prepare(directory: Path, settings: Mapping[str, Any]) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _sync_directory(directory)
 
 
 def remove_stale(directory: Path, indexes: set[int], fmt: str) -> None:
@@ -186,26 +178,40 @@ def _parquet_bytes(id_column: str, ids: Sequence[str],
     return buffer.getvalue()
 
 
-def _atomic_write(directory: Path, name: str, data: bytes, sync_directory: bool = True) -> None:
+def _synced_temp(directory: Path, name: str, data: bytes) -> Path:
+    """``data`` in a new temporary file beside ``name``, on disk (fsynced)."""
     tmp = directory / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with tmp.open("wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, directory / name)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    if not sync_directory:
-        return
-    # The rename itself survives a crash of the node only once the directory is synced.
+    return tmp
+
+
+def _sync_directory(directory: Path) -> None:
+    """A rename or link survives a crash of the node only once its directory is synced."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _atomic_write(directory: Path, name: str, data: bytes, sync_directory: bool = True) -> None:
+    tmp = _synced_temp(directory, name, data)
+    try:
+        os.replace(tmp, directory / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if sync_directory:
+        _sync_directory(directory)
 
 
 def write_chunk(directory: Path, index: int, fmt: str, data: bytes) -> None:
