@@ -159,12 +159,22 @@ def test_monitor_rendered_fed_and_judged(
     truth = Truth(kube, ns, "watch", truth_pod, tmp_path / "truth")
     truths.append(truth)
     model_pod = pod_of(kube, ns, "iris", "predictor")
-    server_container = copy.deepcopy(next(c for c in model_pod["spec"]["containers"]
-                                          if c["name"] == "server"))
+    containers = {c["name"]: copy.deepcopy(c) for c in model_pod["spec"]["containers"]}
+    # The server hands every prediction to the pod's payload-log container, which sends
+    # them to the monitor; the server forwards the labels itself. Both run here as the
+    # pod would run them, on its IP, the socket in this test's directory.
+    assert list(containers) == ["server", "payload-log"]
+    sock = str(tmp_path / "relay.sock")
+    sargs, rargs = containers["server"]["args"], containers["payload-log"]["args"]
     # The Service name resolves only in a cluster's DNS: the monitor's pod IP instead.
-    sargs = server_container["args"]
-    sargs[sargs.index("--truth-url") + 1] = truth.url
-    server = sidecars.start(server_container, model_pod, iris, tmp_path)
+    for args in (sargs, rargs):
+        args[args.index("--truth-url") + 1] = truth.url
+    sargs[sargs.index("--payload-log-relay") + 1] = sock
+    assert sargs[sargs.index("--payload-log-sample") + 1] == "1"
+    rargs[rargs.index("--socket") + 1] = sock
+    rargs += ["--host", "0.0.0.0"]  # the pod's IP (Sidecar binds it)
+    sidecars.start(containers["payload-log"], model_pod, iris, tmp_path)
+    server = sidecars.start(containers["server"], model_pod, iris, tmp_path)
 
     def model_ready() -> bool:
         with urllib.request.urlopen(server.url("/v2/health/ready"), timeout=2) as r:
