@@ -623,11 +623,16 @@ class PayloadLogger:
               response: Any, response_json_length: int | None = None) -> None:
         if self.sample < 1.0 and random.random() >= self.sample:
             return
-        self.offer_exchange((rid, kind, request, request_json_length, response,
-                             response_json_length, time.time()))
+        self._enqueue((rid, kind, request, request_json_length, response,
+                       response_json_length, time.time()))
 
     def offer_exchange(self, ex: Exchange) -> None:
-        """One prediction (sampled already) to every sink's queue."""
+        """A prediction as the payload-log relay received it: sampled, then queued."""
+        if self.sample < 1.0 and random.random() >= self.sample:
+            return
+        self._enqueue(ex)
+
+    def _enqueue(self, ex: Exchange) -> None:
         for sink in self.sinks:
             if not sink.enqueue(ex):
                 sink.dropped.inc(2)  # both its events

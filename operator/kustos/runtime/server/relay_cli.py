@@ -7,7 +7,8 @@ same framing, redaction, bounded queue per sink, retries and metrics), on the CP
 own container, so the serving container's throughput does not pay for it.
 
 HTTP on ``--port``: ``/metrics`` (``kustos_payload_log_events_total`` sent / dropped /
-failed, ``kustos_payload_log_retries_total``) and ``/v2/health/live`` (the probes).
+failed, ``kustos_payload_log_retries_total``), on every path: ``/v2/health/live`` (the
+probes) answers 200 as long as the process serves.
 On SIGTERM it keeps reading until the servers' connections close (they send what they
 hold when they stop) or ``--drain-seconds`` pass, then gives the sinks up to 5 s.
 """
@@ -16,21 +17,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import http.server
 import logging
 import os
-import random
 import signal
 import socket
 import stat
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kustos.runtime import process
 from kustos.runtime.server import payload_log_config, relay_wire
+
+if TYPE_CHECKING:
+    from kustos.runtime.server.payload_log import PayloadLogger
 
 log = logging.getLogger("kustos.payload-relay")
 
@@ -58,33 +59,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-class Outlets:
-    """Where the relay sends each prediction: the payload log's sinks (sampled here when
-    the server hands over everything for the monitor) and the ground-truth monitor (all)."""
-
-    def __init__(self, logging: Any, truth: Any, sample: float) -> None:
-        self.logging, self.truth, self.sample = logging, truth, sample
-
-    def offer_exchange(self, ex: Any) -> None:
-        if self.truth is not None:
-            self.truth.offer_exchange(ex)
-        if self.logging is not None and (self.sample >= 1.0 or random.random() < self.sample):
-            self.logging.offer_exchange(ex)
-
-    def set_input_name(self, name: str) -> None:
-        if self.logging is not None:
-            self.logging.set_input_name(name)
-
-    def close(self, timeout: float) -> None:
-        for logger in (self.logging, self.truth):
-            if logger is not None:
-                logger.close(timeout)
-
-
 class Relay:
     """The listening socket, a reader thread per server connection, the sinks."""
 
-    def __init__(self, path: str, logger: Any) -> None:
+    def __init__(self, path: str, logger: PayloadLogger) -> None:
         self.path = path
         self.logger = logger
         self.connections: set[socket.socket] = set()
@@ -157,37 +135,6 @@ def _parsed(record: relay_wire.Record) -> relay_wire.Record:
             pb.ModelInferResponse.FromString(response), response_json, when)
 
 
-def http_server(host: str, port: int) -> http.server.ThreadingHTTPServer:
-    from kustos.runtime import metrics
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, ctype = metrics.render()
-            elif self.path in ("/v2/health/live", "/v2/health/ready"):
-                body, ctype = b"{}", "application/json"
-            else:
-                body, ctype = b'{"error": "not found"}', "application/json"
-                self.send_response(404)
-                self._body(body, ctype)
-                return
-            self.send_response(200)
-            self._body(body, ctype)
-
-        def _body(self, body: bytes, ctype: str) -> None:
-            self.send_header("content-type", ctype)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # probes and scrapes every few seconds: not worth a line each
-
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
-
-
 def check(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags, or None."""
     problem = payload_log_config.check_args(args)
@@ -217,20 +164,23 @@ def main(argv: list[str]) -> int:
         p.error(problem)
     config = payload_log_config.from_args(args)
 
+    from prometheus_client import start_http_server
+
+    from kustos.runtime import metrics  # noqa: F401  (its registry settings)
     from kustos.runtime.server import truth_link
     from kustos.runtime.server.payload_log import PayloadLogger
 
-    sample = config.sample if config is not None else 1.0
-    logger = Outlets(
-        None if config is None else PayloadLogger(
-            dataclasses.replace(config, sample=1.0), args.name),
-        None if not args.truth_url else PayloadLogger(truth_link.events_config(
-            args.truth_url, args.name, args.model_version, args.payload_log_namespace),
-            args.name),
-        sample)
+    # The payload log's sinks (the server has drawn the sample, or, with a monitor, this
+    # PayloadLogger draws it), and the monitor's sink for every prediction: the same
+    # pairing as in the server without a relay.
+    logger = PayloadLogger(config, args.name) if config is not None else None
+    if args.truth_url:
+        logger = truth_link.TruthLogger(args.truth_url, args.name, args.model_version,
+                                        logger, args.payload_log_namespace)
+    assert logger is not None
     relay = Relay(args.socket, logger)
-    web = http_server(args.host, args.port)
-    threading.Thread(target=web.serve_forever, daemon=True, name="kustos-relay-http").start()
+    # /metrics; prometheus_client answers every path, /v2/health/live (the probes) too.
+    web, _ = start_http_server(args.port, addr=args.host)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -17,8 +17,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from kustos.runtime.server.payload_log import PayloadLogConfig, PayloadLogger
-from kustos.runtime.server.payload_relay import RelayLogger
+from kustos.runtime.server.payload_log import Exchange, PayloadLogConfig, PayloadLogger
 from kustos.runtime.server.sender import BoundedSender, HttpPoster, SendError, check_url
 
 log = logging.getLogger("kustos.serve")
@@ -47,9 +46,9 @@ def events_config(url: str, model: str, version: str,
 class TruthLogger(PayloadLogger):
     """The payload logger of ``--payload-log-*`` (if any) plus the monitor's sink."""
 
-    def __init__(self, url: str, model: str, version: str,
-                 inner: PayloadLogger | RelayLogger | None) -> None:
-        super().__init__(events_config(url, model, version), model)
+    def __init__(self, url: str, model: str, version: str, inner: PayloadLogger | None,
+                 namespace: str | None = None) -> None:
+        super().__init__(events_config(url, model, version, namespace), model)
         self.inner = inner
 
     def set_input_name(self, name: str) -> None:
@@ -63,6 +62,12 @@ class TruthLogger(PayloadLogger):
                              response_json_length)
         super().offer(rid, kind, request, request_json_length, response,
                       response_json_length)
+
+    def offer_exchange(self, ex: Exchange) -> None:
+        """In the payload-log relay: the same, for a prediction the server handed over."""
+        if self.inner is not None:
+            self.inner.offer_exchange(ex)
+        super().offer_exchange(ex)
 
     def close(self, timeout: float = 2.0) -> None:
         if self.inner is not None:
