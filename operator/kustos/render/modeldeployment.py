@@ -234,6 +234,11 @@ def fetch_container(model: ModelSource, config: OperatorConfig,
     return container
 
 
+def _relayed(spec: ModelDeploymentSpec, attachments: Attachments) -> bool:
+    """Whether the pods have the payload-log relay (kustos serve feeds it)."""
+    return spec.runtime.kind == "kustos" and relayed(spec.logging, attachments.truth_url)
+
+
 def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track: Track,
                       config: OperatorConfig, autoscaled: bool,
                       attachments: Attachments = NONE) -> dict[str, Any]:
@@ -243,9 +248,8 @@ def render_deployment(body: Mapping[str, Any], spec: ModelDeploymentSpec, track:
     sspec = serving_spec(name, spec, track.model, config, attachments)
     # spec.logging, a ground-truth monitor: the server hands the predictions to the
     # payload-log relay, which sends them from its own container (payload_logging.py).
-    payload_log = spec.logging if sspec.kind == "kustos" else None
-    truth_url = sspec.truth_url if sspec.kind == "kustos" else None
-    has_relay = relayed(payload_log, truth_url)
+    has_relay = _relayed(spec, attachments)
+    payload_log, truth_url = spec.logging, attachments.truth_url
     if has_relay:
         sspec = dataclasses.replace(sspec, payload_log_args=server_args(payload_log,
                                                                         truth_url))
@@ -540,7 +544,6 @@ def render(body: Mapping[str, Any], config: OperatorConfig,
                  render_autoscaler(body, spec, config),
                  render_canary_hpa(body, spec) if scaled["canary"] else None,
                  render_pdb(body, spec)]
-    logs = spec.runtime.kind == "kustos" and relayed(spec.logging, attachments.truth_url)
     children.append(render_network_policy(body, config, ports, attachments.sidecars,
-                                          [RELAY_PORT] if logs else []))
+                                          [RELAY_PORT] if _relayed(spec, attachments) else []))
     return [with_hash(c) for c in children if c is not None]

@@ -234,3 +234,31 @@ def test_with_a_truth_monitor_the_relay_sends_it_every_prediction_and_samples_th
             assert wait_for(forwarded, 30)
         finally:
             serve.stop()
+
+
+def test_without_an_event_loop_each_offer_is_sent_at_once(tmp_path: Path) -> None:
+    """RelayLogger off the event loop (a plain thread): no timer to wait for, so an offer
+    is framed and sent before it returns."""
+    from kustos.runtime.server.payload_relay import RelayLogger
+
+    path = str(tmp_path / "relay.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        logger = RelayLogger(path, "iris")
+        logger.set_input_name("input-0")
+        logger.offer("a", "v1", b'{"instances": [[1]]}', None, b'{"predictions": [0]}')
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            decoder = relay_wire.Decoder()
+            got: list[relay_wire.Record] = []
+            while not got:
+                got += decoder.feed(conn.recv(65536))
+            logger.offer("b", "v2", b"{}", None, b"{}")
+            while len(got) < 2:
+                got += decoder.feed(conn.recv(65536))
+        logger.close()
+    assert [(r[0], r[1], r[2]) for r in got] == [("a", "v1", b'{"instances": [[1]]}'),
+                                                 ("b", "v2", b"{}")]
+    assert decoder.input_names == ["input-0"]
